@@ -1,0 +1,204 @@
+"""Command line: `run` and `demo` start the controller; the rest are REST API clients."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from controller.config_file import ConfigFileError
+from controller.process import HAProxyError
+
+DEFAULT_API = "127.0.0.1:9900"
+TOKEN_ENV = "WEIGHBRIDGE_API_TOKEN"
+
+
+class ApiClientError(Exception):
+    pass
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def call_api(
+    api: str, method: str, path: str, body: Any = None, token: str = ""
+) -> tuple[int, Any]:
+    """One JSON request to the controller; returns status and decoded body."""
+    url = api if api.startswith("http") else f"http://{api}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/api/v1{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+    except OSError as exc:
+        raise ApiClientError(f"cannot reach the controller at {url}: {exc}") from exc
+
+
+def _print_error(console: Console, status: int, body: Any) -> int:
+    console.print(f"[red]error {status}[/]: {body.get('error') if isinstance(body, dict) else body}")
+    for problem in (body or {}).get("problems", []) if isinstance(body, dict) else []:
+        console.print(f"  {problem['field']}: {problem['message']}")
+    return 1
+
+
+def cmd_weights(args: argparse.Namespace, console: Console) -> int:
+    weights: dict[str, str] = {}
+    for item in args.split:
+        route, sep, value = item.partition("=")
+        if not sep:
+            console.print(f"[red]{item!r}: expected ROUTE=PERCENT[/]")
+            return 2
+        weights[route] = value if value.endswith("%") else f"{value}%"
+    query = "?dry_run=true" if args.dry_run else ""
+    status, body = call_api(
+        args.api, "PATCH", f"/gateways/{args.gateway}/weights{query}", weights, args.token
+    )
+    if status >= 400:
+        return _print_error(console, status, body)
+    console.print(
+        f"{body['applied']} in {body['duration_ms']} ms (revision {body['revision']})"
+    )
+    for step in body["plan"]:
+        console.print(f"  {step}")
+    return 0
+
+
+def cmd_instances(args: argparse.Namespace, console: Console) -> int:
+    status, body = call_api(
+        args.api, "PUT", f"/gateways/{args.gateway}/routes/{args.route}/instances",
+        args.addresses, args.token,
+    )
+    if status >= 400:
+        return _print_error(console, status, body)
+    console.print(f"{body['applied']} in {body['duration_ms']} ms")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    status, body = call_api(args.api, "GET", f"/gateways/{args.gateway}/status")
+    if status >= 400:
+        return _print_error(console, status, body)
+    if args.json:
+        console.print_json(data=body)
+        return 0
+    table = Table(title=f"gateway {body['gateway']} on {body['bind']} "
+                        f"(revision {body['revision']}, {'in sync' if body['in_sync'] else 'SYNCING'})")
+    for column in ("route", "weight", "applied", "requests", "5xx", "instances"):
+        table.add_column(column, justify="right" if column != "route" else "left")
+    for name, route in body["routes"].items():
+        ready = sum(1 for i in route["instances"] if i["state"] == "ready")
+        table.add_row(name, route["weight"], route["applied_weight"] or "-",
+                      str(route["requests"]), str(route["responses"]["5xx"]),
+                      f"{ready}/{len(route['instances'])} ready")
+    console.print(table)
+    return 0
+
+
+def _run_settings(args: argparse.Namespace) -> Any:
+    from controller.service import RunSettings
+
+    host, port = args.api
+    return RunSettings(
+        config_file=Path(args.config),
+        state_dir=Path(args.state_dir),
+        api_host=host,
+        api_port=port,
+        haproxy_bin=args.haproxy_bin,
+        api_token=args.api_token or os.environ.get(TOKEN_ENV, ""),
+        sync_interval=args.sync_interval,
+    )
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from controller.service import serve
+
+    asyncio.run(serve(_run_settings(args)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from controller.demo import run_demo
+
+    return run_demo(_run_settings(args), gateway_port=args.port, console=console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weighbridge", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
+        p.add_argument("--config", default="weighbridge.yaml", help="seeds an empty store")
+        p.add_argument("--state-dir", default=state_dir)
+        p.add_argument("--api", type=_host_port, default=_host_port(DEFAULT_API))
+        p.add_argument("--api-token", default="", help=f"or ${TOKEN_ENV}; required on writes")
+        p.add_argument("--haproxy-bin", default="haproxy")
+        p.add_argument("--sync-interval", type=float, default=5.0, help="seconds")
+
+    run = sub.add_parser("run", help="run the controller (and HAProxy)")
+    controller_options(run, ".weighbridge")
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="HAProxy, controller and demo services, ready to try")
+    controller_options(demo, ".weighbridge-demo")
+    demo.add_argument("--port", type=int, default=8080, help="the demo gateway's port")
+    demo.set_defaults(func=cmd_demo)
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--api", default=DEFAULT_API)
+        p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""))
+        p.add_argument("gateway")
+        return p
+
+    weights = client("weights", "set a gateway's whole split, e.g. stable=95 canary=5")
+    weights.add_argument("split", nargs="+", metavar="ROUTE=PERCENT")
+    weights.add_argument("--dry-run", action="store_true")
+    weights.set_defaults(func=cmd_weights)
+    instances = client("instances", "replace a route's instances")
+    instances.add_argument("route")
+    instances.add_argument("addresses", nargs="*", metavar="HOST:PORT")
+    instances.set_defaults(func=cmd_instances)
+    status = client("status", "routes, weights desired and applied, instances, requests")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    console = Console()
+    try:
+        code: int = args.func(args, console)
+    except (ApiClientError, HAProxyError, ConfigFileError) as exc:
+        console.print(f"[red]{exc}[/]")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

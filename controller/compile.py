@@ -1,0 +1,225 @@
+"""Desired state → HAProxy layout, skeleton configuration and map files (pure, no I/O).
+
+The skeleton is static: a frontend per gateway picks its route in one pass with
+`rand(10000),map_int(...)` over a map of basis-point ranges, and each route is a backend
+with pre-provisioned server slots. Weights (map swaps) and instances (slot fills) then
+change through the Runtime API; only the structure below needs a reload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.model import BASIS_POINTS, Address, Config, Gateway
+
+MIN_SLOTS = 16
+"""Server slots per route backend; more instances grow it to the next power of two (a reload)."""
+
+PLACEHOLDER = "127.0.0.1:1"
+"""Address of an empty slot: it is always in maintenance, never contacted."""
+
+STRUCTURE_MARK = "# weighbridge-structure: "
+
+
+def frontend_name(gateway: str) -> str:
+    return f"wb.{gateway}"
+
+
+def backend_name(gateway: str, route: str) -> str:
+    return f"wb.{gateway}.{route}"
+
+
+def no_route_backend(gateway: str) -> str:
+    """Route names cannot start with '_', so this never collides with a route backend."""
+    return f"wb.{gateway}._none"
+
+
+def map_ref(gateway: str, map_dir: str) -> str:
+    """The path as written in the configuration is also the map's name on the socket.
+
+    Absolute, because HAProxy 2.6 resolves relative map paths from its working directory.
+    """
+    return f"{map_dir}/{gateway}.map"
+
+
+def slot_name(index: int) -> str:
+    return f"s{index}"
+
+
+def slot_capacity(instances: int, current: int | None = None) -> int:
+    """Keep the provisioned size while it fits, so instance changes never force a reload."""
+    if current is not None and instances <= current:
+        return current
+    size = MIN_SLOTS
+    while size < instances:
+        size *= 2
+    return size
+
+
+def weight_map(weights: Mapping[str, int], gateway: str) -> tuple[tuple[str, str], ...]:
+    """Basis-point ranges of `rand(10000)` → backend, in route order; 0 % routes get none."""
+    entries: list[tuple[str, str]] = []
+    start = 0
+    for route, points in weights.items():
+        if points <= 0:
+            continue
+        entries.append((f"{start}:{start + points - 1}", backend_name(gateway, route)))
+        start += points
+    if entries and start != BASIS_POINTS:
+        raise ValueError(f"weights of gateway {gateway!r} cover {start} of {BASIS_POINTS} points")
+    return tuple(entries)
+
+
+@dataclass(frozen=True)
+class BackendLayout:
+    name: str
+    gateway: str
+    route: str
+    balance: str
+    slots: int
+
+    def slot_names(self) -> list[str]:
+        return [slot_name(i) for i in range(1, self.slots + 1)]
+
+
+@dataclass(frozen=True)
+class GatewayLayout:
+    name: str
+    bind: Address
+    map_ref: str
+    map_entries: tuple[tuple[str, str], ...]
+    backends: tuple[BackendLayout, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    gateways: tuple[GatewayLayout, ...]
+    by_backend: dict[str, BackendLayout] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        index = {b.name: b for g in self.gateways for b in g.backends}
+        object.__setattr__(self, "by_backend", index)
+
+    def maps(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        return {g.map_ref: g.map_entries for g in self.gateways}
+
+
+def layout_gateway(
+    name: str, gateway: Gateway, map_dir: str, capacities: Mapping[str, int]
+) -> GatewayLayout:
+    backends = tuple(
+        BackendLayout(
+            name=backend_name(name, route_name),
+            gateway=name,
+            route=route_name,
+            balance=gateway.balance,
+            slots=slot_capacity(
+                len(route.instances), capacities.get(backend_name(name, route_name))
+            ),
+        )
+        for route_name, route in gateway.routes.items()
+    )
+    return GatewayLayout(
+        name=name,
+        bind=gateway.bind,
+        map_ref=map_ref(name, map_dir),
+        map_entries=weight_map(gateway.effective_weights(), name),
+        backends=backends,
+    )
+
+
+def layout(config: Config, map_dir: str, capacities: Mapping[str, int] | None = None) -> Layout:
+    """`capacities`: slots HAProxy already has per backend, kept so that nothing reloads."""
+    current = capacities or {}
+    return Layout(
+        gateways=tuple(layout_gateway(n, g, map_dir, current) for n, g in config.gateways.items())
+    )
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Process-level paths and limits; validated by the shell before they get here."""
+
+    admin_socket: str
+    hard_stop_after: str = "30s"
+    max_reloads: int = 50
+    timeout_connect: str = "5s"
+    timeout_client: str = "30s"
+    timeout_server: str = "30s"
+
+
+Assignment = Mapping[str, Mapping[str, Address]]
+"""backend → slot → instance address, for the slots that are filled."""
+
+
+def render_map(entries: tuple[tuple[str, str], ...]) -> str:
+    return "".join(f"{key} {value}\n" for key, value in entries)
+
+
+def _render_global(settings: RenderSettings) -> list[str]:
+    return [
+        "global",
+        f"    stats socket {settings.admin_socket} mode 600 level admin expose-fd listeners",
+        f"    hard-stop-after {settings.hard_stop_after}",
+        f"    mworker-max-reloads {settings.max_reloads}",
+        "",
+        "defaults",
+        "    mode http",
+        f"    timeout connect {settings.timeout_connect}",
+        f"    timeout client {settings.timeout_client}",
+        f"    timeout server {settings.timeout_server}",
+        "    timeout http-keep-alive 10s",
+        "    option idle-close-on-response",
+        "    option redispatch",
+        "    retries 3",
+        "",
+    ]
+
+
+def _render_gateway(gateway: GatewayLayout, assignment: Assignment) -> list[str]:
+    fallback = no_route_backend(gateway.name)
+    lines = [
+        f"frontend {frontend_name(gateway.name)}",
+        f"    bind {gateway.bind}",
+        f"    use_backend %[rand({BASIS_POINTS}),map_int({gateway.map_ref},{fallback})]",
+        "",
+        f"backend {fallback}",
+        '    http-request return status 503 content-type text/plain string "no route"',
+        "",
+    ]
+    for backend in gateway.backends:
+        filled = assignment.get(backend.name, {})
+        lines += [f"backend {backend.name}", f"    balance {backend.balance}"]
+        if backend.balance in ("source", "uri"):
+            lines.append("    hash-type consistent")
+        for slot in backend.slot_names():
+            address = filled.get(slot)
+            lines.append(
+                f"    server {slot} {address}" if address else f"    server {slot} {PLACEHOLDER} disabled"
+            )
+        lines.append("")
+    return lines
+
+
+def render_config(layout: Layout, settings: RenderSettings, assignment: Assignment) -> str:
+    """The full configuration; its first line fingerprints the structure (see below)."""
+    structure = structure_fingerprint(layout, settings)
+    lines = [f"{STRUCTURE_MARK}{structure}", *_render_global(settings)]
+    for gateway in layout.gateways:
+        lines += _render_gateway(gateway, assignment)
+    return "\n".join(lines) + "\n"
+
+
+def structure_fingerprint(layout: Layout, settings: RenderSettings) -> str:
+    """Hash of what only a reload can change: the config rendered with every slot empty."""
+    lines = _render_global(settings)
+    for gateway in layout.gateways:
+        lines += _render_gateway(gateway, {})
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def read_fingerprint(config_text: str) -> str | None:
+    first = config_text.split("\n", 1)[0]
+    return first.removeprefix(STRUCTURE_MARK) if first.startswith(STRUCTURE_MARK) else None

@@ -1,0 +1,242 @@
+"""The HAProxy process: start or adopt it, validate candidates, guarded reloads.
+
+HAProxy runs in master-worker mode, daemonised, so it outlives the controller: with the
+controller down it keeps serving the last applied state, and a restarted controller adopts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.compile import render_map
+from controller.files import write_atomic
+from controller.runtime.errors import RuntimeApiError
+from controller.runtime.master import MasterClient
+
+log = logging.getLogger(__name__)
+
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./-]+$")
+_MAX_UNIX_PATH = 100
+
+
+class HAProxyError(Exception):
+    """HAProxy could not be found, started, validated or reloaded."""
+
+
+class InvalidConfig(HAProxyError):
+    """`haproxy -c` refused a candidate; `message` is what HAProxy said."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """The documented, stable files of a state directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "haproxy.cfg"
+
+    @property
+    def last_known_good(self) -> Path:
+        return self.root / "haproxy.cfg.lkg"
+
+    @property
+    def master_socket(self) -> Path:
+        return self.root / "haproxy-master.sock"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.root / "haproxy-admin.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "haproxy.pid"
+
+    @property
+    def desired(self) -> Path:
+        return self.root / "desired.json"
+
+    @property
+    def map_dir(self) -> Path:
+        return self.root / "maps"
+
+    def check(self) -> None:
+        """Socket paths go into the configuration and have a kernel length limit."""
+        text = str(self.root)
+        if not _SAFE_PATH.match(text):
+            raise HAProxyError(
+                f"state directory {text!r} may only contain letters, digits, '_', '.', '/', '-'"
+            )
+        if len(str(self.master_socket)) > _MAX_UNIX_PATH:
+            raise HAProxyError(f"state directory {text!r} is too long for a unix socket path")
+
+
+def find_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise HAProxyError(
+            f"HAProxy binary {name!r} not found: install it (apt-get install haproxy) "
+            "or pass --haproxy-bin"
+        )
+    return path
+
+
+async def _run(*args: str, timeout: float = 60.0) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise HAProxyError(f"{args[0]} did not finish within {timeout} s") from None
+    return proc.returncode or 0, output.decode(errors="replace")
+
+
+def _alerts(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if "ALERT" in line]
+    return "\n".join(lines) or output.strip()
+
+
+class HAProxyProcess:
+    """Start, adopt, validate and reload one master-worker HAProxy on a state directory."""
+
+    def __init__(self, paths: StatePaths, binary: str = "haproxy") -> None:
+        paths.check()
+        self.paths = paths
+        self.binary = find_binary(binary)
+        self.master = MasterClient(str(paths.master_socket))
+
+    async def version(self) -> str:
+        _, output = await _run(self.binary, "-v")
+        return output.splitlines()[0] if output else "unknown"
+
+    async def is_running(self) -> bool:
+        try:
+            await self.master.show_proc()
+        except RuntimeApiError:
+            return False
+        return True
+
+    async def validate(self, config: str, maps: Mapping[str, tuple[tuple[str, str], ...]]) -> None:
+        """Check a candidate with `haproxy -c` in a scratch copy of the state dir layout."""
+        live_maps = f"{self.paths.map_dir}/"
+        with tempfile.TemporaryDirectory(prefix="candidate.", dir=self.paths.root) as scratch:
+            root = Path(scratch)
+            for ref, entries in maps.items():
+                write_atomic(root / Path(ref).name, render_map(entries))
+            # the candidate must read the candidate maps, not the live ones
+            write_atomic(root / "haproxy.cfg", config.replace(live_maps, f"{scratch}/"))
+            code, output = await _run(self.binary, "-c", "-f", str(root / "haproxy.cfg"))
+        if code != 0:
+            raise InvalidConfig(_alerts(output).replace(f"{scratch}/", live_maps))
+
+    def write(self, config: str, maps: Mapping[str, tuple[tuple[str, str], ...]]) -> None:
+        """Maps first: the configuration that names them must never point at a missing file."""
+        for ref, entries in maps.items():
+            self.write_map(ref, entries)
+        write_atomic(self.paths.config, config)
+
+    def write_map(self, ref: str, entries: tuple[tuple[str, str], ...]) -> None:
+        """Keep map files equal to the live maps, so a reload or restart starts from them."""
+        write_atomic(Path(ref), render_map(entries))
+
+    async def guarded_reload(
+        self, config: str, maps: Mapping[str, tuple[tuple[str, str], ...]]
+    ) -> None:
+        """Write a validated candidate and reload; on failure put the last-known-good back."""
+        if not await self.is_running():
+            self.write(config, maps)
+            await self.start()
+            return
+        snapshot = {path: path.read_text() for path in self._owned_files() if path.exists()}
+        if self.paths.config.exists():
+            shutil.copyfile(self.paths.config, self.paths.last_known_good)
+        try:
+            self.write(config, maps)
+            await self.reload()
+        except BaseException:
+            for path in self._owned_files():
+                if path not in snapshot:
+                    path.unlink(missing_ok=True)
+            for path, text in snapshot.items():
+                write_atomic(path, text)
+            raise
+
+    def _owned_files(self) -> list[Path]:
+        return [self.paths.config, *sorted(self.paths.map_dir.glob("*.map"))]
+
+    async def start(self, timeout: float = 10.0) -> None:
+        self.paths.master_socket.unlink(missing_ok=True)
+        code, output = await _run(
+            self.binary,
+            "-W",
+            "-D",
+            "-S",
+            f"{self.paths.master_socket},mode,600",
+            "-f",
+            str(self.paths.config),
+            "-p",
+            str(self.paths.pidfile),
+        )
+        if code != 0:
+            raise HAProxyError(f"HAProxy did not start: {_alerts(output)}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                proc = await self.master.show_proc()
+                if proc.workers:
+                    return
+            except RuntimeApiError:
+                pass
+            await asyncio.sleep(0.02)
+        raise HAProxyError(f"HAProxy started but its master did not answer within {timeout} s")
+
+    async def reload(self, timeout: float = 15.0) -> None:
+        """Reload through the master and confirm a new worker; raise if it failed."""
+        before = await self.master.show_proc()
+        await self.master.reload()
+        try:
+            await self.master.wait_reloaded(before.reloads, timeout)
+        except RuntimeApiError as exc:
+            raise HAProxyError(f"reload failed: {exc}") from exc
+
+    def master_pid(self) -> int | None:
+        try:
+            return int(self.paths.pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the master and its workers (used by `demo` and tests, not by `run`'s exit)."""
+        pid = self.master_pid()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            await asyncio.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,280 @@
+"""Typed, validated Runtime API and master CLI commands.
+
+A `Command` is the only thing the clients send, and it can only be built by the
+functions below. Each argument is checked against a narrow whitelist, because on
+the socket `;` starts a second command, a newline ends the line, `\\` escapes and
+a space splits a token: a value carrying any of them would change what HAProxy
+executes.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from controller.runtime.errors import InvalidArgument
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,127}")
+MAP_FILE_PATTERN = re.compile(r"[A-Za-z0-9_./-]{1,255}")
+MAP_ID_PATTERN = re.compile(r"#[0-9]{1,10}")
+MAP_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,255}")
+# Every command text is single-space separated tokens of these characters only.
+_LINE_PATTERN = re.compile(r"[A-Za-z0-9_.:/@#-]+(?: [A-Za-z0-9_.:/@#-]+)*")
+
+SERVER_STATES = frozenset({"ready", "drain", "maint"})
+MAX_WEIGHT = 256
+_MAX_ID = 2**31 - 1
+
+# `show stat` object types, to be OR-ed; -1 selects all of them.
+STAT_FRONTEND = 1
+STAT_BACKEND = 2
+STAT_SERVER = 4
+STAT_ALL = -1
+
+
+class CommandKind(enum.Enum):
+    """Where a command goes and whether it may be sent twice."""
+
+    READ = "read"  # no side effect: the client may resend it on a fresh connection
+    WRITE = "write"  # changes state: resending after a broken connection is the caller's call
+    MASTER = "master"  # only valid on the master CLI socket
+
+
+_SEAL = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One validated command line (without the trailing newline)."""
+
+    text: str
+    kind: CommandKind
+    _seal: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._seal is not _SEAL:
+            raise TypeError("build commands with the functions of controller.runtime.commands")
+        # Second line of defence, e.g. against dataclasses.replace(cmd, text=...).
+        if not isinstance(self.text, str) or not _LINE_PATTERN.fullmatch(self.text):
+            raise InvalidArgument("command", "not a safe command line", self.text)
+
+    @property
+    def idempotent(self) -> bool:
+        return self.kind is CommandKind.READ
+
+
+def _make(kind: CommandKind, *tokens: str) -> Command:
+    return Command(" ".join(tokens), kind, _SEAL)
+
+
+# ---- validators -------------------------------------------------------------
+
+
+def _token(value: object, pattern: re.Pattern[str], field_name: str, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(field_name, "must be a string", value)
+    if not pattern.fullmatch(value):
+        raise InvalidArgument(field_name, f"must be {what}", value)
+    return value
+
+
+def validate_name(value: object, field_name: str) -> str:
+    """A proxy or server name as HAProxy accepts it, minus anything risky."""
+    return _token(value, NAME_PATTERN, field_name, "1-127 of [A-Za-z0-9_.:-]")
+
+
+def _int(value: object, field_name: str, low: int, high: int) -> int:
+    # bool is an int subclass; `True` as a port or weight is a bug, not a value.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(field_name, "must be an integer", value)
+    if not low <= value <= high:
+        raise InvalidArgument(field_name, f"must be between {low} and {high}", value)
+    return value
+
+
+def _id_or_all(value: object, field_name: str) -> int:
+    number = _int(value, field_name, -1, _MAX_ID)
+    if number == 0:
+        raise InvalidArgument(field_name, "must be -1 (all) or a positive id", value)
+    return number
+
+
+def validate_ip(value: object, field_name: str = "ip") -> str:
+    """An IPv4/IPv6 literal, normalised; IPv6 zone ids (`%eth0`) are refused."""
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = value
+    elif isinstance(value, str):
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise InvalidArgument(field_name, "must be an IPv4 or IPv6 address", value) from None
+    else:
+        raise InvalidArgument(field_name, "must be an IP address", value)
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise InvalidArgument(field_name, "IPv6 zone ids are not supported", value)
+    return str(address)
+
+
+def validate_map_ref(value: object, field_name: str = "ref") -> str:
+    """A map as HAProxy lists it: its file name (as in the config) or `#<id>`."""
+    if isinstance(value, str) and MAP_ID_PATTERN.fullmatch(value):
+        return value
+    return _token(value, MAP_FILE_PATTERN, field_name, "a file path of [A-Za-z0-9_./-] or #<id>")
+
+
+def validate_map_token(value: object, field_name: str) -> str:
+    """A map key or value; `0:4999` style integer ranges are allowed."""
+    return _token(value, MAP_TOKEN_PATTERN, field_name, "1-255 of [A-Za-z0-9_.:/-]")
+
+
+def _version(value: object) -> int:
+    return _int(value, "version", 0, _MAX_ID)
+
+
+def _server(backend: object, server: object) -> str:
+    return f"{validate_name(backend, 'backend')}/{validate_name(server, 'server')}"
+
+
+# ---- servers ----------------------------------------------------------------
+
+
+def set_server_addr(
+    backend: str, server: str, ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address, port: int
+) -> Command:
+    """`set server B/S addr IP port P`: point a server slot at a new endpoint."""
+    target = _server(backend, server)
+    address = validate_ip(ip)
+    number = _int(port, "port", 1, 65535)
+    return _make(CommandKind.WRITE, "set", "server", target, "addr", address, "port", str(number))
+
+
+def set_server_state(backend: str, server: str, state: str) -> Command:
+    """`set server B/S state ready|drain|maint`."""
+    target = _server(backend, server)
+    if not isinstance(state, str) or state not in SERVER_STATES:
+        raise InvalidArgument("state", "must be one of ready, drain, maint", state)
+    return _make(CommandKind.WRITE, "set", "server", target, "state", state)
+
+
+def set_server_weight(backend: str, server: str, weight: int) -> Command:
+    """`set server B/S weight N`, N absolute in 0..256 (no `%` form)."""
+    target = _server(backend, server)
+    number = _int(weight, "weight", 0, MAX_WEIGHT)
+    return _make(CommandKind.WRITE, "set", "server", target, "weight", str(number))
+
+
+def show_servers_state(backend: str | None = None) -> Command:
+    """`show servers state [B]`: the observed state of every server (parse_servers_state)."""
+    if backend is None:
+        return _make(CommandKind.READ, "show", "servers", "state")
+    return _make(CommandKind.READ, "show", "servers", "state", validate_name(backend, "backend"))
+
+
+# ---- maps -------------------------------------------------------------------
+
+
+def show_map(ref: str | None = None, version: int | None = None) -> Command:
+    """`show map` lists maps; `show map [@VER] REF` dumps one map (or one prepared version)."""
+    if ref is None:
+        if version is not None:
+            raise InvalidArgument("version", "needs a map reference")
+        return _make(CommandKind.READ, "show", "map")
+    name = validate_map_ref(ref)
+    if version is None:
+        return _make(CommandKind.READ, "show", "map", name)
+    return _make(CommandKind.READ, "show", "map", f"@{_version(version)}", name)
+
+
+def prepare_map(ref: str) -> Command:
+    """`prepare map REF`: open a new empty version (its number is in the reply)."""
+    return _make(CommandKind.WRITE, "prepare", "map", validate_map_ref(ref))
+
+
+def add_map_entry(ref: str, version: int, key: str, value: str) -> Command:
+    """`add map @VER REF KEY VALUE`: fill a prepared version."""
+    name = validate_map_ref(ref)
+    number = _version(version)
+    entry_key = validate_map_token(key, "key")
+    entry_value = validate_map_token(value, "value")
+    return _make(CommandKind.WRITE, "add", "map", f"@{number}", name, entry_key, entry_value)
+
+
+def commit_map(ref: str, version: int) -> Command:
+    """`commit map @VER REF`: atomically swap the prepared version in."""
+    name = validate_map_ref(ref)
+    return _make(CommandKind.WRITE, "commit", "map", f"@{_version(version)}", name)
+
+
+def clear_map(ref: str, version: int | None = None) -> Command:
+    """`clear map [@VER] REF`: empty the live map, or a prepared version."""
+    name = validate_map_ref(ref)
+    if version is None:
+        return _make(CommandKind.WRITE, "clear", "map", name)
+    return _make(CommandKind.WRITE, "clear", "map", f"@{_version(version)}", name)
+
+
+# ---- stats and info ---------------------------------------------------------
+
+
+def _stat_suffix(typed: bool) -> tuple[str, ...]:
+    if not isinstance(typed, bool):
+        raise InvalidArgument("typed", "must be a bool", typed)
+    return ("typed",) if typed else ()
+
+
+def _stat_types(types: object) -> int:
+    number = _int(types, "types", -1, 7)
+    if number == 0:
+        raise InvalidArgument("types", "must be -1 (all) or a mask of 1|2|4", types)
+    return number
+
+
+def show_stat(
+    proxy_id: int = -1, types: int = STAT_ALL, server_id: int = -1, *, typed: bool = False
+) -> Command:
+    """`show stat IID TYPE SID [typed]`.
+
+    Always the filtered form: unfiltered stats over thousands of proxies take
+    seconds, and the filtered form is also what newer versions document.
+    """
+    iid = _id_or_all(proxy_id, "proxy_id")
+    mask = _stat_types(types)
+    sid = _id_or_all(server_id, "server_id")
+    return _make(
+        CommandKind.READ, "show", "stat", str(iid), str(mask), str(sid), *_stat_suffix(typed)
+    )
+
+
+def show_proxy_stat(proxy: str, types: int = STAT_ALL, *, typed: bool = False) -> Command:
+    """`show stat NAME TYPE -1`: stats of one proxy by name (checked on 2.6.12).
+
+    HAProxy looks the argument up as a name first, then as a numeric id.
+    """
+    name = validate_name(proxy, "proxy")
+    mask = _stat_types(types)
+    return _make(CommandKind.READ, "show", "stat", name, str(mask), "-1", *_stat_suffix(typed))
+
+
+def show_info() -> Command:
+    """`show info`: process-wide information (pid, `Stopping`, version ...)."""
+    return _make(CommandKind.READ, "show", "info")
+
+
+def show_backend() -> Command:
+    """`show backend`: names of the backends of the running configuration."""
+    return _make(CommandKind.READ, "show", "backend")
+
+
+# ---- master CLI -------------------------------------------------------------
+
+
+def show_proc() -> Command:
+    """Master only: `show proc` (reload counters and workers, see parse_proc)."""
+    return _make(CommandKind.MASTER, "show", "proc")
+
+
+def reload() -> Command:
+    """Master only: `reload` (2.6: no status; 2.7+: `Success=0|1` and startup logs)."""
+    return _make(CommandKind.MASTER, "reload")

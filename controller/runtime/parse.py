@@ -1,0 +1,380 @@
+"""Pure parsers of Runtime API and master CLI replies.
+
+Written against HAProxy 2.6.12 output and tolerant of newer releases: columns
+are looked up by header name (2.8+/3.x add columns), unknown lines are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# ---- errors -----------------------------------------------------------------
+
+# With `set severity-output number`, messages (not data) are prefixed `[N]: `
+# with a syslog level. 0-3 are errors; but 2.6 also reports some failures at
+# level 4 (e.g. "[4]: Invalid addr ...") and "Unknown command" at level 6, so
+# the text is checked as well.
+_SEVERITY = re.compile(r"\[(\d)\]: ?")
+_ERROR_START = re.compile(
+    r"(unknown|no such|require[sd]? |invalid|malformed|missing|can't|cannot|cant |unable"
+    r"|not found|permission denied|failed|error|version number|absolute weight"
+    r"|out of memory|this command is restricted|'[^']*' expects )",
+    re.IGNORECASE,
+)
+_ERROR_ANYWHERE = re.compile(
+    r"( expects | can only be | out of range| only supports | is not allowed| not allowed)",
+    re.IGNORECASE,
+)
+
+
+def reply_severity(text: str) -> int | None:
+    """The `[N]: ` severity of a message reply, or None for data and unprefixed text."""
+    match = _SEVERITY.match(text)
+    return int(match.group(1)) if match else None
+
+
+def reply_message(text: str) -> str:
+    """The reply without its severity prefix and surrounding blank lines."""
+    return _SEVERITY.sub("", text.strip(), count=1)
+
+
+def is_error_reply(text: str) -> bool:
+    """Whether a reply reports a failure.
+
+    Only the first line is judged: data replies (`1`, `# ...`, `0x...`,
+    `Name: ...`) never start like an error, while data further down could
+    contain any word. Success messages such as
+    "[4]: no need to change the addr, port changed from '1' to '18081' ..."
+    or "[6]: New version created: 2" are not errors.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return False
+    severity = reply_severity(stripped)
+    if severity is not None and severity <= 3:
+        return True
+    first_line = reply_message(stripped).splitlines()[0]
+    if _ERROR_START.match(first_line):
+        return True
+    # Data starts with `#` or a digit (`1`, `0x...`, `10 (initial 1)`); messages with a word.
+    looks_like_data = first_line[:1] == "#" or first_line[:1].isdigit()
+    return not looks_like_data and bool(_ERROR_ANYWHERE.search(first_line))
+
+
+# ---- servers state ----------------------------------------------------------
+
+FMAINT = 0x01  # forced by the API (`state maint`)
+IMAINT = 0x02  # inherited from a tracked server
+CMAINT = 0x04  # `disabled` in the configuration; stays set after `state ready`
+FDRAIN = 0x08  # forced by the API (`state drain`)
+IDRAIN = 0x10  # inherited drain
+RMAINT = 0x20  # DNS resolution failed
+HMAINT = 0x40  # address from the server-state file or DNS (hostname) pending
+
+MAINTENANCE_MASK = FMAINT | IMAINT | RMAINT | HMAINT
+DRAIN_MASK = FDRAIN | IDRAIN
+
+OP_STOPPED, OP_STARTING, OP_RUNNING, OP_STOPPING = 0, 1, 2, 3
+
+# 2.6.12 layout, used only if a reply ever comes without its header line.
+_SERVERS_STATE_COLUMNS: tuple[str, ...] = (
+    "be_id",
+    "be_name",
+    "srv_id",
+    "srv_name",
+    "srv_addr",
+    "srv_op_state",
+    "srv_admin_state",
+    "srv_uweight",
+    "srv_iweight",
+    "srv_time_since_last_change",
+    "srv_check_status",
+    "srv_check_result",
+    "srv_check_health",
+    "srv_check_state",
+    "srv_agent_state",
+    "bk_f_forced_id",
+    "srv_f_forced_id",
+    "srv_fqdn",
+    "srv_port",
+    "srvrecord",
+    "srv_use_ssl",
+    "srv_check_port",
+    "srv_check_addr",
+    "srv_agent_addr",
+    "srv_agent_port",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """One line of `show servers state`."""
+
+    backend_id: int
+    backend: str
+    server_id: int
+    server: str
+    addr: str
+    op_state: int
+    admin_state: int
+    user_weight: int
+    initial_weight: int
+    port: int | None
+    fqdn: str | None
+    seconds_since_change: int | None
+
+    @property
+    def in_maintenance(self) -> bool:
+        """Maintenance that stops traffic. CMAINT alone does not: a `disabled`
+        server put back with `state ready` keeps CMAINT yet serves (checked on 2.6)."""
+        return bool(self.admin_state & MAINTENANCE_MASK)
+
+    @property
+    def draining(self) -> bool:
+        return not self.in_maintenance and bool(self.admin_state & DRAIN_MASK)
+
+    @property
+    def ready(self) -> bool:
+        return not self.in_maintenance and not self.draining
+
+    @property
+    def running(self) -> bool:
+        return self.op_state == OP_RUNNING
+
+
+def _optional(value: str | None) -> str | None:
+    return None if value in (None, "", "-") else value
+
+
+def _optional_int(value: str | None) -> int | None:
+    text = _optional(value)
+    return int(text) if text is not None and text.lstrip("-").isdigit() else None
+
+
+def parse_servers_state(text: str) -> list[ServerState]:
+    """Parse `show servers state`: a version line (`1`), a `# ...` header, rows."""
+    columns: Sequence[str] = _SERVERS_STATE_COLUMNS
+    states: list[ServerState] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            columns = line.lstrip("#").split()
+            continue
+        fields = line.split(" ")
+        if len(fields) < 9:
+            continue  # the format version line
+        row = dict(zip(columns, fields, strict=False))
+        states.append(
+            ServerState(
+                backend_id=int(row["be_id"]),
+                backend=row["be_name"],
+                server_id=int(row["srv_id"]),
+                server=row["srv_name"],
+                addr=row["srv_addr"],
+                op_state=int(row["srv_op_state"]),
+                admin_state=int(row["srv_admin_state"]),
+                user_weight=int(row["srv_uweight"]),
+                initial_weight=int(row["srv_iweight"]),
+                port=_optional_int(row.get("srv_port")),
+                fqdn=_optional(row.get("srv_fqdn")),
+                seconds_since_change=_optional_int(row.get("srv_time_since_last_change")),
+            )
+        )
+    return states
+
+
+# ---- maps -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MapEntry:
+    """One line of `show map REF`: `0x55... key value`."""
+
+    entry_id: str
+    key: str
+    value: str
+
+
+def parse_map(text: str) -> list[MapEntry]:
+    entries: list[MapEntry] = []
+    for line in text.splitlines():
+        parts = line.strip().split(" ", 2)
+        if len(parts) == 3 and parts[0].startswith("0x"):
+            entries.append(MapEntry(entry_id=parts[0], key=parts[1], value=parts[2]))
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class MapInfo:
+    """One line of `show map` without argument."""
+
+    map_id: int
+    file: str
+    description: str
+    current_version: int | None
+    next_version: int | None
+    entry_count: int | None
+
+
+_MAP_LIST_LINE = re.compile(r"(-?\d+) \((.*?)\) ?(.*)")
+_MAP_COUNTER = re.compile(r"\b(curr_ver|next_ver|entry_cnt)=(\d+)")
+
+
+def parse_map_list(text: str) -> list[MapInfo]:
+    maps: list[MapInfo] = []
+    for line in text.splitlines():
+        match = _MAP_LIST_LINE.fullmatch(line.strip())
+        if not match:
+            continue
+        counters = {name: int(value) for name, value in _MAP_COUNTER.findall(match.group(3))}
+        maps.append(
+            MapInfo(
+                map_id=int(match.group(1)),
+                file=match.group(2),
+                description=match.group(3),
+                current_version=counters.get("curr_ver"),
+                next_version=counters.get("next_ver"),
+                entry_count=counters.get("entry_cnt"),
+            )
+        )
+    return maps
+
+
+_NEW_VERSION = re.compile(r"New version created: (\d+)")
+
+
+def parse_prepared_version(text: str) -> int:
+    """The version number from a `prepare map` reply ("New version created: 3")."""
+    match = _NEW_VERSION.search(text)
+    if not match:
+        raise ValueError(f"not a 'prepare map' reply: {text.strip()[:80]!r}")
+    return int(match.group(1))
+
+
+# ---- stats, info, backends --------------------------------------------------
+
+
+def parse_stat(text: str) -> list[dict[str, str]]:
+    """Parse CSV `show stat` (header `# pxname,svname,...`) into one dict per row."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("#"):
+        return []
+    header = next(csv.reader([lines[0].lstrip("# ")]))
+    rows: list[dict[str, str]] = []
+    for values in csv.reader(lines[1:]):
+        row = {name: value for name, value in zip(header, values, strict=False) if name}
+        rows.append(row)
+    return rows
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """Parse `show info` (`Name: value` lines)."""
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name and " " not in name:
+            info[name] = value.strip()
+    return info
+
+
+def parse_backends(text: str) -> list[str]:
+    """Parse `show backend` (`# name` then one name per line)."""
+    return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
+
+
+# ---- master: show proc ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessEntry:
+    """A worker (or program) line of `show proc`."""
+
+    pid: int
+    kind: str
+    reloads: int
+    uptime: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    """The master's `show proc`.
+
+    `failed` is the `[failed: N]` counter (None if absent); on 2.6 it counts
+    failed reloads since the last successful one and goes back to 0 on success.
+    A worker's `reloads` counts the reloads it survived, so a worker started by
+    the latest successful reload shows 0.
+    """
+
+    master_pid: int
+    reloads: int
+    failed: int | None
+    uptime: str
+    version: str
+    workers: tuple[ProcessEntry, ...]
+    old_workers: tuple[ProcessEntry, ...]
+
+    @property
+    def fresh_workers(self) -> tuple[ProcessEntry, ...]:
+        return tuple(worker for worker in self.workers if worker.reloads == 0)
+
+
+_MASTER_LINE = re.compile(r"(\d+)\s+master\s+(\d+)(?:\s*\[failed:\s*(\d+)\])?\s+(\S+)(?:\s+(\S+))?")
+_PROC_LINE = re.compile(r"(\d+)\s+(\S+)\s+(\d+)\s+(\S+)(?:\s+(\S+))?")
+_UPTIME = re.compile(r"(\d+)d(\d+)h(\d+)m(\d+)s")
+
+
+def uptime_seconds(uptime: str) -> int | None:
+    """`0d00h01m14s` in seconds."""
+    match = _UPTIME.fullmatch(uptime)
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(group) for group in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def parse_proc(text: str) -> ProcInfo:
+    """Parse `show proc` of 2.6 to 3.x: a master line, then `# workers`,
+    `# old workers`, `# programs`, `# old programs` sections."""
+    master: re.Match[str] | None = None
+    section = ""
+    workers: list[ProcessEntry] = []
+    old_workers: list[ProcessEntry] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            section = line.lstrip("#").strip().lower()
+            continue
+        if master is None:
+            master = _MASTER_LINE.fullmatch(line)
+            if master:
+                continue
+        match = _PROC_LINE.fullmatch(line)
+        if not match or section not in {"workers", "old workers"}:
+            continue
+        entry = ProcessEntry(
+            pid=int(match.group(1)),
+            kind=match.group(2),
+            reloads=int(match.group(3)),
+            uptime=match.group(4),
+            version=match.group(5) or "",
+        )
+        (workers if section == "workers" else old_workers).append(entry)
+    if master is None:
+        raise ValueError(f"not a 'show proc' reply: {text.strip()[:80]!r}")
+    return ProcInfo(
+        master_pid=int(master.group(1)),
+        reloads=int(master.group(2)),
+        failed=int(master.group(3)) if master.group(3) is not None else None,
+        uptime=master.group(4),
+        version=master.group(5) or "",
+        workers=tuple(workers),
+        old_workers=tuple(old_workers),
+    )

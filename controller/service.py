@@ -1,0 +1,98 @@
+"""`weighbridge run`: wire store, HAProxy, runtime client, engine and API; reconcile on a timer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from controller.api import create_app
+from controller.compile import RenderSettings
+from controller.config_file import load_config
+from controller.engine import Engine
+from controller.model import Config
+from controller.process import HAProxyProcess, StatePaths
+from controller.runtime.client import RuntimeClient
+from controller.store import FileStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    config_file: Path
+    state_dir: Path
+    api_host: str
+    api_port: int
+    haproxy_bin: str = "haproxy"
+    api_token: str = ""
+    sync_interval: float = 5.0
+    stop_haproxy_on_exit: bool = False
+
+
+def build_engine(settings: RunSettings) -> Engine:
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths = StatePaths(settings.state_dir.resolve())
+    process = HAProxyProcess(paths, settings.haproxy_bin)
+    runtime = RuntimeClient(str(paths.admin_socket))
+    return Engine(
+        FileStore(paths.desired), process, runtime, RenderSettings(str(paths.admin_socket))
+    )
+
+
+def read_seed(path: Path) -> Config | None:
+    """The config file seeds the store once; afterwards the store (and the API) rule."""
+    if not path.exists():
+        log.warning("config file %s not found: starting with no gateways", path)
+        return None
+    return load_config(path)
+
+
+async def reconcile_forever(engine: Engine, interval: float) -> None:
+    """Level-based repair: whatever drifted (by hand or by a crash) is put back."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            result = await engine.sync()
+            engine.state.last_error = None
+            if result.method != "none":
+                log.warning("repaired drift by %s: %s", result.method, "; ".join(result.steps))
+        except Exception as exc:  # keep the loop alive; report and retry next period
+            engine.state.last_error = str(exc)
+            log.error("reconcile failed: %s", exc)
+
+
+async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> None:
+    engine = build_engine(settings)
+    seed = read_seed(settings.config_file) if not engine.process.paths.desired.exists() else None
+    result = await engine.start(seed)
+    log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
+    runner = web.AppRunner(create_app(engine, token=settings.api_token), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.api_host, settings.api_port)
+    await site.start()
+    log.info("API on http://%s:%d/api/v1", settings.api_host, settings.api_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    reconcile = asyncio.create_task(reconcile_forever(engine, settings.sync_interval))
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        reconcile.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reconcile
+        await runner.cleanup()
+        await engine.runtime.close()
+        if settings.stop_haproxy_on_exit:
+            await engine.process.stop()
+        log.info("controller stopped; HAProxy %s", "stopped" if settings.stop_haproxy_on_exit
+                 else "keeps serving")

@@ -1,0 +1,80 @@
+"""Per-gateway status: desired weights next to what HAProxy reports it applies and serves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from controller.compile import backend_name, map_ref
+from controller.model import Gateway, format_percent
+from controller.runtime import commands
+from controller.runtime.parse import parse_stat
+
+if TYPE_CHECKING:
+    from controller.engine import Engine
+
+_BACKENDS_AND_SERVERS = 2 | 4
+
+
+def applied_weights(entries: tuple[tuple[str, str], ...]) -> dict[str, int]:
+    """Basis points per backend, read back from the `lo:hi backend` ranges of a live map."""
+    points: dict[str, int] = {}
+    for key, backend in entries:
+        low, _, high = key.partition(":")
+        span = int(high or low) - int(low) + 1
+        points[backend] = points.get(backend, 0) + span
+    return points
+
+
+def _count(row: Mapping[str, str], column: str) -> int:
+    value = row.get(column, "")
+    return int(value) if value.isdigit() else 0
+
+
+async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[str, Any]:
+    observed = await engine.observe()
+    stats = parse_stat(
+        await engine.runtime.execute(commands.show_stat(-1, _BACKENDS_AND_SERVERS, -1))
+    )
+    rows = {(r.get("pxname", ""), r.get("svname", "")): r for r in stats}
+    live = observed.maps.get(map_ref(name, engine.map_dir))
+    applied = applied_weights(live) if live is not None else {}
+    desired = gateway.effective_weights()
+    routes: dict[str, Any] = {}
+    in_sync = live is not None
+    for route_name, route in gateway.routes.items():
+        backend = backend_name(name, route_name)
+        slots = {s.address: s for s in observed.backends.get(backend, ())}
+        instances = []
+        for address in route.instances:
+            slot = slots.get(address)
+            state = "missing" if slot is None else ("ready" if slot.serving else "maint")
+            in_sync &= state == "ready"
+            row = rows.get((backend, slot.name)) if slot else None
+            instances.append({
+                "address": str(address),
+                "slot": slot.name if slot else None,
+                "state": state,
+                "requests": _count(row, "stot") if row else 0,
+            })
+        stray = [s for s in observed.backends.get(backend, ()) if s.serving
+                 and s.address not in route.instances]
+        in_sync &= not stray
+        in_sync &= applied.get(backend, 0) == desired[route_name]
+        backend_row = rows.get((backend, "BACKEND"), {})
+        routes[route_name] = {
+            "weight": format_percent(desired[route_name]),
+            "applied_weight": format_percent(applied.get(backend, 0)) if live else None,
+            "requests": _count(backend_row, "stot"),
+            "responses": {
+                f"{k}xx": _count(backend_row, f"hrsp_{k}xx") for k in range(1, 6)
+            },
+            "instances": instances,
+        }
+    return {
+        "gateway": name,
+        "bind": str(gateway.bind),
+        "revision": engine.desired.revision,
+        "in_sync": in_sync,
+        "routes": routes,
+    }

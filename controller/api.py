@@ -121,15 +121,17 @@ async def _json_body(request: web.Request) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}", [{"field": "(body)",
-                                                                 "message": "not JSON"}]) from None
+        raise ApiError(
+            400, f"body is not valid JSON: {exc}", [{"field": "(body)", "message": "not JSON"}]
+        ) from None
 
 
 def _dry_run(request: web.Request) -> bool:
     value = request.query.get("dry_run", "false").lower()
     if value not in ("true", "false", "1", "0"):
-        raise ApiError(400, "dry_run must be true or false", [{"field": "dry_run",
-                                                               "message": "not a boolean"}])
+        raise ApiError(
+            400, "dry_run must be true or false", [{"field": "dry_run", "message": "not a boolean"}]
+        )
     return value in ("true", "1")
 
 
@@ -168,7 +170,8 @@ async def put_gateway(request: web.Request) -> web.Response:
         current = config.gateways.get(name)
         _check_if_match(request, current)
         created = current is None
-        return _validated(lambda: config.with_gateway(name, gateway), "gateways." + name)
+        updated: Config = _validated(lambda: config.with_gateway(name, gateway), "gateways." + name)
+        return updated
 
     result = await request.app[ENGINE].change(compute, dry_run=_dry_run(request))
     return _applied(result, gateway, 201 if created and not result.dry_run else 200)
@@ -191,8 +194,11 @@ async def patch_weights(request: web.Request) -> web.Response:
     name = _name(request, "gateway")
     body = await _json_body(request)
     if not isinstance(body, dict) or not body:
-        raise ApiError(400, "body must be an object of route: weight",
-                       [{"field": "weights", "message": "expected a non-empty object"}])
+        raise ApiError(
+            400,
+            "body must be an object of route: weight",
+            [{"field": "weights", "message": "expected a non-empty object"}],
+        )
     weights: dict[str, int] = {}
     problems = []
     for route, value in _WEIGHTS.validate_python(body).items():
@@ -210,8 +216,11 @@ async def patch_weights(request: web.Request) -> web.Response:
         _check_if_match(request, gateway)
         unknown = sorted(set(weights) - set(gateway.routes))
         if unknown:
-            raise ApiError(404, f"gateway {name!r} has no route {unknown[0]!r}",
-                           [{"field": f"weights.{r}", "message": "unknown route"} for r in unknown])
+            raise ApiError(
+                404,
+                f"gateway {name!r} has no route {unknown[0]!r}",
+                [{"field": f"weights.{r}", "message": "unknown route"} for r in unknown],
+            )
         updated = _validated(lambda: gateway.with_weights(weights), "weights")
         return config.with_gateway(name, updated)
 
@@ -223,8 +232,11 @@ async def put_instances(request: web.Request) -> web.Response:
     name, route = _name(request, "gateway"), _name(request, "route")
     body = await _json_body(request)
     if not isinstance(body, list):
-        raise ApiError(400, "body must be a list of 'host:port'",
-                       [{"field": "instances", "message": "expected a list"}])
+        raise ApiError(
+            400,
+            "body must be a list of 'host:port'",
+            [{"field": "instances", "message": "expected a list"}],
+        )
     updated: Gateway | None = None
 
     def compute(config: Config) -> Config:
@@ -232,8 +244,11 @@ async def put_instances(request: web.Request) -> web.Response:
         gateway = _gateway(config, name)
         _check_if_match(request, gateway)
         if route not in gateway.routes:
-            raise ApiError(404, f"gateway {name!r} has no route {route!r}",
-                           [{"field": "route", "message": "unknown route"}])
+            raise ApiError(
+                404,
+                f"gateway {name!r} has no route {route!r}",
+                [{"field": "route", "message": "unknown route"}],
+            )
         updated = _validated(lambda: gateway.with_instances(route, body), "")
         return config.with_gateway(name, updated)
 

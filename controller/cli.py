@@ -54,7 +54,9 @@ def call_api(
 
 
 def _print_error(console: Console, status: int, body: Any) -> int:
-    console.print(f"[red]error {status}[/]: {body.get('error') if isinstance(body, dict) else body}")
+    console.print(
+        f"[red]error {status}[/]: {body.get('error') if isinstance(body, dict) else body}"
+    )
     for problem in (body or {}).get("problems", []) if isinstance(body, dict) else []:
         console.print(f"  {problem['field']}: {problem['message']}")
     return 1
@@ -74,9 +76,7 @@ def cmd_weights(args: argparse.Namespace, console: Console) -> int:
     )
     if status >= 400:
         return _print_error(console, status, body)
-    console.print(
-        f"{body['applied']} in {body['duration_ms']} ms (revision {body['revision']})"
-    )
+    console.print(f"{body['applied']} in {body['duration_ms']} ms (revision {body['revision']})")
     for step in body["plan"]:
         console.print(f"  {step}")
     return 0
@@ -84,8 +84,11 @@ def cmd_weights(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_instances(args: argparse.Namespace, console: Console) -> int:
     status, body = call_api(
-        args.api, "PUT", f"/gateways/{args.gateway}/routes/{args.route}/instances",
-        args.addresses, args.token,
+        args.api,
+        "PUT",
+        f"/gateways/{args.gateway}/routes/{args.route}/instances",
+        args.addresses,
+        args.token,
     )
     if status >= 400:
         return _print_error(console, status, body)
@@ -100,15 +103,22 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         console.print_json(data=body)
         return 0
-    table = Table(title=f"gateway {body['gateway']} on {body['bind']} "
-                        f"(revision {body['revision']}, {'in sync' if body['in_sync'] else 'SYNCING'})")
+    table = Table(
+        title=f"gateway {body['gateway']} on {body['bind']} "
+        f"(revision {body['revision']}, {'in sync' if body['in_sync'] else 'SYNCING'})"
+    )
     for column in ("route", "weight", "applied", "requests", "5xx", "instances"):
         table.add_column(column, justify="right" if column != "route" else "left")
     for name, route in body["routes"].items():
         ready = sum(1 for i in route["instances"] if i["state"] == "ready")
-        table.add_row(name, route["weight"], route["applied_weight"] or "-",
-                      str(route["requests"]), str(route["responses"]["5xx"]),
-                      f"{ready}/{len(route['instances'])} ready")
+        table.add_row(
+            name,
+            route["weight"],
+            route["applied_weight"] or "-",
+            str(route["requests"]),
+            str(route["responses"]["5xx"]),
+            f"{ready}/{len(route['instances'])} ready",
+        )
     console.print(table)
     return 0
 

@@ -197,7 +197,9 @@ def _render_gateway(gateway: GatewayLayout, assignment: Assignment) -> list[str]
         for slot in backend.slot_names():
             address = filled.get(slot)
             lines.append(
-                f"    server {slot} {address}" if address else f"    server {slot} {PLACEHOLDER} disabled"
+                f"    server {slot} {address}"
+                if address
+                else f"    server {slot} {PLACEHOLDER} disabled"
             )
         lines.append("")
     return lines

@@ -24,8 +24,9 @@ DEMO_ROUTES = {"stable": 4, "canary": 8}
 @contextmanager
 def demo_services() -> Iterator[dict[str, list[str]]]:
     """Start the demo instances in their own process; yield route → addresses; always stop it."""
-    specs = [f"{route}:{route[0]}{i}:0" for route, n in DEMO_ROUTES.items()
-             for i in range(1, n + 1)]
+    specs = [
+        f"{route}:{route[0]}{i}:0" for route, n in DEMO_ROUTES.items() for i in range(1, n + 1)
+    ]
     args = [sys.executable, "-m", "controller.backends"]
     for spec in specs:
         args += ["--spec", spec]
@@ -50,13 +51,17 @@ def demo_services() -> Iterator[dict[str, list[str]]]:
 
 
 def demo_config(routes: dict[str, list[str]], port: int) -> dict[str, object]:
-    return {"gateways": {"shop": {
-        "bind": f"127.0.0.1:{port}",
-        "routes": {
-            "stable": {"weight": "90%", "instances": routes["stable"]},
-            "canary": {"weight": "10%", "instances": routes["canary"]},
-        },
-    }}}
+    return {
+        "gateways": {
+            "shop": {
+                "bind": f"127.0.0.1:{port}",
+                "routes": {
+                    "stable": {"weight": "90%", "instances": routes["stable"]},
+                    "canary": {"weight": "10%", "instances": routes["canary"]},
+                },
+            }
+        }
+    }
 
 
 def run_demo(settings: RunSettings, *, gateway_port: int, console: Console) -> int:
@@ -64,30 +69,32 @@ def run_demo(settings: RunSettings, *, gateway_port: int, console: Console) -> i
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         (settings.state_dir / "desired.json").unlink(missing_ok=True)
         config_file = settings.state_dir / "demo.yaml"
-        config_file.write_text(yaml.safe_dump(demo_config(routes, gateway_port)))
+        config_file.write_text(yaml.safe_dump(demo_config(routes, gateway_port), sort_keys=False))
         settings = replace(settings, config_file=config_file, stop_haproxy_on_exit=True)
         api = f"{settings.api_host}:{settings.api_port}"
         asyncio.run(_serve_and_explain(settings, gateway_port, api, console))
     return 0
 
 
-async def _serve_and_explain(
-    settings: RunSettings, port: int, api: str, console: Console
-) -> None:
-    ready = asyncio.Event()
-    server = asyncio.create_task(serve(settings, ready))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if ready.is_set():
-        console.print(f"""
+def _explain(port: int, api: str) -> str:
+    return f"""
 [bold]Weighbridge demo is running[/] (Ctrl-C stops everything).
   gateway [bold]shop[/] on http://127.0.0.1:{port}/  stable ×4 instances 90 %, canary ×8 instances 10 %
 
   Look at the split:  for i in $(seq 200); do curl -s 127.0.0.1:{port}/; done | cut -d' ' -f1 | sort | uniq -c
   Shift with curl:    curl -X PATCH {api}/api/v1/gateways/shop/weights -d '{{"stable":"50%","canary":"50%"}}'
-  Shift with the CLI: weighbridge weights shop stable=95 canary=5
-  Watch it follow:    weighbridge status shop
-""")
+  Shift with the CLI: .venv/bin/weighbridge weights shop stable=95 canary=5
+  Watch it follow:    .venv/bin/weighbridge status shop
+"""
+
+
+async def _serve_and_explain(settings: RunSettings, port: int, api: str, console: Console) -> None:
+    ready = asyncio.Event()
+    server = asyncio.create_task(serve(settings, ready))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({server, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.is_set():
+        console.print(_explain(port, api), soft_wrap=True, highlight=False)
     else:
         waiter.cancel()
     await server

@@ -165,8 +165,13 @@ class Engine:
             await self._apply_runtime(plan)
         seconds = time.perf_counter() - started
         if not plan.is_empty:
-            log.info("applied revision %d by %s in %.1f ms: %s", revision, plan.method,
-                     seconds * 1000, "; ".join(plan.describe()))
+            log.info(
+                "applied revision %d by %s in %.1f ms: %s",
+                revision,
+                plan.method,
+                seconds * 1000,
+                "; ".join(plan.describe()),
+            )
         return ApplyResult(plan.method, seconds, tuple(plan.describe()), revision)
 
     async def _apply_runtime(self, plan: Plan) -> None:
@@ -220,7 +225,7 @@ class Engine:
                 backends.setdefault(server.backend, []).append(
                     SlotState(
                         name=server.server,
-                        address=Address(ip=server.addr, port=server.port),
+                        address=Address(ip=server.addr, port=server.port or 0),
                         serving=not (server.in_maintenance or server.draining),
                         weight=server.user_weight,
                     )
@@ -241,4 +246,3 @@ def _empty_observed() -> Observed:
 def _new_version(reply: str) -> int:
     """`prepare map` answers 'New version created: N'."""
     return int(reply.strip().rsplit(":", 1)[1])
-

@@ -186,7 +186,7 @@ class Gateway(BaseModel):
         return self
 
     def effective_weights(self) -> dict[str, int]:
-        """Weights in basis points; undeclared routes share the rest, the last takes the remainder."""
+        """Basis points per route; undeclared routes share the rest, the last one the remainder."""
         declared = sum(r.weight for r in self.routes.values() if r.weight is not None)
         open_routes = [n for n, r in self.routes.items() if r.weight is None]
         rest = BASIS_POINTS - declared
@@ -249,7 +249,9 @@ def validation_problems(exc: ValidationError, prefix: str = "") -> list[dict[str
     """Pydantic errors as `{field, message}` pairs a person can act on."""
     problems = []
     for error in exc.errors():
-        location = ".".join(str(part) for part in error["loc"] if part not in ("function-after", "[key]"))
+        location = ".".join(
+            str(part) for part in error["loc"] if part not in ("function-after", "[key]")
+        )
         field = ".".join(p for p in (prefix, location) if p)
         message = error["msg"].removeprefix("Value error, ")
         problems.append({"field": field or "(body)", "message": message})

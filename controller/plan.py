@@ -85,9 +85,7 @@ class Plan:
         return steps
 
 
-def plan_changes(
-    config: Config, layout: Layout, fingerprint: str, observed: Observed
-) -> Plan:
+def plan_changes(config: Config, layout: Layout, fingerprint: str, observed: Observed) -> Plan:
     """Compare every backend slot and map with what HAProxy reports, and say how to converge."""
     reasons = _reload_reasons(layout, fingerprint, observed)
     assignment: dict[str, dict[str, Address]] = {}
@@ -112,7 +110,9 @@ def plan_changes(
     return Plan(assignment=assignment, fill=tuple(fill), maps=maps, empty=tuple(empty))
 
 
-def _reload_reasons(layout: Layout, fingerprint: str, observed: Observed) -> tuple[ReloadReason, ...]:
+def _reload_reasons(
+    layout: Layout, fingerprint: str, observed: Observed
+) -> tuple[ReloadReason, ...]:
     if observed.fingerprint is None:
         return (ReloadReason("initial", "HAProxy runs no Weighbridge configuration"),)
     reasons: list[ReloadReason] = []

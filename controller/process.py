@@ -122,14 +122,18 @@ class HAProxyProcess:
         self.paths = paths
         self.binary = find_binary(binary)
         self.master = MasterClient(str(paths.master_socket))
+        # a stale socket of a killed master refuses at once: don't retry as long as for reloads
+        self._probe = MasterClient(str(paths.master_socket), timeout=0.5)
 
     async def version(self) -> str:
         _, output = await _run(self.binary, "-v")
         return output.splitlines()[0] if output else "unknown"
 
     async def is_running(self) -> bool:
+        if not self.paths.master_socket.exists():
+            return False
         try:
-            await self.master.show_proc()
+            await self._probe.show_proc()
         except RuntimeApiError:
             return False
         return True

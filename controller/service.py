@@ -94,5 +94,7 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
         await engine.runtime.close()
         if settings.stop_haproxy_on_exit:
             await engine.process.stop()
-        log.info("controller stopped; HAProxy %s", "stopped" if settings.stop_haproxy_on_exit
-                 else "keeps serving")
+        log.info(
+            "controller stopped; HAProxy %s",
+            "stopped" if settings.stop_haproxy_on_exit else "keeps serving",
+        )

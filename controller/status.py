@@ -51,14 +51,19 @@ async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[st
             state = "missing" if slot is None else ("ready" if slot.serving else "maint")
             in_sync &= state == "ready"
             row = rows.get((backend, slot.name)) if slot else None
-            instances.append({
-                "address": str(address),
-                "slot": slot.name if slot else None,
-                "state": state,
-                "requests": _count(row, "stot") if row else 0,
-            })
-        stray = [s for s in observed.backends.get(backend, ()) if s.serving
-                 and s.address not in route.instances]
+            instances.append(
+                {
+                    "address": str(address),
+                    "slot": slot.name if slot else None,
+                    "state": state,
+                    "requests": _count(row, "stot") if row else 0,
+                }
+            )
+        stray = [
+            s
+            for s in observed.backends.get(backend, ())
+            if s.serving and s.address not in route.instances
+        ]
         in_sync &= not stray
         in_sync &= applied.get(backend, 0) == desired[route_name]
         backend_row = rows.get((backend, "BACKEND"), {})
@@ -66,9 +71,7 @@ async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[st
             "weight": format_percent(desired[route_name]),
             "applied_weight": format_percent(applied.get(backend, 0)) if live else None,
             "requests": _count(backend_row, "stot"),
-            "responses": {
-                f"{k}xx": _count(backend_row, f"hrsp_{k}xx") for k in range(1, 6)
-            },
+            "responses": {f"{k}xx": _count(backend_row, f"hrsp_{k}xx") for k in range(1, 6)},
             "instances": instances,
         }
     return {

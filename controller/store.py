@@ -86,6 +86,6 @@ class FileStore:
         seen = -1
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: self._revision != seen)
+                await self._changed.wait_for(lambda: self._revision != seen)  # noqa: B023
                 seen = self._revision
             yield seen

@@ -112,7 +112,7 @@ class MasterClient:
     async def wait_reloaded(
         self,
         previous_reloads: int,
-        timeout: float,  # noqa: ASYNC109 - a deadline for the whole poll, not one call
+        timeout: float,
     ) -> ProcInfo:
         """Poll `show proc` until a reload after `previous_reloads` settled.
 

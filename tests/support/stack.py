@@ -25,7 +25,9 @@ import yaml
 from tests.support.ports import free_port
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
     """Poll `check` until it holds or the deadline passes (never a bare sleep as sync)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,7 +108,11 @@ class Stack:
             return None
 
     def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
         raw: bytes | None = None,
     ) -> Response:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
@@ -126,10 +132,16 @@ class Stack:
         self.log_path = self.state_dir.parent / "controller.log"
         log = self.log_path.open("ab")
         args = [
-            sys.executable, "-m", "controller", "run",
-            "--config", str(config_file),
-            "--state-dir", str(self.state_dir),
-            "--api", f"127.0.0.1:{self.api_port}",
+            sys.executable,
+            "-m",
+            "controller",
+            "run",
+            "--config",
+            str(config_file),
+            "--state-dir",
+            str(self.state_dir),
+            "--api",
+            f"127.0.0.1:{self.api_port}",
             *(extra or []),
         ]
         if self.token:
@@ -184,7 +196,7 @@ def running_stack(
 ) -> Iterator[Stack]:
     state = tmp / "state"
     config_file = tmp / "weighbridge.yaml"
-    config_file.write_text(yaml.safe_dump(config))
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     stack = Stack(state_dir=state, api_port=free_port(), token=token)
     try:
         stack.start_controller(config_file, extra)

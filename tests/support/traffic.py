@@ -63,7 +63,7 @@ async def send(
     concurrency: int = 16,
     headers: Mapping[str, str] | None = None,
     new_connection_each: bool = False,
-    timeout: float = 5.0,  # noqa: ASYNC109 - per request, not for the whole call
+    timeout: float = 5.0,
 ) -> TrafficResult:
     """Send `n` GETs over at most `concurrency` keep-alive connections and count the answers."""
     target = loopback_url(url)

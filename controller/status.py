@@ -13,8 +13,6 @@ from controller.runtime.parse import parse_stat
 if TYPE_CHECKING:
     from controller.engine import Engine
 
-_BACKENDS_AND_SERVERS = 2 | 4
-
 
 def applied_weights(entries: tuple[tuple[str, str], ...]) -> dict[str, int]:
     """Basis points per backend, read back from the `lo:hi backend` ranges of a live map."""
@@ -33,10 +31,18 @@ def _count(row: Mapping[str, str], column: str) -> int:
 
 async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[str, Any]:
     observed = await engine.observe()
-    stats = parse_stat(
-        await engine.runtime.execute(commands.show_stat(-1, _BACKENDS_AND_SERVERS, -1))
-    )
-    rows = {(r.get("pxname", ""), r.get("svname", "")): r for r in stats}
+    backends = [backend_name(name, route) for route in gateway.routes]
+    replies = await engine.runtime.execute_many(
+        [
+            commands.show_proxy_stat(b, commands.STAT_BACKEND | commands.STAT_SERVER)
+            for b in backends
+        ]
+    )  # scoped to this gateway's backends: a full `show stat` costs seconds at scale
+    rows = {
+        (r.get("pxname", ""), r.get("svname", "")): r
+        for reply in replies
+        for r in parse_stat(reply)
+    }
     live = observed.maps.get(map_ref(name, engine.map_dir))
     applied = applied_weights(live) if live is not None else {}
     desired = gateway.effective_weights()

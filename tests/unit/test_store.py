@@ -1,0 +1,71 @@
+"""The file store: revisioned, compare-and-swap, atomic on disk, watchable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.model import Config
+from controller.store import Conflict, FileStore, StoreError
+
+
+def config(port: int) -> Config:
+    return Config.model_validate({"gateways": {"g": {"bind": f"127.0.0.1:{port}"}}})
+
+
+async def test_compare_and_swap_moves_the_revision(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "desired.json")
+    assert await store.read() is None
+    assert await store.compare_and_swap(0, config(1)) == 1
+    assert await store.compare_and_swap(1, config(2)) == 2
+    with pytest.raises(Conflict):
+        await store.compare_and_swap(1, config(3))
+    current = await store.read()
+    assert current is not None and current.revision == 2 and current.config == config(2)
+    assert (tmp_path / "desired.json").stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_crash_mid_write_leaves_the_old_state(tmp_path: Path) -> None:
+    """A torn temp file from a crashed writer is never read; the rename is the commit."""
+    path = tmp_path / "desired.json"
+    store = FileStore(path)
+    await store.compare_and_swap(0, config(1))
+    (tmp_path / ".desired.json.abc123").write_text('{"revision": 9, "conf')
+    again = await FileStore(path).read()
+    assert again is not None and again.revision == 1
+
+
+async def test_a_corrupt_file_is_a_store_error_not_an_empty_state(tmp_path: Path) -> None:
+    path = tmp_path / "desired.json"
+    path.write_text(json.dumps({"revision": 1, "config": {"gateways": {"Bad Name": {}}}}))
+    with pytest.raises(StoreError, match="not a valid desired state"):
+        await FileStore(path).read()
+
+
+async def test_watch_sees_each_new_revision(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "desired.json")
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for revision in store.watch():
+            seen.append(revision)
+            if revision == 2:
+                return
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0)
+    await store.compare_and_swap(0, config(1))
+    await asyncio.wait_for(
+        asyncio.shield(asyncio.create_task(_until(lambda: 1 in seen or follower.done()))), 5
+    )
+    await store.compare_and_swap(1, config(2))
+    await asyncio.wait_for(follower, 5)
+    assert seen[-1] == 2
+
+
+async def _until(check: object) -> None:
+    while not check():  # type: ignore[operator]
+        await asyncio.sleep(0.001)

@@ -135,6 +135,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
         haproxy_bin=args.haproxy_bin,
         api_token=args.api_token or os.environ.get(TOKEN_ENV, ""),
         sync_interval=args.sync_interval,
+        stats=args.stats,
     )
 
 
@@ -163,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--api-token", default="", help=f"or ${TOKEN_ENV}; required on writes")
         p.add_argument("--haproxy-bin", default="haproxy")
         p.add_argument("--sync-interval", type=float, default=5.0, help="seconds")
+        p.add_argument(
+            "--stats",
+            default="127.0.0.1:8404",
+            help="HAProxy's Prometheus exporter (/metrics) and stats page (/stats); '' for none",
+        )
 
     run = sub.add_parser("run", help="run the controller (and HAProxy)")
     controller_options(run, ".weighbridge")

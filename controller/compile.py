@@ -143,6 +143,8 @@ class RenderSettings:
     """Process-level paths and limits; validated by the shell before they get here."""
 
     admin_socket: str
+    stats_bind: Address | None = None
+    """Where HAProxy serves its own Prometheus exporter (`/metrics`) and stats page (`/stats`)."""
     hard_stop_after: str = "30s"
     max_reloads: int = 50
     timeout_connect: str = "5s"
@@ -178,6 +180,20 @@ def _render_global(settings: RenderSettings) -> list[str]:
     ]
 
 
+def _render_stats(settings: RenderSettings) -> list[str]:
+    if settings.stats_bind is None:
+        return []
+    return [
+        "frontend wb-stats",
+        f"    bind {settings.stats_bind}",
+        "    http-request use-service prometheus-exporter if { path /metrics }",
+        "    stats enable",
+        "    stats uri /stats",
+        "    stats refresh 5s",
+        "",
+    ]
+
+
 def _render_gateway(gateway: GatewayLayout, assignment: Assignment) -> list[str]:
     fallback = no_route_backend(gateway.name)
     lines = [
@@ -208,7 +224,7 @@ def _render_gateway(gateway: GatewayLayout, assignment: Assignment) -> list[str]
 def render_config(layout: Layout, settings: RenderSettings, assignment: Assignment) -> str:
     """The full configuration; its first line fingerprints the structure (see below)."""
     structure = structure_fingerprint(layout, settings)
-    lines = [f"{STRUCTURE_MARK}{structure}", *_render_global(settings)]
+    lines = [f"{STRUCTURE_MARK}{structure}", *_render_global(settings), *_render_stats(settings)]
     for gateway in layout.gateways:
         lines += _render_gateway(gateway, assignment)
     return "\n".join(lines) + "\n"
@@ -216,7 +232,7 @@ def render_config(layout: Layout, settings: RenderSettings, assignment: Assignme
 
 def structure_fingerprint(layout: Layout, settings: RenderSettings) -> str:
     """Hash of what only a reload can change: the config rendered with every slot empty."""
-    lines = _render_global(settings)
+    lines = [*_render_global(settings), *_render_stats(settings)]
     for gateway in layout.gateways:
         lines += _render_gateway(gateway, {})
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]

@@ -15,7 +15,7 @@ from controller.api import create_app
 from controller.compile import RenderSettings
 from controller.config_file import load_config
 from controller.engine import Engine
-from controller.model import Config
+from controller.model import Config, parse_address
 from controller.process import HAProxyProcess, StatePaths
 from controller.runtime.client import RuntimeClient
 from controller.store import FileStore
@@ -32,6 +32,8 @@ class RunSettings:
     haproxy_bin: str = "haproxy"
     api_token: str = ""
     sync_interval: float = 5.0
+    stats: str = "127.0.0.1:8404"
+    """HAProxy's own Prometheus exporter and stats page; empty: none."""
     stop_haproxy_on_exit: bool = False
 
 
@@ -41,7 +43,13 @@ def build_engine(settings: RunSettings) -> Engine:
     process = HAProxyProcess(paths, settings.haproxy_bin)
     runtime = RuntimeClient(str(paths.admin_socket))
     return Engine(
-        FileStore(paths.desired), process, runtime, RenderSettings(str(paths.admin_socket))
+        FileStore(paths.desired),
+        process,
+        runtime,
+        RenderSettings(
+            str(paths.admin_socket),
+            stats_bind=parse_address(settings.stats, wildcard=True) if settings.stats else None,
+        ),
     )
 
 

@@ -72,6 +72,7 @@ class Stack:
     state_dir: Path
     api_port: int
     token: str = ""
+    stats_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -142,6 +143,8 @@ class Stack:
             str(self.state_dir),
             "--api",
             f"127.0.0.1:{self.api_port}",
+            "--stats",
+            f"127.0.0.1:{self.stats_port}",
             *(extra or []),
         ]
         if self.token:

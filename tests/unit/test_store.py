@@ -47,25 +47,9 @@ async def test_a_corrupt_file_is_a_store_error_not_an_empty_state(tmp_path: Path
 
 async def test_watch_sees_each_new_revision(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "desired.json")
-    seen: list[int] = []
-
-    async def follow() -> None:
-        async for revision in store.watch():
-            seen.append(revision)
-            if revision == 2:
-                return
-
-    follower = asyncio.create_task(follow())
-    await asyncio.sleep(0)
+    watch = store.watch()
+    assert await anext(watch) == 0
     await store.compare_and_swap(0, config(1))
-    await asyncio.wait_for(
-        asyncio.shield(asyncio.create_task(_until(lambda: 1 in seen or follower.done()))), 5
-    )
+    assert await asyncio.wait_for(anext(watch), 5) == 1
     await store.compare_and_swap(1, config(2))
-    await asyncio.wait_for(follower, 5)
-    assert seen[-1] == 2
-
-
-async def _until(check: object) -> None:
-    while not check():  # type: ignore[operator]
-        await asyncio.sleep(0.001)
+    assert await asyncio.wait_for(anext(watch), 5) == 2

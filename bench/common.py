@@ -8,7 +8,6 @@ demo backends (a child), the controller (a child) and the HAProxy masters it or 
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import platform
@@ -24,9 +23,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,9 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 
 @contextmanager
-def short_tmp(prefix: str = "wb-b-") -> Iterator[Path]:
+def short_tmp(prefix: str = "wb-b-", root: str = "/tmp") -> Iterator[Path]:
     """A short directory under /tmp: unix socket paths must stay under ~100 characters."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp")).resolve()
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root)).resolve()
     try:
         yield path
     finally:
@@ -227,7 +227,11 @@ class Controller:
 
 @contextmanager
 def controller(
-    workdir: Path, config: dict[str, Any], *, startup_timeout: float = 30.0
+    workdir: Path,
+    config: dict[str, Any],
+    *,
+    extra_args: Sequence[str] = (),
+    startup_timeout: float = 30.0,
 ) -> Iterator[Controller]:
     """Seed a config file, run the controller on `workdir/state`, stop it and its HAProxy."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -242,6 +246,7 @@ def controller(
             "--state-dir", str(handle.state_dir),
             "--api", f"127.0.0.1:{handle.api_port}",
             "--haproxy-bin", HAPROXY,
+            *extra_args,
         ],
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -362,13 +367,53 @@ def machine_info() -> dict[str, str]:
         "wrk": _first_line(["wrk", "--version"]),
         "python": f"Python {platform.python_version()}",
         "kernel": platform.release(),
+        "weighbridge code": code_version(),
+        "load at report time": load_now(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
-def machine_lines() -> str:
-    return "\n".join(f"- {key}: {value}" for key, value in machine_info().items())
+def code_version() -> str:
+    """The commit measured, plus a hash of uncommitted changes to controller/ if any."""
+    repo = str(Path(__file__).resolve().parent.parent)
+    commit = _first_line(["git", "-C", repo, "rev-parse", "--short", "HEAD"])
+    try:
+        diff = subprocess.run(["git", "-C", repo, "diff", "HEAD", "--", "controller"],
+                              capture_output=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return commit
+    if not diff:
+        return commit
+    digest = sha256(diff).hexdigest()[:10]
+    return f"{commit} + uncommitted changes in controller/ (diff sha256 {digest})"
 
 
-def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True)
+def load_now() -> str:
+    """Load average and CPU/IO pressure (PSI): how busy the rest of the machine was."""
+    parts = []
+    with suppress(OSError):
+        parts.append("loadavg " + " ".join(Path("/proc/loadavg").read_text().split()[:3]))
+    for kind in ("cpu", "io"):
+        try:
+            some = Path(f"/proc/pressure/{kind}").read_text().splitlines()[0].split()
+            fields = dict(item.split("=") for item in some[1:])
+            parts.append(f"{kind} pressure avg10 {fields['avg10']}% avg60 {fields['avg60']}%")
+        except (OSError, IndexError, KeyError, ValueError):
+            pass
+    return ", ".join(parts) or "unknown"
+
+
+def machine_lines(load_before: str | None = None, code_before: str | None = None) -> str:
+    """The machine, for the report; `load_before` is `load_now()` taken before the run.
+
+    Pressure taken at report time includes the benchmark's own contention; the value from
+    before the run shows what else was busy on the machine.
+    """
+    info = machine_info()
+    if code_before is not None and code_before != info["weighbridge code"]:
+        info["weighbridge code"] += f" (CHANGED during the run; it was {code_before})"
+    if load_before is not None:
+        at_end = info.pop("load at report time")
+        info["load before the run"] = load_before
+        info["load at report time"] = at_end
+    return "\n".join(f"- {key}: {value}" for key, value in info.items())

@@ -29,11 +29,13 @@ from pathlib import Path
 
 from bench.common import (
     Controller,
+    code_version,
     controller,
     demo_backends,
     free_port,
     haproxy,
     http_get,
+    load_now,
     log,
     machine_lines,
     markdown_table,
@@ -215,7 +217,7 @@ def report(results: dict[str, list[Round]], args: argparse.Namespace) -> str:
     ]
     for label, rounds in results.items():
         lines += [f"### Servers: {label}", "", table(rounds), "", f"- {verdict(rounds)}", ""]
-    lines += ["Machine:", "", machine_lines()]
+    lines += ["Machine:", "", machine_lines(args.load_before, args.code_before)]
     return "\n".join(lines)
 
 
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
     parser.add_argument("--servers", choices=["both", "python", "static"], default="both")
     args = parser.parse_args(argv)
+    args.load_before, args.code_before = load_now(), code_version()
     if not (1 <= args.rounds <= 20 and 1 <= args.seconds <= 60 and 1 <= args.warmup <= 60
             and 1 <= args.connections <= 256):
         parser.error("bounds: --rounds 1..20, --seconds 1..60, --warmup 1..60, "

@@ -28,16 +28,18 @@ import aiohttp
 
 from bench.common import (
     Controller,
+    code_version,
     controller,
     demo_backends,
     free_port,
+    load_now,
     log,
     machine_lines,
     markdown_table,
     short_tmp,
     summary,
 )
-from controller.compile import weight_map
+from controller.model import parse_percent
 
 GATEWAY = "shop"
 ROUTES = {"stable": ("s", 4), "canary": ("c", 8)}
@@ -57,19 +59,31 @@ def percent(points: int) -> str:
     return f"{points / 100:.2f}%"
 
 
-def expected_map(order: list[str], stable: int, canary: int) -> frozenset[tuple[str, str]]:
-    """The ranges the controller renders for this split (compile.weight_map, routes in order)."""
+def expected_ranges(order: list[str], stable: int, canary: int) -> frozenset[str]:
+    """The `rand(10000)` ranges of this split, as the map keys: one range per route, in route
+    order (the controller's documented map format). Values (backend names) are layout details
+    that may change, so only the keys are compared; `applied` checks the values are distinct."""
     points = {"stable": stable, "canary": canary}
-    return frozenset(weight_map({route: points[route] for route in order}, GATEWAY))
+    keys, start = [], 0
+    for route in order:
+        keys.append(f"{start}:{start + points[route] - 1}")
+        start += points[route]
+    return frozenset(keys)
 
 
-def parse_show_map(text: str) -> frozenset[tuple[str, str]]:
-    entries = set()
+def parse_show_map(text: str) -> dict[str, str]:
+    """`show map <ref>` lines (`0x55... key value`) as key → value."""
+    entries = {}
     for line in text.splitlines():
         parts = line.strip().split(" ", 2)
         if len(parts) == 3 and parts[0].startswith("0x"):
-            entries.add((parts[1], parts[2]))
-    return frozenset(entries)
+            entries[parts[1]] = parts[2]
+    return entries
+
+
+def applied(entries: dict[str, str], wanted: frozenset[str]) -> bool:
+    """The new ranges are live: exactly the wanted keys, each to its own backend."""
+    return frozenset(entries) == wanted and len(set(entries.values())) == len(entries)
 
 
 class MapWatcher:
@@ -94,7 +108,7 @@ class MapWatcher:
         self._reader, self._writer = reader, writer
         return reader, writer
 
-    async def show(self) -> frozenset[tuple[str, str]]:
+    async def show(self) -> dict[str, str]:
         for attempt in range(2):
             if self._reader is None or self._writer is None:
                 reader, writer = await self._connect()
@@ -113,11 +127,21 @@ class MapWatcher:
             return parse_show_map(reply[: -len(_PROMPT)].decode(errors="replace"))
         raise AssertionError("unreachable")
 
-    async def wait_for(self, wanted: frozenset[tuple[str, str]], deadline: float) -> float:
-        """perf_counter() of the first reply showing `wanted`; TimeoutError past `deadline`."""
+    async def wait_for(
+        self,
+        wanted: frozenset[str],
+        deadline: float,
+        request: asyncio.Task[Any] | None = None,
+    ) -> float:
+        """perf_counter() of the first reply showing `wanted`; TimeoutError past `deadline`.
+
+        `request`: the PATCH in flight; if it fails, its error is raised at once.
+        """
         while True:
-            if await self.show() == wanted:
+            if applied(await self.show(), wanted):
                 return time.perf_counter()
+            if request is not None and request.done() and request.exception() is not None:
+                await request  # raises the request's own error
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"show map never showed {sorted(wanted)}")
 
@@ -138,6 +162,7 @@ class Results:
     visible_before_response: int = 0
     connections: int = 0
     connections_total: int = 0
+    sent_at: list[float] = field(default_factory=list)
     polls: int = 0
     wall_seconds: float = 0.0
 
@@ -181,13 +206,13 @@ async def measure(stack: Controller, changes: int, warmup: int, visible_mode: st
                     opened_before = opened[0]
                 stable, canary = split_for(i)
                 body = {"stable": percent(stable), "canary": percent(canary)}
-                wanted = expected_map(order, stable, canary)
+                wanted = expected_ranges(order, stable, canary)
                 t0 = time.perf_counter()
                 deadline = t0 + _VISIBLE_TIMEOUT
                 if visible_mode == "concurrent":
                     patch = asyncio.create_task(_patch(session, url, body))
                     try:
-                        seen = await watcher.wait_for(wanted, deadline)
+                        seen = await watcher.wait_for(wanted, deadline, patch)
                     except BaseException:
                         patch.cancel()
                         raise
@@ -197,12 +222,19 @@ async def measure(stack: Controller, changes: int, warmup: int, visible_mode: st
                     seen = await watcher.wait_for(wanted, deadline)
                 if i < 0:
                     continue
+                results.sent_at.append(t0 - started)
                 results.rtt_ms.append((done - t0) * 1000)
                 results.apply_ms.append(float(payload["duration_ms"]))
                 results.visible_ms.append((seen - t0) * 1000)
                 results.methods[str(payload["method"])] += 1
                 results.visible_before_response += seen < done
             results.wall_seconds = time.perf_counter() - started
+            async with session.get(f"{stack.api}/api/v1/gateways/{GATEWAY}") as response:
+                final = (await response.json())["routes"]
+            want = {"stable": body["stable"], "canary": body["canary"]}
+            got = {route: final[route]["weight"] for route in want}
+            if any(parse_percent(got[r]) != parse_percent(want[r]) for r in want):
+                raise RuntimeError(f"the controller ended at {got}, the last PATCH said {want}")
             results.connections = opened[0] - opened_before
             results.connections_total = opened[0]
         finally:
@@ -228,6 +260,9 @@ def report(results: Results, args: argparse.Namespace) -> str:
             _row(f"visible in `show map` ({args.visible})", results.visible_ms),
         ],
     )
+    slow = [(i, ms) for i, ms in enumerate(results.rtt_ms) if ms > 10]
+    worst = ", ".join(f"#{i} {ms:.1f} ms at +{results.sent_at[i]:.2f} s"
+                      for i, ms in sorted(slow, key=lambda x: -x[1])[:5])
     methods = ", ".join(f"{k}: {v}" for k, v in sorted(results.methods.items()))
     extra = (
         f"{results.connections} opened during the measured changes, "
@@ -243,6 +278,10 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"- visible before the PATCH response arrived: {results.visible_before_response} / {n}",
         f"- `show map` polls: {results.polls} ({results.polls / max(n + args.warmup, 1):.1f}"
         " per change, one persistent prompt session)",
+        f"- round trips over 10 ms: {len(slow)} / {n}" + (f" (worst: {worst})" if slow else ""),
+        f"- state dir under {args.tmp_root} (the controller fsyncs desired.json and the map file"
+        " on every change)",
+        f"- controller reconcile period: {args.sync_interval or 'default (5 s)'}",
         f"- wall time: {results.wall_seconds:.1f} s ({n / results.wall_seconds:.0f} changes/s)",
         f"- goal p99 ≤ 10 ms: round trip p99 {rtt99:.2f} ms "
         f"({'met' if rtt99 <= 10 else 'missed'}), visible p99 {vis99:.2f} ms "
@@ -250,7 +289,7 @@ def report(results: Results, args: argparse.Namespace) -> str:
         "",
         "Machine:",
         "",
-        machine_lines(),
+        machine_lines(args.load_before, args.code_before),
     ]
     return "\n".join(lines)
 
@@ -258,7 +297,7 @@ def report(results: Results, args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> Results:
     specs = [f"{route}:{prefix}{i}" for route, (prefix, n) in ROUTES.items()
              for i in range(1, n + 1)]
-    with short_tmp() as tmp, demo_backends(specs) as backends:
+    with short_tmp(root=args.tmp_root) as tmp, demo_backends(specs) as backends:
         config = {"gateways": {GATEWAY: {
             "bind": f"127.0.0.1:{free_port()}",
             "routes": {
@@ -269,7 +308,8 @@ def run(args: argparse.Namespace) -> Results:
                 for route in ROUTES
             },
         }}}
-        with controller(tmp, config) as stack:
+        extra = [] if args.sync_interval is None else ["--sync-interval", str(args.sync_interval)]
+        with controller(tmp, config, extra_args=extra) as stack:
             log(f"controller ready on {stack.api}; {args.warmup} warm-up + {args.changes} changes")
             return asyncio.run(measure(stack, args.changes, args.warmup, args.visible))
 
@@ -281,7 +321,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured changes first (20)")
     parser.add_argument("--visible", choices=["concurrent", "after"], default="concurrent",
                         help="poll show map during the PATCH (default) or after its response")
+    parser.add_argument("--tmp-root", default="/tmp",
+                        help="where the state dir goes (/tmp; /dev/shm shows the cost of fsync)")
+    parser.add_argument("--sync-interval", type=float, default=None,
+                        help="the controller's reconcile period in s (default: its own, 5)")
     args = parser.parse_args(argv)
+    args.load_before, args.code_before = load_now(), code_version()
     if not 1 <= args.changes <= 100_000 or not 0 <= args.warmup <= 10_000:
         parser.error("--changes must be 1..100000 and --warmup 0..10000")
     print(report(run(args), args))

@@ -1,47 +1,64 @@
 """Desired state → HAProxy layout, skeleton configuration and map files (pure, no I/O).
 
-The skeleton is static: a frontend per gateway picks its route in one pass with
-`rand(10000),map_int(...)` over a map of basis-point ranges, and each route is a backend
-with pre-provisioned server slots. Weights (map swaps) and instances (slot fills) then
-change through the Runtime API; only the structure below needs a reload.
+The skeleton is static. A frontend per gateway picks a backend in one pass with
+`rand(10000),map_int(...)` over a map of basis-point ranges. Backends are a per-gateway
+pool (`wb.<gateway>.b<N>`) with pre-provisioned server slots; which route uses which pool
+backend is itself a map. So weights (map swaps), instances (slot fills) and even adding or
+deleting routes change through the Runtime API; only the structure below needs a reload.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from controller.model import BASIS_POINTS, Address, Config, Gateway
+from controller.model import BASIS_POINTS, Address
 
-MIN_SLOTS = 16
-"""Server slots per route backend; more instances grow it to the next power of two (a reload)."""
+MIN_SLOTS = 8
+"""Server slots per pool backend; more instances grow it to the next power of two (a reload)."""
+
+SPARE_BACKENDS = 2
+"""Unbound pool backends kept per gateway, so that new routes need no reload."""
 
 PLACEHOLDER = "127.0.0.1:1"
 """Address of an empty slot: it is always in maintenance, never contacted."""
 
 STRUCTURE_MARK = "# weighbridge-structure: "
 
+_POOL_BACKEND = re.compile(r"^wb\.([a-z0-9_-]+)\.b([0-9]+)$")
+
 
 def frontend_name(gateway: str) -> str:
     return f"wb.{gateway}"
 
 
-def backend_name(gateway: str, route: str) -> str:
-    return f"wb.{gateway}.{route}"
+def pool_backend(gateway: str, index: int) -> str:
+    return f"wb.{gateway}.b{index}"
+
+
+def parse_pool_backend(name: str) -> tuple[str, int] | None:
+    """(gateway, index) of one of our pool backends, None for anything else."""
+    match = _POOL_BACKEND.match(name)
+    return (match.group(1), int(match.group(2))) if match else None
 
 
 def no_route_backend(gateway: str) -> str:
-    """Route names cannot start with '_', so this never collides with a route backend."""
     return f"wb.{gateway}._none"
 
 
-def map_ref(gateway: str, map_dir: str) -> str:
+def weights_map_ref(gateway: str, map_dir: str) -> str:
     """The path as written in the configuration is also the map's name on the socket.
 
     Absolute, because HAProxy 2.6 resolves relative map paths from its working directory.
     """
     return f"{map_dir}/{gateway}.map"
+
+
+def routes_map_ref(gateway: str, map_dir: str) -> str:
+    """route → pool backend: the binding, kept in HAProxy so a restarted controller finds it."""
+    return f"{map_dir}/{gateway}.routes.map"
 
 
 def slot_name(index: int) -> str:
@@ -58,17 +75,25 @@ def slot_capacity(instances: int, current: int | None = None) -> int:
     return size
 
 
-def weight_map(weights: Mapping[str, int], gateway: str) -> tuple[tuple[str, str], ...]:
+def pool_capacity(routes: int, current: int = 0) -> int:
+    """Keep the pool while every route has a backend; grow with spares for the next routes."""
+    return current if routes <= current else routes + SPARE_BACKENDS
+
+
+MapEntries = tuple[tuple[str, str], ...]
+
+
+def weight_map(weights: Mapping[str, int], binding: Mapping[str, str]) -> MapEntries:
     """Basis-point ranges of `rand(10000)` → backend, in route order; 0 % routes get none."""
     entries: list[tuple[str, str]] = []
     start = 0
     for route, points in weights.items():
         if points <= 0:
             continue
-        entries.append((f"{start}:{start + points - 1}", backend_name(gateway, route)))
+        entries.append((f"{start}:{start + points - 1}", binding[route]))
         start += points
     if entries and start != BASIS_POINTS:
-        raise ValueError(f"weights of gateway {gateway!r} cover {start} of {BASIS_POINTS} points")
+        raise ValueError(f"weights cover {start} of {BASIS_POINTS} points")
     return tuple(entries)
 
 
@@ -76,7 +101,6 @@ def weight_map(weights: Mapping[str, int], gateway: str) -> tuple[tuple[str, str
 class BackendLayout:
     name: str
     gateway: str
-    route: str
     balance: str
     slots: int
 
@@ -88,8 +112,8 @@ class BackendLayout:
 class GatewayLayout:
     name: str
     bind: Address
-    map_ref: str
-    map_entries: tuple[tuple[str, str], ...]
+    weights_map: str
+    routes_map: str
     backends: tuple[BackendLayout, ...]
 
 
@@ -101,41 +125,6 @@ class Layout:
     def __post_init__(self) -> None:
         index = {b.name: b for g in self.gateways for b in g.backends}
         object.__setattr__(self, "by_backend", index)
-
-    def maps(self) -> dict[str, tuple[tuple[str, str], ...]]:
-        return {g.map_ref: g.map_entries for g in self.gateways}
-
-
-def layout_gateway(
-    name: str, gateway: Gateway, map_dir: str, capacities: Mapping[str, int]
-) -> GatewayLayout:
-    backends = tuple(
-        BackendLayout(
-            name=backend_name(name, route_name),
-            gateway=name,
-            route=route_name,
-            balance=gateway.balance,
-            slots=slot_capacity(
-                len(route.instances), capacities.get(backend_name(name, route_name))
-            ),
-        )
-        for route_name, route in gateway.routes.items()
-    )
-    return GatewayLayout(
-        name=name,
-        bind=gateway.bind,
-        map_ref=map_ref(name, map_dir),
-        map_entries=weight_map(gateway.effective_weights(), name),
-        backends=backends,
-    )
-
-
-def layout(config: Config, map_dir: str, capacities: Mapping[str, int] | None = None) -> Layout:
-    """`capacities`: slots HAProxy already has per backend, kept so that nothing reloads."""
-    current = capacities or {}
-    return Layout(
-        gateways=tuple(layout_gateway(n, g, map_dir, current) for n, g in config.gateways.items())
-    )
 
 
 @dataclass(frozen=True)
@@ -156,7 +145,7 @@ Assignment = Mapping[str, Mapping[str, Address]]
 """backend → slot → instance address, for the slots that are filled."""
 
 
-def render_map(entries: tuple[tuple[str, str], ...]) -> str:
+def render_map(entries: MapEntries) -> str:
     return "".join(f"{key} {value}\n" for key, value in entries)
 
 
@@ -199,9 +188,11 @@ def _render_gateway(gateway: GatewayLayout, assignment: Assignment) -> list[str]
     lines = [
         f"frontend {frontend_name(gateway.name)}",
         f"    bind {gateway.bind}",
-        f"    use_backend %[rand({BASIS_POINTS}),map_int({gateway.map_ref},{fallback})]",
+        f"    use_backend %[rand({BASIS_POINTS}),map_int({gateway.weights_map},{fallback})]",
         "",
         f"backend {fallback}",
+        # keeps the routes map loaded (HAProxy only loads maps that a rule uses)
+        f"    http-request set-var(txn.wb_routes) str(-),map({gateway.routes_map},-)",
         '    http-request return status 503 content-type text/plain string "no route"',
         "",
     ]

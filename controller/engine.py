@@ -1,8 +1,9 @@
 """The controller: observe HAProxy, plan against the desired state, apply, verify.
 
-All changes and syncs run one at a time under one lock, so HAProxy's final state is always
-the final desired state. Writes are checked (model, plan, `haproxy -c` for reloads) before
-the store is touched: a refused change leaves both the store and HAProxy as they were.
+Changes and syncs run one at a time under one lock, so HAProxy's final state is always the
+final desired state. A write is checked (model, plan, `haproxy -c` when it reloads) before
+the store is touched: a refused change leaves the store and HAProxy as they were. Structural
+changes that arrive close together share one reload, which converges to the latest state.
 """
 
 from __future__ import annotations
@@ -10,24 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from controller.compile import (
-    Layout,
-    RenderSettings,
-    layout,
-    read_fingerprint,
-    render_config,
-    structure_fingerprint,
-)
+from controller.compile import RenderSettings, read_fingerprint, render_config
 from controller.model import Address, Config
 from controller.plan import Observed, Plan, SlotState, plan_changes
-from controller.process import HAProxyProcess
+from controller.process import HAProxyError, HAProxyProcess
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
-from controller.runtime.parse import parse_map, parse_map_list, parse_servers_state
+from controller.runtime.parse import (
+    parse_map,
+    parse_map_list,
+    parse_prepared_version,
+    parse_servers_state,
+)
 from controller.store import Revisioned, Store
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,16 @@ class EngineState:
     last_sync: float | None = None
     last_error: str | None = None
     reloads: list[dict[str, object]] = field(default_factory=list)
+    drift_repairs: Counter[str] = field(default_factory=Counter)
+    haproxy_restarts: int = 0
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Reload pacing: a burst of structural changes within `debounce` shares one reload."""
+
+    debounce: float = 0.05
+    min_reload_interval: float = 0.5
 
 
 Change = Callable[[Config], Config]
@@ -68,7 +78,7 @@ Change = Callable[[Config], Config]
 
 
 class Engine:
-    """Owns the reconcile pass; the API, the CLI and the periodic loop all go through it."""
+    """Owns the reconcile pass; the API, the CLI and the periodic loops all go through it."""
 
     def __init__(
         self,
@@ -76,15 +86,21 @@ class Engine:
         process: HAProxyProcess,
         runtime: RuntimeClient,
         settings: RenderSettings,
+        timing: Timing | None = None,
     ) -> None:
         self.store = store
         self.process = process
         self.runtime = runtime
         self.settings = settings
+        self.timing = timing or Timing()
         self.state = EngineState()
+        self.map_dir = str(process.paths.map_dir)
         self._lock = asyncio.Lock()
         self._desired = Revisioned(Config(), 0)
-        self.map_dir = str(process.paths.root / "maps")
+        self._applied = self._desired
+        self._pending_reload: asyncio.Future[ApplyResult] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
+        self._last_reload = 0.0
 
     @property
     def desired(self) -> Revisioned:
@@ -98,71 +114,118 @@ class Engine:
             stored = Revisioned(config, await self.store.compare_and_swap(0, config))
         self._desired = stored
         async with self._lock:
-            if not await self.process.is_running():
-                log.info("starting HAProxy (%s)", await self.process.version())
-                _, config_text, maps = self._prepare(stored.config, _empty_observed())
-                await self.process.validate(config_text, maps)
-                self.process.write(config_text, maps)
-                await self.process.start()
-            else:
+            if await self.process.is_running():
                 log.info("adopting the HAProxy already running on %s", self.process.paths.root)
-            result = await self._converge(stored)
+            else:
+                log.info("starting HAProxy (%s)", await self.process.version())
+                await self._start_haproxy()
+            result = await self._converge()
         self.state.ready = True
         return result
 
     async def change(self, compute: Change, *, dry_run: bool = False) -> ApplyResult:
-        """Validate, plan and check a change, then store it and apply it, all under the lock."""
+        """Validate, plan and check a change, store it, then apply it (or join the next reload)."""
         async with self._lock:
             current = self._desired
             config = compute(current.config)
-            observed = await self.observe()
-            plan, config_text, maps = self._prepare(config, observed)
+            plan = self._plan(config, await self.observe())
             if plan.needs_reload:
-                await self.process.validate(config_text, maps)
+                await self.process.validate(self._render(plan), plan.maps)
             if dry_run:
                 return ApplyResult(plan.method, 0.0, tuple(plan.describe()), current.revision, True)
             revision = await self.store.compare_and_swap(current.revision, config)
             self._desired = Revisioned(config, revision)
-            return await self._apply(plan, config_text, maps, revision)
+            if not plan.needs_reload:
+                return await self._apply(plan, revision)
+        return replace(await self._reload_soon(), revision=revision)
 
     async def sync(self) -> ApplyResult:
-        """One level-based pass: repair whatever differs from the desired state."""
+        """One level-based pass; whatever it had to do was drift, and is counted as such."""
         async with self._lock:
-            return await self._converge(self._desired)
+            result = await self._converge()
+        if result.method != "none":
+            kinds = Counter(_drift_kind(step) for step in result.steps)
+            self.state.drift_repairs.update(kinds)
+            log.warning("repaired drift (%s): %s", dict(kinds), "; ".join(result.steps))
+        return result
 
-    async def _converge(self, desired: Revisioned) -> ApplyResult:
-        observed = await self.observe()
-        plan, config_text, maps = self._prepare(desired.config, observed)
+    async def supervise(self) -> bool:
+        """Restart HAProxy if its master is gone; True when it had to."""
+        if await self.process.is_running():
+            return False
+        async with self._lock:
+            if await self.process.is_running():
+                return False
+            log.error("HAProxy is not running: restarting it with the full desired state")
+            await self._start_haproxy()
+            self.state.haproxy_restarts += 1
+            await self._converge()
+        return True
+
+    async def _start_haproxy(self) -> None:
+        plan = self._plan(self._desired.config, Observed(fingerprint=None, backends={}, maps={}))
+        config_text = self._render(plan)
+        await self.process.validate(config_text, plan.maps)
+        self.process.write(config_text, plan.maps)
+        await self.process.start()
+        self._applied = self._desired
+
+    async def _converge(self) -> ApplyResult:
+        desired = self._desired
+        plan = self._plan(desired.config, await self.observe())
         if plan.needs_reload:
-            await self.process.validate(config_text, maps)
-        result = await self._apply(plan, config_text, maps, desired.revision)
+            await self.process.validate(self._render(plan), plan.maps)
+        result = await self._apply(plan, desired.revision)
         self.state.last_sync = time.time()
         return result
 
-    def _layout(self, config: Config, observed: Observed) -> tuple[Layout, str]:
-        capacities = {name: len(slots) for name, slots in observed.backends.items()}
-        wanted = layout(config, self.map_dir, capacities)
-        return wanted, structure_fingerprint(wanted, self.settings)
+    def _plan(self, config: Config, observed: Observed) -> Plan:
+        return plan_changes(config, observed, self.map_dir, self.settings)
 
-    def _prepare(
-        self, config: Config, observed: Observed
-    ) -> tuple[Plan, str, dict[str, tuple[tuple[str, str], ...]]]:
-        wanted, fingerprint = self._layout(config, observed)
-        plan = plan_changes(config, wanted, fingerprint, observed)
-        return plan, render_config(wanted, self.settings, plan.assignment), wanted.maps()
+    def _render(self, plan: Plan) -> str:
+        return render_config(plan.layout, self.settings, plan.assignment)
 
-    async def _apply(
-        self,
-        plan: Plan,
-        config_text: str,
-        maps: dict[str, tuple[tuple[str, str], ...]],
-        revision: int,
-    ) -> ApplyResult:
+    async def _reload_soon(self) -> ApplyResult:
+        """Join (or schedule) the next reload; it applies whatever is desired when it runs."""
+        if self._pending_reload is None:
+            self._pending_reload = asyncio.get_running_loop().create_future()
+            self._reload_task = asyncio.create_task(self._coalesced_reload(self._pending_reload))
+        return await asyncio.shield(self._pending_reload)
+
+    async def _coalesced_reload(self, done: asyncio.Future[ApplyResult]) -> None:
+        wait = max(
+            self.timing.debounce,
+            self._last_reload + self.timing.min_reload_interval - time.monotonic(),
+        )
+        await asyncio.sleep(wait)  # a debounce window, not synchronisation
+        self._pending_reload = None  # later changes wait for the next reload
+        try:
+            async with self._lock:
+                result = await self._converge()
+        except Exception as exc:
+            await self._revert_after_failed_reload(exc)
+            done.set_exception(exc)
+        else:
+            done.set_result(result)
+
+    async def _revert_after_failed_reload(self, exc: Exception) -> None:
+        """A reload HAProxy refused must not stay desired: put the last applied state back."""
+        async with self._lock:
+            if self._desired.config == self._applied.config:
+                return
+            revision = await self.store.compare_and_swap(
+                self._desired.revision, self._applied.config
+            )
+            log.error("reload failed (%s): desired state reverted to revision %d", exc, revision)
+            self._desired = Revisioned(self._applied.config, revision)
+
+    async def _apply(self, plan: Plan, revision: int) -> ApplyResult:
         started = time.perf_counter()
         if plan.needs_reload:
-            await self._reload(plan, config_text, maps)
+            await self._reload(plan)
         elif not plan.is_empty:
             await self._apply_runtime(plan)
+        self._applied = self._desired
         seconds = time.perf_counter() - started
         if not plan.is_empty:
             log.info(
@@ -178,12 +241,12 @@ class Engine:
         """New instances first, then the atomic map swaps, then emptied slots."""
         if plan.fill:
             await self.runtime.execute_many(plan.fill)
-        if plan.maps:
-            refs = list(plan.maps)
+        if plan.map_updates:
+            refs = plan.map_updates
             replies = await self.runtime.execute_many([commands.prepare_map(r) for r in refs])
             swap = []
             for ref, reply in zip(refs, replies, strict=True):
-                version = _new_version(reply)
+                version = parse_prepared_version(reply)
                 swap += [commands.add_map_entry(ref, version, k, v) for k, v in plan.maps[ref]]
                 swap.append(commands.commit_map(ref, version))
             await self.runtime.execute_many(swap)
@@ -192,20 +255,19 @@ class Engine:
         if plan.empty:
             await self.runtime.execute_many(plan.empty)
 
-    async def _reload(
-        self, plan: Plan, config_text: str, maps: dict[str, tuple[tuple[str, str], ...]]
-    ) -> None:
+    async def _reload(self, plan: Plan) -> None:
         reasons = [str(r) for r in plan.reload_reasons]
         started = time.perf_counter()
         record: dict[str, object] = {"reasons": reasons, "at": time.time()}
         try:
-            await self.process.guarded_reload(config_text, maps)
-        except Exception as exc:
+            await self.process.guarded_reload(self._render(plan), plan.maps)
+        except HAProxyError as exc:
             record.update(result="failed", error=str(exc))
             raise
         else:
             record["result"] = "ok"
         finally:
+            self._last_reload = time.monotonic()
             record["seconds"] = round(time.perf_counter() - started, 4)
             self.state.reloads = [*self.state.reloads[-49:], record]
             log.info("reload %s", record)
@@ -239,10 +301,13 @@ class Engine:
         return Observed(fingerprint=fingerprint, backends=backends, maps=maps)
 
 
-def _empty_observed() -> Observed:
-    return Observed(fingerprint=None, backends={}, maps={})
-
-
-def _new_version(reply: str) -> int:
-    """`prepare map` answers 'New version created: N'."""
-    return int(reply.strip().rsplit(":", 1)[1])
+def _drift_kind(step: str) -> str:
+    """Classify a repair step for counting: what kind of state had drifted."""
+    if step.startswith("reload"):
+        return "structure"
+    if step.startswith("swap map"):
+        return "map"
+    for kind in ("addr", "weight", "state"):
+        if f" {kind} " in step:
+            return f"server-{kind}"
+    return "other"

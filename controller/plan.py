@@ -1,4 +1,4 @@
-"""Desired layout + observed HAProxy state → a plan: runtime commands, or a reload (pure).
+"""Desired state + observed HAProxy state → a plan: runtime commands, or a reload (pure).
 
 Level-based: the plan depends only on what HAProxy reports now, never on the event that
 asked for it, so running it twice is harmless and any drift is repaired the same way.
@@ -6,12 +6,29 @@ asked for it, so running it twice is harmless and any drift is repaired the same
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from controller.compile import Assignment, BackendLayout, Layout
-from controller.model import Address, Config
+from controller.compile import (
+    MIN_SLOTS,
+    Assignment,
+    BackendLayout,
+    GatewayLayout,
+    Layout,
+    MapEntries,
+    RenderSettings,
+    parse_pool_backend,
+    pool_backend,
+    pool_capacity,
+    routes_map_ref,
+    slot_capacity,
+    structure_fingerprint,
+    weight_map,
+    weights_map_ref,
+)
+from controller.model import Address, Config, Gateway
 from controller.runtime import commands
 from controller.runtime.commands import Command
 
@@ -35,11 +52,17 @@ class Observed:
 
     fingerprint: str | None
     backends: Mapping[str, Sequence[SlotState]]
-    maps: Mapping[str, tuple[tuple[str, str], ...]]
+    maps: Mapping[str, MapEntries]
 
 
 ReloadKind = Literal[
-    "initial", "route-added", "route-removed", "capacity", "map-missing", "structure"
+    "initial",
+    "gateway-added",
+    "gateway-removed",
+    "route-pool",
+    "capacity",
+    "map-missing",
+    "structure",
 ]
 
 
@@ -56,10 +79,16 @@ class ReloadReason:
 class Plan:
     """Either `reload_reasons` is non-empty (render and reload) or the runtime steps apply."""
 
+    layout: Layout
+    fingerprint: str
     assignment: Assignment
+    maps: Mapping[str, MapEntries]
+    """Every map's desired content: written to disk, and the source of map swaps."""
+    bindings: Mapping[str, Mapping[str, str]]
+    """gateway → route → pool backend."""
     reload_reasons: tuple[ReloadReason, ...] = ()
     fill: tuple[Command, ...] = ()
-    maps: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    map_updates: tuple[str, ...] = ()
     empty: tuple[Command, ...] = ()
 
     @property
@@ -68,7 +97,7 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.reload_reasons or self.fill or self.maps or self.empty)
+        return not (self.reload_reasons or self.fill or self.map_updates or self.empty)
 
     @property
     def method(self) -> Literal["none", "runtime", "reload"]:
@@ -79,65 +108,154 @@ class Plan:
         if self.needs_reload:
             return [f"reload ({reason})" for reason in self.reload_reasons]
         steps = [c.text for c in self.fill]
-        for ref, entries in self.maps.items():
-            steps.append(f"swap map {ref}: " + ", ".join(f"{k} {v}" for k, v in entries))
+        for ref in self.map_updates:
+            entries = ", ".join(f"{k} {v}" for k, v in self.maps[ref]) or "(empty)"
+            steps.append(f"swap map {ref}: {entries}")
         steps += [c.text for c in self.empty]
         return steps
 
 
-def plan_changes(config: Config, layout: Layout, fingerprint: str, observed: Observed) -> Plan:
-    """Compare every backend slot and map with what HAProxy reports, and say how to converge."""
-    reasons = _reload_reasons(layout, fingerprint, observed)
+def plan_changes(
+    config: Config, observed: Observed, map_dir: str, settings: RenderSettings
+) -> Plan:
+    """Compare every pool backend, slot and map with what HAProxy reports; say how to converge."""
+    pools = _observed_pools(observed)
+    gateways: list[GatewayLayout] = []
+    bindings: dict[str, dict[str, str]] = {}
+    maps: dict[str, MapEntries] = {}
+    for name, gateway in config.gateways.items():
+        routes_ref = routes_map_ref(name, map_dir)
+        binding = _bind_routes(name, gateway, observed.maps.get(routes_ref, ()), pools.get(name))
+        bindings[name] = binding
+        gateways.append(_gateway_layout(name, gateway, binding, pools.get(name, {}), map_dir))
+        maps[weights_map_ref(name, map_dir)] = weight_map(gateway.effective_weights(), binding)
+        maps[routes_ref] = tuple(binding.items())
+    layout = Layout(gateways=tuple(gateways))
+    fingerprint = structure_fingerprint(layout, settings)
+    reasons = _reload_reasons(config, layout, fingerprint, observed, pools)
+
     assignment: dict[str, dict[str, Address]] = {}
     fill: list[Command] = []
     empty: list[Command] = []
-    for gateway in layout.gateways:
-        routes = config.gateways[gateway.name].routes
-        for backend in gateway.backends:
-            slots = _plan_slots(
-                backend, routes[backend.route].instances, observed.backends.get(backend.name, ())
-            )
+    for gateway_layout in layout.gateways:
+        gateway = config.gateways[gateway_layout.name]
+        route_of = {backend: route for route, backend in bindings[gateway_layout.name].items()}
+        for backend in gateway_layout.backends:
+            route = route_of.get(backend.name)
+            instances = gateway.routes[route].instances if route else ()
+            slots = _plan_slots(backend, instances, observed.backends.get(backend.name, ()))
             assignment[backend.name] = slots.assignment
             fill += slots.fill
             empty += slots.empty
+    plan = Plan(layout, fingerprint, assignment, maps, bindings, reload_reasons=reasons)
     if reasons:
-        return Plan(assignment=assignment, reload_reasons=reasons)
-    maps = {
-        g.map_ref: g.map_entries
-        for g in layout.gateways
-        if sorted(observed.maps.get(g.map_ref, ())) != sorted(g.map_entries)
-    }
-    return Plan(assignment=assignment, fill=tuple(fill), maps=maps, empty=tuple(empty))
+        return plan
+    updates = tuple(
+        ref
+        for ref, entries in maps.items()
+        if sorted(observed.maps.get(ref, ())) != sorted(entries)
+    )
+    return replace(plan, fill=tuple(fill), map_updates=updates, empty=tuple(empty))
+
+
+def _observed_pools(observed: Observed) -> dict[str, dict[int, int]]:
+    """gateway → pool index → slot count, from the backends HAProxy runs."""
+    pools: dict[str, dict[int, int]] = {}
+    for name, slots in observed.backends.items():
+        parsed = parse_pool_backend(name)
+        if parsed:
+            pools.setdefault(parsed[0], {})[parsed[1]] = len(slots)
+    return pools
+
+
+def _bind_routes(
+    name: str, gateway: Gateway, live: MapEntries, pool: Mapping[int, int] | None
+) -> dict[str, str]:
+    """Keep each route on the backend it has; give new routes the lowest free pool backends."""
+    existing = {pool_backend(name, i) for i in (pool or {})}
+    kept: dict[str, str] = {}
+    for route, backend in live:
+        if route in gateway.routes and backend in existing and backend not in kept.values():
+            kept[route] = backend
+    used = set(kept.values())
+    free = (pool_backend(name, i) for i in itertools.count(1) if pool_backend(name, i) not in used)
+    return {route: kept.get(route) or next(free) for route in gateway.routes}
+
+
+def _gateway_layout(
+    name: str,
+    gateway: Gateway,
+    binding: Mapping[str, str],
+    pool: Mapping[int, int],
+    map_dir: str,
+) -> GatewayLayout:
+    size = pool_capacity(len(gateway.routes), max(pool, default=0))
+    route_of = {backend: route for route, backend in binding.items()}
+    backends = []
+    for index in range(1, size + 1):
+        backend = pool_backend(name, index)
+        route = route_of.get(backend)
+        needed = len(gateway.routes[route].instances) if route else 0
+        backends.append(
+            BackendLayout(
+                name=backend,
+                gateway=name,
+                balance=gateway.balance,
+                slots=slot_capacity(needed, pool.get(index, MIN_SLOTS)),
+            )
+        )
+    return GatewayLayout(
+        name=name,
+        bind=gateway.bind,
+        weights_map=weights_map_ref(name, map_dir),
+        routes_map=routes_map_ref(name, map_dir),
+        backends=tuple(backends),
+    )
 
 
 def _reload_reasons(
-    layout: Layout, fingerprint: str, observed: Observed
+    config: Config,
+    layout: Layout,
+    fingerprint: str,
+    observed: Observed,
+    pools: Mapping[str, Mapping[int, int]],
 ) -> tuple[ReloadReason, ...]:
     if observed.fingerprint is None:
         return (ReloadReason("initial", "HAProxy runs no Weighbridge configuration"),)
     reasons: list[ReloadReason] = []
-    wanted = layout.by_backend
-    for name in sorted(wanted.keys() - observed.backends.keys()):
-        reasons.append(ReloadReason("route-added", name))
-    for name in sorted(observed.backends.keys() - wanted.keys()):
-        reasons.append(ReloadReason("route-removed", name))
-    for name in sorted(wanted.keys() & observed.backends.keys()):
-        have, want = len(observed.backends[name]), wanted[name].slots
-        if have != want:
-            reasons.append(ReloadReason("capacity", f"{name}: {have} → {want} slots"))
+    for name in sorted(config.gateways.keys() - pools.keys()):
+        reasons.append(ReloadReason("gateway-added", name))
+    for name in sorted(pools.keys() - config.gateways.keys()):
+        reasons.append(ReloadReason("gateway-removed", name))
     for gateway in layout.gateways:
-        if gateway.map_ref not in observed.maps:
-            reasons.append(ReloadReason("map-missing", gateway.map_ref))
+        pool = pools.get(gateway.name)
+        if pool is None:
+            continue
+        if len(gateway.backends) != len(pool):
+            reasons.append(
+                ReloadReason(
+                    "route-pool", f"{gateway.name}: {len(pool)} → {len(gateway.backends)} backends"
+                )
+            )
+        for backend in gateway.backends:
+            have = len(observed.backends.get(backend.name, ()))
+            if have and have != backend.slots:
+                reasons.append(
+                    ReloadReason("capacity", f"{backend.name}: {have} → {backend.slots} slots")
+                )
+        for ref in (gateway.weights_map, gateway.routes_map):
+            if ref not in observed.maps:
+                reasons.append(ReloadReason("map-missing", ref))
     if not reasons and observed.fingerprint != fingerprint:
-        reasons.append(ReloadReason("structure", "gateway bind, balance or settings changed"))
+        reasons.append(ReloadReason("structure", "a gateway's bind or balance, or settings"))
     return tuple(reasons)
 
 
 @dataclass(frozen=True)
 class _SlotPlan:
     assignment: dict[str, Address]
-    fill: list[Command]
-    empty: list[Command]
+    fill: list[Command] = field(default_factory=list)
+    empty: list[Command] = field(default_factory=list)
 
 
 def _plan_slots(
@@ -152,24 +270,24 @@ def _plan_slots(
             kept[slot.name] = slot.address
     placed = set(kept.values())
     free = iter(name for name in backend.slot_names() if name not in kept)
-    assignment = dict(kept)
-    fill: list[Command] = []
+    plan = _SlotPlan(assignment=dict(kept))
     for address in desired:
         if address in placed:
             continue
         slot_name = next(free, None)
         if slot_name is None:
             break  # over capacity: the layout grows the backend, which is a reload
-        assignment[slot_name] = address
-        fill.append(commands.set_server_addr(backend.name, slot_name, address.ip, address.port))
-    empty: list[Command] = []
+        plan.assignment[slot_name] = address
+        plan.fill.append(
+            commands.set_server_addr(backend.name, slot_name, address.ip, address.port)
+        )
     for name in backend.slot_names():
         state = by_slot.get(name)
-        if name in assignment:
+        if name in plan.assignment:
             if state is None or state.weight != SERVER_WEIGHT:
-                fill.append(commands.set_server_weight(backend.name, name, SERVER_WEIGHT))
+                plan.fill.append(commands.set_server_weight(backend.name, name, SERVER_WEIGHT))
             if state is None or not state.serving or name not in kept:
-                fill.append(commands.set_server_state(backend.name, name, "ready"))
+                plan.fill.append(commands.set_server_state(backend.name, name, "ready"))
         elif state is not None and state.serving:
-            empty.append(commands.set_server_state(backend.name, name, "maint"))
-    return _SlotPlan(assignment=assignment, fill=fill, empty=empty)
+            plan.empty.append(commands.set_server_state(backend.name, name, "maint"))
+    return plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from controller.compile import backend_name, map_ref
+from controller.compile import routes_map_ref, weights_map_ref
 from controller.model import Gateway, format_percent
 from controller.runtime import commands
 from controller.runtime.parse import parse_stat
@@ -31,7 +31,8 @@ def _count(row: Mapping[str, str], column: str) -> int:
 
 async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[str, Any]:
     observed = await engine.observe()
-    backends = [backend_name(name, route) for route in gateway.routes]
+    binding = dict(observed.maps.get(routes_map_ref(name, engine.map_dir), ()))
+    backends = [binding[route] for route in gateway.routes if route in binding]
     replies = await engine.runtime.execute_many(
         [
             commands.show_proxy_stat(b, commands.STAT_BACKEND | commands.STAT_SERVER)
@@ -43,13 +44,13 @@ async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[st
         for reply in replies
         for r in parse_stat(reply)
     }
-    live = observed.maps.get(map_ref(name, engine.map_dir))
+    live = observed.maps.get(weights_map_ref(name, engine.map_dir))
     applied = applied_weights(live) if live is not None else {}
     desired = gateway.effective_weights()
     routes: dict[str, Any] = {}
     in_sync = live is not None
     for route_name, route in gateway.routes.items():
-        backend = backend_name(name, route_name)
+        backend = binding.get(route_name, "")
         slots = {s.address: s for s in observed.backends.get(backend, ())}
         instances = []
         for address in route.instances:
@@ -74,6 +75,7 @@ async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[st
         in_sync &= applied.get(backend, 0) == desired[route_name]
         backend_row = rows.get((backend, "BACKEND"), {})
         routes[route_name] = {
+            "backend": backend or None,
             "weight": format_percent(desired[route_name]),
             "applied_weight": format_percent(applied.get(backend, 0)) if live else None,
             "requests": _count(backend_row, "stot"),

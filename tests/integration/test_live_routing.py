@@ -58,7 +58,11 @@ async def test_weight_change_is_live_and_needs_no_reload(shop_stack: Stack) -> N
     patch_weights(shop_stack, stable="100%", canary="0%")
     assert (await send(url, 300)).routes == {"stable": 300}
     assert shop_stack.reloads() == reloads
-    assert "wb.shop.stable" in shop_stack.admin(f"show map {shop_stack.state_dir}/maps/shop.map")
+    stable_backend = shop_stack.request("GET", "/api/v1/gateways/shop/status").body["routes"][
+        "stable"
+    ]["backend"]
+    live_map = shop_stack.admin(f"show map {shop_stack.state_dir}/maps/shop.map")
+    assert f"0:9999 {stable_backend}" in live_map
     status = shop_stack.request("GET", "/api/v1/gateways/shop/status").body
     assert status["in_sync"] is True
     assert status["routes"]["stable"]["applied_weight"] == "100%"
@@ -149,9 +153,12 @@ async def test_restart_repairs_what_changed_while_the_controller_was_down(
     """Level-based start: drift made by hand is found and repaired without a reload."""
     with running_stack(short_tmp, shop_config(backends, "100%", "0%")) as stack:
         url = gateway_url(stack)
+        backend = stack.request("GET", "/api/v1/gateways/shop/status").body["routes"]["stable"][
+            "backend"
+        ]
         stack.kill_controller()
-        stack.admin("set server wb.shop.stable/s1 state maint")
-        stack.admin("set server wb.shop.stable/s2 weight 0")
+        stack.admin(f"set server {backend}/s1 state maint")
+        stack.admin(f"set server {backend}/s2 weight 0")
         reloads = stack.reloads()
         stack.start_controller(short_tmp / "weighbridge.yaml")
         result = await send(url, 400)

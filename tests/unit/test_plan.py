@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
-from controller.compile import MIN_SLOTS, RenderSettings, layout, structure_fingerprint
+from typing import Any
+
+from controller.compile import MIN_SLOTS, SPARE_BACKENDS, RenderSettings
 from controller.model import Address, Config
-from controller.plan import Observed, SlotState, plan_changes
+from controller.plan import Observed, Plan, SlotState, plan_changes
 
 SETTINGS = RenderSettings(admin_socket="/x/admin.sock")
+WEIGHTS = "maps/shop.map"
+ROUTES = "maps/shop.routes.map"
 
 
 def config(
-    stable: list[int], canary: list[int], weights: tuple[str, str] = ("90%", "10%")
+    stable: list[int],
+    canary: list[int] | None,
+    weights: tuple[str, str] = ("90%", "10%"),
+    **extra: dict[str, Any],
 ) -> Config:
+    routes: dict[str, Any] = {
+        "stable": {"weight": weights[0], "instances": [f"127.0.0.1:{p}" for p in stable]}
+    }
+    if canary is not None:
+        routes["canary"] = {"weight": weights[1], "instances": [f"127.0.0.1:{p}" for p in canary]}
+    routes |= extra
     return Config.model_validate(
-        {
-            "gateways": {
-                "shop": {
-                    "bind": "127.0.0.1:8080",
-                    "routes": {
-                        "stable": {
-                            "weight": weights[0],
-                            "instances": [f"127.0.0.1:{p}" for p in stable],
-                        },
-                        "canary": {
-                            "weight": weights[1],
-                            "instances": [f"127.0.0.1:{p}" for p in canary],
-                        },
-                    },
-                }
-            }
-        }
+        {"gateways": {"shop": {"bind": "127.0.0.1:8080", "routes": routes}}}
     )
 
 
@@ -47,115 +44,147 @@ def slots(
     ]
 
 
-def observed_for(
-    cfg: Config,
-    backends: dict[str, list[SlotState]],
-    maps: dict[str, tuple[tuple[str, str], ...]] | None = None,
-) -> Observed:
-    wanted = layout(cfg, "maps")
-    return Observed(
-        fingerprint=structure_fingerprint(wanted, SETTINGS),
-        backends=backends,
-        maps=maps if maps is not None else wanted.maps(),
-    )
+def plan_for(cfg: Config, observed: Observed) -> Plan:
+    return plan_changes(cfg, observed, "maps", SETTINGS)
 
 
-def plan_for(cfg: Config, observed: Observed):  # type: ignore[no-untyped-def]
-    capacities = {n: len(s) for n, s in observed.backends.items()}
-    wanted = layout(cfg, "maps", capacities)
-    return plan_changes(cfg, wanted, structure_fingerprint(wanted, SETTINGS), observed)
+def applied(cfg: Config) -> Observed:
+    """What HAProxy reports after it applied `cfg` from scratch."""
+    fresh = plan_for(cfg, Observed(fingerprint=None, backends={}, maps={}))
+    backends = {
+        b.name: [
+            SlotState(
+                name=s,
+                address=fresh.assignment[b.name].get(s, Address(ip="127.0.0.1", port=1)),
+                serving=s in fresh.assignment[b.name],
+                weight=1,
+            )
+            for s in b.slot_names()
+        ]
+        for g in fresh.layout.gateways
+        for b in g.backends
+    }
+    return Observed(fingerprint=fresh.fingerprint, backends=backends, maps=fresh.maps)
 
 
-def steady(cfg: Config) -> Observed:
-    return observed_for(
-        cfg, {"wb.shop.stable": slots({1: 9001, 2: 9002}), "wb.shop.canary": slots({1: 9101})}
-    )
+STEADY = config([9001, 9002], [9101])
 
 
 def test_in_sync_means_an_empty_plan() -> None:
-    cfg = config([9001, 9002], [9101])
-    plan = plan_for(cfg, steady(cfg))
+    plan = plan_for(STEADY, applied(STEADY))
     assert plan.is_empty and plan.method == "none"
+    assert plan.bindings == {"shop": {"stable": "wb.shop.b1", "canary": "wb.shop.b2"}}
+    assert plan.maps[WEIGHTS] == (("0:8999", "wb.shop.b1"), ("9000:9999", "wb.shop.b2"))
 
 
 def test_weight_change_is_one_map_swap() -> None:
-    before = config([9001, 9002], [9101])
-    after = config([9001, 9002], [9101], ("95%", "5%"))
-    plan = plan_for(after, steady(before))
-    assert plan.method == "runtime"
-    assert plan.maps == {
-        "maps/shop.map": (("0:9499", "wb.shop.stable"), ("9500:9999", "wb.shop.canary"))
-    }
+    plan = plan_for(config([9001, 9002], [9101], ("95%", "5%")), applied(STEADY))
+    assert plan.method == "runtime" and plan.map_updates == (WEIGHTS,)
+    assert plan.maps[WEIGHTS] == (("0:9499", "wb.shop.b1"), ("9500:9999", "wb.shop.b2"))
     assert not plan.fill and not plan.empty
 
 
 def test_added_instance_fills_a_free_slot_and_removed_one_goes_to_maintenance() -> None:
-    before = config([9001, 9002], [9101])
-    after = config([9002, 9003], [9101])
-    plan = plan_for(after, steady(before))
+    plan = plan_for(config([9002, 9003], [9101]), applied(STEADY))
     assert [c.text for c in plan.fill] == [
-        "set server wb.shop.stable/s1 addr 127.0.0.1 port 9003",
-        "set server wb.shop.stable/s1 state ready",
+        "set server wb.shop.b1/s1 addr 127.0.0.1 port 9003",
+        "set server wb.shop.b1/s1 state ready",
     ]
-    assert plan.empty == ()  # s1 was reused for the new instance, nothing left to empty
-    after = config([9002], [9101])
-    plan = plan_for(after, steady(before))
-    assert [c.text for c in plan.empty] == ["set server wb.shop.stable/s1 state maint"]
-    assert plan.fill == () and plan.assignment["wb.shop.stable"] == {
-        "s2": Address(ip="127.0.0.1", port=9002)
-    }
+    assert plan.empty == ()  # s1 was reused for the new instance
+    plan = plan_for(config([9002], [9101]), applied(STEADY))
+    assert [c.text for c in plan.empty] == ["set server wb.shop.b1/s1 state maint"]
+    assert plan.fill == ()
+    assert plan.assignment["wb.shop.b1"] == {"s2": Address(ip="127.0.0.1", port=9002)}
 
 
 def test_instances_keep_their_slots() -> None:
-    before = config([9001, 9002], [9101])
-    after = config([9002, 9001, 9004], [9101])
-    plan = plan_for(after, steady(before))
-    assert plan.assignment["wb.shop.stable"] == {
+    plan = plan_for(config([9002, 9001, 9004], [9101]), applied(STEADY))
+    assert plan.assignment["wb.shop.b1"] == {
         "s1": Address(ip="127.0.0.1", port=9001),
         "s2": Address(ip="127.0.0.1", port=9002),
         "s3": Address(ip="127.0.0.1", port=9004),
     }
 
 
-def test_drift_is_repaired_by_runtime_commands() -> None:
-    cfg = config([9001, 9002], [9101])
-    drifted = observed_for(
-        cfg,
-        {
-            "wb.shop.stable": slots({1: 9001, 2: 9002}, maint=(2,)),
-            "wb.shop.canary": slots({1: 9101}, weight=7),
-        },
-        maps={"maps/shop.map": (("0:9999", "wb.shop.stable"),)},
+def test_a_new_route_takes_a_spare_backend_without_reload() -> None:
+    grown = config(
+        [9001, 9002], [9101], ("90%", "5%"), dark={"weight": "5%", "instances": ["127.0.0.1:9201"]}
     )
-    plan = plan_for(cfg, drifted)
-    texts = [c.text for c in plan.fill]
-    assert "set server wb.shop.stable/s2 state ready" in texts
-    assert "set server wb.shop.canary/s1 weight 1" in texts
-    assert "maps/shop.map" in plan.maps
+    plan = plan_for(grown, applied(STEADY))
     assert plan.method == "runtime"
+    assert plan.bindings["shop"]["dark"] == "wb.shop.b3"
+    assert set(plan.map_updates) == {WEIGHTS, ROUTES}
+    assert "set server wb.shop.b3/s1 addr 127.0.0.1 port 9201" in plan.describe()
 
 
-def test_growth_beyond_capacity_is_a_capacity_reload() -> None:
-    before = config([9001, 9002], [9101])
-    after = config(list(range(9001, 9001 + MIN_SLOTS + 1)), [9101])
-    plan = plan_for(after, steady(before))
-    assert plan.needs_reload
+def test_a_deleted_route_frees_its_backend_without_reload() -> None:
+    plan = plan_for(config([9001, 9002], None, ("100%", "0%")), applied(STEADY))
+    assert plan.method == "runtime"
+    assert plan.maps[ROUTES] == (("stable", "wb.shop.b1"),)
+    assert [c.text for c in plan.empty] == ["set server wb.shop.b2/s1 state maint"]
+
+
+def test_routes_keep_their_backends_when_others_come_and_go() -> None:
+    # canary stays on b2 when stable disappears and a new route arrives
+    cfg = Config.model_validate(
+        {
+            "gateways": {
+                "shop": {
+                    "bind": "127.0.0.1:8080",
+                    "routes": {
+                        "canary": {"weight": "100%", "instances": ["127.0.0.1:9101"]},
+                        "next": {"instances": []},
+                    },
+                }
+            }
+        }
+    )
+    plan = plan_for(cfg, applied(STEADY))
+    assert plan.bindings["shop"] == {"canary": "wb.shop.b2", "next": "wb.shop.b1"}
+
+
+def test_more_routes_than_the_pool_is_a_pool_reload() -> None:
+    extra = {f"r{i}": {"instances": []} for i in range(SPARE_BACKENDS + 1)}
+    plan = plan_for(config([9001, 9002], [9101], ("90%", "10%"), **extra), applied(STEADY))
+    assert [r.kind for r in plan.reload_reasons] == ["route-pool"]
+
+
+def test_drift_is_repaired_by_runtime_commands() -> None:
+    observed = applied(STEADY)
+    backends = dict(observed.backends)
+    backends["wb.shop.b1"] = slots({1: 9001, 2: 9002}, maint=(2,))
+    backends["wb.shop.b2"] = slots({1: 9101}, weight=7)
+    maps = dict(observed.maps)
+    maps[WEIGHTS] = (("0:9999", "wb.shop.b1"),)
+    plan = plan_for(STEADY, Observed(observed.fingerprint, backends, maps))
+    texts = [c.text for c in plan.fill]
+    assert "set server wb.shop.b1/s2 state ready" in texts
+    assert "set server wb.shop.b2/s1 weight 1" in texts
+    assert plan.map_updates == (WEIGHTS,)
+
+
+def test_growth_beyond_slot_capacity_is_a_capacity_reload() -> None:
+    plan = plan_for(config(list(range(9001, 9002 + MIN_SLOTS)), [9101]), applied(STEADY))
     assert [r.kind for r in plan.reload_reasons] == ["capacity"]
-    assert len(plan.assignment["wb.shop.stable"]) == MIN_SLOTS + 1
+    assert len(plan.assignment["wb.shop.b1"]) == MIN_SLOTS + 1
 
 
-def test_new_route_and_unknown_haproxy_are_reloads() -> None:
-    cfg = config([9001], [9101])
-    first = plan_for(cfg, Observed(fingerprint=None, backends={}, maps={}))
+def test_new_gateway_and_unknown_haproxy_are_reloads() -> None:
+    first = plan_for(STEADY, Observed(fingerprint=None, backends={}, maps={}))
     assert [r.kind for r in first.reload_reasons] == ["initial"]
-    only_stable = observed_for(cfg, {"wb.shop.stable": slots({1: 9001})})
-    plan = plan_for(cfg, only_stable)
-    assert [str(r) for r in plan.reload_reasons] == ["route-added: wb.shop.canary"]
+    two = Config.model_validate(
+        {
+            "gateways": {
+                **STEADY.model_dump(mode="json")["gateways"],
+                "blue": {"bind": "127.0.0.1:8081", "routes": {}},
+            }
+        }
+    )
+    plan = plan_for(two, applied(STEADY))
+    assert [str(r) for r in plan.reload_reasons] == ["gateway-added: blue"]
 
 
 def test_plan_describes_steps_in_apply_order() -> None:
-    before = config([9001, 9002], [9101])
-    after = config([9002, 9003], [9101], ("50%", "50%"))
-    steps = plan_for(after, steady(before)).describe()
-    assert steps[0].startswith("set server wb.shop.stable/s1 addr")
-    assert steps[-1].startswith("swap map maps/shop.map: 0:4999 wb.shop.stable")
+    steps = plan_for(config([9002, 9003], [9101], ("50%", "50%")), applied(STEADY)).describe()
+    assert steps[0].startswith("set server wb.shop.b1/s1 addr")
+    assert steps[-1] == "swap map maps/shop.map: 0:4999 wb.shop.b1, 5000:9999 wb.shop.b2"

@@ -271,6 +271,23 @@ async def get_status(request: web.Request) -> web.Response:
     return web.json_response(await gateway_status(engine, name, gateway))
 
 
+async def get_controller(request: web.Request) -> web.Response:
+    """The controller's own state: readiness, reloads with reasons and results, drift repairs."""
+    engine = request.app[ENGINE]
+    state = engine.state
+    return web.json_response(
+        {
+            "ready": state.ready,
+            "revision": engine.desired.revision,
+            "last_sync": state.last_sync,
+            "last_error": state.last_error,
+            "reloads": state.reloads,
+            "drift_repairs": dict(state.drift_repairs),
+            "haproxy_restarts": state.haproxy_restarts,
+        }
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -289,6 +306,7 @@ def create_app(engine: Engine, *, token: str = "") -> web.Application:
     app[TOKEN] = token
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1/controller", get_controller)
     api = "/api/v1/gateways"
     app.router.add_get(api, list_gateways)
     app.router.add_get(api + "/{gateway}", get_gateway)

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.config_file import ConfigFileError
+from controller.engine import Timing
 from controller.process import HAProxyError
 
 DEFAULT_API = "127.0.0.1:9900"
@@ -135,6 +136,8 @@ def _run_settings(args: argparse.Namespace) -> Any:
         haproxy_bin=args.haproxy_bin,
         api_token=args.api_token or os.environ.get(TOKEN_ENV, ""),
         sync_interval=args.sync_interval,
+        supervise_interval=args.supervise_interval,
+        timing=Timing(debounce=args.reload_debounce, min_reload_interval=args.min_reload_interval),
         stats=args.stats,
     )
 
@@ -163,7 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--api", type=_host_port, default=_host_port(DEFAULT_API))
         p.add_argument("--api-token", default="", help=f"or ${TOKEN_ENV}; required on writes")
         p.add_argument("--haproxy-bin", default="haproxy")
-        p.add_argument("--sync-interval", type=float, default=5.0, help="seconds")
+        p.add_argument(
+            "--sync-interval", type=float, default=5.0, help="seconds between reconcile passes"
+        )
+        p.add_argument(
+            "--supervise-interval", type=float, default=0.2, help="seconds between HAProxy probes"
+        )
+        p.add_argument(
+            "--reload-debounce",
+            type=float,
+            default=Timing.debounce,
+            help="seconds to gather structural changes into one reload",
+        )
+        p.add_argument(
+            "--min-reload-interval",
+            type=float,
+            default=Timing.min_reload_interval,
+            help="seconds between two reloads at least",
+        )
         p.add_argument(
             "--stats",
             default="127.0.0.1:8404",

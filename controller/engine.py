@@ -137,7 +137,8 @@ class Engine:
             self._desired = Revisioned(config, revision)
             if not plan.needs_reload:
                 return await self._apply(plan, revision)
-        return replace(await self._reload_soon(), revision=revision)
+            reload = self._join_reload()  # joined under the lock: that reload includes this change
+        return replace(await asyncio.shield(reload), revision=revision)
 
     async def sync(self) -> ApplyResult:
         """One level-based pass; whatever it had to do was drift, and is counted as such."""
@@ -185,12 +186,12 @@ class Engine:
     def _render(self, plan: Plan) -> str:
         return render_config(plan.layout, self.settings, plan.assignment)
 
-    async def _reload_soon(self) -> ApplyResult:
-        """Join (or schedule) the next reload; it applies whatever is desired when it runs."""
+    def _join_reload(self) -> asyncio.Future[ApplyResult]:
+        """The next reload (scheduled if need be); it applies whatever is desired when it runs."""
         if self._pending_reload is None:
             self._pending_reload = asyncio.get_running_loop().create_future()
             self._reload_task = asyncio.create_task(self._coalesced_reload(self._pending_reload))
-        return await asyncio.shield(self._pending_reload)
+        return self._pending_reload
 
     async def _coalesced_reload(self, done: asyncio.Future[ApplyResult]) -> None:
         wait = max(
@@ -198,9 +199,9 @@ class Engine:
             self._last_reload + self.timing.min_reload_interval - time.monotonic(),
         )
         await asyncio.sleep(wait)  # a debounce window, not synchronisation
-        self._pending_reload = None  # later changes wait for the next reload
         try:
             async with self._lock:
+                self._pending_reload = None  # changes stored from now on wait for the next one
                 result = await self._converge()
         except Exception as exc:
             await self._revert_after_failed_reload(exc)

@@ -1,25 +1,28 @@
 """The controller's own Prometheus metrics: what it wants, what HAProxy runs, how it got there.
 
 Data-plane traffic is deliberately absent: HAProxy's built-in exporter already counts requests,
-responses and times per `wb.<gateway>.<route>` backend, and the dashboards and recording rules
-(`deploy/prometheus/rules.yml`) derive the measured share per route from those. What HAProxy
-cannot know — the desired split, what the controller read back, reloads, drift, API latency —
-is here.
+responses and times per backend. Routes live on pooled backends (`wb.<gateway>.b<N>`) whose
+binding changes at runtime, so the controller exports the binding as an info metric,
+`weighbridge_route_backend_info{gateway, route, proxy}`, and queries join HAProxy's series to
+it `on (proxy)` (docs/observability.md). What HAProxy cannot know — desired split, what the
+controller read back, reloads, drift, API latency — is here.
 
-One `Metrics` per registry, passed in (tests use their own). Per-route series follow the
-desired state: `set_desired` creates them and removes those of deleted gateways and routes, so
-a dashboard never shows a route that no longer exists. Label values that come from code, not
-from users, are typed as `Literal`s so that a typo fails type-checking instead of creating a
-new series.
+One `Metrics` per registry, passed in (tests use their own). Per-gateway and per-route series
+follow the desired state: `set_desired` creates them and removes those of deleted gateways and
+routes, so a dashboard never shows a route that no longer exists. They are kept as ready-made
+exposition lines (`SeriesTable`): prometheus_client formats every sample anew on each scrape,
+about 5 µs a line, which alone would cost 40 ms for 1,000 routes. Label values that come from
+code are `Literal`s, so that a typo fails type-checking instead of adding a series.
 """
 
 from __future__ import annotations
 
-import re
+import threading
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
-from pathlib import PurePosixPath
-from typing import Literal, get_args
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal, cast, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -30,20 +33,22 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.utils import floatToGoString
 
-from controller.compile import backend_name, map_ref
+from controller.compile import routes_map_ref, weights_map_ref
 from controller.model import BASIS_POINTS, Address, Config
 from controller.plan import Observed, Plan, ReloadKind, SlotState
 from controller.status import applied_weights
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-"""The classic text format: every Prometheus 2.x and 3.x parses it (what `render` produces)."""
+"""The classic text format `render` produces: every Prometheus 2.x and 3.x parses it."""
 
 Result = Literal["ok", "failed"]
 ApplyMethod = Literal["none", "runtime", "reload"]
-DriftKind = Literal["weights", "instances", "structure"]
-"""A map swap, a server slot refilled or emptied, or a reload that put the structure back."""
+DriftKind = Literal["structure", "map", "server-addr", "server-weight", "server-state"]
+"""As the engine's own drift count: a reload, a map swap, or one server slot setting."""
 InstanceState = Literal["ready", "maint", "missing"]
 """As `GET …/status` says: serving, parked in maintenance, or in no slot at all."""
 
@@ -52,15 +57,109 @@ APPLY_METHODS: tuple[ApplyMethod, ...] = get_args(ApplyMethod)
 DRIFT_KINDS: tuple[DriftKind, ...] = get_args(DriftKind)
 INSTANCE_STATES: tuple[InstanceState, ...] = get_args(InstanceState)
 RELOAD_KINDS: tuple[ReloadKind, ...] = get_args(ReloadKind)
+_SERVER_SETTINGS: dict[str, DriftKind] = {
+    "addr": "server-addr",
+    "weight": "server-weight",
+    "state": "server-state",
+}
 
 # Milliseconds for runtime changes, seconds for reloads (`haproxy -c` alone can take 0.6 s).
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 APPLY_BUCKETS = (*API_BUCKETS, 30.0)
 RELOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-_NAME = r"[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?"
-_BACKEND = re.compile(rf"wb\.({_NAME})\.({_NAME})\b")
-"""`wb.<gateway>.<route>` (compile.backend_name): names cannot contain dots, so it splits."""
+_format_value = cast(Callable[[float], str], floatToGoString)
+"""The library's own number format (`+Inf`, Go-style exponents), so both paths agree."""
+
+
+@dataclass(frozen=True)
+class AppliedRoute:
+    """One route as HAProxy runs it: its share of the live weight map, its pool backend
+    (None while unbound) and how many of its desired instances are in each state."""
+
+    weight_bp: int
+    backend: str | None
+    instances: Mapping[InstanceState, int] = field(default_factory=dict)
+
+
+@dataclass
+class Family:
+    """One gauge or counter family whose series keep their exposition line between scrapes."""
+
+    name: str
+    """The sample name as exposed (counters end in `_total`)."""
+    kind: Literal["gauge", "counter"]
+    documentation: str
+    labelnames: tuple[str, ...]
+    series: dict[tuple[str, ...], tuple[float, str]] = field(default_factory=dict)
+
+    def set(self, labels: tuple[str, ...], value: float) -> None:
+        current = self.series.get(labels)
+        if current is None or current[0] != value:
+            # Label names sorted, values escaped and formatted exactly as generate_latest does.
+            pairs = sorted(zip(self.labelnames, labels, strict=True))
+            text = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+            self.series[labels] = (value, f"{self.name}{{{text}}} {_format_value(value)}\n")
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        self.set(labels, self.series.get(labels, (0.0, ""))[0] + amount)
+
+    def remove(self, labels: tuple[str, ...]) -> None:
+        self.series.pop(labels, None)
+
+    def text(self) -> str:
+        doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        head = f"# HELP {self.name} {doc}\n# TYPE {self.name} {self.kind}\n"
+        return head + "".join(line for _, line in self.series.values())
+
+    def metric(self) -> Metric:
+        family: GaugeMetricFamily | CounterMetricFamily
+        if self.kind == "counter":
+            family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        else:
+            family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, (value, _) in self.series.items():
+            family.add_metric(list(labels), value)
+        return family
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class SeriesTable:
+    """A registry collector for many label series, with a fast path for `Metrics.render`.
+
+    Other readers of the registry (tests, `generate_latest`) see ordinary metric families;
+    `render` skips them in the registry pass and appends `text()`, the same lines ready-made.
+    """
+
+    def __init__(self, families: Iterable[Family]) -> None:
+        self.families = list(families)
+        self._local = threading.local()
+
+    def describe(self) -> Iterable[Metric]:
+        """Names only, so that the registry refuses a clashing metric."""
+        return [Family(f.name, f.kind, f.documentation, f.labelnames).metric() for f in self]
+
+    def collect(self) -> Iterable[Metric]:
+        if getattr(self._local, "skip", False):
+            return []
+        return [family.metric() for family in self]
+
+    @contextmanager
+    def skipped(self) -> Iterator[None]:
+        self._local.skip = True
+        try:
+            yield
+        finally:
+            self._local.skip = False
+
+    def text(self) -> str:
+        return "".join(family.text() for family in self)
+
+    def __iter__(self) -> Iterator[Family]:
+        return iter(self.families)
 
 
 def production_registry() -> CollectorRegistry:
@@ -78,9 +177,66 @@ class Metrics:
         self.registry = registry
         self._routes: dict[str, tuple[str, ...]] = {}
         """Desired gateway → its routes: the only label values per-route series may carry."""
-        self._strengths: set[tuple[str, str]] = set()
-        self._applied: set[tuple[str, str]] = set()
-        r = registry
+        self._applied: dict[tuple[str, str], str | None] = {}
+        """(gateway, route) with applied series → the backend of its info series."""
+        self._define_events(registry)
+        route = ("gateway", "route")
+        self._drift = Family(
+            "weighbridge_drift_repairs_total",
+            "counter",
+            "Differences from the desired state that a periodic sync found and repaired.",
+            ("gateway", "kind"),
+        )
+        self._gateway_routes = Family(
+            "weighbridge_gateway_routes",
+            "gauge",
+            "Routes per desired gateway (the gateway's presence even before it has routes).",
+            ("gateway",),
+        )
+        self._desired = Family(
+            "weighbridge_route_weight_desired_ratio",
+            "gauge",
+            "Desired share of the gateway's traffic per route (0..1).",
+            route,
+        )
+        self._applied_weight = Family(
+            "weighbridge_route_weight_applied_ratio",
+            "gauge",
+            "Share per route as last read back from HAProxy's weight map (0..1).",
+            route,
+        )
+        self._strength = Family(
+            "weighbridge_route_condition_strength_ratio",
+            "gauge",
+            "Share of matching requests a route's condition takes (0..1), for routes with one.",
+            route,
+        )
+        self._instances = Family(
+            "weighbridge_route_instances",
+            "gauge",
+            "Desired instances per route by their state in HAProxy.",
+            (*route, "state"),
+        )
+        self._backend_info = Family(
+            "weighbridge_route_backend_info",
+            "gauge",
+            "1 for the HAProxy backend (`proxy` in HAProxy's metrics) a route runs on.",
+            (*route, "proxy"),
+        )
+        self._table = SeriesTable(
+            [
+                self._gateway_routes,
+                self._desired,
+                self._applied_weight,
+                self._strength,
+                self._instances,
+                self._backend_info,
+                self._drift,
+            ]
+        )
+        registry.register(self._table)
+
+    def _define_events(self, r: CollectorRegistry) -> None:
         self._api_requests = Counter(
             "weighbridge_api_requests_total",
             "REST API requests by method, route pattern and status.",
@@ -119,12 +275,6 @@ class Metrics:
             buckets=RELOAD_BUCKETS,
             registry=r,
         )
-        self._drift = Counter(
-            "weighbridge_drift_repairs_total",
-            "Differences from the desired state found and repaired by a periodic sync.",
-            ["gateway", "kind"],
-            registry=r,
-        )
         self._last_sync = Gauge(
             "weighbridge_last_sync_timestamp_seconds",
             "Unix time of the last successful reconcile pass.",
@@ -143,46 +293,14 @@ class Metrics:
             "Failed reads or writes of the desired-state store.",
             registry=r,
         )
-        self._gateway_routes = Gauge(
-            "weighbridge_gateway_routes",
-            "Routes per desired gateway (a gateway's presence even before it has routes).",
-            ["gateway"],
-            registry=r,
-        )
-        self._desired = Gauge(
-            "weighbridge_route_weight_desired_ratio",
-            "Desired share of the gateway's traffic per route (0..1).",
-            ["gateway", "route"],
-            registry=r,
-        )
-        self._applied_weight = Gauge(
-            "weighbridge_route_weight_applied_ratio",
-            "Share per route as last read back from HAProxy's weight map (0..1).",
-            ["gateway", "route"],
-            registry=r,
-        )
-        self._strength = Gauge(
-            "weighbridge_route_condition_strength_ratio",
-            "Share of matching requests a route's condition takes (0..1), for routes with one.",
-            ["gateway", "route"],
-            registry=r,
-        )
-        self._instances = Gauge(
-            "weighbridge_route_instances",
-            "Desired instances per route by their state in HAProxy.",
-            ["gateway", "route", "state"],
-            registry=r,
-        )
         # Series whose label values are known up front exist from the first scrape, so that
-        # rate() and dashboards see a zero instead of nothing before the first event.
+        # increase() sees the first event and dashboards a zero instead of nothing.
         for method in APPLY_METHODS:
             self._apply_seconds.labels(method)
         for result in RESULTS:
             self._runtime_commands.labels(result)
             for kind in RELOAD_KINDS:
                 self._reloads.labels(kind, result)
-        self._haproxy_up.set(0)
-        self._ready.set(0)
 
     # ---- events -------------------------------------------------------------------------
 
@@ -204,7 +322,7 @@ class Metrics:
 
     def drift_repaired(self, gateway: str, kind: DriftKind, count: int = 1) -> None:
         if gateway in self._routes:  # a gateway deleted meanwhile gets no series back
-            self._drift.labels(gateway, kind).inc(count)
+            self._drift.inc((gateway, kind), count)
 
     def repaired(self, plan: Plan) -> None:
         """Count what a periodic sync's plan repaired, per gateway (see `drift_counts`)."""
@@ -227,70 +345,70 @@ class Metrics:
 
     def set_desired(self, config: Config) -> None:
         """Desired weights and strengths; drops every series of gateways and routes now gone."""
-        routes: dict[str, tuple[str, ...]] = {}
-        strengths: set[tuple[str, str]] = set()
+        routes = {name: tuple(gateway.routes) for name, gateway in config.gateways.items()}
+        self._forget(routes)
         for name, gateway in config.gateways.items():
-            routes[name] = tuple(gateway.routes)
-            self._gateway_routes.labels(name).set(len(gateway.routes))
+            self._gateway_routes.set((name,), len(gateway.routes))
             for kind in DRIFT_KINDS:
-                self._drift.labels(name, kind)
+                self._drift.inc((name, kind), 0)
             for route, points in gateway.effective_weights().items():
-                self._desired.labels(name, route).set(points / BASIS_POINTS)
+                self._desired.set((name, route), points / BASIS_POINTS)
                 # Routes gain `condition_strength` (basis points) with conditional routing;
                 # until then, and for routes without a condition, no series is emitted.
                 strength = getattr(gateway.routes[route], "condition_strength", None)
                 if isinstance(strength, int):
-                    self._strength.labels(name, route).set(strength / BASIS_POINTS)
-                    strengths.add((name, route))
-        self._forget(routes)
-        for key in self._strengths - strengths:
-            self._strength.remove(*key)
-        self._strengths = strengths
+                    self._strength.set((name, route), strength / BASIS_POINTS)
+                else:
+                    self._strength.remove((name, route))
         self._routes = routes
 
-    def set_applied(
-        self,
-        gateway: str,
-        weights_bp: Mapping[str, int],
-        instance_states: Mapping[str, Mapping[str, int]],
-    ) -> None:
-        """What HAProxy runs for one gateway: route → basis points read back from its map,
-        and route → {state: count} of the desired instances (see `applied_state`).
+    def set_applied(self, gateway: str, routes: Mapping[str, AppliedRoute]) -> None:
+        """What HAProxy runs for one gateway, route by route (see `applied_state`).
 
         Only desired routes get series: HAProxy may still run a route the desired state just
         deleted, and that route must not reappear on the dashboards.
         """
         for route in self._routes.get(gateway, ()):
-            self._applied_weight.labels(gateway, route).set(weights_bp.get(route, 0) / BASIS_POINTS)
-            states = instance_states.get(route, {})
+            applied = routes.get(route, AppliedRoute(0, None))
+            self._applied_weight.set((gateway, route), applied.weight_bp / BASIS_POINTS)
             for state in INSTANCE_STATES:
-                self._instances.labels(gateway, route, state).set(states.get(state, 0))
-            self._applied.add((gateway, route))
+                self._instances.set((gateway, route, state), applied.instances.get(state, 0))
+            old = self._applied.get((gateway, route))
+            if old is not None and old != applied.backend:
+                self._backend_info.remove((gateway, route, old))
+            if applied.backend is not None:
+                self._backend_info.set((gateway, route, applied.backend), 1)
+            self._applied[(gateway, route)] = applied.backend
 
     def set_observed(self, config: Config, observed: Observed, map_dir: str) -> None:
         """`set_applied` for every desired gateway, from one `Engine.observe()` reading."""
         for name in config.gateways:
-            self.set_applied(name, *applied_state(config, name, observed, map_dir))
+            self.set_applied(name, applied_state(config, name, observed, map_dir))
 
     def render(self) -> bytes:
         """The exposition text for `GET /metrics` (content type `CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+        with self._table.skipped():
+            events = generate_latest(self.registry)
+        return events + self._table.text().encode()
 
     def _forget(self, routes: Mapping[str, tuple[str, ...]]) -> None:
         for gateway, old_routes in self._routes.items():
             kept = set(routes.get(gateway, ()))
             for route in old_routes:
                 if route not in kept:
-                    self._desired.remove(gateway, route)
+                    self._desired.remove((gateway, route))
+                    self._strength.remove((gateway, route))
             if gateway not in routes:
-                self._gateway_routes.remove(gateway)
+                self._gateway_routes.remove((gateway,))
                 for kind in DRIFT_KINDS:
-                    self._drift.remove(gateway, kind)
+                    self._drift.remove((gateway, kind))
         for key in [k for k in self._applied if k[1] not in routes.get(k[0], ())]:
-            self._applied_weight.remove(*key)
+            self._applied_weight.remove(key)
             for state in INSTANCE_STATES:
-                self._instances.remove(*key, state)
-            self._applied.discard(key)
+                self._instances.remove((*key, state))
+            backend = self._applied.pop(key)
+            if backend is not None:
+                self._backend_info.remove((*key, backend))
 
 
 def instance_state(address: Address, slots: Iterable[SlotState]) -> InstanceState:
@@ -303,56 +421,49 @@ def instance_state(address: Address, slots: Iterable[SlotState]) -> InstanceStat
 
 def applied_state(
     config: Config, gateway: str, observed: Observed, map_dir: str
-) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    """Per route of a desired gateway: basis points in HAProxy's live map, instance states."""
-    routes = config.gateways[gateway].routes
-    live = applied_weights(observed.maps.get(map_ref(gateway, map_dir), ()))
-    weights = {route: live.get(backend_name(gateway, route), 0) for route in routes}
-    states: dict[str, dict[str, int]] = {}
-    for route_name, route in routes.items():
-        slots = observed.backends.get(backend_name(gateway, route_name), ())
-        states[route_name] = dict(Tally(instance_state(a, slots) for a in route.instances))
-    return weights, states
-
-
-def split_backend_name(name: str) -> tuple[str, str] | None:
-    """(gateway, route) of a `wb.<gateway>.<route>` backend; None for any other proxy."""
-    match = _BACKEND.fullmatch(name)
-    return (match[1], match[2]) if match else None
+) -> dict[str, AppliedRoute]:
+    """Each route of a desired gateway as HAProxy runs it: its backend from the live routes
+    map, its share from the live weight map, the states of its desired instances."""
+    binding = dict(observed.maps.get(routes_map_ref(gateway, map_dir), ()))
+    live = applied_weights(observed.maps.get(weights_map_ref(gateway, map_dir), ()))
+    routes: dict[str, AppliedRoute] = {}
+    for name, route in config.gateways[gateway].routes.items():
+        backend = binding.get(name)
+        slots = observed.backends.get(backend, ()) if backend else ()
+        states = Tally(instance_state(address, slots) for address in route.instances)
+        routes[name] = AppliedRoute(
+            weight_bp=live.get(backend, 0) if backend else 0,
+            backend=backend,
+            instances=dict(states),
+        )
+    return routes
 
 
 def drift_counts(plan: Plan, gateways: Iterable[str]) -> Tally[tuple[str, DriftKind]]:
-    """What a plan repairs, per (gateway, kind): map swaps, slots touched, or a reload.
+    """What a plan repairs, per (gateway, kind), counted as the engine counts steps.
 
-    A reload counts once for each gateway its reasons name (a backend or a map), or for every
-    gateway when none is named (the whole structure differed, e.g. HAProxy restarted by hand).
+    A reload counts once for each gateway its reasons name (by name, backend or map), or for
+    every gateway when none is named (the whole structure differed, e.g. HAProxy restarted).
     """
+    owner: dict[str, str] = {}
+    for layout in plan.layout.gateways:
+        owner.update({layout.name: layout.name, layout.weights_map: layout.name})
+        owner[layout.routes_map] = layout.name
+        owner.update({backend.name: layout.name for backend in layout.backends})
     counts: Tally[tuple[str, DriftKind]] = Tally()
     if plan.needs_reload:
-        named: set[str] = set()
-        for reason in plan.reload_reasons:
-            named.update(_gateways_named(reason.detail))
-        for gateway in named or set(gateways):
-            counts[(gateway, "structure")] += 1
+        # details start with what they are about: `shop: …`, `wb.shop.b1: …`, a map path
+        named = {owner.get(r.detail.split(":")[0].split(" ")[0]) for r in plan.reload_reasons}
+        for gateway in (named - {None}) or set(gateways):
+            counts[(str(gateway), "structure")] += 1
         return counts
-    for ref in plan.maps:
-        counts[(PurePosixPath(ref).stem, "weights")] += 1
-    slots = {_slot_of(command.text) for command in (*plan.fill, *plan.empty)}
-    for backend, _slot in slots:
-        parts = split_backend_name(backend)
-        if parts is not None:
-            counts[(parts[0], "instances")] += 1
+    for ref in plan.map_updates:
+        if ref in owner:
+            counts[(owner[ref], "map")] += 1
+    for command in (*plan.fill, *plan.empty):
+        # `set server <backend>/<slot> addr|weight|state …`: the only commands slot plans hold
+        tokens = command.text.split()
+        backend, kind = tokens[2].partition("/")[0], _SERVER_SETTINGS.get(tokens[3])
+        if backend in owner and kind is not None:
+            counts[(owner[backend], kind)] += 1
     return counts
-
-
-def _gateways_named(detail: str) -> set[str]:
-    """Gateways in a reload reason's detail: `wb.<gateway>.<route>…` or `<map_dir>/<g>.map`."""
-    if detail.endswith(".map"):
-        return {PurePosixPath(detail).stem}
-    return {match[1] for match in _BACKEND.finditer(detail)}
-
-
-def _slot_of(command_text: str) -> tuple[str, str]:
-    """`set server wb.shop.stable/s1 …` → (`wb.shop.stable`, `s1`); slot plans hold only these."""
-    backend, _, slot = command_text.split()[2].partition("/")
-    return backend, slot

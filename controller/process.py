@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from controller.compile import render_map
 from controller.files import write_atomic
-from controller.runtime.errors import RuntimeApiError
+from controller.runtime.errors import CommandError, RuntimeApiError
 from controller.runtime.master import MasterClient
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class StatePaths:
     @property
     def pidfile(self) -> Path:
         return self.root / "haproxy.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "haproxy.log"
 
     @property
     def desired(self) -> Path:
@@ -124,12 +129,14 @@ class HAProxyProcess:
         self.master = MasterClient(str(paths.master_socket))
         # a stale socket of a killed master refuses at once: don't retry as long as for reloads
         self._probe = MasterClient(str(paths.master_socket), timeout=0.5)
+        self._master: subprocess.Popen[bytes] | None = None
 
     async def version(self) -> str:
         _, output = await _run(self.binary, "-v")
         return output.splitlines()[0] if output else "unknown"
 
     async def is_running(self) -> bool:
+        self.reap()
         if not self.paths.master_socket.exists():
             return False
         try:
@@ -187,39 +194,73 @@ class HAProxyProcess:
         return [self.paths.config, *sorted(self.paths.map_dir.glob("*.map"))]
 
     async def start(self, timeout: float = 10.0) -> None:
+        """Start the master in its own session (it outlives us), its output to `haproxy.log`.
+
+        Not daemonised (`-D`): the log keeps what HAProxy says at start and on each reload,
+        the only place 2.6 reports why a reload failed.
+        """
         self.paths.master_socket.unlink(missing_ok=True)
-        code, output = await _run(
-            self.binary,
-            "-W",
-            "-D",
-            "-S",
-            f"{self.paths.master_socket},mode,600",
-            "-f",
-            str(self.paths.config),
-            "-p",
-            str(self.paths.pidfile),
-        )
-        if code != 0:
-            raise HAProxyError(f"HAProxy did not start: {_alerts(output)}")
+        with self.paths.log.open("ab") as log_file:
+            offset = log_file.tell()
+            self._master = subprocess.Popen(  # noqa: ASYNC220 - must outlive this event loop
+                [
+                    self.binary,
+                    "-W",
+                    "-S",
+                    f"{self.paths.master_socket},mode,600",
+                    "-f",
+                    str(self.paths.config),
+                    "-p",
+                    str(self.paths.pidfile),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self._master.poll() is not None:
+                raise HAProxyError(f"HAProxy did not start: {self._log_alerts(offset)}")
             try:
                 proc = await self.master.show_proc()
                 if proc.workers:
                     return
             except RuntimeApiError:
                 pass
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # poll interval while the master comes up
         raise HAProxyError(f"HAProxy started but its master did not answer within {timeout} s")
 
+    def _log_alerts(self, offset: int) -> str:
+        try:
+            with self.paths.log.open("rb") as handle:
+                handle.seek(offset)
+                return _alerts(handle.read().decode(errors="replace")) or "no message"
+        except OSError:
+            return "no message"
+
+    def _log_size(self) -> int:
+        try:
+            return self.paths.log.stat().st_size
+        except OSError:
+            return 0
+
+    def reap(self) -> None:
+        """Collect our exited master so it does not linger as a zombie."""
+        if self._master is not None and self._master.poll() is not None:
+            self._master = None
+
     async def reload(self, timeout: float = 15.0) -> None:
-        """Reload through the master and confirm a new worker; raise if it failed."""
+        """Reload through the master and confirm a new worker; raise with HAProxy's words."""
+        offset = self._log_size()
         before = await self.master.show_proc()
         await self.master.reload()
         try:
             await self.master.wait_reloaded(before.reloads, timeout)
+        except CommandError as exc:  # HAProxy refused the new configuration
+            raise InvalidConfig(f"reload failed: {self._log_alerts(offset)}") from exc
         except RuntimeApiError as exc:
-            raise HAProxyError(f"reload failed: {exc}") from exc
+            raise HAProxyError(f"reload not confirmed: {exc}") from exc
 
     def master_pid(self) -> int | None:
         try:

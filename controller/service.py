@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -14,7 +14,7 @@ from aiohttp import web
 from controller.api import create_app
 from controller.compile import RenderSettings
 from controller.config_file import load_config
-from controller.engine import Engine
+from controller.engine import Engine, Timing
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess, StatePaths
 from controller.runtime.client import RuntimeClient
@@ -32,6 +32,8 @@ class RunSettings:
     haproxy_bin: str = "haproxy"
     api_token: str = ""
     sync_interval: float = 5.0
+    supervise_interval: float = 0.2
+    timing: Timing = field(default_factory=Timing)
     stats: str = "127.0.0.1:8404"
     """HAProxy's own Prometheus exporter and stats page; empty: none."""
     stop_haproxy_on_exit: bool = False
@@ -50,6 +52,7 @@ def build_engine(settings: RunSettings) -> Engine:
             str(paths.admin_socket),
             stats_bind=parse_address(settings.stats, wildcard=True) if settings.stats else None,
         ),
+        settings.timing,
     )
 
 
@@ -62,17 +65,37 @@ def read_seed(path: Path) -> Config | None:
 
 
 async def reconcile_forever(engine: Engine, interval: float) -> None:
-    """Level-based repair: whatever drifted (by hand or by a crash) is put back."""
+    """Level-based repair: whatever drifted (by hand or by a crash) is put back.
+
+    While HAProxy does not answer, retry with a growing pause and report not-ready; the
+    desired state is untouched, so nothing is lost.
+    """
+    pause = interval
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(pause)  # the reconcile period, not synchronisation
         try:
-            result = await engine.sync()
-            engine.state.last_error = None
-            if result.method != "none":
-                log.warning("repaired drift by %s: %s", result.method, "; ".join(result.steps))
-        except Exception as exc:  # keep the loop alive; report and retry next period
+            await engine.sync()
+        except Exception as exc:  # keep the loop alive; report and retry
+            engine.state.ready = False
             engine.state.last_error = str(exc)
-            log.error("reconcile failed: %s", exc)
+            pause = min(interval, max(0.1, pause / 2 if pause == interval else pause * 2))
+            log.error("reconcile failed (next try in %.1f s): %s", pause, exc)
+        else:
+            engine.state.ready = True
+            engine.state.last_error = None
+            pause = interval
+
+
+async def supervise_forever(engine: Engine, interval: float) -> None:
+    """Bring HAProxy back quickly when its master or worker dies (a cheap socket probe)."""
+    while True:
+        await asyncio.sleep(interval)  # the probe period, not synchronisation
+        try:
+            await engine.supervise()
+        except Exception as exc:
+            engine.state.ready = False
+            engine.state.last_error = str(exc)
+            log.error("could not restart HAProxy: %s", exc)
 
 
 async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> None:
@@ -89,15 +112,19 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    reconcile = asyncio.create_task(reconcile_forever(engine, settings.sync_interval))
+    loops = [
+        asyncio.create_task(reconcile_forever(engine, settings.sync_interval)),
+        asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
+    ]
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
-        reconcile.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reconcile
+        for task in loops:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await runner.cleanup()
         await engine.runtime.close()
         if settings.stop_haproxy_on_exit:

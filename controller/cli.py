@@ -125,8 +125,17 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_settings(args: argparse.Namespace) -> Any:
-    from controller.service import RunSettings
+    from controller.service import Attach, RunSettings
 
+    attach = None
+    if getattr(args, "attach", None):
+        if not (args.master_socket and args.admin_socket):
+            raise SystemExit("--attach needs --master-socket and --admin-socket")
+        attach = Attach(
+            configs=tuple(Path(p) for p in args.attach),
+            master_socket=Path(args.master_socket),
+            admin_socket=Path(args.admin_socket),
+        )
     host, port = args.api
     return RunSettings(
         config_file=Path(args.config),
@@ -139,6 +148,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
         supervise_interval=args.supervise_interval,
         timing=Timing(debounce=args.reload_debounce, min_reload_interval=args.min_reload_interval),
         stats=args.stats,
+        attach=attach,
     )
 
 
@@ -192,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the controller (and HAProxy)")
     controller_options(run, ".weighbridge")
+    run.add_argument(
+        "--attach",
+        action="append",
+        metavar="HAPROXY_CFG",
+        help="attach to your HAProxy (started by you with -f HAPROXY_CFG "
+        "-f STATE_DIR/weighbridge.cfg); repeat for several files",
+    )
+    run.add_argument("--master-socket", help="attach mode: your HAProxy's master CLI socket")
+    run.add_argument("--admin-socket", help="attach mode: your stats socket at level admin")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="HAProxy, controller and demo services, ready to try")
     controller_options(demo, ".weighbridge-demo")

@@ -132,6 +132,7 @@ class RenderSettings:
     """Process-level paths and limits; validated by the shell before they get here."""
 
     admin_socket: str
+    attached: bool = False
     stats_bind: Address | None = None
     """Where HAProxy serves its own Prometheus exporter (`/metrics`) and stats page (`/stats`)."""
     hard_stop_after: str = "30s"
@@ -150,12 +151,16 @@ def render_map(entries: MapEntries) -> str:
 
 
 def _render_global(settings: RenderSettings) -> list[str]:
-    return [
+    """Attached to a user's HAProxy, their `global` rules; our `defaults` cover only ours."""
+    own_global = [
         "global",
         f"    stats socket {settings.admin_socket} mode 600 level admin expose-fd listeners",
         f"    hard-stop-after {settings.hard_stop_after}",
         f"    mworker-max-reloads {settings.max_reloads}",
         "",
+    ]
+    return [
+        *([] if settings.attached else own_global),
         "defaults",
         "    mode http",
         f"    timeout connect {settings.timeout_connect}",

@@ -115,10 +115,15 @@ class Engine:
         self._desired = stored
         async with self._lock:
             if await self.process.is_running():
-                log.info("adopting the HAProxy already running on %s", self.process.paths.root)
+                log.info("adopting the HAProxy at %s", self.process.paths.master_socket)
+            elif self.process.paths.attached:
+                await self._write_candidate()
+                log.warning("waiting for your HAProxy (with -f %s)", self.process.paths.config)
+                return ApplyResult("none", 0.0, (), stored.revision)
             else:
                 log.info("starting HAProxy (%s)", await self.process.version())
-                await self._start_haproxy()
+                await self._write_candidate()
+                await self.process.start()
             result = await self._converge()
         self.state.ready = True
         return result
@@ -151,24 +156,33 @@ class Engine:
         return result
 
     async def supervise(self) -> bool:
-        """Restart HAProxy if its master is gone; True when it had to."""
-        if await self.process.is_running():
+        """Restart HAProxy if its master is gone (ours) or wait for it (attached).
+
+        True when it (re)converged a HAProxy that had been away.
+        """
+        running = await self.process.is_running()
+        if running and self.state.ready:
             return False
         async with self._lock:
-            if await self.process.is_running():
+            running = await self.process.is_running()
+            if not running and self.process.paths.attached:
+                self.state.ready = False
                 return False
-            log.error("HAProxy is not running: restarting it with the full desired state")
-            await self._start_haproxy()
-            self.state.haproxy_restarts += 1
+            if not running:
+                log.error("HAProxy is not running: restarting it with the full desired state")
+                await self._write_candidate()
+                await self.process.start()
+                self.state.haproxy_restarts += 1
             await self._converge()
+        self.state.ready = True
         return True
 
-    async def _start_haproxy(self) -> None:
+    async def _write_candidate(self) -> None:
+        """Render the desired state from scratch (all slots filled as desired) and write it."""
         plan = self._plan(self._desired.config, Observed(fingerprint=None, backends={}, maps={}))
         config_text = self._render(plan)
         await self.process.validate(config_text, plan.maps)
         self.process.write(config_text, plan.maps)
-        await self.process.start()
         self._applied = self._desired
 
     async def _converge(self) -> ApplyResult:
@@ -262,6 +276,12 @@ class Engine:
         record: dict[str, object] = {"reasons": reasons, "at": time.time()}
         try:
             await self.process.guarded_reload(self._render(plan), plan.maps)
+            after = self._plan(self._desired.config, await self.observe())
+            if after.needs_reload:  # e.g. an attached HAProxy that does not load our file
+                raise HAProxyError(
+                    f"reloaded, but HAProxy still lacks {after.reload_reasons[0]}: does it load "
+                    f"{self.process.paths.config}?"
+                )
         except HAProxyError as exc:
             record.update(result="failed", error=str(exc))
             raise

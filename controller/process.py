@@ -44,25 +44,33 @@ class InvalidConfig(HAProxyError):
 
 @dataclass(frozen=True)
 class StatePaths:
-    """The documented, stable files of a state directory."""
+    """The documented, stable files of a state directory.
+
+    In attach mode the user runs HAProxy (with `-f <state-dir>/weighbridge.cfg` after their
+    own files) and gives us their master and admin sockets.
+    """
 
     root: Path
+    attached: tuple[Path, ...] = ()
+    """The user's own configuration files (attach mode); empty: we run HAProxy."""
+    user_master_socket: Path | None = None
+    user_admin_socket: Path | None = None
 
     @property
     def config(self) -> Path:
-        return self.root / "haproxy.cfg"
+        return self.root / ("weighbridge.cfg" if self.attached else "haproxy.cfg")
 
     @property
     def last_known_good(self) -> Path:
-        return self.root / "haproxy.cfg.lkg"
+        return self.config.with_suffix(".cfg.lkg")
 
     @property
     def master_socket(self) -> Path:
-        return self.root / "haproxy-master.sock"
+        return self.user_master_socket or self.root / "haproxy-master.sock"
 
     @property
     def admin_socket(self) -> Path:
-        return self.root / "haproxy-admin.sock"
+        return self.user_admin_socket or self.root / "haproxy-admin.sock"
 
     @property
     def pidfile(self) -> Path:
@@ -154,7 +162,10 @@ class HAProxyProcess:
                 write_atomic(root / Path(ref).name, render_map(entries))
             # the candidate must read the candidate maps, not the live ones
             write_atomic(root / "haproxy.cfg", config.replace(live_maps, f"{scratch}/"))
-            code, output = await _run(self.binary, "-c", "-f", str(root / "haproxy.cfg"))
+            files = [*self.paths.attached, root / "haproxy.cfg"]
+            code, output = await _run(
+                self.binary, "-c", *(arg for f in files for arg in ("-f", str(f)))
+            )
         if code != 0:
             raise InvalidConfig(_alerts(output).replace(f"{scratch}/", live_maps))
 
@@ -199,6 +210,11 @@ class HAProxyProcess:
         Not daemonised (`-D`): the log keeps what HAProxy says at start and on each reload,
         the only place 2.6 reports why a reload failed.
         """
+        if self.paths.attached:
+            raise HAProxyError(
+                f"attach mode: HAProxy is yours to start (with -f {self.paths.config} after "
+                f"your own files); its master socket {self.paths.master_socket} does not answer"
+            )
         self.paths.master_socket.unlink(missing_ok=True)
         with self.paths.log.open("ab") as log_file:
             offset = log_file.tell()

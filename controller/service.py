@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Attach:
+    """A HAProxy the user runs with their own config, plus `-f <state-dir>/weighbridge.cfg`."""
+
+    configs: tuple[Path, ...]
+    master_socket: Path
+    admin_socket: Path
+
+
+@dataclass(frozen=True)
 class RunSettings:
     config_file: Path
     state_dir: Path
@@ -34,6 +43,7 @@ class RunSettings:
     sync_interval: float = 5.0
     supervise_interval: float = 0.2
     timing: Timing = field(default_factory=Timing)
+    attach: Attach | None = None
     stats: str = "127.0.0.1:8404"
     """HAProxy's own Prometheus exporter and stats page; empty: none."""
     stop_haproxy_on_exit: bool = False
@@ -41,7 +51,13 @@ class RunSettings:
 
 def build_engine(settings: RunSettings) -> Engine:
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths = StatePaths(settings.state_dir.resolve())
+    attach = settings.attach
+    paths = StatePaths(
+        settings.state_dir.resolve(),
+        attached=tuple(p.resolve() for p in attach.configs) if attach else (),
+        user_master_socket=attach.master_socket.resolve() if attach else None,
+        user_admin_socket=attach.admin_socket.resolve() if attach else None,
+    )
     process = HAProxyProcess(paths, settings.haproxy_bin)
     runtime = RuntimeClient(str(paths.admin_socket))
     return Engine(
@@ -50,6 +66,7 @@ def build_engine(settings: RunSettings) -> Engine:
         runtime,
         RenderSettings(
             str(paths.admin_socket),
+            attached=attach is not None,
             stats_bind=parse_address(settings.stats, wildcard=True) if settings.stats else None,
         ),
         settings.timing,

@@ -2,7 +2,7 @@
 # Lint, type-check and run every test against a real HAProxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh wrk
 .venv/bin/ruff check controller tests bench
 .venv/bin/mypy
 set +e

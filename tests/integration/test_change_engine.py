@@ -163,7 +163,11 @@ async def test_killed_haproxy_comes_back_with_the_desired_state(
             lambda: stack.haproxy_pid() != master and _serves(url), 2, "HAProxy back and serving"
         )
         assert (await send(url, 200)).routes == {"canary": 200}
-        assert ok(stack.request("GET", "/api/v1/controller"))["haproxy_restarts"] == 1
+        wait_until(
+            lambda: stack.request("GET", "/api/v1/controller").body["haproxy_restarts"] == 1,
+            2,
+            "the restart to be counted",
+        )
         assert not pid_alive(master) or victim == "worker"
 
 

@@ -129,7 +129,9 @@ class Stack:
         except urllib.error.HTTPError as exc:
             return Response(exc.code, _decode(exc.read()), dict(exc.headers))
 
-    def start_controller(self, config_file: Path, extra: list[str] | None = None) -> None:
+    def start_controller(
+        self, config_file: Path, extra: list[str] | None = None, *, wait_ready: bool = True
+    ) -> None:
         self.log_path = self.state_dir.parent / "controller.log"
         log = self.log_path.open("ab")
         args = [
@@ -150,7 +152,11 @@ class Stack:
         if self.token:
             args += ["--api-token", self.token]
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(self._ready, 20, "the controller to be ready")
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        wait_until(self._ready, timeout, "the controller to be ready")
 
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:

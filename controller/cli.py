@@ -83,6 +83,40 @@ def cmd_weights(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_apply(args: argparse.Namespace, console: Console) -> int:
+    """Make the gateways those of a config file; `plan` only shows what that would do."""
+    from controller.config_file import load_config
+
+    config = load_config(Path(args.file))
+    dry_run = args.command == "plan" or args.dry_run
+    query = "?dry_run=true" if dry_run else ""
+    failed = 0
+    status, current = call_api(args.api, "GET", "/gateways", token=args.token)
+    if status >= 400:
+        return _print_error(console, status, current)
+    for name, gateway in config.gateways.items():
+        body = gateway.model_dump(mode="json", exclude_none=True)
+        status, result = call_api(args.api, "PUT", f"/gateways/{name}{query}", body, args.token)
+        failed += _report(console, f"gateway {name}", status, result)
+    if args.prune:
+        for name in sorted(set(current["gateways"]) - set(config.gateways)):
+            status, result = call_api(
+                args.api, "DELETE", f"/gateways/{name}{query}", None, args.token
+            )
+            failed += _report(console, f"delete gateway {name}", status, result)
+    return 1 if failed else 0
+
+
+def _report(console: Console, what: str, status: int, body: Any) -> int:
+    if status >= 400:
+        console.print(f"{what}: ", end="")
+        return _print_error(console, status, body)
+    console.print(f"{what}: {body['applied']} ({body['method']}), {body['duration_ms']} ms")
+    for step in body["plan"]:
+        console.print(f"  {step}")
+    return 0
+
+
 def cmd_instances(args: argparse.Namespace, console: Console) -> int:
     status, body = call_api(
         args.api,
@@ -228,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("split", nargs="+", metavar="ROUTE=PERCENT")
     weights.add_argument("--dry-run", action="store_true")
     weights.set_defaults(func=cmd_weights)
+    for name, text in (
+        ("apply", "make the gateways those of a config file"),
+        ("plan", "show what `apply` would change, applying nothing"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--api", default=DEFAULT_API)
+        p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""))
+        p.add_argument("file", help="a weighbridge.yaml")
+        p.add_argument("--prune", action="store_true", help="also delete gateways not in it")
+        p.add_argument("--dry-run", action="store_true")
+        p.set_defaults(func=cmd_apply)
     instances = client("instances", "replace a route's instances")
     instances.add_argument("route")
     instances.add_argument("addresses", nargs="*", metavar="HOST:PORT")

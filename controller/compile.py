@@ -77,7 +77,7 @@ def slot_capacity(instances: int, current: int | None = None) -> int:
 
 def pool_capacity(routes: int, current: int = 0) -> int:
     """Keep the pool while every route has a backend; grow with spares for the next routes."""
-    return current if routes <= current else routes + SPARE_BACKENDS
+    return current if 0 < current and routes <= current else routes + SPARE_BACKENDS
 
 
 MapEntries = tuple[tuple[str, str], ...]

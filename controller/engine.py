@@ -276,12 +276,7 @@ class Engine:
         record: dict[str, object] = {"reasons": reasons, "at": time.time()}
         try:
             await self.process.guarded_reload(self._render(plan), plan.maps)
-            after = self._plan(self._desired.config, await self.observe())
-            if after.needs_reload:  # e.g. an attached HAProxy that does not load our file
-                raise HAProxyError(
-                    f"reloaded, but HAProxy still lacks {after.reload_reasons[0]}: does it load "
-                    f"{self.process.paths.config}?"
-                )
+            await self._verify_reload()
         except HAProxyError as exc:
             record.update(result="failed", error=str(exc))
             raise
@@ -292,6 +287,25 @@ class Engine:
             record["seconds"] = round(time.perf_counter() - started, 4)
             self.state.reloads = [*self.state.reloads[-49:], record]
             log.info("reload %s", record)
+
+    async def _verify_reload(self, timeout: float = 2.0) -> None:
+        """The new worker must run the new structure (an attached HAProxy might not load it).
+
+        Our Runtime API connection may still reach the old, stopping worker for a moment:
+        reconnect and look again until the deadline.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.runtime.close()
+            after = self._plan(self._desired.config, await self.observe())
+            if not after.needs_reload:
+                return
+            if time.monotonic() > deadline:
+                raise HAProxyError(
+                    f"reloaded, but HAProxy still lacks {after.reload_reasons[0]}: does it load "
+                    f"{self.process.paths.config}?"
+                )
+            await asyncio.sleep(0.02)  # poll interval while the old worker hands over
 
     async def observe(self) -> Observed:
         """Read what HAProxy runs now: our backends' slots, our maps, the config fingerprint."""

@@ -118,24 +118,28 @@ class _Parser:
         self.skip_space()
         return self.pos >= len(self.text)
 
-    def peek_word(self) -> str:
-        """The keyword-like word at the cursor (lower case), without consuming it."""
+    def word_end(self) -> int:
         self.skip_space()
         end = self.pos
         while end < len(self.text) and self.text[end] not in _WORD_END:
             end += 1
-        return self.text[self.pos : end].lower()
+        return end
+
+    def peek_word(self) -> str:
+        """The keyword-like word at the cursor, in lower case, without consuming it."""
+        return self.text[self.pos : self.word_end()].lower()
 
     def take_word(self) -> str:
-        word = self.peek_word()
-        self.pos += len(word)
+        end = self.word_end()
+        word = self.text[self.pos : end].lower()
+        self.pos = end
         return word
 
     def peek_token(self) -> str:
         """What to show in an 'unexpected' message: the word there, or the symbol."""
-        word = self.peek_word()
-        if word:
-            return word
+        end = self.word_end()
+        if end > self.pos:
+            return self.text[self.pos : end]
         pair = self.text[self.pos : self.pos + 2]
         return pair if pair in ("&&", "||", "==", "!=") else pair[:1]
 
@@ -264,9 +268,11 @@ class _Parser:
         if word in _BROWSERS:
             return Atom(Kind.BROWSER, value=_BROWSERS[word])
         if word in ("has", "misses"):
+            self.skip_space()
+            at = self.pos
             what = self.take_word()
             if what not in _PRESENCE:
-                raise self.fail(f"expected cookie, header or param after {word!r}")
+                raise self.fail(f"expected cookie, header or param after {word!r}", at)
             name = self.name()
             return Atom(_PRESENCE[what], name=name, negated=word == "misses")
         if word in ("source", "src"):
@@ -299,8 +305,9 @@ class _Parser:
         negated = False
         if self.peek_word() == "not":
             self.take_word()
-            if self.take_word() != "in":
+            if self.peek_word() != "in":
                 raise self.fail("expected 'in' after 'not'")
+            self.take_word()
             negated = True
         elif self.peek_word() == "in":
             self.take_word()

@@ -75,6 +75,7 @@ def test_capacities_keep_what_fits_and_grow() -> None:
     assert slot_capacity(MIN_SLOTS + 1, current=MIN_SLOTS) == MIN_SLOTS * 2
     assert slot_capacity(1000) == 1024
     assert pool_capacity(2) == 2 + SPARE_BACKENDS
+    assert pool_capacity(0) == SPARE_BACKENDS  # a gateway with no route yet still gets spares
     assert pool_capacity(3, current=4) == 4
     assert pool_capacity(5, current=4) == 5 + SPARE_BACKENDS
 

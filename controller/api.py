@@ -256,6 +256,37 @@ async def put_instances(request: web.Request) -> web.Response:
     return _applied(result, updated)
 
 
+async def patch_route(request: web.Request) -> web.Response:
+    """Change some fields of one route, e.g. `{"condition_strength": "20%"}` (live)."""
+    name, route = _name(request, "gateway"), _name(request, "route")
+    body = await _json_body(request)
+    if not isinstance(body, dict) or not body:
+        raise ApiError(
+            400,
+            "body must be an object of route fields",
+            [{"field": "route", "message": "expected a non-empty object"}],
+        )
+    updated: Gateway | None = None
+
+    def compute(config: Config) -> Config:
+        nonlocal updated
+        gateway = _gateway(config, name)
+        _check_if_match(request, gateway)
+        if route not in gateway.routes:
+            raise ApiError(
+                404,
+                f"gateway {name!r} has no route {route!r}",
+                [{"field": "route", "message": "unknown route"}],
+            )
+        data = gateway.model_dump(mode="json")
+        data["routes"][route] = {**data["routes"][route], **body}
+        updated = _validated(lambda: Gateway.model_validate(data), "")
+        return config.with_gateway(name, updated)
+
+    result = await request.app[ENGINE].change(compute, dry_run=_dry_run(request))
+    return _applied(result, updated)
+
+
 def _validated(build: Callable[[], Any], prefix: str) -> Any:
     try:
         return build()
@@ -314,5 +345,6 @@ def create_app(engine: Engine, *, token: str = "") -> web.Application:
     app.router.add_delete(api + "/{gateway}", delete_gateway)
     app.router.add_patch(api + "/{gateway}/weights", patch_weights)
     app.router.add_put(api + "/{gateway}/routes/{route}/instances", put_instances)
+    app.router.add_patch(api + "/{gateway}/routes/{route}", patch_route)
     app.router.add_get(api + "/{gateway}/status", get_status)
     return app

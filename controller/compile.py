@@ -9,12 +9,13 @@ deleting routes change through the Runtime API; only the structure below needs a
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
-from controller.model import BASIS_POINTS, Address
+from controller.conditions import CompiledCondition, compile_condition, parse_condition
+from controller.model import BASIS_POINTS, Address, Rewrite
 
 MIN_SLOTS = 8
 """Server slots per pool backend; more instances grow it to the next power of two (a reload)."""
@@ -77,7 +78,7 @@ def slot_capacity(instances: int, current: int | None = None) -> int:
 
 def pool_capacity(routes: int, current: int = 0) -> int:
     """Keep the pool while every route has a backend; grow with spares for the next routes."""
-    return current if 0 < current and routes <= current else routes + SPARE_BACKENDS
+    return current if current > 0 and routes <= current else routes + SPARE_BACKENDS
 
 
 MapEntries = tuple[tuple[str, str], ...]
@@ -99,22 +100,56 @@ def weight_map(weights: Mapping[str, int], binding: Mapping[str, str]) -> MapEnt
 
 @dataclass(frozen=True)
 class BackendLayout:
+    """One pool backend; `rules` and a non-default balance come from the route bound to it."""
+
     name: str
     gateway: str
+    mode: str
     balance: str
     slots: int
+    cookie: str | None = None
+    """Instance stickiness: the cookie HAProxy inserts, naming the slot."""
+    rules: tuple[str, ...] = ()
 
     def slot_names(self) -> list[str]:
         return [slot_name(i) for i in range(1, self.slots + 1)]
 
 
 @dataclass(frozen=True)
+class GatewayMaps:
+    """The live maps of a gateway; optional ones exist only when a rule reads them."""
+
+    weights: str
+    routes: str
+    strengths: str | None = None
+    sticky: str | None = None
+    backends: str | None = None
+
+
+@dataclass(frozen=True)
+class ConditionRule:
+    """A route's compiled condition; `var` holds its strength for the requests that match."""
+
+    route: str
+    var: str
+    compiled: CompiledCondition
+
+
+@dataclass(frozen=True)
 class GatewayLayout:
     name: str
+    index: int
     bind: Address
-    weights_map: str
-    routes_map: str
+    mode: str
+    sticky: str
+    virtual_hosts: tuple[str, ...]
+    maps: GatewayMaps
+    conditions: tuple[ConditionRule, ...]
     backends: tuple[BackendLayout, ...]
+
+    @property
+    def host_acl(self) -> str | None:
+        return f"wb_h{self.index}" if self.virtual_hosts else None
 
 
 @dataclass(frozen=True)
@@ -127,113 +162,36 @@ class Layout:
         object.__setattr__(self, "by_backend", index)
 
 
-@dataclass(frozen=True)
-class RenderSettings:
-    """Process-level paths and limits; validated by the shell before they get here."""
-
-    admin_socket: str
-    attached: bool = False
-    stats_bind: Address | None = None
-    """Where HAProxy serves its own Prometheus exporter (`/metrics`) and stats page (`/stats`)."""
-    hard_stop_after: str = "30s"
-    max_reloads: int = 50
-    timeout_connect: str = "5s"
-    timeout_client: str = "30s"
-    timeout_server: str = "30s"
+def gateway_map_refs(gateway: str, map_dir: str, *, conditions: bool, sticky: bool) -> GatewayMaps:
+    return GatewayMaps(
+        weights=weights_map_ref(gateway, map_dir),
+        routes=routes_map_ref(gateway, map_dir),
+        strengths=f"{map_dir}/{gateway}.strengths.map" if conditions else None,
+        sticky=f"{map_dir}/{gateway}.sticky.map" if sticky else None,
+        backends=f"{map_dir}/{gateway}.backends.map" if sticky else None,
+    )
 
 
-Assignment = Mapping[str, Mapping[str, Address]]
-"""backend → slot → instance address, for the slots that are filled."""
+def compile_route_condition(
+    route: str, gateway: int, route_index: int, condition: str, mode: str
+) -> ConditionRule:
+    """Names are by position: HAProxy ORs ACLs that share a name, so each rule has its own."""
+    compiled = compile_condition(
+        parse_condition(condition), f"wb_g{gateway}r{route_index}", _mode(mode), single_term=True
+    )
+    return ConditionRule(route=route, var=f"txn.wb_s{gateway}_{route_index}", compiled=compiled)
 
 
-def render_map(entries: MapEntries) -> str:
-    return "".join(f"{key} {value}\n" for key, value in entries)
+def compile_rewrites(rewrites: tuple[Rewrite, ...]) -> tuple[str, ...]:
+    """`http-request set-path` lines for a route's backend, each behind its own condition."""
+    lines: list[str] = []
+    for j, rewrite in enumerate(rewrites):
+        compiled = compile_condition(
+            parse_condition(rewrite.condition), f"wb_rw{j}", "http", single_term=True
+        )
+        lines += [*compiled.setup, f"http-request set-path '{rewrite.path}' if {compiled.test}"]
+    return tuple(lines)
 
 
-def _render_global(settings: RenderSettings) -> list[str]:
-    """Attached to a user's HAProxy, their `global` rules; our `defaults` cover only ours."""
-    own_global = [
-        "global",
-        f"    stats socket {settings.admin_socket} mode 600 level admin expose-fd listeners",
-        f"    hard-stop-after {settings.hard_stop_after}",
-        f"    mworker-max-reloads {settings.max_reloads}",
-        "",
-    ]
-    return [
-        *([] if settings.attached else own_global),
-        "defaults",
-        "    mode http",
-        f"    timeout connect {settings.timeout_connect}",
-        f"    timeout client {settings.timeout_client}",
-        f"    timeout server {settings.timeout_server}",
-        "    timeout http-keep-alive 10s",
-        "    option idle-close-on-response",
-        "    option redispatch",
-        "    retries 3",
-        "",
-    ]
-
-
-def _render_stats(settings: RenderSettings) -> list[str]:
-    if settings.stats_bind is None:
-        return []
-    return [
-        "frontend wb-stats",
-        f"    bind {settings.stats_bind}",
-        "    http-request use-service prometheus-exporter if { path /metrics }",
-        "    stats enable",
-        "    stats uri /stats",
-        "    stats refresh 5s",
-        "",
-    ]
-
-
-def _render_gateway(gateway: GatewayLayout, assignment: Assignment) -> list[str]:
-    fallback = no_route_backend(gateway.name)
-    lines = [
-        f"frontend {frontend_name(gateway.name)}",
-        f"    bind {gateway.bind}",
-        f"    use_backend %[rand({BASIS_POINTS}),map_int({gateway.weights_map},{fallback})]",
-        "",
-        f"backend {fallback}",
-        # keeps the routes map loaded (HAProxy only loads maps that a rule uses)
-        f"    http-request set-var(txn.wb_routes) str(-),map({gateway.routes_map},-)",
-        '    http-request return status 503 content-type text/plain string "no route"',
-        "",
-    ]
-    for backend in gateway.backends:
-        filled = assignment.get(backend.name, {})
-        lines += [f"backend {backend.name}", f"    balance {backend.balance}"]
-        if backend.balance in ("source", "uri"):
-            lines.append("    hash-type consistent")
-        for slot in backend.slot_names():
-            address = filled.get(slot)
-            lines.append(
-                f"    server {slot} {address}"
-                if address
-                else f"    server {slot} {PLACEHOLDER} disabled"
-            )
-        lines.append("")
-    return lines
-
-
-def render_config(layout: Layout, settings: RenderSettings, assignment: Assignment) -> str:
-    """The full configuration; its first line fingerprints the structure (see below)."""
-    structure = structure_fingerprint(layout, settings)
-    lines = [f"{STRUCTURE_MARK}{structure}", *_render_global(settings), *_render_stats(settings)]
-    for gateway in layout.gateways:
-        lines += _render_gateway(gateway, assignment)
-    return "\n".join(lines) + "\n"
-
-
-def structure_fingerprint(layout: Layout, settings: RenderSettings) -> str:
-    """Hash of what only a reload can change: the config rendered with every slot empty."""
-    lines = [*_render_global(settings), *_render_stats(settings)]
-    for gateway in layout.gateways:
-        lines += _render_gateway(gateway, {})
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
-
-
-def read_fingerprint(config_text: str) -> str | None:
-    first = config_text.split("\n", 1)[0]
-    return first.removeprefix(STRUCTURE_MARK) if first.startswith(STRUCTURE_MARK) else None
+def _mode(mode: str) -> Literal["http", "tcp"]:
+    return "tcp" if mode == "tcp" else "http"

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from controller.compile import RenderSettings, read_fingerprint, render_config
 from controller.model import Address, Config
 from controller.plan import Observed, Plan, SlotState, plan_changes
 from controller.process import HAProxyError, HAProxyProcess
+from controller.render import RenderSettings, read_fingerprint, render_config
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
 from controller.runtime.parse import (

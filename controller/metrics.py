@@ -21,7 +21,7 @@ import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Literal, cast, get_args
 
 from prometheus_client import (
@@ -353,12 +353,9 @@ class Metrics:
                 self._drift.inc((name, kind), 0)
             for route, points in gateway.effective_weights().items():
                 self._desired.set((name, route), points / BASIS_POINTS)
-                # Routes gain `condition_strength` (basis points) with conditional routing;
-                # until then, and for routes without a condition, no series is emitted.
-                strength = getattr(gateway.routes[route], "condition_strength", None)
-                if isinstance(strength, int):
-                    self._strength.set((name, route), strength / BASIS_POINTS)
-                else:
+                if gateway.routes[route].condition is not None:
+                    self._strength.set((name, route), gateway.routes[route].strength / BASIS_POINTS)
+                else:  # a strength means nothing without a condition: no series
                     self._strength.remove((name, route))
         self._routes = routes
 
@@ -447,8 +444,8 @@ def drift_counts(plan: Plan, gateways: Iterable[str]) -> Tally[tuple[str, DriftK
     """
     owner: dict[str, str] = {}
     for layout in plan.layout.gateways:
-        owner.update({layout.name: layout.name, layout.weights_map: layout.name})
-        owner[layout.routes_map] = layout.name
+        maps = [ref for ref in astuple(layout.maps) if ref is not None]
+        owner.update({name: layout.name for name in (layout.name, *maps)})
         owner.update({backend.name: layout.name for backend in layout.backends})
     counts: Tally[tuple[str, DriftKind]] = Tally()
     if plan.needs_reload:

@@ -28,8 +28,16 @@ BASIS_POINTS = 10_000
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$"
 _NAME_RE = re.compile(NAME_PATTERN)
 
-BALANCE_ALGORITHMS = ("roundrobin", "leastconn", "random", "first", "source", "uri")
-"""Algorithms that keep working while the controller fills and empties server slots live."""
+_BALANCE_RE = re.compile(
+    r"^(roundrobin|static-rr|leastconn|first|random|source|uri"
+    r"|url_param [A-Za-z0-9_.-]{1,64}|hdr\([A-Za-z0-9_-]{1,64}\))$"
+)
+HTTP_ONLY_BALANCE = ("uri", "url_param", "hdr(")
+HASH_BALANCE = ("source", "uri", "url_param", "hdr(")
+"""Hash-based algorithms: rendered with `hash-type consistent`, so slot changes move few clients."""
+
+_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
+_REWRITE_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&()*+,;=:@/-]{0,255}$")
 
 
 def check_name(value: Any) -> str:
@@ -142,7 +150,53 @@ def _parse_bind(value: Any) -> Address:
 
 Instance = Annotated[Address, BeforeValidator(parse_address), PlainSerializer(str, return_type=str)]
 Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, return_type=str)]
-Balance = Literal["roundrobin", "leastconn", "random", "first", "source", "uri"]
+
+
+def check_balance(value: Any) -> str:
+    """Every HAProxy algorithm that keeps working while slots are filled and emptied live."""
+    if not isinstance(value, str) or not _BALANCE_RE.match(value):
+        raise ValueError(
+            f"unknown balance {value!r}: use roundrobin, static-rr, leastconn, first, random, "
+            "source, uri, 'url_param <name>' or 'hdr(<name>)'"
+        )
+    return value
+
+
+Balance = Annotated[str, BeforeValidator(check_balance)]
+
+
+def check_condition(value: Any) -> str:
+    """Parsed once here so errors point at the position; compiled by `compile`."""
+    from controller.conditions import ConditionError, parse_condition
+
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    try:
+        parse_condition(value)
+    except ConditionError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+Condition = Annotated[str, BeforeValidator(check_condition)]
+
+
+def check_host(value: Any) -> str:
+    if not isinstance(value, str) or not _HOST_RE.match(value.lower()) or len(value) > 253:
+        raise ValueError(f"{value!r} is not a host name (letters, digits, '-', '.'; '*.' prefix)")
+    return value.lower()
+
+
+Host = Annotated[str, BeforeValidator(check_host)]
+
+
+class Rewrite(BaseModel):
+    """Set the request path to `path` when `condition` holds (in the route's backend)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(pattern=_REWRITE_PATH_RE.pattern)
+    condition: Condition = "true"
 
 
 class Route(BaseModel):
@@ -152,6 +206,19 @@ class Route(BaseModel):
 
     weight: Percent | None = None
     instances: tuple[Instance, ...] = Field(default=(), max_length=4096)
+    condition: Condition | None = None
+    condition_strength: Percent | None = None
+    """Share of the requests matching `condition` sent here; default 100 % with a condition."""
+    balance: Balance | None = None
+    """Overrides the gateway's algorithm for this route's instances."""
+    rewrites: tuple[Rewrite, ...] = Field(default=(), max_length=16)
+
+    @property
+    def strength(self) -> int:
+        """Basis points of matching requests this route takes (0 without a condition)."""
+        if self.condition is None:
+            return 0
+        return BASIS_POINTS if self.condition_strength is None else self.condition_strength
 
     @model_validator(mode="after")
     def _unique_instances(self) -> Route:
@@ -160,6 +227,8 @@ class Route(BaseModel):
             if address in seen:
                 raise ValueError(f"instance {address} is listed twice")
             seen.add(address)
+        if self.condition_strength is not None and self.condition is None:
+            raise ValueError("condition_strength needs a condition")
         return self
 
 
@@ -169,9 +238,42 @@ class Gateway(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bind: Bind
-    mode: Literal["http"] = "http"
-    balance: Balance = "roundrobin"
+    mode: Literal["http", "tcp"] = "http"
+    balance: Balance | None = None
+    """Default for routes: roundrobin for http, leastconn for tcp."""
+    sticky: Literal["none", "route", "instance"] = "none"
+    virtual_hosts: tuple[Host, ...] = Field(default=(), max_length=64)
     routes: dict[Name, Route] = Field(default_factory=dict, max_length=256)
+
+    def route_balance(self, route: Route) -> str:
+        return (
+            route.balance or self.balance or ("leastconn" if self.mode == "tcp" else "roundrobin")
+        )
+
+    @model_validator(mode="after")
+    def _mode_rules(self) -> Gateway:
+        """TCP gateways see no HTTP: refuse what would need it, naming it."""
+        if self.mode != "tcp":
+            return self
+        from controller.conditions import ConditionError, compile_condition, parse_condition
+
+        if self.sticky != "none":
+            raise ValueError("sticky needs an http gateway (tcp: use balance source)")
+        if self.virtual_hosts:
+            raise ValueError("virtual_hosts need an http gateway")
+        for name, route in self.routes.items():
+            if route.rewrites:
+                raise ValueError(f"route {name!r}: rewrites need an http gateway")
+            if any(self.route_balance(route).startswith(b) for b in HTTP_ONLY_BALANCE):
+                raise ValueError(
+                    f"route {name!r}: balance {self.route_balance(route)!r} needs http"
+                )
+            if route.condition is not None:
+                try:
+                    compile_condition(parse_condition(route.condition), "wb_check", "tcp")
+                except ConditionError as exc:
+                    raise ValueError(f"route {name!r}: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _weights_sum(self) -> Gateway:
@@ -225,15 +327,32 @@ class Config(BaseModel):
     gateways: dict[Name, Gateway] = Field(default_factory=dict, max_length=1024)
 
     @model_validator(mode="after")
-    def _unique_binds(self) -> Config:
+    def _shared_binds(self) -> Config:
+        """Gateways may share a bind only when each lists its own, distinct virtual hosts."""
+        hosts: dict[Address, dict[str, str]] = {}
         owners: dict[Address, str] = {}
         for name, gateway in self.gateways.items():
-            if gateway.bind in owners:
+            other = owners.setdefault(gateway.bind, name)
+            if other != name and not (gateway.virtual_hosts and self.gateways[other].virtual_hosts):
                 raise ValueError(
-                    f"gateways {owners[gateway.bind]!r} and {name!r} both bind {gateway.bind}"
+                    f"gateways {other!r} and {name!r} both bind {gateway.bind}: "
+                    "give each its virtual_hosts to share it"
                 )
-            owners[gateway.bind] = name
+            if other != name and self.gateways[other].mode != gateway.mode:
+                raise ValueError(f"gateways {other!r} and {name!r} share a bind but not a mode")
+            seen = hosts.setdefault(gateway.bind, {})
+            for host in gateway.virtual_hosts:
+                if host in seen and seen[host] != name:
+                    raise ValueError(f"host {host!r} is in gateways {seen[host]!r} and {name!r}")
+                seen[host] = name
         return self
+
+    def by_bind(self) -> dict[Address, list[str]]:
+        """Gateways per bind address, in declaration order: one HAProxy frontend each."""
+        groups: dict[Address, list[str]] = {}
+        for name, gateway in self.gateways.items():
+            groups.setdefault(gateway.bind, []).append(name)
+        return groups
 
     def with_gateway(self, name: str, gateway: Gateway | None) -> Config:
         """A new Config with one gateway replaced, added (or removed when None), re-validated."""

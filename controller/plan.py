@@ -13,22 +13,23 @@ from typing import Literal
 
 from controller.compile import (
     MIN_SLOTS,
-    Assignment,
     BackendLayout,
     GatewayLayout,
+    GatewayMaps,
     Layout,
     MapEntries,
-    RenderSettings,
+    compile_rewrites,
+    compile_route_condition,
+    gateway_map_refs,
     parse_pool_backend,
     pool_backend,
     pool_capacity,
     routes_map_ref,
     slot_capacity,
-    structure_fingerprint,
     weight_map,
-    weights_map_ref,
 )
-from controller.model import Address, Config, Gateway
+from controller.model import Address, Config, Gateway, Route
+from controller.render import Assignment, RenderSettings, structure_fingerprint
 from controller.runtime import commands
 from controller.runtime.commands import Command
 
@@ -123,13 +124,13 @@ def plan_changes(
     gateways: list[GatewayLayout] = []
     bindings: dict[str, dict[str, str]] = {}
     maps: dict[str, MapEntries] = {}
-    for name, gateway in config.gateways.items():
+    for index, (name, gateway) in enumerate(config.gateways.items()):
         routes_ref = routes_map_ref(name, map_dir)
         binding = _bind_routes(name, gateway, observed.maps.get(routes_ref, ()), pools.get(name))
         bindings[name] = binding
-        gateways.append(_gateway_layout(name, gateway, binding, pools.get(name, {}), map_dir))
-        maps[weights_map_ref(name, map_dir)] = weight_map(gateway.effective_weights(), binding)
-        maps[routes_ref] = tuple(binding.items())
+        layout_of = _gateway_layout(name, index, gateway, binding, pools.get(name, {}), map_dir)
+        gateways.append(layout_of)
+        maps.update(_gateway_maps(gateway, binding, layout_of.maps))
     layout = Layout(gateways=tuple(gateways))
     fingerprint = structure_fingerprint(layout, settings)
     reasons = _reload_reasons(config, layout, fingerprint, observed, pools)
@@ -182,8 +183,29 @@ def _bind_routes(
     return {route: kept.get(route) or next(free) for route in gateway.routes}
 
 
+def _gateway_maps(
+    gateway: Gateway, binding: Mapping[str, str], refs: GatewayMaps
+) -> dict[str, MapEntries]:
+    """What each live map of a gateway holds; all of it can change without a reload."""
+    weights = gateway.effective_weights()
+    maps = {
+        refs.weights: weight_map(weights, binding),
+        refs.routes: tuple(binding.items()),
+    }
+    if refs.strengths:
+        maps[refs.strengths] = tuple(
+            (name, str(route.strength)) for name, route in gateway.routes.items() if route.condition
+        )
+    if refs.sticky and refs.backends:
+        # a pin holds while its route takes weighted traffic: weight 0 moves pinned clients
+        maps[refs.sticky] = tuple((n, binding[n]) for n, w in weights.items() if w > 0)
+        maps[refs.backends] = tuple((backend, route) for route, backend in binding.items())
+    return maps
+
+
 def _gateway_layout(
     name: str,
+    index: int,
     gateway: Gateway,
     binding: Mapping[str, str],
     pool: Mapping[int, int],
@@ -191,24 +213,41 @@ def _gateway_layout(
 ) -> GatewayLayout:
     size = pool_capacity(len(gateway.routes), max(pool, default=0))
     route_of = {backend: route for route, backend in binding.items()}
+    default = gateway.route_balance(Route())
+    cookie = f"wb_i_{name}" if gateway.sticky == "instance" else None
     backends = []
-    for index in range(1, size + 1):
-        backend = pool_backend(name, index)
-        route = route_of.get(backend)
-        needed = len(gateway.routes[route].instances) if route else 0
+    for slot_index in range(1, size + 1):
+        backend = pool_backend(name, slot_index)
+        route = gateway.routes[route_of[backend]] if backend in route_of else None
         backends.append(
             BackendLayout(
                 name=backend,
                 gateway=name,
-                balance=gateway.balance,
-                slots=slot_capacity(needed, pool.get(index, MIN_SLOTS)),
+                mode=gateway.mode,
+                balance=gateway.route_balance(route) if route else default,
+                slots=slot_capacity(
+                    len(route.instances) if route else 0, pool.get(slot_index, MIN_SLOTS)
+                ),
+                cookie=cookie,
+                rules=compile_rewrites(route.rewrites) if route else (),
             )
         )
+    conditions = tuple(
+        compile_route_condition(route_name, index, i, route.condition, gateway.mode)
+        for i, (route_name, route) in enumerate(gateway.routes.items())
+        if route.condition is not None
+    )
     return GatewayLayout(
         name=name,
+        index=index,
         bind=gateway.bind,
-        weights_map=weights_map_ref(name, map_dir),
-        routes_map=routes_map_ref(name, map_dir),
+        mode=gateway.mode,
+        sticky=gateway.sticky,
+        virtual_hosts=gateway.virtual_hosts,
+        maps=gateway_map_refs(
+            name, map_dir, conditions=bool(conditions), sticky=gateway.sticky != "none"
+        ),
+        conditions=conditions,
         backends=tuple(backends),
     )
 
@@ -243,7 +282,14 @@ def _reload_reasons(
                 reasons.append(
                     ReloadReason("capacity", f"{backend.name}: {have} → {backend.slots} slots")
                 )
-        for ref in (gateway.weights_map, gateway.routes_map):
+        refs = (
+            gateway.maps.weights,
+            gateway.maps.routes,
+            gateway.maps.strengths,
+            gateway.maps.sticky,
+            gateway.maps.backends,
+        )
+        for ref in filter(None, refs):
             if ref not in observed.maps:
                 reasons.append(ReloadReason("map-missing", ref))
     if not reasons and observed.fingerprint != fingerprint:

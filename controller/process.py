@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.compile import render_map
 from controller.files import write_atomic
+from controller.render import render_map
 from controller.runtime.errors import CommandError, RuntimeApiError
 from controller.runtime.master import MasterClient
 

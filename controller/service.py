@@ -12,11 +12,11 @@ from pathlib import Path
 from aiohttp import web
 
 from controller.api import create_app
-from controller.compile import RenderSettings
 from controller.config_file import load_config
 from controller.engine import Engine, Timing
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess, StatePaths
+from controller.render import RenderSettings
 from controller.runtime.client import RuntimeClient
 from controller.store import FileStore
 

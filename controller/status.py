@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from controller.compile import routes_map_ref, weights_map_ref
+from controller.compile import gateway_map_refs
 from controller.model import Gateway, format_percent
 from controller.runtime import commands
 from controller.runtime.parse import parse_stat
@@ -31,7 +31,9 @@ def _count(row: Mapping[str, str], column: str) -> int:
 
 async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[str, Any]:
     observed = await engine.observe()
-    binding = dict(observed.maps.get(routes_map_ref(name, engine.map_dir), ()))
+    refs = gateway_map_refs(name, engine.map_dir, conditions=True, sticky=False)
+    binding = dict(observed.maps.get(refs.routes, ()))
+    strengths = dict(observed.maps.get(refs.strengths or "", ()))
     backends = [binding[route] for route in gateway.routes if route in binding]
     replies = await engine.runtime.execute_many(
         [
@@ -44,7 +46,7 @@ async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[st
         for reply in replies
         for r in parse_stat(reply)
     }
-    live = observed.maps.get(weights_map_ref(name, engine.map_dir))
+    live = observed.maps.get(refs.weights)
     applied = applied_weights(live) if live is not None else {}
     desired = gateway.effective_weights()
     routes: dict[str, Any] = {}
@@ -77,6 +79,11 @@ async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[st
         routes[route_name] = {
             "backend": backend or None,
             "weight": format_percent(desired[route_name]),
+            "condition": route.condition,
+            "condition_strength": format_percent(route.strength) if route.condition else None,
+            "applied_condition_strength": (
+                format_percent(int(strengths[route_name])) if route_name in strengths else None
+            ),
             "applied_weight": format_percent(applied.get(backend, 0)) if live else None,
             "requests": _count(backend_row, "stot"),
             "responses": {f"{k}xx": _count(backend_row, f"hrsp_{k}xx") for k in range(1, 6)},

@@ -14,8 +14,8 @@ one ACL, and a line holds at most 64 words. So:
    `(a or b) and (c or d) and …`, to a chain of variables: never an exponential DNF.
 
 Size: one ACL line per distinct short code (a browser name uses at most four), at most
-two variable lines per operand in the tree plus one, and no line over 5 + 40 words. The
-output is linear in the input's size whatever its shape.
+two `set-var` lines per operand in the tree plus one, no condition over 40 words and no
+line over 50 (HAProxy reads 64). The output is linear in the input whatever its shape.
 """
 
 from __future__ import annotations
@@ -198,6 +198,7 @@ class _Compiler:
         self.acl_names: dict[Atom, str] = {}
         self.acl_lines: list[str] = []
         self.var_lines: list[str] = []
+        self.vars = 0
 
     def acl(self, atom: Atom) -> str:
         positive = Atom(atom.kind, atom.name, atom.value)
@@ -231,10 +232,17 @@ class _Compiler:
     def fits(self, dnf: Dnf) -> bool:
         return len(dnf) <= self.limits.max_terms and _words(dnf) <= self.limits.max_words
 
+    def new_var(self) -> str:
+        self.vars += 1
+        return f"txn.{self.prefix}_v{self.vars}"
+
+    def set_var(self, var: str, dnf: Dnf) -> None:
+        self.var_lines.append(f"{self.rule} set-var({var}) bool(1) if {_render(dnf)}")
+
     def store(self, dnf: Dnf) -> Dnf:
         """Put `dnf` into a new variable; the literal testing it."""
-        var = f"txn.{self.prefix}_v{len(self.var_lines) + 1}"
-        self.var_lines.append(f"{self.rule} set-var({var}) bool(1) if {_render(dnf)}")
+        var = self.new_var()
+        self.set_var(var, dnf)
         return ((f"{{ var({var}) -m bool }}",),)
 
     def dnf(self, node: _Node) -> Dnf:
@@ -248,15 +256,15 @@ class _Compiler:
         joined = tuple(term for part in parts for term in part)
         if self.fits(joined):
             return joined
-        # One variable, set by as many lines as needed: each line ORs into it.
-        var = f"txn.{self.prefix}_v{len(self.var_lines) + 1}"
+        # One variable set by as many lines as it takes: each line ORs into it.
+        var = self.new_var()
         chunk: Dnf = ()
         for part in parts:
             if chunk and not self.fits(chunk + part):
-                self.var_lines.append(f"{self.rule} set-var({var}) bool(1) if {_render(chunk)}")
+                self.set_var(var, chunk)
                 chunk = ()
             chunk += part
-        self.var_lines.append(f"{self.rule} set-var({var}) bool(1) if {_render(chunk)}")
+        self.set_var(var, chunk)
         return ((f"{{ var({var}) -m bool }}",),)
 
     def product(self, left: Dnf, right: Dnf) -> Dnf | None:

@@ -17,8 +17,9 @@ Grammar (keywords ignore case; AND binds tighter than OR)::
                | ("source" | "src") ["in" | "not in"] network
     browser   := "Chrome" | "Firefox" | "Safari" | "Edge" | "IE"
 
-A value or name is one token up to whitespace or a parenthesis, or a quoted string
-('...' or "...", where a backslash escapes a quote or a backslash).
+A value is one token up to whitespace or a parenthesis (so `path == /a&&b` is the path
+`/a&&b`), a name also ends at `&` or `|` (`has cookie a&&has cookie b` is two atoms); either
+may instead be a quoted string ('...' or "...", a backslash escapes a quote or a backslash).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ _T = TypeVar("_T")
 _WHITESPACE = " \t\r\n"
 _WORD_END = _WHITESPACE + "()<>\"'&|!="
 _VALUE_END = _WHITESPACE + "()"
+_NAME_END = _VALUE_END + "&|"
 
 _POSITIVE = ("==", "=", "is")
 _NEGATIVE = ("!=", "is not")
@@ -127,7 +129,8 @@ class _Parser:
 
     def peek_word(self) -> str:
         """The keyword-like word at the cursor, in lower case, without consuming it."""
-        return self.text[self.pos : self.word_end()].lower()
+        end = self.word_end()
+        return self.text[self.pos : end].lower()
 
     def take_word(self) -> str:
         end = self.word_end()
@@ -151,7 +154,7 @@ class _Parser:
                 return symbol
         return None
 
-    def take_value(self, what: str) -> tuple[str, int]:
+    def take_value(self, what: str, end_chars: str = _VALUE_END) -> tuple[str, int]:
         """A quoted string or a bare token; returns it with its start position."""
         self.skip_space()
         start = self.pos
@@ -160,7 +163,7 @@ class _Parser:
         quote = self.text[start]
         if quote not in "\"'":
             end = start
-            while end < len(self.text) and self.text[end] not in _VALUE_END:
+            while end < len(self.text) and self.text[end] not in end_chars:
                 end += 1
             if end == start:
                 raise self.fail(f"missing {what}")
@@ -273,16 +276,16 @@ class _Parser:
             what = self.take_word()
             if what not in _PRESENCE:
                 raise self.fail(f"expected cookie, header or param after {word!r}", at)
-            name = self.name()
-            return Atom(_PRESENCE[what], name=name, negated=word == "misses")
+            name, at = self.name(what)
+            return self.make(at, _PRESENCE[what], name=name, negated=word == "misses")
         if word in ("source", "src"):
             return self.source()
         if word in _OPERATORS:
-            name = self.name() if word in _PRESENCE else ""
+            name = self.name(word)[0] if word in _PRESENCE else ""
             kind, negated = self.operator(word)
             value, at = self.take_value("value")
             return self.make(at, kind, name=name, value=value, negated=negated)
-        shown = word or self.text[start]
+        shown = self.text[start : self.pos] or self.text[start]
         raise self.fail(f"unknown short code {shown!r}", start)
 
     def operator(self, code: str) -> tuple[Kind, bool]:
@@ -297,9 +300,9 @@ class _Parser:
             raise self.fail(f"expected {', '.join(choices)} after {code!r}", at)
         return choices[op]
 
-    def name(self) -> str:
-        name, at = self.take_value("name")
-        return self.check(at, lambda: check_name(name))
+    def name(self, code: str) -> tuple[str, int]:
+        name, at = self.take_value("name", _NAME_END)
+        return self.check(at, lambda: check_name(name, query=code == "param")), at
 
     def source(self) -> Expr:
         negated = False
@@ -349,7 +352,8 @@ def _quote(value: str) -> str:
 
 
 def _format_atom(atom: Atom) -> str:
-    kind, name, value, negated = atom.kind, atom.name, _quote(atom.value), atom.negated
+    name = f'"{atom.name}"' if "&" in atom.name or "|" in atom.name else atom.name
+    kind, value, negated = atom.kind, _quote(atom.value), atom.negated
     eq = "!=" if negated else "=="
     has = "misses" if negated else "has"
     match kind:

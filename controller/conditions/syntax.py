@@ -87,11 +87,14 @@ NOT_NEGATABLE = frozenset({Kind.BROWSER, Kind.PATH_PREFIX, Kind.RAW})
 """Kinds without a negative spelling: negate them with `not`."""
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, *, query: bool = False) -> str:
+    """A header, cookie or (`query`) query parameter name."""
     if not _NAME.fullmatch(name):
         raise ConditionError(
             f"invalid name {name!r}: 1 to {MAX_NAME_LENGTH} of A-Z a-z 0-9 ! % & * + . ^ _ ` | ~ -"
         )
+    if query and "&" in name:
+        raise ConditionError("a query parameter name may not contain '&'")
     return name
 
 
@@ -189,9 +192,7 @@ class Atom:
         kind = Kind(self.kind)
         object.__setattr__(self, "kind", kind)
         if kind in _NAMED:
-            check_name(self.name)
-            if "&" in self.name and kind in (Kind.PARAM, Kind.PARAM_VALUE):
-                raise ConditionError("a query parameter name may not contain '&'")
+            check_name(self.name, query=kind in (Kind.PARAM, Kind.PARAM_VALUE))
         elif self.name:
             raise ConditionError(f"short code {kind.value} takes no name")
         if self.negated and kind in NOT_NEGATABLE:

@@ -12,15 +12,13 @@ from hypothesis import strategies as st
 from controller.compile import (
     MIN_SLOTS,
     SPARE_BACKENDS,
-    RenderSettings,
     parse_pool_backend,
     pool_backend,
     pool_capacity,
-    read_fingerprint,
-    render_config,
     slot_capacity,
     weight_map,
 )
+from controller.render import RenderSettings, read_fingerprint, render_config
 from controller.model import BASIS_POINTS, Config
 from controller.plan import Observed, plan_changes
 

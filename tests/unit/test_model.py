@@ -112,7 +112,7 @@ def test_gateway_rules(routes: dict[str, Any], message: str) -> None:
         ({"routes": {"a": {"instances": ["10.0.0.1:80;x"]}}}, "routes.a.instances.0"),
         ({"routes": {"a": {"instances": "127.0.0.1:80"}}}, "routes.a.instances"),
         ({"routes": {"a": {"wieght": 5}}}, "routes.a.wieght"),
-        ({"balance": "static-rr"}, "balance"),
+        ({"balance": "rr;x"}, "balance"),
         ({"mode": "udp"}, "mode"),
     ],
 )

@@ -11,6 +11,7 @@ import datetime
 import math
 import os
 import platform
+import re
 import select
 import shutil
 import signal
@@ -246,6 +247,9 @@ def controller(
             "--state-dir", str(handle.state_dir),
             "--api", f"127.0.0.1:{handle.api_port}",
             "--haproxy-bin", HAPROXY,
+            # the exporter frontend stays (it is the default layout), on a free port rather
+            # than the fixed default 8404, which a concurrent test run may hold
+            "--stats", f"127.0.0.1:{free_port()}",
             *extra_args,
         ],
         stdout=log_file,
@@ -374,18 +378,25 @@ def machine_info() -> dict[str, str]:
 
 
 def code_version() -> str:
-    """The commit measured, plus a hash of uncommitted changes to controller/ if any."""
+    """The controller code measured: the last commit touching controller/ (and HEAD), plus a
+    hash of uncommitted changes to controller/ if there are any."""
     repo = str(Path(__file__).resolve().parent.parent)
-    commit = _first_line(["git", "-C", repo, "rev-parse", "--short", "HEAD"])
+    head = _first_line(["git", "-C", repo, "rev-parse", "--short", "HEAD"])
+    last = _first_line(["git", "-C", repo, "log", "-1", "--format=%h", "--", "controller"])
+    text = f"controller/ at {last} (HEAD {head})"
     try:
         diff = subprocess.run(["git", "-C", repo, "diff", "HEAD", "--", "controller"],
                               capture_output=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return commit
-    if not diff:
-        return commit
-    digest = sha256(diff).hexdigest()[:10]
-    return f"{commit} + uncommitted changes in controller/ (diff sha256 {digest})"
+        return text
+    if diff:
+        text += f" + uncommitted changes (diff sha256 {sha256(diff).hexdigest()[:10]})"
+    return text
+
+
+def _controller_part(version: str) -> str:
+    """`code_version()` without HEAD: a docs-only commit mid-run changes nothing measured."""
+    return re.sub(r" \(HEAD [0-9a-f]+\)", "", version)
 
 
 def load_now() -> str:
@@ -410,7 +421,9 @@ def machine_lines(load_before: str | None = None, code_before: str | None = None
     before the run shows what else was busy on the machine.
     """
     info = machine_info()
-    if code_before is not None and code_before != info["weighbridge code"]:
+    if code_before is not None and _controller_part(code_before) != _controller_part(
+        info["weighbridge code"]
+    ):
         info["weighbridge code"] += f" (CHANGED during the run; it was {code_before})"
     if load_before is not None:
         at_end = info.pop("load at report time")

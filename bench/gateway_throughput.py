@@ -2,9 +2,10 @@
 
 Two HAProxy layouts route to the same four servers, side by side in one run:
 
-- **weighbridge**: the controller's gateway (frontend `rand(10000),map_int(...)` → route
-  backends with 16 pre-provisioned slots each), stable 90 % (2 servers) / canary 10 % (2);
-- **plain**: a second HAProxy we start with the same `global`/`defaults` as compile.py renders,
+- **weighbridge**: the controller's gateway (frontend `rand(10000),map_int(...)` → the route's
+  backend, with pre-provisioned server slots), stable 90 % (2 servers) / canary 10 % (2);
+- **plain**: a second HAProxy we start with the `global`/`defaults` sections copied from the
+  configuration the controller generated (so the same settings, whatever compile.py renders),
   `frontend plain` → `default_backend plain` (`balance roundrobin`, the same 4 servers).
 
 `wrk -t1 -c16 --latency` loads each in turn, alternating the order every round (ABBA) so drift
@@ -41,9 +42,10 @@ from bench.common import (
     markdown_table,
     short_tmp,
 )
-from controller.compile import RenderSettings, _render_global
 
 GATEWAY = "shop"
+PYTHON = "Python demo backends (one process)"
+STATIC = "static responders (a third HAProxy)"
 WRK = "wrk"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 _LATENCY = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
@@ -89,17 +91,55 @@ def run_wrk(layout: str, url: str, seconds: int, connections: int) -> WrkResult:
 # --------------------------------------------------------------------------- the layouts
 
 
-def plain_config(admin_socket: Path, port: int, servers: Sequence[str]) -> str:
-    lines = _render_global(RenderSettings(admin_socket=str(admin_socket)))
-    lines += ["frontend plain", f"    bind 127.0.0.1:{port}", "    default_backend plain", "",
-              "backend plain", "    balance roundrobin"]
+def global_sections(controller_cfg: str, admin_socket: Path) -> list[str]:
+    """The `global` and `defaults` sections of the configuration the controller generated.
+
+    Copied from the running controller's own haproxy.cfg rather than re-rendered, so the plain
+    HAProxy runs with exactly the same process and proxy settings whatever compile.py renders
+    today; only the admin socket path is our own.
+    """
+    lines: list[str] = []
+    keep = False
+    for line in controller_cfg.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            keep = line.split()[0] in ("global", "defaults")
+        if not keep:
+            continue
+        if line.strip().startswith("stats socket "):
+            _, _, _path, *rest = line.split()
+            line = f"    stats socket {admin_socket} {' '.join(rest)}"
+        lines.append(line)
+    if not any(line.startswith("global") for line in lines):
+        raise RuntimeError("the controller's configuration has no global section")
+    return [*lines, ""]
+
+
+def describe_layout(controller_cfg: str) -> str:
+    """What the Weighbridge side ran: its routing rule and how many server lines it has."""
+    rules = [line.strip() for line in controller_cfg.splitlines()
+             if line.strip().startswith("use_backend")]
+    servers = [line for line in controller_cfg.splitlines() if line.strip().startswith("server ")]
+    parked = sum(1 for line in servers if line.rstrip().endswith(" disabled"))
+    backends = sum(1 for line in controller_cfg.splitlines() if line.startswith("backend "))
+    return (f"`{'; '.join(rules)}`; {backends} backends (one is the no-route 503), "
+            f"{len(servers) - parked} servers filled, "
+            f"{parked} parked slots")
+
+
+def plain_config(global_lines: Sequence[str], port: int, servers: Sequence[str]) -> str:
+    lines = [*global_lines, "frontend plain", f"    bind 127.0.0.1:{port}",
+             "    default_backend plain", "", "backend plain", "    balance roundrobin"]
     lines += [f"    server s{i} {address}" for i, address in enumerate(servers, 1)]
     return "\n".join(lines) + "\n"
 
 
 def responder_config(admin_socket: Path, ports: Sequence[int]) -> str:
-    """The static responders: same global/defaults, a frontend per port answering 'ok'."""
-    lines = _render_global(RenderSettings(admin_socket=str(admin_socket)))
+    """The static responders: a frontend per port answering 200 'ok' from HAProxy itself."""
+    lines = [
+        "global", f"    stats socket {admin_socket} mode 600 level admin", "",
+        "defaults", "    mode http", "    timeout connect 5s", "    timeout client 30s",
+        "    timeout server 30s", "    timeout http-keep-alive 10s", "",
+    ]
     for i, port in enumerate(ports, 1):
         lines += [f"frontend r{i}", f"    bind 127.0.0.1:{port}",
                   "    http-request return status 200 content-type text/plain string ok", ""]
@@ -146,10 +186,11 @@ def compare(
         wb: Controller = stack.enter_context(
             controller(tmp / "wb", gateway_config(wb_port, servers))
         )
+        generated = (wb.state_dir / "haproxy.cfg").read_text()
+        args.layouts[label] = describe_layout(generated)
+        shared = global_sections(generated, tmp / "plain" / "admin.sock")
         stack.enter_context(haproxy(
-            tmp / "plain",
-            plain_config(tmp / "plain" / "admin.sock", plain_port, servers),
-            [plain_port],
+            tmp / "plain", plain_config(shared, plain_port, servers), [plain_port]
         ))
         urls = {"plain": f"http://127.0.0.1:{plain_port}/",
                 "weighbridge": f"http://127.0.0.1:{wb_port}/"}
@@ -216,7 +257,8 @@ def report(results: dict[str, list[Round]], args: argparse.Namespace) -> str:
         "",
     ]
     for label, rounds in results.items():
-        lines += [f"### Servers: {label}", "", table(rounds), "", f"- {verdict(rounds)}", ""]
+        lines += [f"### Servers: {label}", "", table(rounds), "", f"- {verdict(rounds)}",
+                  f"- Weighbridge layout: {args.layouts.get(label, '?')}", ""]
     lines += ["Machine:", "", machine_lines(args.load_before, args.code_before)]
     return "\n".join(lines)
 
@@ -228,15 +270,13 @@ def run(args: argparse.Namespace) -> dict[str, list[Round]]:
             specs = ["stable:s1", "stable:s2", "canary:c1", "canary:c2"]
             with demo_backends(specs) as backends:
                 servers = [b.address for b in backends]
-                results["Python demo backends (one process)"] = compare(
-                    tmp / "py", servers, args, "python backends")
+                results[PYTHON] = compare(tmp / "py", servers, args, PYTHON)
         if args.servers in ("both", "static"):
             ports = [free_port() for _ in range(4)]
             with haproxy(tmp / "resp", responder_config(tmp / "resp" / "admin.sock", ports),
                          ports):
                 servers = [f"127.0.0.1:{p}" for p in ports]
-                results["static responders (a third HAProxy)"] = compare(
-                    tmp / "st", servers, args, "static responders")
+                results[STATIC] = compare(tmp / "st", servers, args, STATIC)
     return results
 
 
@@ -250,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--servers", choices=["both", "python", "static"], default="both")
     args = parser.parse_args(argv)
     args.load_before, args.code_before = load_now(), code_version()
+    args.layouts = {}
     if not (1 <= args.rounds <= 20 and 1 <= args.seconds <= 60 and 1 <= args.warmup <= 60
             and 1 <= args.connections <= 256):
         parser.error("bounds: --rounds 1..20, --seconds 1..60, --warmup 1..60, "

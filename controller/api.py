@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from controller.engine import ApplyResult, Engine
+from controller.metrics import CONTENT_TYPE
 from controller.model import Config, Gateway, check_name, parse_percent, validation_problems
 from controller.process import HAProxyError, InvalidConfig
 from controller.runtime.errors import RuntimeApiError
@@ -50,6 +52,33 @@ def _error_response(status: int, message: str, problems: list[dict[str, str]]) -
 
 
 @web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[ENGINE].metrics.api_request(
+            request.method, route, status, time.perf_counter() - started
+        )
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    engine.metrics.ready(engine.state.ready)
+    response = web.Response(body=engine.metrics.render())
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+@web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -63,6 +92,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Conflict as exc:
         return _error_response(409, f"concurrent change: {exc}", [])
     except (HAProxyError, RuntimeApiError, StoreError) as exc:
+        if isinstance(exc, StoreError):
+            request.app[ENGINE].metrics.store_error()
         log.warning("%s %s failed: %s", request.method, request.path, exc)
         return _error_response(503, f"not applied: {exc}", [])
     except web.HTTPRequestEntityTooLarge:
@@ -331,12 +362,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 def create_app(engine: Engine, *, token: str = "") -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY
+        middlewares=[metrics_middleware, errors_middleware, auth_middleware],
+        client_max_size=MAX_BODY,
     )
     app[ENGINE] = engine
     app[TOKEN] = token
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/api/v1/controller", get_controller)
     api = "/api/v1/gateways"
     app.router.add_get(api, list_gateways)

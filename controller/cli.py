@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from controller.config_file import ConfigFileError
@@ -55,11 +56,10 @@ def call_api(
 
 
 def _print_error(console: Console, status: int, body: Any) -> int:
-    console.print(
-        f"[red]error {status}[/]: {body.get('error') if isinstance(body, dict) else body}"
-    )
+    message = body.get("error") if isinstance(body, dict) else body
+    console.print(f"[red]error {status}[/]: {escape(str(message))}")
     for problem in (body or {}).get("problems", []) if isinstance(body, dict) else []:
-        console.print(f"  {problem['field']}: {problem['message']}")
+        console.print(f"  {problem['field']}: {problem['message']}", markup=False)
     return 1
 
 
@@ -68,7 +68,7 @@ def cmd_weights(args: argparse.Namespace, console: Console) -> int:
     for item in args.split:
         route, sep, value = item.partition("=")
         if not sep:
-            console.print(f"[red]{item!r}: expected ROUTE=PERCENT[/]")
+            console.print(f"[red]{escape(repr(item))}: expected ROUTE=PERCENT[/]")
             return 2
         weights[route] = value if value.endswith("%") else f"{value}%"
     query = "?dry_run=true" if args.dry_run else ""
@@ -79,7 +79,7 @@ def cmd_weights(args: argparse.Namespace, console: Console) -> int:
         return _print_error(console, status, body)
     console.print(f"{body['applied']} in {body['duration_ms']} ms (revision {body['revision']})")
     for step in body["plan"]:
-        console.print(f"  {step}")
+        console.print(f"  {step}", markup=False)
     return 0
 
 
@@ -113,7 +113,7 @@ def _report(console: Console, what: str, status: int, body: Any) -> int:
         return _print_error(console, status, body)
     console.print(f"{what}: {body['applied']} ({body['method']}), {body['duration_ms']} ms")
     for step in body["plan"]:
-        console.print(f"  {step}")
+        console.print(f"  {step}", markup=False)
     return 0
 
 
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args, console)
     except (ApiClientError, HAProxyError, ConfigFileError) as exc:
-        console.print(f"[red]{exc}[/]")
+        console.print(f"[red]{escape(str(exc))}[/]")
         return 1
     except KeyboardInterrupt:
         return 130

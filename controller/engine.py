@@ -16,12 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from prometheus_client import CollectorRegistry
+
+from controller.metrics import Metrics
 from controller.model import Address, Config
 from controller.plan import Observed, Plan, SlotState, plan_changes
 from controller.process import HAProxyError, HAProxyProcess
 from controller.render import RenderSettings, read_fingerprint, render_config
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
+from controller.runtime.errors import RuntimeApiError
 from controller.runtime.parse import (
     parse_map,
     parse_map_list,
@@ -87,7 +91,9 @@ class Engine:
         runtime: RuntimeClient,
         settings: RenderSettings,
         timing: Timing | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics(CollectorRegistry())
         self.store = store
         self.process = process
         self.runtime = runtime
@@ -113,6 +119,7 @@ class Engine:
             config = seed or Config()
             stored = Revisioned(config, await self.store.compare_and_swap(0, config))
         self._desired = stored
+        self.metrics.set_desired(stored.config)
         async with self._lock:
             if await self.process.is_running():
                 log.info("adopting the HAProxy at %s", self.process.paths.master_socket)
@@ -124,12 +131,13 @@ class Engine:
                 log.info("starting HAProxy (%s)", await self.process.version())
                 await self._write_candidate()
                 await self.process.start()
-            result = await self._converge()
+            result, _ = await self._converge()
         self.state.ready = True
         return result
 
     async def change(self, compute: Change, *, dry_run: bool = False) -> ApplyResult:
         """Validate, plan and check a change, store it, then apply it (or join the next reload)."""
+        started = time.perf_counter()
         async with self._lock:
             current = self._desired
             config = compute(current.config)
@@ -140,19 +148,33 @@ class Engine:
                 return ApplyResult(plan.method, 0.0, tuple(plan.describe()), current.revision, True)
             revision = await self.store.compare_and_swap(current.revision, config)
             self._desired = Revisioned(config, revision)
+            self.metrics.set_desired(config)
             if not plan.needs_reload:
-                return await self._apply(plan, revision)
+                result = await self._apply(plan, revision)
+                self.metrics.write_applied(time.perf_counter() - started, result.method)
+                return result
             reload = self._join_reload()  # joined under the lock: that reload includes this change
-        return replace(await asyncio.shield(reload), revision=revision)
+        result = replace(await asyncio.shield(reload), revision=revision)
+        self.metrics.write_applied(time.perf_counter() - started, "reload")
+        return result
 
     async def sync(self) -> ApplyResult:
-        """One level-based pass; whatever it had to do was drift, and is counted as such."""
-        async with self._lock:
-            result = await self._converge()
+        """One level-based pass; whatever it had to do was drift, and is counted as such.
+
+        A change waiting for its reload is not drift: the pass waits for that reload instead.
+        """
+        while True:
+            if self._pending_reload is not None:
+                return await asyncio.shield(self._pending_reload)
+            async with self._lock:
+                if self._pending_reload is None:
+                    result, plan = await self._converge()
+                    break
         if result.method != "none":
-            kinds = Counter(_drift_kind(step) for step in result.steps)
-            self.state.drift_repairs.update(kinds)
-            log.warning("repaired drift (%s): %s", dict(kinds), "; ".join(result.steps))
+            counts = self.metrics.repaired(plan)
+            for (_, kind), count in counts.items():
+                self.state.drift_repairs[kind] += count
+            log.warning("repaired drift (%s): %s", dict(counts), "; ".join(result.steps))
         return result
 
     async def supervise(self) -> bool:
@@ -185,14 +207,15 @@ class Engine:
         self.process.write(config_text, plan.maps)
         self._applied = self._desired
 
-    async def _converge(self) -> ApplyResult:
+    async def _converge(self) -> tuple[ApplyResult, Plan]:
         desired = self._desired
         plan = self._plan(desired.config, await self.observe())
         if plan.needs_reload:
             await self.process.validate(self._render(plan), plan.maps)
         result = await self._apply(plan, desired.revision)
         self.state.last_sync = time.time()
-        return result
+        self.metrics.synced(self.state.last_sync)
+        return result, plan
 
     def _plan(self, config: Config, observed: Observed) -> Plan:
         return plan_changes(config, observed, self.map_dir, self.settings)
@@ -216,7 +239,7 @@ class Engine:
         try:
             async with self._lock:
                 self._pending_reload = None  # changes stored from now on wait for the next one
-                result = await self._converge()
+                result, _ = await self._converge()
         except Exception as exc:
             await self._revert_after_failed_reload(exc)
             done.set_exception(exc)
@@ -233,13 +256,21 @@ class Engine:
             )
             log.error("reload failed (%s): desired state reverted to revision %d", exc, revision)
             self._desired = Revisioned(self._applied.config, revision)
+            self.metrics.set_desired(self._desired.config)
 
     async def _apply(self, plan: Plan, revision: int) -> ApplyResult:
         started = time.perf_counter()
         if plan.needs_reload:
             await self._reload(plan)
         elif not plan.is_empty:
-            await self._apply_runtime(plan)
+            count = len(plan.fill) + len(plan.empty)
+            count += sum(len(plan.maps[ref]) + 2 for ref in plan.map_updates)
+            try:
+                await self._apply_runtime(plan)
+            except Exception:
+                self.metrics.runtime_commands(count, "failed")
+                raise
+            self.metrics.runtime_commands(count, "ok")
         self._applied = self._desired
         seconds = time.perf_counter() - started
         if not plan.is_empty:
@@ -285,6 +316,11 @@ class Engine:
         finally:
             self._last_reload = time.monotonic()
             record["seconds"] = round(time.perf_counter() - started, 4)
+            self.metrics.reload(
+                plan.reload_reasons[0].kind,
+                "ok" if record.get("result") == "ok" else "failed",
+                time.perf_counter() - started,
+            )
             self.state.reloads = [*self.state.reloads[-49:], record]
             log.info("reload %s", record)
 
@@ -313,9 +349,14 @@ class Engine:
             fingerprint = read_fingerprint(self.process.paths.config.read_text())
         except FileNotFoundError:
             fingerprint = None
-        state_text, map_list = await self.runtime.execute_many(
-            [commands.show_servers_state(), commands.show_map()]
-        )
+        try:
+            state_text, map_list = await self.runtime.execute_many(
+                [commands.show_servers_state(), commands.show_map()]
+            )
+        except RuntimeApiError:
+            self.metrics.haproxy_up(False)
+            raise
+        self.metrics.haproxy_up(True)
         backends: dict[str, list[SlotState]] = {}
         for server in parse_servers_state(state_text):
             if server.backend.startswith(BACKEND_PREFIX):
@@ -333,16 +374,6 @@ class Engine:
             ref: tuple((e.key, e.value) for e in parse_map(reply))
             for ref, reply in zip(refs, replies, strict=True)
         }
-        return Observed(fingerprint=fingerprint, backends=backends, maps=maps)
-
-
-def _drift_kind(step: str) -> str:
-    """Classify a repair step for counting: what kind of state had drifted."""
-    if step.startswith("reload"):
-        return "structure"
-    if step.startswith("swap map"):
-        return "map"
-    for kind in ("addr", "weight", "state"):
-        if f" {kind} " in step:
-            return f"server-{kind}"
-    return "other"
+        observed = Observed(fingerprint=fingerprint, backends=backends, maps=maps)
+        self.metrics.set_observed(self._desired.config, observed, self.map_dir)
+        return observed

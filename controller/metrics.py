@@ -324,10 +324,12 @@ class Metrics:
         if gateway in self._routes:  # a gateway deleted meanwhile gets no series back
             self._drift.inc((gateway, kind), count)
 
-    def repaired(self, plan: Plan) -> None:
+    def repaired(self, plan: Plan) -> Tally[tuple[str, DriftKind]]:
         """Count what a periodic sync's plan repaired, per gateway (see `drift_counts`)."""
-        for (gateway, kind), count in drift_counts(plan, self._routes).items():
+        counts = drift_counts(plan, self._routes)
+        for (gateway, kind), count in counts.items():
             self.drift_repaired(gateway, kind, count)
+        return counts
 
     def synced(self, timestamp: float) -> None:
         self._last_sync.set(timestamp)

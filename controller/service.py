@@ -14,6 +14,7 @@ from aiohttp import web
 from controller.api import create_app
 from controller.config_file import load_config
 from controller.engine import Engine, Timing
+from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess, StatePaths
 from controller.render import RenderSettings
@@ -70,6 +71,7 @@ def build_engine(settings: RunSettings) -> Engine:
             stats_bind=parse_address(settings.stats, wildcard=True) if settings.stats else None,
         ),
         settings.timing,
+        Metrics(production_registry()),
     )
 
 

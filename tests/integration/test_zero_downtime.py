@@ -65,7 +65,8 @@ def run_changes(stack: Stack, backends: BackendProcess) -> dict[str, int]:
             counts[change(stack, "PUT", G, gateway)] += 1
         if i % 5 == 4:  # a structural change: the balance algorithm (a reload every time)
             gateway = stack.request("GET", G).body
-            gateway["balance"] = "leastconn" if gateway["balance"] == "roundrobin" else "roundrobin"
+            balance = gateway.get("balance", "roundrobin")
+            gateway["balance"] = "leastconn" if balance == "roundrobin" else "roundrobin"
             counts[change(stack, "PUT", G, gateway)] += 1
     return counts
 

@@ -18,9 +18,9 @@ from controller.compile import (
     slot_capacity,
     weight_map,
 )
-from controller.render import RenderSettings, read_fingerprint, render_config
 from controller.model import BASIS_POINTS, Config
 from controller.plan import Observed, plan_changes
+from controller.render import RenderSettings, read_fingerprint, render_config
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "shop.cfg"
 SETTINGS = RenderSettings(admin_socket="/var/lib/weighbridge/haproxy-admin.sock")

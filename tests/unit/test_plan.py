@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from controller.compile import MIN_SLOTS, SPARE_BACKENDS
-from controller.render import RenderSettings
 from controller.model import Address, Config
 from controller.plan import Observed, Plan, SlotState, plan_changes
+from controller.render import RenderSettings
 
 SETTINGS = RenderSettings(admin_socket="/x/admin.sock")
 WEIGHTS = "maps/shop.map"

@@ -1,0 +1,19 @@
+# The Weighbridge controller image. The compose stack (docker-compose.yml) also runs the demo
+# services and the demo traffic from it.
+FROM python:3.11-slim
+
+# HAProxy: the controller checks every candidate configuration with `haproxy -c` before a
+# reload, and without --attach it runs HAProxy itself (`weighbridge run`).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends haproxy \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/weighbridge
+COPY pyproject.toml README.md ./
+COPY controller ./controller
+RUN pip install --no-cache-dir . && weighbridge --help >/dev/null
+
+# API (and GET /metrics), HAProxy's exporter (--stats) when HAProxy runs in this container
+EXPOSE 9900 8404
+CMD ["weighbridge", "run", "--config", "/etc/weighbridge/weighbridge.yaml", \
+     "--state-dir", "/var/lib/weighbridge", "--api", "0.0.0.0:9900", "--stats", "0.0.0.0:8404"]

@@ -180,6 +180,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
         api_token=args.api_token or os.environ.get(TOKEN_ENV, ""),
         sync_interval=args.sync_interval,
         supervise_interval=args.supervise_interval,
+        runtime_timeout=args.runtime_timeout,
         timing=Timing(debounce=args.reload_debounce, min_reload_interval=args.min_reload_interval),
         stats=args.stats,
         attach=attach,
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--supervise-interval", type=float, default=0.2, help="seconds between HAProxy probes"
+        )
+        p.add_argument(
+            "--runtime-timeout",
+            type=float,
+            default=5.0,
+            help="seconds before an unanswered Runtime API call fails",
         )
         p.add_argument(
             "--reload-debounce",

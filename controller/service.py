@@ -43,6 +43,8 @@ class RunSettings:
     api_token: str = ""
     sync_interval: float = 5.0
     supervise_interval: float = 0.2
+    runtime_timeout: float = 5.0
+    """Seconds before a Runtime API call that gets no answer counts as failed."""
     timing: Timing = field(default_factory=Timing)
     attach: Attach | None = None
     stats: str = "127.0.0.1:8404"
@@ -60,7 +62,7 @@ def build_engine(settings: RunSettings) -> Engine:
         user_admin_socket=attach.admin_socket.resolve() if attach else None,
     )
     process = HAProxyProcess(paths, settings.haproxy_bin)
-    runtime = RuntimeClient(str(paths.admin_socket))
+    runtime = RuntimeClient(str(paths.admin_socket), timeout=settings.runtime_timeout)
     return Engine(
         FileStore(paths.desired),
         process,

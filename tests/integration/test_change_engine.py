@@ -207,3 +207,32 @@ async def test_fifty_concurrent_writers_lose_no_update(shop_stack: Stack) -> Non
     assert final["in_sync"] is True
     assert final["revision"] == 1 + statuses.count(200)
     assert final["routes"]["canary"]["applied_weight"] == final["routes"]["canary"]["weight"]
+
+
+async def test_an_unanswering_admin_socket_means_not_ready_and_loses_nothing(
+    backends: BackendProcess, short_tmp: Path
+) -> None:
+    """A frozen worker (SIGSTOP): retries with backoff, /readyz 503, writes refused with 503
+    and not stored; once it answers again, ready and serving the same desired state."""
+    extra = ["--sync-interval", "0.3", "--runtime-timeout", "0.5"]
+    with running_stack(short_tmp, shop_config(backends, "100%", "0%"), extra=extra) as stack:
+        master = stack.haproxy_pid()
+        assert master is not None
+        worker = _worker_of(master)
+        revision = ok(stack.request("GET", f"{G}/status"))["revision"]
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            wait_until(lambda: stack.request("GET", "/readyz").status == 503, 10, "not ready")
+            refused = stack.request("PATCH", f"{G}/weights", {"stable": "0%", "canary": "100%"})
+            assert refused.status == 503, refused.body
+            assert stack.request("GET", "/api/v1/controller").body["last_error"]
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        wait_until(lambda: stack.request("GET", "/readyz").status == 200, 10, "ready again")
+        assert stack.haproxy_pid() == master  # the same HAProxy, not a restart
+        assert ok(stack.request("GET", f"{G}/status"))["revision"] == revision
+        result = await send(gateway_url(stack), 100)
+        assert result.routes == {"stable": 100}, (
+            stack.admin(f"show map {stack.state_dir}/maps/shop.map"),
+            stack.controller_log()[-3000:],
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -123,6 +124,7 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
     engine = build_engine(settings)
     seed = read_seed(settings.config_file) if not engine.process.paths.desired.exists() else None
     result = await engine.start(seed)
+    gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
     runner = web.AppRunner(create_app(engine, token=settings.api_token), access_log=None)
     await runner.setup()

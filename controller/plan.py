@@ -33,9 +33,6 @@ from controller.render import Assignment, RenderSettings, structure_fingerprint
 from controller.runtime import commands
 from controller.runtime.commands import Command
 
-SERVER_WEIGHT = 1
-"""Every filled slot weighs the same: the route split lives in the map, not in servers."""
-
 
 @dataclass(frozen=True)
 class SlotState:
@@ -330,8 +327,10 @@ def _plan_slots(
     for name in backend.slot_names():
         state = by_slot.get(name)
         if name in plan.assignment:
-            if state is None or state.weight != SERVER_WEIGHT:
-                plan.fill.append(commands.set_server_weight(backend.name, name, SERVER_WEIGHT))
+            if state is None or state.weight != backend.server_weight:
+                plan.fill.append(
+                    commands.set_server_weight(backend.name, name, backend.server_weight)
+                )
             if state is None or not state.serving or name not in kept:
                 plan.fill.append(commands.set_server_state(backend.name, name, "ready"))
         elif state is not None and state.serving:

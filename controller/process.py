@@ -167,7 +167,8 @@ class HAProxyProcess:
                 self.binary, "-c", *(arg for f in files for arg in ("-f", str(f)))
             )
         if code != 0:
-            raise InvalidConfig(_alerts(output).replace(f"{scratch}/", live_maps))
+            message = _alerts(output).replace(f"{scratch}/haproxy.cfg", "the candidate config")
+            raise InvalidConfig(message.replace(f"{scratch}/", live_maps))
 
     def write(self, config: str, maps: Mapping[str, tuple[tuple[str, str], ...]]) -> None:
         """Maps first: the configuration that names them must never point at a missing file."""

@@ -61,6 +61,7 @@ def _render_global(settings: RenderSettings) -> list[str]:
     own_global = [
         "global",
         f"    stats socket {settings.admin_socket} mode 600 level admin expose-fd listeners",
+        "    noreuseport",  # a port already in use fails loudly instead of being shared
         f"    hard-stop-after {settings.hard_stop_after}",
         f"    mworker-max-reloads {settings.max_reloads}",
         "",
@@ -203,13 +204,15 @@ def _render_backend(backend: BackendLayout, filled: Mapping[str, Address]) -> li
         lines.append(f"    cookie {backend.cookie} insert indirect nocache httponly")
     lines += [f"    {rule}" for rule in backend.rules]
     index = backend.name.rsplit(".", 1)[1]
+    # on every slot, filled or parked: HAProxy sizes a server's hash ring points at load time
+    weight = f" weight {backend.server_weight}" if backend.server_weight != 1 else ""
     for slot in backend.slot_names():
         address = filled.get(slot)
-        cookie = f" cookie {index}{slot}" if backend.cookie else ""
+        extra = (f" cookie {index}{slot}" if backend.cookie else "") + weight
         lines.append(
-            f"    server {slot} {address}{cookie}"
+            f"    server {slot} {address}{extra}"
             if address
-            else f"    server {slot} {PLACEHOLDER} disabled{cookie}"
+            else f"    server {slot} {PLACEHOLDER} disabled{extra}"
         )
     return [*lines, ""]
 

@@ -193,7 +193,7 @@ async def put_gateway(request: web.Request) -> web.Response:
     try:
         gateway = Gateway.model_validate(body)
     except ValidationError as exc:
-        raise ApiError(400, "invalid gateway", validation_problems(exc)) from None
+        raise ApiError(400, "invalid gateway", validation_problems(exc, "gateway")) from None
     created = False
 
     def compute(config: Config) -> Config:

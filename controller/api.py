@@ -145,7 +145,7 @@ def _etags(header: str) -> set[str]:
     return {part.strip().removeprefix("W/") for part in header.split(",")}
 
 
-async def _json_body(request: web.Request) -> Any:
+async def read_json_body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, f"body larger than {MAX_BODY} bytes")
     raw = await request.read()
@@ -157,7 +157,7 @@ async def _json_body(request: web.Request) -> Any:
         ) from None
 
 
-def _dry_run(request: web.Request) -> bool:
+def dry_run_flag(request: web.Request) -> bool:
     value = request.query.get("dry_run", "false").lower()
     if value not in ("true", "false", "1", "0"):
         raise ApiError(
@@ -189,7 +189,7 @@ async def get_gateway(request: web.Request) -> web.Response:
 
 async def put_gateway(request: web.Request) -> web.Response:
     name = _name(request, "gateway")
-    body = await _json_body(request)
+    body = await read_json_body(request)
     try:
         gateway = Gateway.model_validate(body)
     except ValidationError as exc:
@@ -204,7 +204,7 @@ async def put_gateway(request: web.Request) -> web.Response:
         updated: Config = _validated(lambda: config.with_gateway(name, gateway), "gateways." + name)
         return updated
 
-    result = await request.app[ENGINE].change(compute, dry_run=_dry_run(request))
+    result = await request.app[ENGINE].change(compute, dry_run=dry_run_flag(request))
     return _applied(result, gateway, 201 if created and not result.dry_run else 200)
 
 
@@ -215,7 +215,7 @@ async def delete_gateway(request: web.Request) -> web.Response:
         _check_if_match(request, _gateway(config, name))
         return config.with_gateway(name, None)
 
-    return _applied(await request.app[ENGINE].change(compute, dry_run=_dry_run(request)), None)
+    return _applied(await request.app[ENGINE].change(compute, dry_run=dry_run_flag(request)), None)
 
 
 _WEIGHTS = TypeAdapter(dict[str, Any])
@@ -223,7 +223,7 @@ _WEIGHTS = TypeAdapter(dict[str, Any])
 
 async def patch_weights(request: web.Request) -> web.Response:
     name = _name(request, "gateway")
-    body = await _json_body(request)
+    body = await read_json_body(request)
     if not isinstance(body, dict) or not body:
         raise ApiError(
             400,
@@ -255,48 +255,38 @@ async def patch_weights(request: web.Request) -> web.Response:
         updated = _validated(lambda: gateway.with_weights(weights), "weights")
         return config.with_gateway(name, updated)
 
-    result = await request.app[ENGINE].change(compute, dry_run=_dry_run(request))
+    result = await request.app[ENGINE].change(compute, dry_run=dry_run_flag(request))
     return _applied(result, updated)
 
 
 async def put_instances(request: web.Request) -> web.Response:
-    name, route = _name(request, "gateway"), _name(request, "route")
-    body = await _json_body(request)
+    body = await read_json_body(request)
     if not isinstance(body, list):
         raise ApiError(
             400,
             "body must be a list of 'host:port'",
             [{"field": "instances", "message": "expected a list"}],
         )
-    updated: Gateway | None = None
-
-    def compute(config: Config) -> Config:
-        nonlocal updated
-        gateway = _gateway(config, name)
-        _check_if_match(request, gateway)
-        if route not in gateway.routes:
-            raise ApiError(
-                404,
-                f"gateway {name!r} has no route {route!r}",
-                [{"field": "route", "message": "unknown route"}],
-            )
-        updated = _validated(lambda: gateway.with_instances(route, body), "")
-        return config.with_gateway(name, updated)
-
-    result = await request.app[ENGINE].change(compute, dry_run=_dry_run(request))
-    return _applied(result, updated)
+    return await _change_route(request, lambda fields: {**fields, "instances": body})
 
 
 async def patch_route(request: web.Request) -> web.Response:
     """Change some fields of one route, e.g. `{"condition_strength": "20%"}` (live)."""
-    name, route = _name(request, "gateway"), _name(request, "route")
-    body = await _json_body(request)
+    body = await read_json_body(request)
     if not isinstance(body, dict) or not body:
         raise ApiError(
             400,
             "body must be an object of route fields",
             [{"field": "route", "message": "expected a non-empty object"}],
         )
+    return await _change_route(request, lambda fields: {**fields, **body})
+
+
+async def _change_route(
+    request: web.Request, edit: Callable[[dict[str, Any]], dict[str, Any]]
+) -> web.Response:
+    """Apply `edit` to one route's fields (as in the config file) and revalidate the gateway."""
+    name, route = _name(request, "gateway"), _name(request, "route")
     updated: Gateway | None = None
 
     def compute(config: Config) -> Config:
@@ -310,11 +300,11 @@ async def patch_route(request: web.Request) -> web.Response:
                 [{"field": "route", "message": "unknown route"}],
             )
         data = gateway.model_dump(mode="json")
-        data["routes"][route] = {**data["routes"][route], **body}
+        data["routes"][route] = edit(data["routes"][route])
         updated = _validated(lambda: Gateway.model_validate(data), "")
         return config.with_gateway(name, updated)
 
-    result = await request.app[ENGINE].change(compute, dry_run=_dry_run(request))
+    result = await request.app[ENGINE].change(compute, dry_run=dry_run_flag(request))
     return _applied(result, updated)
 
 

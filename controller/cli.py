@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from controller.cli_rollout import add_rollout_commands
 from controller.config_file import ConfigFileError
 from controller.engine import Timing
 from controller.process import HAProxyError
@@ -287,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = client("status", "routes, weights desired and applied, instances, requests")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+    add_rollout_commands(sub)
     return parser
 
 

@@ -309,11 +309,6 @@ class Gateway(BaseModel):
         }
         return Gateway.model_validate({**self.model_dump(), "routes": _dump_routes(routes)})
 
-    def with_instances(self, route: str, instances: list[Any]) -> Gateway:
-        data = self.model_dump()
-        data["routes"][route]["instances"] = instances
-        return Gateway.model_validate(data)
-
 
 def _dump_routes(routes: dict[str, Route]) -> dict[str, Any]:
     return {name: route.model_dump() for name, route in routes.items()}

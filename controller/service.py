@@ -19,6 +19,8 @@ from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess, StatePaths
 from controller.render import RenderSettings
+from controller.rollouts.api import add_rollout_routes
+from controller.rollouts.manager import RolloutManager
 from controller.runtime.client import RuntimeClient
 from controller.store import FileStore
 
@@ -126,7 +128,10 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
     result = await engine.start(seed)
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
-    runner = web.AppRunner(create_app(engine, token=settings.api_token), access_log=None)
+    app = create_app(engine, token=settings.api_token)
+    rollouts = RolloutManager(engine, settings.state_dir)
+    add_rollout_routes(app, rollouts)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_host, settings.api_port)
     await site.start()
@@ -138,6 +143,7 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
     loops = [
         asyncio.create_task(reconcile_forever(engine, settings.sync_interval)),
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
+        asyncio.create_task(rollouts.run()),
     ]
     if ready is not None:
         ready.set()

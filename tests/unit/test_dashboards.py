@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.metrics import Metrics
+from controller.rollouts.metrics import RolloutMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana/dashboards").glob("*.json"))
@@ -174,7 +175,9 @@ def test_canary_view_has_gateway_and_route_variables_and_weight_annotations() ->
 
 def test_controller_metrics_queried_are_exported(dashboard: dict[str, Any]) -> None:
     exported = set()
-    for family in text_string_to_metric_families(Metrics(CollectorRegistry()).render().decode()):
+    metrics = Metrics(CollectorRegistry())
+    RolloutMetrics(metrics.registry)  # what `weighbridge run` adds to the same registry
+    for family in text_string_to_metric_families(metrics.render().decode()):
         suffixes = {
             "counter": ("_total",),
             "histogram": ("_bucket", "_sum", "_count"),

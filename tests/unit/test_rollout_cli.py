@@ -1,0 +1,114 @@
+"""`weighbridge rollout`: the spec built from flags, the live display, exit codes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from controller.cli import build_parser
+from controller.cli_rollout import EXIT_CODES, render, spec_from_args
+from controller.rollouts.model import Origin, Rollout, RolloutSpec, plan_steps, public_view
+
+
+def parse(*argv: str) -> object:
+    return build_parser().parse_args(["rollout", *argv])
+
+
+def test_flags_make_a_valid_spec() -> None:
+    args = parse(
+        "start",
+        "shop",
+        "--from",
+        "stable",
+        "--to",
+        "canary",
+        "--steps",
+        "1,5,10,25,50,100",
+        "--interval",
+        "30",
+        "--success-rate",
+        "99.5",
+        "--max-response-ms",
+        "250",
+        "--pre-step-webhook",
+        "http://127.0.0.1:1/pre",
+        "--rollback-steps",
+        "3",
+    )
+    spec = RolloutSpec.model_validate(spec_from_args(args))  # type: ignore[arg-type]
+    assert [s.weight for s in plan_steps(spec.strategy)] == [100, 500, 1000, 2500, 5000, 10000]
+    assert spec.checks.success_rate == 9950 and spec.checks.max_response_ms == 250
+    assert spec.webhooks.pre_step[0].url == "http://127.0.0.1:1/pre"
+    assert spec.rollback.steps == 3 and spec.interval == 30
+
+
+@pytest.mark.parametrize(
+    ("flags", "strategy"),
+    [
+        (["--step-weight", "10", "--max-weight", "50"], {"type": "canary", "step_weight": "10%"}),
+        (["--strategy", "bluegreen", "--preview", "2"], {"preview_weight": "2%"}),
+        (
+            ["--strategy", "ab", "--strength", "50", "--requests", "1000", "--then", "50,100"],
+            {"condition_strength": "50%", "requests": 1000, "then_weights": ["50%", "100%"]},
+        ),
+    ],
+)
+def test_strategies_from_flags(flags: list[str], strategy: dict[str, object]) -> None:
+    args = parse("start", "shop", "--from", "a", "--to", "b", *flags)
+    built = spec_from_args(args)  # type: ignore[arg-type]
+    assert strategy.items() <= built["strategy"].items()
+    RolloutSpec.model_validate(built)
+
+
+def test_a_spec_file(tmp_path: Path) -> None:
+    path = tmp_path / "rollout.yaml"
+    path.write_text(
+        "gateway: shop\nfrom_route: stable\nto_route: canary\n"
+        "strategy: {type: bluegreen}\ninterval: 10\n"
+    )
+    built = spec_from_args(parse("start", "--file", str(path)))  # type: ignore[arg-type]
+    assert RolloutSpec.model_validate(built).strategy.type == "bluegreen"
+
+
+def test_exit_codes_say_how_it_ended() -> None:
+    assert EXIT_CODES == {"promoted": 0, "rolled_back": 1, "aborted": 1, "failed": 2}
+
+
+def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check() -> None:
+    from controller.rollouts.checks import Window, evaluate
+
+    spec = RolloutSpec.model_validate(
+        {
+            "gateway": "shop",
+            "from_route": "stable",
+            "to_route": "canary",
+            "strategy": {"type": "canary", "steps": ["10%", "100%"]},
+            "checks": {"success_rate": "99%", "min_requests": 10},
+        }
+    )
+    rollout = Rollout(
+        id="shop-1",
+        spec=spec,
+        created_at=0.0,
+        origin=Origin(from_weight=10000, to_weight=0),
+        plan=plan_steps(spec.strategy),
+        step=1,
+        stage="analysing",
+    )
+    rollout.last_check = evaluate(spec.checks, Window(100, 2, 1.0, 5), at=0.0, step=1)
+    rollout.record(1.0, "step_started", "stable 90%, canary 10%")
+    console = Console(file=io.StringIO(), width=120)
+    console.print(render(public_view(rollout, next_check_at=112.0), now=100.0))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    for expected in (
+        "step 1/2",
+        "stable 90%, canary 10%",
+        "98.00%",
+        "≥ 99.00%",
+        "next check in 12.0 s",
+        "step_started",
+    ):
+        assert expected in text, (expected, text)

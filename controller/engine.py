@@ -121,7 +121,7 @@ class Engine:
         self._desired = stored
         self.metrics.set_desired(stored.config)
         async with self._lock:
-            if await self.process.is_running():
+            if await self.process.is_running() or await self._answers_soon():
                 log.info("adopting the HAProxy at %s", self.process.paths.master_socket)
             elif self.process.paths.attached:
                 await self._write_candidate()
@@ -187,7 +187,9 @@ class Engine:
             return False
         async with self._lock:
             running = await self.process.is_running()
-            if not running and self.process.paths.attached:
+            if not running and (self.process.paths.attached or self.process.master_alive()):
+                # busy (a reload of thousands of proxies, maybe not ours) or not ours to
+                # start: wait for it rather than start a second HAProxy beside it
                 self.state.ready = False
                 return False
             if not running:
@@ -199,12 +201,21 @@ class Engine:
         self.state.ready = True
         return True
 
+    async def _answers_soon(self, timeout: float = 30.0) -> bool:
+        """A master that is alive but busy (reloading) is waited for, not replaced."""
+        deadline = time.monotonic() + timeout
+        while self.process.master_alive() and time.monotonic() < deadline:
+            if await self.process.is_running():
+                return True
+            await asyncio.sleep(0.1)  # poll interval while the master is busy
+        return False
+
     async def _write_candidate(self) -> None:
         """Render the desired state from scratch (all slots filled as desired) and write it."""
         plan = self._plan(self._desired.config, Observed(fingerprint=None, backends={}, maps={}))
         config_text = self._render(plan)
         await self.process.validate(config_text, plan.maps)
-        self.process.write(config_text, plan.maps)
+        await asyncio.to_thread(self.process.write, config_text, plan.maps)
         self._applied = self._desired
 
     async def _converge(self) -> tuple[ApplyResult, Plan]:

@@ -236,3 +236,23 @@ async def test_an_unanswering_admin_socket_means_not_ready_and_loses_nothing(
             stack.admin(f"show map {stack.state_dir}/maps/shop.map"),
             stack.controller_log()[-3000:],
         )
+
+
+async def test_a_busy_master_is_waited_for_not_replaced(
+    backends: BackendProcess, short_tmp: Path
+) -> None:
+    """A master that does not answer but lives (e.g. a long reload): no second HAProxy."""
+    with running_stack(short_tmp, shop_config(backends, "100%", "0%")) as stack:
+        master = stack.haproxy_pid()
+        assert master is not None
+        url = gateway_url(stack)
+        os.kill(master, signal.SIGSTOP)
+        try:
+            wait_until(lambda: stack.request("GET", "/readyz").status == 503, 10, "not ready")
+            assert (await send(url, 50)).routes == {"stable": 50}  # the worker still serves
+            assert stack.haproxy_pid() == master and stack.master_socket.exists()
+        finally:
+            os.kill(master, signal.SIGCONT)
+        wait_until(lambda: stack.request("GET", "/readyz").status == 200, 10, "ready again")
+        assert stack.haproxy_pid() == master
+        assert ok(stack.request("GET", "/api/v1/controller"))["haproxy_restarts"] == 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from controller.conditions import CompiledCondition, compile_condition, parse_condition
@@ -170,11 +170,6 @@ class GatewayLayout:
 @dataclass(frozen=True)
 class Layout:
     gateways: tuple[GatewayLayout, ...]
-    by_backend: dict[str, BackendLayout] = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        index = {b.name: b for g in self.gateways for b in g.backends}
-        object.__setattr__(self, "by_backend", index)
 
 
 def gateway_map_refs(gateway: str, map_dir: str, *, conditions: bool, sticky: bool) -> GatewayMaps:

@@ -89,7 +89,8 @@ def in_sync(cfg: Config) -> tuple[Plan, Observed]:
             )
             for slot in backend.slot_names()
         ]
-        for backend in plan.layout.by_backend.values()
+        for gateway in plan.layout.gateways
+        for backend in gateway.backends
     }
     observed = Observed(fingerprint=plan.fingerprint, backends=backends, maps=dict(plan.maps))
     assert plan_changes(cfg, observed, MAP_DIR, SETTINGS).is_empty

@@ -19,9 +19,10 @@ from controller.metrics import (
     Metrics,
     drift_counts,
 )
-from controller.model import Address, Config
-from controller.plan import Observed, Plan, SlotState, plan_changes
+from controller.model import Config
+from controller.plan import Observed, Plan, plan_changes
 from controller.render import RenderSettings
+from tests.support.observed import observed_after
 
 MAP_DIR = "/state/maps"
 SETTINGS = RenderSettings(admin_socket="/state/admin.sock")
@@ -79,20 +80,7 @@ def fresh() -> Metrics:
 def in_sync(cfg: Config) -> tuple[Plan, Observed]:
     """The plan from scratch, and what HAProxy reports once it has applied it."""
     plan = plan_changes(cfg, Observed(fingerprint=None, backends={}, maps={}), MAP_DIR, SETTINGS)
-    backends = {
-        backend.name: [
-            SlotState(
-                name=slot,
-                address=plan.assignment[backend.name].get(slot, Address(ip="127.0.0.1", port=1)),
-                serving=slot in plan.assignment[backend.name],
-                weight=1,
-            )
-            for slot in backend.slot_names()
-        ]
-        for gateway in plan.layout.gateways
-        for backend in gateway.backends
-    }
-    observed = Observed(fingerprint=plan.fingerprint, backends=backends, maps=dict(plan.maps))
+    observed = observed_after(plan)
     assert plan_changes(cfg, observed, MAP_DIR, SETTINGS).is_empty
     return plan, observed
 

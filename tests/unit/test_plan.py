@@ -8,6 +8,7 @@ from controller.compile import MIN_SLOTS, SPARE_BACKENDS
 from controller.model import Address, Config
 from controller.plan import Observed, Plan, SlotState, plan_changes
 from controller.render import RenderSettings
+from tests.support.observed import observed_after
 
 SETTINGS = RenderSettings(admin_socket="/x/admin.sock")
 WEIGHTS = "maps/shop.map"
@@ -51,21 +52,7 @@ def plan_for(cfg: Config, observed: Observed) -> Plan:
 
 def applied(cfg: Config) -> Observed:
     """What HAProxy reports after it applied `cfg` from scratch."""
-    fresh = plan_for(cfg, Observed(fingerprint=None, backends={}, maps={}))
-    backends = {
-        b.name: [
-            SlotState(
-                name=s,
-                address=fresh.assignment[b.name].get(s, Address(ip="127.0.0.1", port=1)),
-                serving=s in fresh.assignment[b.name],
-                weight=1,
-            )
-            for s in b.slot_names()
-        ]
-        for g in fresh.layout.gateways
-        for b in g.backends
-    }
-    return Observed(fingerprint=fresh.fingerprint, backends=backends, maps=fresh.maps)
+    return observed_after(plan_for(cfg, Observed(fingerprint=None, backends={}, maps={})))
 
 
 STEADY = config([9001, 9002], [9101])

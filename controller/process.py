@@ -7,6 +7,7 @@ controller down it keeps serving the last applied state, and a restarted control
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -338,9 +339,8 @@ class HAProxyProcess:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not self.master_alive():  # reaps our own child: a zombie is not alive
                 return
-            await asyncio.sleep(0.02)
-        os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.02)  # poll interval while the master stops its workers
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
+from controller.compile import MapEntries, parse_pool_backend
 from controller.metrics import Metrics
 from controller.model import Address, Config
 from controller.plan import Observed, Plan, SlotState, plan_changes
@@ -107,6 +109,7 @@ class Engine:
         self._pending_reload: asyncio.Future[ApplyResult] | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._last_reload = 0.0
+        self._observed: Observed | None = None
 
     @property
     def desired(self) -> Revisioned:
@@ -141,7 +144,12 @@ class Engine:
         async with self._lock:
             current = self._desired
             config = compute(current.config)
-            plan = self._plan(config, await self.observe())
+            touched = {
+                n
+                for n in {*current.config.gateways, *config.gateways}
+                if current.config.gateways.get(n) != config.gateways.get(n)
+            }
+            plan = self._plan(config, await self.observe(touched))
             if plan.needs_reload:
                 await self.process.validate(self._render(plan), plan.maps)
             if dry_run:
@@ -354,21 +362,60 @@ class Engine:
                 )
             await asyncio.sleep(0.02)  # poll interval while the old worker hands over
 
-    async def observe(self) -> Observed:
-        """Read what HAProxy runs now: our backends' slots, our maps, the config fingerprint."""
+    async def observe(self, scope: Collection[str] | None = None) -> Observed:
+        """Read what HAProxy runs now: our backends' slots, our maps, the config fingerprint.
+
+        With `scope`, only those gateways are read again and the rest comes from the last full
+        reading: a write to one gateway need not read thousands. The periodic sync always
+        reads everything, so drift elsewhere is still found within one period.
+        """
+        cached = self._observed
         try:
-            fingerprint = read_fingerprint(self.process.paths.config.read_text())
-        except FileNotFoundError:
-            fingerprint = None
-        try:
-            state_text, map_list = await self.runtime.execute_many(
-                [commands.show_servers_state(), commands.show_map()]
-            )
+            if scope is None or cached is None or not self._observable(cached, scope):
+                observed = await self._observe(None, None)
+            else:
+                observed = await self._observe(cached, set(scope))
         except RuntimeApiError:
             self.metrics.haproxy_up(False)
             raise
         self.metrics.haproxy_up(True)
-        backends: dict[str, list[SlotState]] = {}
+        self._observed = observed
+        self.metrics.set_observed(self._desired.config, observed, self.map_dir)
+        return observed
+
+    @staticmethod
+    def _observable(cached: Observed, scope: Collection[str]) -> bool:
+        """Each gateway of the scope already has its pool in HAProxy (else: structural)."""
+        pools = {parsed[0] for name in cached.backends if (parsed := parse_pool_backend(name))}
+        return set(scope) <= pools
+
+    async def _observe(self, cached: Observed | None, scope: set[str] | None) -> Observed:
+        try:
+            fingerprint = read_fingerprint(self.process.paths.config.read_text())
+        except FileNotFoundError:
+            fingerprint = None
+        if cached is None or scope is None:
+            state_text, map_list = await self.runtime.execute_many(
+                [commands.show_servers_state(), commands.show_map()]
+            )
+            refs = [f.file for f in parse_map_list(map_list) if f.file.startswith(self.map_dir)]
+            backends: dict[str, list[SlotState]] = {}
+            maps: dict[str, MapEntries] = {}
+        else:
+
+            def mine(gateway: str | None) -> bool:
+                return gateway in scope
+
+            ours = [b for b in cached.backends if mine(_gateway_of_backend(b))]
+            replies = await self.runtime.execute_many(
+                [commands.show_servers_state(b) for b in ours]
+            )
+            state_text = "".join(replies)
+            refs = [r for r in cached.maps if mine(Path(r).name.split(".", 1)[0])]
+            backends = {
+                b: list(s) for b, s in cached.backends.items() if not mine(_gateway_of_backend(b))
+            }
+            maps = {r: e for r, e in cached.maps.items() if r not in refs}
         for server in parse_servers_state(state_text):
             if server.backend.startswith(BACKEND_PREFIX):
                 backends.setdefault(server.backend, []).append(
@@ -379,12 +426,12 @@ class Engine:
                         weight=server.user_weight,
                     )
                 )
-        refs = [m.file for m in parse_map_list(map_list) if m.file.startswith(self.map_dir + "/")]
         replies = await self.runtime.execute_many([commands.show_map(r) for r in refs])
-        maps = {
-            ref: tuple((e.key, e.value) for e in parse_map(reply))
-            for ref, reply in zip(refs, replies, strict=True)
-        }
-        observed = Observed(fingerprint=fingerprint, backends=backends, maps=maps)
-        self.metrics.set_observed(self._desired.config, observed, self.map_dir)
-        return observed
+        for ref, reply in zip(refs, replies, strict=True):
+            maps[ref] = tuple((e.key, e.value) for e in parse_map(reply))
+        return Observed(fingerprint=fingerprint, backends=backends, maps=maps)
+
+
+def _gateway_of_backend(name: str) -> str | None:
+    parsed = parse_pool_backend(name)
+    return parsed[0] if parsed else None

@@ -30,7 +30,7 @@ def _count(row: Mapping[str, str], column: str) -> int:
 
 
 async def gateway_status(engine: Engine, name: str, gateway: Gateway) -> dict[str, Any]:
-    observed = await engine.observe()
+    observed = await engine.observe({name})
     refs = gateway_map_refs(name, engine.map_dir, conditions=True, sticky=False)
     binding = dict(observed.maps.get(refs.routes, ()))
     strengths = dict(observed.maps.get(refs.strengths or "", ()))

@@ -7,10 +7,11 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from controller.errors import InvalidInput
 from controller.model import Config, validation_problems
 
 
-class ConfigFileError(Exception):
+class ConfigFileError(InvalidInput):
     """The file is missing, not YAML, or not a valid desired state; the message says where."""
 
 

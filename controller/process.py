@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.errors import InvalidInput, Unavailable
 from controller.files import write_atomic
 from controller.render import render_map
 from controller.runtime.errors import CommandError, RuntimeApiError
@@ -32,11 +33,11 @@ _SAFE_PATH = re.compile(r"^[A-Za-z0-9_./-]+$")
 _MAX_UNIX_PATH = 100
 
 
-class HAProxyError(Exception):
+class HAProxyError(Unavailable):
     """HAProxy could not be found, started, validated or reloaded."""
 
 
-class InvalidConfig(HAProxyError):
+class InvalidConfig(HAProxyError, InvalidInput):
     """`haproxy -c` refused a candidate; `message` is what HAProxy said."""
 
     def __init__(self, message: str) -> None:

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from controller.errors import ConflictingState, Unavailable
 from controller.files import write_atomic
 from controller.model import Config
 
 
-class StoreError(Exception):
+class StoreError(Unavailable):
     """The store could not be read or written; the desired state is unchanged."""
 
 
-class Conflict(StoreError):
+class Conflict(StoreError, ConflictingState):
     """The revision moved since the caller read it (optimistic concurrency)."""
 
 

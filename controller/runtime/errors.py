@@ -7,8 +7,10 @@ fail the same way), an `InvalidArgument` never reached the socket.
 
 from __future__ import annotations
 
+from controller.errors import InvalidInput, Unavailable
 
-class RuntimeApiError(Exception):
+
+class RuntimeApiError(Unavailable):
     """Base of every error raised by `controller.runtime`."""
 
 
@@ -30,7 +32,7 @@ class CommandError(RuntimeApiError):
         super().__init__(f"{command!r} failed: {first_line}")
 
 
-class InvalidArgument(RuntimeApiError, ValueError):
+class InvalidArgument(RuntimeApiError, InvalidInput, ValueError):
     """A value that must not reach the socket (it could inject or break a command)."""
 
     def __init__(self, field: str, reason: str, value: object = None) -> None:

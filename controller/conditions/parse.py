@@ -134,7 +134,7 @@ def _straight_acl(text: str) -> Atom | None:
     word = stripped[: match.end()]
     follows = stripped[match.end() : match.end() + 1]
     fetch = word.endswith("(") or (any(c in word for c in "_.") and follows in ("", " "))
-    if not fetch or word.lower() in _KEYWORDS:
+    if not fetch or word.rstrip("(").lower() in _KEYWORDS:
         return None
     try:
         return Atom(Kind.RAW, value=stripped)

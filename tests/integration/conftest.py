@@ -45,6 +45,16 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def module_tmp() -> Iterator[Path]:
+    """Like `short_tmp`, one per test module, for stacks a whole module shares."""
+    path = Path(tempfile.mkdtemp(prefix="wb-m-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def shop_config(
     backends: BackendProcess, stable: str = "90%", canary: str = "10%", port: int | None = None
 ) -> dict[str, Any]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -56,16 +54,6 @@ from tests.support.wire import (
 )
 
 pytestmark = pytest.mark.haproxy
-
-
-@pytest.fixture(scope="module")
-def module_tmp() -> Iterator[Path]:
-    """Short (unix socket paths), one per module, removed at the end."""
-    path = Path(tempfile.mkdtemp(prefix="wb-rm-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def fresh_dir(root: Path, name: str) -> Path:

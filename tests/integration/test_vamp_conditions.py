@@ -68,8 +68,7 @@ def test_the_table_has_a_form_per_vamp_spelling() -> None:
     ("index", "condition", "request_", "matches"),
     CASES,
     ids=[
-        f"{i}:{c[:40]!r}|{r.describe()[:30]}|{'canary' if m else 'stable'}"
-        for i, c, r, m in CASES
+        f"{i}:{c[:40]!r}|{r.describe()[:30]}|{'canary' if m else 'stable'}" for i, c, r, m in CASES
     ],
 )
 def test_vamp_condition_routes_as_it_reads(

@@ -88,7 +88,7 @@ def import_vamp(
     do not sum to 100 %), or `instances` for a route the file does not have.
     """
     importer = _Importer(dict(instances or {}), bind_host)
-    for vamp_name, body in _gateway_bodies(documents, default_name):
+    for vamp_name, body in _gateway_bodies(documents, default_name, importer.notes):
         importer.gateway(vamp_name, body)
     unused = set(importer.instances) - importer.used_instances
     if unused:
@@ -101,7 +101,9 @@ def import_vamp(
     return VampImport(config, tuple(importer.notes))
 
 
-def _gateway_bodies(documents: Sequence[Any], default_name: str) -> list[tuple[str, Any]]:
+def _gateway_bodies(
+    documents: Sequence[Any], default_name: str, notes: list[Note]
+) -> list[tuple[str, Any]]:
     """(Vamp name, gateway body) for every gateway the documents define."""
     found: list[tuple[str, Any]] = []
     for number, document in enumerate(documents, 1):
@@ -112,7 +114,7 @@ def _gateway_bodies(documents: Sequence[Any], default_name: str) -> list[tuple[s
                     f"document {number} is not a Vamp gateway (a mapping with port and routes)"
                 )
             if "gateways" in item and "port" not in item:  # a blueprint
-                found += _blueprint_gateways(item, default_name)
+                found += _blueprint_gateways(item, default_name, notes)
             else:
                 name = item.get("name")
                 found.append((name if isinstance(name, str) else default_name, item))
@@ -121,11 +123,21 @@ def _gateway_bodies(documents: Sequence[Any], default_name: str) -> list[tuple[s
     return found
 
 
-def _blueprint_gateways(blueprint: dict[str, Any], default_name: str) -> list[tuple[str, Any]]:
+def _blueprint_gateways(
+    blueprint: dict[str, Any], default_name: str, notes: list[Note]
+) -> list[tuple[str, Any]]:
     gateways = blueprint["gateways"]
     if not isinstance(gateways, dict):
         raise InvalidInput.for_field("gateways", "expected a mapping of ports to gateways")
     name = blueprint.get("name") if isinstance(blueprint.get("name"), str) else default_name
+    clusters = blueprint.get("clusters")
+    if isinstance(clusters, dict):
+        where = f"blueprint {name!r}"
+        notes.append(Note(where, "clusters (what Vamp deploys) are not imported", lost=False))
+        for cluster, body in clusters.items():
+            if isinstance(body, dict) and body.get("gateways"):
+                message = "its gateway (the split between its services) is not imported"
+                notes.append(Note(f"{where} cluster {cluster!r}", message, lost=True))
     found: list[tuple[str, Any]] = []
     for port, body in gateways.items():
         if isinstance(body, str):  # `9050/http: sava/port`

@@ -278,8 +278,16 @@ gateways:
       sava2/port: {weight: 10%}
 clusters:
   sava: {services: []}
+  sava2: {gateways: {routes: {sava:1.0.0: {weight: 50%}, sava:1.1.0: {weight: 50%}}}}
 """
     result = load(blueprint)
+    assert "blueprint 'sava:1.0': clusters (what Vamp deploys) are not imported" in [
+        str(note) for note in result.notes if not note.lost
+    ]
+    assert lost(result)[0] == (
+        "blueprint 'sava:1.0' cluster 'sava2': "
+        "its gateway (the split between its services) is not imported"
+    )
     assert list(result.config.gateways) == ["sava-1-0-9050", "sava-1-0-9060"]
     first, second = result.config.gateways.values()
     assert str(first.bind) == "127.0.0.1:9050" and list(first.routes) == ["sava-port"]

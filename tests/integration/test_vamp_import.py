@@ -1,10 +1,9 @@
 """`weighbridge import vamp` on Vamp's documented gateway examples, applied to a real stack:
 the imported gateways route as Vamp's docs say (weights, conditions, strength, stickiness).
 
-The examples are quoted from magneticio/vamp.io (content/documentation/using-vamp/
-gateways.md, gateways-and-conditions.md, sticky-sessions.md and the canary tutorial), with
-only the port numbers (and the external route addresses) replaced by free loopback ones.
-The test supplies each Vamp route's instances: `stable`/`canary` demo backends, which
+The examples (tests/support/vamp_examples.py) are quoted from Vamp's docs, with only the
+port numbers (and the external route addresses) replaced by free loopback ones. The test
+supplies each Vamp route's instances: `stable`/`canary` demo backends, which
 answer with their own route name in X-Route.
 """
 
@@ -25,88 +24,20 @@ from tests.support.ports import free_port
 from tests.support.stack import Stack, running_stack
 from tests.support.stats import assert_share
 from tests.support.traffic import send
+from tests.support.vamp_examples import (
+    EXTERNAL,
+    FIREFOX_ONLY,
+    HALF_FIREFOX,
+    SPLIT,
+    STICKY_BLUEPRINT,
+    TUTORIAL,
+    as_gateway,
+)
 from tests.support.wire import CHROME, EDGE, FIREFOX, SAFARI, UA, Req, fetch
 
 pytestmark = pytest.mark.haproxy
 
 N = 4000
-
-SPLIT = """
-name: sava
-port: 9070/http
-routes:
-  sava:1.0/sava/port:
-    weight: 90%          # condition can be used as well
-  sava:1.1/sava/port:
-    weight: 10%
-"""
-"""gateways.md: 'Gateway (90% / 10%)'."""
-
-FIREFOX_ONLY = """
-service_A:
-  weight: 100%
-service_B:
-  weight: 0%
-  condition_strength: 100%
-  condition: user-agent == Firefox
-"""
-"""gateways.md: 'Route all Firefox and only Firefox users to route service_B' (routes only)."""
-
-HALF_FIREFOX = """
-service_A:
-  weight: 80%
-service_B:
-  weight: 20%
-  condition_strength: 50%
-  condition: user-agent == Firefox
-"""
-"""gateways.md: 'Route half of Firefox users to service_B, other half to service_A (80%) or
-service_B (20%)' (routes only)."""
-
-TUTORIAL = """
-name: sava/sava/webport
-port: 9050/http
-routes:
-  sava/sava/sava:1.0.0/webport:
-    weight: 100%
-  sava/sava/sava:1.1.0/webport:
-    weight: 0%
-    condition: {CONDITION}
-    condition_strength: 100%
-"""
-"""The canary tutorial's gateway after its steps (condition, strength 100 %, weight 0 %)."""
-
-EXTERNAL = """
-name: mesos
-port: 8080/http
-sticky: route
-
-routes:
-  "[192.168.99.100:5050]":
-    weight: 50%
-  "[localhost:5050]":
-    weight: 50%
-"""
-"""gateways.md: 'Vamp managed and external routes'."""
-
-STICKY_BLUEPRINT = """
-name: sava:1.0
-gateways:
-  9050/http:
-    sticky: service
-    routes:           # let's say we have 2 clusters: sava1 (90%) and sava2 (10%)
-      sava1/port:
-        weight: 90%
-      sava2/port:
-        weight: 10%
-"""
-"""sticky-sessions.md: 'Sticky sessions can be also used for gateways' (clusters left out)."""
-
-
-def as_gateway(name: str, port: str, routes: str) -> str:
-    """A routes-only example of the docs inside the gateway it belongs to."""
-    indented = "".join(f"  {line}\n" for line in routes.strip().splitlines())
-    return f"name: {name}\nport: {port}\nroutes:\n{indented}"
 
 
 @pytest.fixture(scope="module")

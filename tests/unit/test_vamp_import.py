@@ -9,17 +9,7 @@ import yaml
 
 from controller.errors import InvalidInput
 from controller.vamp import VampImport, import_vamp, slug
-
-SAVA = """
-name: sava
-port: 9070/http
-routes:
-  sava:1.0/sava/port:
-    weight: 90%          # condition can be used as well
-  sava:1.1/sava/port:
-    weight: 10%
-"""
-"""docs/using-vamp/gateways: 'Gateway (90% / 10%)'."""
+from tests.support.vamp_examples import EXTERNAL, HALF_FIREFOX, SPLIT, as_gateway
 
 IP = {"sava:1.0/sava/port": ["127.0.0.1:8081"], "sava:1.1/sava/port": ["127.0.0.1:8082"]}
 
@@ -38,7 +28,7 @@ def lost(result: VampImport) -> list[str]:
 
 
 def test_the_documented_gateway_with_instances_carries_over_completely() -> None:
-    result = load(SAVA, instances=IP)
+    result = load(SPLIT, instances=IP)
     assert result.complete, lost(result)
     sava = gateway(result)
     assert sava["bind"] == "127.0.0.1:9070" and sava["mode"] == "http"
@@ -51,7 +41,7 @@ def test_the_documented_gateway_with_instances_carries_over_completely() -> None
 
 
 def test_routes_without_instances_are_reported_not_guessed() -> None:
-    result = load(SAVA, instances={"sava-1-0-sava-port": ["127.0.0.1:8081"]})  # our name
+    result = load(SPLIT, instances={"sava-1-0-sava-port": ["127.0.0.1:8081"]})  # our name
     assert not result.complete
     (note,) = lost(result)
     assert "route 'sava:1.1/sava/port'" in note and "--instances 'sava:1.1/sava/port=" in note
@@ -60,7 +50,7 @@ def test_routes_without_instances_are_reported_not_guessed() -> None:
 
 def test_instances_for_a_route_the_file_lacks_are_refused() -> None:
     with pytest.raises(InvalidInput, match=r"no route 'sava:2\.0'"):
-        load(SAVA, instances={**IP, "sava:2.0": ["127.0.0.1:1"]})
+        load(SPLIT, instances={**IP, "sava:2.0": ["127.0.0.1:1"]})
 
 
 ROUTE_SHAPES = [
@@ -107,17 +97,7 @@ def test_conditions_as_string_object_or_filters(field: str, condition: str | Non
 
 
 def test_strength_and_the_documented_firefox_examples() -> None:
-    text = """
-name: shop
-port: 8080
-routes:
-  service_A:
-    weight: 80%
-  service_B:
-    weight: 20%
-    condition_strength: 50%
-    condition: user-agent == Firefox
-"""
+    text = as_gateway("shop", "8080", HALF_FIREFOX)
     result = load(text, instances={"service_A": ["127.0.0.1:1"], "service_B": ["127.0.0.1:2"]})
     route = gateway(result, "shop")["routes"]["service_b"]
     assert (route["weight"], route["condition_strength"]) == ("20%", "50%")
@@ -164,18 +144,7 @@ def test_rewrites_carry_over_when_we_can_say_them() -> None:
 
 
 def test_external_routes_are_their_own_instances() -> None:
-    text = """
-name: mesos
-port: 8080/http
-sticky: route
-routes:
-  "[192.168.99.100:5050]":
-    weight: 50%
-  "[localhost:5050]":
-    weight: 50%
-  "[mesos.internal:5050]":
-    weight: 0%
-"""
+    text = EXTERNAL + '  "[mesos.internal:5050]":\n    weight: 0%\n'
     result = load(text)
     mesos = gateway(result, "mesos")
     assert mesos["sticky"] == "route"

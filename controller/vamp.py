@@ -219,7 +219,9 @@ class _Importer:
         route: dict[str, Any] = {"instances": self.route_instances(vamp_name, name, body, where)}
         if body.get("weight") is not None:
             route["weight"] = body["weight"]
-        if body.get("balance") not in (None, "default"):
+        if body.get("balance") == "default":
+            self.note(f"{where} balance", "'default': the gateway's default applies", lost=False)
+        elif body.get("balance") is not None:
             try:
                 route["balance"] = check_balance(body["balance"])
             except ValueError as exc:

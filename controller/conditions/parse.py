@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from controller.conditions.syntax import (
-    BROWSERS,
+    BROWSER_NAMES,
     MAX_ATOMS,
     MAX_DEPTH,
     MAX_TEXT_LENGTH,
@@ -69,7 +69,6 @@ _NEGATIVE = ("!=", "is not")
 _CONTAINS = ("has", "contains")
 _VAMP_NEGATIVE = ("!", "not", "misses")
 """Vamp's other spellings of "differs" after `user-agent` and `host`."""
-_BROWSERS = {name.lower(): name for name in BROWSERS}
 _USER_AGENT = ("user-agent", "user.agent", "useragent")
 _CONSTANTS = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}
 
@@ -104,7 +103,7 @@ _OPERATORS: dict[str, dict[str, tuple[Kind, bool]]] = {
     },
 }
 _PRESENCE = {"cookie": Kind.COOKIE, "header": Kind.HEADER, "param": Kind.PARAM}
-_KEYWORDS = frozenset((*_OPERATORS, *_USER_AGENT, *_CONSTANTS, *_BROWSERS, "has", "misses"))
+_KEYWORDS = frozenset((*_OPERATORS, *_USER_AGENT, *_CONSTANTS, *BROWSER_NAMES, "has", "misses"))
 _KEYWORDS |= {"contains", "not", "source", "src"}
 _FETCH = re.compile(r"[a-z][a-z0-9_.]*(\()?", re.IGNORECASE)
 """The first word of a straight ACL: `hdr_sub(`, `path_beg`, `req.ssl_sni` (not a keyword)."""
@@ -313,8 +312,8 @@ class _Parser:
         word = self.take_word()
         if word in _CONSTANTS:
             return Const(_CONSTANTS[word])
-        if word in _BROWSERS:
-            return Atom(Kind.BROWSER, value=_BROWSERS[word])
+        if word in BROWSER_NAMES:
+            return Atom(Kind.BROWSER, value=BROWSER_NAMES[word])
         if word in ("has", "contains", "misses"):
             self.skip_space()
             at = self.pos
@@ -331,8 +330,8 @@ class _Parser:
             name = self.name(word)[0] if word in _PRESENCE else ""
             kind, negated = self.operator(word)
             value, at = self.take_value("value")
-            if kind is Kind.USER_AGENT and value.lower() in _BROWSERS:
-                browser = Atom(Kind.BROWSER, value=_BROWSERS[value.lower()])
+            if kind is Kind.USER_AGENT and value.lower() in BROWSER_NAMES:
+                browser = Atom(Kind.BROWSER, value=BROWSER_NAMES[value.lower()])
                 return Not(browser) if negated else browser
             return self.make(at, kind, name=name, value=value, negated=negated)
         shown = self.text[start : self.pos] or self.text[start]

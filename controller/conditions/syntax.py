@@ -27,7 +27,8 @@ MAX_RAW_WORDS = 48
 """HAProxy reads at most 64 words per line; `acl <name>` takes two of them."""
 
 BROWSERS = ("Chrome", "Firefox", "Safari", "Edge", "IE")
-_BROWSER_NAMES = {name.lower(): name for name in BROWSERS}
+BROWSER_NAMES = {name.lower(): name for name in BROWSERS}
+"""Browsers by their name in lower case: the grammar reads them ignoring case."""
 
 _NAME = re.compile(r"[A-Za-z0-9!%&*+.^_`|~-]{1," + str(MAX_NAME_LENGTH) + "}")
 """HTTP token characters minus `'` `$` `#`: safe bare inside `req.hdr(...)` on a config line."""
@@ -200,9 +201,9 @@ class Atom:
             raise ConditionError(f"short code {kind.value} has no negative form: use not")
         if kind in _TEXT_VALUED:
             check_text(self.value)
-            if kind is Kind.USER_AGENT and self.value.lower() in _BROWSER_NAMES:
+            if kind is Kind.USER_AGENT and self.value.lower() in BROWSER_NAMES:
                 # the grammar reads `user-agent == Chrome` as the browser: no text says this
-                browser = _BROWSER_NAMES[self.value.lower()]
+                browser = BROWSER_NAMES[self.value.lower()]
                 raise ConditionError(
                     f"user-agent {self.value!r} is the browser {browser}: use the browser, or "
                     f"header User-Agent has {self.value} for the substring"

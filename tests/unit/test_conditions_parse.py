@@ -24,7 +24,7 @@ from controller.conditions import (
     format_condition,
     parse_condition,
 )
-from controller.conditions.syntax import NOT_NEGATABLE, check_size
+from controller.conditions.syntax import BROWSER_NAMES, NOT_NEGATABLE, check_size
 
 
 def h(name: str) -> Atom:
@@ -419,7 +419,6 @@ names = st.text(TOKEN + "&|", min_size=1, max_size=8)
 values = st.text(PRINTABLE, min_size=1, max_size=12)
 hosts = st.text(string.ascii_letters + string.digits + "._-", min_size=1, max_size=12)
 networks = st.sampled_from(["10.0.0.0/8", "127.0.0.1/32", "::1/128", "2001:db8::/32", "0.0.0.0/0"])
-BROWSER_KEYS = {name.lower() for name in BROWSERS}
 raws = st.sampled_from(
     ["path -m end .json", "req.fhdr(x) -m found", "src 10.0.0.0/8", "hdr(x) -m reg '^a b$'"]
 )
@@ -434,7 +433,7 @@ ATOMS: st.SearchStrategy[Expr] = st.one_of(
     st.builds(Const, st.booleans()),
     _atom(  # after user-agent, a browser name is the browser (Vamp's meaning)
         Kind.USER_AGENT,
-        st.fixed_dictionaries({"value": values.filter(lambda v: v.lower() not in BROWSER_KEYS)}),
+        st.fixed_dictionaries({"value": values.filter(lambda v: v.lower() not in BROWSER_NAMES)}),
     ),
     _atom(Kind.BROWSER, st.fixed_dictionaries({"value": st.sampled_from(BROWSERS)})),
     _atom(Kind.HOST, st.fixed_dictionaries({"value": hosts})),

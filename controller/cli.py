@@ -11,16 +11,20 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from controller.cli_import import add_import_commands
 from controller.cli_rollout import add_rollout_commands
 from controller.config_file import ConfigFileError
 from controller.engine import Timing
 from controller.process import HAProxyError
+
+if TYPE_CHECKING:
+    from controller.model import Config
 
 DEFAULT_API = "127.0.0.1:9900"
 TOKEN_ENV = "WEIGHBRIDGE_API_TOKEN"
@@ -91,14 +95,10 @@ def cmd_apply(args: argparse.Namespace, console: Console) -> int:
     config = load_config(Path(args.file))
     dry_run = args.command == "plan" or args.dry_run
     query = "?dry_run=true" if dry_run else ""
-    failed = 0
     status, current = call_api(args.api, "GET", "/gateways", token=args.token)
     if status >= 400:
         return _print_error(console, status, current)
-    for name, gateway in config.gateways.items():
-        body = gateway.model_dump(mode="json", exclude_none=True)
-        status, result = call_api(args.api, "PUT", f"/gateways/{name}{query}", body, args.token)
-        failed += _report(console, f"gateway {name}", status, result)
+    failed = _put_gateways(args, console, config, query)
     if args.prune:
         for name in sorted(set(current["gateways"]) - set(config.gateways)):
             status, result = call_api(
@@ -106,6 +106,16 @@ def cmd_apply(args: argparse.Namespace, console: Console) -> int:
             )
             failed += _report(console, f"delete gateway {name}", status, result)
     return 1 if failed else 0
+
+
+def _put_gateways(args: argparse.Namespace, console: Console, config: Config, query: str) -> int:
+    """PUT every gateway of `config`; how many the controller refused."""
+    failed = 0
+    for name, gateway in config.gateways.items():
+        body = gateway.model_dump(mode="json", exclude_none=True)
+        status, result = call_api(args.api, "PUT", f"/gateways/{name}{query}", body, args.token)
+        failed += _report(console, f"gateway {name}", status, result)
+    return failed
 
 
 def _report(console: Console, what: str, status: int, body: Any) -> int:
@@ -289,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
     add_rollout_commands(sub)
+    add_import_commands(sub)
     return parser
 
 

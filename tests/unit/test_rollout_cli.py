@@ -9,8 +9,11 @@ import pytest
 from rich.console import Console
 
 from controller.cli import build_parser
-from controller.cli_rollout import EXIT_CODES, render, spec_from_args
-from controller.rollouts.model import Origin, Rollout, RolloutSpec, plan_steps, public_view
+from controller.cli_rollout import spec_from_args
+from controller.cli_rollout_follow import EXIT_CODES, render
+from controller.rollouts.spec import RolloutSpec, plan_steps
+from controller.rollouts.state import Origin, Rollout
+from controller.rollouts.view import public_view
 
 
 def parse(*argv: str) -> object:
@@ -73,6 +76,34 @@ def test_a_spec_file(tmp_path: Path) -> None:
     assert RolloutSpec.model_validate(built).strategy.type == "bluegreen"
 
 
+def test_defaults_check_the_success_rate_and_no_checks_must_be_said() -> None:
+    """Issue 10.1: the synopsis read as if 99 were the default; now it is."""
+    args = parse("start", "shop", "--from", "stable", "--to", "canary")
+    spec = RolloutSpec.model_validate(spec_from_args(args))  # type: ignore[arg-type]
+    assert spec.checked is not None and spec.checked.success_rate == 9900
+    unchecked = parse("start", "shop", "--from", "stable", "--to", "canary", "--no-checks")
+    assert RolloutSpec.model_validate(spec_from_args(unchecked)).checked is None  # type: ignore[arg-type]
+    zero = parse("start", "shop", "--from", "a", "--to", "b", "--success-rate", "0")
+    with pytest.raises(ValueError, match="--no-checks"):
+        RolloutSpec.model_validate(spec_from_args(zero))  # type: ignore[arg-type]
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse("start", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in (
+        "success rate ≥ 99%",
+        "(default: 99)",
+        "(default: 100)",
+        "(default: 60.0)",
+        "(default: 1,5,10,25,50,100)",
+        "--no-checks",
+        "(default: 127.0.0.1:9900)",
+    ):
+        assert expected in text, expected
+
+
 def test_exit_codes_say_how_it_ended() -> None:
     assert EXIT_CODES == {"promoted": 0, "rolled_back": 1, "aborted": 1, "failed": 2}
 
@@ -98,7 +129,7 @@ def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check()
         step=1,
         stage="analysing",
     )
-    rollout.last_check = evaluate(spec.checks, Window(100, 2, 1.0, 5), at=0.0, step=1)
+    rollout.last_check = evaluate(spec.checked, Window(100, 2, 1.0, 5), at=0.0, step=1)
     rollout.record(1.0, "step_started", "stable 90%, canary 10%")
     console = Console(file=io.StringIO(), width=120)
     console.print(render(public_view(rollout, next_check_at=112.0), now=100.0))
@@ -109,6 +140,7 @@ def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check()
         "98.00%",
         "≥ 99.00%",
         "next check in 12.0 s",
-        "step_started",
+        "step started",
+        "success rate",
     ):
         assert expected in text, (expected, text)

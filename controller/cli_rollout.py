@@ -145,7 +145,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_REFUSED
-            return follow(args, console, ids)
+            return follow(args, console, ids, many=True)
         if args.json:
             print(json.dumps(body, indent=2))
             return 0

@@ -131,8 +131,11 @@ def _poll(args: argparse.Namespace, rollout_id: str, since: list[float | None]) 
     return status, body
 
 
-def follow(args: argparse.Namespace, console: Console, ids: list[str]) -> int:
-    """Until every rollout in `ids` ended (or --timeout, or Ctrl-C)."""
+def follow(
+    args: argparse.Namespace, console: Console, ids: list[str], *, many: bool = False
+) -> int:
+    """Until every rollout in `ids` ended (or --timeout, or Ctrl-C). `many`: the JSON result
+    is `{"rollouts": [...]}` (however many there are), else the one rollout."""
     deadline = time.monotonic() + args.timeout if args.timeout else None
     live = args.watch and not args.wait and console.is_terminal
     display = Live(console=console, refresh_per_second=4) if live else None
@@ -165,7 +168,7 @@ def follow(args: argparse.Namespace, console: Console, ids: list[str]) -> int:
             if deadline is not None and time.monotonic() > deadline:
                 running = [i for i in ids if views.get(i, {}).get("phase") not in TERMINAL]
                 print(f"still running: {', '.join(running)}", file=sys.stderr, flush=True)
-                _result(args, console, ids, views)
+                _result(args, console, ids, views, many)
                 return EXIT_TIMEOUT
             time.sleep(POLL_SECONDS)  # the poll period of a CLI client
     except KeyboardInterrupt:
@@ -190,16 +193,16 @@ def follow(args: argparse.Namespace, console: Console, ids: list[str]) -> int:
     finally:
         if display is not None:
             display.stop()
-    _result(args, console, ids, views)
+    _result(args, console, ids, views, many)
     return max(EXIT_CODES[views[i]["phase"]] for i in ids)
 
 
 def _result(
-    args: argparse.Namespace, console: Console, ids: list[str], views: dict[str, Any]
+    args: argparse.Namespace, console: Console, ids: list[str], views: dict[str, Any], many: bool
 ) -> None:
     if args.json:
         known = [views[i] for i in ids if i in views]
-        print(json.dumps(known[0] if len(ids) == 1 and known else {"rollouts": known}, indent=2))
+        print(json.dumps({"rollouts": known} if many or not known else known[0], indent=2))
         return
     for rollout_id in ids:
         view = views.get(rollout_id)

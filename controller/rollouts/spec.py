@@ -254,16 +254,21 @@ class RolloutSpec(BaseModel):
     def _interval(cls, value: float) -> float:
         return _seconds(value, "interval")
 
+    @field_validator("checks")
+    @classmethod
+    def _effective(cls, value: Checks | Literal["none"]) -> Checks | Literal["none"]:
+        if value != "none" and not value.effective:
+            raise ValueError(
+                "none of the checks can fail (success_rate, max_response_ms, prometheus), so "
+                'anything would be promoted; give one, or say "checks": "none" '
+                "(weighbridge rollout start --no-checks) to roll out unchecked"
+            )
+        return value
+
     @model_validator(mode="after")
     def _routes(self) -> RolloutSpec:
         if self.from_route == self.to_route:
             raise ValueError("from_route and to_route must differ")
-        if self.checks != "none" and not self.checks.effective:
-            raise ValueError(
-                "checks: none of them can fail (success_rate, max_response_ms, prometheus), so "
-                'anything would be promoted; give one, or say "checks": "none" '
-                "(weighbridge rollout start --no-checks) to roll out unchecked"
-            )
         return self
 
     @property

@@ -181,7 +181,7 @@ def test_default_checks_and_an_unchecked_rollout_must_be_asked_for() -> None:
     assert spec().checked is not None and spec().checked.success_rate == 9900  # type: ignore[union-attr]
     with pytest.raises(ValidationError, match='"checks": "none"'):
         spec(checks={"success_rate": None})
-    with pytest.raises(ValidationError, match="none of them can fail"):
+    with pytest.raises(ValidationError, match="none of the checks can fail"):
         spec(checks={"success_rate": "0%"})
     assert spec(checks={"success_rate": None, "max_response_ms": 100}).checked is not None
     assert spec(checks="none").checked is None

@@ -131,7 +131,7 @@ def explain(settings: RunSettings, port: int, traffic: float | None) -> str:
     if traffic:
         sent = f"  Traffic: {traffic:g} requests/s to the gateway (a summary every {REPORT_SECONDS:g} s)."
     else:
-        sent = "  No traffic is sent: a rollout waits for requests. Start the demo with --traffic 20 to watch one end to end."
+        sent = "  No traffic is sent: a rollout waits for requests. Start the demo with --traffic 50 to watch one end to end."
     return f"""
 [bold]Weighbridge demo is running[/] (Ctrl-C stops everything).
   gateway [bold]shop[/] on http://127.0.0.1:{port}/  stable ×4 instances 90 %, canary ×8 instances 10 %
@@ -141,7 +141,7 @@ def explain(settings: RunSettings, port: int, traffic: float | None) -> str:
   Shift with curl:    curl -X PATCH http://{api}/api/v1/gateways/shop/weights {json_header} -d '{{"stable":"50%","canary":"50%"}}'
   Shift with the CLI: {wb} weights shop stable=95 canary=5{flag}
   Watch it follow:    {wb} status shop{flag}
-  Roll out (checked): {wb} rollout start shop --from stable --to canary --steps 10,25,50,100 --interval 10 --min-requests 20 --watch{flag}
+  Roll out (checked): {wb} rollout start shop --from stable --to canary --steps 10,25,50,100 --interval 5 --min-requests 20 --watch{flag}
 """
 
 

@@ -238,15 +238,19 @@ async def test_healthy_canary_is_promoted_step_by_step_and_the_cli_exits_0(
     load.report.assert_no_failures(min_requests=500)
 
 
-async def test_the_ci_example_promotes_a_healthy_canary(
-    stack: Stack, healthy: BackendProcess, short_tmp: Path
+@pytest.mark.parametrize("errors", [0.0, 1.0], ids=["healthy", "failing"])
+async def test_the_ci_example_promotes_a_healthy_canary_and_rolls_back_a_failing_one(
+    stack: Stack, healthy: BackendProcess, short_tmp: Path, errors: float
 ) -> None:
-    canaries = [b.address for b in healthy.backends if b.route == "canary"][:2]
+    """Issue 10.3: after a rollback the script printed the step's weights (90/10)."""
+    canaries = [b for b in healthy.backends if b.route == "canary"][:2]
+    for backend in canaries:
+        healthy.set_behaviour(backend.instance, error_rate=errors)
     env = {
         "PATH": os.environ["PATH"],
         "WEIGHBRIDGE_API": f"127.0.0.1:{stack.api_port}",
         "WEIGHBRIDGE_CLI": f"{sys.executable} -m controller",
-        "NEW_INSTANCES": " ".join(canaries),
+        "NEW_INSTANCES": " ".join(b.address for b in canaries),
         "STEPS": "50,100",
         "INTERVAL": "0.5",
         "MIN_REQUESTS": "50",
@@ -262,11 +266,19 @@ async def test_the_ci_example_promotes_a_healthy_canary(
             stderr=asyncio.subprocess.STDOUT,
         )
         output, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, output.decode()
-    assert "promoted" in output.decode()
+    text = output.decode()
     result = json.loads((short_tmp / "result.json").read_text())
-    assert result["phase"] == "promoted"
-    assert applied(stack) == {"stable": "0%", "canary": "100%"}
+    said = text.index(f"rollout {result['id']} started")  # abortable from the log
+    assert said < text.index("step started") and "weighbridge rollout abort" in text
+    if errors:
+        assert process.returncode == 1, text
+        assert result["phase"] == "rolled_back"
+        assert "(stable 100%, canary 0%)" in text and "at step 1/2" in text
+        assert applied(stack) == {"stable": "100%", "canary": "0%"}
+    else:
+        assert process.returncode == 0, text
+        assert result["phase"] == "promoted" and "(stable 0%, canary 100%)" in text
+        assert applied(stack) == {"stable": "0%", "canary": "100%"}
 
 
 async def test_canary_with_5_percent_errors_is_rolled_back_and_the_cli_exits_nonzero(

@@ -112,21 +112,17 @@ class RolloutRunner:
                     await self._advance()
                     backoff = ERROR_BACKOFF[0]
                     rollout.last_error = None
-                except RouteGone as exc:
-                    await self._finish("failed", str(exc))
-                except RolloutError as exc:
-                    if rollout.phase == "rolling_back":  # a rollback never stops half-way
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, RouteGone):
+                        await self._finish("failed", exc.message)
+                    elif isinstance(exc, RolloutError) and rollout.phase != "rolling_back":
+                        await self._pause(exc.message)  # (a rollback never stops half-way)
+                    else:  # HAProxy or the store away: keep the state, retry
                         await self._failed_attempt(exc)
                         await self._wait(backoff)
                         backoff = min(ERROR_BACKOFF[1], backoff * 2)
-                    else:
-                        await self._pause(str(exc))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # HAProxy or the store away: keep the state, retry
-                    await self._failed_attempt(exc)
-                    await self._wait(backoff)
-                    backoff = min(ERROR_BACKOFF[1], backoff * 2)
             self.refuse_pending()
             if self._background:
                 await asyncio.wait(self._background, timeout=30)

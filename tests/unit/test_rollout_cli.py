@@ -144,3 +144,46 @@ def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check()
         "success rate",
     ):
         assert expected in text, (expected, text)
+
+
+def test_events_tables_and_lines_say_rates_and_phases_the_same_way() -> None:
+    """Issue 10.10: events said `success_rate 0 < 0.99`, tables 0.00 %; `rolled_back` in text."""
+    from controller.cli_rollout_follow import _result
+    from controller.rollouts.checks import Window, evaluate
+    from controller.rollouts.text import evaluation_text, event_line
+
+    spec = RolloutSpec.model_validate(
+        {
+            "gateway": "shop",
+            "from_route": "stable",
+            "to_route": "canary",
+            "strategy": {"type": "canary", "steps": ["10%"]},
+            "checks": {"min_requests": 10},
+        }
+    )
+    rollout = Rollout(
+        id="shop-1",
+        spec=spec,
+        created_at=0.0,
+        origin=Origin(from_weight=10000, to_weight=0),
+        plan=plan_steps(spec.strategy),
+        step=1,
+    )
+    rollout.last_check = evaluate(spec.checked, Window(255, 255, 1.0, 5), at=0.0, step=1)
+    summary = evaluation_text(rollout.last_check.model_dump())
+    assert summary == "fail: requests 255 ≥ 10; success rate 0.00% < 99.00%"
+    rollout.record(1.0, "check", summary)
+    rollout.end("rolled_back", f"2 failed checks: {summary}", 2.0)
+    view = public_view(rollout)
+    assert view["phase"] == "rolled_back"  # JSON keeps the identifier
+    console = Console(file=io.StringIO(), width=200)
+    console.print(render(view, now=0.0))
+    table = console.file.getvalue()  # type: ignore[attr-defined]
+    for shown in ("0.00%", "≥ 99.00%", "success rate", "rolled back"):
+        assert shown in table, (shown, table)
+    assert "rolled_back" not in table and "success_rate" not in table
+    assert "step 1 rolled back: 2 failed checks: fail: " in event_line(view["events"][-1])
+    args = build_parser().parse_args(["rollout", "status", "shop-1"])
+    out = Console(file=io.StringIO(), width=200)
+    _result(args, out, ["shop-1"], {"shop-1": view}, False)
+    assert out.file.getvalue().startswith("rollout shop-1 rolled back: 2 failed checks")  # type: ignore[attr-defined]

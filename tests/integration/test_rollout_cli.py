@@ -9,47 +9,41 @@ import asyncio
 import json
 import signal
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import gateway_url, shop_config
-from tests.integration.test_rollouts import (
+from tests.integration.test_rollouts import (  # the fixtures too: `healthy`, `stack`
     CANARIES,
     RATE,
     api,
     applied,
     cli,
     finished,
+    healthy,
     no_canary_traffic_after,
     spec,
+    stack,
     start,
     until,
 )
 from tests.support import BackendProcess
 from tests.support.ports import free_port
 from tests.support.stack import Stack, running_stack
+
+__all__ = ["healthy", "stack"]  # fixtures used here
 from tests.support.traffic import SteadyLoad
 
 pytestmark = pytest.mark.haproxy
 
 
 @pytest.fixture
-def broken(backends: BackendProcess) -> Iterator[BackendProcess]:
-    """Every canary instance answers 500 to everything (restored afterwards)."""
+def broken(healthy: BackendProcess) -> BackendProcess:
+    """Every canary instance answers 500 to everything (`healthy` restores them)."""
     for name in CANARIES:
-        backends.set_behaviour(name, error_rate=1.0, latency=0.0)
-    yield backends
-    for name in CANARIES:
-        backends.set_behaviour(name, error_rate=0.0, latency=0.0)
-
-
-@pytest.fixture
-def stack(backends: BackendProcess, short_tmp: Path) -> Iterator[Stack]:
-    """shop: stable ×4 at 100 %, canary ×8 at 0 %."""
-    with running_stack(short_tmp, shop_config(backends, "100%", "0%")) as running:
-        yield running
+        healthy.set_behaviour(name, error_rate=1.0)
+    return healthy
 
 
 async def run(process: asyncio.subprocess.Process, timeout: float = 60) -> tuple[str, str]:

@@ -108,19 +108,17 @@ def test_exit_codes_say_how_it_ended() -> None:
     assert EXIT_CODES == {"promoted": 0, "rolled_back": 1, "aborted": 1, "failed": 2}
 
 
-def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check() -> None:
-    from controller.rollouts.checks import Window, evaluate
-
+def rollout_at_step_1(**checks: object) -> Rollout:
     spec = RolloutSpec.model_validate(
         {
             "gateway": "shop",
             "from_route": "stable",
             "to_route": "canary",
             "strategy": {"type": "canary", "steps": ["10%", "100%"]},
-            "checks": {"success_rate": "99%", "min_requests": 10},
+            "checks": {"min_requests": 10, **checks},
         }
     )
-    rollout = Rollout(
+    return Rollout(
         id="shop-1",
         spec=spec,
         created_at=0.0,
@@ -129,7 +127,13 @@ def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check()
         step=1,
         stage="analysing",
     )
-    rollout.last_check = evaluate(spec.checked, Window(100, 2, 1.0, 5), at=0.0, step=1)
+
+
+def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check() -> None:
+    from controller.rollouts.checks import Window, evaluate
+
+    rollout = rollout_at_step_1(success_rate="99%")
+    rollout.last_check = evaluate(rollout.spec.checked, Window(100, 2, 1.0, 5), at=0.0, step=1)
     rollout.record(1.0, "step_started", "stable 90%, canary 10%")
     console = Console(file=io.StringIO(), width=120)
     console.print(render(public_view(rollout, next_check_at=112.0), now=100.0))
@@ -152,24 +156,8 @@ def test_events_tables_and_lines_say_rates_and_phases_the_same_way() -> None:
     from controller.rollouts.checks import Window, evaluate
     from controller.rollouts.text import evaluation_text, event_line
 
-    spec = RolloutSpec.model_validate(
-        {
-            "gateway": "shop",
-            "from_route": "stable",
-            "to_route": "canary",
-            "strategy": {"type": "canary", "steps": ["10%"]},
-            "checks": {"min_requests": 10},
-        }
-    )
-    rollout = Rollout(
-        id="shop-1",
-        spec=spec,
-        created_at=0.0,
-        origin=Origin(from_weight=10000, to_weight=0),
-        plan=plan_steps(spec.strategy),
-        step=1,
-    )
-    rollout.last_check = evaluate(spec.checked, Window(255, 255, 1.0, 5), at=0.0, step=1)
+    rollout = rollout_at_step_1()
+    rollout.last_check = evaluate(rollout.spec.checked, Window(255, 255, 1.0, 5), at=0.0, step=1)
     summary = evaluation_text(rollout.last_check.model_dump())
     assert summary == "fail: requests 255 ≥ 10; success rate 0.00% < 99.00%"
     rollout.record(1.0, "check", summary)

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from controller.rollouts.state import TERMINAL
 from controller.rollouts.text import (
     check_name,
     event_line,
@@ -37,7 +38,6 @@ EXIT_INTERRUPTED = 130
 POLL_SECONDS = 0.5
 UNREACHABLE_GRACE = 60.0
 """Seconds `--wait` keeps asking a controller that does not answer (it may be restarting)."""
-TERMINAL = ("promoted", "rolled_back", "aborted", "failed")
 
 
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -102,12 +102,18 @@ class RolloutManager:
             try:
                 find_gateway(rollout, config)
             except RouteGone as gone:
-                await self._stop_runner(rollout.id)
-                if not rollout.terminal:  # its runner may have got there first
+                log.warning("rollout %s ends: %s", rollout.id, gone.message)
+                runner = self._runners.get(rollout.id)
+                if runner is None:
                     rollout.end("failed", gone.message, self._context.clock())
                     self.metrics.finished(rollout.gateway, "failed")
-                    log.warning("rollout %s failed: %s", rollout.id, gone.message)
                     await self.save()
+                    continue
+                # at its next wait, never in the middle of a change it is making
+                with contextlib.suppress(ConflictingState, TimeoutError):
+                    await asyncio.wait_for(
+                        runner.submit(Command("gone", gone.message)), COMMAND_TIMEOUT
+                    )
 
     async def stop(self) -> None:
         for rollout_id in list(self._tasks):

@@ -180,7 +180,10 @@ class RolloutRunner:
         rollout, kind = self.rollout, command.kind
         if rollout.terminal:
             raise CommandRefused(f"rollout is {rollout.phase}")
-        if rollout.phase == "rolling_back":
+        if kind == "gone":  # nothing left to change or to roll back
+            self._generation += 1
+            await self._finish("failed", command.reason)
+        elif rollout.phase == "rolling_back":
             if kind == "abort":
                 return
             raise CommandRefused(f"rollout is rolling back: {kind} does not apply")

@@ -225,6 +225,8 @@ class Rollout(BaseModel):
 
 @dataclass(frozen=True)
 class Command:
-    """pause, resume, promote or abort, as sent to a rollout's runner."""
+    """pause, resume, promote or abort, as sent to a rollout's runner; `gone` (the manager's,
+    with the reason) ends it failed: its gateway or a route was deleted."""
 
-    kind: Literal["pause", "resume", "promote", "abort"]
+    kind: Literal["pause", "resume", "promote", "abort", "gone"]
+    reason: str = ""

@@ -41,6 +41,22 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _outbound_rule(text: str) -> str:
+    from controller.rollouts.outbound import parse_rule
+
+    try:
+        parse_rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _traffic_rate(text: str) -> float:
+    from controller.demo import traffic_rate
+
+    return traffic_rate(text)
+
+
 def call_api(
     api: str, method: str, path: str, body: Any = None, token: str = ""
 ) -> tuple[int, Any]:
@@ -195,6 +211,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
         timing=Timing(debounce=args.reload_debounce, min_reload_interval=args.min_reload_interval),
         stats=args.stats,
         attach=attach,
+        allow_outbound=tuple(getattr(args, "allow_outbound", None) or ()),
     )
 
 
@@ -208,7 +225,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from controller.demo import run_demo
 
-    return run_demo(_run_settings(args), gateway_port=args.port, console=console)
+    return run_demo(
+        _run_settings(args), gateway_port=args.port, console=console, traffic=args.traffic
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,10 +282,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--master-socket", help="attach mode: your HAProxy's master CLI socket")
     run.add_argument("--admin-socket", help="attach mode: your stats socket at level admin")
+    run.add_argument(
+        "--allow-outbound",
+        action="append",
+        type=_outbound_rule,
+        metavar="HOST|CIDR|HOST:PORT",
+        help="where rollout webhooks and Prometheus checks may call; repeat for several "
+        "(default: loopback only, 127.0.0.0/8 and ::1; docs/security.md)",
+    )
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="HAProxy, controller and demo services, ready to try")
     controller_options(demo, ".weighbridge-demo")
     demo.add_argument("--port", type=int, default=8080, help="the demo gateway's port")
+    demo.add_argument(
+        "--traffic",
+        type=_traffic_rate,
+        metavar="RATE",
+        help="send RATE requests/s (at most 500) to the demo gateway, to watch rollouts",
+    )
     demo.set_defaults(func=cmd_demo)
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:

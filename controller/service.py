@@ -21,6 +21,7 @@ from controller.process import HAProxyProcess, StatePaths
 from controller.render import RenderSettings
 from controller.rollouts.api import add_rollout_routes
 from controller.rollouts.manager import RolloutManager
+from controller.rollouts.outbound import OutboundPolicy
 from controller.runtime.client import RuntimeClient
 from controller.store import FileStore
 
@@ -53,6 +54,9 @@ class RunSettings:
     stats: str = "127.0.0.1:8404"
     """HAProxy's own Prometheus exporter and stats page; empty: none."""
     stop_haproxy_on_exit: bool = False
+    allow_outbound: tuple[str, ...] = ()
+    """Where rollout webhooks and Prometheus checks may call (`--allow-outbound`); empty:
+    loopback only."""
 
 
 def build_engine(settings: RunSettings) -> Engine:
@@ -129,7 +133,8 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
     app = create_app(engine, token=settings.api_token)
-    rollouts = RolloutManager(engine, settings.state_dir)
+    outbound = OutboundPolicy.parse(settings.allow_outbound)
+    rollouts = RolloutManager(engine, settings.state_dir, outbound=outbound)
     add_rollout_routes(app, rollouts)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import datetime
@@ -307,7 +306,7 @@ def follow(args: argparse.Namespace, console: Console, rollout_id: str) -> int:
 
 def add_rollout_commands(sub: Any) -> None:
     """`rollout …` on the CLI's subparsers (`argparse._SubParsersAction`)."""
-    from controller.cli import DEFAULT_API, TOKEN_ENV
+    from controller.cli import DEFAULT_API, add_client_token_options
 
     rollout = sub.add_parser("rollout", help="automated canary, blue/green and A/B rollouts")
     actions = rollout.add_subparsers(dest="rollout_command", required=True)
@@ -315,7 +314,7 @@ def add_rollout_commands(sub: Any) -> None:
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
         p.add_argument("--api", default=DEFAULT_API)
-        p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""))
+        add_client_token_options(p)
         p.add_argument("--json", action="store_true", help="print the rollout as JSON")
         return p
 

@@ -149,9 +149,10 @@ class Stack:
             f"127.0.0.1:{self.stats_port}",
             *(extra or []),
         ]
-        if self.token:
-            args += ["--api-token", self.token]
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        env = {k: v for k, v in os.environ.items() if k != "WEIGHBRIDGE_API_TOKEN"}
+        if self.token:  # through the environment: a token on the command line shows in `ps`
+            env["WEIGHBRIDGE_API_TOKEN"] = self.token
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait_ready:
             self.wait_ready()
 

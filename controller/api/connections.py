@@ -1,0 +1,185 @@
+"""Bounds on the API's connections: how many, and how long one may sit without a request.
+
+aiohttp bounds header sizes and the body (`client_max_size`) but not time: a client that
+sends its headers one byte a minute, or opens connections and sends nothing, holds a file
+descriptor for as long as it likes (aiohttp 3.14 closes it after `keepalive_timeout`, 3630 s
+by default; older versions never). So the server's protocol is wrapped here:
+
+- a connection is *idle* from its accept, and again from the end of each answer, until the
+  next request's headers are complete (the handler starts); an idle connection is closed
+  after `header_timeout` seconds — a slow header, a slow reader of the last answer and a
+  forgotten keep-alive connection alike;
+- at most `max_connections` are open; a new one beyond that closes the connection that has
+  been idle longest (a flood of idle connections cannot lock a real client out), or is
+  closed itself when every connection is busy with a request;
+- the body is read within `body_timeout` seconds (`controller.api.body`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from controller.api.errors import Handler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    max_connections: int = 256
+    header_timeout: float = 10.0
+    """Seconds from accept (or the previous answer) to a complete request line and headers."""
+    body_timeout: float = 10.0
+    """Seconds to receive a request body once its headers are in."""
+
+
+LIMITS = web.AppKey("limits", ApiLimits)
+
+
+@dataclass
+class GuardCounts:
+    accepted: int = 0
+    timed_out: int = 0
+    evicted: int = 0
+    refused: int = 0
+
+
+class ConnectionGuard:
+    """Tracks every open API connection as idle (with a deadline) or busy (in a handler)."""
+
+    def __init__(self, limits: ApiLimits) -> None:
+        self.limits = limits
+        self.counts = GuardCounts()
+        self._open: dict[asyncio.BaseTransport, asyncio.TimerHandle | None] = {}
+        self._idle: OrderedDict[asyncio.BaseTransport, None] = OrderedDict()  # longest first
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        if len(self._open) >= self.limits.max_connections:
+            if not self._idle:
+                self.counts.refused += 1
+                log.warning("API connection refused: %d busy connections", len(self._open))
+                return False
+            victim = next(iter(self._idle))
+            self.counts.evicted += 1
+            self._close(victim)
+        self.counts.accepted += 1
+        self._open[transport] = None
+        self.idle(transport)
+        return True
+
+    def idle(self, transport: asyncio.BaseTransport) -> None:
+        if transport not in self._open:
+            return
+        self._cancel_timer(transport)
+        loop = asyncio.get_running_loop()
+        self._open[transport] = loop.call_later(self.limits.header_timeout, self._expire, transport)
+        self._idle[transport] = None
+        self._idle.move_to_end(transport)
+
+    def busy(self, transport: asyncio.BaseTransport) -> None:
+        if transport in self._open:
+            self._cancel_timer(transport)
+            self._idle.pop(transport, None)
+
+    def release(self, transport: asyncio.BaseTransport) -> None:
+        self._cancel_timer(transport)
+        self._open.pop(transport, None)
+        self._idle.pop(transport, None)
+
+    def _cancel_timer(self, transport: asyncio.BaseTransport) -> None:
+        timer = self._open.get(transport)
+        if timer is not None:
+            timer.cancel()
+            self._open[transport] = None
+
+    def _expire(self, transport: asyncio.BaseTransport) -> None:
+        self.counts.timed_out += 1
+        self._close(transport)
+
+    def _close(self, transport: asyncio.BaseTransport) -> None:
+        """Abort (not close): a client that does not read would keep a graceful close open."""
+        self.release(transport)
+        abort = getattr(transport, "abort", transport.close)
+        abort()
+
+
+class GuardedProtocol(asyncio.Protocol):
+    """aiohttp's protocol behind the guard: refused connections never reach it."""
+
+    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard) -> None:
+        self._inner = inner
+        self._guard = guard
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._guard.admit(transport):
+            getattr(transport, "abort", transport.close)()
+            return
+        self._transport = transport
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._guard.release(self._transport)
+            self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._transport is not None else None
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class GuardedSite(web.TCPSite):
+    """A TCP site whose connections go through a `ConnectionGuard`."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard):
+        super().__init__(runner, host, port)
+        self._guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner, binds nothing
+        server = self._runner.server
+        assert server is not None
+        factory: Callable[[], asyncio.Protocol] = server
+        guard = self._guard
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: GuardedProtocol(factory(), guard),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+        )
+
+
+GUARD = web.AppKey("connection_guard", ConnectionGuard)
+
+
+@web.middleware
+async def track_connections(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Busy while a handler runs; idle (the header deadline restarts) once it answered."""
+    guard, transport = request.app[GUARD], request.transport
+    if transport is not None:
+        guard.busy(transport)
+    try:
+        return await handler(request)
+    finally:
+        if transport is not None:
+            guard.idle(transport)

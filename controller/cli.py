@@ -34,6 +34,8 @@ def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:9900
+        host = host[1:-1]
     return host, int(port)
 
 

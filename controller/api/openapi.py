@@ -24,7 +24,7 @@ Schema = dict[str, Any]
 _ADDRESS = r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}"
 
 
-def _parser(alias: Any) -> Callable[..., Any]:
+def parser_of(alias: Any) -> Callable[..., Any]:
     for meta in get_args(alias)[1:]:
         if isinstance(meta, BeforeValidator):
             return meta.func
@@ -32,38 +32,43 @@ def _parser(alias: Any) -> Callable[..., Any]:
 
 
 INPUT_FORMATS: dict[Callable[..., Any], Schema] = {
-    _parser(model.Name): {"type": "string", "pattern": model.NAME_PATTERN, "maxLength": 63},
-    _parser(model.Percent): {
+    parser_of(model.Name): {"type": "string", "pattern": model.NAME_PATTERN, "maxLength": 63},
+    parser_of(model.Percent): {
         "anyOf": [
             {"type": "string", "pattern": r"^(?:100|[0-9]{1,2})(?:\.[0-9]{1,2})?%$"},
             {"type": "number", "minimum": 0, "maximum": 100},
         ],
         "description": "a percentage, exact to 0.01: 90, '90%', '2.5%'",
     },
-    _parser(model.Instance): {
+    parser_of(model.Instance): {
         "type": "string",
         "pattern": f"^{_ADDRESS}$",
         "maxLength": 64,
         "description": "IP literal and port: '10.0.0.5:8080', '[::1]:9000'",
     },
-    _parser(model.Bind): {
+    parser_of(model.Bind): {
         "type": "string",
         "pattern": rf"^(?:\*:[0-9]{{1,5}}|{_ADDRESS})$",
         "maxLength": 64,
         "description": "IP literal (or *) and port",
     },
-    _parser(model.Balance): {
+    parser_of(model.Balance): {
         "type": "string",
         "maxLength": 80,
         "description": "roundrobin, static-rr, leastconn, first, random, source, uri, "
         "'url_param <name>' or 'hdr(<name>)'",
     },
-    _parser(model.Condition): {
+    parser_of(model.Condition): {
         "type": "string",
         "description": "a condition, e.g. 'Firefox or has cookie beta' (docs/routing.md)",
     },
-    _parser(model.Host): {"type": "string", "maxLength": 253, "description": "a host name"},
+    parser_of(model.Host): {"type": "string", "maxLength": 253, "description": "a host name"},
 }
+
+
+def input_format(alias: Any) -> Schema:
+    """The JSON schema of what one of the model's parsed types (`model.Bind`, …) accepts."""
+    return dict(INPUT_FORMATS[parser_of(alias)])
 
 
 class _InputSchema(GenerateJsonSchema):
@@ -171,7 +176,7 @@ def openapi_document() -> Schema:
         keys, ref_template="#/components/schemas/{model}", schema_generator=_InputSchema
     )
     gateway_in, gateway_out, route_in, spec_in = (refs[key] for key in keys)
-    name = INPUT_FORMATS[_parser(model.Name)]
+    name = input_format(model.Name)
     dry_run = _param("dry_run", "query", {"type": "boolean"})
     if_match = _param("If-Match", "header", {"type": "string"})
     gw = _param("gateway", "path", name)
@@ -249,7 +254,7 @@ def openapi_document() -> Schema:
                     "type": "object",
                     "minProperties": 1,
                     "propertyNames": name,
-                    "additionalProperties": INPUT_FORMATS[_parser(model.Percent)],
+                    "additionalProperties": input_format(model.Percent),
                 },
             )
         },
@@ -262,7 +267,7 @@ def openapi_document() -> Schema:
                 {
                     "type": "array",
                     "maxItems": 4096,
-                    "items": INPUT_FORMATS[_parser(model.Instance)],
+                    "items": input_format(model.Instance),
                 },
             )
         },

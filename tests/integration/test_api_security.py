@@ -108,7 +108,9 @@ def test_read_and_write_tokens(backends: BackendProcess, short_tmp: Path) -> Non
     with running_stack(short_tmp, shop_config(backends), token=WRITE, extra=extra) as stack:
         stack.token = ""
 
-        def call(token: str, method: str, path: str, body: Any = None, scheme: str = "Bearer"):
+        def call(
+            token: str, method: str, path: str, body: Any = None, scheme: str = "Bearer"
+        ) -> int:
             headers = {"Authorization": f"{scheme} {token}"} if token else {}
             return stack.request(method, path, body, headers=headers).status
 

@@ -9,9 +9,8 @@ by default; older versions never). So the server's protocol is wrapped here:
   next request's headers are complete (the handler starts); an idle connection is closed
   after `header_timeout` seconds — a slow header, a slow reader of the last answer and a
   forgotten keep-alive connection alike;
-- at most `max_connections` are open; a new one beyond that closes the connection that has
-  been idle longest (a flood of idle connections cannot lock a real client out), or is
-  closed itself when every connection is busy with a request;
+- at most `max_connections` are open; a new one beyond that pushes out an idle or slow
+  connection (see `ConnectionGuard`), so a flood of them cannot lock a real client out;
 - the body is read within `body_timeout` seconds (`controller.api.body`).
 """
 
@@ -19,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +42,11 @@ class ApiLimits:
 LIMITS = web.AppKey("limits", ApiLimits)
 
 
+RECEIVING_GRACE = 1.0
+"""Seconds a request may take to arrive before its connection can be closed for a newcomer:
+a real client sends its request line and headers at once."""
+
+
 @dataclass
 class GuardCounts:
     accepted: int = 0
@@ -50,57 +55,105 @@ class GuardCounts:
     refused: int = 0
 
 
+def _unread_data(transport: asyncio.BaseTransport) -> bool:
+    """Whether the kernel holds bytes the loop has not read yet (a request on its way in)."""
+    extra = transport.get_extra_info("socket")
+    if extra is None:
+        return False
+    peek = socket.socket(fileno=extra.fileno())  # the same descriptor, not a copy
+    try:
+        return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False  # nothing waiting (EAGAIN) or already failed
+    finally:
+        peek.detach()
+
+
 class ConnectionGuard:
-    """Tracks every open API connection as idle (with a deadline) or busy (in a handler)."""
+    """Every open API connection is *waiting* (idle, nothing received since), *receiving*
+    (part of a request in) or busy (in a handler). When full, a newcomer closes the longest
+    waiting connection that has nothing on its way in, else the longest receiving one past
+    RECEIVING_GRACE; with neither, the newcomer is closed: a flood of idle or slow
+    connections is pushed out, a request already sent is never cut."""
 
     def __init__(self, limits: ApiLimits) -> None:
         self.limits = limits
         self.counts = GuardCounts()
-        self._open: dict[asyncio.BaseTransport, asyncio.TimerHandle | None] = {}
-        self._idle: OrderedDict[asyncio.BaseTransport, None] = OrderedDict()  # longest first
+        self._timers: dict[asyncio.BaseTransport, asyncio.TimerHandle | None] = {}
+        self._waiting: OrderedDict[asyncio.BaseTransport, float] = OrderedDict()
+        self._receiving: OrderedDict[asyncio.BaseTransport, float] = OrderedDict()
+        self._last_warning = 0.0
 
     @property
     def open_connections(self) -> int:
-        return len(self._open)
+        return len(self._timers)
 
     def admit(self, transport: asyncio.BaseTransport) -> bool:
-        if len(self._open) >= self.limits.max_connections:
-            if not self._idle:
+        if len(self._timers) >= self.limits.max_connections:
+            victim = self._victim()
+            if victim is None:
                 self.counts.refused += 1
-                log.warning("API connection refused: %d busy connections", len(self._open))
+                self._warn_full()
                 return False
-            victim = next(iter(self._idle))
             self.counts.evicted += 1
             self._close(victim)
         self.counts.accepted += 1
-        self._open[transport] = None
+        self._timers[transport] = None
         self.idle(transport)
         return True
 
+    def _victim(self) -> asyncio.BaseTransport | None:
+        for transport in self._waiting:  # longest waiting first
+            if not _unread_data(transport):
+                return transport
+        oldest = next(iter(self._receiving.items()), None)
+        now = asyncio.get_running_loop().time()
+        if oldest is not None and now - oldest[1] >= RECEIVING_GRACE:
+            return oldest[0]
+        return None
+
+    def _warn_full(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_warning >= 10:
+            self._last_warning = now
+            log.warning(
+                "API connections full (%d): new ones refused; %s",
+                len(self._timers),
+                self.counts,
+            )
+
     def idle(self, transport: asyncio.BaseTransport) -> None:
-        if transport not in self._open:
+        """No request in progress: the header deadline starts (again)."""
+        if transport not in self._timers:
             return
-        self._cancel_timer(transport)
+        self._forget(transport)
         loop = asyncio.get_running_loop()
-        self._open[transport] = loop.call_later(self.limits.header_timeout, self._expire, transport)
-        self._idle[transport] = None
-        self._idle.move_to_end(transport)
+        self._timers[transport] = loop.call_later(
+            self.limits.header_timeout, self._expire, transport
+        )
+        self._waiting[transport] = loop.time()
+
+    def received(self, transport: asyncio.BaseTransport) -> None:
+        """Bytes of a request arrived; the deadline keeps running from `idle`."""
+        since = self._waiting.pop(transport, None)
+        if since is not None:
+            self._receiving[transport] = asyncio.get_running_loop().time()
 
     def busy(self, transport: asyncio.BaseTransport) -> None:
-        if transport in self._open:
-            self._cancel_timer(transport)
-            self._idle.pop(transport, None)
+        if transport in self._timers:
+            self._forget(transport)
 
     def release(self, transport: asyncio.BaseTransport) -> None:
-        self._cancel_timer(transport)
-        self._open.pop(transport, None)
-        self._idle.pop(transport, None)
+        self._forget(transport)
+        self._timers.pop(transport, None)
 
-    def _cancel_timer(self, transport: asyncio.BaseTransport) -> None:
-        timer = self._open.get(transport)
+    def _forget(self, transport: asyncio.BaseTransport) -> None:
+        timer = self._timers.get(transport)
         if timer is not None:
             timer.cancel()
-            self._open[transport] = None
+            self._timers[transport] = None
+        self._waiting.pop(transport, None)
+        self._receiving.pop(transport, None)
 
     def _expire(self, transport: asyncio.BaseTransport) -> None:
         self.counts.timed_out += 1
@@ -135,6 +188,7 @@ class GuardedProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._transport is not None:
+            self._guard.received(self._transport)
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:

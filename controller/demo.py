@@ -82,7 +82,7 @@ def _explain(port: int, api: str) -> str:
   gateway [bold]shop[/] on http://127.0.0.1:{port}/  stable ×4 instances 90 %, canary ×8 instances 10 %
 
   Look at the split:  for i in $(seq 200); do curl -s 127.0.0.1:{port}/; done | cut -d' ' -f1 | sort | uniq -c
-  Shift with curl:    curl -X PATCH {api}/api/v1/gateways/shop/weights -d '{{"stable":"50%","canary":"50%"}}'
+  Shift with curl:    curl -X PATCH {api}/api/v1/gateways/shop/weights -H 'Content-Type: application/json' -d '{{"stable":"50%","canary":"50%"}}'
   Shift with the CLI: .venv/bin/weighbridge weights shop stable=95 canary=5
   Watch it follow:    .venv/bin/weighbridge status shop
 """

@@ -167,11 +167,12 @@ class ConnectionGuard:
 
 
 class GuardedProtocol(asyncio.Protocol):
-    """aiohttp's protocol behind the guard: refused connections never reach it."""
+    """aiohttp's protocol behind the guard, made only for an admitted connection."""
 
-    def __init__(self, inner: asyncio.Protocol, guard: ConnectionGuard) -> None:
-        self._inner = inner
+    def __init__(self, factory: Callable[[], asyncio.Protocol], guard: ConnectionGuard) -> None:
+        self._factory = factory
         self._guard = guard
+        self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -179,26 +180,29 @@ class GuardedProtocol(asyncio.Protocol):
             getattr(transport, "abort", transport.close)()
             return
         self._transport = transport
+        self._inner = self._factory()
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._transport is not None:
+        if self._transport is not None and self._inner is not None:
             self._guard.release(self._transport)
             self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._transport is not None:
+        if self._transport is not None and self._inner is not None:
             self._guard.received(self._transport)
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._transport is not None else None
+        return self._inner.eof_received() if self._inner is not None else None
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
 
 class GuardedSite(web.TCPSite):
@@ -216,7 +220,7 @@ class GuardedSite(web.TCPSite):
         guard = self._guard
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: GuardedProtocol(factory(), guard),
+            lambda: GuardedProtocol(factory, guard),
             self._host,
             self._port,
             backlog=self._backlog,

@@ -7,6 +7,8 @@ kind runs at once for `--seconds`; at the end one JSON line on stdout counts wha
 got back (HTTP status, or `closed` / `error` for the socket).
 
     python -m tests.support.flood --port 9900 --seconds 20
+
+`write_weights` is the other side: valid writes one after another, each checked live.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import time
 from collections import Counter, defaultdict
 
 from controller.backends import require_loopback
+from controller.runtime.parse import parse_map
+from controller.status import applied_weights
+from tests.support.stack import Stack
 
 HOST = "127.0.0.1"
 PATH = "/api/v1/gateways/shop/weights"
@@ -147,6 +152,34 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+SPLITS = [("50%", "50%", 5000), ("90%", "10%", 9000), ("25%", "75%", 2500)]
+
+
+def live_share(stack: Stack, gateway: str, backend: str) -> int:
+    """Basis points HAProxy's live weight map gives `backend` (read from its own socket)."""
+    raw = stack.admin(f"show map {stack.state_dir}/maps/{gateway}.map")
+    entries = tuple((entry.key, entry.value) for entry in parse_map(raw))
+    return applied_weights(entries).get(backend, 0)
+
+
+def write_weights(stack: Stack, seconds: float, gateway: str = "shop") -> list[float]:
+    """Valid weight changes (routes stable and canary) one after another for `seconds`;
+    each must be answered 200 and be in HAProxy's live map right after. Returns latencies."""
+    path = f"/api/v1/gateways/{gateway}"
+    stable = stack.request("GET", f"{path}/status").body["routes"]["stable"]["backend"]
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        stable_weight, canary_weight, points = SPLITS[len(latencies) % len(SPLITS)]
+        split = {"stable": stable_weight, "canary": canary_weight}
+        started = time.perf_counter()
+        response = stack.request("PATCH", f"{path}/weights", split)
+        latencies.append(time.perf_counter() - started)
+        assert response.status == 200, (len(latencies), response.status, response.body)
+        assert live_share(stack, gateway, stable) == points, len(latencies)
+    return latencies
 
 
 class FloodProcess:

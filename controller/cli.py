@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -17,13 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from controller.api.tokens import READ_TOKEN_ENV, WRITE_TOKEN_ENV, read_token_file
+from controller.api.tokens import READ_TOKEN_ENV, WRITE_TOKEN_ENV, token_from
 from controller.cli_rollout import add_rollout_commands
 from controller.engine import Timing
 from controller.errors import WeighbridgeError
 
 DEFAULT_API = "127.0.0.1:9900"
-TOKEN_ENV = WRITE_TOKEN_ENV
 
 
 class ApiClientError(Exception):
@@ -79,9 +77,7 @@ def add_client_token_options(p: argparse.ArgumentParser) -> None:
 
 
 def client_token(args: argparse.Namespace) -> str:
-    if args.token_file is not None:
-        return read_token_file(args.token_file)
-    return os.environ.get(WRITE_TOKEN_ENV) or os.environ.get(READ_TOKEN_ENV, "")
+    return token_from(args.token_file, WRITE_TOKEN_ENV) or token_from(None, READ_TOKEN_ENV)
 
 
 def _print_error(console: Console, status: int, body: Any) -> int:

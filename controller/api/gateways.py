@@ -7,6 +7,7 @@ Failures are raised as `controller.errors` kinds; `controller.api.errors` answer
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from controller.api.body import dry_run_flag, read_json_body
+from controller.api.connections import GUARD
 from controller.engine import ApplyResult, Engine
 from controller.errors import InvalidInput, NotFound, PreconditionFailed
 from controller.metrics import CONTENT_TYPE
@@ -208,8 +210,8 @@ async def get_status(request: web.Request) -> web.Response:
 
 
 async def get_controller(request: web.Request) -> web.Response:
-    """The controller's own state: readiness, reloads with reasons and results, drift repairs."""
-    engine = request.app[ENGINE]
+    """The controller's own state: readiness, reloads, drift repairs, API connections."""
+    engine, guard = request.app[ENGINE], request.app[GUARD]
     state = engine.state
     return web.json_response(
         {
@@ -220,6 +222,10 @@ async def get_controller(request: web.Request) -> web.Response:
             "reloads": state.reloads,
             "drift_repairs": dict(state.drift_repairs),
             "haproxy_restarts": state.haproxy_restarts,
+            "api_connections": {
+                "open": guard.open_connections,
+                **dataclasses.asdict(guard.counts),
+            },
         }
     )
 

@@ -122,6 +122,8 @@ def test_idle_connections_beyond_the_limit_make_room_for_real_clients(
             )
             assert descriptors(stack.process.pid) <= before + LIMIT
             assert not any(closed_by_server(s) for s in sockets[-LIMIT + 1 :])
+            counts = stack.request("GET", "/api/v1/controller").body["api_connections"]
+            assert counts["evicted"] >= 2 * LIMIT and counts["open"] <= LIMIT, counts
             split = {"stable": "80%", "canary": "20%"}
             for _ in range(5):
                 response = stack.request("PATCH", "/api/v1/gateways/shop/weights", split)

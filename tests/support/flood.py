@@ -88,17 +88,21 @@ class Flood:
         while self.running():
             await self._exchange(kind, payload)
 
+    async def _open(self, kind: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        try:
+            return await asyncio.open_connection(HOST, self.port)
+        except OSError:
+            self.results[kind]["connect_error"] += 1
+            await asyncio.sleep(0.1)  # the attacker's pace
+            return None
+
     async def slow_headers(self) -> None:
         """Keep one connection sending its headers a byte every 200 ms, reopening when cut."""
         header = f"GET /api/v1/gateways HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nX-Slow: ".encode()
         while self.running():
-            try:
-                _, writer = await asyncio.open_connection(HOST, self.port)
-            except OSError:
-                self.results["slow_headers"]["connect_error"] += 1
-                await asyncio.sleep(0.1)  # the attacker's pace
+            if (opened := await self._open("slow_headers")) is None:
                 continue
-            sent = 0
+            writer, sent = opened[1], 0
             try:
                 while self.running():
                     writer.write(header[sent % len(header) : sent % len(header) + 1])
@@ -113,17 +117,13 @@ class Flood:
     async def idle_connections(self) -> None:
         """Hold connections that never send a byte, reopening each one the server closes."""
         while self.running():
-            try:
-                reader, writer = await asyncio.open_connection(HOST, self.port)
-            except OSError:
-                self.results["idle"]["connect_error"] += 1
-                await asyncio.sleep(0.1)  # the attacker's pace
+            if (opened := await self._open("idle")) is None:
                 continue
+            reader, writer = opened
             self.results["idle"]["opened"] += 1
+            left = max(0.0, self.deadline - time.monotonic())
             with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(
-                    reader.read(1), timeout=max(0.0, self.deadline - time.monotonic())
-                )
+                await asyncio.wait_for(reader.read(1), timeout=left)
             writer.close()
 
     async def run(self) -> dict[str, dict[str, int]]:

@@ -20,6 +20,9 @@ from controller.api.openapi import add_openapi_route
 from controller.api.security import ACCESS, Access, HostPolicy, access_middleware
 from controller.engine import Engine
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Any other method is counted as `other`: a client must not create metric series at will."""
+
 
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -32,8 +35,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
+        method = request.method if request.method in KNOWN_METHODS else "other"
         request.app[ENGINE].metrics.api_request(
-            request.method, route, status, time.perf_counter() - started
+            method, route, status, time.perf_counter() - started
         )
 
 

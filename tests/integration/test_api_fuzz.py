@@ -5,8 +5,8 @@ that is not a 5xx and conforms to the description; after any 4xx the desired sta
 rollouts and HAProxy's own state (maps and servers, read from its socket) are unchanged;
 and after every request HAProxy runs exactly the desired state.
 
-Bounded for CI: at most `WEIGHBRIDGE_FUZZ_EXAMPLES` (default 1,000) requests and
-`WEIGHBRIDGE_FUZZ_SECONDS` (default 75) of requests, the same examples on every run; with
+Bounded for CI: at most `WEIGHBRIDGE_FUZZ_EXAMPLES` (default 800) requests and
+`WEIGHBRIDGE_FUZZ_SECONDS` (default 60) of requests, the same examples on every run; with
 `WEIGHBRIDGE_FUZZ_SEED` set, other examples. The longer run in docs/security.md ("API
 fuzzing") is this test with larger bounds and a seed.
 """
@@ -44,8 +44,8 @@ pytestmark = pytest.mark.haproxy
 
 TOKEN = "fuzz-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-SECONDS = float(os.environ.get("WEIGHBRIDGE_FUZZ_SECONDS", "75"))
-EXAMPLES = int(os.environ.get("WEIGHBRIDGE_FUZZ_EXAMPLES", "1000"))
+SECONDS = float(os.environ.get("WEIGHBRIDGE_FUZZ_SECONDS", "60"))
+EXAMPLES = int(os.environ.get("WEIGHBRIDGE_FUZZ_EXAMPLES", "800"))
 SEED = os.environ.get("WEIGHBRIDGE_FUZZ_SEED")
 MIN_CALLS = 100
 """Fewer requests than this within the time budget: the run proves too little, it fails."""
@@ -126,7 +126,8 @@ def test_fuzz_the_whole_api(stack: Stack) -> None:
         ]
     )
     statuses: Counter[int] = Counter()
-    deadline = time.monotonic() + SECONDS
+    started = time.monotonic()
+    deadline = started + SECONDS
 
     @settings(
         max_examples=EXAMPLES,
@@ -164,7 +165,8 @@ def test_fuzz_the_whole_api(stack: Stack) -> None:
     one()
     calls = sum(statuses.values())
     print(
-        f"\nfuzz: {calls} requests in {SECONDS:.0f} s at most; statuses {sorted(statuses.items())}"
+        f"\nfuzz: {calls} requests in {time.monotonic() - started:.0f} s, "
+        f"statuses {sorted(statuses.items())}"
     )
     assert calls >= MIN_CALLS, statuses
     assert not any(status >= 500 for status in statuses)

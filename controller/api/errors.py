@@ -27,6 +27,7 @@ from controller.errors import (
     WeighbridgeError,
 )
 from controller.model import validation_problems
+from controller.process import InvalidConfig
 from controller.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def _http_exception(exc: web.HTTPException) -> web.Response:
 
 def _unexpected(request: web.Request, exc: Exception) -> web.Response:
     trace = secrets.token_hex(8)
-    log.error("%s %s failed (trace %s)", request.method, request.path, trace, exc_info=exc)
+    log.error("%s %r failed (trace %s)", request.method, request.path, trace, exc_info=exc)
     return error_response(
         500,
         f"internal error, trace id {trace}: the controller's log has the details",
@@ -143,9 +144,12 @@ def translator(on_store_error: Callable[[web.Request], None]) -> Callable[..., A
             if status == 503:
                 if isinstance(exc, StoreError):
                     on_store_error(request)
-                log.warning("%s %s not applied: %s", request.method, request.path, exc.message)
+                log.warning("%s %r not applied: %s", request.method, request.path, exc.message)
             headers = exc.headers if isinstance(exc, ApiError) else None
-            return error_response(status, exc.message, exc.problems, headers)
+            message = exc.message
+            if isinstance(exc, InvalidConfig):  # its message is HAProxy's words: say whose
+                message = f"HAProxy refused the configuration: {message}"
+            return error_response(status, message, exc.problems, headers)
         except ValidationError as exc:
             problems = validation_problems(exc)
             return error_response(400, f"invalid {problems[0]['field']}", problems)

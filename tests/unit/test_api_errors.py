@@ -96,6 +96,8 @@ async def test_each_kind_has_its_status_and_the_documented_shape(
             assert text.endswith("}\n")
             body = json.loads(text)
             assert set(body) == {"error", "problems"}
+            if n == 1:  # InvalidConfig: HAProxy's words, and who said them
+                assert body["error"].startswith("HAProxy refused the configuration: line 3")
             if status == 500:
                 assert SECRET not in text
                 trace = body["problems"][0]["message"].removeprefix("trace id ")

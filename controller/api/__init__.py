@@ -6,7 +6,7 @@ call, `connections` bounds connections and time, `openapi` describes it all.
 """
 
 from controller.api.app import create_app
-from controller.api.body import MAX_BODY, dry_run_flag, read_json_body
+from controller.api.body import dry_run_flag, read_json_body
 from controller.api.errors import ApiError
 
-__all__ = ["MAX_BODY", "ApiError", "create_app", "dry_run_flag", "read_json_body"]
+__all__ = ["ApiError", "create_app", "dry_run_flag", "read_json_body"]

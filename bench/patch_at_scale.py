@@ -40,7 +40,8 @@ def measure(count: int, changes: int) -> list[float]:
             canary = 11 + i % 80  # always differs from the previous split of that gateway
             body = json.dumps({"stable": f"{100 - canary}%", "canary": f"{canary}%"})
             started = time.perf_counter()
-            conn.request("PATCH", f"/api/v1/gateways/g{(i * 37) % count:04d}/weights", body)
+            path = f"/api/v1/gateways/g{(i * 37) % count:04d}/weights"
+            conn.request("PATCH", path, body, {"Content-Type": "application/json"})
             reply = json.loads(conn.getresponse().read())
             times.append((time.perf_counter() - started) * 1000)
             if reply.get("applied") != "runtime":

@@ -91,7 +91,7 @@ class ApiClient:
     def call(self, method: str, path: str, body: object = None) -> tuple[int, Any, float]:
         """(status, decoded body, seconds from sending the request to the end of the body)."""
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers = {"Content-Type": "application/json"}  # every write must say so
         for attempt in range(2):
             if self._conn is None:
                 self._conn = http.client.HTTPConnection("127.0.0.1", self._port, self._timeout)

@@ -146,6 +146,7 @@ class Load:
 def call(api: str, method: str, path: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"{api}/api/v1{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -17,17 +16,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from controller.api.tokens import READ_TOKEN_ENV, WRITE_TOKEN_ENV, token_from
 from controller.cli_import import add_import_commands
 from controller.cli_rollout import add_rollout_commands
-from controller.config_file import ConfigFileError
 from controller.engine import Timing
-from controller.process import HAProxyError
+from controller.errors import WeighbridgeError
 
 if TYPE_CHECKING:
     from controller.model import Config
 
 DEFAULT_API = "127.0.0.1:9900"
-TOKEN_ENV = "WEIGHBRIDGE_API_TOKEN"
 
 
 class ApiClientError(Exception):
@@ -38,6 +36,8 @@ def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:9900
+        host = host[1:-1]
     return host, int(port)
 
 
@@ -74,6 +74,30 @@ def call_api(
         return exc.code, json.loads(exc.read() or b"null")
     except OSError as exc:
         raise ApiClientError(f"cannot reach the controller at {url}: {exc}") from exc
+
+
+class _OnCommandLine(argparse.Action):
+    """A token given as an argument: refused, `ps` shows it to every user of the machine."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        parser.error(
+            f"{self.option_strings[0]} is no longer accepted (a token on the command line "
+            f"shows in `ps`): use --token-file or ${WRITE_TOKEN_ENV}"
+        )
+
+
+def add_client_token_options(p: argparse.ArgumentParser) -> None:
+    """How a client command finds its token: `--token-file`, else the environment."""
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"file holding the API token (default: ${WRITE_TOKEN_ENV}, else ${READ_TOKEN_ENV})",
+    )
+    p.add_argument("--token", action=_OnCommandLine, dest="token_argument", help=argparse.SUPPRESS)
+
+
+def client_token(args: argparse.Namespace) -> str:
+    return token_from(args.token_file, WRITE_TOKEN_ENV) or token_from(None, READ_TOKEN_ENV)
 
 
 def _print_error(console: Console, status: int, body: Any) -> int:
@@ -159,7 +183,7 @@ def cmd_instances(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    status, body = call_api(args.api, "GET", f"/gateways/{args.gateway}/status")
+    status, body = call_api(args.api, "GET", f"/gateways/{args.gateway}/status", token=args.token)
     if status >= 400:
         return _print_error(console, status, body)
     if args.json:
@@ -186,7 +210,9 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_settings(args: argparse.Namespace) -> Any:
-    from controller.service import Attach, RunSettings
+    from controller.api.connections import ApiLimits
+    from controller.api.tokens import load_tokens
+    from controller.service import ApiSettings, Attach, RunSettings
 
     attach = None
     if getattr(args, "attach", None):
@@ -198,13 +224,20 @@ def _run_settings(args: argparse.Namespace) -> Any:
             admin_socket=Path(args.admin_socket),
         )
     host, port = args.api
+    api = ApiSettings(
+        tokens=load_tokens(args.token_file, args.read_token_file),
+        hostnames=tuple(args.api_hostname),
+        insecure_no_token=args.insecure_no_token,
+        metrics_need_token=not args.metrics_without_token,
+        limits=ApiLimits(args.api_max_connections, args.api_timeout, args.api_timeout),
+    )
     return RunSettings(
         config_file=Path(args.config),
         state_dir=Path(args.state_dir),
         api_host=host,
         api_port=port,
         haproxy_bin=args.haproxy_bin,
-        api_token=args.api_token or os.environ.get(TOKEN_ENV, ""),
+        api=api,
         sync_interval=args.sync_interval,
         supervise_interval=args.supervise_interval,
         runtime_timeout=args.runtime_timeout,
@@ -239,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default="weighbridge.yaml", help="seeds an empty store")
         p.add_argument("--state-dir", default=state_dir)
         p.add_argument("--api", type=_host_port, default=_host_port(DEFAULT_API))
-        p.add_argument("--api-token", default="", help=f"or ${TOKEN_ENV}; required on writes")
+        api_options(p)
         p.add_argument("--haproxy-bin", default="haproxy")
         p.add_argument(
             "--sync-interval", type=float, default=5.0, help="seconds between reconcile passes"
@@ -269,6 +302,45 @@ def build_parser() -> argparse.ArgumentParser:
             "--stats",
             default="127.0.0.1:8404",
             help="HAProxy's Prometheus exporter (/metrics) and stats page (/stats); '' for none",
+        )
+
+    def api_options(p: argparse.ArgumentParser) -> None:
+        """Who may call the API and how much it may take: docs/security.md."""
+        p.add_argument(
+            "--token-file",
+            type=Path,
+            help=f"the write token (every write; reads too), or ${WRITE_TOKEN_ENV}",
+        )
+        p.add_argument(
+            "--read-token-file",
+            type=Path,
+            help=f"a read token: then every read needs a token; or ${READ_TOKEN_ENV}",
+        )
+        p.add_argument("--api-token", action=_OnCommandLine, help=argparse.SUPPRESS)
+        p.add_argument(
+            "--api-hostname",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="a Host name the API answers to besides its address; repeatable",
+        )
+        p.add_argument(
+            "--insecure-no-token",
+            action="store_true",
+            help="allow an API beyond loopback without a write token (unsafe)",
+        )
+        p.add_argument(
+            "--metrics-without-token",
+            action="store_true",
+            help="GET /metrics needs no token even when a read token is set",
+        )
+        p.add_argument("--api-max-connections", type=int, default=256, metavar="N")
+        p.add_argument(
+            "--api-timeout",
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="to send a request's headers (and again its body); idle connections close",
         )
 
     run = sub.add_parser("run", help="run the controller (and HAProxy)")
@@ -305,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--api", default=DEFAULT_API)
-        p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""))
+        add_client_token_options(p)
         p.add_argument("gateway")
         return p
 
@@ -319,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--api", default=DEFAULT_API)
-        p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""))
+        add_client_token_options(p)
         p.add_argument("file", help="a weighbridge.yaml")
         p.add_argument("--prune", action="store_true", help="also delete gateways not in it")
         p.add_argument("--dry-run", action="store_true")
@@ -344,8 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     console = Console()
     try:
+        if "token_file" in args and args.command not in ("run", "demo"):
+            args.token = client_token(args)
         code: int = args.func(args, console)
-    except (ApiClientError, HAProxyError, ConfigFileError) as exc:
+    except (ApiClientError, WeighbridgeError) as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 1
     except KeyboardInterrupt:

@@ -10,7 +10,6 @@ applies nothing unless `--partial` is given (then 3 still says it was partial).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,7 +83,7 @@ def cmd_import_vamp(args: argparse.Namespace, console: Console) -> int:
 
 
 def add_import_commands(sub: Any) -> None:
-    from controller.cli import DEFAULT_API, TOKEN_ENV
+    from controller.cli import DEFAULT_API, add_client_token_options
 
     importer = sub.add_parser("import", help="gateways from another tool's definitions")
     tools = importer.add_subparsers(dest="tool", required=True)
@@ -113,5 +112,5 @@ def add_import_commands(sub: Any) -> None:
     )
     vamp.add_argument("--dry-run", action="store_true", help="with --apply: only show the plan")
     vamp.add_argument("--api", default=DEFAULT_API, help="default: %(default)s")
-    vamp.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""), help=f"or ${TOKEN_ENV}")
+    add_client_token_options(vamp)
     vamp.set_defaults(func=cmd_import_vamp)

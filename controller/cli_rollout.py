@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -193,7 +192,7 @@ def cmd_action(args: argparse.Namespace, console: Console) -> int:
 
 def add_rollout_commands(sub: Any) -> None:
     """`rollout …` on the CLI's subparsers (`argparse._SubParsersAction`)."""
-    from controller.cli import DEFAULT_API, TOKEN_ENV
+    from controller.cli import DEFAULT_API, add_client_token_options
 
     rollout = sub.add_parser("rollout", help="automated canary, blue/green and A/B rollouts")
     actions = rollout.add_subparsers(dest="rollout_command", required=True)
@@ -205,11 +204,7 @@ def add_rollout_commands(sub: Any) -> None:
         p.add_argument(
             "--api", default=DEFAULT_API, help="the controller's API (default: %(default)s)"
         )
-        p.add_argument(
-            "--token",
-            default=os.environ.get(TOKEN_ENV, ""),
-            help=f"bearer token for writes (default: ${TOKEN_ENV}, if set)",
-        )
+        add_client_token_options(p)
         p.add_argument("--json", action="store_true", help="print the rollout as JSON")
         return p
 

@@ -6,15 +6,20 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
 
 from controller.api import create_app
+from controller.api.connections import GUARD, ApiLimits, GuardedSite
+from controller.api.security import Access, HostPolicy, is_loopback
+from controller.api.tokens import Tokens
 from controller.config_file import load_config
 from controller.engine import Engine, Timing
+from controller.errors import InvalidInput
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess, StatePaths
@@ -38,13 +43,26 @@ class Attach:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """Who may call the API and how much of the process it may take (docs/security.md)."""
+
+    tokens: Tokens = field(default_factory=Tokens)
+    hostnames: tuple[str, ...] = ()
+    """Host names the API answers to besides its bound address (`--api-hostname`)."""
+    insecure_no_token: bool = False
+    """Allow binding beyond loopback without a write token (warned at every start)."""
+    metrics_need_token: bool = True
+    limits: ApiLimits = field(default_factory=ApiLimits)
+
+
+@dataclass(frozen=True)
 class RunSettings:
     config_file: Path
     state_dir: Path
     api_host: str
     api_port: int
     haproxy_bin: str = "haproxy"
-    api_token: str = ""
+    api: ApiSettings = field(default_factory=ApiSettings)
     sync_interval: float = 5.0
     supervise_interval: float = 0.2
     runtime_timeout: float = 5.0
@@ -126,19 +144,53 @@ async def supervise_forever(engine: Engine, interval: float) -> None:
             log.error("could not restart HAProxy: %s", exc)
 
 
+def api_access(host: str, api: ApiSettings) -> Access:
+    """The API's access rules; refuses, before anything starts, an API that anyone on the
+    network could write to unless that was asked for by name."""
+    if not api.tokens.write and not is_loopback(host):
+        if not api.insecure_no_token:
+            raise InvalidInput.for_field(
+                "--api",
+                f"the API would listen on {host or '*'} without a write token: anyone who "
+                "reaches it could move traffic. Give --token-file (or $WEIGHBRIDGE_API_TOKEN), "
+                "bind to 127.0.0.1, or pass --insecure-no-token",
+            )
+        log.warning(
+            "INSECURE: the API listens on %s with no write token (--insecure-no-token): "
+            "anyone who reaches it can change the routing",
+            host or "*",
+        )
+    return Access(HostPolicy.build(host, api.hostnames), api.tokens, api.metrics_need_token)
+
+
+def connection_limit(requested: int) -> int:
+    """At most half the descriptors this process may open: the rest stay for HAProxy's
+    sockets, the store and the outbound checks, whatever a flood of clients does."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or requested <= soft // 2:
+        return requested
+    log.warning("API connections limited to %d (half of the descriptor limit %d)", soft // 2, soft)
+    return max(1, soft // 2)
+
+
 async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> None:
+    access = api_access(settings.api_host, settings.api)
+    limits = replace(
+        settings.api.limits,
+        max_connections=connection_limit(settings.api.limits.max_connections),
+    )
     engine = build_engine(settings)
     seed = read_seed(settings.config_file) if not engine.process.paths.desired.exists() else None
     result = await engine.start(seed)
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
-    app = create_app(engine, token=settings.api_token)
+    app = create_app(engine, access=access, limits=limits)
     outbound = OutboundPolicy.parse(settings.allow_outbound)
     rollouts = RolloutManager(engine, settings.state_dir, outbound=outbound)
     add_rollout_routes(app, rollouts)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.api_host, settings.api_port)
+    site = GuardedSite(runner, settings.api_host, settings.api_port, app[GUARD])
     await site.start()
     log.info("API on http://%s:%d/api/v1", settings.api_host, settings.api_port)
     stop = asyncio.Event()

@@ -148,13 +148,13 @@ def test_gateway_crud_and_lookups(shop_stack: Stack) -> None:
 
 
 def test_writes_need_the_token_when_one_is_set(backends: BackendProcess, short_tmp: Path) -> None:
-    with running_stack(short_tmp, shop_config(backends), token="s3cret") as stack:
+    with running_stack(short_tmp, shop_config(backends), token="s3cret-s3cret-s3cret") as stack:
         stack.token = ""
         assert stack.request("PATCH", W, {"stable": "50%", "canary": "50%"}).status == 401
         assert stack.request("GET", G).status == 200
-        stack.token = "wrong"
+        stack.token = "wrong-wrong-wrong-wrong"
         assert stack.request("PATCH", W, {"stable": "50%", "canary": "50%"}).status == 401
-        stack.token = "s3cret"
+        stack.token = "s3cret-s3cret-s3cret"
         assert stack.request("PATCH", W, {"stable": "50%", "canary": "50%"}).status == 200
 
 

@@ -94,6 +94,26 @@ class Stack:
     def master(self, command: str) -> str:
         return admin_command(self.master_socket, command)
 
+    def haproxy_snapshot(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Every live map's entries and every server's address and state, read from HAProxy's
+        own socket (minus entry pointers and per-second counters): what traffic sees."""
+        maps = []
+        for line in self.admin("show map").splitlines():
+            if "(" in line and not line.startswith("#"):
+                ref = line.split("(", 1)[1].split(")", 1)[0]
+                entries = tuple(
+                    " ".join(entry.split()[1:])
+                    for entry in self.admin(f"show map {ref}").splitlines()
+                    if entry.strip()
+                )
+                maps.append((ref, entries))
+        servers = tuple(
+            " ".join(line.split()[:9])
+            for line in self.admin("show servers state").splitlines()
+            if line and not line.startswith("#") and len(line.split()) > 9
+        )
+        return (*sorted(maps), ("servers", servers))
+
     def reloads(self) -> int:
         """The master's reload counter (`show proc`, first data line, third column)."""
         for line in self.master("show proc").splitlines():
@@ -149,9 +169,10 @@ class Stack:
             f"127.0.0.1:{self.stats_port}",
             *(extra or []),
         ]
-        if self.token:
-            args += ["--api-token", self.token]
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        env = {k: v for k, v in os.environ.items() if k != "WEIGHBRIDGE_API_TOKEN"}
+        if self.token:  # through the environment: a token on the command line shows in `ps`
+            env["WEIGHBRIDGE_API_TOKEN"] = self.token
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait_ready:
             self.wait_ready()
 

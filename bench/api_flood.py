@@ -1,0 +1,122 @@
+"""Valid writes during a flood of bad requests at the API, next to the same writes without.
+
+A gateway `shop` (stable × 4, canary × 8 demo instances) behind a real controller, steady
+traffic through it (`--rate` req/s, every request checked), and valid `PATCH …/weights`
+one after another, each answered 200 and read back from HAProxy's live map. Two phases in
+one run, same controller:
+
+1. **quiet**: `--quiet` s of valid writes, nothing else at the API;
+2. **flood**: `--seconds` s of the same writes while `tests.support.flood` (its own
+   process) sends malformed, deeply nested and oversized bodies, cross-origin posts and a
+   rebound Host from 4 connections each, holds 64 slow-header and 400 idle connections.
+
+Reports per phase the write round trip (p50/p90/p99/max), their ratio flood/quiet, the
+traffic through the gateway (requests, failures), and what the flood got back.
+
+    .venv/bin/python -m bench.api_flood [--seconds 60] [--quiet 20] [--rate 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from bench.common import load_now, log, machine_lines, markdown_table, short_tmp, summary
+from controller.backends import BackendSpec
+from tests.integration.conftest import ROUTES, shop_config
+from tests.support import backend_process
+from tests.support.flood import FloodProcess, write_weights
+from tests.support.stack import Stack, running_stack
+from tests.support.traffic import LoadReport, SteadyLoad
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+async def phase(
+    stack: Stack, url: str, seconds: float, rate: float, flood: bool
+) -> tuple[list[float], LoadReport, dict[str, Any]]:
+    async with SteadyLoad(url, rate=rate, max_duration=seconds + 60) as load:
+        await load.wait_until(lambda report: len(report.outcomes) >= rate)
+        if flood:
+            with FloodProcess(stack.api_port, seconds) as attack:
+                latencies = await asyncio.to_thread(write_weights, stack, seconds)
+                counts = await asyncio.to_thread(attack.result, seconds + 60)
+        else:
+            latencies, counts = await asyncio.to_thread(write_weights, stack, seconds), {}
+    return latencies, load.report, counts
+
+
+async def measure(args: argparse.Namespace, workdir: Path) -> str:
+    specs = [
+        BackendSpec(route, f"{prefix}{i}")
+        for route, (prefix, n) in ROUTES.items()
+        for i in range(1, n + 1)
+    ]
+    load_before = load_now()
+    with backend_process(specs) as backends, running_stack(workdir, shop_config(backends)) as stack:
+        url = f"http://{stack.request('GET', '/api/v1/gateways/shop').body['bind']}/"
+        log(f"quiet phase: {args.quiet:.0f} s of valid writes")
+        quiet = await phase(stack, url, args.quiet, args.rate, flood=False)
+        log(f"flood phase: {args.seconds:.0f} s of valid writes under the flood")
+        flooded = await phase(stack, url, args.seconds, args.rate, flood=True)
+    rows = []
+    for name, (latencies, report, _) in (("quiet", quiet), ("flood", flooded)):
+        stats = summary(latencies)
+        rows.append(
+            [
+                name,
+                len(latencies),
+                ms(stats["p50"]),
+                ms(stats["p90"]),
+                ms(stats["p99"]),
+                ms(stats["max"]),
+                len(report.outcomes),
+                len(report.failures),
+            ]
+        )
+    q, f = summary(quiet[0]), summary(flooded[0])
+    ratios = {key: f[key] / q[key] for key in ("p50", "p90", "p99")}
+    flood_rows = [
+        [kind, ", ".join(f"{status}: {n}" for status, n in sorted(counts.items()))]
+        for kind, counts in flooded[2].items()
+    ]
+    return "\n\n".join(
+        [
+            "### Valid writes during an API flood (bench/api_flood.py)",
+            markdown_table(
+                [
+                    "phase",
+                    "writes",
+                    "p50 ms",
+                    "p90 ms",
+                    "p99 ms",
+                    "max ms",
+                    "gateway requests",
+                    "failed",
+                ],
+                rows,
+            ),
+            "Flood / quiet: " + ", ".join(f"{k} × {v:.2f}" for k, v in ratios.items()),
+            markdown_table(["flood kind", "answers (status: count)"], flood_rows),
+            machine_lines(load_before),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=60.0, help="the flood phase")
+    parser.add_argument("--quiet", type=float, default=20.0, help="the phase without flood")
+    parser.add_argument("--rate", type=float, default=100.0, help="gateway requests per second")
+    parser.add_argument("--tmp-root", default="/tmp")
+    args = parser.parse_args()
+    with short_tmp("wb-flood-", args.tmp_root) as workdir:
+        print(asyncio.run(measure(args, workdir)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Reading a request: a JSON body within size, time and depth bounds, and the dry-run flag."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from controller.api.connections import LIMITS
+from controller.api.errors import ApiError
+from controller.errors import InvalidInput, TooLarge
+
+MAX_BODY = 1024 * 1024
+MAX_DEPTH = 32
+"""Deeper than any valid document (a gateway is 5 levels): refused before anything recurses."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth_exceeded(value: Any, limit: int) -> bool:
+    """Iterative, so the check itself cannot overflow the stack."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (no NaN/Infinity) nested at most MAX_DEPTH levels, else InvalidInput."""
+    problem = [{"field": "(body)", "message": "not JSON"}]
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        value, depth_error = None, True
+    except (ValueError, UnicodeDecodeError) as exc:
+        message = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 JSON"
+        raise InvalidInput(f"body is not valid JSON: {message}", problem) from None
+    else:
+        depth_error = _depth_exceeded(value, MAX_DEPTH)
+    if depth_error:
+        raise InvalidInput(
+            f"body is nested deeper than {MAX_DEPTH} levels",
+            [{"field": "(body)", "message": "nested too deeply"}],
+        )
+    return value
+
+
+async def read_json_body(request: web.Request) -> Any:
+    too_large = TooLarge(
+        f"body larger than {MAX_BODY} bytes", [{"field": "(body)", "message": "too large"}]
+    )
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise too_large
+    seconds = request.app[LIMITS].body_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"the body did not arrive within {seconds:g} s",
+            [{"field": "(body)", "message": "too slow"}],
+        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    return parse_json(raw)
+
+
+def dry_run_flag(request: web.Request) -> bool:
+    value = request.query.get("dry_run", "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise InvalidInput.for_field("dry_run", "must be true or false")
+    return value in ("true", "1")

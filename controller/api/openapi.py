@@ -1,0 +1,355 @@
+"""`GET /api/v1/openapi.json`: an OpenAPI 3.1 description generated from the pydantic models.
+
+Bodies are the models' own JSON schemas (`Gateway`, `Route`, `RolloutSpec`). The model's
+string types are parsed by functions (`parse_percent`, `parse_address`, …), which pydantic
+cannot see into; `_InputSchema` describes their accepted forms, keyed by those very
+functions, so a schema can never silently describe a type whose parser changed name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any, get_args
+
+from aiohttp import web
+from pydantic import BaseModel, BeforeValidator
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
+from pydantic_core import core_schema
+
+from controller import model
+from controller.rollouts.spec import RolloutSpec
+
+Schema = dict[str, Any]
+_ADDRESS = r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}"
+
+
+def parser_of(alias: Any) -> Callable[..., Any]:
+    for meta in get_args(alias)[1:]:
+        if isinstance(meta, BeforeValidator):
+            return meta.func
+    raise TypeError(f"{alias} has no BeforeValidator")
+
+
+INPUT_FORMATS: dict[Callable[..., Any], Schema] = {
+    parser_of(model.Name): {"type": "string", "pattern": model.NAME_PATTERN, "maxLength": 63},
+    parser_of(model.Percent): {
+        "anyOf": [
+            {"type": "string", "pattern": r"^(?:100|[0-9]{1,2})(?:\.[0-9]{1,2})?%$"},
+            {"type": "number", "minimum": 0, "maximum": 100},
+        ],
+        "description": "a percentage, exact to 0.01: 90, '90%', '2.5%'",
+    },
+    parser_of(model.Instance): {
+        "type": "string",
+        "pattern": f"^{_ADDRESS}$",
+        "maxLength": 64,
+        "description": "IP literal and port: '10.0.0.5:8080', '[::1]:9000'",
+    },
+    parser_of(model.Bind): {
+        "type": "string",
+        "pattern": rf"^(?:\*:[0-9]{{1,5}}|{_ADDRESS})$",
+        "maxLength": 64,
+        "description": "IP literal (or *) and port",
+    },
+    parser_of(model.Balance): {
+        "type": "string",
+        "maxLength": 80,
+        "description": "roundrobin, static-rr, leastconn, first, random, source, uri, "
+        "'url_param <name>' or 'hdr(<name>)'",
+    },
+    parser_of(model.Condition): {
+        "type": "string",
+        "description": "a condition, e.g. 'Firefox or has cookie beta' (docs/routing.md)",
+    },
+    parser_of(model.Host): {"type": "string", "maxLength": 253, "description": "a host name"},
+}
+
+
+def input_format(alias: Any) -> Schema:
+    """The JSON schema of what one of the model's parsed types (`model.Bind`, …) accepts."""
+    return dict(INPUT_FORMATS[parser_of(alias)])
+
+
+class _InputSchema(GenerateJsonSchema):
+    def function_before_schema(
+        self, schema: core_schema.BeforeValidatorFunctionSchema
+    ) -> dict[str, Any]:
+        known = INPUT_FORMATS.get(schema["function"]["function"])
+        return dict(known) if known is not None else super().function_before_schema(schema)
+
+
+def _error(description: str) -> Schema:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+_ERRORS = {
+    "400": "invalid input; `problems` name the fields",
+    "401": "no valid token",
+    "403": "cross-origin write, or a read token on a write",
+    "404": "no such gateway, route or rollout",
+    "408": "the body arrived too slowly",
+    "409": "conflicts with the current state",
+    "412": "If-Match does not match",
+    "413": "body larger than 1 MiB",
+    "415": "a write not sent as application/json",
+    "421": "a Host this API does not answer to",
+    "503": "HAProxy or the store cannot do it now; nothing changed",
+}
+_READ_ERRORS = ("400", "401", "404", "421")
+_WRITE_ERRORS = ("400", "401", "403", "404", "408", "409", "412", "413", "415", "421", "503")
+
+ERROR_SCHEMA: Schema = {
+    "type": "object",
+    "required": ["error", "problems"],
+    "properties": {
+        "error": {"type": "string"},
+        "problems": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+APPLY_RESULT: Schema = {
+    "type": "object",
+    "required": ["applied", "method", "duration_ms", "plan", "revision"],
+    "properties": {
+        "applied": {"enum": ["none", "runtime", "reload", "dry-run"]},
+        "method": {"enum": ["none", "runtime", "reload"]},
+        "duration_ms": {"type": "number"},
+        "plan": {"type": "array", "items": {"type": "string"}},
+        "revision": {"type": "integer"},
+    },
+}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Schema, description: str = "") -> Schema:
+    return {"description": description or "OK", "content": {"application/json": {"schema": schema}}}
+
+
+def _param(name: str, where: str, schema: Schema, required: bool = False) -> Schema:
+    return {"name": name, "in": where, "required": required or where == "path", "schema": schema}
+
+
+def _op(
+    summary: str,
+    ok: dict[str, Schema],
+    errors: tuple[str, ...],
+    params: list[Schema] | None = None,
+    body: Schema | None = None,
+) -> Schema:
+    operation: Schema = {
+        "summary": summary,
+        "responses": {**ok, **{code: _error(_ERRORS[code]) for code in errors}},
+    }
+    if params:
+        operation["parameters"] = params
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+    return operation
+
+
+@cache
+def openapi_document() -> Schema:
+    """The whole description; built once, it depends only on the code."""
+    keys: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (model.Gateway, "validation"),
+        (model.Gateway, "serialization"),
+        (model.Route, "validation"),
+        (RolloutSpec, "validation"),
+    ]
+    refs, defs = models_json_schema(
+        keys, ref_template="#/components/schemas/{model}", schema_generator=_InputSchema
+    )
+    gateway_in, gateway_out, route_in, spec_in = (refs[key] for key in keys)
+    name = input_format(model.Name)
+    dry_run = _param("dry_run", "query", {"type": "boolean"})
+    if_match = _param("If-Match", "header", {"type": "string"})
+    gw = _param("gateway", "path", name)
+    route = _param("route", "path", name)
+    rollout = _param("rollout", "path", {"type": "string", "maxLength": 80})
+    applied = {"200": _json(_ref("ApplyResult"), "applied (or dry run): how and the plan")}
+    view = _json({"type": "object"}, "the rollout: phase, step, weights, checks, events")
+    gateways = "/api/v1/gateways/{gateway}"
+    paths: Schema = {
+        "/healthz": {"get": _op("alive", {"200": _json({"type": "object"})}, ())},
+        "/readyz": {
+            "get": _op(
+                "ready after the first sync",
+                {"200": _json({"type": "object"}), "503": _json({"type": "object"}, "not ready")},
+                (),
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics",
+                {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                ("401", "421"),
+            )
+        },
+        "/api/v1/openapi.json": {
+            "get": _op("this description", {"200": _json({"type": "object"})}, ("401", "421"))
+        },
+        "/api/v1/controller": {
+            "get": _op(
+                "readiness, reloads, drift repairs",
+                {"200": _json({"type": "object"})},
+                ("401", "421"),
+            )
+        },
+        "/api/v1/gateways": {
+            "get": _op(
+                "all gateways",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["gateways"],
+                            "properties": {
+                                "gateways": {"type": "object", "additionalProperties": gateway_out}
+                            },
+                        }
+                    )
+                },
+                ("401", "421"),
+            )
+        },
+        gateways: {
+            "get": _op("one gateway (ETag)", {"200": _json(gateway_out)}, _READ_ERRORS, [gw]),
+            "put": _op(
+                "create or replace",
+                {**applied, "201": _json(_ref("ApplyResult"), "created")},
+                _WRITE_ERRORS,
+                [gw, dry_run, if_match],
+                gateway_in,
+            ),
+            "delete": _op("remove", applied, _WRITE_ERRORS, [gw, dry_run, if_match]),
+        },
+        gateways + "/weights": {
+            "patch": _op(
+                "the whole new split; routes left out get 0 %",
+                applied,
+                _WRITE_ERRORS,
+                [gw, dry_run, if_match],
+                {
+                    "type": "object",
+                    "minProperties": 1,
+                    "propertyNames": name,
+                    "additionalProperties": input_format(model.Percent),
+                },
+            )
+        },
+        gateways + "/routes/{route}/instances": {
+            "put": _op(
+                "the route's instances",
+                applied,
+                _WRITE_ERRORS,
+                [gw, route, dry_run, if_match],
+                {
+                    "type": "array",
+                    "maxItems": 4096,
+                    "items": input_format(model.Instance),
+                },
+            )
+        },
+        gateways + "/routes/{route}": {
+            "patch": _op(
+                "some fields of a route",
+                applied,
+                _WRITE_ERRORS,
+                [gw, route, dry_run, if_match],
+                {**route_in, "minProperties": 1},
+            )
+        },
+        gateways + "/status": {
+            "get": _op(
+                "desired next to applied, per route",
+                {"200": _json({"type": "object"})},
+                _READ_ERRORS,
+                [gw],
+            )
+        },
+        "/api/v1/rollouts": {
+            "get": _op(
+                "all rollouts",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["rollouts"],
+                            "properties": {
+                                "rollouts": {"type": "array", "items": {"type": "object"}}
+                            },
+                        }
+                    )
+                },
+                ("401", "421"),
+                [
+                    _param("gateway", "query", {"type": "string"}),
+                    _param("active", "query", {"type": "boolean"}),
+                ],
+            ),
+            "post": _op(
+                "start one",
+                {"201": view, "200": _json({"type": "object"}, "dry run")},
+                _WRITE_ERRORS,
+                [dry_run],
+                spec_in,
+            ),
+        },
+        "/api/v1/rollouts/{rollout}": {
+            "get": _op("one rollout", {"200": view}, _READ_ERRORS, [rollout])
+        },
+        "/api/v1/rollouts/{rollout}/{action}": {
+            "post": _op(
+                "pause, resume, promote or abort",
+                {"200": view},
+                _WRITE_ERRORS,
+                [
+                    rollout,
+                    _param("action", "path", {"enum": ["pause", "resume", "promote", "abort"]}),
+                ],
+            )
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Weighbridge", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": {
+                **defs.get("$defs", {}),
+                "Error": ERROR_SCHEMA,
+                "ApplyResult": APPLY_RESULT,
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+    }
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+def add_openapi_route(app: web.Application) -> None:
+    app.router.add_get("/api/v1/openapi.json", get_openapi)

@@ -1,0 +1,133 @@
+"""Finding 9 (API part): slow clients and idle connections cannot pin the API's descriptors.
+
+Before the fix a client sending its headers one byte at a time, or nothing at all, kept its
+connection (and a file descriptor) for aiohttp's keep-alive timeout of an hour, and there
+was no limit on how many it could open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import shop_config
+from tests.support import BackendProcess
+from tests.support.stack import Stack, running_stack, wait_until
+
+pytestmark = pytest.mark.haproxy
+
+TIMEOUT = 1.0
+LIMIT = 16
+
+
+@pytest.fixture
+def stack(backends: BackendProcess, short_tmp: Path) -> Iterator[Stack]:
+    extra = ["--api-timeout", str(TIMEOUT), "--api-max-connections", str(LIMIT)]
+    with running_stack(short_tmp, shop_config(backends), extra=extra) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def connection(stack: Stack) -> Iterator[socket.socket]:
+    sock = socket.create_connection(("127.0.0.1", stack.api_port), timeout=5)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed (EOF or reset), without waiting."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_slow_header_is_cut_off(stack: Stack) -> None:
+    request = b"GET /api/v1/gateways HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200
+    with connection(stack) as sock:
+        started = time.monotonic()
+        closed_after = None
+        for byte in request:  # one byte every 50 ms: 10 s for the whole header
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - started
+                break
+            if closed_by_server(sock):
+                closed_after = time.monotonic() - started
+                break
+            time.sleep(0.05)  # the attacker's pace, not synchronisation
+        assert closed_after is not None, "the server waited for the whole slow header"
+        assert closed_after < len(request) * 0.05 / 2
+
+
+def test_a_connection_that_sends_nothing_is_closed(stack: Stack) -> None:
+    with connection(stack) as sock:
+        wait_until(lambda: closed_by_server(sock), 10 * TIMEOUT, "the idle connection to close")
+
+
+def test_a_slow_body_gets_408(stack: Stack) -> None:
+    with connection(stack) as sock:
+        sock.sendall(
+            b"PATCH /api/v1/gateways/shop/weights HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"stable"'
+        )
+        answer = read_answer(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert b'"field": "(body)"' in body and body.endswith(b"\n")
+    assert stack.request("GET", "/api/v1/gateways/shop").body["routes"]["stable"]["weight"] == "90%"
+
+
+def descriptors(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_idle_connections_beyond_the_limit_make_room_for_real_clients(
+    backends: BackendProcess, short_tmp: Path
+) -> None:
+    """A long timeout here: connections closed early can only have been evicted."""
+    extra = ["--api-timeout", "60", "--api-max-connections", str(LIMIT)]
+    with running_stack(short_tmp, shop_config(backends), extra=extra) as stack:
+        assert stack.process is not None
+        before = descriptors(stack.process.pid)
+        sockets = [
+            socket.create_connection(("127.0.0.1", stack.api_port)) for _ in range(3 * LIMIT)
+        ]
+        try:
+            wait_until(
+                lambda: sum(closed_by_server(s) for s in sockets) >= 2 * LIMIT,
+                20,
+                "the longest idle connections to be closed",
+            )
+            assert descriptors(stack.process.pid) <= before + LIMIT
+            assert not any(closed_by_server(s) for s in sockets[-LIMIT + 1 :])
+            counts = stack.request("GET", "/api/v1/controller").body["api_connections"]
+            assert counts["evicted"] >= 2 * LIMIT and counts["open"] <= LIMIT, counts
+            split = {"stable": "80%", "canary": "20%"}
+            for _ in range(5):
+                response = stack.request("PATCH", "/api/v1/gateways/shop/weights", split)
+                assert response.status == 200, response.body
+        finally:
+            for sock in sockets:
+                sock.close()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -18,9 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from controller.cli_rollout import add_rollout_commands
-from controller.config_file import ConfigFileError
 from controller.engine import Timing
-from controller.process import HAProxyError
+from controller.errors import WeighbridgeError
 
 DEFAULT_API = "127.0.0.1:9900"
 TOKEN_ENV = "WEIGHBRIDGE_API_TOKEN"
@@ -32,7 +32,7 @@ class ApiClientError(Exception):
 
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port):
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     return host, int(port)
 
@@ -88,7 +88,7 @@ def cmd_apply(args: argparse.Namespace, console: Console) -> int:
     """Make the gateways those of a config file; `plan` only shows what that would do."""
     from controller.config_file import load_config
 
-    config = load_config(Path(args.file))
+    config = load_config(Path(args.file), allow_unsafe_acls=True)  # the controller decides
     dry_run = args.command == "plan" or args.dry_run
     query = "?dry_run=true" if dry_run else ""
     failed = 0
@@ -185,6 +185,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
         timing=Timing(debounce=args.reload_debounce, min_reload_interval=args.min_reload_interval),
         stats=args.stats,
         attach=attach,
+        allow_unsafe_acls=args.allow_unsafe_acls,
     )
 
 
@@ -240,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--stats",
             default="127.0.0.1:8404",
             help="HAProxy's Prometheus exporter (/metrics) and stats page (/stats); '' for none",
+        )
+        p.add_argument(
+            "--allow-unsafe-acls",
+            action="store_true",
+            help="let raw ACLs in conditions read files (-f, map) or the environment (env) "
+            "or run Lua: only if everyone who may write routes may do that",
         )
 
     run = sub.add_parser("run", help="run the controller (and HAProxy)")
@@ -301,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         code: int = args.func(args, console)
-    except (ApiClientError, HAProxyError, ConfigFileError) as exc:
+    except (ApiClientError, WeighbridgeError) as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 1
     except KeyboardInterrupt:

@@ -121,12 +121,12 @@ class Target:
 
     def field(self, value: object, renames: dict[tuple[str | int, ...], object]) -> str:
         """The field's name as errors give it, after the keys `renames` changed."""
-        parts = list(self.path)
+        parts: list[object] = list(self.path)
         for at, name in renames.items():
             if tuple(parts[: len(at)]) == at:
-                parts[len(at) - 1] = name  # type: ignore[assignment]
+                parts[len(at) - 1] = name
         if self.key:
-            parts[-1] = value  # type: ignore[assignment]
+            parts[-1] = value
         return ".".join(str(p) for p in parts)
 
 

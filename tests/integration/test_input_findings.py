@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.integration.conftest import addresses, gateway_url, shop_config
 from tests.support import BackendProcess
@@ -191,3 +192,28 @@ async def test_allow_unsafe_acls_is_the_operators_choice(
         url = gateway_url(stack)
         assert (await send(url, 20, headers={"x-user": "bob"})).routes == {"canary": 20}
         assert (await send(url, 20, headers={"x-user": "eve"})).routes == {"stable": 20}
+
+
+def test_a_config_file_with_an_unsafe_acl_does_not_start(short_tmp: Path) -> None:
+    """Without the option the seed is refused before anything is stored or started."""
+    config = {
+        "gateways": {
+            "shop": {
+                "bind": f"127.0.0.1:{free_port()}",
+                "routes": {"a": {"condition": "< env(HOME) -m found >"}},
+            }
+        }
+    }
+    config_file = short_tmp / "weighbridge.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    stack = Stack(state_dir=short_tmp / "state", api_port=free_port())
+    try:
+        stack.start_controller(config_file, wait_ready=False)
+        assert stack.process is not None
+        assert stack.process.wait(30) == 1
+        assert "gateways.shop.routes.a.condition" in stack.controller_log()
+        assert "--allow-unsafe-acls" in stack.controller_log()
+        assert not (stack.state_dir / "desired.json").exists()
+        assert stack.haproxy_pid() is None
+    finally:
+        stack.stop()

@@ -12,7 +12,7 @@ import ipaddress
 import math
 import re
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import (
     BaseModel,
@@ -40,17 +40,24 @@ HTTP_ONLY_BALANCE = ("uri", "url_param", "hdr(")
 HASH_BALANCE = ("source", "uri", "url_param", "hdr(")
 """Hash-based algorithms: rendered with `hash-type consistent`, so slot changes move few clients."""
 
-_HOST_RE = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*")
+_HOST_RE = re.compile(
+    r"(?=.{1,253}\Z)(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*"
+)
 _REWRITE_PATH_RE = re.compile(r"/[A-Za-z0-9._~!$&()*+,;=:@/-]{0,255}")
 _PERCENT_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,2})?%?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def _whole(pattern: re.Pattern[str], value: Any) -> TypeGuard[str]:
+    """`value` is a string that `pattern` matches from its first to its last character."""
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
 def check_name(value: Any) -> str:
     """Names become parts of HAProxy proxy names and map values: a DNS-label-like alphabet."""
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    if not _NAME_RE.fullmatch(value):
+    if not _whole(_NAME_RE, value):
         raise ValueError(
             f"invalid name {shown(value)}: use 1-63 lowercase letters, digits, '-' or '_', "
             "starting and ending with a letter or digit"
@@ -169,7 +176,7 @@ Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, ret
 
 def check_balance(value: Any) -> str:
     """Every HAProxy algorithm that keeps working while slots are filled and emptied live."""
-    if not isinstance(value, str) or not _BALANCE_RE.fullmatch(value):
+    if not _whole(_BALANCE_RE, value):
         raise ValueError(
             f"unknown balance {shown(value)}: use roundrobin, static-rr, leastconn, first, random, "
             "source, uri, 'url_param <name>' or 'hdr(<name>)'"
@@ -198,12 +205,9 @@ Condition = Annotated[str, BeforeValidator(check_condition)]
 
 def check_host(value: Any) -> str:
     """ASCII before lower-casing: `"\\u212a".lower()` is an ASCII `k`."""
-    if (
-        not isinstance(value, str)
-        or not value.isascii()
-        or len(value) > 253
-        or not _HOST_RE.fullmatch(value.lower())
-    ):
+    if not isinstance(value, str) or not value.isascii() or len(value) > 253:
+        raise ValueError(f"{shown(value)} is not an ASCII host name of at most 253 characters")
+    if not _whole(_HOST_RE, value.lower()):
         raise ValueError(
             f"{shown(value)} is not a host name (letters, digits, '-', '.'; '*.' prefix)"
         )
@@ -215,7 +219,7 @@ Host = Annotated[str, BeforeValidator(check_host)]
 
 def check_rewrite_path(value: Any) -> str:
     """Rendered in single quotes in `http-request set-path`: no quote, `%`, `#` or space."""
-    if not isinstance(value, str) or not _REWRITE_PATH_RE.fullmatch(value):
+    if not _whole(_REWRITE_PATH_RE, value):
         raise ValueError(
             f"{shown(value)} is not a path: '/' then up to 255 of A-Z a-z 0-9 . _ ~ ! $ & ( ) "
             "* + , ; = : @ / -"

@@ -12,7 +12,7 @@ import ipaddress
 import math
 import re
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeGuard
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -48,16 +48,16 @@ _PERCENT_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,2})?%?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
 
-def _whole(pattern: re.Pattern[str], value: Any) -> TypeGuard[str]:
-    """`value` is a string that `pattern` matches from its first to its last character."""
-    return isinstance(value, str) and pattern.fullmatch(value) is not None
+def _whole(pattern: re.Pattern[str], value: Any) -> str | None:
+    """`value` if it is a string that `pattern` matches from its first to its last character."""
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None
 
 
 def check_name(value: Any) -> str:
     """Names become parts of HAProxy proxy names and map values: a DNS-label-like alphabet."""
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    if not _whole(_NAME_RE, value):
+    if _whole(_NAME_RE, value) is None:
         raise ValueError(
             f"invalid name {shown(value)}: use 1-63 lowercase letters, digits, '-' or '_', "
             "starting and ending with a letter or digit"
@@ -176,12 +176,13 @@ Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, ret
 
 def check_balance(value: Any) -> str:
     """Every HAProxy algorithm that keeps working while slots are filled and emptied live."""
-    if not _whole(_BALANCE_RE, value):
+    balance = _whole(_BALANCE_RE, value)
+    if balance is None:
         raise ValueError(
             f"unknown balance {shown(value)}: use roundrobin, static-rr, leastconn, first, random, "
             "source, uri, 'url_param <name>' or 'hdr(<name>)'"
         )
-    return value
+    return balance
 
 
 Balance = Annotated[str, BeforeValidator(check_balance)]
@@ -207,7 +208,7 @@ def check_host(value: Any) -> str:
     """ASCII before lower-casing: `"\\u212a".lower()` is an ASCII `k`."""
     if not isinstance(value, str) or not value.isascii() or len(value) > 253:
         raise ValueError(f"{shown(value)} is not an ASCII host name of at most 253 characters")
-    if not _whole(_HOST_RE, value.lower()):
+    if _whole(_HOST_RE, value.lower()) is None:
         raise ValueError(
             f"{shown(value)} is not a host name (letters, digits, '-', '.'; '*.' prefix)"
         )
@@ -219,12 +220,13 @@ Host = Annotated[str, BeforeValidator(check_host)]
 
 def check_rewrite_path(value: Any) -> str:
     """Rendered in single quotes in `http-request set-path`: no quote, `%`, `#` or space."""
-    if not _whole(_REWRITE_PATH_RE, value):
+    path = _whole(_REWRITE_PATH_RE, value)
+    if path is None:
         raise ValueError(
             f"{shown(value)} is not a path: '/' then up to 255 of A-Z a-z 0-9 . _ ~ ! $ & ( ) "
             "* + , ; = : @ / -"
         )
-    return value
+    return path
 
 
 class Rewrite(BaseModel):

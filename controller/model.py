@@ -40,9 +40,7 @@ HTTP_ONLY_BALANCE = ("uri", "url_param", "hdr(")
 HASH_BALANCE = ("source", "uri", "url_param", "hdr(")
 """Hash-based algorithms: rendered with `hash-type consistent`, so slot changes move few clients."""
 
-_HOST_RE = re.compile(
-    r"(?=.{1,253}\Z)(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*"
-)
+_HOST_RE = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*")
 _REWRITE_PATH_RE = re.compile(r"/[A-Za-z0-9._~!$&()*+,;=:@/-]{0,255}")
 _PERCENT_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,2})?%?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")

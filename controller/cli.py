@@ -12,15 +12,19 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from controller.cli_import import add_import_commands
 from controller.cli_rollout import add_rollout_commands
 from controller.engine import Timing
 from controller.errors import WeighbridgeError
+
+if TYPE_CHECKING:
+    from controller.model import Config
 
 DEFAULT_API = "127.0.0.1:9900"
 TOKEN_ENV = "WEIGHBRIDGE_API_TOKEN"
@@ -35,6 +39,22 @@ def _host_port(text: str) -> tuple[str, int]:
     if not host or not re.fullmatch(r"[0-9]{1,5}", port):
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     return host, int(port)
+
+
+def _outbound_rule(text: str) -> str:
+    from controller.rollouts.outbound import parse_rule
+
+    try:
+        parse_rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _traffic_rate(text: str) -> float:
+    from controller.demo import traffic_rate
+
+    return traffic_rate(text)
 
 
 def call_api(
@@ -91,14 +111,10 @@ def cmd_apply(args: argparse.Namespace, console: Console) -> int:
     config = load_config(Path(args.file), allow_unsafe_acls=True)  # the controller decides
     dry_run = args.command == "plan" or args.dry_run
     query = "?dry_run=true" if dry_run else ""
-    failed = 0
     status, current = call_api(args.api, "GET", "/gateways", token=args.token)
     if status >= 400:
         return _print_error(console, status, current)
-    for name, gateway in config.gateways.items():
-        body = gateway.model_dump(mode="json", exclude_none=True)
-        status, result = call_api(args.api, "PUT", f"/gateways/{name}{query}", body, args.token)
-        failed += _report(console, f"gateway {name}", status, result)
+    failed = _put_gateways(args, console, config, query)
     if args.prune:
         for name in sorted(set(current["gateways"]) - set(config.gateways)):
             status, result = call_api(
@@ -106,6 +122,16 @@ def cmd_apply(args: argparse.Namespace, console: Console) -> int:
             )
             failed += _report(console, f"delete gateway {name}", status, result)
     return 1 if failed else 0
+
+
+def _put_gateways(args: argparse.Namespace, console: Console, config: Config, query: str) -> int:
+    """PUT every gateway of `config`; how many the controller refused."""
+    failed = 0
+    for name, gateway in config.gateways.items():
+        body = gateway.model_dump(mode="json", exclude_none=True)
+        status, result = call_api(args.api, "PUT", f"/gateways/{name}{query}", body, args.token)
+        failed += _report(console, f"gateway {name}", status, result)
+    return failed
 
 
 def _report(console: Console, what: str, status: int, body: Any) -> int:
@@ -186,6 +212,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
         stats=args.stats,
         attach=attach,
         allow_unsafe_acls=args.allow_unsafe_acls,
+        allow_outbound=tuple(getattr(args, "allow_outbound", None) or ()),
     )
 
 
@@ -199,7 +226,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from controller.demo import run_demo
 
-    return run_demo(_run_settings(args), gateway_port=args.port, console=console)
+    return run_demo(
+        _run_settings(args), gateway_port=args.port, console=console, traffic=args.traffic
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,10 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--master-socket", help="attach mode: your HAProxy's master CLI socket")
     run.add_argument("--admin-socket", help="attach mode: your stats socket at level admin")
+    run.add_argument(
+        "--allow-outbound",
+        action="append",
+        type=_outbound_rule,
+        metavar="HOST|CIDR|HOST:PORT",
+        help="where rollout webhooks and Prometheus checks may call; repeat for several "
+        "(default: loopback only, 127.0.0.0/8 and ::1; docs/security.md)",
+    )
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="HAProxy, controller and demo services, ready to try")
     controller_options(demo, ".weighbridge-demo")
     demo.add_argument("--port", type=int, default=8080, help="the demo gateway's port")
+    demo.add_argument(
+        "--traffic",
+        type=_traffic_rate,
+        metavar="RATE",
+        help="send RATE requests/s (at most 500) to the demo gateway, to watch rollouts",
+    )
     demo.set_defaults(func=cmd_demo)
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -296,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
     add_rollout_commands(sub)
+    add_import_commands(sub)
     return parser
 
 

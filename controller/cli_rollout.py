@@ -1,9 +1,10 @@
 """`weighbridge rollout start|status|pause|resume|promote|abort`: a client of /api/v1/rollouts.
 
-`--watch` shows live progress (step, weights, check values, time to the next check);
-`--wait` is for scripts: progress lines on stderr, the result on stdout (`--json`: the whole
-rollout), and the exit code says how it ended: 0 promoted, 1 rolled back or aborted, 2 failed
-or refused, 3 still running when `--timeout` ran out.
+`start` prints the rollout's id first (also with `--wait`; with `--json` on stderr, the JSON
+on stdout has it too), so a script can always abort what it started. `--watch` shows live
+progress; `--wait` is for scripts (see `cli_rollout_follow`). Exit codes: 0 promoted, 1 rolled
+back or aborted, 2 failed, refused or nothing to wait for, 3 still running at `--timeout`,
+130 interrupted (the rollout goes on).
 """
 
 from __future__ import annotations
@@ -12,25 +13,23 @@ import argparse
 import json
 import os
 import sys
-import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 
-EXIT_CODES = {"promoted": 0, "rolled_back": 1, "aborted": 1, "failed": 2}
-EXIT_REFUSED = 2
-EXIT_TIMEOUT = 3
-POLL_SECONDS = 0.5
-UNREACHABLE_GRACE = 60.0
-"""Seconds `--wait` keeps asking a controller that does not answer (it may be restarting)."""
-TERMINAL = ("promoted", "rolled_back", "aborted", "failed")
+from controller.cli_rollout_follow import (
+    EXIT_REFUSED,
+    abort_hint,
+    call,
+    follow,
+    refused,
+    render,
+)
+from controller.rollouts.text import clock, weights_text, words
 
 
 def _percents(text: str) -> list[str]:
@@ -64,15 +63,16 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             strategy["duration"] = args.duration
         if args.then:
             strategy["then_weights"] = _percents(args.then)
-    checks: dict[str, Any] = {
-        "min_requests": args.min_requests,
-        "failure_threshold": args.failure_threshold,
-        "max_inconclusive": args.max_inconclusive or None,
-    }
-    if args.success_rate is not None:
-        checks["success_rate"] = _percents(args.success_rate)[0]
-    if args.max_response_ms is not None:
-        checks["max_response_ms"] = args.max_response_ms
+    checks: dict[str, Any] | str = "none"
+    if not args.no_checks:
+        checks = {
+            "success_rate": _percents(args.success_rate)[0],
+            "min_requests": args.min_requests,
+            "failure_threshold": args.failure_threshold,
+            "max_inconclusive": args.max_inconclusive or None,
+        }
+        if args.max_response_ms is not None:
+            checks["max_response_ms"] = args.max_response_ms
     hook = {"timeout": args.webhook_timeout, "retries": args.webhook_retries}
     return {
         "gateway": args.gateway,
@@ -89,122 +89,63 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-# ---- rendering ---------------------------------------------------------------------------
-
-
-def _clock(at: float | None) -> str:
-    return datetime.fromtimestamp(at).strftime("%H:%M:%S") if at else "-"
-
-
-def _value(check: dict[str, Any]) -> str:
-    value = check.get("value")
-    if value is None:
-        return "no data"
-    if check.get("unit") == "ratio":
-        return f"{value * 100:.2f}%"
-    if check.get("unit") == "ms":
-        return f"{value:.0f} ms"
-    return f"{value:.4g}"
-
-
-def _threshold(check: dict[str, Any]) -> str:
-    threshold = check.get("threshold")
-    if threshold is None:
-        return "-"
-    sign = "≥" if check.get("bound") == "min" else "≤"
-    shown = _value({**check, "value": threshold})
-    return f"{sign} {shown}"
-
-
-def render(view: dict[str, Any], now: float | None = None) -> Group:
-    """The live progress display of one rollout."""
-    now = time.time() if now is None else now
-    colour = {"promoted": "green", "rolled_back": "red", "aborted": "red", "failed": "red"}.get(
-        view["phase"], "yellow" if view["phase"] in ("paused", "rolling_back") else "cyan"
-    )
-    header = Text.assemble(
-        (f"rollout {view['id']}", "bold"),
-        f"  {view['strategy']} on {view['gateway']}: {view['from_route']} → {view['to_route']}  ",
-        (view["phase"].replace("_", " "), f"bold {colour}"),
-        f"  step {view['step']}/{view['steps']}",
-    )
-    lines: list[Any] = [header]
-    weights = ", ".join(f"{route} {weight}" for route, weight in view["weights"].items())
-    status = f"weights {weights}"
-    if view.get("condition_strength"):
-        status += f" (condition strength {view['condition_strength']})"
-    status += f"; failed checks {view['failed_checks']}/{view['failure_threshold']}"
-    if view.get("next_check_at"):
-        status += f"; next check in {max(0.0, view['next_check_at'] - now):.1f} s"
-    lines.append(Text(status))
-    for label, key in (("waiting", "blocked"), ("why", "reason"), ("error", "last_error")):
-        if view.get(key):
-            lines.append(Text(f"{label}: {view[key]}", style="yellow"))
-    check = view.get("last_check")
-    if check:
-        table = Table(
-            title=f"last check (step {check['step']}, {check['requests']} responses, "
-            f"{check['seconds']:.1f} s): {check['verdict']}",
-            title_justify="left",
-        )
-        for column in ("check", "value", "threshold", "result"):
-            table.add_column(column)
-        for result in check["results"]:
-            style = {"fail": "red", "pass": "green"}.get(result["result"], "yellow")
-            table.add_row(
-                result["name"], _value(result), _threshold(result), Text(result["result"], style)
-            )
-        lines.append(table)
-    for event in view["events"][-6:]:
-        lines.append(Text(event_line(event), style="dim"))
-    return Group(*lines)
-
-
-def event_line(event: dict[str, Any]) -> str:
-    return f"{_clock(event['at'])} step {event['step']} {event['kind']}: {event['message']}"
-
-
 # ---- commands ----------------------------------------------------------------------------
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    from controller.cli import call_api
+def _say(args: argparse.Namespace, console: Console, text: str, style: str = "") -> None:
+    """A line for people: on stdout, or on stderr when stdout carries JSON."""
+    if args.json:
+        print(text, file=sys.stderr, flush=True)
+    else:
+        console.print(f"[{style}]{escape(text)}[/]" if style else escape(text), highlight=False)
 
-    return call_api(args.api, method, f"/rollouts{path}", body, args.token)
 
-
-def _refused(console: Console, status: int, body: Any) -> int:
-    from controller.cli import _print_error
-
-    _print_error(console, status, body)
-    return EXIT_REFUSED
+def _plan(console: Console, view: dict[str, Any]) -> None:
+    for entry in view["plan"]:
+        console.print(f"  step {entry['step']}: {weights_text(entry['weights'])}", markup=False)
 
 
 def cmd_start(args: argparse.Namespace, console: Console) -> int:
     query = "?dry_run=true" if args.dry_run else ""
-    status, body = _call(args, "POST", query, spec_from_args(args))
+    status, view = call(args, "POST", query, spec_from_args(args))
     if status >= 400:
-        return _refused(console, status, body)
+        return refused(console, status, view)
     if args.dry_run:
-        return _show(args, console, body)
-    if not (args.wait or args.watch):
+        _say(args, console, f"dry run: nothing was started; rollout {view['id']} would be:")
+    else:
+        _say(args, console, f"rollout {view['id']} started: {len(view['plan'])} steps")
+    for warning in view["warnings"]:
+        _say(args, console, f"warning: {warning}", "yellow")
+    if not args.dry_run:
+        _say(args, console, f"stop it with: {abort_hint(args, view['id'])}")
+    if args.dry_run or not (args.wait or args.watch):
         if args.json:
-            print(json.dumps(body, indent=2))
+            print(json.dumps(view, indent=2))
         else:
-            console.print(f"rollout [bold]{body['id']}[/] started: {len(body['plan'])} steps")
-            for entry in body["plan"]:
-                weights = ", ".join(f"{r} {w}" for r, w in entry["weights"].items())
-                console.print(f"  step {entry['step']}: {weights}", markup=False)
+            _plan(console, view)
         return 0
-    return follow(args, console, body["id"])
+    return follow(args, console, [view["id"]])
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
     if args.id is None:
         query = f"?gateway={args.gateway}" if args.gateway else ""
-        status, body = _call(args, "GET", query)
+        if args.wait or args.watch:
+            query += ("&" if query else "?") + "active=true"
+        status, body = call(args, "GET", query)
         if status >= 400:
-            return _refused(console, status, body)
+            return refused(console, status, body)
+        if args.wait or args.watch:
+            ids = [view["id"] for view in body["rollouts"]]
+            if not ids:
+                scope = f" on gateway {args.gateway}" if args.gateway else ""
+                print(
+                    f"no active rollout{scope} to wait for: give a rollout id "
+                    "(`weighbridge rollout start` prints it) to wait for one that ended",
+                    file=sys.stderr,
+                )
+                return EXIT_REFUSED
+            return follow(args, console, ids, many=True)
         if args.json:
             print(json.dumps(body, indent=2))
             return 0
@@ -215,94 +156,39 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             table.add_row(
                 view["id"],
                 view["strategy"],
-                view["phase"],
+                words(view["phase"]),
                 f"{view['step']}/{view['steps']}",
-                ", ".join(f"{r} {w}" for r, w in view["weights"].items()),
-                _clock(view["created_at"]),
-                _clock(view["ended_at"]),
+                weights_text(view["weights"]),
+                clock(view["created_at"]),
+                clock(view["ended_at"]),
             )
         console.print(table)
         return 0
     if args.wait or args.watch:
-        return follow(args, console, args.id)
-    status, body = _call(args, "GET", f"/{args.id}")
+        return follow(args, console, [args.id])
+    status, view = call(args, "GET", f"/{args.id}")
     if status >= 400:
-        return _refused(console, status, body)
-    return _show(args, console, body)
-
-
-def cmd_action(args: argparse.Namespace, console: Console) -> int:
-    status, body = _call(args, "POST", f"/{args.id}/{args.action}")
-    if status >= 400:
-        return _refused(console, status, body)
-    if args.json:
-        print(json.dumps(body, indent=2))
-    else:
-        console.print(f"{args.action}: rollout {body['id']} is {body['phase']}")
-    return 0
-
-
-def _show(args: argparse.Namespace, console: Console, view: dict[str, Any]) -> int:
+        return refused(console, status, view)
     if args.json:
         print(json.dumps(view, indent=2))
     else:
         console.print(render(view))
-        for entry in view["plan"]:
-            weights = ", ".join(f"{r} {w}" for r, w in entry["weights"].items())
-            console.print(f"  step {entry['step']}: {weights}", markup=False)
+        _plan(console, view)
     return 0
 
 
-def follow(args: argparse.Namespace, console: Console, rollout_id: str) -> int:
-    """Until the rollout ends (or --timeout): live display, or progress lines for scripts."""
-    from controller.cli import ApiClientError
-
-    deadline = time.monotonic() + args.timeout if args.timeout else None
-    live = args.watch and not args.wait and console.is_terminal
-    shown = 0
-    unreachable_since: float | None = None
-    view: dict[str, Any] | None = None
-    display = Live(console=console, refresh_per_second=4) if live else None
-    if display is not None:
-        display.start()
-    try:
-        while True:
-            try:
-                status, body = _call(args, "GET", f"/{rollout_id}")
-                unreachable_since = None
-            except ApiClientError as exc:
-                unreachable_since = unreachable_since or time.monotonic()
-                if time.monotonic() - unreachable_since > UNREACHABLE_GRACE:
-                    raise
-                print(f"waiting for the controller: {exc}", file=sys.stderr, flush=True)
-                status, body = 0, None
-            if status >= 400:
-                return _refused(console, status, body)
-            if body is not None:
-                view = body
-                if display is not None:
-                    display.update(render(view))
-                else:
-                    for event in view["events"][shown:]:
-                        print(event_line(event), file=sys.stderr, flush=True)
-                    shown = len(view["events"])
-                if view["phase"] in TERMINAL:
-                    break
-            if deadline is not None and time.monotonic() > deadline:
-                print(f"rollout {rollout_id} still running", file=sys.stderr, flush=True)
-                if args.json and view is not None:
-                    print(json.dumps(view, indent=2))
-                return EXIT_TIMEOUT
-            time.sleep(POLL_SECONDS)  # the poll period of a CLI client
-    finally:
-        if display is not None:
-            display.stop()
-    assert view is not None
+def cmd_action(args: argparse.Namespace, console: Console) -> int:
+    status, view = call(args, "POST", f"/{args.id}/{args.action}")
+    if status >= 400:
+        return refused(console, status, view)
     if args.json:
         print(json.dumps(view, indent=2))
     else:
-        console.print(f"rollout {view['id']} {view['phase']}: {escape(view['reason'] or '')}")
-    return EXIT_CODES[view["phase"]]
+        console.print(f"{args.action}: rollout {view['id']} is {words(view['phase'])}")
+    return 0
+
+
+# ---- the parser --------------------------------------------------------------------------
 
 
 def add_rollout_commands(sub: Any) -> None:
@@ -313,9 +199,17 @@ def add_rollout_commands(sub: Any) -> None:
     actions = rollout.add_subparsers(dest="rollout_command", required=True)
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
-        p.add_argument("--api", default=DEFAULT_API)
-        p.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""))
+        p: argparse.ArgumentParser = actions.add_parser(
+            name, help=help_text, description=help_text.replace("%%", "%")
+        )
+        p.add_argument(
+            "--api", default=DEFAULT_API, help="the controller's API (default: %(default)s)"
+        )
+        p.add_argument(
+            "--token",
+            default=os.environ.get(TOKEN_ENV, ""),
+            help=f"bearer token for writes (default: ${TOKEN_ENV}, if set)",
+        )
         p.add_argument("--json", action="store_true", help="print the rollout as JSON")
         return p
 
@@ -324,47 +218,75 @@ def add_rollout_commands(sub: Any) -> None:
         p.add_argument(
             "--wait",
             action="store_true",
-            help="for scripts: wait for the end, progress on stderr; "
-            "exit 0 promoted, 1 rolled back or aborted, 2 failed, 3 timeout",
+            help="for scripts: wait for the end, progress on stderr; exit 0 promoted, "
+            "1 rolled back or aborted, 2 failed or refused, 3 timeout, 130 interrupted",
         )
-        p.add_argument("--timeout", type=float, default=0, help="seconds to wait at most")
+        p.add_argument(
+            "--timeout", type=float, default=0, help="seconds to wait at most (0: no limit)"
+        )
 
-    start = client("start", "start a rollout")
-    start.add_argument("gateway", nargs="?")
+    start = client("start", "start a rollout (checked by default: success rate ≥ 99%%)")
+    start.add_argument("gateway", nargs="?", help="the gateway whose traffic moves")
     start.add_argument("--from", dest="from_route", help="the route traffic moves away from")
     start.add_argument("--to", dest="to_route", help="the route traffic moves to")
     start.add_argument("--file", help="a whole rollout spec (YAML or JSON) instead of flags")
-    start.add_argument("--strategy", choices=("canary", "bluegreen", "ab"), default="canary")
-    start.add_argument("--steps", default="1,5,10,25,50,100", help="canary weights, in %%")
-    start.add_argument("--step-weight", help="linear canary: this much more each step")
-    start.add_argument("--max-weight", help="linear canary: up to this (then 100%%)")
-    start.add_argument("--preview", default="5", help="bluegreen: the preview weight")
-    start.add_argument("--strength", default="100", help="ab: share of matching requests")
-    start.add_argument("--requests", type=int, help="ab: requests the to-route answers")
-    start.add_argument("--duration", type=float, help="ab: seconds the A/B step lasts")
-    start.add_argument("--then", help="ab: weight steps afterwards, e.g. 10,50,100")
-    start.add_argument("--interval", type=float, default=60.0, help="seconds per evaluation")
-    start.add_argument("--success-rate", help="minimum share of non-5xx responses, e.g. 99")
-    start.add_argument("--max-response-ms", type=float, help="maximum average response time, ms")
-    start.add_argument("--min-requests", type=int, default=100, help="per evaluated window")
-    start.add_argument("--failure-threshold", type=int, default=2, help="failed checks: rollback")
     start.add_argument(
-        "--max-inconclusive",
-        type=int,
-        default=20,
-        help="inconclusive evaluations in a row before pausing (0: hold forever)",
+        "--strategy",
+        choices=("canary", "bluegreen", "ab"),
+        default="canary",
+        help="(default: %(default)s)",
     )
-    start.add_argument("--rollback-steps", type=int, default=1)
-    start.add_argument("--rollback-interval", type=float, default=1.0)
-    start.add_argument("--pre-step-webhook", action="append", default=[], metavar="URL")
-    start.add_argument("--rollback-webhook", action="append", default=[], metavar="URL")
-    start.add_argument("--webhook-timeout", type=float, default=5.0)
-    start.add_argument("--webhook-retries", type=int, default=2)
+
+    def option(name: str, help_text: str, default: Any = None, kind: type = str) -> None:
+        shown = f" (default: {default})" if default not in (None, "") else ""
+        start.add_argument(name, type=kind, default=default, help=help_text + shown)
+
+    option("--steps", "canary: the to-route's weights in %%", "1,5,10,25,50,100")
+    option("--step-weight", "linear canary: this much more each step, in %%")
+    option("--max-weight", "linear canary: up to this, in %% (then 100%%)")
+    option("--preview", "bluegreen: the preview weight in %%", "5")
+    option("--strength", "ab: share of matching requests, in %%", "100")
+    option("--requests", "ab: requests the to-route answers", kind=int)
+    option("--duration", "ab: seconds the A/B step lasts", kind=float)
+    option("--then", "ab: weight steps afterwards, e.g. 10,50,100")
+    option("--interval", "seconds per evaluation (a step lasts at least one)", 60.0, float)
+    option("--success-rate", "minimum share of non-5xx responses (HAProxy's own 5xx too), %%", "99")
+    option("--max-response-ms", "maximum average response time, ms (default: none)", kind=float)
+    option("--min-requests", "responses a window needs, fewer: inconclusive", 100, int)
+    option("--failure-threshold", "failed checks that roll back", 2, int)
+    option("--max-inconclusive", "inconclusive in a row before pausing, 0: hold", 20, int)
+    option("--rollback-steps", "roll back at once (1) or in this many steps", 1, int)
+    option("--rollback-interval", "seconds between rollback steps", 1.0, float)
+    start.add_argument(
+        "--no-checks",
+        action="store_true",
+        help="no checks at all: every step moves on after --interval, nothing rolls back "
+        "by itself (refused unless asked for by this name)",
+    )
+    start.add_argument(
+        "--pre-step-webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="must answer 2xx before each step (within the controller's --allow-outbound)",
+    )
+    start.add_argument(
+        "--rollback-webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="told about a rollback (within the controller's --allow-outbound)",
+    )
+    option("--webhook-timeout", "seconds per webhook attempt", 5.0, float)
+    option("--webhook-retries", "further attempts after a failed one", 2, int)
     start.add_argument("--dry-run", action="store_true", help="show the plan, start nothing")
     following(start)
     start.set_defaults(func=cmd_start)
 
-    status = client("status", "one rollout (ID) or all of them")
+    status = client(
+        "status",
+        "one rollout (ID) or all of them; --wait/--watch without ID: every active one",
+    )
     status.add_argument("id", nargs="?")
     status.add_argument("--gateway", help="only this gateway's rollouts")
     following(status)

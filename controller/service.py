@@ -21,6 +21,7 @@ from controller.process import HAProxyProcess, StatePaths
 from controller.render import RenderSettings
 from controller.rollouts.api import add_rollout_routes
 from controller.rollouts.manager import RolloutManager
+from controller.rollouts.outbound import OutboundPolicy
 from controller.runtime.client import RuntimeClient
 from controller.store import FileStore
 
@@ -55,6 +56,9 @@ class RunSettings:
     stop_haproxy_on_exit: bool = False
     allow_unsafe_acls: bool = False
     """Raw ACLs may read files or the environment or run code (`--allow-unsafe-acls`)."""
+    allow_outbound: tuple[str, ...] = ()
+    """Where rollout webhooks and Prometheus checks may call (`--allow-outbound`); empty:
+    loopback only."""
 
 
 def build_engine(settings: RunSettings) -> Engine:
@@ -136,7 +140,8 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
     app = create_app(engine, token=settings.api_token)
-    rollouts = RolloutManager(engine, settings.state_dir)
+    outbound = OutboundPolicy.parse(settings.allow_outbound)
+    rollouts = RolloutManager(engine, settings.state_dir, outbound=outbound)
     add_rollout_routes(app, rollouts)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -6,8 +6,9 @@
 #   WEIGHBRIDGE_API=10.0.0.5:9900 WEIGHBRIDGE_API_TOKEN=… NEW_INSTANCES="10.0.1.7:8080 10.0.1.8:8080" \
 #     examples/ci-rollout.sh
 #
-# Exit codes: 0 promoted, 1 rolled back or aborted, 2 failed or refused, 3 timed out
-# (the rollout keeps running: `weighbridge rollout abort <id>` if the pipeline gives up).
+# Exit codes: 0 promoted, 1 rolled back or aborted, 2 failed or refused, 3 timed out, 130
+# interrupted (in the last two cases the rollout keeps running: the log's first rollout line
+# has its id and the command that stops it, `weighbridge rollout abort <id>`).
 set -euo pipefail
 
 API="${WEIGHBRIDGE_API:-127.0.0.1:9900}"
@@ -43,7 +44,8 @@ $WB rollout start --api "$API" "$GATEWAY" --from "$STABLE" --to "$CANARY" \
 code=$?
 set -e
 
-# 3. Report: the JSON has the phase, the reason, every step's start and every check.
+# 3. Report: the JSON has the phase, the reason, every step's start and every check; its
+#    weights are HAProxy's at the end (after a rollback: the weights before the rollout).
 python3 - "$RESULT" <<'PY'
 import json, sys
 view = json.load(open(sys.argv[1]))

@@ -4,22 +4,33 @@ Grammar (keywords ignore case; AND binds tighter than OR)::
 
     condition := term (("or" | "||" | "|") term)*
     term      := factor (("and" | "&&" | "&") factor)*
-    factor    := ("not" | "!") factor | "(" condition ")" | "true" | "false" | atom
+    factor    := ("not" | "!") factor | "(" condition ")" | constant | atom
+    constant  := "true" | "t" | "1" | "false" | "f" | "0"
     atom      := browser | "<" raw-acl ">"
-               | "user-agent" ("==" | "=" | "is" | "has" | "contains") value
-               | "user-agent" ("!=" | "is not" | "not" | "misses") value
-               | "host" ("==" | "=" | "is" | "!=" | "is not") value
-               | ("has" | "misses") ("cookie" | "header" | "param") name
+               | user-agent ("==" | "=" | "is" | "has" | "contains") value
+               | user-agent ("!=" | "!" | "is not" | "not" | "misses") value
+               | "host" ("==" | "=" | "is" | "has" | "contains") value
+               | "host" ("!=" | "!" | "is not" | "not" | "misses") value
+               | ("has" | "contains" | "misses") ("cookie" | "header" | "param") name
                | ("cookie" | "header") name ("has" | "contains" | "misses") value
                | "path" ("==" | "=" | "is" | "!=" | "is not") value
                | "path" ("has" | "contains" | "misses" | "begins") value
                | "param" name ("==" | "=" | "is" | "!=" | "is not") value
                | ("source" | "src") ["in" | "not in"] network
+    user-agent:= "user-agent" | "user.agent" | "useragent"
     browser   := "Chrome" | "Firefox" | "Safari" | "Edge" | "IE"
+
+After `user-agent`, a browser name (quoted or not) means that browser, not the substring:
+`user-agent == Firefox` is `Firefox`, `user-agent != Firefox` is `not Firefox`, as in Vamp.
+`host has X` compares the host like `host == X` (Vamp's meaning too).
 
 A value is one token up to whitespace or a parenthesis (so `path == /a&&b` is the path
 `/a&&b`), a name also ends at `&` or `|` (`has cookie a&&has cookie b` is two atoms); either
 may instead be a quoted string ('...' or "...", a backslash escapes a quote or a backslash).
+
+Vamp's "straight ACL": a whole condition outside this grammar whose first word is an HAProxy
+fetch (`hdr_sub(user-agent) Android`, `path_beg /api`) is taken as one raw ACL, as if
+written between `<` and `>`.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from controller.conditions.syntax import (
-    BROWSERS,
+    BROWSER_NAMES,
     MAX_ATOMS,
     MAX_DEPTH,
     MAX_TEXT_LENGTH,
@@ -48,7 +59,7 @@ __all__ = ["format_condition", "parse_condition"]
 
 _T = TypeVar("_T")
 
-_WHITESPACE = " \t\r\n"
+_WHITESPACE = " \t\r\n\f"
 _WORD_END = _WHITESPACE + "()<>\"'&|!="
 _VALUE_END = _WHITESPACE + "()"
 _NAME_END = _VALUE_END + "&|"
@@ -56,17 +67,20 @@ _NAME_END = _VALUE_END + "&|"
 _POSITIVE = ("==", "=", "is")
 _NEGATIVE = ("!=", "is not")
 _CONTAINS = ("has", "contains")
-_BROWSERS = {name.lower(): name for name in BROWSERS}
+_VAMP_NEGATIVE = ("!", "not", "misses")
+"""Vamp's other spellings of "differs" after `user-agent` and `host`."""
+_USER_AGENT = ("user-agent", "user.agent", "useragent")
+_CONSTANTS = {"true": True, "t": True, "1": True, "false": False, "f": False, "0": False}
 
-# (positive kind, negative kind or None) for each operator after `user-agent`, `host`, `path`
+# (kind, negated) for each operator after `user-agent`, `host`, `path`, `cookie` …
 _OPERATORS: dict[str, dict[str, tuple[Kind, bool]]] = {
     "user-agent": {
         **{op: (Kind.USER_AGENT, False) for op in (*_POSITIVE, *_CONTAINS)},
-        **{op: (Kind.USER_AGENT, True) for op in (*_NEGATIVE, "not", "misses")},
+        **{op: (Kind.USER_AGENT, True) for op in (*_NEGATIVE, *_VAMP_NEGATIVE)},
     },
     "host": {
-        **{op: (Kind.HOST, False) for op in _POSITIVE},
-        **{op: (Kind.HOST, True) for op in _NEGATIVE},
+        **{op: (Kind.HOST, False) for op in (*_POSITIVE, *_CONTAINS)},
+        **{op: (Kind.HOST, True) for op in (*_NEGATIVE, *_VAMP_NEGATIVE)},
     },
     "path": {
         **{op: (Kind.PATH, False) for op in _POSITIVE},
@@ -89,6 +103,10 @@ _OPERATORS: dict[str, dict[str, tuple[Kind, bool]]] = {
     },
 }
 _PRESENCE = {"cookie": Kind.COOKIE, "header": Kind.HEADER, "param": Kind.PARAM}
+_KEYWORDS = frozenset((*_OPERATORS, *_USER_AGENT, *_CONSTANTS, *BROWSER_NAMES, "has", "misses"))
+_KEYWORDS |= {"contains", "not", "source", "src"}
+_FETCH = re.compile(r"[a-z][a-z0-9_.]*(\()?", re.IGNORECASE)
+"""The first word of a straight ACL: `hdr_sub(`, `path_beg`, `req.ssl_sni` (not a keyword)."""
 
 
 def parse_condition(text: str) -> Expr:
@@ -97,7 +115,32 @@ def parse_condition(text: str) -> Expr:
         raise ConditionError(
             f"condition longer than {MAX_TEXT_LENGTH} characters", MAX_TEXT_LENGTH, text
         )
-    return _Parser(text).parse()
+    try:
+        return _Parser(text).parse()
+    except ConditionError:
+        straight = _straight_acl(text)
+        if straight is None:
+            raise
+        return straight
+
+
+def _straight_acl(text: str) -> Atom | None:
+    """Vamp's fallback: a condition outside the grammar that starts like an HAProxy ACL."""
+    stripped = text.strip(" ")
+    match = _FETCH.match(stripped)
+    if match is None:
+        return None
+    word = stripped[: match.end()]
+    follows = stripped[match.end() : match.end() + 1]
+    fetch = word.endswith("(") or (any(c in word for c in "_.") and follows in ("", " "))
+    if not fetch or word.rstrip("(").lower() in _KEYWORDS:
+        return None
+    try:
+        return Atom(Kind.RAW, value=stripped)
+    except ConditionError as exc:
+        shown = word.rstrip("(")
+        reason = f"{exc.reason} (read as a raw HAProxy ACL: it starts with {shown!r})"
+        raise ConditionError(reason, 0, text) from None
 
 
 class _Parser:
@@ -260,17 +303,18 @@ class _Parser:
         self.atoms += 1
         if self.atoms > MAX_ATOMS:
             raise self.fail(f"condition has more than {MAX_ATOMS} atoms")
-        return self.atom(start), 0
+        expr = self.atom(start)
+        return expr, 1 if isinstance(expr, Not) else 0  # `user-agent != Firefox`
 
     def atom(self, start: int) -> Expr:
         if self.text[start] == "<":
             return self.raw(start)
         word = self.take_word()
-        if word in ("true", "false"):
-            return Const(word == "true")
-        if word in _BROWSERS:
-            return Atom(Kind.BROWSER, value=_BROWSERS[word])
-        if word in ("has", "misses"):
+        if word in _CONSTANTS:
+            return Const(_CONSTANTS[word])
+        if word in BROWSER_NAMES:
+            return Atom(Kind.BROWSER, value=BROWSER_NAMES[word])
+        if word in ("has", "contains", "misses"):
             self.skip_space()
             at = self.pos
             what = self.take_word()
@@ -280,10 +324,15 @@ class _Parser:
             return self.make(at, _PRESENCE[what], name=name, negated=word == "misses")
         if word in ("source", "src"):
             return self.source()
+        if word in _USER_AGENT:
+            word = "user-agent"
         if word in _OPERATORS:
             name = self.name(word)[0] if word in _PRESENCE else ""
             kind, negated = self.operator(word)
             value, at = self.take_value("value")
+            if kind is Kind.USER_AGENT and value.lower() in BROWSER_NAMES:
+                browser = Atom(Kind.BROWSER, value=BROWSER_NAMES[value.lower()])
+                return Not(browser) if negated else browser
             return self.make(at, kind, name=name, value=value, negated=negated)
         shown = self.text[start : self.pos] or self.text[start]
         raise self.fail(f"unknown short code {shown!r}", start)
@@ -291,7 +340,7 @@ class _Parser:
     def operator(self, code: str) -> tuple[Kind, bool]:
         self.skip_space()
         at = self.pos
-        op = self.take_symbol("==", "!=", "=") or self.take_word()
+        op = self.take_symbol("==", "!=", "=", "!") or self.take_word()
         if op == "is" and self.peek_word() == "not":
             self.take_word()
             op = "is not"

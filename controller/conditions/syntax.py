@@ -27,6 +27,8 @@ MAX_RAW_WORDS = 48
 """HAProxy reads at most 64 words per line; `acl <name>` takes two of them."""
 
 BROWSERS = ("Chrome", "Firefox", "Safari", "Edge", "IE")
+BROWSER_NAMES = {name.lower(): name for name in BROWSERS}
+"""Browsers by their name in lower case: the grammar reads them ignoring case."""
 
 _NAME = re.compile(r"[A-Za-z0-9!%&*+.^_`|~-]{1," + str(MAX_NAME_LENGTH) + "}")
 """HTTP token characters minus `'` `$` `#`: safe bare inside `req.hdr(...)` on a config line."""
@@ -199,6 +201,13 @@ class Atom:
             raise ConditionError(f"short code {kind.value} has no negative form: use not")
         if kind in _TEXT_VALUED:
             check_text(self.value)
+            if kind is Kind.USER_AGENT and self.value.lower() in BROWSER_NAMES:
+                # the grammar reads `user-agent == Chrome` as the browser: no text says this
+                browser = BROWSER_NAMES[self.value.lower()]
+                raise ConditionError(
+                    f"user-agent {self.value!r} is the browser {browser}: use the browser, or "
+                    f"header User-Agent has {self.value} for the substring"
+                )
         elif kind is Kind.HOST:
             check_host(self.value)
         elif kind is Kind.SOURCE:

@@ -10,7 +10,8 @@ end of the window; HAProxy 2.6 keeps no sum from which a window's own mean could
 it includes the time a client connection idles between requests.
 
 No data never decides: a window with fewer than `min_requests` responses, or a Prometheus
-query without a number, is inconclusive.
+query without a number, is inconclusive. A rollout started with `checks: none` passes every
+window.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from controller.model import BASIS_POINTS
-from controller.rollouts.model import CheckResult, Checks, Evaluation, Verdict
+from controller.rollouts.spec import Checks
+from controller.rollouts.state import CheckResult, Evaluation, Verdict
 
 _RESPONSE_CLASSES = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other")
 
@@ -70,6 +72,14 @@ def measure(before: Counters, after: Counters, seconds: float) -> Window | None:
     return Window(requests, errors, seconds, after.response_ms)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a Prometheus check's query gave: a number, or None and why not."""
+
+    value: float | None
+    note: str = ""
+
+
 def worst(verdicts: Iterable[Verdict]) -> Verdict:
     """fail over inconclusive over pass (nothing to judge: pass)."""
     found = set(verdicts)
@@ -84,15 +94,33 @@ def _compare(value: float | None, threshold: float, bound: str) -> Verdict:
 
 
 def evaluate(
-    checks: Checks,
+    checks: Checks | None,
     window: Window,
     *,
     at: float,
     step: int,
-    prometheus: Mapping[str, float | None] | None = None,
+    prometheus: Mapping[str, Answer] | None = None,
 ) -> Evaluation:
     """The verdict on one window: fail if any check fails, else inconclusive if any has no
-    data (or the window too few requests), else pass."""
+    data (or the window too few requests), else pass; always pass without checks."""
+    if checks is None:
+        requests = CheckResult(
+            name="requests",
+            value=float(window.requests),
+            threshold=None,
+            bound="min",
+            result="pass",
+            note="checks: none",
+        )
+        return Evaluation(
+            at=at,
+            step=step,
+            verdict="pass",
+            requests=window.requests,
+            errors=window.errors,
+            seconds=round(window.seconds, 3),
+            results=(requests,),
+        )
     enough = window.requests >= checks.min_requests
 
     def gated(verdict: Verdict) -> Verdict:
@@ -107,7 +135,7 @@ def evaluate(
             result=gated("pass"),
         )
     ]
-    if checks.success_rate is not None:
+    if checks.success_rate:
         rate = (window.requests - window.errors) / window.requests if window.requests else None
         threshold = checks.success_rate / BASIS_POINTS
         results.append(
@@ -134,7 +162,8 @@ def evaluate(
             )
         )
     for check in checks.prometheus:
-        value = (prometheus or {}).get(check.name)
+        answer = (prometheus or {}).get(check.name, Answer(None, "not queried"))
+        value = answer.value
         verdicts = []
         if check.min is not None:
             verdicts.append(_compare(value, check.min, "min"))
@@ -146,7 +175,7 @@ def evaluate(
                 value=value,
                 threshold=check.max if check.max is not None else check.min,
                 bound="max" if check.max is not None else "min",
-                note="Prometheus",
+                note=answer.note or "Prometheus",
                 result=gated(worst(verdicts)),
             )
         )
@@ -159,19 +188,3 @@ def evaluate(
         seconds=round(window.seconds, 3),
         results=tuple(results),
     )
-
-
-def summarise(evaluation: Evaluation) -> str:
-    """One line for events and logs: `fail: success_rate 0.95 < 0.99; requests 120`."""
-    parts = []
-    for result in evaluation.results:
-        if result.value is None:
-            parts.append(f"{result.name} no data")
-            continue
-        shown = f"{result.value:.4g}"
-        if result.result == "fail":
-            sign = "<" if result.bound == "min" else ">"
-            parts.append(f"{result.name} {shown} {sign} {result.threshold:.4g}")
-        else:
-            parts.append(f"{result.name} {shown}")
-    return f"{evaluation.verdict}: " + "; ".join(parts)

@@ -2,7 +2,8 @@
 
 At most one active rollout per gateway. Created rollouts and every state change go to
 `<state-dir>/rollouts.json`; `run()` (a background task of `weighbridge run`) resumes the
-active ones after a restart.
+active ones after a restart, and ends those whose gateway or routes were deleted: a rollout
+never outlives what it rolls out, and finished rollouts of deleted gateways are pruned.
 """
 
 from __future__ import annotations
@@ -16,19 +17,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
+from controller.errors import ConflictingState, InvalidInput, NotFound
 from controller.model import format_percent
 from controller.rollouts.metrics import RolloutMetrics
-from controller.rollouts.model import (
-    Command,
-    Origin,
-    Rollout,
-    RolloutSpec,
-    plan_steps,
-    public_view,
-)
+from controller.rollouts.outbound import OutboundPolicy
+from controller.rollouts.pair import RouteGone, find_gateway
 from controller.rollouts.probe import Probe
 from controller.rollouts.runner import CommandRefused, RolloutRunner, RunnerContext
+from controller.rollouts.spec import RolloutSpec, plan_steps
+from controller.rollouts.state import Command, Origin, Rollout
 from controller.rollouts.store import RolloutFile
+from controller.rollouts.view import plan_warnings, public_view
 
 if TYPE_CHECKING:
     from controller.engine import Engine
@@ -38,24 +37,29 @@ log = logging.getLogger(__name__)
 KEEP_FINISHED = 100
 """Finished rollouts kept in memory and in rollouts.json (the newest)."""
 COMMAND_TIMEOUT = 30.0
+WATCH_SECONDS = 1.0
+"""How often active rollouts are checked against the desired state (deleted gateways)."""
 
 
-class RolloutRequestError(Exception):
-    """A rollout that cannot be created as asked: HTTP status, message, the field at fault."""
-
-    def __init__(self, status: int, message: str, field: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
+def _problem(field: str, message: str) -> list[dict[str, str]]:
+    return [{"field": field, "message": message}]
 
 
 class RolloutManager:
-    def __init__(self, engine: Engine, state_dir: Path, *, read_back_timeout: float = 5.0):
+    def __init__(
+        self,
+        engine: Engine,
+        state_dir: Path,
+        *,
+        outbound: OutboundPolicy | None = None,
+        read_back_timeout: float = 5.0,
+    ):
         self.engine = engine
+        self.outbound = outbound or OutboundPolicy.parse(())
         self.file = RolloutFile(state_dir / "rollouts.json")
-        self._sequence, loaded = self.file.load()
+        self._sequences, loaded = self.file.load()
         self._rollouts: dict[str, Rollout] = {r.id: r for r in loaded}
+        self._prune()
         self._runners: dict[str, RolloutRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -70,32 +74,60 @@ class RolloutManager:
             session=self._http,
             save=self.save,
             metrics=self.metrics,
+            outbound=self.outbound,
             read_back_timeout=read_back_timeout,
         )
 
     # ---- lifecycle --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Resume the active rollouts, then serve until cancelled; stops every runner."""
+        """Resume the active rollouts, then watch for deleted gateways until cancelled."""
         try:
             for rollout in list(self._rollouts.values()):
                 if not rollout.terminal:
                     log.info("resuming rollout %s at step %d", rollout.id, rollout.step)
                     self._start(rollout, resumed=True)
-            await asyncio.Event().wait()
+            while True:
+                await self.end_orphans()
+                await asyncio.sleep(WATCH_SECONDS)  # a level-based check, not synchronisation
         finally:
             await self.stop()
 
+    async def end_orphans(self) -> None:
+        """End (failed) the active rollouts whose gateway or routes no longer exist."""
+        config = self.engine.desired.config
+        for rollout in list(self._rollouts.values()):
+            if rollout.terminal:
+                continue
+            try:
+                find_gateway(rollout, config)
+            except RouteGone as gone:
+                log.warning("rollout %s ends: %s", rollout.id, gone.message)
+                runner = self._runners.get(rollout.id)
+                if runner is None:
+                    rollout.end("failed", gone.message, self._context.clock())
+                    self.metrics.finished(rollout.gateway, "failed")
+                    await self.save()
+                    continue
+                # at its next wait, never in the middle of a change it is making
+                with contextlib.suppress(ConflictingState, TimeoutError):
+                    await asyncio.wait_for(
+                        runner.submit(Command("gone", gone.message)), COMMAND_TIMEOUT
+                    )
+
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for rollout_id in list(self._tasks):
+            await self._stop_runner(rollout_id)
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def _stop_runner(self, rollout_id: str) -> None:
+        task = self._tasks.get(rollout_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _start(self, rollout: Rollout, *, resumed: bool = False) -> None:
         runner = RolloutRunner(rollout, self._context, resumed=resumed)
@@ -114,16 +146,21 @@ class RolloutManager:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = self.outbound.session()
         return self._session
 
-    async def save(self) -> None:
+    def _prune(self) -> None:
+        """Keep the newest KEEP_FINISHED finished rollouts, none of a deleted gateway."""
+        gateways = self.engine.desired.config.gateways
         finished = sorted(
             (r for r in self._rollouts.values() if r.terminal), key=lambda r: r.created_at
         )
-        for old in finished[:-KEEP_FINISHED]:
-            del self._rollouts[old.id]
-        await self.file.save(self._sequence, self._rollouts.values())
+        for old in finished[:-KEEP_FINISHED] + [r for r in finished if r.gateway not in gateways]:
+            self._rollouts.pop(old.id, None)
+
+    async def save(self) -> None:
+        self._prune()
+        await self.file.save(self._sequences, self._rollouts.values())
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -132,31 +169,29 @@ class RolloutManager:
         config = self.engine.desired.config
         gateway = config.gateways.get(spec.gateway)
         if gateway is None:
-            raise RolloutRequestError(404, f"no gateway {spec.gateway!r}", "gateway")
+            message = f"no gateway {spec.gateway!r}"
+            raise NotFound(message, _problem("gateway", message))
         for field in ("from_route", "to_route"):
             route = getattr(spec, field)
             if route not in gateway.routes:
-                raise RolloutRequestError(
-                    404, f"gateway {spec.gateway!r} has no route {route!r}", field
-                )
+                message = f"gateway {spec.gateway!r} has no route {route!r}"
+                raise NotFound(message, _problem(field, message))
         if gateway.mode != "http":
-            raise RolloutRequestError(
-                400,
-                f"gateway {spec.gateway!r} is {gateway.mode}: rollout checks read HTTP responses",
-                "gateway",
+            raise InvalidInput.for_field(
+                "gateway", f"{spec.gateway!r} is {gateway.mode}: rollout checks read HTTP responses"
             )
         active = self.active(spec.gateway)
         if active is not None:
-            raise RolloutRequestError(
-                409, f"rollout {active.id} is {active.phase} on gateway {spec.gateway}", "gateway"
-            )
+            message = f"rollout {active.id} is {active.phase} on gateway {spec.gateway}"
+            raise ConflictingState(message, _problem("gateway", message))
         to_route = gateway.routes[spec.to_route]
         if not to_route.instances:
-            raise RolloutRequestError(400, f"route {spec.to_route!r} has no instances", "to_route")
+            raise InvalidInput.for_field("to_route", f"route {spec.to_route!r} has no instances")
         if spec.strategy.type == "ab" and to_route.condition is None:
-            raise RolloutRequestError(
-                400, f"an A/B rollout needs a condition on route {spec.to_route!r}", "strategy"
+            raise InvalidInput.for_field(
+                "strategy", f"an A/B rollout needs a condition on route {spec.to_route!r}"
             )
+        await self._check_outbound(spec)
         weights = gateway.effective_weights()
         origin = Origin(
             from_weight=weights[spec.from_route],
@@ -165,18 +200,19 @@ class RolloutManager:
         )
         plan = plan_steps(spec.strategy)
         if origin.total == 0 and any(step.weight is not None for step in plan):
-            raise RolloutRequestError(
-                400,
-                f"{spec.from_route} and {spec.to_route} carry 0% together: nothing to shift",
+            raise InvalidInput.for_field(
                 "from_route",
+                f"{spec.from_route} and {spec.to_route} carry 0% together: nothing to shift",
             )
         now = self._context.clock()
+        number = self._sequences.get(spec.gateway, 0) + 1
         rollout = Rollout(
-            id=f"{spec.gateway}-{self._sequence + 1}",
+            id=f"{spec.gateway}-{number}",
             spec=spec,
             created_at=now,
             origin=origin,
             plan=plan,
+            warnings=plan_warnings(spec, origin, plan),
         )
         rollout.record(
             now,
@@ -185,13 +221,22 @@ class RolloutManager:
             f"{spec.to_route} {format_percent(origin.to_weight)}",
         )
         if dry_run:
-            return public_view(rollout)
-        self._sequence += 1
+            return public_view(rollout, dry_run=True)
+        self._sequences[spec.gateway] = number
         self._rollouts[rollout.id] = rollout
         await self.save()
         self._start(rollout)
         log.info("rollout %s created", rollout.id)
-        return self.view(rollout.id)
+        return await self.view(rollout.id)
+
+    async def _check_outbound(self, spec: RolloutSpec) -> None:
+        """Every URL of the rollout within `--allow-outbound`, before anything starts."""
+        checks = spec.checked
+        if checks is not None and checks.prometheus_url is not None:
+            await self.outbound.check(checks.prometheus_url, "checks.prometheus_url")
+        for kind in ("pre_step", "rollback"):
+            for index, hook in enumerate(getattr(spec.webhooks, kind)):
+                await self.outbound.check(hook.url, f"webhooks.{kind}.{index}.url")
 
     async def command(
         self, rollout_id: str, kind: Literal["pause", "resume", "promote", "abort"]
@@ -199,9 +244,9 @@ class RolloutManager:
         rollout = self._get(rollout_id)
         runner, task = self._runners.get(rollout_id), self._tasks.get(rollout_id)
         if rollout.terminal or runner is None or task is None or task.done():
-            raise CommandRefused(409, f"rollout {rollout_id} is {rollout.phase}")
+            raise CommandRefused(f"rollout {rollout_id} is {rollout.phase}")
         await asyncio.wait_for(runner.submit(Command(kind)), COMMAND_TIMEOUT)
-        return self.view(rollout_id)
+        return await self.view(rollout_id)
 
     def active(self, gateway: str) -> Rollout | None:
         for rollout in self._rollouts.values():
@@ -212,13 +257,34 @@ class RolloutManager:
     def rollouts(self) -> Iterable[Rollout]:
         return sorted(self._rollouts.values(), key=lambda r: r.created_at)
 
-    def view(self, rollout_id: str) -> dict[str, Any]:
-        rollout = self._get(rollout_id)
-        runner = self._runners.get(rollout_id)
-        return public_view(rollout, runner.next_check_at if runner else None)
+    async def view(self, rollout_id: str) -> dict[str, Any]:
+        [view] = await self.views([self._get(rollout_id)])
+        return view
+
+    async def views(self, rollouts: Iterable[Rollout]) -> list[dict[str, Any]]:
+        """The API's views, with the weights HAProxy runs (read once per gateway)."""
+        selected = list(rollouts)
+        live: dict[str, dict[str, int] | None] = {}
+        for gateway in {r.gateway for r in selected}:
+            try:
+                live[gateway] = (await self._context.probe.applied(gateway)).weights
+            except Exception as exc:  # HAProxy away: show the rollout's own weights
+                log.debug("cannot read %s's weights from HAProxy: %s", gateway, exc)
+                live[gateway] = None
+        views = []
+        for rollout in selected:
+            runner = self._runners.get(rollout.id)
+            views.append(
+                public_view(
+                    rollout,
+                    next_check_at=runner.next_check_at if runner else None,
+                    live=live[rollout.gateway],
+                )
+            )
+        return views
 
     def _get(self, rollout_id: str) -> Rollout:
         rollout = self._rollouts.get(rollout_id)
         if rollout is None:
-            raise KeyError(rollout_id)
+            raise NotFound(f"no rollout {rollout_id!r}", _problem("rollout", "unknown"))
         return rollout

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.rollouts.model import PHASES, Rollout, Verdict
+from controller.rollouts.state import PHASES, Rollout, Verdict
 
 PHASE_LABELS: tuple[str, ...] = ("none", *PHASES)
 VERDICTS: tuple[str, ...] = get_args(Verdict)
@@ -82,7 +82,8 @@ class RolloutMetrics(Collector):
         )
         weight = GaugeMetricFamily(
             "weighbridge_rollout_to_route_weight_ratio",
-            "The to-route's gateway weight that the current step set (0..1).",
+            "The to-route's gateway weight the rollout last set: its step's, or its "
+            "rollback's once one moved it (0..1).",
             labels=[*g, "route"],
         )
         started = GaugeMetricFamily(
@@ -130,7 +131,7 @@ class RolloutMetrics(Collector):
             steps.add_metric([name], len(rollout.plan) if rollout else 0)
             if rollout is None:
                 continue
-            to_weight = rollout.target(rollout.step)[1]
+            to_weight = rollout.current()[1]
             weight.add_metric([name, rollout.spec.to_route], to_weight / 10_000)
             failed.add_metric([name], rollout.failed_checks)
             if rollout.step_started_at is not None:

@@ -1,4 +1,4 @@
-"""What a rollout reads from HAProxy (and Prometheus): applied weights, counters, readiness.
+"""What a rollout reads from HAProxy: applied weights, counters, readiness.
 
 Reads are scoped to the gateway's maps and the to-route's backend: a full `show stat` or
 `show map` of every gateway costs seconds at scale, and a rollout reads every interval.
@@ -6,11 +6,8 @@ Reads are scoped to the gateway's maps and the to-route's backend: a full `show 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import aiohttp
 
 from controller.compile import gateway_map_refs
 from controller.rollouts.checks import Counters
@@ -63,24 +60,3 @@ class Probe:
             for server in parse_servers_state(reply)
             if not (server.in_maintenance or server.draining)
         )
-
-
-async def query_prometheus(
-    session: aiohttp.ClientSession, url: str, query: str, timeout: float
-) -> float | None:
-    """One instant query; the single number it returns, None for no (or no single) value."""
-    endpoint = url.rstrip("/") + "/api/v1/query"
-    async with session.get(
-        endpoint, params={"query": query}, timeout=aiohttp.ClientTimeout(total=timeout)
-    ) as response:
-        body = await response.json(content_type=None)
-    if response.status != 200 or body.get("status") != "success":
-        raise ValueError(f"Prometheus answered {response.status}: {body.get('error', body)}")
-    data = body["data"]
-    if data["resultType"] == "scalar":
-        value = float(data["result"][1])
-    elif data["resultType"] == "vector" and len(data["result"]) == 1:
-        value = float(data["result"][0]["value"][1])
-    else:
-        return None
-    return None if math.isnan(value) else value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,27 @@ def addresses(backends: BackendProcess, route: str) -> list[str]:
     return [b.address for b in backends.backends if b.route == route]
 
 
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """Unix socket paths must stay short: pytest's own tmp_path can be too long."""
-    path = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
+@contextmanager
+def _short_dir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """Unix socket paths must stay short: pytest's own tmp_path can be too long."""
+    with _short_dir("wb-") as path:
+        yield path
+
+
+@pytest.fixture(scope="module")
+def module_tmp() -> Iterator[Path]:
+    """Like `short_tmp`, one per test module, for stacks a whole module shares."""
+    with _short_dir("wb-m-") as path:
+        yield path
 
 
 def shop_config(

@@ -108,6 +108,11 @@ def events(view: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [event for event in view["events"] if event["kind"] == kind]
 
 
+def verdicts(view: dict[str, Any]) -> list[str]:
+    """Every evaluation's verdict in order (a repeated event counts as often as it happened)."""
+    return [e["message"].split(":")[0] for e in events(view, "check") for _ in range(e["count"])]
+
+
 def applied(stack: Stack) -> dict[str, str]:
     routes = stack.request("GET", "/api/v1/gateways/shop/status").body["routes"]
     return {name: route["applied_weight"] for name, route in routes.items()}
@@ -221,7 +226,8 @@ async def test_healthy_canary_is_promoted_step_by_step_and_the_cli_exits_0(
     assert process.returncode == 0, stderr.decode()
     final = json.loads(stdout)
     assert final["phase"] == "promoted"
-    assert "step_started" in stderr.decode()  # progress lines for the CI log
+    assert "step started" in stderr.decode()  # progress lines for the CI log
+    assert stderr.decode().startswith(f"rollout {final['id']} started")  # the id comes first
     view = await api(stack, "GET", f"/rollouts/{final['id']}")
     started = [e["step"] for e in events(view, "step_started")]
     assert started == [1, 2, 3, 4]
@@ -232,15 +238,19 @@ async def test_healthy_canary_is_promoted_step_by_step_and_the_cli_exits_0(
     load.report.assert_no_failures(min_requests=500)
 
 
-async def test_the_ci_example_promotes_a_healthy_canary(
-    stack: Stack, healthy: BackendProcess, short_tmp: Path
+@pytest.mark.parametrize("errors", [0.0, 1.0], ids=["healthy", "failing"])
+async def test_the_ci_example_promotes_a_healthy_canary_and_rolls_back_a_failing_one(
+    stack: Stack, healthy: BackendProcess, short_tmp: Path, errors: float
 ) -> None:
-    canaries = [b.address for b in healthy.backends if b.route == "canary"][:2]
+    """Issue 10.3: after a rollback the script printed the step's weights (90/10)."""
+    canaries = [b for b in healthy.backends if b.route == "canary"][:2]
+    for backend in canaries:
+        healthy.set_behaviour(backend.instance, error_rate=errors)
     env = {
         "PATH": os.environ["PATH"],
         "WEIGHBRIDGE_API": f"127.0.0.1:{stack.api_port}",
         "WEIGHBRIDGE_CLI": f"{sys.executable} -m controller",
-        "NEW_INSTANCES": " ".join(canaries),
+        "NEW_INSTANCES": " ".join(b.address for b in canaries),
         "STEPS": "50,100",
         "INTERVAL": "0.5",
         "MIN_REQUESTS": "50",
@@ -256,11 +266,19 @@ async def test_the_ci_example_promotes_a_healthy_canary(
             stderr=asyncio.subprocess.STDOUT,
         )
         output, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, output.decode()
-    assert "promoted" in output.decode()
+    text = output.decode()
     result = json.loads((short_tmp / "result.json").read_text())
-    assert result["phase"] == "promoted"
-    assert applied(stack) == {"stable": "0%", "canary": "100%"}
+    said = text.index(f"rollout {result['id']} started")  # abortable from the log
+    assert said < text.index("step started") and "weighbridge rollout abort" in text
+    if errors:
+        assert process.returncode == 1, text
+        assert result["phase"] == "rolled_back"
+        assert "(stable 100%, canary 0%)" in text and "at step 1/2" in text
+        assert applied(stack) == {"stable": "100%", "canary": "0%"}
+    else:
+        assert process.returncode == 0, text
+        assert result["phase"] == "promoted" and "(stable 0%, canary 100%)" in text
+        assert applied(stack) == {"stable": "0%", "canary": "100%"}
 
 
 async def test_canary_with_5_percent_errors_is_rolled_back_and_the_cli_exits_nonzero(
@@ -297,13 +315,14 @@ async def test_canary_with_5_percent_errors_is_rolled_back_and_the_cli_exits_non
     view = json.loads(stdout)
     assert view["phase"] == "rolled_back"
     # the rollback starts at the second failed check, not one evaluation later
-    checks = [e["message"].split(":")[0] for e in events(view, "check")]
+    checks = verdicts(view)
     assert checks.count("fail") == 2 == view["failed_checks"] and checks[-1] == "fail", checks
     assert "pass" not in checks, checks
     kinds = [e["kind"] for e in view["events"]]
     last_check = len(kinds) - 1 - kinds[::-1].index("check")
     assert kinds[last_check + 1] == "rollback_started", kinds
-    assert "success_rate" in events(view, "rollback_started")[0]["message"]
+    assert "success rate" in events(view, "rollback_started")[0]["message"]
+    assert view["weights"] == {"stable": "100%", "canary": "0%"}  # HAProxy's, not the step's
     assert [e["step"] for e in events(view, "step_started")] == [1]
     assert applied(stack) == {"stable": "100%", "canary": "0%"}
     await no_canary_traffic_after(stack, healthy)
@@ -328,13 +347,15 @@ async def test_no_traffic_holds_inconclusive_then_traffic_lets_it_go_on(stack: S
     held = await until(
         stack,
         rollout_id,
-        lambda v: len(events(v, "check")) >= 4,
+        lambda v: len(verdicts(v)) >= 4,
         20,
         "four evaluations without traffic",
     )
     assert held["phase"] == "progressing" and held["step"] == 1
-    assert {e["message"].split(":")[0] for e in events(held, "check")} == {"inconclusive"}
+    assert set(verdicts(held)) == {"inconclusive"}
+    assert len(events(held, "check")) == 1  # the same evaluation, counted, not repeated
     assert held["failed_checks"] == 0
+    assert "traffic: the window has 0 of the 50 responses" in held["waiting_for"]
     assert applied(stack) == {"stable": "90%", "canary": "10%"}  # held at step 1
     async with SteadyLoad(gateway_url(stack), rate=RATE, max_duration=60):
         view = await finished(stack, rollout_id)
@@ -360,6 +381,8 @@ async def test_abort_while_paused_rolls_back_and_promote_while_paused_completes(
         view = await finished(stack, first)
         assert view["phase"] == "aborted"
         assert applied(stack) == {"stable": "100%", "canary": "0%"}
+        assert view["weights"] == {"stable": "100%", "canary": "0%"}  # not step 1's 90/10
+        assert view["weights_source"] == "haproxy"
 
         second = await start(stack, spec())
         await until(stack, second, lambda v: v["step"] == 1, 10, "step 1")

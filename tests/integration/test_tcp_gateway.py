@@ -9,9 +9,7 @@ a source-address condition routes, and what needs HTTP is refused with a 400 nam
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import socket
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.ports import free_ports
 from tests.support.stack import Stack, running_stack
 from tests.support.stats import assert_share
 from tests.support.tcp import EchoProcess, tcp_echo_servers, tcp_exchange
@@ -28,15 +27,6 @@ from tests.support.tcp import EchoProcess, tcp_echo_servers, tcp_exchange
 pytestmark = pytest.mark.haproxy
 
 SERVERS = ["t1", "t2", "t3", "t4", "t5", "t6"]
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports (all held open while picked, so none is handed out twice)."""
-    with contextlib.ExitStack() as sockets:
-        socks = [sockets.enter_context(socket.socket()) for _ in range(n)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
 from controller.backends import require_loopback
 
-__all__ = ["free_port", "wait_for_port"]
+__all__ = ["free_port", "free_ports", "wait_for_port"]
 
 _POLL_SECONDS = 0.02
 
@@ -22,6 +23,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (all held open while picked, so none is handed out twice)."""
+    with contextlib.ExitStack() as sockets:
+        ports = []
+        for _ in range(n):
+            sock = sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 def wait_for_port(host: str, port: int, timeout: float = 5.0) -> None:

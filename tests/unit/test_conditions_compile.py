@@ -223,13 +223,13 @@ GOLDEN = [
     ("not true", (), "FALSE"),
     ("false or true", (), "FALSE || TRUE"),
     (
-        "user-agent == Firefox",
-        ("acl wb_c3_a1 req.fhdr(user-agent) -m sub -i -- 'Firefox'",),
+        "user-agent == Firefox/",
+        ("acl wb_c3_a1 req.fhdr(user-agent) -m sub -i -- 'Firefox/'",),
         "wb_c3_a1",
     ),
     (
-        "user-agent != Firefox",
-        ("acl wb_c3_a1 req.fhdr(user-agent) -m sub -i -- 'Firefox'",),
+        "user-agent != Firefox/",
+        ("acl wb_c3_a1 req.fhdr(user-agent) -m sub -i -- 'Firefox/'",),
         "!wb_c3_a1",
     ),
     (
@@ -397,7 +397,7 @@ MATCHABLE: st.SearchStrategy[Expr] = st.one_of(
     st.builds(Const, st.booleans()),
     st.builds(
         lambda v, n: Atom(Kind.USER_AGENT, value=v, negated=n),
-        st.sampled_from(["firefox", "Edg", "Version/", "Trident"]),
+        st.sampled_from(["firefox/", "Edg", "Version/", "Trident"]),
         st.booleans(),
     ),
     st.builds(

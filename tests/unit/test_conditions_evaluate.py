@@ -115,8 +115,9 @@ def test_user_agent_is_a_case_insensitive_substring_of_any_user_agent_line() -> 
 
 def test_named_browser_is_not_the_plain_substring() -> None:
     edge = RequestFacts((("User-Agent", "Chrome/120 Safari/537.36 Edg/120"),))
-    assert evaluate(parse_condition("user-agent == Chrome"), edge)
+    assert evaluate(parse_condition("header User-Agent has Chrome"), edge)
     assert not evaluate(parse_condition("Chrome"), edge)
+    assert not evaluate(parse_condition("user-agent == Chrome"), edge)  # Vamp: the browser
 
 
 HOSTS = [

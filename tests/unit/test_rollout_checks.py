@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from controller.rollouts.checks import Counters, Window, evaluate, measure, summarise
-from controller.rollouts.model import Checks
+from controller.rollouts.checks import Answer, Counters, Window, evaluate, measure
+from controller.rollouts.spec import Checks
+from controller.rollouts.state import Evaluation
+from controller.rollouts.text import evaluation_text
+
+
+def text(evaluation: Evaluation) -> str:
+    return evaluation_text(evaluation.model_dump())
+
 
 CHECKS = Checks.model_validate({"success_rate": "99%", "max_response_ms": 200, "min_requests": 50})
 
@@ -49,12 +56,16 @@ def test_success_rate_and_latency() -> None:
     assert rate.value == 0.98 and rate.threshold == 0.99 and rate.result == "fail"
     slow = evaluate(CHECKS, Window(100, 0, 1.0, 201), at=0, step=1)
     assert slow.verdict == "fail"
-    assert summarise(slow) == "fail: requests 100; success_rate 1; response_time 201 > 200"
+    assert text(slow) == (
+        "fail: requests 100 ≥ 50; success rate 100.00% ≥ 99.00%; response time 201 ms > 200 ms"
+    )
+    assert text(failed).startswith("fail: requests 100 ≥ 50; success rate 98.00% < 99.00%")
 
 
 def test_prometheus_checks_fail_only_on_a_number() -> None:
     checks = Checks.model_validate(
         {
+            "success_rate": None,
             "min_requests": 10,
             "prometheus_url": "http://127.0.0.1:9090",
             "prometheus": [
@@ -64,16 +75,33 @@ def test_prometheus_checks_fail_only_on_a_number() -> None:
         }
     )
     window = Window(100, 0, 1.0, 5)
-    assert (
-        evaluate(checks, window, at=0, step=1, prometheus={"p99": 0.2, "apdex": 0.95}).verdict
-        == "pass"
-    )
-    assert (
-        evaluate(checks, window, at=0, step=1, prometheus={"p99": 0.7, "apdex": 0.95}).verdict
-        == "fail"
-    )
-    missing = evaluate(checks, window, at=0, step=1, prometheus={"p99": None, "apdex": 0.95})
+    assert evaluate(checks, window, at=0, step=1, prometheus=answers(0.2, 0.95)).verdict == "pass"
+    assert evaluate(checks, window, at=0, step=1, prometheus=answers(0.7, 0.95)).verdict == "fail"
+    missing = evaluate(checks, window, at=0, step=1, prometheus=answers(None, 0.95))
     assert missing.verdict == "inconclusive"
+    assert "p99 no data (Prometheus: HTTP 500)" in text(missing)
     # a failure elsewhere still fails: no data on one check does not protect a bad canary
-    both = evaluate(checks, window, at=0, step=1, prometheus={"p99": None, "apdex": 0.5})
+    both = evaluate(checks, window, at=0, step=1, prometheus=answers(None, 0.5))
     assert both.verdict == "fail"
+
+
+def answers(p99: float | None, apdex: float | None) -> dict[str, Answer]:
+    return {
+        "p99": Answer(p99, "" if p99 is not None else "Prometheus: HTTP 500"),
+        "apdex": Answer(apdex),
+    }
+
+
+def test_default_checks_are_a_99_percent_success_rate() -> None:
+    """Issue 10.1: a canary failing every request is a failed check with the defaults."""
+    checks = Checks()
+    assert checks.success_rate == 9900 and checks.effective
+    all_failed = evaluate(checks, Window(255, 255, 3.0, 5), at=0, step=1)
+    assert all_failed.verdict == "fail"
+    assert "success rate 0.00% < 99.00%" in text(all_failed)
+
+
+def test_without_checks_every_window_passes() -> None:
+    """`checks: none`, asked for by name: even no traffic and all errors pass."""
+    for window in (Window(0, 0, 1.0, 0), Window(100, 100, 1.0, 5)):
+        assert evaluate(None, window, at=0, step=1).verdict == "pass"

@@ -9,8 +9,11 @@ import pytest
 from rich.console import Console
 
 from controller.cli import build_parser
-from controller.cli_rollout import EXIT_CODES, render, spec_from_args
-from controller.rollouts.model import Origin, Rollout, RolloutSpec, plan_steps, public_view
+from controller.cli_rollout import spec_from_args
+from controller.cli_rollout_follow import EXIT_CODES, render
+from controller.rollouts.spec import RolloutSpec, plan_steps
+from controller.rollouts.state import Origin, Rollout
+from controller.rollouts.view import public_view
 
 
 def parse(*argv: str) -> object:
@@ -73,23 +76,49 @@ def test_a_spec_file(tmp_path: Path) -> None:
     assert RolloutSpec.model_validate(built).strategy.type == "bluegreen"
 
 
+def test_defaults_check_the_success_rate_and_no_checks_must_be_said() -> None:
+    """Issue 10.1: the synopsis read as if 99 were the default; now it is."""
+    args = parse("start", "shop", "--from", "stable", "--to", "canary")
+    spec = RolloutSpec.model_validate(spec_from_args(args))  # type: ignore[arg-type]
+    assert spec.checked is not None and spec.checked.success_rate == 9900
+    unchecked = parse("start", "shop", "--from", "stable", "--to", "canary", "--no-checks")
+    assert RolloutSpec.model_validate(spec_from_args(unchecked)).checked is None  # type: ignore[arg-type]
+    zero = parse("start", "shop", "--from", "a", "--to", "b", "--success-rate", "0")
+    with pytest.raises(ValueError, match="--no-checks"):
+        RolloutSpec.model_validate(spec_from_args(zero))  # type: ignore[arg-type]
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse("start", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in (
+        "success rate ≥ 99%",
+        "(default: 99)",
+        "(default: 100)",
+        "(default: 60.0)",
+        "(default: 1,5,10,25,50,100)",
+        "--no-checks",
+        "(default: 127.0.0.1:9900)",
+    ):
+        assert expected in text, expected
+
+
 def test_exit_codes_say_how_it_ended() -> None:
     assert EXIT_CODES == {"promoted": 0, "rolled_back": 1, "aborted": 1, "failed": 2}
 
 
-def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check() -> None:
-    from controller.rollouts.checks import Window, evaluate
-
+def rollout_at_step_1(**checks: object) -> Rollout:
     spec = RolloutSpec.model_validate(
         {
             "gateway": "shop",
             "from_route": "stable",
             "to_route": "canary",
             "strategy": {"type": "canary", "steps": ["10%", "100%"]},
-            "checks": {"success_rate": "99%", "min_requests": 10},
+            "checks": {"min_requests": 10, **checks},
         }
     )
-    rollout = Rollout(
+    return Rollout(
         id="shop-1",
         spec=spec,
         created_at=0.0,
@@ -98,7 +127,13 @@ def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check()
         step=1,
         stage="analysing",
     )
-    rollout.last_check = evaluate(spec.checks, Window(100, 2, 1.0, 5), at=0.0, step=1)
+
+
+def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check() -> None:
+    from controller.rollouts.checks import Window, evaluate
+
+    rollout = rollout_at_step_1(success_rate="99%")
+    rollout.last_check = evaluate(rollout.spec.checked, Window(100, 2, 1.0, 5), at=0.0, step=1)
     rollout.record(1.0, "step_started", "stable 90%, canary 10%")
     console = Console(file=io.StringIO(), width=120)
     console.print(render(public_view(rollout, next_check_at=112.0), now=100.0))
@@ -109,6 +144,34 @@ def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check()
         "98.00%",
         "≥ 99.00%",
         "next check in 12.0 s",
-        "step_started",
+        "step started",
+        "success rate",
     ):
         assert expected in text, (expected, text)
+
+
+def test_events_tables_and_lines_say_rates_and_phases_the_same_way() -> None:
+    """Issue 10.10: events said `success_rate 0 < 0.99`, tables 0.00 %; `rolled_back` in text."""
+    from controller.cli_rollout_follow import _result
+    from controller.rollouts.checks import Window, evaluate
+    from controller.rollouts.text import evaluation_text, event_line
+
+    rollout = rollout_at_step_1()
+    rollout.last_check = evaluate(rollout.spec.checked, Window(255, 255, 1.0, 5), at=0.0, step=1)
+    summary = evaluation_text(rollout.last_check.model_dump())
+    assert summary == "fail: requests 255 ≥ 10; success rate 0.00% < 99.00%"
+    rollout.record(1.0, "check", summary)
+    rollout.end("rolled_back", f"2 failed checks: {summary}", 2.0)
+    view = public_view(rollout)
+    assert view["phase"] == "rolled_back"  # JSON keeps the identifier
+    console = Console(file=io.StringIO(), width=200)
+    console.print(render(view, now=0.0))
+    table = console.file.getvalue()  # type: ignore[attr-defined]
+    for shown in ("0.00%", "≥ 99.00%", "success rate", "rolled back"):
+        assert shown in table, (shown, table)
+    assert "rolled_back" not in table and "success_rate" not in table
+    assert "step 1 rolled back: 2 failed checks: fail: " in event_line(view["events"][-1])
+    args = build_parser().parse_args(["rollout", "status", "shop-1"])
+    out = Console(file=io.StringIO(), width=200)
+    _result(args, out, ["shop-1"], {"shop-1": view}, False)
+    assert out.file.getvalue().startswith("rollout shop-1 rolled back: 2 failed checks")  # type: ignore[attr-defined]

@@ -7,7 +7,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.rollouts.checks import Window, evaluate
 from controller.rollouts.metrics import PHASE_LABELS, RolloutMetrics, latest_by_gateway
-from controller.rollouts.model import Origin, Rollout, RolloutSpec, plan_steps
+from controller.rollouts.spec import RolloutSpec, plan_steps
+from controller.rollouts.state import Origin, Rollout
 
 
 def rollout(rollout_id: str, created: float, phase: str = "progressing") -> Rollout:
@@ -91,3 +92,16 @@ def test_latest_prefers_the_active_rollout() -> None:
     assert latest_by_gateway([rollout("shop-1", 1.0, "promoted"), newer_done])["shop"].id == (
         "shop-2"
     )
+
+
+def test_after_a_rollback_the_weight_is_the_rollbacks() -> None:
+    """Issue 10.3: the to-route's weight stayed the step's after a rollback."""
+    registry = CollectorRegistry()
+    done = rollout("shop-1", 1.0)
+    done.step = 1
+    done.start_rollback(1000, "failed", "rolled_back", 2.0)
+    done.rollback_step = 1
+    done.end("rolled_back", "failed", 3.0)
+    RolloutMetrics(registry, lambda: ["shop"], lambda: [done])
+    key = ("weighbridge_rollout_to_route_weight_ratio", (("gateway", "shop"), ("route", "canary")))
+    assert samples(registry)[key] == 0.0

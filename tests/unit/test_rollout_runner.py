@@ -23,13 +23,14 @@ from prometheus_client import CollectorRegistry
 from controller.model import Config
 from controller.rollouts.checks import Counters
 from controller.rollouts.metrics import RolloutMetrics
-from controller.rollouts.model import Command, Origin, Rollout, RolloutSpec, plan_steps
 from controller.rollouts.probe import Applied
 from controller.rollouts.runner import (
     CommandRefused,
     RolloutRunner,
     RunnerContext,
 )
+from controller.rollouts.spec import RolloutSpec, plan_steps
+from controller.rollouts.state import Command, Origin, Rollout
 from controller.store import Revisioned
 
 BACKENDS = {"stable": "wb.shop.b1", "canary": "wb.shop.b2"}
@@ -385,3 +386,44 @@ async def test_a_refusing_webhook_blocks_the_step() -> None:
             assert runner.rollout.step == 0 and "HTTP 503" in (runner.rollout.blocked or "")
     assert h.engine.changes == 0
     assert calls[0]["next_step"] == 1 and calls[0]["event"] == "pre-step"
+
+
+async def test_a_canary_failing_every_request_is_rolled_back_by_the_default_checks() -> None:
+    """Issue 10.1: no success_rate given, 255 of 255 requests failed, and it was promoted."""
+    h = harness(traffic=(60, 60))
+    rollout = await finish(h.runner(make_rollout(h, checks={"min_requests": 50})))
+    assert rollout.phase == "rolled_back" and rollout.failed_checks == 2
+    assert "success rate 0.00% < 99.00%" in (rollout.reason or "")
+    assert h.haproxy.weights == {"stable": 10000, "canary": 0}
+
+
+async def test_without_checks_every_step_moves_on_after_an_interval() -> None:
+    h = harness(traffic=(0, 0))
+    rollout = await finish(h.runner(make_rollout(h, checks="none")))
+    assert rollout.phase == "promoted" and kinds(rollout, "step_started") == [1, 2, 3]
+    assert "checks: none" in (rollout.reason or "")
+
+
+class BrokenCounters(FakeProbe):
+    async def counters(self, backend: str) -> Counters:
+        raise ConnectionResetError("HAProxy's admin socket went away")
+
+
+async def test_repeated_errors_are_one_event_and_few_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 9.5: errors grew the events (834 in 37 s) and rewrote rollouts.json each time."""
+    from controller.rollouts import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "ERROR_BACKOFF", (0.001, 0.001))
+    h = harness()
+    h.context.probe = BrokenCounters(h.haproxy)  # type: ignore[assignment]
+    runner = h.runner(make_rollout(h))
+    async with running(runner):
+        await until(lambda: runner.rollout.step == 1)
+        writes = len(h.saved)
+        await until(lambda: sum(e.count for e in runner.rollout.events if e.kind == "error") > 100)
+    errors = [e for e in runner.rollout.events if e.kind == "error"]
+    assert len(errors) == 1 and errors[0].count > 100
+    assert "admin socket went away" in errors[0].message
+    assert len(h.saved) - writes <= 2  # the first error (and at most one checkpoint)

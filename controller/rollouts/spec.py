@@ -1,4 +1,4 @@
-"""A rollout as asked for (`RolloutSpec`) and as it stands (`Rollout`); pure, no I/O.
+"""A rollout as asked for (`RolloutSpec`) and the plan of steps it gives; pure, no I/O.
 
 Weights in a rollout are shares of the *pair*: the traffic the from-route and the to-route
 carry together when the rollout starts. With only those two routes on the gateway that is the
@@ -9,30 +9,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from controller.model import BASIS_POINTS, Name, Percent, format_percent
+from controller.model import BASIS_POINTS, Name, Percent
 
-Phase = Literal[
-    "progressing", "paused", "rolling_back", "promoted", "rolled_back", "aborted", "failed"
-]
-PHASES: tuple[Phase, ...] = (
-    "progressing",
-    "paused",
-    "rolling_back",
-    "promoted",
-    "rolled_back",
-    "aborted",
-    "failed",
-)
-TERMINAL: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted", "failed"})
-Stage = Literal["gate", "applying", "analysing"]
-"""Within a step: waiting at the gate (webhooks, ready instances), applying, measuring."""
-Verdict = Literal["pass", "fail", "inconclusive"]
-
+DEFAULT_SUCCESS_RATE = 9900
+"""Every rollout checks this unless told otherwise: 99 % of the to-route's responses non-5xx
+(HAProxy's own 5xx for that route, e.g. 503 when no server answers, count as failures)."""
 _MAX_SECONDS = 7 * 24 * 3600.0
 
 
@@ -42,12 +28,27 @@ def _seconds(value: float, field: str, minimum: float = 0.05) -> float:
     return value
 
 
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port must be a number in 1..65535") from None
+    if not parts.hostname or port == 0:
+        raise ValueError("an http(s) URL with a host is needed")
+    return value
+
+
+HttpUrl = Annotated[str, Field(pattern=r"^https?://[!-~]{1,2000}$"), AfterValidator(_http_url)]
+"""http or https, printable ASCII only; where it may go is `--allow-outbound`'s business."""
+
+
 class Webhook(BaseModel):
     """An HTTP POST that must answer 2xx: before each step (a gate) or on rollback (a notice)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    url: str = Field(pattern=r"^https?://[^\s]{1,2000}$")
+    url: HttpUrl
     timeout: float = 5.0
     """Seconds per attempt."""
     retries: int = Field(default=2, ge=0, le=10)
@@ -92,8 +93,8 @@ class Checks(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    success_rate: Percent | None = None
-    """Minimum share of non-5xx responses, e.g. "99%"."""
+    success_rate: Percent | None = DEFAULT_SUCCESS_RATE
+    """Minimum share of non-5xx responses, e.g. "99%"; None (or 0 %) for no such check."""
     max_response_ms: float | None = None
     """Maximum of HAProxy's average response time (`rtime`) of the to-route's backend, in ms."""
     min_requests: int = Field(default=100, ge=1, le=10_000_000)
@@ -102,7 +103,7 @@ class Checks(BaseModel):
     """Failed windows (over the whole rollout) that trigger the rollback."""
     max_inconclusive: int | None = Field(default=20, ge=1, le=100_000)
     """Consecutive inconclusive evaluations in a step before the rollout pauses; None: hold."""
-    prometheus_url: str | None = Field(default=None, pattern=r"^https?://[^\s]{1,2000}$")
+    prometheus_url: HttpUrl | None = None
     prometheus: tuple[PrometheusCheck, ...] = Field(default=(), max_length=16)
     prometheus_timeout: float = 5.0
 
@@ -123,6 +124,11 @@ class Checks(BaseModel):
             raise ValueError(f"Prometheus check names must be unique and not {sorted(reserved)}")
         _seconds(self.prometheus_timeout, "prometheus_timeout", 0.01)
         return self
+
+    @property
+    def effective(self) -> bool:
+        """Whether anything can fail: a rollout without such a check would promote anything."""
+        return bool(self.success_rate or self.max_response_ms is not None or self.prometheus)
 
 
 class Canary(BaseModel):
@@ -238,7 +244,8 @@ class RolloutSpec(BaseModel):
     strategy: Strategy
     interval: float = 60.0
     """Seconds between evaluations; a step lasts at least one."""
-    checks: Checks = Checks()
+    checks: Checks | Literal["none"] = Checks()
+    """What each window must show; "none" (asked for by name) moves on every interval."""
     rollback: RollbackPolicy = RollbackPolicy()
     webhooks: Webhooks = Webhooks()
 
@@ -247,11 +254,27 @@ class RolloutSpec(BaseModel):
     def _interval(cls, value: float) -> float:
         return _seconds(value, "interval")
 
+    @field_validator("checks")
+    @classmethod
+    def _effective(cls, value: Checks | Literal["none"]) -> Checks | Literal["none"]:
+        if value != "none" and not value.effective:
+            raise ValueError(
+                "none of the checks can fail (success_rate, max_response_ms, prometheus), so "
+                'anything would be promoted; give one, or say "checks": "none" '
+                "(weighbridge rollout start --no-checks) to roll out unchecked"
+            )
+        return value
+
     @model_validator(mode="after")
     def _routes(self) -> RolloutSpec:
         if self.from_route == self.to_route:
             raise ValueError("from_route and to_route must differ")
         return self
+
+    @property
+    def checked(self) -> Checks | None:
+        """The checks, None for a rollout started with `checks: none`."""
+        return None if self.checks == "none" else self.checks
 
 
 # ---- the plan ----------------------------------------------------------------------------
@@ -295,188 +318,3 @@ def rollback_weights(current_to: int, origin_to: int, steps: int) -> tuple[int, 
     """The to-route's gateway weight after each rollback step, ending exactly at the origin."""
     path = [current_to + (origin_to - current_to) * k // steps for k in range(1, steps)]
     return (*path, origin_to)
-
-
-# ---- the state ---------------------------------------------------------------------------
-
-
-class Origin(BaseModel):
-    """The pair as it was when the rollout started: where a rollback returns to."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    from_weight: int
-    to_weight: int
-    to_strength: int | None = None
-    """The to-route's condition strength (A/B), None when it has no condition."""
-
-    @property
-    def total(self) -> int:
-        return self.from_weight + self.to_weight
-
-
-class CheckResult(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    value: float | None
-    threshold: float | None
-    bound: Literal["min", "max"]
-    result: Verdict
-    unit: str = ""
-    note: str = ""
-
-
-class Evaluation(BaseModel):
-    """One evaluation of one window of the to-route's traffic."""
-
-    model_config = ConfigDict(frozen=True)
-
-    at: float
-    step: int
-    verdict: Verdict
-    requests: int
-    errors: int
-    seconds: float
-    results: tuple[CheckResult, ...] = ()
-
-
-class Event(BaseModel):
-    """What happened, when (Unix time): the rollout's audit trail, persisted with it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    at: float
-    kind: str
-    step: int
-    message: str = ""
-
-
-class Rollout(BaseModel):
-    """A rollout and where it stands; mutated only by its runner, persisted on each change."""
-
-    id: str
-    spec: RolloutSpec
-    created_at: float
-    origin: Origin
-    plan: tuple[Step, ...]
-    phase: Phase = "progressing"
-    stage: Stage = "gate"
-    step: int = 0
-    """The current step, 1-based; 0 before the first one started."""
-    step_started_at: float | None = None
-    step_requests: int = 0
-    """Responses of the to-route counted in this step's evaluated windows (A/B steps)."""
-    failed_checks: int = 0
-    inconclusive: int = 0
-    """Consecutive inconclusive evaluations in the current step."""
-    blocked: str | None = None
-    """Why the next step does not start yet (a webhook said no, no ready instance)."""
-    reason: str | None = None
-    """Why the rollout paused, rolled back, was aborted or failed."""
-    rollback_to: tuple[int, ...] = ()
-    """The to-route's gateway weight after each rollback step."""
-    rollback_step: int = 0
-    rollback_result: Literal["rolled_back", "aborted"] = "rolled_back"
-    last_check: Evaluation | None = None
-    last_error: str | None = None
-    ended_at: float | None = None
-    events: list[Event] = Field(default_factory=list)
-
-    @property
-    def terminal(self) -> bool:
-        return self.phase in TERMINAL
-
-    @property
-    def gateway(self) -> str:
-        return self.spec.gateway
-
-    def target(self, step: int) -> tuple[int, int]:
-        """(from, to) gateway weights once `step` (1-based) is applied; 0: the origin."""
-        weight: int | None = None
-        for planned in self.plan[:step]:
-            weight = planned.weight if planned.weight is not None else weight
-        if weight is None:
-            return self.origin.from_weight, self.origin.to_weight
-        return split_pair(self.origin.total, weight)
-
-    def target_strength(self, step: int) -> int | None:
-        strength = self.origin.to_strength
-        for planned in self.plan[:step]:
-            strength = planned.strength if planned.strength is not None else strength
-        return strength
-
-    def record(
-        self, at: float, kind: str, message: str = "", *, step: int | None = None, keep: int = 500
-    ) -> Event:
-        """Append an event; beyond `keep` events the oldest check or webhook event is dropped
-        (step, rollback and command events are kept: they are the rollout's history)."""
-        event = Event(at=at, kind=kind, step=self.step if step is None else step, message=message)
-        self.events.append(event)
-        if len(self.events) > keep:
-            for index, old in enumerate(self.events):
-                if old.kind in ("check", "webhook"):
-                    del self.events[index]
-                    break
-        return event
-
-
-def describe_weights(spec: RolloutSpec, from_weight: int, to_weight: int) -> dict[str, str]:
-    return {spec.from_route: format_percent(from_weight), spec.to_route: format_percent(to_weight)}
-
-
-@dataclass(frozen=True)
-class Command:
-    """pause, resume, promote or abort, as sent to a rollout's runner."""
-
-    kind: Literal["pause", "resume", "promote", "abort"]
-
-
-def public_view(rollout: Rollout, next_check_at: float | None = None) -> dict[str, Any]:
-    """The API's JSON for a rollout: its state, its plan as weights, its history."""
-    spec = rollout.spec
-    plan = []
-    for number in range(1, len(rollout.plan) + 1):
-        step = rollout.plan[number - 1]
-        entry: dict[str, Any] = {
-            "step": number,
-            "weights": describe_weights(spec, *rollout.target(number)),
-        }
-        strength = rollout.target_strength(number)
-        if step.strength is not None and strength is not None:
-            entry["condition_strength"] = format_percent(strength)
-        if step.requests is not None:
-            entry["requests"] = step.requests
-        if step.duration is not None:
-            entry["duration"] = step.duration
-        plan.append(entry)
-    current = rollout.target(rollout.step)
-    strength = rollout.target_strength(rollout.step)
-    return {
-        "id": rollout.id,
-        "gateway": spec.gateway,
-        "from_route": spec.from_route,
-        "to_route": spec.to_route,
-        "strategy": spec.strategy.type,
-        "phase": rollout.phase,
-        "stage": rollout.stage,
-        "step": rollout.step,
-        "steps": len(rollout.plan),
-        "weights": describe_weights(spec, *current),
-        "condition_strength": format_percent(strength) if strength is not None else None,
-        "origin": describe_weights(spec, rollout.origin.from_weight, rollout.origin.to_weight),
-        "plan": plan,
-        "failed_checks": rollout.failed_checks,
-        "failure_threshold": spec.checks.failure_threshold,
-        "inconclusive": rollout.inconclusive,
-        "blocked": rollout.blocked,
-        "reason": rollout.reason,
-        "last_error": rollout.last_error,
-        "last_check": rollout.last_check.model_dump(mode="json") if rollout.last_check else None,
-        "next_check_at": next_check_at,
-        "step_started_at": rollout.step_started_at,
-        "created_at": rollout.created_at,
-        "ended_at": rollout.ended_at,
-        "events": [event.model_dump(mode="json") for event in rollout.events],
-        "spec": spec.model_dump(mode="json", exclude_none=True),
-    }

@@ -1,0 +1,160 @@
+"""The two routes a rollout moves traffic between: their weights in the desired state, applied
+through the engine like any API write, and read back from HAProxy's live maps.
+
+A step counts only once HAProxy shows it. Weights that someone else changed are never
+overwritten silently: the runner pauses and says so (`RolloutError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from controller.errors import ConflictingState, Unavailable
+from controller.model import BASIS_POINTS, Config, Gateway, format_percent
+from controller.rollouts.state import Rollout
+from controller.rollouts.text import weights_text
+
+if TYPE_CHECKING:
+    from controller.engine import Engine
+    from controller.rollouts.probe import Probe
+
+READ_BACK_POLL = 0.01
+
+
+class RolloutError(ConflictingState):
+    """The rollout cannot go on as asked: it pauses (and says why) instead of guessing."""
+
+
+class RouteGone(RolloutError):
+    """The gateway or one of the two routes no longer exists: the rollout fails."""
+
+
+class ReadBackError(Unavailable):
+    """HAProxy's live maps did not show a change in time; the change is retried."""
+
+
+def step_text(rollout: Rollout, step: int) -> str:
+    """`stable 90%, canary 10%` (and the condition strength of an A/B step)."""
+    text = weights_text(rollout.describe(*rollout.target(step)))
+    strength = rollout.target_strength(step)
+    if rollout.spec.strategy.type == "ab" and strength is not None:
+        text += f"; {rollout.spec.to_route} condition strength {format_percent(strength)}"
+    return text
+
+
+def find_gateway(rollout: Rollout, config: Config) -> Gateway:
+    """The rollout's gateway, with both routes; RouteGone if any of them was deleted."""
+    spec = rollout.spec
+    gateway = config.gateways.get(spec.gateway)
+    if gateway is None:
+        raise RouteGone(f"gateway {spec.gateway} was deleted")
+    for route in (spec.from_route, spec.to_route):
+        if route not in gateway.routes:
+            raise RouteGone(f"route {route} of gateway {spec.gateway} was deleted")
+    return gateway
+
+
+@dataclass
+class Pair:
+    rollout: Rollout
+    engine: Engine
+    probe: Probe
+    read_back_timeout: float = 5.0
+
+    async def apply_step(self, step: int) -> None:
+        rollout = self.rollout
+        strength = rollout.target_strength(step) if rollout.spec.strategy.type == "ab" else None
+        await self.apply(rollout.target(step)[1], strength, exact_pair=True)
+
+    async def apply(self, to_weight: int, strength: int | None, *, exact_pair: bool) -> int:
+        """Make the to-route's weight (and strength) desired, then wait until HAProxy's live
+        maps show it; returns the from-route's weight. `exact_pair`: the from-route takes the
+        rest of the pair's traffic, and the other routes must still carry what they did;
+        otherwise it takes whatever they leave (a rollback finishes even if they changed)."""
+        rollout, spec = self.rollout, self.rollout.spec
+        from_route, to_route = spec.from_route, spec.to_route
+        expected: dict[str, int] = {}
+
+        def compute(config: Config) -> Config:
+            gateway = find_gateway(rollout, config)
+            weights = gateway.effective_weights()
+            others = BASIS_POINTS - weights[from_route] - weights[to_route]
+            if exact_pair and others + rollout.origin.total != BASIS_POINTS:
+                raise RolloutError(
+                    f"the other routes of {spec.gateway} now carry {format_percent(others)}, "
+                    f"not {format_percent(BASIS_POINTS - rollout.origin.total)}"
+                )
+            from_weight = BASIS_POINTS - others - to_weight
+            if from_weight < 0:
+                raise RolloutError(f"no room for {to_route} at {format_percent(to_weight)}")
+            weights.update({from_route: from_weight, to_route: to_weight})
+            try:
+                updated = gateway.with_weights(weights)
+                if strength is not None:
+                    data = updated.model_dump(mode="json")
+                    data["routes"][to_route]["condition_strength"] = format_percent(strength)
+                    updated = Gateway.model_validate(data)
+            except ValidationError as exc:
+                raise RolloutError(f"gateway {spec.gateway} refuses the step: {exc}") from None
+            expected.update({from_route: from_weight, to_route: to_weight})
+            return config.with_gateway(spec.gateway, updated)
+
+        await self.engine.change(compute)
+        await self._read_back(expected, strength)
+        return expected[from_route]
+
+    async def _read_back(self, expected: dict[str, int], strength: int | None) -> None:
+        """Poll HAProxy's live maps until they show the weights (and strength)."""
+        to_route = self.rollout.spec.to_route
+        deadline = time.monotonic() + self.read_back_timeout
+        while True:
+            applied = await self.probe.applied(self.rollout.gateway, strengths=strength is not None)
+            shown = {route: applied.weights.get(route) for route in expected}
+            if shown == expected and (
+                strength is None or applied.strengths.get(to_route) == strength
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise ReadBackError(f"HAProxy still shows {shown}, not {expected}")
+            await asyncio.sleep(READ_BACK_POLL)  # polling HAProxy, bounded by the deadline
+
+    async def backend(self) -> str:
+        """The HAProxy backend the to-route is bound to now."""
+        applied = await self.probe.applied(self.rollout.gateway)
+        backend = applied.backends.get(self.rollout.spec.to_route)
+        if backend is None:
+            raise RouteGone(f"HAProxy has no backend for route {self.rollout.spec.to_route}")
+        return backend
+
+    async def ready_instances(self) -> int:
+        applied = await self.probe.applied(self.rollout.gateway)
+        backend = applied.backends.get(self.rollout.spec.to_route)
+        return await self.probe.ready_instances(backend) if backend else 0
+
+    def is_ours(self) -> bool:
+        """The desired state still holds the weights (and strength) this rollout last set."""
+        rollout, spec = self.rollout, self.rollout.spec
+        gateway = find_gateway(rollout, self.engine.desired.config)
+        weights = gateway.effective_weights()
+        if (weights[spec.from_route], weights[spec.to_route]) != rollout.target(rollout.step):
+            return False
+        if spec.strategy.type == "ab":
+            return gateway.routes[spec.to_route].strength == rollout.target_strength(rollout.step)
+        return True
+
+    def check_ownership(self) -> None:
+        """Raise RolloutError when someone else changed the pair's weights."""
+        if not self.is_ours():
+            spec = self.rollout.spec
+            weights = find_gateway(self.rollout, self.engine.desired.config).effective_weights()
+            now = self.rollout.describe(weights[spec.from_route], weights[spec.to_route])
+            raise RolloutError(
+                f"weights changed outside the rollout ({weights_text(now)}, expected "
+                f"{step_text(self.rollout, self.rollout.step)}): resume re-applies the step's, "
+                "abort rolls back"
+            )

@@ -46,21 +46,23 @@ _PERCENT_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,2})?%?")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
 
-def _whole(pattern: re.Pattern[str], value: Any) -> str | None:
-    """`value` if it is a string that `pattern` matches from its first to its last character."""
-    return value if isinstance(value, str) and pattern.fullmatch(value) else None
+def _whole(pattern: re.Pattern[str], value: Any, refusal: str) -> str:
+    """`value` if `pattern` matches all of it, else ValueError(`refusal`, `{}` the value)."""
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return value
+    raise ValueError(refusal.format(shown(value)))
 
 
 def check_name(value: Any) -> str:
     """Names become parts of HAProxy proxy names and map values: a DNS-label-like alphabet."""
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    if _whole(_NAME_RE, value) is None:
-        raise ValueError(
-            f"invalid name {shown(value)}: use 1-63 lowercase letters, digits, '-' or '_', "
-            "starting and ending with a letter or digit"
-        )
-    return value
+    return _whole(
+        _NAME_RE,
+        value,
+        "invalid name {}: use 1-63 lowercase letters, digits, '-' or '_', "
+        "starting and ending with a letter or digit",
+    )
 
 
 Name = Annotated[str, BeforeValidator(check_name)]
@@ -174,13 +176,12 @@ Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, ret
 
 def check_balance(value: Any) -> str:
     """Every HAProxy algorithm that keeps working while slots are filled and emptied live."""
-    balance = _whole(_BALANCE_RE, value)
-    if balance is None:
-        raise ValueError(
-            f"unknown balance {shown(value)}: use roundrobin, static-rr, leastconn, first, random, "
-            "source, uri, 'url_param <name>' or 'hdr(<name>)'"
-        )
-    return balance
+    return _whole(
+        _BALANCE_RE,
+        value,
+        "unknown balance {}: use roundrobin, static-rr, leastconn, first, random, source, uri, "
+        "'url_param <name>' or 'hdr(<name>)'",
+    )
 
 
 Balance = Annotated[str, BeforeValidator(check_balance)]
@@ -206,11 +207,9 @@ def check_host(value: Any) -> str:
     """ASCII before lower-casing: `"\\u212a".lower()` is an ASCII `k`."""
     if not isinstance(value, str) or not value.isascii() or len(value) > 253:
         raise ValueError(f"{shown(value)} is not an ASCII host name of at most 253 characters")
-    if _whole(_HOST_RE, value.lower()) is None:
-        raise ValueError(
-            f"{shown(value)} is not a host name (letters, digits, '-', '.'; '*.' prefix)"
-        )
-    return value.lower()
+    return _whole(
+        _HOST_RE, value.lower(), "{} is not a host name (letters, digits, '-', '.'; '*.' prefix)"
+    )
 
 
 Host = Annotated[str, BeforeValidator(check_host)]
@@ -218,13 +217,11 @@ Host = Annotated[str, BeforeValidator(check_host)]
 
 def check_rewrite_path(value: Any) -> str:
     """Rendered in single quotes in `http-request set-path`: no quote, `%`, `#` or space."""
-    path = _whole(_REWRITE_PATH_RE, value)
-    if path is None:
-        raise ValueError(
-            f"{shown(value)} is not a path: '/' then up to 255 of A-Z a-z 0-9 . _ ~ ! $ & ( ) "
-            "* + , ; = : @ / -"
-        )
-    return path
+    return _whole(
+        _REWRITE_PATH_RE,
+        value,
+        "{} is not a path: '/' then up to 255 of A-Z a-z 0-9 . _ ~ ! $ & ( ) * + , ; = : @ / -",
+    )
 
 
 class Rewrite(BaseModel):

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # In-flight requests get this long to finish when an instance is removed or the pool closes.
 _DRAIN_SECONDS = 2.0
 
@@ -50,7 +50,7 @@ class BackendSpec:
     def __post_init__(self) -> None:
         # Names travel in space-separated lines and in headers: keep them plain.
         for field_name, value in (("route", self.route), ("instance", self.instance)):
-            if not _NAME.match(value):
+            if not _NAME.fullmatch(value):
                 raise ValueError(f"{field_name} {value!r} must match {_NAME.pattern}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is outside 0..65535")

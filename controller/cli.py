@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -34,7 +35,7 @@ class ApiClientError(Exception):
 
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port):
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):  # [::1]:9900
         host = host[1:-1]
@@ -132,7 +133,7 @@ def cmd_apply(args: argparse.Namespace, console: Console) -> int:
     """Make the gateways those of a config file; `plan` only shows what that would do."""
     from controller.config_file import load_config
 
-    config = load_config(Path(args.file))
+    config = load_config(Path(args.file), allow_unsafe_acls=True)  # the controller decides
     dry_run = args.command == "plan" or args.dry_run
     query = "?dry_run=true" if dry_run else ""
     status, current = call_api(args.api, "GET", "/gateways", token=args.token)
@@ -244,6 +245,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
         timing=Timing(debounce=args.reload_debounce, min_reload_interval=args.min_reload_interval),
         stats=args.stats,
         attach=attach,
+        allow_unsafe_acls=args.allow_unsafe_acls,
         allow_outbound=tuple(getattr(args, "allow_outbound", None) or ()),
     )
 
@@ -302,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--stats",
             default="127.0.0.1:8404",
             help="HAProxy's Prometheus exporter (/metrics) and stats page (/stats); '' for none",
+        )
+        p.add_argument(
+            "--allow-unsafe-acls",
+            action="store_true",
+            help="let raw ACLs in conditions read files (-f, map) or the environment (env) "
+            "or run Lua: only if everyone who may write routes may do that",
         )
 
     def api_options(p: argparse.ArgumentParser) -> None:

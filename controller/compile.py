@@ -38,7 +38,7 @@ rendered on every slot, filled or parked."""
 
 RING_BALANCE = (*HASH_BALANCE, "random")
 
-_POOL_BACKEND = re.compile(r"^wb\.([a-z0-9_-]+)\.b([0-9]+)$")
+_POOL_BACKEND = re.compile(r"wb\.([a-z0-9_-]+)\.b([0-9]+)")
 
 
 def frontend_name(gateway: str) -> str:
@@ -51,7 +51,7 @@ def pool_backend(gateway: str, index: int) -> str:
 
 def parse_pool_backend(name: str) -> tuple[str, int] | None:
     """(gateway, index) of one of our pool backends, None for anything else."""
-    match = _POOL_BACKEND.match(name)
+    match = _POOL_BACKEND.fullmatch(name)
     return (match.group(1), int(match.group(2))) if match else None
 
 

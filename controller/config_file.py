@@ -8,14 +8,19 @@ import yaml
 from pydantic import ValidationError
 
 from controller.errors import InvalidInput
-from controller.model import Config, validation_problems
+from controller.model import Config, acl_policy_problems, validation_problems
 
 
 class ConfigFileError(InvalidInput):
     """The file is missing, not YAML, or not a valid desired state; the message says where."""
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, *, allow_unsafe_acls: bool = False) -> Config:
+    """The file's desired state; raw ACLs are checked against the controller's policy.
+
+    The controller passes its own setting, so a refused file is never stored as the seed;
+    a client (`apply`, `plan`) passes True and lets the controller decide.
+    """
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -23,7 +28,15 @@ def load_config(path: Path) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigFileError(f"{path} is not valid YAML: {exc}") from exc
     try:
-        return Config.model_validate(data or {})
+        config = Config.model_validate(data or {})
     except ValidationError as exc:
-        lines = [f"  {p['field']}: {p['message']}" for p in validation_problems(exc)]
-        raise ConfigFileError(f"{path} is invalid:\n" + "\n".join(lines)) from exc
+        raise _invalid(path, validation_problems(exc)) from exc
+    problems = acl_policy_problems(config, allow_unsafe=allow_unsafe_acls)
+    if problems:
+        raise _invalid(path, problems)
+    return config
+
+
+def _invalid(path: Path, problems: list[dict[str, str]]) -> ConfigFileError:
+    lines = [f"  {p['field']}: {p['message']}" for p in problems]
+    return ConfigFileError(f"{path} is invalid:\n" + "\n".join(lines), problems)

@@ -306,17 +306,14 @@ class Engine:
         """New instances first, then the atomic map swaps, then emptied slots."""
         if plan.fill:
             await self.runtime.execute_many(plan.fill)
-        if plan.map_updates:
-            refs = plan.map_updates
-            replies = await self.runtime.execute_many([commands.prepare_map(r) for r in refs])
+        if plan.map_swaps:
+            replies = await self.runtime.execute_many([s.prepare() for s in plan.map_swaps])
             swap = []
-            for ref, reply in zip(refs, replies, strict=True):
-                version = parse_prepared_version(reply)
-                swap += [commands.add_map_entry(ref, version, k, v) for k, v in plan.maps[ref]]
-                swap.append(commands.commit_map(ref, version))
+            for map_swap, reply in zip(plan.map_swaps, replies, strict=True):
+                swap += map_swap.commands(parse_prepared_version(reply))
             await self.runtime.execute_many(swap)
-            for ref in refs:
-                self.process.write_map(ref, plan.maps[ref])
+            for map_swap in plan.map_swaps:
+                self.process.write_map(map_swap.ref, map_swap.entries)
         if plan.empty:
             await self.runtime.execute_many(plan.empty)
 

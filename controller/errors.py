@@ -8,6 +8,12 @@ translator maps the kinds to status codes in one place. Anything that is not a
 from __future__ import annotations
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A value as error messages quote it: `repr` (control characters escaped), bounded."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class WeighbridgeError(Exception):
     """Base of every expected failure. `problems` are `{field, message}` pairs, if any."""
 

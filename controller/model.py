@@ -1,7 +1,9 @@
 """Desired state: gateways, routes, instances, weights (pure, validated by pydantic).
 
 Every string that can reach the HAProxy configuration or the Runtime API socket is
-validated here, once, with an error that names the field and the reason.
+validated here, once, with an error that names the field and the reason. Every pattern
+is applied with `fullmatch` (`$` would also match before a final newline) and written
+with ASCII classes (`\\d` would accept any Unicode digit).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,63 +24,80 @@ from pydantic import (
     model_validator,
 )
 
+from controller.errors import shown
+
 BASIS_POINTS = 10_000
 """100 % in basis points: weights and strengths are exact to 0.01 %."""
 
-NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$"
+NAME_PATTERN = r"[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?"
 _NAME_RE = re.compile(NAME_PATTERN)
 
 _BALANCE_RE = re.compile(
-    r"^(roundrobin|static-rr|leastconn|first|random|source|uri"
-    r"|url_param [A-Za-z0-9_.-]{1,64}|hdr\([A-Za-z0-9_-]{1,64}\))$"
+    r"roundrobin|static-rr|leastconn|first|random|source|uri"
+    r"|url_param [A-Za-z0-9_.-]{1,64}|hdr\([A-Za-z0-9_-]{1,64}\)"
 )
 HTTP_ONLY_BALANCE = ("uri", "url_param", "hdr(")
 HASH_BALANCE = ("source", "uri", "url_param", "hdr(")
 """Hash-based algorithms: rendered with `hash-type consistent`, so slot changes move few clients."""
 
-_HOST_RE = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
-_REWRITE_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&()*+,;=:@/-]{0,255}$")
+_HOST_RE = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*")
+_REWRITE_PATH_RE = re.compile(r"/[A-Za-z0-9._~!$&()*+,;=:@/-]{0,255}")
+_PERCENT_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,2})?%?")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def _whole(pattern: re.Pattern[str], value: Any, refusal: str) -> str:
+    """`value` if `pattern` matches all of it, else ValueError(`refusal`, `{}` the value)."""
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return value
+    raise ValueError(refusal.format(shown(value)))
 
 
 def check_name(value: Any) -> str:
     """Names become parts of HAProxy proxy names and map values: a DNS-label-like alphabet."""
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    if not _NAME_RE.match(value):
-        raise ValueError(
-            f"invalid name {value!r}: use 1-63 lowercase letters, digits, '-' or '_', "
-            "starting and ending with a letter or digit"
-        )
-    return value
+    return _whole(
+        _NAME_RE,
+        value,
+        "invalid name {}: use 1-63 lowercase letters, digits, '-' or '_', "
+        "starting and ending with a letter or digit",
+    )
 
 
 Name = Annotated[str, BeforeValidator(check_name)]
 
 
 def parse_percent(value: Any) -> int:
-    """Parse `90`, `"90%"`, `"2.5%"` or `2.5` into basis points; refuse anything inexact."""
+    """Parse `90`, `"90%"`, `"2.5%"` or `2.5` into basis points; refuse anything inexact.
+
+    Text must be ASCII digits with at most two decimals and an optional `%` right after
+    them (`"1e-5"`, `"NaN"`, `"+5"`, `"5 %"` and full-width digits are refused); JSON
+    numbers are taken as written (`2.5`, not `2.50000001`).
+    """
     if isinstance(value, bool):
         raise ValueError("must be a percentage like 90, '90%' or '2.5%', not a boolean")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("must be a finite percentage")
-    if isinstance(value, int | float):
-        text = repr(value) if isinstance(value, float) else str(value)
+    if isinstance(value, int):
+        if not 0 <= value <= 100:
+            raise ValueError(f"{shown(value)} is outside 0-100 %")
+        return value * 100
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("must be a finite percentage")
+        text = repr(value)
     elif isinstance(value, str):
-        text = value.strip().removesuffix("%").strip()
+        text = value.strip(" ")
     else:
         raise ValueError("must be a percentage like 90, '90%' or '2.5%'")
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        raise ValueError(f"{value!r} is not a percentage") from None
-    if not number.is_finite():
-        raise ValueError("must be a finite percentage")
-    if number < 0 or number > 100:
-        raise ValueError(f"{value!r} is outside 0-100 %")
-    points = number * 100
-    if points != points.to_integral_value():
-        raise ValueError(f"{value!r} has more than two decimals (precision is 0.01 %)")
-    return int(points)
+    if not _PERCENT_RE.fullmatch(text):
+        raise ValueError(
+            f"{shown(value)} is not a percentage: use 0-100 with at most two decimals, "
+            "like 90, '90%' or '2.5%'"
+        )
+    number = Decimal(text.removesuffix("%"))
+    if number > 100:
+        raise ValueError(f"{shown(value)} is outside 0-100 %")
+    return int(number * 100)
 
 
 def format_percent(points: int) -> str:
@@ -102,13 +121,13 @@ def _split_host_port(value: str) -> tuple[str, str]:
     else:
         host, sep, port = value.rpartition(":")
     if not sep or not host or not port:
-        raise ValueError(f"{value!r} is not host:port (IPv6 as [addr]:port)")
+        raise ValueError(f"{shown(value)} is not host:port (IPv6 as [addr]:port)")
     return host, port
 
 
 def _parse_port(text: str, value: str) -> int:
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"{value!r}: port must be 1-65535")
+    if not _PORT_RE.fullmatch(text) or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{shown(value)}: port must be 1-65535 (ASCII digits)")
     return int(text)
 
 
@@ -129,18 +148,21 @@ def parse_address(value: Any, *, wildcard: bool = False) -> Address:
         return value
     if not isinstance(value, str):
         raise ValueError("must be a 'host:port' string")
-    if not value.isascii() or any(c.isspace() for c in value) or len(value) > 64:
-        raise ValueError(f"{value!r} is not a valid host:port")
+    if not value.isascii() or not value.isprintable() or " " in value or len(value) > 64:
+        raise ValueError(f"{shown(value)} is not a valid host:port")
     host, port_text = _split_host_port(value)
     port = _parse_port(port_text, value)
     if wildcard and host == "*":
         host = "0.0.0.0"
+    if "%" in host:
+        # HAProxy would read a zone id as part of the address, and expand `"$VAR"` in it
+        raise ValueError(f"{shown(value)}: IPv6 zone ids (%...) are not supported")
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"{value!r}: host must be an IPv4 or IPv6 address") from None
+        raise ValueError(f"{shown(value)}: host must be an IPv4 or IPv6 address") from None
     if ip.is_unspecified and not wildcard:
-        raise ValueError(f"{value!r}: an instance needs a concrete address, not {host}")
+        raise ValueError(f"{shown(value)}: an instance needs a concrete address, not {host}")
     return Address(ip=str(ip), port=port)
 
 
@@ -154,12 +176,12 @@ Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, ret
 
 def check_balance(value: Any) -> str:
     """Every HAProxy algorithm that keeps working while slots are filled and emptied live."""
-    if not isinstance(value, str) or not _BALANCE_RE.match(value):
-        raise ValueError(
-            f"unknown balance {value!r}: use roundrobin, static-rr, leastconn, first, random, "
-            "source, uri, 'url_param <name>' or 'hdr(<name>)'"
-        )
-    return value
+    return _whole(
+        _BALANCE_RE,
+        value,
+        "unknown balance {}: use roundrobin, static-rr, leastconn, first, random, source, uri, "
+        "'url_param <name>' or 'hdr(<name>)'",
+    )
 
 
 Balance = Annotated[str, BeforeValidator(check_balance)]
@@ -182,12 +204,24 @@ Condition = Annotated[str, BeforeValidator(check_condition)]
 
 
 def check_host(value: Any) -> str:
-    if not isinstance(value, str) or not _HOST_RE.match(value.lower()) or len(value) > 253:
-        raise ValueError(f"{value!r} is not a host name (letters, digits, '-', '.'; '*.' prefix)")
-    return value.lower()
+    """ASCII before lower-casing: `"\\u212a".lower()` is an ASCII `k`."""
+    if not isinstance(value, str) or not value.isascii() or len(value) > 253:
+        raise ValueError(f"{shown(value)} is not an ASCII host name of at most 253 characters")
+    return _whole(
+        _HOST_RE, value.lower(), "{} is not a host name (letters, digits, '-', '.'; '*.' prefix)"
+    )
 
 
 Host = Annotated[str, BeforeValidator(check_host)]
+
+
+def check_rewrite_path(value: Any) -> str:
+    """Rendered in single quotes in `http-request set-path`: no quote, `%`, `#` or space."""
+    return _whole(
+        _REWRITE_PATH_RE,
+        value,
+        "{} is not a path: '/' then up to 255 of A-Z a-z 0-9 . _ ~ ! $ & ( ) * + , ; = : @ / -",
+    )
 
 
 class Rewrite(BaseModel):
@@ -195,7 +229,7 @@ class Rewrite(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(pattern=_REWRITE_PATH_RE.pattern)
+    path: Annotated[str, BeforeValidator(check_rewrite_path)]
     condition: Condition = "true"
 
 
@@ -357,6 +391,32 @@ class Config(BaseModel):
         else:
             gateways[name] = gateway.model_dump()
         return Config.model_validate({"gateways": gateways})
+
+
+def acl_policy_problems(config: Config, *, allow_unsafe: bool) -> list[dict[str, str]]:
+    """Raw ACLs this deployment refuses (see `conditions.policy`), as `{field, message}`."""
+    if allow_unsafe:
+        return []
+    from controller.conditions import ConditionError, parse_condition
+    from controller.conditions.policy import check_acl_policy
+
+    problems = []
+    for name, gateway in config.gateways.items():
+        for route_name, route in gateway.routes.items():
+            field = f"gateways.{name}.routes.{route_name}"
+            conditions = [(f"{field}.condition", route.condition)]
+            conditions += [
+                (f"{field}.rewrites.{i}.condition", r.condition)
+                for i, r in enumerate(route.rewrites)
+            ]
+            for where, condition in conditions:
+                if condition is None:
+                    continue
+                try:
+                    check_acl_policy(parse_condition(condition))
+                except ConditionError as exc:
+                    problems.append({"field": where, "message": str(exc)})
+    return problems
 
 
 def validation_problems(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]:

@@ -28,10 +28,11 @@ from controller.compile import (
     slot_capacity,
     weight_map,
 )
-from controller.model import Address, Config, Gateway, Route
+from controller.errors import InvalidInput
+from controller.model import Address, Config, Gateway, Route, acl_policy_problems
 from controller.render import Assignment, RenderSettings, structure_fingerprint
 from controller.runtime import commands
-from controller.runtime.commands import Command
+from controller.runtime.commands import Command, MapSwap
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,13 @@ class Plan:
     """gateway → route → pool backend."""
     reload_reasons: tuple[ReloadReason, ...] = ()
     fill: tuple[Command, ...] = ()
-    map_updates: tuple[str, ...] = ()
+    map_swaps: tuple[MapSwap, ...] = ()
+    """The maps that differ from HAProxy's, each a checked `prepare`/`add`/`commit` swap."""
     empty: tuple[Command, ...] = ()
+
+    @property
+    def map_updates(self) -> tuple[str, ...]:
+        return tuple(swap.ref for swap in self.map_swaps)
 
     @property
     def needs_reload(self) -> bool:
@@ -95,7 +101,7 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.reload_reasons or self.fill or self.map_updates or self.empty)
+        return not (self.reload_reasons or self.fill or self.map_swaps or self.empty)
 
     @property
     def method(self) -> Literal["none", "runtime", "reload"]:
@@ -116,7 +122,15 @@ class Plan:
 def plan_changes(
     config: Config, observed: Observed, map_dir: str, settings: RenderSettings
 ) -> Plan:
-    """Compare every pool backend, slot and map with what HAProxy reports; say how to converge."""
+    """Compare every pool backend, slot and map with what HAProxy reports; say how to converge.
+
+    Raises InvalidInput for a raw ACL the settings do not allow, and InvalidArgument for
+    any value that could not be sent to the socket: a plan is fully checked, or none.
+    """
+    problems = acl_policy_problems(config, allow_unsafe=settings.allow_unsafe_acls)
+    if problems:
+        first = problems[0]
+        raise InvalidInput(f"invalid {first['field']}: {first['message']}", problems)
     pools = _observed_pools(observed)
     gateways: list[GatewayLayout] = []
     bindings: dict[str, dict[str, str]] = {}
@@ -128,6 +142,9 @@ def plan_changes(
         layout_of = _gateway_layout(name, index, gateway, binding, pools.get(name, {}), map_dir)
         gateways.append(layout_of)
         maps.update(_gateway_maps(gateway, binding, layout_of.maps))
+    # every map checked, also those a reload writes to disk: a key or value that could not
+    # be a socket token must not become a line of a map file either
+    swaps = {ref: MapSwap(ref, entries) for ref, entries in maps.items()}
     layout = Layout(gateways=tuple(gateways))
     fingerprint = structure_fingerprint(layout, settings)
     reasons = _reload_reasons(config, layout, fingerprint, observed, pools)
@@ -149,11 +166,11 @@ def plan_changes(
     if reasons:
         return plan
     updates = tuple(
-        ref
+        swaps[ref]
         for ref, entries in maps.items()
         if sorted(observed.maps.get(ref, ())) != sorted(entries)
     )
-    return replace(plan, fill=tuple(fill), map_updates=updates, empty=tuple(empty))
+    return replace(plan, fill=tuple(fill), map_swaps=updates, empty=tuple(empty))
 
 
 def _observed_pools(observed: Observed) -> dict[str, dict[int, int]]:

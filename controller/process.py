@@ -29,7 +29,7 @@ from controller.runtime.master import MasterClient
 
 log = logging.getLogger(__name__)
 
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./-]+$")
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_./-]+")
 _MAX_UNIX_PATH = 100
 
 
@@ -94,7 +94,7 @@ class StatePaths:
     def check(self) -> None:
         """Socket paths go into the configuration and have a kernel length limit."""
         text = str(self.root)
-        if not _SAFE_PATH.match(text):
+        if not _SAFE_PATH.fullmatch(text):
             raise HAProxyError(
                 f"state directory {text!r} may only contain letters, digits, '_', '.', '/', '-'"
             )

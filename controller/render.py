@@ -11,6 +11,7 @@ Rule order in a frontend (the documented order in which routes are chosen):
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from controller.compile import (
     frontend_name,
     no_route_backend,
 )
+from controller.errors import InvalidInput, shown
 from controller.model import BASIS_POINTS, Address
 
 STRUCTURE_MARK = "# weighbridge-structure: "
@@ -42,6 +44,8 @@ class RenderSettings:
     timeout_connect: str = "5s"
     timeout_client: str = "30s"
     timeout_server: str = "30s"
+    allow_unsafe_acls: bool = False
+    """Raw ACLs may read files or the environment or run code (`conditions.policy`)."""
 
 
 Assignment = Mapping[str, Mapping[str, Address]]
@@ -229,16 +233,53 @@ def _render_body(layout: Layout, settings: RenderSettings, assignment: Assignmen
     return lines
 
 
+class UnsafeLine(InvalidInput):
+    """A rendered line would hold a line break, a control or a non-ASCII character.
+
+    The model refuses such values first: this is the second line of defence, so that a
+    value that slipped through can never become a configuration line of its own.
+    """
+
+
+_UNSAFE_CHAR = re.compile(r"[^\n\x20-\x7e]")
+
+
+def _joined(lines: list[str]) -> str:
+    text = "\n".join(lines)
+    if text.count("\n") != len(lines) - 1:
+        number = next(i for i, line in enumerate(lines, 1) if "\n" in line)
+        raise UnsafeLine(
+            f"configuration line {number} would hold a line break",
+            [{"field": "(configuration)", "message": f"line {number} holds a line break"}],
+        )
+    if found := _UNSAFE_CHAR.search(text):
+        number = text.count("\n", 0, found.start()) + 1
+        raise UnsafeLine(
+            f"configuration line {number} would hold {shown(found.group())}",
+            [
+                {
+                    "field": "(configuration)",
+                    "message": f"line {number} holds a control or non-ASCII character",
+                }
+            ],
+        )
+    return text
+
+
 def render_config(layout: Layout, settings: RenderSettings, assignment: Assignment) -> str:
     """The full configuration; its first line fingerprints the structure (see below)."""
     structure = structure_fingerprint(layout, settings)
     lines = [f"{STRUCTURE_MARK}{structure}", *_render_body(layout, settings, assignment)]
-    return "\n".join(lines) + "\n"
+    return _joined(lines) + "\n"
 
 
 def structure_fingerprint(layout: Layout, settings: RenderSettings) -> str:
-    """Hash of what only a reload can change: the config rendered with every slot empty."""
-    body = "\n".join(_render_body(layout, settings, {}))
+    """Hash of what only a reload can change: the config rendered with every slot empty.
+
+    Every plan computes it, so every structural line is checked (`UnsafeLine`) before a
+    change is stored, also when it applies without a reload.
+    """
+    body = _joined(_render_body(layout, settings, {}))
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

@@ -72,6 +72,8 @@ class RunSettings:
     stats: str = "127.0.0.1:8404"
     """HAProxy's own Prometheus exporter and stats page; empty: none."""
     stop_haproxy_on_exit: bool = False
+    allow_unsafe_acls: bool = False
+    """Raw ACLs may read files or the environment or run code (`--allow-unsafe-acls`)."""
     allow_outbound: tuple[str, ...] = ()
     """Where rollout webhooks and Prometheus checks may call (`--allow-outbound`); empty:
     loopback only."""
@@ -96,18 +98,19 @@ def build_engine(settings: RunSettings) -> Engine:
             str(paths.admin_socket),
             attached=attach is not None,
             stats_bind=parse_address(settings.stats, wildcard=True) if settings.stats else None,
+            allow_unsafe_acls=settings.allow_unsafe_acls,
         ),
         settings.timing,
         Metrics(production_registry()),
     )
 
 
-def read_seed(path: Path) -> Config | None:
+def read_seed(path: Path, *, allow_unsafe_acls: bool) -> Config | None:
     """The config file seeds the store once; afterwards the store (and the API) rule."""
     if not path.exists():
         log.warning("config file %s not found: starting with no gateways", path)
         return None
-    return load_config(path)
+    return load_config(path, allow_unsafe_acls=allow_unsafe_acls)
 
 
 async def reconcile_forever(engine: Engine, interval: float) -> None:
@@ -180,7 +183,11 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
         max_connections=connection_limit(settings.api.limits.max_connections),
     )
     engine = build_engine(settings)
-    seed = read_seed(settings.config_file) if not engine.process.paths.desired.exists() else None
+    seed = (
+        read_seed(settings.config_file, allow_unsafe_acls=settings.allow_unsafe_acls)
+        if not engine.process.paths.desired.exists()
+        else None
+    )
     result = await engine.start(seed)
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)

@@ -207,6 +207,35 @@ def commit_map(ref: str, version: int) -> Command:
     return _make(CommandKind.WRITE, "commit", "map", f"@{_version(version)}", name)
 
 
+@dataclass(frozen=True, slots=True)
+class MapSwap:
+    """A map's whole new content, checked when built, before anything is sent or stored.
+
+    Only the version number is missing: HAProxy hands it out in its reply to `prepare`.
+    """
+
+    ref: str
+    entries: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        validate_map_ref(self.ref)
+        if not isinstance(self.entries, tuple):
+            raise InvalidArgument("entries", "must be a tuple of (key, value)", self.entries)
+        for entry in self.entries:
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                raise InvalidArgument("entries", "must be (key, value) pairs", entry)
+            validate_map_token(entry[0], "key")
+            validate_map_token(entry[1], "value")
+
+    def prepare(self) -> Command:
+        return prepare_map(self.ref)
+
+    def commands(self, version: int) -> list[Command]:
+        """`add map @VER` for every entry, then `commit map @VER`."""
+        adds = [add_map_entry(self.ref, version, key, value) for key, value in self.entries]
+        return [*adds, commit_map(self.ref, version)]
+
+
 def clear_map(ref: str, version: int | None = None) -> Command:
     """`clear map [@VER] REF`: empty the live map, or a prepared version."""
     name = validate_map_ref(ref)

@@ -7,7 +7,7 @@ fail the same way), an `InvalidArgument` never reached the socket.
 
 from __future__ import annotations
 
-from controller.errors import InvalidInput, Unavailable
+from controller.errors import InvalidInput, Unavailable, shown
 
 
 class RuntimeApiError(Unavailable):
@@ -38,7 +38,6 @@ class InvalidArgument(RuntimeApiError, InvalidInput, ValueError):
     def __init__(self, field: str, reason: str, value: object = None) -> None:
         self.field = field
         self.reason = reason
-        shown = repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        super().__init__(f"invalid {field}: {reason} (got {shown})")
+        super().__init__(
+            f"invalid {field}: {reason} (got {shown(value)})", [{"field": field, "message": reason}]
+        )

@@ -32,7 +32,11 @@ def parser_of(alias: Any) -> Callable[..., Any]:
 
 
 INPUT_FORMATS: dict[Callable[..., Any], Schema] = {
-    parser_of(model.Name): {"type": "string", "pattern": model.NAME_PATTERN, "maxLength": 63},
+    parser_of(model.Name): {
+        "type": "string",
+        "pattern": f"^(?:{model.NAME_PATTERN})$",  # JSON Schema patterns search
+        "maxLength": 63,
+    },
     parser_of(model.Percent): {
         "anyOf": [
             {"type": "string", "pattern": r"^(?:100|[0-9]{1,2})(?:\.[0-9]{1,2})?%$"},

@@ -17,13 +17,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
-from controller.engine import ApplyResult, Engine
+from controller.apply import ApplyResult
+from controller.engine import Engine
+from controller.errors import ConflictingState, TooLarge, Unavailable
 from controller.metrics import CONTENT_TYPE
 from controller.model import Config, Gateway, check_name, parse_percent, validation_problems
-from controller.process import HAProxyError, InvalidConfig
-from controller.runtime.errors import RuntimeApiError
+from controller.process import InvalidConfig
 from controller.status import gateway_status
-from controller.store import Conflict, StoreError
+from controller.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error_response(400, f"invalid {problems[0]['field']}", problems)
     except InvalidConfig as exc:
         return _error_response(400, f"HAProxy refused the configuration: {exc.message}", [])
-    except Conflict as exc:
+    except TooLarge as exc:
+        return _error_response(413, exc.message, exc.problems)
+    except ConflictingState as exc:
         return _error_response(409, f"concurrent change: {exc}", [])
-    except (HAProxyError, RuntimeApiError, StoreError) as exc:
+    except Unavailable as exc:
         if isinstance(exc, StoreError):
             request.app[ENGINE].metrics.store_error()
         log.warning("%s %s failed: %s", request.method, request.path, exc)

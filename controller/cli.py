@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from controller.budget import Budget
+from controller.candidate import CheckLimits
 from controller.cli_rollout import add_rollout_commands
-from controller.config_file import ConfigFileError
 from controller.engine import Timing
-from controller.process import HAProxyError
+from controller.errors import WeighbridgeError
 
 DEFAULT_API = "127.0.0.1:9900"
 TOKEN_ENV = "WEIGHBRIDGE_API_TOKEN"
@@ -184,7 +185,12 @@ def _run_settings(args: argparse.Namespace) -> Any:
         runtime_timeout=args.runtime_timeout,
         timing=Timing(debounce=args.reload_debounce, min_reload_interval=args.min_reload_interval),
         stats=args.stats,
+        stats_page=args.stats_page,
         attach=attach,
+        budget=Budget(args.max_routes, args.max_instances, args.max_slots),
+        check=CheckLimits(
+            timeout=args.check_timeout, memory_mb=args.check_memory, env=tuple(args.haproxy_env)
+        ),
     )
 
 
@@ -239,7 +245,44 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--stats",
             default="127.0.0.1:8404",
-            help="HAProxy's Prometheus exporter (/metrics) and stats page (/stats); '' for none",
+            help="HAProxy's Prometheus exporter (/metrics); '' for none",
+        )
+        p.add_argument(
+            "--stats-page",
+            action="store_true",
+            help="also HAProxy's stats page (/stats) on the --stats address (it shows everything)",
+        )
+        budget = Budget()
+        for name, default in (
+            ("routes", budget.routes),
+            ("instances", budget.instances),
+            ("slots", budget.slots),
+        ):
+            p.add_argument(
+                f"--max-{name}",
+                type=int,
+                default=default,
+                help=f"budget: {name} in all gateways together (default {default:,})",
+            )
+        limits = CheckLimits()
+        p.add_argument(
+            "--check-timeout",
+            type=float,
+            default=limits.timeout,
+            help="seconds (wall and CPU) a `haproxy -c` of a candidate may take",
+        )
+        p.add_argument(
+            "--check-memory",
+            type=int,
+            default=limits.memory_mb,
+            help="MB of address space a `haproxy -c` of a candidate may use",
+        )
+        p.add_argument(
+            "--haproxy-env",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="pass this environment variable to HAProxy (none is by default); repeatable",
         )
 
     run = sub.add_parser("run", help="run the controller (and HAProxy)")
@@ -301,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         code: int = args.func(args, console)
-    except (ApiClientError, HAProxyError, ConfigFileError) as exc:
+    except (ApiClientError, WeighbridgeError) as exc:
         console.print(f"[red]{escape(str(exc))}[/]")
         return 1
     except KeyboardInterrupt:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
@@ -65,12 +67,13 @@ def demo_config(routes: dict[str, list[str]], port: int) -> dict[str, object]:
 
 
 def run_demo(settings: RunSettings, *, gateway_port: int, console: Console) -> int:
-    with demo_services() as routes:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        (settings.state_dir / "desired.json").unlink(missing_ok=True)
-        config_file = settings.state_dir / "demo.yaml"
+    with demo_services() as routes, tempfile.TemporaryDirectory(prefix="wb-demo-") as tmp:
+        config_file = Path(tmp) / "demo.yaml"
         config_file.write_text(yaml.safe_dump(demo_config(routes, gateway_port), sort_keys=False))
-        settings = replace(settings, config_file=config_file, stop_haproxy_on_exit=True)
+        # the stored state is discarded only once this demo holds the state directory's lock
+        settings = replace(
+            settings, config_file=config_file, stop_haproxy_on_exit=True, reseed=True
+        )
         api = f"{settings.api_host}:{settings.api_port}"
         asyncio.run(_serve_and_explain(settings, gateway_port, api, console))
     return 0

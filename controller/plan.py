@@ -308,10 +308,11 @@ def _plan_slots(
     wanted = set(desired)
     by_slot = {slot.name: slot for slot in observed}
     kept: dict[str, Address] = {}
+    placed: set[Address] = set()  # kept.values() as a set: thousands of slots per backend
     for slot in observed:
-        if slot.address in wanted and slot.address not in kept.values():
+        if slot.address in wanted and slot.address not in placed:
             kept[slot.name] = slot.address
-    placed = set(kept.values())
+            placed.add(slot.address)
     free = iter(name for name in backend.slot_names() if name not in kept)
     plan = _SlotPlan(assignment=dict(kept))
     for address in desired:

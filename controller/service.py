@@ -13,15 +13,18 @@ from pathlib import Path
 from aiohttp import web
 
 from controller.api import create_app
+from controller.budget import Budget
+from controller.candidate import CheckLimits
 from controller.config_file import load_config
 from controller.engine import Engine, Timing
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
-from controller.process import HAProxyProcess, StatePaths
+from controller.process import HAProxyProcess
 from controller.render import RenderSettings
 from controller.rollouts.api import add_rollout_routes
 from controller.rollouts.manager import RolloutManager
 from controller.runtime.client import RuntimeClient
+from controller.state_dir import StatePaths, open_state_dir
 from controller.store import FileStore
 
 log = logging.getLogger(__name__)
@@ -51,20 +54,29 @@ class RunSettings:
     timing: Timing = field(default_factory=Timing)
     attach: Attach | None = None
     stats: str = "127.0.0.1:8404"
-    """HAProxy's own Prometheus exporter and stats page; empty: none."""
+    """HAProxy's own Prometheus exporter; empty: none."""
+    stats_page: bool = False
+    """Also HAProxy's stats page at `/stats` on the `stats` address."""
     stop_haproxy_on_exit: bool = False
+    budget: Budget = field(default_factory=Budget)
+    check: CheckLimits = field(default_factory=CheckLimits)
+    reseed: bool = False
+    """Start over from the config file: the stored desired state is discarded (the demo)."""
 
 
-def build_engine(settings: RunSettings) -> Engine:
-    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+def state_paths(settings: RunSettings) -> StatePaths:
     attach = settings.attach
-    paths = StatePaths(
+    return StatePaths(
         settings.state_dir.resolve(),
         attached=tuple(p.resolve() for p in attach.configs) if attach else (),
         user_master_socket=attach.master_socket.resolve() if attach else None,
         user_admin_socket=attach.admin_socket.resolve() if attach else None,
     )
-    process = HAProxyProcess(paths, settings.haproxy_bin)
+
+
+def build_engine(settings: RunSettings, paths: StatePaths) -> Engine:
+    """The engine on a state directory this process has checked and locked (`open_state_dir`)."""
+    process = HAProxyProcess(paths, settings.haproxy_bin, settings.check)
     runtime = RuntimeClient(str(paths.admin_socket), timeout=settings.runtime_timeout)
     return Engine(
         FileStore(paths.desired),
@@ -72,11 +84,13 @@ def build_engine(settings: RunSettings) -> Engine:
         runtime,
         RenderSettings(
             str(paths.admin_socket),
-            attached=attach is not None,
+            attached=settings.attach is not None,
             stats_bind=parse_address(settings.stats, wildcard=True) if settings.stats else None,
+            stats_page=settings.stats_page,
         ),
         settings.timing,
         Metrics(production_registry()),
+        settings.budget,
     )
 
 
@@ -123,15 +137,27 @@ async def supervise_forever(engine: Engine, interval: float) -> None:
 
 
 async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> None:
-    engine = build_engine(settings)
-    seed = read_seed(settings.config_file) if not engine.process.paths.desired.exists() else None
+    paths = state_paths(settings)
+    lock = open_state_dir(paths)
+    try:
+        await _serve(settings, paths, ready)
+    finally:
+        lock.release()
+
+
+async def _serve(settings: RunSettings, paths: StatePaths, ready: asyncio.Event | None) -> None:
+    if settings.reseed:
+        FileStore(paths.desired).discard()
+    engine = build_engine(settings, paths)
+    seed = read_seed(settings.config_file) if not paths.desired.exists() else None
     result = await engine.start(seed)
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
     app = create_app(engine, token=settings.api_token)
     rollouts = RolloutManager(engine, settings.state_dir)
     add_rollout_routes(app, rollouts)
-    runner = web.AppRunner(app, access_log=None)
+    # a client that goes away cancels its write if nothing was stored yet (see Engine.change)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_host, settings.api_port)
     await site.start()

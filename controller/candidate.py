@@ -22,7 +22,8 @@ MAX_ALERTS = 5
 MAX_REASON = 300
 _ALERT_PREFIX = re.compile(r"^\[ALERT\]\s*\(\d+\)\s*:\s*(?:config\s*:\s*)?")
 _LOCATION = re.compile(r"parsing \[(?P<file>[^\]]+):(?P<line>[0-9]+)\]\s*:\s*")
-_QUOTED = re.compile(r"('[^'\n]*'|\"[^\"\n]*\")")
+_QUOTED = re.compile(r"('[^'\n]*'|\"[^\"\n]*\"|<[^<>\n]*>)")
+"""How HAProxy quotes what it read: 'x', "x" and <x>."""
 _GENERIC = ("Error(s) found in configuration file", "Fatal errors found in configuration")
 REDACTED = "'…'"
 

@@ -92,3 +92,10 @@ def test_haproxy_sees_only_the_variables_named(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CERT_DIR", "/etc/certs")
     assert haproxy_env(()) == {}
     assert haproxy_env(("CERT_DIR", "ABSENT")) == {"CERT_DIR": "/etc/certs"}
+
+
+def test_angle_quoted_values_are_hidden_too() -> None:
+    output = alert(f"parsing [{FILE}:4] : out of memory loading <root:x:0:0> from </etc/passwd>")
+    assert summarise(output, CANDIDATE, FILE).endswith(
+        f"out of memory loading {REDACTED} from </etc/passwd>"
+    )

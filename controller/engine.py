@@ -126,6 +126,7 @@ class Engine:
         self._applied = self._desired
         self._pending_reload: asyncio.Future[ApplyResult] | None = None
         self._reload_task: asyncio.Task[None] | None = None
+        self._cannot_look = False
 
     @property
     def desired(self) -> Revisioned:
@@ -310,12 +311,18 @@ class Engine:
         we cannot tell: nothing is restarted or removed on a guess.
         """
         try:
-            return await self._supervise()
+            result = await self._supervise()
         except CannotLook as exc:
             self.state.ready = False
             self.state.last_error = f"cannot look at HAProxy: {exc}"
-            log.warning("cannot look at HAProxy (%s): leaving it alone", exc)
+            if not self._cannot_look:  # once, not at every probe
+                log.warning("cannot look at HAProxy (%s): leaving it alone", exc)
+            self._cannot_look = True
             return False
+        if self._cannot_look:
+            log.info("HAProxy can be looked at again")
+            self._cannot_look = False
+        return result
 
     async def _supervise(self) -> bool:
         running = await self.process.is_running()

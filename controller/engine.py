@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from controller.apply import Applier, ApplyResult, Loaded
 from controller.budget import Budget, config_usage
 from controller.errors import Unavailable, WeighbridgeError
-from controller.metrics import Metrics
+from controller.metrics import Metrics, applied_states
 from controller.model import Config
 from controller.observe import Observer
 from controller.plan import Observed, Plan, plan_changes
@@ -437,7 +437,10 @@ class Engine:
             self.metrics.haproxy_up(False)
             raise
         self.metrics.haproxy_up(True)
-        self.metrics.set_observed(self._desired.config, observed, self.map_dir)
+        states = await asyncio.to_thread(
+            applied_states, self._desired.config, observed, self.map_dir
+        )
+        self.metrics.set_applied_states(states)
         return observed
 
 

@@ -3,6 +3,7 @@ configuration's structure fingerprint (the shell side of the plan's `Observed`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from pathlib import Path
 
@@ -67,20 +68,33 @@ class Observer:
                 b: list(s) for b, s in cached.backends.items() if not mine(_gateway_of_backend(b))
             }
             maps = {r: e for r, e in cached.maps.items() if r not in refs}
-        for server in parse_servers_state(state_text):
-            if server.backend.startswith(BACKEND_PREFIX):
-                backends.setdefault(server.backend, []).append(
-                    SlotState(
-                        name=server.server,
-                        address=Address(ip=server.addr, port=server.port or 0),
-                        serving=not (server.in_maintenance or server.draining),
-                        weight=server.user_weight,
-                    )
-                )
         replies = await self.runtime.execute_many([commands.show_map(r) for r in refs])
-        for ref, reply in zip(refs, replies, strict=True):
-            maps[ref] = tuple((e.key, e.value) for e in parse_map(reply))
-        return Observed(fingerprint=fingerprint, backends=backends, maps=maps)
+        # parsed in a worker thread: 100,000 slots take seconds the event loop must not give
+        parsed = await asyncio.to_thread(_parse, state_text, refs, replies)
+        return Observed(
+            fingerprint=fingerprint, backends={**backends, **parsed[0]}, maps={**maps, **parsed[1]}
+        )
+
+
+def _parse(
+    state_text: str, refs: list[str], replies: list[str]
+) -> tuple[dict[str, list[SlotState]], dict[str, MapEntries]]:
+    backends: dict[str, list[SlotState]] = {}
+    for server in parse_servers_state(state_text):
+        if server.backend.startswith(BACKEND_PREFIX):
+            backends.setdefault(server.backend, []).append(
+                SlotState(
+                    name=server.server,
+                    address=Address(ip=server.addr, port=server.port or 0),
+                    serving=not (server.in_maintenance or server.draining),
+                    weight=server.user_weight,
+                )
+            )
+    maps = {
+        ref: tuple((e.key, e.value) for e in parse_map(reply))
+        for ref, reply in zip(refs, replies, strict=True)
+    }
+    return backends, maps
 
 
 def _observable(cached: Observed, scope: Collection[str]) -> bool:

@@ -22,6 +22,7 @@ from controller.engine import Engine
 from controller.errors import ConflictingState, TooLarge, Unavailable
 from controller.metrics import CONTENT_TYPE
 from controller.model import Config, Gateway, check_name, parse_percent, validation_problems
+from controller.offload import BIG_TEXT, offload
 from controller.process import InvalidConfig
 from controller.status import gateway_status
 from controller.store import StoreError
@@ -160,6 +161,11 @@ async def read_json_body(request: web.Request) -> Any:
         ) from None
 
 
+def _big_body(request: web.Request) -> bool:
+    """A big body makes a big change: the engine computes it off the event loop."""
+    return (request.content_length or 0) > BIG_TEXT
+
+
 def dry_run_flag(request: web.Request) -> bool:
     value = request.query.get("dry_run", "false").lower()
     if value not in ("true", "false", "1", "0"):
@@ -194,7 +200,7 @@ async def put_gateway(request: web.Request) -> web.Response:
     name = _name(request, "gateway")
     body = await read_json_body(request)
     try:
-        gateway = Gateway.model_validate(body)
+        gateway = await offload(_big_body(request), Gateway.model_validate, body)
     except ValidationError as exc:
         raise ApiError(400, "invalid gateway", validation_problems(exc, "gateway")) from None
     created = False
@@ -207,7 +213,9 @@ async def put_gateway(request: web.Request) -> web.Response:
         updated: Config = _validated(lambda: config.with_gateway(name, gateway), "gateways." + name)
         return updated
 
-    result = await request.app[ENGINE].change(compute, dry_run=dry_run_flag(request))
+    result = await request.app[ENGINE].change(
+        compute, dry_run=dry_run_flag(request), heavy=_big_body(request)
+    )
     return _applied(result, gateway, 201 if created and not result.dry_run else 200)
 
 
@@ -307,7 +315,9 @@ async def _change_route(
         updated = _validated(lambda: Gateway.model_validate(data), "")
         return config.with_gateway(name, updated)
 
-    result = await request.app[ENGINE].change(compute, dry_run=dry_run_flag(request))
+    result = await request.app[ENGINE].change(
+        compute, dry_run=dry_run_flag(request), heavy=_big_body(request)
+    )
     return _applied(result, updated)
 
 

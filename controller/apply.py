@@ -103,7 +103,7 @@ class Applier:
         instances, the atomic map swaps, and the emptied slots."""
         refs = plan.map_updates
         if refs:
-            await asyncio.to_thread(self.process.write_maps, {r: plan.maps[r] for r in refs})
+            self.process.write_maps({r: plan.maps[r] for r in refs})
         if plan.fill:
             await self.runtime.execute_many(plan.fill)
         if refs:

@@ -26,11 +26,12 @@ from typing import TypeVar
 from prometheus_client import CollectorRegistry
 
 from controller.apply import Applier, ApplyResult, Loaded
-from controller.budget import Budget, config_usage
+from controller.budget import Budget, Usage, config_usage
 from controller.errors import Unavailable, WeighbridgeError
 from controller.metrics import Metrics, applied_states
 from controller.model import Config
 from controller.observe import Observer
+from controller.offload import BIG_SLOTS, offload
 from controller.plan import Observed, Plan, plan_changes
 from controller.process import HAProxyProcess, MapFiles
 from controller.render import RenderSettings, render_config
@@ -127,10 +128,19 @@ class Engine:
         self._pending_reload: asyncio.Future[ApplyResult] | None = None
         self._reload_task: asyncio.Task[None] | None = None
         self._cannot_look = False
+        self._usage = (self._desired.config, Usage())
 
     @property
     def desired(self) -> Revisioned:
         return self._desired
+
+    @property
+    def _big(self) -> bool:
+        """Whether planning the desired state is worth a worker thread (`offload`)."""
+        config = self._desired.config
+        if self._usage[0] is not config:
+            self._usage = (config, config_usage(config))
+        return self._usage[1].slots > BIG_SLOTS
 
     async def start(self, seed: Config | None) -> ApplyResult:
         """Load (or seed) the desired state, start or adopt HAProxy, converge."""
@@ -155,21 +165,24 @@ class Engine:
         self.state.ready = True
         return result
 
-    async def change(self, compute: Change, *, dry_run: bool = False) -> ApplyResult:
+    async def change(
+        self, compute: Change, *, dry_run: bool = False, heavy: bool = False
+    ) -> ApplyResult:
         """Check a change, store it, then apply it (or join the next reload).
 
         A change that reloads is checked by `haproxy -c` with the engine lock released (one
         such check at a time), then stored only if the state it was planned on is still the
         desired one. If other writes keep moving the state, the last round checks under the
-        lock, so every change finishes.
+        lock, so every change finishes. `heavy`: the caller knows the change is big (a large
+        body), so even computing it from a small state leaves the event loop.
         """
         started = time.perf_counter()
-        outcome = await self._try_commit(compute, dry_run)
+        outcome = await self._try_commit(compute, dry_run, heavy=heavy)
         if isinstance(outcome, _Prepared):
             async with self._check_lock:
                 for attempt in range(1, MAX_CHECK_ROUNDS + 1):
                     if outcome.current is not self._desired:  # moved while we queued
-                        outcome = await self._try_commit(compute, dry_run)
+                        outcome = await self._try_commit(compute, dry_run, heavy=heavy)
                         if not isinstance(outcome, _Prepared):
                             break
                     assert outcome.candidate is not None
@@ -177,7 +190,9 @@ class Engine:
                     if dry_run:
                         return outcome.dry_run()
                     last = attempt == MAX_CHECK_ROUNDS
-                    outcome = await self._try_commit(compute, dry_run, outcome, check_here=last)
+                    outcome = await self._try_commit(
+                        compute, dry_run, outcome, check_here=last, heavy=heavy
+                    )
                     if not isinstance(outcome, _Prepared):
                         break
         assert not isinstance(outcome, _Prepared)
@@ -199,6 +214,7 @@ class Engine:
         checked: _Prepared | None = None,
         *,
         check_here: bool = False,
+        heavy: bool = False,
     ) -> ApplyResult | _Joined | _Prepared:
         """Under the lock: plan (or reuse `checked` if the state did not move), then store
         and apply; a candidate HAProxy has not accepted yet comes back unstored."""
@@ -206,7 +222,7 @@ class Engine:
             if checked is not None and checked.current is self._desired:
                 prepared = checked
             else:
-                prepared = await self._prepare(compute, self._desired)
+                prepared = await self._prepare(compute, self._desired, heavy)
             candidate = prepared.candidate
             if candidate is not None and not self.process.is_validated(*candidate):
                 if not check_here:
@@ -217,23 +233,26 @@ class Engine:
             task = asyncio.ensure_future(self._store_and_apply(prepared))
             return await _finish(task)
 
-    async def _prepare(self, compute: Change, current: Revisioned) -> _Prepared:
+    async def _prepare(self, compute: Change, current: Revisioned, heavy: bool) -> _Prepared:
         """The new state, within budget, planned and (if it reloads) rendered: under the lock,
         the CPU-bound parts in a worker thread so the event loop keeps answering."""
-        config, touched = await asyncio.to_thread(self._computed, compute, current.config)
+        big = heavy or self._big
+        config, touched, usage = await offload(big, self._computed, compute, current.config)
         observed = await self.observe(touched)
-        plan, text = await asyncio.to_thread(self._planned, config, observed, check_budget=True)
+        big = big or usage.slots > BIG_SLOTS
+        plan, text = await offload(big, self._planned, config, observed, check_budget=True)
         return _Prepared(current, config, plan, (text, plan.maps) if text is not None else None)
 
-    def _computed(self, compute: Change, current: Config) -> tuple[Config, set[str]]:
+    def _computed(self, compute: Change, current: Config) -> tuple[Config, set[str], Usage]:
         config = compute(current)
-        self.budget.check(config_usage(config))
+        usage = config_usage(config)
+        self.budget.check(usage)
         touched = {
             n
             for n in {*current.gateways, *config.gateways}
             if current.gateways.get(n) != config.gateways.get(n)
         }
-        return config, touched
+        return config, touched, usage
 
     def _planned(
         self, config: Config, observed: Observed, *, check_budget: bool = False
@@ -251,9 +270,7 @@ class Engine:
     async def _store_and_apply(self, prepared: _Prepared) -> ApplyResult | _Joined:
         """Runs to completion once started, even if its caller is cancelled (see `_finish`)."""
         current, config, plan = prepared.current, prepared.config, prepared.plan
-        snapshot = await asyncio.to_thread(
-            self.process.snapshot, [Path(r) for r in plan.map_updates]
-        )
+        snapshot = self.process.snapshot([Path(r) for r in plan.map_updates])
         revision = await self.store.compare_and_swap(current.revision, config)
         self._desired = Revisioned(config, revision)
         self.metrics.set_desired(config)
@@ -262,7 +279,7 @@ class Engine:
         try:
             return await self._apply(plan, revision, None)
         except (WeighbridgeError, OSError) as exc:
-            await asyncio.to_thread(self.process.restore, snapshot)
+            self.process.restore(snapshot)
             back = await self._put_back(current.config, revision)
             where = f"the desired state is back at revision {back}" if back else "retrying"
             raise Unavailable(f"not applied ({exc}); {where}") from exc
@@ -360,7 +377,7 @@ class Engine:
     async def _write_candidate(self) -> None:
         """Render the desired state from scratch (all slots filled as desired) and write it."""
         empty = Observed(fingerprint=None, backends={}, maps={})
-        plan, text = await asyncio.to_thread(self._planned, self._desired.config, empty)
+        plan, text = await offload(self._big, self._planned, self._desired.config, empty)
         assert text is not None  # nothing observed: always a full render
         await self.process.validate(text, plan.maps)
         await asyncio.to_thread(self.process.write, text, plan.maps)
@@ -368,7 +385,8 @@ class Engine:
 
     async def _converge(self) -> tuple[ApplyResult, Plan]:
         desired = self._desired
-        plan, text = await asyncio.to_thread(self._planned, desired.config, await self.observe())
+        observed = await self.observe()
+        plan, text = await offload(self._big, self._planned, desired.config, observed)
         if text is not None:
             await self.process.validate(text, plan.maps)
         result = await self._apply(plan, desired.revision, text)
@@ -426,7 +444,7 @@ class Engine:
 
     async def _replan(self) -> Plan:
         observed = await self.observe()
-        plan, _ = await asyncio.to_thread(self._planned, self._desired.config, observed)
+        plan, _ = await offload(self._big, self._planned, self._desired.config, observed)
         return plan
 
     async def observe(self, scope: Collection[str] | None = None) -> Observed:
@@ -437,8 +455,8 @@ class Engine:
             self.metrics.haproxy_up(False)
             raise
         self.metrics.haproxy_up(True)
-        states = await asyncio.to_thread(
-            applied_states, self._desired.config, observed, self.map_dir
+        states = await offload(
+            self._big, applied_states, self._desired.config, observed, self.map_dir
         )
         self.metrics.set_applied_states(states)
         return observed

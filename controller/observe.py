@@ -3,13 +3,13 @@ configuration's structure fingerprint (the shell side of the plan's `Observed`).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection
 from pathlib import Path
 
 from controller.compile import MapEntries, parse_pool_backend
 from controller.files import read_text
 from controller.model import Address
+from controller.offload import BIG_TEXT, offload
 from controller.plan import Observed, SlotState
 from controller.render import read_fingerprint
 from controller.runtime import commands
@@ -69,8 +69,9 @@ class Observer:
             }
             maps = {r: e for r, e in cached.maps.items() if r not in refs}
         replies = await self.runtime.execute_many([commands.show_map(r) for r in refs])
-        # parsed in a worker thread: 100,000 slots take seconds the event loop must not give
-        parsed = await asyncio.to_thread(_parse, state_text, refs, replies)
+        # 100,000 slots take seconds to parse: not on the event loop
+        big = len(state_text) > BIG_TEXT
+        parsed = await offload(big, _parse, state_text, refs, replies)
         return Observed(
             fingerprint=fingerprint, backends={**backends, **parsed[0]}, maps={**maps, **parsed[1]}
         )

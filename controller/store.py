@@ -16,9 +16,11 @@ from typing import Protocol
 
 from pydantic import ValidationError
 
+from controller.budget import config_usage
 from controller.errors import ConflictingState, Unavailable
 from controller.files import read_text, write_atomic
 from controller.model import Config
+from controller.offload import BIG_SLOTS, BIG_TEXT, offload
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class FileStore:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._revision: int | None = None
+        self._big = False
 
     async def read(self) -> Revisioned | None:
         try:
@@ -87,7 +90,8 @@ class FileStore:
             if self._revision != expected:
                 raise Conflict(f"revision is {self._revision}, not {expected}")
             revision = expected + 1
-            await asyncio.to_thread(self._write, revision, config)
+            big = self._big or config_usage(config).slots > BIG_SLOTS
+            await offload(big, self._write, revision, config)
             self._revision = revision
         async with self._changed:
             self._changed.notify_all()
@@ -96,6 +100,7 @@ class FileStore:
     def _write(self, revision: int, config: Config) -> None:
         document = {"revision": revision, "config": config.model_dump(mode="json")}
         text = json.dumps(document, indent=2) + "\n"
+        self._big = len(text) > BIG_TEXT
         try:
             write_atomic(self.path, text, mode=0o600)
         except OSError as exc:

@@ -172,12 +172,14 @@ async def test_a_change_cancelled_once_stored_is_applied_to_completion(
     assert "0:2999 wb.shop.b" in live_map(engine, "shop")
 
 
-async def test_planning_and_rendering_run_in_a_worker_thread(
+async def test_planning_and_rendering_of_a_big_state_run_in_a_worker_thread(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A big write kept the event loop (health checks, /metrics) busy for minutes."""
+    """A big write kept the event loop (health checks, /metrics) busy for minutes. A small
+    state is planned inline (a thread hop would cost more); here every state counts as big."""
     import controller.engine as engine_module
 
+    monkeypatch.setattr(engine_module, "BIG_SLOTS", 0)
     threads: set[str] = set()
     for name in ("plan_changes", "render_config"):
         original = getattr(engine_module, name)

@@ -3,9 +3,9 @@
 Changes and syncs run one at a time under one lock, so HAProxy's final state is always the
 final desired state. A write is checked (budget, model, plan, `haproxy -c` when it reloads)
 before the store is touched: a refused change leaves the store and HAProxy as they were. The
-check by HAProxy runs outside the lock, and planning and rendering run in a worker thread, so
-neither blocks other writes, reads or health checks. Structural changes that arrive close
-together share one reload, which converges to the latest state.
+check by HAProxy runs outside the lock, and the planning and rendering of a big state run in a
+worker thread (`offload`), so neither blocks other writes, reads or health checks. Structural
+changes that arrive close together share one reload, which converges to the latest state.
 
 A write is atomic for its caller: cancelled (the client went away) before the store is
 written, nothing happens; once written, it is applied to completion, and if it cannot be
@@ -69,7 +69,7 @@ class Timing:
 
 Change = Callable[[Config], Config]
 """Computes the new desired state from the current one; raises to refuse the change.
-Pure: it runs in a worker thread, and again if the state moved while it was checked."""
+Pure: it may run in a worker thread, and again if the state moved while it was checked."""
 
 
 @dataclass(frozen=True)

@@ -104,13 +104,18 @@ class Gate:
         return held
 
 
+def held_check(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """Every `haproxy -c` of the engine waits at the gate."""
+    gate = Gate()
+    always = gate.around(engine.process.validate, lambda *args: True)
+    monkeypatch.setattr(engine.process, "validate", always)
+    return gate
+
+
 async def test_a_check_in_progress_blocks_no_other_write_or_sync(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate()
-    monkeypatch.setattr(
-        engine.process, "validate", gate.around(engine.process.validate, lambda *a: True)
-    )
+    gate = held_check(engine, monkeypatch)
     structural = asyncio.create_task(engine.change(add_gateway("new")))
     await asyncio.wait_for(gate.entered.wait(), 10)
     # the lock used to be held for the whole `haproxy -c`: these waited for it
@@ -129,10 +134,7 @@ async def test_a_check_in_progress_blocks_no_other_write_or_sync(
 async def test_a_change_cancelled_before_it_is_stored_leaves_nothing(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate()
-    monkeypatch.setattr(
-        engine.process, "validate", gate.around(engine.process.validate, lambda *a: True)
-    )
+    gate = held_check(engine, monkeypatch)
     before = engine.desired
     task = asyncio.create_task(engine.change(add_gateway("new")))
     await asyncio.wait_for(gate.entered.wait(), 10)

@@ -329,7 +329,9 @@ class HAProxyProcess:
         try:
             os.kill(pid, 0)
             with open(f"/proc/{pid}/stat") as stat:
-                return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+                name, rest = stat.read().split("(", 1)[1].rsplit(")", 1)
+            # a stale pidfile (after a reboot, say) may name some other process
+            return name == Path(self.binary).name[:15] and rest.split()[0] != "Z"
         except (ProcessLookupError, FileNotFoundError):
             return False
         except PermissionError:

@@ -167,3 +167,19 @@ def test_a_corrupt_desired_state_falls_back_to_its_copy_at_start(
         assert shop["routes"]["canary"]["weight"] == "30%"
         assert stack.request("GET", "/api/v1/controller").body["revision"] == 2
         assert "starting from its copy" in stack.controller_log()
+
+
+def test_a_stale_pidfile_naming_another_process_does_not_stop_a_start(
+    backends: BackendProcess, short_tmp: Path
+) -> None:
+    """After a reboot the old master's pid may belong to anything: not a HAProxy to wait for."""
+    state = short_tmp / "state"
+    state.mkdir(mode=0o700)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (state / "haproxy.pid").write_text(f"{other.pid}\n")
+        with running_stack(short_tmp, shop_config(backends)) as stack:
+            assert stack.haproxy_pid() not in (None, other.pid)
+    finally:
+        other.kill()
+        other.wait()

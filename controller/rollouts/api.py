@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Literal, cast
 
@@ -46,7 +47,8 @@ async def create_rollout(request: web.Request) -> web.Response:
         problems = validation_problems(exc)
         raise ApiError(400, f"invalid {problems[0]['field']}", problems) from None
     try:
-        view = await request.app[ROLLOUTS].create(spec, dry_run=dry_run)
+        # carried out even if the client goes away (the server cancels its handler then)
+        view = await asyncio.shield(request.app[ROLLOUTS].create(spec, dry_run=dry_run))
     except RolloutRequestError as exc:
         problems = [{"field": exc.field, "message": exc.message}]
         raise ApiError(exc.status, exc.message, problems) from None
@@ -78,7 +80,7 @@ async def command_rollout(request: web.Request) -> web.Response:
         raise ApiError(404, f"no action {action!r}: use one of {', '.join(ACTIONS)}")
     kind = cast(Literal["pause", "resume", "promote", "abort"], action)
     try:
-        view = await request.app[ROLLOUTS].command(rollout_id, kind)
+        view = await asyncio.shield(request.app[ROLLOUTS].command(rollout_id, kind))
     except CommandRefused as exc:
         raise ApiError(exc.status, exc.message) from None
     except RolloutError as exc:

@@ -8,6 +8,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends haproxy \
     && rm -rf /var/lib/apt/lists/*
 
+# the state directory must be private to the controller (mode 0700): a named volume mounted
+# here starts with these permissions
+RUN mkdir -m 0700 /var/lib/weighbridge
+
 WORKDIR /opt/weighbridge
 COPY pyproject.toml README.md ./
 COPY controller ./controller

@@ -202,6 +202,7 @@ class Controller:
     state_dir: Path
     api_port: int
     log_path: Path
+    pid: int = 0
 
     @property
     def api(self) -> str:
@@ -255,6 +256,7 @@ def controller(
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )
+    handle.pid = proc.pid
     try:
         def ready() -> bool:
             if proc.poll() is not None:

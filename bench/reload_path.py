@@ -66,11 +66,12 @@ from controller.engine import Engine
 from controller.metrics import Metrics
 from controller.model import Config, parse_address
 from controller.plan import Observed, plan_changes
-from controller.process import HAProxyProcess, StatePaths
+from controller.process import HAProxyProcess
 from controller.render import RenderSettings, render_config
 from controller.runtime.client import RuntimeClient
 from controller.runtime.master import MasterClient
 from controller.runtime.parse import ProcInfo, parse_proc
+from controller.state_dir import StatePaths
 from controller.store import FileStore
 
 BALANCES = ("roundrobin", "leastconn")

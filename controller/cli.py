@@ -18,6 +18,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from controller.api.tokens import READ_TOKEN_ENV, WRITE_TOKEN_ENV, token_from
+from controller.budget import Budget
+from controller.candidate import CheckLimits
 from controller.cli_import import add_import_commands
 from controller.cli_rollout import add_rollout_commands
 from controller.engine import Timing
@@ -244,9 +246,14 @@ def _run_settings(args: argparse.Namespace) -> Any:
         runtime_timeout=args.runtime_timeout,
         timing=Timing(debounce=args.reload_debounce, min_reload_interval=args.min_reload_interval),
         stats=args.stats,
+        stats_page=args.stats_page,
         attach=attach,
         allow_unsafe_acls=args.allow_unsafe_acls,
         allow_outbound=tuple(getattr(args, "allow_outbound", None) or ()),
+        budget=Budget(args.max_routes, args.max_instances, args.max_slots),
+        check=CheckLimits(
+            timeout=args.check_timeout, memory_mb=args.check_memory, env=tuple(args.haproxy_env)
+        ),
     )
 
 
@@ -303,7 +310,44 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--stats",
             default="127.0.0.1:8404",
-            help="HAProxy's Prometheus exporter (/metrics) and stats page (/stats); '' for none",
+            help="HAProxy's Prometheus exporter (/metrics); '' for none",
+        )
+        p.add_argument(
+            "--stats-page",
+            action="store_true",
+            help="also HAProxy's stats page (/stats) on the --stats address (it shows everything)",
+        )
+        budget = Budget()
+        for name, default in (
+            ("routes", budget.routes),
+            ("instances", budget.instances),
+            ("slots", budget.slots),
+        ):
+            p.add_argument(
+                f"--max-{name}",
+                type=int,
+                default=default,
+                help=f"budget: {name} in all gateways together (default {default:,})",
+            )
+        limits = CheckLimits()
+        p.add_argument(
+            "--check-timeout",
+            type=float,
+            default=limits.timeout,
+            help="seconds (wall and CPU) a `haproxy -c` of a candidate may take",
+        )
+        p.add_argument(
+            "--check-memory",
+            type=int,
+            default=limits.memory_mb,
+            help="MB of address space a `haproxy -c` of a candidate may use",
+        )
+        p.add_argument(
+            "--haproxy-env",
+            action="append",
+            default=[],
+            metavar="NAME",
+            help="pass this environment variable to HAProxy (none is by default); repeatable",
         )
         p.add_argument(
             "--allow-unsafe-acls",

@@ -14,11 +14,13 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -34,10 +36,6 @@ DEMO_ROUTES = {"stable": 4, "canary": 8}
 MAX_TRAFFIC = 500.0
 """Requests per second `--traffic` may ask for: a demo, not a load test."""
 REPORT_SECONDS = 10.0
-STATE_FILES = ("desired.json", "rollouts.json")
-"""Removed at every demo start: the demo never resumes an old state."""
-
-
 @contextmanager
 def child(args: list[str], **popen: object) -> Iterator[subprocess.Popen[str]]:
     """A child process that is stopped (terminate, then kill) whatever happens."""
@@ -103,13 +101,14 @@ def traffic_rate(text: str) -> float:
 def run_demo(
     settings: RunSettings, *, gateway_port: int, console: Console, traffic: float | None = None
 ) -> int:
-    with demo_services() as routes:
-        settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for name in STATE_FILES:
-            (settings.state_dir / name).unlink(missing_ok=True)
-        config_file = settings.state_dir / "demo.yaml"
+    with demo_services() as routes, tempfile.TemporaryDirectory(prefix="wb-demo-") as tmp:
+        config_file = Path(tmp) / "demo.yaml"
         config_file.write_text(yaml.safe_dump(demo_config(routes, gateway_port), sort_keys=False))
-        settings = replace(settings, config_file=config_file, stop_haproxy_on_exit=True)
+        # the stored state (gateways and rollouts) is discarded only once this demo holds the
+        # state directory's lock: never under another controller's feet
+        settings = replace(
+            settings, config_file=config_file, stop_haproxy_on_exit=True, reseed=True
+        )
         asyncio.run(_serve_and_explain(settings, gateway_port, traffic, console))
     return 0
 

@@ -1,9 +1,15 @@
 """The controller: observe HAProxy, plan against the desired state, apply, verify.
 
 Changes and syncs run one at a time under one lock, so HAProxy's final state is always the
-final desired state. A write is checked (model, plan, `haproxy -c` when it reloads) before
-the store is touched: a refused change leaves the store and HAProxy as they were. Structural
+final desired state. A write is checked (budget, model, plan, `haproxy -c` when it reloads)
+before the store is touched: a refused change leaves the store and HAProxy as they were. The
+check by HAProxy runs outside the lock, and the planning and rendering of a big state run in a
+worker thread (`offload`), so neither blocks other writes, reads or health checks. Structural
 changes that arrive close together share one reload, which converges to the latest state.
+
+A write is atomic for its caller: cancelled (the client went away) before the store is
+written, nothing happens; once written, it is applied to completion, and if it cannot be
+applied the desired state is put back, so a failed write never stays half-applied.
 """
 
 from __future__ import annotations
@@ -15,50 +21,32 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from controller.compile import MapEntries, parse_pool_backend
-from controller.metrics import Metrics
-from controller.model import Address, Config
-from controller.plan import Observed, Plan, SlotState, plan_changes
-from controller.process import HAProxyError, HAProxyProcess
-from controller.render import RenderSettings, read_fingerprint, render_config
-from controller.runtime import commands
+from controller.apply import Applier, ApplyResult, Loaded
+from controller.budget import Budget, Usage, config_usage
+from controller.errors import Unavailable, WeighbridgeError
+from controller.metrics import Metrics, applied_states
+from controller.model import Config
+from controller.observe import Observer
+from controller.offload import BIG_SLOTS, offload
+from controller.plan import Observed, Plan, plan_changes
+from controller.process import HAProxyProcess, MapFiles
+from controller.render import RenderSettings, render_config
 from controller.runtime.client import RuntimeClient
-from controller.runtime.errors import RuntimeApiError
-from controller.runtime.parse import (
-    parse_map,
-    parse_map_list,
-    parse_prepared_version,
-    parse_servers_state,
-)
+from controller.runtime.errors import CannotLook, RuntimeApiError
 from controller.store import Revisioned, Store
 
 log = logging.getLogger(__name__)
 
-BACKEND_PREFIX = "wb."
+T = TypeVar("T")
+Candidate = tuple[str, MapFiles]
+"""A configuration text and its maps, as `haproxy -c` checks them."""
 
-
-@dataclass(frozen=True)
-class ApplyResult:
-    """How a change reached HAProxy, for API responses and logs."""
-
-    method: Literal["none", "runtime", "reload"]
-    seconds: float
-    steps: tuple[str, ...]
-    revision: int
-    dry_run: bool = False
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "applied": "dry-run" if self.dry_run else self.method,
-            "method": self.method,
-            "duration_ms": round(self.seconds * 1000, 3),
-            "plan": list(self.steps),
-            "revision": self.revision,
-        }
+MAX_CHECK_ROUNDS = 3
+"""`haproxy -c` runs of one change outside the lock; the state moved during each of them."""
 
 
 @dataclass
@@ -80,7 +68,31 @@ class Timing:
 
 
 Change = Callable[[Config], Config]
-"""Computes the new desired state from the current one; raises to refuse the change."""
+"""Computes the new desired state from the current one; raises to refuse the change.
+Pure: it may run in a worker thread, and again if the state moved while it was checked."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A change planned on `current`, not stored yet."""
+
+    current: Revisioned
+    config: Config
+    plan: Plan
+    candidate: Candidate | None
+    """Set when the plan reloads: what HAProxy must accept first."""
+
+    def dry_run(self) -> ApplyResult:
+        steps = tuple(self.plan.describe())
+        return ApplyResult(self.plan.method, 0.0, steps, self.current.revision, True)
+
+
+@dataclass(frozen=True)
+class _Joined:
+    """A stored structural change waiting for the reload that applies it."""
+
+    reload: asyncio.Future[ApplyResult]
+    revision: int
 
 
 class Engine:
@@ -94,6 +106,7 @@ class Engine:
         settings: RenderSettings,
         timing: Timing | None = None,
         metrics: Metrics | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.metrics = metrics or Metrics(CollectorRegistry())
         self.store = store
@@ -101,19 +114,33 @@ class Engine:
         self.runtime = runtime
         self.settings = settings
         self.timing = timing or Timing()
+        self.budget = budget or Budget()
         self.state = EngineState()
         self.map_dir = str(process.paths.map_dir)
+        self._observer = Observer(runtime, process.paths.config, self.map_dir)
+        self._applier = Applier(process, runtime, self.metrics, self.state.reloads)
         self._lock = asyncio.Lock()
+        self._check_lock = asyncio.Lock()
+        """One `haproxy -c` of a change at a time: checks of concurrent changes would
+        invalidate each other."""
         self._desired = Revisioned(Config(), 0)
         self._applied = self._desired
         self._pending_reload: asyncio.Future[ApplyResult] | None = None
         self._reload_task: asyncio.Task[None] | None = None
-        self._last_reload = 0.0
-        self._observed: Observed | None = None
+        self._cannot_look = False
+        self._usage = (self._desired.config, Usage())
 
     @property
     def desired(self) -> Revisioned:
         return self._desired
+
+    @property
+    def _big(self) -> bool:
+        """Whether planning the desired state is worth a worker thread (`offload`)."""
+        config = self._desired.config
+        if self._usage[0] is not config:
+            self._usage = (config, config_usage(config))
+        return self._usage[1].slots > BIG_SLOTS
 
     async def start(self, seed: Config | None) -> ApplyResult:
         """Load (or seed) the desired state, start or adopt HAProxy, converge."""
@@ -138,33 +165,142 @@ class Engine:
         self.state.ready = True
         return result
 
-    async def change(self, compute: Change, *, dry_run: bool = False) -> ApplyResult:
-        """Validate, plan and check a change, store it, then apply it (or join the next reload)."""
+    async def change(
+        self, compute: Change, *, dry_run: bool = False, heavy: bool = False
+    ) -> ApplyResult:
+        """Check a change, store it, then apply it (or join the next reload).
+
+        A change that reloads is checked by `haproxy -c` with the engine lock released (one
+        such check at a time), then stored only if the state it was planned on is still the
+        desired one. If other writes keep moving the state, the last round checks under the
+        lock, so every change finishes. `heavy`: the caller knows the change is big (a large
+        body), so even computing it from a small state leaves the event loop.
+        """
         started = time.perf_counter()
-        async with self._lock:
-            current = self._desired
-            config = compute(current.config)
-            touched = {
-                n
-                for n in {*current.config.gateways, *config.gateways}
-                if current.config.gateways.get(n) != config.gateways.get(n)
-            }
-            plan = self._plan(config, await self.observe(touched))
-            if plan.needs_reload:
-                await self.process.validate(self._render(plan), plan.maps)
-            if dry_run:
-                return ApplyResult(plan.method, 0.0, tuple(plan.describe()), current.revision, True)
-            revision = await self.store.compare_and_swap(current.revision, config)
-            self._desired = Revisioned(config, revision)
-            self.metrics.set_desired(config)
-            if not plan.needs_reload:
-                result = await self._apply(plan, revision)
-                self.metrics.write_applied(time.perf_counter() - started, result.method)
-                return result
-            reload = self._join_reload()  # joined under the lock: that reload includes this change
-        result = replace(await asyncio.shield(reload), revision=revision)
-        self.metrics.write_applied(time.perf_counter() - started, "reload")
+        outcome = await self._try_commit(compute, dry_run, heavy=heavy)
+        if isinstance(outcome, _Prepared):
+            async with self._check_lock:
+                for attempt in range(1, MAX_CHECK_ROUNDS + 1):
+                    if outcome.current is not self._desired:  # moved while we queued
+                        outcome = await self._try_commit(compute, dry_run, heavy=heavy)
+                        if not isinstance(outcome, _Prepared):
+                            break
+                    assert outcome.candidate is not None
+                    await self.process.validate(*outcome.candidate)
+                    if dry_run:
+                        return outcome.dry_run()
+                    last = attempt == MAX_CHECK_ROUNDS
+                    outcome = await self._try_commit(
+                        compute, dry_run, outcome, check_here=last, heavy=heavy
+                    )
+                    if not isinstance(outcome, _Prepared):
+                        break
+        assert not isinstance(outcome, _Prepared)
+        if isinstance(outcome, ApplyResult):
+            self.metrics.write_applied(time.perf_counter() - started, outcome.method)
+            return outcome
+        result = replace(await asyncio.shield(outcome.reload), revision=outcome.revision)
+        loaded = self._applier.loaded
+        if result.method == "none" and loaded.revision >= outcome.revision:
+            # another path (the supervisor's restart, say) loaded it before our reload ran
+            result = replace(result, method="reload", steps=(loaded.how,))
+        self.metrics.write_applied(time.perf_counter() - started, result.method)
         return result
+
+    async def _try_commit(
+        self,
+        compute: Change,
+        dry_run: bool,
+        checked: _Prepared | None = None,
+        *,
+        check_here: bool = False,
+        heavy: bool = False,
+    ) -> ApplyResult | _Joined | _Prepared:
+        """Under the lock: plan (or reuse `checked` if the state did not move), then store
+        and apply; a candidate HAProxy has not accepted yet comes back unstored."""
+        async with self._lock:
+            if checked is not None and checked.current is self._desired:
+                prepared = checked
+            else:
+                prepared = await self._prepare(compute, self._desired, heavy)
+            candidate = prepared.candidate
+            if candidate is not None and not self.process.is_validated(*candidate):
+                if not check_here:
+                    return prepared
+                await self.process.validate(*candidate)
+            if dry_run:
+                return prepared.dry_run()
+            task = asyncio.ensure_future(self._store_and_apply(prepared))
+            return await _finish(task)
+
+    async def _prepare(self, compute: Change, current: Revisioned, heavy: bool) -> _Prepared:
+        """The new state, within budget, planned and (if it reloads) rendered: under the lock,
+        the CPU-bound parts in a worker thread so the event loop keeps answering."""
+        big = heavy or self._big
+        config, touched, usage = await offload(big, self._computed, compute, current.config)
+        observed = await self.observe(touched)
+        big = big or usage.slots > BIG_SLOTS
+        plan, text = await offload(big, self._planned, config, observed, check_budget=True)
+        return _Prepared(current, config, plan, (text, plan.maps) if text is not None else None)
+
+    def _computed(self, compute: Change, current: Config) -> tuple[Config, set[str], Usage]:
+        config = compute(current)
+        usage = config_usage(config)
+        self.budget.check(usage)
+        touched = {
+            n
+            for n in {*current.gateways, *config.gateways}
+            if current.gateways.get(n) != config.gateways.get(n)
+        }
+        return config, touched, usage
+
+    def _planned(
+        self, config: Config, observed: Observed, *, check_budget: bool = False
+    ) -> tuple[Plan, str | None]:
+        plan = plan_changes(config, observed, self.map_dir, self.settings)
+        if check_budget:
+            self.budget.check_slots(sum(b.slots for g in plan.layout.gateways for b in g.backends))
+        text = (
+            render_config(plan.layout, self.settings, plan.assignment)
+            if plan.needs_reload
+            else None
+        )
+        return plan, text
+
+    async def _store_and_apply(self, prepared: _Prepared) -> ApplyResult | _Joined:
+        """Runs to completion once started, even if its caller is cancelled (see `_finish`)."""
+        current, config, plan = prepared.current, prepared.config, prepared.plan
+        snapshot = self.process.snapshot([Path(r) for r in plan.map_updates])
+        revision = await self.store.compare_and_swap(current.revision, config)
+        self._desired = Revisioned(config, revision)
+        self.metrics.set_desired(config)
+        if plan.needs_reload:
+            return _Joined(self._join_reload(), revision)  # under the lock: it includes this
+        try:
+            return await self._apply(plan, revision, None)
+        except (WeighbridgeError, OSError) as exc:
+            self.process.restore(snapshot)
+            back = await self._put_back(current.config, revision)
+            where = f"the desired state is back at revision {back}" if back else "retrying"
+            raise Unavailable(f"not applied ({exc}); {where}") from exc
+
+    async def _put_back(self, previous: Config, revision: int) -> int | None:
+        """Undo a stored change HAProxy did not take: store the previous state, converge to it."""
+        try:
+            back = await self.store.compare_and_swap(revision, previous)
+        except WeighbridgeError as exc:
+            log.error(
+                "revision %d was not applied nor put back (%s): the sync retries", revision, exc
+            )
+            return None
+        self._desired = Revisioned(previous, back)
+        self.metrics.set_desired(previous)
+        log.error("revision %d was not applied: the desired state is back at %d", revision, back)
+        try:
+            await self._converge()
+        except WeighbridgeError as exc:
+            log.warning("HAProxy not yet back at revision %d (%s): the sync repairs it", back, exc)
+        return back
 
     async def sync(self) -> ApplyResult:
         """One level-based pass; whatever it had to do was drift, and is counted as such.
@@ -188,8 +324,24 @@ class Engine:
     async def supervise(self) -> bool:
         """Restart HAProxy if its master is gone (ours) or wait for it (attached).
 
-        True when it (re)converged a HAProxy that had been away.
+        True when it (re)converged a HAProxy that had been away. Out of file descriptors
+        we cannot tell: nothing is restarted or removed on a guess.
         """
+        try:
+            result = await self._supervise()
+        except CannotLook as exc:
+            self.state.ready = False
+            self.state.last_error = f"cannot look at HAProxy: {exc}"
+            if not self._cannot_look:  # once, not at every probe
+                log.warning("cannot look at HAProxy (%s): leaving it alone", exc)
+            self._cannot_look = True
+            return False
+        if self._cannot_look:
+            log.info("HAProxy can be looked at again")
+            self._cannot_look = False
+        return result
+
+    async def _supervise(self) -> bool:
         running = await self.process.is_running()
         if running and self.state.ready:
             return False
@@ -205,6 +357,10 @@ class Engine:
                 await self._write_candidate()
                 await self.process.start()
                 self.state.haproxy_restarts += 1
+                self._applier.loaded = Loaded(
+                    self._desired.revision,
+                    f"restart of HAProxy with revision {self._desired.revision} (supervisor)",
+                )
             await self._converge()
         self.state.ready = True
         return True
@@ -220,27 +376,23 @@ class Engine:
 
     async def _write_candidate(self) -> None:
         """Render the desired state from scratch (all slots filled as desired) and write it."""
-        plan = self._plan(self._desired.config, Observed(fingerprint=None, backends={}, maps={}))
-        config_text = self._render(plan)
-        await self.process.validate(config_text, plan.maps)
-        await asyncio.to_thread(self.process.write, config_text, plan.maps)
+        empty = Observed(fingerprint=None, backends={}, maps={})
+        plan, text = await offload(self._big, self._planned, self._desired.config, empty)
+        assert text is not None  # nothing observed: always a full render
+        await self.process.validate(text, plan.maps)
+        await asyncio.to_thread(self.process.write, text, plan.maps)
         self._applied = self._desired
 
     async def _converge(self) -> tuple[ApplyResult, Plan]:
         desired = self._desired
-        plan = self._plan(desired.config, await self.observe())
-        if plan.needs_reload:
-            await self.process.validate(self._render(plan), plan.maps)
-        result = await self._apply(plan, desired.revision)
+        observed = await self.observe()
+        plan, text = await offload(self._big, self._planned, desired.config, observed)
+        if text is not None:
+            await self.process.validate(text, plan.maps)
+        result = await self._apply(plan, desired.revision, text)
         self.state.last_sync = time.time()
         self.metrics.synced(self.state.last_sync)
         return result, plan
-
-    def _plan(self, config: Config, observed: Observed) -> Plan:
-        return plan_changes(config, observed, self.map_dir, self.settings)
-
-    def _render(self, plan: Plan) -> str:
-        return render_config(plan.layout, self.settings, plan.assignment)
 
     def _join_reload(self) -> asyncio.Future[ApplyResult]:
         """The next reload (scheduled if need be); it applies whatever is desired when it runs."""
@@ -252,7 +404,7 @@ class Engine:
     async def _coalesced_reload(self, done: asyncio.Future[ApplyResult]) -> None:
         wait = max(
             self.timing.debounce,
-            self._last_reload + self.timing.min_reload_interval - time.monotonic(),
+            self._applier.last_reload + self.timing.min_reload_interval - time.monotonic(),
         )
         await asyncio.sleep(wait)  # a debounce window, not synchronisation
         try:
@@ -260,8 +412,10 @@ class Engine:
                 self._pending_reload = None  # changes stored from now on wait for the next one
                 result, _ = await self._converge()
         except Exception as exc:
-            await self._revert_after_failed_reload(exc)
-            done.set_exception(exc)
+            try:
+                await self._revert_after_failed_reload(exc)
+            finally:
+                done.set_exception(exc)
         else:
             done.set_result(result)
 
@@ -270,165 +424,58 @@ class Engine:
         async with self._lock:
             if self._desired.config == self._applied.config:
                 return
-            revision = await self.store.compare_and_swap(
-                self._desired.revision, self._applied.config
-            )
+            try:
+                revision = await self.store.compare_and_swap(
+                    self._desired.revision, self._applied.config
+                )
+            except WeighbridgeError as store_exc:
+                log.error(
+                    "reload failed (%s) and the store refused the revert (%s)", exc, store_exc
+                )
+                return
             log.error("reload failed (%s): desired state reverted to revision %d", exc, revision)
             self._desired = Revisioned(self._applied.config, revision)
             self.metrics.set_desired(self._desired.config)
 
-    async def _apply(self, plan: Plan, revision: int) -> ApplyResult:
-        started = time.perf_counter()
-        if plan.needs_reload:
-            await self._reload(plan)
-        elif not plan.is_empty:
-            count = len(plan.fill) + len(plan.empty)
-            count += sum(len(plan.maps[ref]) + 2 for ref in plan.map_updates)
-            try:
-                await self._apply_runtime(plan)
-            except Exception:
-                self.metrics.runtime_commands(count, "failed")
-                raise
-            self.metrics.runtime_commands(count, "ok")
+    async def _apply(self, plan: Plan, revision: int, text: str | None) -> ApplyResult:
+        result = await self._applier.apply(plan, revision, text, self._replan)
         self._applied = self._desired
-        seconds = time.perf_counter() - started
-        if not plan.is_empty:
-            log.info(
-                "applied revision %d by %s in %.1f ms: %s",
-                revision,
-                plan.method,
-                seconds * 1000,
-                "; ".join(plan.describe()),
-            )
-        return ApplyResult(plan.method, seconds, tuple(plan.describe()), revision)
+        return result
 
-    async def _apply_runtime(self, plan: Plan) -> None:
-        """New instances first, then the atomic map swaps, then emptied slots."""
-        if plan.fill:
-            await self.runtime.execute_many(plan.fill)
-        if plan.map_swaps:
-            replies = await self.runtime.execute_many([s.prepare() for s in plan.map_swaps])
-            swap = []
-            for map_swap, reply in zip(plan.map_swaps, replies, strict=True):
-                swap += map_swap.commands(parse_prepared_version(reply))
-            await self.runtime.execute_many(swap)
-            for map_swap in plan.map_swaps:
-                self.process.write_map(map_swap.ref, map_swap.entries)
-        if plan.empty:
-            await self.runtime.execute_many(plan.empty)
-
-    async def _reload(self, plan: Plan) -> None:
-        reasons = [str(r) for r in plan.reload_reasons]
-        started = time.perf_counter()
-        record: dict[str, object] = {"reasons": reasons, "at": time.time()}
-        try:
-            await self.process.guarded_reload(self._render(plan), plan.maps)
-            await self._verify_reload()
-        except HAProxyError as exc:
-            record.update(result="failed", error=str(exc))
-            raise
-        else:
-            record["result"] = "ok"
-        finally:
-            self._last_reload = time.monotonic()
-            record["seconds"] = round(time.perf_counter() - started, 4)
-            self.metrics.reload(
-                plan.reload_reasons[0].kind,
-                "ok" if record.get("result") == "ok" else "failed",
-                time.perf_counter() - started,
-            )
-            self.state.reloads = [*self.state.reloads[-49:], record]
-            log.info("reload %s", record)
-
-    async def _verify_reload(self, timeout: float = 2.0) -> None:
-        """The new worker must run the new structure (an attached HAProxy might not load it).
-
-        Our Runtime API connection may still reach the old, stopping worker for a moment:
-        reconnect and look again until the deadline.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            await self.runtime.close()
-            after = self._plan(self._desired.config, await self.observe())
-            if not after.needs_reload:
-                return
-            if time.monotonic() > deadline:
-                raise HAProxyError(
-                    f"reloaded, but HAProxy still lacks {after.reload_reasons[0]}: does it load "
-                    f"{self.process.paths.config}?"
-                )
-            await asyncio.sleep(0.02)  # poll interval while the old worker hands over
+    async def _replan(self) -> Plan:
+        observed = await self.observe()
+        plan, _ = await offload(self._big, self._planned, self._desired.config, observed)
+        return plan
 
     async def observe(self, scope: Collection[str] | None = None) -> Observed:
-        """Read what HAProxy runs now: our backends' slots, our maps, the config fingerprint.
-
-        With `scope`, only those gateways are read again and the rest comes from the last full
-        reading: a write to one gateway need not read thousands. The periodic sync always
-        reads everything, so drift elsewhere is still found within one period.
-        """
-        cached = self._observed
+        """Read what HAProxy runs now (see `Observer.read`), and export it as metrics."""
         try:
-            if scope is None or cached is None or not self._observable(cached, scope):
-                observed = await self._observe(None, None)
-            else:
-                observed = await self._observe(cached, set(scope))
+            observed = await self._observer.read(scope)
         except RuntimeApiError:
             self.metrics.haproxy_up(False)
             raise
         self.metrics.haproxy_up(True)
-        self._observed = observed
-        self.metrics.set_observed(self._desired.config, observed, self.map_dir)
+        states = await offload(
+            self._big, applied_states, self._desired.config, observed, self.map_dir
+        )
+        self.metrics.set_applied_states(states)
         return observed
 
-    @staticmethod
-    def _observable(cached: Observed, scope: Collection[str]) -> bool:
-        """Each gateway of the scope already has its pool in HAProxy (else: structural)."""
-        pools = {parsed[0] for name in cached.backends if (parsed := parse_pool_backend(name))}
-        return set(scope) <= pools
 
-    async def _observe(self, cached: Observed | None, scope: set[str] | None) -> Observed:
+async def _finish(task: asyncio.Future[T]) -> T:
+    """Wait for `task` to complete even if the caller is cancelled meanwhile.
+
+    The caller holds the engine lock: it must not let go while the store write and the apply
+    it started are still running. A cancellation is passed on once the task is done.
+    """
+    cancelled = False
+    while not task.done():
         try:
-            fingerprint = read_fingerprint(self.process.paths.config.read_text())
-        except FileNotFoundError:
-            fingerprint = None
-        if cached is None or scope is None:
-            state_text, map_list = await self.runtime.execute_many(
-                [commands.show_servers_state(), commands.show_map()]
-            )
-            refs = [f.file for f in parse_map_list(map_list) if f.file.startswith(self.map_dir)]
-            backends: dict[str, list[SlotState]] = {}
-            maps: dict[str, MapEntries] = {}
-        else:
-
-            def mine(gateway: str | None) -> bool:
-                return gateway in scope
-
-            ours = [b for b in cached.backends if mine(_gateway_of_backend(b))]
-            replies = await self.runtime.execute_many(
-                [commands.show_servers_state(b) for b in ours]
-            )
-            state_text = "".join(replies)
-            refs = [r for r in cached.maps if mine(Path(r).name.split(".", 1)[0])]
-            backends = {
-                b: list(s) for b, s in cached.backends.items() if not mine(_gateway_of_backend(b))
-            }
-            maps = {r: e for r, e in cached.maps.items() if r not in refs}
-        for server in parse_servers_state(state_text):
-            if server.backend.startswith(BACKEND_PREFIX):
-                backends.setdefault(server.backend, []).append(
-                    SlotState(
-                        name=server.server,
-                        address=Address(ip=server.addr, port=server.port or 0),
-                        serving=not (server.in_maintenance or server.draining),
-                        weight=server.user_weight,
-                    )
-                )
-        replies = await self.runtime.execute_many([commands.show_map(r) for r in refs])
-        for ref, reply in zip(refs, replies, strict=True):
-            maps[ref] = tuple((e.key, e.value) for e in parse_map(reply))
-        return Observed(fingerprint=fingerprint, backends=backends, maps=maps)
-
-
-def _gateway_of_backend(name: str) -> str | None:
-    parsed = parse_pool_backend(name)
-    return parsed[0] if parsed else None
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()

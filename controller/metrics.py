@@ -381,8 +381,12 @@ class Metrics:
 
     def set_observed(self, config: Config, observed: Observed, map_dir: str) -> None:
         """`set_applied` for every desired gateway, from one `Engine.observe()` reading."""
-        for name in config.gateways:
-            self.set_applied(name, applied_state(config, name, observed, map_dir))
+        self.set_applied_states(applied_states(config, observed, map_dir))
+
+    def set_applied_states(self, states: Mapping[str, Mapping[str, AppliedRoute]]) -> None:
+        """`set_applied` for each gateway of `applied_states` (computed off the event loop)."""
+        for name, routes in states.items():
+            self.set_applied(name, routes)
 
     def render(self) -> bytes:
         """The exposition text for `GET /metrics` (content type `CONTENT_TYPE`)."""
@@ -410,12 +414,19 @@ class Metrics:
                 self._backend_info.remove((*key, backend))
 
 
-def instance_state(address: Address, slots: Iterable[SlotState]) -> InstanceState:
+def instance_state(address: Address, slots: Mapping[Address | None, SlotState]) -> InstanceState:
     """The same reading as the status endpoint: the slot holding the address, and its state."""
-    for slot in slots:
-        if slot.address == address:
-            return "ready" if slot.serving else "maint"
-    return "missing"
+    slot = slots.get(address)
+    if slot is None:
+        return "missing"
+    return "ready" if slot.serving else "maint"
+
+
+def applied_states(
+    config: Config, observed: Observed, map_dir: str
+) -> dict[str, dict[str, AppliedRoute]]:
+    """`applied_state` of every desired gateway (pure: safe in a worker thread)."""
+    return {name: applied_state(config, name, observed, map_dir) for name in config.gateways}
 
 
 def applied_state(
@@ -428,7 +439,10 @@ def applied_state(
     routes: dict[str, AppliedRoute] = {}
     for name, route in config.gateways[gateway].routes.items():
         backend = binding.get(name)
-        slots = observed.backends.get(backend, ()) if backend else ()
+        # by address: thousands of instances a route, a scan each was quadratic (issue 9)
+        slots: dict[Address | None, SlotState] = {}
+        for slot in observed.backends.get(backend, ()) if backend else ():
+            slots.setdefault(slot.address, slot)
         states = Tally(instance_state(address, slots) for address in route.instances)
         routes[name] = AppliedRoute(
             weight_bp=live.get(backend, 0) if backend else 0,

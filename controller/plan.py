@@ -158,7 +158,9 @@ def plan_changes(
         for backend in gateway_layout.backends:
             route = route_of.get(backend.name)
             instances = gateway.routes[route].instances if route else ()
-            slots = _plan_slots(backend, instances, observed.backends.get(backend.name, ()))
+            slots = _plan_slots(
+                backend, instances, observed.backends.get(backend.name, ()), not reasons
+            )
             assignment[backend.name] = slots.assignment
             fill += slots.fill
             empty += slots.empty
@@ -319,16 +321,23 @@ class _SlotPlan:
 
 
 def _plan_slots(
-    backend: BackendLayout, desired: Sequence[Address], observed: Sequence[SlotState]
+    backend: BackendLayout,
+    desired: Sequence[Address],
+    observed: Sequence[SlotState],
+    with_commands: bool = True,
 ) -> _SlotPlan:
-    """Keep instances in the slots they hold (stable for stickiness); fill free slots in order."""
+    """Keep instances in the slots they hold (stable for stickiness); fill free slots in order.
+
+    Without commands only the assignment: a reload renders it, and building (and checking)
+    100,000 unused commands cost seconds."""
     wanted = set(desired)
     by_slot = {slot.name: slot for slot in observed}
     kept: dict[str, Address] = {}
+    placed: set[Address] = set()  # kept.values() as a set: thousands of slots per backend
     for slot in observed:
-        if slot.address in wanted and slot.address not in kept.values():
+        if slot.address in wanted and slot.address not in placed:
             kept[slot.name] = slot.address
-    placed = set(kept.values())
+            placed.add(slot.address)
     free = iter(name for name in backend.slot_names() if name not in kept)
     plan = _SlotPlan(assignment=dict(kept))
     for address in desired:
@@ -338,9 +347,12 @@ def _plan_slots(
         if slot_name is None:
             break  # over capacity: the layout grows the backend, which is a reload
         plan.assignment[slot_name] = address
-        plan.fill.append(
-            commands.set_server_addr(backend.name, slot_name, address.ip, address.port)
-        )
+        if with_commands:
+            plan.fill.append(
+                commands.set_server_addr(backend.name, slot_name, address.ip, address.port)
+            )
+    if not with_commands:
+        return plan
     for name in backend.slot_names():
         state = by_slot.get(name)
         if name in plan.assignment:

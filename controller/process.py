@@ -11,26 +11,38 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from controller.candidate import (
+    CheckLimits,
+    CheckTimeout,
+    check_args,
+    haproxy_env,
+    run_haproxy,
+    summarise,
+)
 from controller.errors import InvalidInput, Unavailable
-from controller.files import write_atomic
+from controller.files import open_append, read_text, write_atomic
 from controller.render import render_map
-from controller.runtime.errors import CommandError, RuntimeApiError
+from controller.runtime.client import OUT_OF_DESCRIPTORS
+from controller.runtime.errors import CannotLook, CommandError, RuntimeApiError
 from controller.runtime.master import MasterClient
+from controller.state_dir import StatePaths
 
 log = logging.getLogger(__name__)
 
-_SAFE_PATH = re.compile(r"[A-Za-z0-9_./-]+")
-_MAX_UNIX_PATH = 100
+MapFiles = Mapping[str, tuple[tuple[str, str], ...]]
+Snapshot = dict[Path, str | None]
+"""Files as they were before a write (None: absent), to put them back if it fails."""
+
+_VALIDATED_KEPT = 16
 
 
 class HAProxyError(Unavailable):
@@ -38,68 +50,11 @@ class HAProxyError(Unavailable):
 
 
 class InvalidConfig(HAProxyError, InvalidInput):
-    """`haproxy -c` refused a candidate; `message` is what HAProxy said."""
+    """`haproxy -c` (or a reload) refused a candidate; `message` summarises why, safely."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-@dataclass(frozen=True)
-class StatePaths:
-    """The documented, stable files of a state directory.
-
-    In attach mode the user runs HAProxy (with `-f <state-dir>/weighbridge.cfg` after their
-    own files) and gives us their master and admin sockets.
-    """
-
-    root: Path
-    attached: tuple[Path, ...] = ()
-    """The user's own configuration files (attach mode); empty: we run HAProxy."""
-    user_master_socket: Path | None = None
-    user_admin_socket: Path | None = None
-
-    @property
-    def config(self) -> Path:
-        return self.root / ("weighbridge.cfg" if self.attached else "haproxy.cfg")
-
-    @property
-    def last_known_good(self) -> Path:
-        return self.config.with_suffix(".cfg.lkg")
-
-    @property
-    def master_socket(self) -> Path:
-        return self.user_master_socket or self.root / "haproxy-master.sock"
-
-    @property
-    def admin_socket(self) -> Path:
-        return self.user_admin_socket or self.root / "haproxy-admin.sock"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.root / "haproxy.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "haproxy.log"
-
-    @property
-    def desired(self) -> Path:
-        return self.root / "desired.json"
-
-    @property
-    def map_dir(self) -> Path:
-        return self.root / "maps"
-
-    def check(self) -> None:
-        """Socket paths go into the configuration and have a kernel length limit."""
-        text = str(self.root)
-        if not _SAFE_PATH.fullmatch(text):
-            raise HAProxyError(
-                f"state directory {text!r} may only contain letters, digits, '_', '.', '/', '-'"
-            )
-        if len(str(self.master_socket)) > _MAX_UNIX_PATH:
-            raise HAProxyError(f"state directory {text!r} is too long for a unix socket path")
 
 
 def find_binary(name: str) -> str:
@@ -112,142 +67,192 @@ def find_binary(name: str) -> str:
     return path
 
 
-async def _run(*args: str, timeout: float = 60.0) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+@contextlib.contextmanager
+def _disk(what: str) -> Iterator[None]:
+    """A failed write in the state dir is HAProxy not being updatable now, not a bug."""
     try:
-        output, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise HAProxyError(f"{args[0]} did not finish within {timeout} s") from None
-    return proc.returncode or 0, output.decode(errors="replace")
-
-
-def _alerts(output: str) -> str:
-    lines = [line.strip() for line in output.splitlines() if "ALERT" in line]
-    return "\n".join(lines) or output.strip()
+        yield
+    except OSError as exc:
+        raise HAProxyError(f"cannot {what}: {exc.strerror or exc}") from exc
 
 
 def _write_if_changed(path: Path, text: str) -> None:
     try:
-        if path.read_text() == text:
+        if read_text(path) == text:
             return
     except OSError:
         pass
     write_atomic(path, text)
 
 
-def _write_scratch(
-    root: Path, config: str, maps: Mapping[str, tuple[tuple[str, str], ...]], live_maps: str
-) -> None:
+def _write_scratch(root: Path, config: str, maps: MapFiles, live_maps: str) -> None:
     for ref, entries in maps.items():
         (root / Path(ref).name).write_text(render_map(entries))
     (root / "haproxy.cfg").write_text(config.replace(live_maps, f"{root}/"))
 
 
+def _digest(config: str, maps: MapFiles) -> str:
+    """The configuration and which maps it loads. Not their entries: those are ours, built
+    from validated names and numbers, and change live without any check (weights), so a
+    weight change elsewhere does not make a checked candidate unchecked."""
+    return hashlib.sha256("\0".join([config, *sorted(maps)]).encode()).hexdigest()
+
+
 class HAProxyProcess:
     """Start, adopt, validate and reload one master-worker HAProxy on a state directory."""
 
-    def __init__(self, paths: StatePaths, binary: str = "haproxy") -> None:
+    def __init__(
+        self, paths: StatePaths, binary: str = "haproxy", limits: CheckLimits | None = None
+    ) -> None:
         paths.check()
         self.paths = paths
         self.binary = find_binary(binary)
+        self.limits = limits or CheckLimits()
         self.master = MasterClient(str(paths.master_socket))
         # a stale socket of a killed master refuses at once: don't retry as long as for reloads
         self._probe = MasterClient(str(paths.master_socket), timeout=0.5)
         self._master: subprocess.Popen[bytes] | None = None
-        self._validated = ""
+        self._validated: OrderedDict[str, None] = OrderedDict()
 
     async def version(self) -> str:
-        _, output = await _run(self.binary, "-v")
-        return output.splitlines()[0] if output else "unknown"
+        code, output = await run_haproxy(self.binary, ["-v"], self.limits)
+        return output.splitlines()[0] if output and code == 0 else "unknown"
 
     async def is_running(self) -> bool:
+        """Whether the master answers; CannotLook (out of descriptors) is not an answer."""
         self.reap()
         if not self.paths.master_socket.exists():
             return False
         try:
             await self._probe.show_proc()
+        except CannotLook:
+            raise
         except RuntimeApiError:
             return False
         return True
 
-    async def validate(self, config: str, maps: Mapping[str, tuple[tuple[str, str], ...]]) -> None:
+    def is_validated(self, config: str, maps: MapFiles) -> bool:
+        return _digest(config, maps) in self._validated
+
+    async def validate(self, config: str, maps: MapFiles) -> None:
         """Check a candidate with `haproxy -c` in a scratch copy of the state dir layout.
 
         The same candidate is checked once (a change, then the reload that applies it).
+        Sandboxed and summarised (see `controller.candidate`): no file contents, no
+        environment, bounded in memory and time.
         """
-        digest = hashlib.sha256(repr((config, sorted(maps.items()))).encode()).hexdigest()
-        if digest == self._validated:
+        digest = _digest(config, maps)
+        if digest in self._validated:
+            self._validated.move_to_end(digest)
             return
         live_maps = f"{self.paths.map_dir}/"
-        with tempfile.TemporaryDirectory(prefix="candidate.", dir=self.paths.root) as scratch:
+        with _disk(f"write a candidate in {self.paths.root}"):
+            scratch_dir = tempfile.TemporaryDirectory(prefix="candidate.", dir=self.paths.root)
+        with scratch_dir as scratch:
             # the candidate must read the candidate maps, not the live ones; scratch files
             # are thrown away, so no fsync (thousands of maps at scale)
-            await asyncio.to_thread(_write_scratch, Path(scratch), config, maps, live_maps)
-            files = [*self.paths.attached, Path(scratch) / "haproxy.cfg"]
-            code, output = await _run(
-                self.binary, "-c", *(arg for f in files for arg in ("-f", str(f)))
+            with _disk(f"write a candidate in {scratch}"):
+                await asyncio.to_thread(_write_scratch, Path(scratch), config, maps, live_maps)
+            candidate = f"{scratch}/haproxy.cfg"
+            try:
+                files = [*map(str, self.paths.attached), candidate]
+                code, output = await run_haproxy(self.binary, check_args(files), self.limits)
+            except CheckTimeout as exc:
+                raise InvalidConfig(f"{exc}; the candidate is refused") from None
+            renames = {f"{scratch}/{Path(ref).name}": ref for ref in maps}
+        if code < 0:
+            raise InvalidConfig(
+                f"haproxy -c was stopped by {signal.Signals(-code).name} (limits: "
+                f"{self.limits.timeout} s CPU, {self.limits.memory_mb} MB): candidate refused"
             )
         if code != 0:
-            message = _alerts(output).replace(f"{scratch}/haproxy.cfg", "the candidate config")
-            raise InvalidConfig(message.replace(f"{scratch}/", live_maps))
-        self._validated = digest
+            raise InvalidConfig(summarise(output, config, candidate, rename=renames))
+        self._validated[digest] = None
+        while len(self._validated) > _VALIDATED_KEPT:
+            self._validated.popitem(last=False)
 
-    def write(self, config: str, maps: Mapping[str, tuple[tuple[str, str], ...]]) -> None:
+    def write(self, config: str, maps: MapFiles) -> None:
         """Maps first: the configuration that names them must never point at a missing file.
 
         Unchanged files are left alone: each durable write costs fsyncs.
         """
-        for ref, entries in maps.items():
-            self.write_map(ref, entries)
-        _write_if_changed(self.paths.config, config)
+        self.write_maps(maps)
+        with _disk(f"write {self.paths.config}"):
+            _write_if_changed(self.paths.config, config)
 
-    def write_map(self, ref: str, entries: tuple[tuple[str, str], ...]) -> None:
+    def write_maps(self, maps: MapFiles) -> None:
         """Keep map files equal to the live maps, so a reload or restart starts from them."""
-        _write_if_changed(Path(ref), render_map(entries))
+        for ref, entries in maps.items():
+            with _disk(f"write the map file {ref}"):
+                _write_if_changed(Path(ref), render_map(entries))
 
-    async def guarded_reload(
-        self, config: str, maps: Mapping[str, tuple[tuple[str, str], ...]]
-    ) -> None:
+    def snapshot(self, paths: list[Path]) -> Snapshot:
+        """What `restore` puts back; a symlink planted among them is refused, not read."""
+        files: Snapshot = {}
+        for path in paths:
+            with _disk(f"read {path}"):
+                try:
+                    files[path] = read_text(path)
+                except FileNotFoundError:
+                    files[path] = None
+        return files
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Best effort: a disk that refused the write may refuse this too (then say so)."""
+        for path, text in snapshot.items():
+            try:
+                if text is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    _write_if_changed(path, text)
+            except OSError as exc:
+                log.error("could not put %s back: %s", path, exc.strerror or exc)
+
+    async def guarded_reload(self, config: str, maps: MapFiles) -> None:
         """Write a validated candidate and reload; on failure put the last-known-good back."""
         if not await self.is_running():
-            self.write(config, maps)
+            await asyncio.to_thread(self.write, config, maps)
             await self.start()
             return
-        snapshot = {path: path.read_text() for path in self._owned_files() if path.exists()}
-        if self.paths.config.exists():
-            shutil.copyfile(self.paths.config, self.paths.last_known_good)
+        owned = [self.paths.config, *sorted(self.paths.map_dir.glob("*.map"))]
+        snapshot = await asyncio.to_thread(self.snapshot, owned)
         try:
+            previous = snapshot.get(self.paths.config)
+            if previous is not None:
+                # replaces whatever is at .lkg (a planted symlink too), never writes through it
+                with _disk(f"write {self.paths.last_known_good}"):
+                    await asyncio.to_thread(write_atomic, self.paths.last_known_good, previous)
             await asyncio.to_thread(self.write, config, maps)
             await self.reload()
         except BaseException:
-            for path in self._owned_files():
-                if path not in snapshot:
-                    path.unlink(missing_ok=True)
-            for path, text in snapshot.items():
-                write_atomic(path, text)
+            created = [p for p in self.paths.map_dir.glob("*.map") if p not in snapshot]
+            self.restore({**snapshot, **dict.fromkeys(created)})
             raise
-
-    def _owned_files(self) -> list[Path]:
-        return [self.paths.config, *sorted(self.paths.map_dir.glob("*.map"))]
 
     async def start(self, timeout: float = 10.0) -> None:
         """Start the master in its own session (it outlives us), its output to `haproxy.log`.
 
         Not daemonised (`-D`): the log keeps what HAProxy says at start and on each reload,
-        the only place 2.6 reports why a reload failed.
+        the only place 2.6 reports why a reload failed. Its environment is minimal (see
+        `controller.candidate`): the API token never reaches HAProxy.
         """
         if self.paths.attached:
             raise HAProxyError(
                 f"attach mode: HAProxy is yours to start (with -f {self.paths.config} after "
                 f"your own files); its master socket {self.paths.master_socket} does not answer"
             )
+        if self.master_alive():
+            raise HAProxyError(
+                f"HAProxy's master (pid {self.master_pid()}) is alive but does not answer: "
+                "not starting a second one beside it"
+            )
+        # unlink, not overwrite: HAProxy writes its pidfile through whatever is there
         self.paths.master_socket.unlink(missing_ok=True)
-        with self.paths.log.open("ab") as log_file:
-            offset = log_file.tell()
+        self.paths.pidfile.unlink(missing_ok=True)
+        with _disk(f"open {self.paths.log}"):
+            log_fd = open_append(self.paths.log)
+        try:
+            offset = os.lseek(log_fd, 0, os.SEEK_END)
             self._master = subprocess.Popen(  # noqa: ASYNC220 - must outlive this event loop
                 [
                     self.binary,
@@ -260,10 +265,13 @@ class HAProxyProcess:
                     str(self.paths.pidfile),
                 ],
                 stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
+                stdout=log_fd,
+                stderr=log_fd,
+                env=haproxy_env(self.limits.env),
                 start_new_session=True,
             )
+        finally:
+            os.close(log_fd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._master.poll() is not None:
@@ -278,12 +286,13 @@ class HAProxyProcess:
         raise HAProxyError(f"HAProxy started but its master did not answer within {timeout} s")
 
     def _log_alerts(self, offset: int) -> str:
+        """What HAProxy logged since `offset`, summarised like a `haproxy -c` refusal."""
         try:
-            with self.paths.log.open("rb") as handle:
-                handle.seek(offset)
-                return _alerts(handle.read().decode(errors="replace")) or "no message"
+            output = read_text(self.paths.log, offset)
+            config = read_text(self.paths.config)
         except OSError:
             return "no message"
+        return summarise(output, config, str(self.paths.config))
 
     def _log_size(self) -> int:
         try:
@@ -309,7 +318,10 @@ class HAProxyProcess:
             raise HAProxyError(f"reload not confirmed: {exc}") from exc
 
     def master_alive(self) -> bool:
-        """Whether our master process exists, answering or not (a big reload keeps it busy)."""
+        """Whether our master process exists, answering or not (a big reload keeps it busy).
+
+        Out of descriptors, the answer is unknown: CannotLook, never a guess of "dead".
+        """
         self.reap()
         pid = self.master_pid()
         if pid is None:
@@ -317,16 +329,26 @@ class HAProxyProcess:
         try:
             os.kill(pid, 0)
             with open(f"/proc/{pid}/stat") as stat:
-                return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+                name, rest = stat.read().split("(", 1)[1].rsplit(")", 1)
+            # a stale pidfile (after a reboot, say) may name some other process
+            return name == Path(self.binary).name[:15] and rest.split()[0] != "Z"
         except (ProcessLookupError, FileNotFoundError):
             return False
         except PermissionError:
             return True
+        except OSError as exc:
+            if exc.errno in OUT_OF_DESCRIPTORS:
+                raise CannotLook(f"cannot look at HAProxy's master (pid {pid}): {exc}") from exc
+            raise
 
     def master_pid(self) -> int | None:
         try:
-            return int(self.paths.pidfile.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+            return int(read_text(self.paths.pidfile).split()[0])
+        except OSError as exc:
+            if exc.errno in OUT_OF_DESCRIPTORS:
+                raise CannotLook(f"cannot read {self.paths.pidfile}: {exc}") from exc
+            return None
+        except (ValueError, IndexError):
             return None
 
     async def stop(self, timeout: float = 10.0) -> None:

@@ -38,7 +38,10 @@ class RenderSettings:
     admin_socket: str
     attached: bool = False
     stats_bind: Address | None = None
-    """Where HAProxy serves its own Prometheus exporter (`/metrics`) and stats page (`/stats`)."""
+    """Where HAProxy serves its own Prometheus exporter (`/metrics`)."""
+    stats_page: bool = False
+    """Also HAProxy's stats page (`/stats`) there: it shows every backend and server, so only
+    when asked for by name (`--stats-page`)."""
     hard_stop_after: str = "30s"
     max_reloads: int = 50
     timeout_connect: str = "5s"
@@ -88,13 +91,15 @@ def _render_global(settings: RenderSettings) -> list[str]:
 def _render_stats(settings: RenderSettings) -> list[str]:
     if settings.stats_bind is None:
         return []
+    page = ["    stats enable", "    stats uri /stats", "    stats refresh 5s"]
+    elsewhere = " !{ path_beg /stats }" if settings.stats_page else ""
     return [
         "frontend wb-stats",
         f"    bind {settings.stats_bind}",
         "    http-request use-service prometheus-exporter if { path /metrics }",
-        "    stats enable",
-        "    stats uri /stats",
-        "    stats refresh 5s",
+        *(page if settings.stats_page else []),
+        "    http-request return status 404 content-type text/plain "
+        f'string "HAProxy metrics are at /metrics" if !{{ path /metrics }}{elsewhere}',
         "",
     ]
 

@@ -17,17 +17,20 @@ from controller.api import create_app
 from controller.api.connections import GUARD, ApiLimits, GuardedSite
 from controller.api.security import Access, HostPolicy, is_loopback
 from controller.api.tokens import Tokens
+from controller.budget import Budget
+from controller.candidate import CheckLimits
 from controller.config_file import load_config
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
-from controller.process import HAProxyProcess, StatePaths
+from controller.process import HAProxyProcess
 from controller.render import RenderSettings
 from controller.rollouts.api import add_rollout_routes
 from controller.rollouts.manager import RolloutManager
 from controller.rollouts.outbound import OutboundPolicy
 from controller.runtime.client import RuntimeClient
+from controller.state_dir import StatePaths, open_state_dir
 from controller.store import FileStore
 
 log = logging.getLogger(__name__)
@@ -70,25 +73,35 @@ class RunSettings:
     timing: Timing = field(default_factory=Timing)
     attach: Attach | None = None
     stats: str = "127.0.0.1:8404"
-    """HAProxy's own Prometheus exporter and stats page; empty: none."""
+    """HAProxy's own Prometheus exporter; empty: none."""
+    stats_page: bool = False
+    """Also HAProxy's stats page at `/stats` on the `stats` address."""
     stop_haproxy_on_exit: bool = False
     allow_unsafe_acls: bool = False
     """Raw ACLs may read files or the environment or run code (`--allow-unsafe-acls`)."""
     allow_outbound: tuple[str, ...] = ()
     """Where rollout webhooks and Prometheus checks may call (`--allow-outbound`); empty:
     loopback only."""
+    budget: Budget = field(default_factory=Budget)
+    check: CheckLimits = field(default_factory=CheckLimits)
+    reseed: bool = False
+    """Start over from the config file: the stored desired state and
+    rollouts are discarded (the demo)."""
 
 
-def build_engine(settings: RunSettings) -> Engine:
-    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+def state_paths(settings: RunSettings) -> StatePaths:
     attach = settings.attach
-    paths = StatePaths(
+    return StatePaths(
         settings.state_dir.resolve(),
         attached=tuple(p.resolve() for p in attach.configs) if attach else (),
         user_master_socket=attach.master_socket.resolve() if attach else None,
         user_admin_socket=attach.admin_socket.resolve() if attach else None,
     )
-    process = HAProxyProcess(paths, settings.haproxy_bin)
+
+
+def build_engine(settings: RunSettings, paths: StatePaths) -> Engine:
+    """The engine on a state directory this process has checked and locked (`open_state_dir`)."""
+    process = HAProxyProcess(paths, settings.haproxy_bin, settings.check)
     runtime = RuntimeClient(str(paths.admin_socket), timeout=settings.runtime_timeout)
     return Engine(
         FileStore(paths.desired),
@@ -96,12 +109,14 @@ def build_engine(settings: RunSettings) -> Engine:
         runtime,
         RenderSettings(
             str(paths.admin_socket),
-            attached=attach is not None,
+            attached=settings.attach is not None,
             stats_bind=parse_address(settings.stats, wildcard=True) if settings.stats else None,
             allow_unsafe_acls=settings.allow_unsafe_acls,
+            stats_page=settings.stats_page,
         ),
         settings.timing,
         Metrics(production_registry()),
+        settings.budget,
     )
 
 
@@ -177,15 +192,33 @@ def connection_limit(requested: int) -> int:
 
 
 async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> None:
-    access = api_access(settings.api_host, settings.api)
+    access = api_access(settings.api_host, settings.api)  # refused before anything starts
     limits = replace(
         settings.api.limits,
         max_connections=connection_limit(settings.api.limits.max_connections),
     )
-    engine = build_engine(settings)
+    paths = state_paths(settings)
+    lock = open_state_dir(paths)
+    try:
+        await _serve(settings, paths, access, limits, ready)
+    finally:
+        lock.release()
+
+
+async def _serve(
+    settings: RunSettings,
+    paths: StatePaths,
+    access: Access,
+    limits: ApiLimits,
+    ready: asyncio.Event | None,
+) -> None:
+    if settings.reseed:
+        FileStore(paths.desired).discard()
+        paths.rollouts.unlink(missing_ok=True)
+    engine = build_engine(settings, paths)
     seed = (
         read_seed(settings.config_file, allow_unsafe_acls=settings.allow_unsafe_acls)
-        if not engine.process.paths.desired.exists()
+        if not paths.desired.exists()
         else None
     )
     result = await engine.start(seed)
@@ -193,9 +226,10 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
     log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
     app = create_app(engine, access=access, limits=limits)
     outbound = OutboundPolicy.parse(settings.allow_outbound)
-    rollouts = RolloutManager(engine, settings.state_dir, outbound=outbound)
+    rollouts = RolloutManager(engine, paths.root, outbound=outbound)
     add_rollout_routes(app, rollouts)
-    runner = web.AppRunner(app, access_log=None)
+    # a client that goes away cancels its write if nothing was stored yet (see Engine.change)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     site = GuardedSite(runner, settings.api_host, settings.api_port, app[GUARD])
     await site.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -24,6 +25,10 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 """Any other method is counted as `other`: a client must not create metric series at will."""
 
 
+CLIENT_CLOSED = 499
+"""Counted for a request whose client went away (its handler is cancelled), as nginx does."""
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -32,6 +37,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
         status = response.status
         return response
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED  # the client went away: not a server error
+        raise
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"

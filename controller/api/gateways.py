@@ -18,10 +18,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from controller.api.body import dry_run_flag, read_json_body
 from controller.api.connections import GUARD
-from controller.engine import ApplyResult, Engine
+from controller.apply import ApplyResult
+from controller.engine import Engine
 from controller.errors import InvalidInput, NotFound, PreconditionFailed
 from controller.metrics import CONTENT_TYPE
 from controller.model import Config, Gateway, check_name, parse_percent, validation_problems
+from controller.offload import BIG_TEXT, offload
 from controller.status import gateway_status
 
 ENGINE = web.AppKey("engine", Engine)
@@ -68,6 +70,11 @@ def _etags(header: str) -> set[str]:
     return {part.strip().removeprefix("W/") for part in header.split(",")}
 
 
+def _big_body(request: web.Request) -> bool:
+    """A big body makes a big change: the engine computes it off the event loop."""
+    return (request.content_length or 0) > BIG_TEXT
+
+
 def _applied(result: ApplyResult, gateway: Gateway | None, status: int = 200) -> web.Response:
     response = web.json_response(result.as_json(), status=status)
     if gateway is not None and not result.dry_run:
@@ -108,7 +115,11 @@ async def get_gateway(request: web.Request) -> web.Response:
 async def put_gateway(request: web.Request) -> web.Response:
     name = _name(request, "gateway")
     body = await read_json_body(request)
-    gateway: Gateway = _validated(lambda: Gateway.model_validate(body), "gateway")
+    try:
+        gateway = await offload(_big_body(request), Gateway.model_validate, body)
+    except ValidationError as exc:
+        problems = validation_problems(exc, "gateway")
+        raise InvalidInput(f"invalid {problems[0]['field']}", problems) from None
     created = False
 
     def compute(config: Config) -> Config:
@@ -119,7 +130,9 @@ async def put_gateway(request: web.Request) -> web.Response:
         updated: Config = _validated(lambda: config.with_gateway(name, gateway), "gateways." + name)
         return updated
 
-    result = await request.app[ENGINE].change(compute, dry_run=dry_run_flag(request))
+    result = await request.app[ENGINE].change(
+        compute, dry_run=dry_run_flag(request), heavy=_big_body(request)
+    )
     return _applied(result, gateway, 201 if created and not result.dry_run else 200)
 
 
@@ -198,7 +211,9 @@ async def _change_route(
         updated = _validated(lambda: Gateway.model_validate(data), "")
         return config.with_gateway(name, updated)
 
-    result = await request.app[ENGINE].change(compute, dry_run=dry_run_flag(request))
+    result = await request.app[ENGINE].change(
+        compute, dry_run=dry_run_flag(request), heavy=_big_body(request)
+    )
     return _applied(result, updated)
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Literal, cast
 
@@ -42,7 +43,8 @@ async def create_rollout(request: web.Request) -> web.Response:
     except ValidationError as exc:
         problems = validation_problems(exc)
         raise InvalidInput(f"invalid {problems[0]['field']}", problems) from None
-    view = await request.app[ROLLOUTS].create(spec, dry_run=dry_run)
+    # carried out even if the client goes away (the server cancels its handler then)
+    view = await asyncio.shield(request.app[ROLLOUTS].create(spec, dry_run=dry_run))
     return web.json_response(view, status=200 if dry_run else 201)
 
 
@@ -72,7 +74,7 @@ async def command_rollout(request: web.Request) -> web.Response:
         )
     kind = cast(Literal["pause", "resume", "promote", "abort"], action)
     try:
-        view = await request.app[ROLLOUTS].command(rollout_id, kind)
+        view = await asyncio.shield(request.app[ROLLOUTS].command(rollout_id, kind))
     except TimeoutError:
         raise Unavailable(
             f"rollout {rollout_id} has not handled {action} yet: it stays queued"

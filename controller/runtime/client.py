@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
 from controller.runtime.commands import Command, CommandKind, show_info
-from controller.runtime.errors import CommandError, InvalidArgument, TransientError
+from controller.runtime.errors import (
+    CannotLook,
+    CommandError,
+    InvalidArgument,
+    TransientError,
+)
 from controller.runtime.parse import is_error_reply, parse_info
 
 _READ_SIZE = 65536
 _SESSION_SETUP = b"prompt\nset severity-output number\n"
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 
 class Stream(Protocol):
@@ -75,10 +82,15 @@ class _UnixStream:
 
 
 async def open_unix_stream(path: str) -> Stream:
-    """Connect to a unix socket; a missing or refusing socket is a TransientError."""
+    """Connect to a unix socket; a missing or refusing socket is a TransientError.
+
+    Out of descriptors is CannotLook: we could not even try, so it says nothing of the peer.
+    """
     try:
         reader, writer = await asyncio.open_unix_connection(path, limit=4 * _READ_SIZE)
     except OSError as exc:
+        if exc.errno in OUT_OF_DESCRIPTORS:
+            raise CannotLook(f"cannot look at {path}: {exc.strerror}") from exc
         raise TransientError(f"cannot connect to {path}: {exc}") from exc
     return _UnixStream(reader, writer)
 

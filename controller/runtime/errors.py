@@ -18,6 +18,13 @@ class TransientError(RuntimeApiError):
     """The socket is missing, refused, reset or slow: retrying later may help."""
 
 
+class CannotLook(TransientError):
+    """This process is out of file descriptors (EMFILE/ENFILE): HAProxy's state is unknown.
+
+    Not evidence that HAProxy is gone: nothing may be restarted or removed on its account.
+    """
+
+
 class CommandError(RuntimeApiError):
     """HAProxy answered with an error text.
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from controller.runtime.client import Connector, Stream, open_unix_stream
 from controller.runtime.commands import Command, CommandKind, reload, show_proc
-from controller.runtime.errors import CommandError, InvalidArgument, TransientError
+from controller.runtime.errors import CannotLook, CommandError, InvalidArgument, TransientError
 from controller.runtime.parse import ProcInfo, is_error_reply, parse_proc
 
 # 2.7+ answers `reload` with "Success=0|1", then "--" and the startup logs.
@@ -141,6 +141,8 @@ class MasterClient:
         while True:
             try:
                 info = await self._show_proc_once(max(deadline - loop.time(), 0.001))
+            except CannotLook:
+                raise  # retrying cannot tell whether HAProxy is there: say so at once
             except TransientError as exc:
                 last_problem = str(exc)
             else:

@@ -75,6 +75,8 @@ class Stack:
     stats_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    wrapper: list[str] = field(default_factory=list)
+    """Runs the controller under this command (e.g. `setpriv` to drop root's file access)."""
 
     @property
     def api(self) -> str:
@@ -155,6 +157,7 @@ class Stack:
         self.log_path = self.state_dir.parent / "controller.log"
         log = self.log_path.open("ab")
         args = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "controller",
@@ -196,7 +199,8 @@ class Stack:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
 
-    def stop(self) -> None:
+    def stop_controller(self) -> None:
+        """Stop the controller only: HAProxy keeps serving, as in production."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -204,6 +208,9 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+    def stop(self) -> None:
+        self.stop_controller()
         pid = self.haproxy_pid()
         if pid is not None and pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
@@ -222,12 +229,17 @@ def _decode(raw: bytes) -> Any:
 
 @contextmanager
 def running_stack(
-    tmp: Path, config: dict[str, Any], *, token: str = "", extra: list[str] | None = None
+    tmp: Path,
+    config: dict[str, Any],
+    *,
+    token: str = "",
+    extra: list[str] | None = None,
+    wrapper: list[str] | None = None,
 ) -> Iterator[Stack]:
     state = tmp / "state"
     config_file = tmp / "weighbridge.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    stack = Stack(state_dir=state, api_port=free_port(), token=token)
+    stack = Stack(state_dir=state, api_port=free_port(), token=token, wrapper=wrapper or [])
     try:
         stack.start_controller(config_file, extra)
         yield stack

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from collections.abc import Callable
 
 import pytest
 
 from controller.runtime import commands as c
 from controller.runtime.client import PromptFramer, RuntimeClient, Stream
-from controller.runtime.errors import CommandError, InvalidArgument, TransientError
+from controller.runtime.errors import CannotLook, CommandError, InvalidArgument, TransientError
 from controller.runtime.master import MasterClient
 
 Handler = Callable[[str], str]
@@ -383,3 +385,21 @@ async def test_wait_reloaded_times_out() -> None:
     master = FakeMaster([proc(1, 0, 11, 0)])
     with pytest.raises(TransientError, match="not confirmed"):
         await MasterClient("fake", connector=master.connect).wait_reloaded(1, timeout=0.05)
+
+
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE])
+async def test_out_of_descriptors_is_cannot_look_not_a_dead_peer(
+    monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """Issue 9, finding 9: EMFILE said nothing about HAProxy, yet read as "it is gone"."""
+
+    async def exhausted(*args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(asyncio, "open_unix_connection", exhausted)
+    with pytest.raises(CannotLook):
+        await RuntimeClient("/run/admin.sock").execute(c.show_info())
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(CannotLook):  # at once: retrying cannot tell either
+        await MasterClient("/run/master.sock", timeout=5.0).show_proc()
+    assert asyncio.get_running_loop().time() - started < 5.0

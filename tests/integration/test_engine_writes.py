@@ -1,0 +1,211 @@
+"""The engine in-process on a real HAProxy: a `haproxy -c` in progress blocks no other write
+or sync (issue 9, finding 3), planning runs in a worker thread (finding 4), and a write is
+atomic for its caller: cancelled before it is stored nothing happens, after that it is
+applied to completion (finding 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from controller.engine import Engine
+from controller.metrics import Metrics
+from controller.model import Config, Gateway
+from controller.process import HAProxyProcess, MapFiles
+from controller.render import RenderSettings
+from controller.runtime.client import RuntimeClient
+from controller.runtime.commands import Command
+from controller.state_dir import StatePaths, open_state_dir
+from controller.store import FileStore
+from tests.support.ports import free_port
+from tests.support.stack import admin_command
+
+pytestmark = pytest.mark.haproxy
+
+
+def gateway(port: int, stable: str = "90%", canary: str = "10%") -> Gateway:
+    return Gateway.model_validate(
+        {
+            "bind": f"127.0.0.1:{port}",
+            "routes": {
+                "stable": {"weight": stable, "instances": ["127.0.0.1:9001", "127.0.0.1:9002"]},
+                "canary": {"weight": canary, "instances": ["127.0.0.1:9101"]},
+            },
+        }
+    )
+
+
+@pytest.fixture
+async def engine(short_tmp: Path) -> AsyncIterator[Engine]:
+    paths = StatePaths(short_tmp / "state")
+    lock = open_state_dir(paths)
+    process = HAProxyProcess(paths)
+    runtime = RuntimeClient(str(paths.admin_socket))
+    engine = Engine(
+        FileStore(paths.desired),
+        process,
+        runtime,
+        RenderSettings(str(paths.admin_socket)),
+        metrics=Metrics(CollectorRegistry()),
+    )
+    try:
+        seed = Config().with_gateway("shop", gateway(free_port()))
+        await engine.start(seed.with_gateway("other", gateway(free_port())))
+        yield engine
+    finally:
+        await runtime.close()
+        await process.stop()
+        lock.release()
+
+
+def live_map(engine: Engine, gateway: str) -> str:
+    return admin_command(
+        engine.process.paths.admin_socket, f"show map {engine.map_dir}/{gateway}.map"
+    )
+
+
+def weights(name: str, stable: str, canary: str) -> Callable[[Config], Config]:
+    def compute(config: Config) -> Config:
+        return config.with_gateway(
+            name,
+            config.gateways[name].with_weights(
+                {"stable": int(stable) * 100, "canary": int(canary) * 100}
+            ),
+        )
+
+    return compute
+
+
+def add_gateway(name: str) -> Callable[[Config], Config]:
+    port = free_port()
+    return lambda config: config.with_gateway(name, gateway(port))
+
+
+class Gate:
+    """Holds a call of the engine's I/O until released: "in progress", deterministically."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def around(self, call: Callable[..., Awaitable[Any]], when: Callable[..., bool]) -> Any:
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            if when(*args, **kwargs):
+                self.entered.set()
+                await self.release.wait()
+            return await call(*args, **kwargs)
+
+        return held
+
+
+def held_check(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """Every `haproxy -c` of the engine waits at the gate."""
+    gate = Gate()
+    always = gate.around(engine.process.validate, lambda *args: True)
+    monkeypatch.setattr(engine.process, "validate", always)
+    return gate
+
+
+async def test_a_check_in_progress_blocks_no_other_write_or_sync(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = held_check(engine, monkeypatch)
+    structural = asyncio.create_task(engine.change(add_gateway("new")))
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    # the lock used to be held for the whole `haproxy -c`: these waited for it
+    live = await asyncio.wait_for(engine.change(weights("shop", "20", "80")), 10)
+    assert live.method == "runtime"
+    assert (await asyncio.wait_for(engine.sync(), 10)).method == "none"
+    assert b"weighbridge_" in engine.metrics.render()
+    assert not structural.done()
+    gate.release.set()
+    result = await asyncio.wait_for(structural, 30)
+    assert result.method == "reload"
+    assert "new" in engine.desired.config.gateways
+    assert "0:1999 wb.shop.b" in live_map(engine, "shop")
+
+
+async def test_a_change_cancelled_before_it_is_stored_leaves_nothing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = held_check(engine, monkeypatch)
+    before = engine.desired
+    task = asyncio.create_task(engine.change(add_gateway("new")))
+    await asyncio.wait_for(gate.entered.wait(), 10)
+    task.cancel()
+    gate.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.desired is before
+    stored = await FileStore(engine.process.paths.desired).read()
+    assert stored is not None and stored.revision == before.revision
+    assert engine.state.reloads == []
+
+
+async def test_a_change_cancelled_once_stored_is_applied_to_completion(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate()
+
+    def swapping(cmds: Sequence[Command], **kwargs: Any) -> bool:
+        return any(c.text.startswith("commit map") for c in cmds)
+
+    monkeypatch.setattr(
+        engine.runtime, "execute_many", gate.around(engine.runtime.execute_many, swapping)
+    )
+    before = engine.desired.revision
+    task = asyncio.create_task(engine.change(weights("shop", "30", "70")))
+    await asyncio.wait_for(gate.entered.wait(), 10)  # stored, map file written, swap pending
+    task.cancel()
+    later = asyncio.create_task(engine.sync())  # must wait: the cancelled one holds the lock
+    await asyncio.sleep(0)
+    assert not later.done()
+    gate.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await asyncio.wait_for(later, 10)).method == "none"  # nothing left to repair
+    assert engine.desired.revision == before + 1
+    assert "0:2999 wb.shop.b" in live_map(engine, "shop")
+
+
+async def test_planning_and_rendering_of_a_big_state_run_in_a_worker_thread(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big write kept the event loop (health checks, /metrics) busy for minutes. A small
+    state is planned inline (a thread hop would cost more); here every state counts as big."""
+    import controller.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "BIG_SLOTS", 0)
+    threads: set[str] = set()
+    for name in ("plan_changes", "render_config"):
+        original = getattr(engine_module, name)
+
+        def recording(*args: Any, _original: Any = original) -> Any:
+            threads.add(threading.current_thread().name)
+            return _original(*args)
+
+        monkeypatch.setattr(engine_module, name, recording)
+    await engine.change(add_gateway("new"))
+    await engine.change(weights("shop", "50", "50"))
+    assert threads and threading.main_thread().name not in threads
+
+
+async def test_validated_candidates_are_remembered_so_a_reload_does_not_check_again(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks: list[str] = []
+    original = engine.process.validate
+
+    async def counting(text: str, maps: MapFiles) -> None:
+        checks.append(text)
+        await original(text, maps)
+
+    monkeypatch.setattr(engine.process, "validate", counting)
+    assert (await engine.change(add_gateway("new"))).method == "reload"
+    assert len(set(checks)) == 1  # the change's check; the reload reused it

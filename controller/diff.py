@@ -1,0 +1,145 @@
+"""What a change does to the desired state, per gateway and route, in words (pure).
+
+Dry runs and `weighbridge plan` show this before the "how" (runtime commands or a reload),
+so a person sees "canary weight 10% → 20%" rather than map entries. Each change also says
+whether HAProxy can take it live: the fields that live in maps and server slots can, the
+ones rendered into the configuration's structure need a reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from controller.model import Config, Gateway, Rewrite, Route, format_percent
+
+LIVE_ROUTE_FIELDS = frozenset({"weight", "instances", "condition_strength"})
+"""Route fields held in maps and slots: changed through the Runtime API, no reload."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field of one gateway (or route) that differs; `before`/`after` are display text."""
+
+    gateway: str
+    route: str | None
+    field: str
+    before: str | None
+    after: str | None
+    live: bool
+
+    @property
+    def text(self) -> str:
+        where = self.gateway if self.route is None else f"{self.gateway}.{self.route}"
+        if self.field == "gateway":
+            return f"gateway {self.gateway} {'added' if self.before is None else 'removed'}"
+        if self.field == "route":
+            return f"route {where} {'added' if self.before is None else 'removed'}"
+        if self.before is None:
+            return f"{where}: {self.field} set to {self.after}"
+        if self.after is None:
+            return f"{where}: {self.field} {self.before} removed"
+        return f"{where}: {self.field} {self.before} → {self.after}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "gateway": self.gateway,
+            "route": self.route,
+            "field": self.field,
+            "before": self.before,
+            "after": self.after,
+            "live": self.live,
+            "text": self.text,
+        }
+
+
+def diff_configs(before: Config, after: Config) -> list[Change]:
+    """Every gateway that differs, in the order of `after` then the removed ones."""
+    changes: list[Change] = []
+    for name, gateway in after.gateways.items():
+        changes += diff_gateway(name, before.gateways.get(name), gateway)
+    for name, gateway in before.gateways.items():
+        if name not in after.gateways:
+            changes += diff_gateway(name, gateway, None)
+    return changes
+
+
+def diff_gateway(name: str, before: Gateway | None, after: Gateway | None) -> list[Change]:
+    if before == after:
+        return []
+    if before is None or after is None:
+        return [Change(name, None, "gateway", _gone(before), _gone(after), live=False)]
+    return list(_gateway_fields(name, before, after)) + list(_routes(name, before, after))
+
+
+def _gone(gateway: Gateway | None) -> str | None:
+    return None if gateway is None else str(gateway.bind)
+
+
+def _gateway_fields(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
+    for field in ("bind", "mode", "balance", "sticky"):
+        old, new = getattr(before, field), getattr(after, field)
+        if old != new:
+            yield Change(name, None, field, _text(old), _text(new), live=False)
+    old_hosts, new_hosts = set(before.virtual_hosts), set(after.virtual_hosts)
+    for host in sorted(new_hosts - old_hosts):
+        yield Change(name, None, "virtual_hosts", None, host, live=False)
+    for host in sorted(old_hosts - new_hosts):
+        yield Change(name, None, "virtual_hosts", host, None, live=False)
+
+
+def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
+    old_weights, new_weights = before.effective_weights(), after.effective_weights()
+    for route, new in after.routes.items():
+        old = before.routes.get(route)
+        if old is None:
+            # bound to a spare pool backend through a map: live, unless it brings structure
+            live = new.condition is None and not new.rewrites and new.balance is None
+            yield Change(name, route, "route", None, format_percent(new_weights[route]), live)
+            continue
+        if old_weights[route] != new_weights[route]:
+            yield Change(
+                name,
+                route,
+                "weight",
+                format_percent(old_weights[route]),
+                format_percent(new_weights[route]),
+                live=True,
+            )
+        yield from _route_fields(name, route, old, new)
+    for route in before.routes:
+        if route not in after.routes:
+            yield Change(name, route, "route", format_percent(old_weights[route]), None, True)
+
+
+def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Iterator[Change]:
+    old_instances, new_instances = set(before.instances), set(after.instances)
+    for address in sorted(new_instances - old_instances, key=str):
+        yield Change(gateway, name, "instances", None, str(address), live=True)
+    for address in sorted(old_instances - new_instances, key=str):
+        yield Change(gateway, name, "instances", str(address), None, live=True)
+    if before.strength != after.strength and before.condition == after.condition:
+        yield Change(
+            gateway,
+            name,
+            "condition_strength",
+            format_percent(before.strength),
+            format_percent(after.strength),
+            live=True,
+        )
+    for field in ("condition", "balance", "rewrites"):
+        old, new = getattr(before, field), getattr(after, field)
+        if old != new:
+            live = field in LIVE_ROUTE_FIELDS
+            yield Change(gateway, name, field, _text(old), _text(new), live=live)
+
+
+def _text(value: object) -> str | None:
+    if value is None or value == ():
+        return None
+    if isinstance(value, tuple):
+        return "; ".join(_text(v) or "" for v in value)
+    if isinstance(value, Rewrite):
+        return f"{value.path} if {value.condition}"
+    return str(value)

@@ -26,11 +26,20 @@ def _directory(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def write_atomic(path: Path, text: str, *, mode: int = 0o644, durable: bool = True) -> None:
+def write_atomic(
+    path: Path,
+    text: str,
+    *,
+    mode: int = 0o644,
+    durable: bool = True,
+    backup: Path | None = None,
+) -> None:
     """Write a temp file beside `path`, rename it over `path`: readers see old or new, never torn.
 
     The rename replaces a symlink at `path` instead of writing through it. `durable` fsyncs
-    the data and the directory (skip it only for copies whose loss costs nothing).
+    the data and the directory (skip it only for copies whose loss costs nothing). With
+    `backup` (a name in the same directory), the previous file stays there, by a hard link
+    made before the rename: no copy, and the same directory fsync makes it durable.
     """
     directory = path.parent
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -45,11 +54,40 @@ def write_atomic(path: Path, text: str, *, mode: int = 0o644, durable: bool = Tr
                 os.fchmod(handle.fileno(), mode)  # the umask must not widen or narrow it
                 if durable:
                     os.fsync(handle.fileno())
+            if backup is not None:
+                _link_previous(path.name, backup.name, dir_fd)
             os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
             raise
+        if durable:
+            os.fsync(dir_fd)
+
+
+def _link_previous(name: str, backup: str, dir_fd: int) -> None:
+    """`backup` becomes the file now at `name` (nothing, if there is none)."""
+    linked = f".{backup}.{secrets.token_hex(6)}"
+    try:
+        os.link(name, linked, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    try:
+        os.replace(linked, backup, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(linked, dir_fd=dir_fd)
+        raise
+
+
+def remove(paths: list[Path], *, durable: bool = True) -> None:
+    """Unlink files of one directory (missing ones are fine), then fsync the directory."""
+    if not paths:
+        return
+    with _directory(paths[0].parent) as dir_fd:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path.name, dir_fd=dir_fd)
         if durable:
             os.fsync(dir_fd)
 

@@ -413,25 +413,28 @@ def acl_policy_problems(config: Config, *, allow_unsafe: bool) -> list[dict[str,
     """Raw ACLs this deployment refuses (see `conditions.policy`), as `{field, message}`."""
     if allow_unsafe:
         return []
+    return [p for name, g in config.gateways.items() for p in gateway_acl_problems(name, g)]
+
+
+def gateway_acl_problems(name: str, gateway: Gateway) -> list[dict[str, str]]:
+    """The raw ACLs of one gateway that the default policy refuses."""
     from controller.conditions import ConditionError, parse_condition
     from controller.conditions.policy import check_acl_policy
 
     problems = []
-    for name, gateway in config.gateways.items():
-        for route_name, route in gateway.routes.items():
-            field = f"gateways.{name}.routes.{route_name}"
-            conditions = [(f"{field}.condition", route.condition)]
-            conditions += [
-                (f"{field}.rewrites.{i}.condition", r.condition)
-                for i, r in enumerate(route.rewrites)
-            ]
-            for where, condition in conditions:
-                if condition is None:
-                    continue
-                try:
-                    check_acl_policy(parse_condition(condition))
-                except ConditionError as exc:
-                    problems.append({"field": where, "message": str(exc)})
+    for route_name, route in gateway.routes.items():
+        field = f"gateways.{name}.routes.{route_name}"
+        conditions = [(f"{field}.condition", route.condition)]
+        conditions += [
+            (f"{field}.rewrites.{i}.condition", r.condition) for i, r in enumerate(route.rewrites)
+        ]
+        for where, condition in conditions:
+            if condition is None:
+                continue
+            try:
+                check_acl_policy(parse_condition(condition))
+            except ConditionError as exc:
+                problems.append({"field": where, "message": str(exc)})
     return problems
 
 

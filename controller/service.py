@@ -25,6 +25,7 @@ from controller.errors import InvalidInput
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess
+from controller.reconcile import reconcile_forever
 from controller.render import RenderSettings
 from controller.rollouts.api import add_rollout_routes
 from controller.rollouts.manager import RolloutManager
@@ -66,7 +67,8 @@ class RunSettings:
     api_port: int
     haproxy_bin: str = "haproxy"
     api: ApiSettings = field(default_factory=ApiSettings)
-    sync_interval: float = 5.0
+    sync_interval: float | None = None
+    """Seconds within which the reconcile visits every gateway; None: by size (`reconcile`)."""
     supervise_interval: float = 0.2
     runtime_timeout: float = 5.0
     """Seconds before a Runtime API call that gets no answer counts as failed."""
@@ -99,12 +101,12 @@ def state_paths(settings: RunSettings) -> StatePaths:
     )
 
 
-def build_engine(settings: RunSettings, paths: StatePaths) -> Engine:
+def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> Engine:
     """The engine on a state directory this process has checked and locked (`open_state_dir`)."""
     process = HAProxyProcess(paths, settings.haproxy_bin, settings.check)
     runtime = RuntimeClient(str(paths.admin_socket), timeout=settings.runtime_timeout)
     return Engine(
-        FileStore(paths.desired),
+        store,
         process,
         runtime,
         RenderSettings(
@@ -126,28 +128,6 @@ def read_seed(path: Path, *, allow_unsafe_acls: bool) -> Config | None:
         log.warning("config file %s not found: starting with no gateways", path)
         return None
     return load_config(path, allow_unsafe_acls=allow_unsafe_acls)
-
-
-async def reconcile_forever(engine: Engine, interval: float) -> None:
-    """Level-based repair: whatever drifted (by hand or by a crash) is put back.
-
-    While HAProxy does not answer, retry with a growing pause and report not-ready; the
-    desired state is untouched, so nothing is lost.
-    """
-    pause = interval
-    while True:
-        await asyncio.sleep(pause)  # the reconcile period, not synchronisation
-        try:
-            await engine.sync()
-        except Exception as exc:  # keep the loop alive; report and retry
-            engine.state.ready = False
-            engine.state.last_error = str(exc)
-            pause = min(interval, max(0.1, pause / 2 if pause == interval else pause * 2))
-            log.error("reconcile failed (next try in %.1f s): %s", pause, exc)
-        else:
-            engine.state.ready = True
-            engine.state.last_error = None
-            pause = interval
 
 
 async def supervise_forever(engine: Engine, interval: float) -> None:
@@ -212,13 +192,14 @@ async def _serve(
     limits: ApiLimits,
     ready: asyncio.Event | None,
 ) -> None:
+    store = FileStore(paths.gateways, legacy=paths.desired)
     if settings.reseed:
-        FileStore(paths.desired).discard()
+        store.discard()
         paths.rollouts.unlink(missing_ok=True)
-    engine = build_engine(settings, paths)
+    engine = build_engine(settings, paths, store)
     seed = (
         read_seed(settings.config_file, allow_unsafe_acls=settings.allow_unsafe_acls)
-        if not paths.desired.exists()
+        if store.empty()
         else None
     )
     result = await engine.start(seed)

@@ -133,7 +133,7 @@ def test_dry_run_returns_the_plan_and_applies_nothing(
     grow = [f"127.0.0.1:{20000 + i}" for i in range(17)]
     response = shop_stack.request("PUT", INST + "?dry_run=true", grow)
     assert response.body["method"] == "reload"
-    assert response.body["plan"] == ["reload (capacity: wb.shop.b1: 8 → 32 slots)"]
+    assert response.body["plan"] == ["reload (capacity: wb.shop.b1: 8 → 21 slots)"]
     assert haproxy_state(shop_stack) == before
     assert shop_stack.request("PATCH", W + "?dry_run=maybe", {}).status == 400
 

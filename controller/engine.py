@@ -178,6 +178,7 @@ class Engine:
         """Read everything HAProxy runs, plan every gateway, apply (starting, adopting, and
         after HAProxy came back): the only path whose cost is the whole state's."""
         started = time.perf_counter()
+        known = dict(self.plans)
         observed = await self.observer.everything(self.running)
         split = observed.by_gateway()
         plans = await offload(self.big(), self._plan_all, split)
@@ -186,8 +187,12 @@ class Engine:
             for name, seen in split.items()
             if name not in self.desired.records
         ]
+        # a write that stored meanwhile planned its own gateway: keep its plan
+        plans = [p for p in plans if self.plans.get(p.name) is known.get(p.name)]
+        for name in [n for n in self.plans if n not in self.desired.records]:
+            if self.plans[name] is known.get(name):
+                del self.plans[name]
         plan = Plan((*plans, *removed), self.reloads.settings_reasons())
-        self.plans = {p.name: p for p in plans}
         for name, seen in split.items():
             if name in self.desired.records:
                 self.metrics.set_applied(name, self.applied_of(name, seen))
@@ -289,11 +294,26 @@ class Engine:
             raise
         return revision, reload
 
-    def _plan(self, name: str, gateway: Gateway | None, observed: GatewayObserved) -> GatewayPlan:
+    def _plan(
+        self,
+        name: str,
+        gateway: Gateway | None,
+        observed: GatewayObserved,
+        *,
+        check_budget: bool = True,
+    ) -> GatewayPlan:
+        """Plan one gateway; a write's plan must also fit the slot budget (a repair's need not:
+        it only puts back what was stored)."""
         plan = plan_gateway(name, gateway, observed, self.map_dir, self.settings, self.sections)
-        known = self.plans.get(name)
-        self.budget.check_slots(self._total.slots - (known.slots if known else 0) + plan.slots)
+        if check_budget:
+            known = self.plans.get(name)
+            slots = self._slots - (known.slots if known else 0) + plan.slots
+            self.budget.check_slots(slots)
         return plan
+
+    @property
+    def _slots(self) -> int:
+        return sum(plan.slots for plan in self.plans.values())
 
     async def _store(self, name: str, record: Record | None, after: Gateway | None) -> int:
         """The store write; from here on the change is applied to completion."""
@@ -407,7 +427,7 @@ class Engine:
         started = time.perf_counter()
         observed = await self.observe_gateways(names)
         plans = [
-            self._plan(name, self.desired.get(name), seen)
+            self._plan(name, self.desired.get(name), seen, check_budget=False)
             for name, seen in zip(names, observed, strict=True)
         ]
         runtime = [p for p in plans if not p.needs_reload]

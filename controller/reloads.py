@@ -16,8 +16,15 @@ from typing import TYPE_CHECKING
 
 from controller.apply import ApplyResult, Verify
 from controller.compile import MapEntries
+from controller.files import remove
 from controller.offload import offload
-from controller.plan import GatewayPlan, ReloadReason, settings_reasons, structure_reasons
+from controller.plan import (
+    GatewayPlan,
+    ReloadReason,
+    map_gateway,
+    settings_reasons,
+    structure_reasons,
+)
 from controller.render import (
     Assignment,
     Running,
@@ -154,8 +161,10 @@ class Reloads:
                 text, maps, _ = await offload(big, self._candidate, plans)
                 revision = engine.desired.revision
                 await engine.applier.reload(reasons, text, maps, revision, self._verifier(plans))
+                gone = set(engine.running.sections) if engine.running else set()
                 engine.running = self.running_of(plans)
                 self._loaded(plans)
+            await offload(big, self._forget, gone - set(engine.running.sections))
             steps = tuple(f"reload ({r})" for r in reasons)
             return ApplyResult("reload", time.perf_counter() - started, steps, revision)
         raise AssertionError("unreachable: the last round always reloads")
@@ -181,6 +190,19 @@ class Reloads:
             if plan.section != chosen[name].section:
                 return None
         return list(plans.values())
+
+    def _forget(self, gateways: set[str]) -> None:
+        """The map files of gateways HAProxy no longer runs (best effort: nothing reads them)."""
+        refs = [
+            path
+            for name in gateways
+            for path in self.engine.process.paths.map_dir.glob(f"{name}.*map")
+            if map_gateway(str(path)) == name
+        ]
+        try:
+            remove(refs)
+        except OSError as exc:
+            log.warning("could not remove the maps of %s: %s", sorted(gateways), exc)
 
     def _loaded(self, plans: Sequence[GatewayPlan]) -> None:
         """HAProxy runs these plans now: they no longer wait for a reload."""

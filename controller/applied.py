@@ -8,7 +8,6 @@ slots of its backend.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -71,9 +70,12 @@ class AppliedGateway:
     def route(self, name: str, desired: Route) -> AppliedRoute:
         backend = self.binding.get(name)
         slots = self.slot_of(backend)
-        states = Counter(instance_state(address, slots) for address in desired.instances)
+        states: dict[InstanceState, int] = {}
+        for address in desired.instances:
+            state = instance_state(address, slots)
+            states[state] = states.get(state, 0) + 1
         points = (self.backend_weights or {}).get(backend, 0) if backend else 0
-        return AppliedRoute(weight_bp=points, backend=backend, instances=dict(states))
+        return AppliedRoute(weight_bp=points, backend=backend, instances=states)
 
 
 def instance_state(address: Address, slots: Mapping[Address | None, SlotState]) -> InstanceState:

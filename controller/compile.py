@@ -87,6 +87,12 @@ def slot_name(index: int) -> str:
     return f"s{index}"
 
 
+@functools.lru_cache(maxsize=256)
+def slot_names(count: int) -> tuple[str, ...]:
+    """`s1` … `s<count>`: built once per size, asked for by every plan of every backend."""
+    return tuple(slot_name(i) for i in range(1, count + 1))
+
+
 def slot_capacity(instances: int, current: int | None = None) -> int:
     """Keep the provisioned size while it fits, so instance changes never force a reload."""
     if current is not None and instances <= current:
@@ -135,8 +141,8 @@ class BackendLayout:
         """Every filled slot of a backend weighs the same: the route split lives in the map."""
         return RING_WEIGHT if self.balance.startswith(RING_BALANCE) else 1
 
-    def slot_names(self) -> list[str]:
-        return [slot_name(i) for i in range(1, self.slots + 1)]
+    def slot_names(self) -> tuple[str, ...]:
+        return slot_names(self.slots)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,14 @@ from controller.metrics import Metrics
 from controller.model import Address, Config, Gateway
 from controller.observe import Observer, Scope
 from controller.offload import BIG_SLOTS, offload
-from controller.plan import NOTHING_RUNS, GatewayObserved, GatewayPlan, Plan, plan_gateway
+from controller.plan import (
+    NOTHING_RUNS,
+    GatewayObserved,
+    GatewayPlan,
+    Observed,
+    Plan,
+    plan_gateway,
+)
 from controller.process import HAProxyProcess
 from controller.reloads import Reloads
 from controller.render import RenderSettings, Running, SectionCache
@@ -48,6 +55,8 @@ from controller.store import Store
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+PUBLISH_CHUNK = 50
+"""Gateways whose applied metrics are exported between two turns of the event loop."""
 
 
 @dataclass
@@ -105,19 +114,50 @@ class Engine:
         self._usage: dict[str, Usage] = {}
         self._total = Usage()
         self._cannot_look = False
+        self._publishing: asyncio.Task[None] | None = None
         self.reloads = Reloads(self)
 
     # ---- start ------------------------------------------------------------------------------
 
     async def start(self, seed: Config | None) -> ApplyResult:
-        """Load (or seed) the desired state, start or adopt HAProxy, converge."""
+        """Load (or seed) the desired state, start or adopt HAProxy, converge.
+
+        Adopting, HAProxy is read (its own work, in its own process) while the store loads."""
         started = time.perf_counter()
+        async with self.gate.exclusive():
+            reading: asyncio.Task[Observed] | None = None
+            if await self.process.is_running() or await self._answers_soon():
+                log.info("adopting the HAProxy at %s", self.process.paths.master_socket)
+                self.running = self.observer.running_in_file()
+                reading = asyncio.create_task(self.observer.everything(self.running))
+            try:
+                await self._load(seed, started)
+            except BaseException:
+                if reading is not None:
+                    reading.cancel()
+                raise
+            if reading is None and self.process.paths.attached:
+                await self._write_candidate(check=True)
+                log.warning("waiting for your HAProxy (with -f %s)", self.process.paths.config)
+                return ApplyResult("none", 0.0, (), self.desired.revision)
+            if reading is None:
+                log.info("starting HAProxy (%s)", await self.process.version())
+                await self._start_haproxy()
+                log.info("HAProxy started (%.2f s)", time.perf_counter() - started)
+        if reading is None:  # it runs what was just written: the reconcile reads it back
+            result = ApplyResult("none", 0.0, (), self.desired.revision)
+        else:
+            result = await self.converge_all(await reading)
+        log.info("ready in %.2f s (%s)", time.perf_counter() - started, result.method)
+        self.state.ready = True
+        return result
+
+    async def _load(self, seed: Config | None, started: float) -> None:
+        """The desired state from the store, seeded from the config file if it is empty."""
         snapshot = await self.store.snapshot()
         if seed is not None and not snapshot.records and not snapshot.revision:
-            for name, gateway in seed.gateways.items():
-                await self.store.put(name, gateway, 0)
+            snapshot = await self.store.seed(seed.gateways)
             log.info("seeded %d gateways from the config file", len(seed.gateways))
-            snapshot = await self.store.snapshot()
         self.desired = Desired.of(snapshot.records, snapshot.revision)
         for name, record in snapshot.records.items():
             self._count(name, record.gateway)
@@ -129,32 +169,33 @@ class Engine:
             snapshot.revision,
             time.perf_counter() - started,
         )
-        async with self.gate.exclusive():
-            if await self.process.is_running() or await self._answers_soon():
-                log.info("adopting the HAProxy at %s", self.process.paths.master_socket)
-                self.running = self.observer.running_in_file()
-            elif self.process.paths.attached:
-                await self._write_candidate()
-                log.warning("waiting for your HAProxy (with -f %s)", self.process.paths.config)
-                return ApplyResult("none", 0.0, (), self.desired.revision)
-            else:
-                log.info("starting HAProxy (%s)", await self.process.version())
-                await self._write_candidate()
-                await self.process.start()
-                log.info("HAProxy started (%.2f s)", time.perf_counter() - started)
-        result = await self.converge_all()
-        log.info("ready in %.2f s (%s)", time.perf_counter() - started, result.method)
-        self.state.ready = True
-        return result
 
-    async def _write_candidate(self) -> None:
-        """Render the desired state from scratch (every slot filled as desired), check, write."""
+    async def _start_haproxy(self) -> None:
+        """Start HAProxy on the whole desired state. Its own start checks the configuration
+        (no `haproxy -c` first: there is no running worker to protect, and the start reports
+        HAProxy's reasons as a check would)."""
+        plans = await self._write_candidate(check=False)
+        await self.process.start()
+        loaded = [replace(plan, reload_reasons=()) for plan in plans]
+        for plan in loaded:
+            self._planned(plan)
+        self._publish(loaded)
+
+    async def _write_candidate(self, *, check: bool) -> list[GatewayPlan]:
+        """Render the desired state from scratch (every slot filled as desired), write it
+        (checked by `haproxy -c` first if `check`)."""
+        started = time.perf_counter()
         plans = await offload(self.big(), self._plan_all, None)
-        text, maps = self.reloads.render(plans)
-        await self.process.validate(text, maps, self.reloads.identity(plans))
-        await asyncio.to_thread(self.process.write, text, maps)
+        text, maps = await offload(self.big(), self.reloads.render, plans)
+        log.info("planned and rendered %d gateways (%.2f s)", len(plans), _since(started))
+        if check:
+            await self.process.validate(text, maps, self.reloads.identity(plans))
+            log.info("HAProxy checked the configuration (%.2f s)", _since(started))
+        await asyncio.to_thread(self.process.write, text, maps, fresh=True)
+        log.info("wrote the configuration and %d map files (%.2f s)", len(maps), _since(started))
         self.plans = {plan.name: plan for plan in plans}
         self.running = self.reloads.running_of(plans)
+        return plans
 
     def _plan_all(self, observed: dict[str, GatewayObserved] | None) -> list[GatewayPlan]:
         seen = observed or {}
@@ -174,12 +215,13 @@ class Engine:
         """Whether work over every gateway (a start, a reload's file) is worth a thread."""
         return self._total.slots > BIG_SLOTS
 
-    async def converge_all(self) -> ApplyResult:
-        """Read everything HAProxy runs, plan every gateway, apply (starting, adopting, and
-        after HAProxy came back): the only path whose cost is the whole state's."""
+    async def converge_all(self, observed: Observed | None = None) -> ApplyResult:
+        """Read everything HAProxy runs (unless given), plan every gateway, apply (adopting,
+        and after HAProxy came back): the only path whose cost is the whole state's."""
         started = time.perf_counter()
         known = dict(self.plans)
-        observed = await self.observer.everything(self.running)
+        if observed is None:
+            observed = await self.observer.everything(self.running)
         split = observed.by_gateway()
         plans = await offload(self.big(), self._plan_all, split)
         removed = [
@@ -193,9 +235,6 @@ class Engine:
             if self.plans[name] is known.get(name):
                 del self.plans[name]
         plan = Plan((*plans, *removed), self.reloads.settings_reasons())
-        for name, seen in split.items():
-            if name in self.desired.records:
-                self.metrics.set_applied(name, self.applied_of(name, seen))
         log.info("observed and planned %d gateways (%.2f s)", len(plans), _since(started))
         if plan.needs_reload:
             for gateway_plan in plans:
@@ -203,7 +242,8 @@ class Engine:
             return await self.reloads.join()
         await self.applier.apply_runtime(plan.gateways)
         for gateway_plan in plans:
-            self._applied(gateway_plan)
+            self._planned(gateway_plan)
+        self._publish(plans)
         self._synced()
         steps = tuple(plan.describe())
         return ApplyResult(plan.method, _since(started), steps, self.desired.revision)
@@ -273,7 +313,7 @@ class Engine:
             back = await self._put_back(name, record, revision)
             where = f"the gateway is back at revision {back}" if back else "retrying"
             raise Unavailable(f"not applied ({exc}); {where}") from exc
-        self._applied(plan)
+        self.runs(plan)
         if not plan.is_empty:
             log.info("applied %s revision %d by runtime", name, revision)
         return revision
@@ -367,11 +407,24 @@ class Engine:
         else:
             self.plans[plan.name] = plan
 
-    def _applied(self, plan: GatewayPlan) -> None:
+    def runs(self, plan: GatewayPlan) -> None:
         """HAProxy now runs `plan`: remember it, and export what it applies."""
         self._planned(plan)
         if plan.section is not None:
             self.metrics.set_applied(plan.name, self.applied_of(plan.name, plan.after(), plan))
+
+    def _publish(self, plans: Sequence[GatewayPlan]) -> None:
+        """Export what a whole convergence applied, a chunk at a time after it (a thousand
+        gateways take half a second): a plan a write replaced meanwhile is skipped."""
+
+        async def publish() -> None:
+            for start in range(0, len(plans), PUBLISH_CHUNK):
+                for plan in plans[start : start + PUBLISH_CHUNK]:
+                    if self.plans.get(plan.name) is plan:
+                        self.runs(plan)
+                await asyncio.sleep(0)  # let requests in between chunks
+
+        self._publishing = asyncio.create_task(publish())
 
     def applied_of(
         self, name: str, observed: GatewayObserved, plan: GatewayPlan | None = None
@@ -501,14 +554,14 @@ class Engine:
                 return False
             if not running:
                 log.error("HAProxy is not running: restarting it with the full desired state")
-                await self._write_candidate()
-                await self.process.start()
+                await self._start_haproxy()
                 self.state.haproxy_restarts += 1
                 revision = self.desired.revision
                 self.applier.loaded = Loaded(
                     revision, f"restart of HAProxy with revision {revision} (supervisor)"
                 )
-        await self.converge_all()
+        if running:
+            await self.converge_all()
         self.state.ready = True
         return True
 

@@ -8,9 +8,11 @@ directory) so a link planted later is replaced or refused, never written through
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -90,6 +92,45 @@ def remove(paths: list[Path], *, durable: bool = True) -> None:
                 os.unlink(path.name, dir_fd=dir_fd)
         if durable:
             os.fsync(dir_fd)
+
+
+def write_many(directory: Path, texts: Mapping[str, str], *, mode: int = 0o644) -> None:
+    """Many new files in one directory, made durable together (one `syncfs`, else an fsync
+    each), then the directory: for a directory nothing reads yet (the caller renames it into
+    place). A thousand fsyncs took 2 s here, one syncfs a tenth of that."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with _directory(directory) as dir_fd:
+        written = []
+        for name, text in texts.items():
+            fd = os.open(name, flags, mode, dir_fd=dir_fd)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                os.fchmod(handle.fileno(), mode)
+            written.append(name)
+        if not _syncfs(dir_fd):
+            for name in written:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        os.fsync(dir_fd)
+
+
+def _syncfs(fd: int) -> bool:
+    """Linux's syncfs(2) on the file system of `fd`; False where there is none."""
+    function = getattr(_libc(), "syncfs", None)
+    return function is not None and function(fd) == 0
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def fsync_directory(directory: Path) -> None:
+    with _directory(directory) as dir_fd:
+        os.fsync(dir_fd)
 
 
 def read_text(path: Path, offset: int = 0) -> str:

@@ -17,6 +17,7 @@ code are `Literal`s, so that a typo fails type-checking instead of adding a seri
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -81,14 +82,19 @@ class Family:
     _chunks: dict[str, str] = field(default_factory=dict)
 
     def set(self, labels: tuple[str, ...], value: float) -> None:
-        lines = self.series.setdefault(labels[0], {})
+        lines = self.series.get(labels[0])
+        if lines is None:
+            lines = self.series[labels[0]] = {}
         current = lines.get(labels)
         if current is None or current[0] != value:
             # Label names sorted, values escaped and formatted exactly as generate_latest does.
-            pairs = sorted(zip(self.labelnames, labels, strict=True))
-            text = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+            text = ",".join(f'{self.labelnames[i]}="{_escape(labels[i])}"' for i in self._order)
             lines[labels] = (value, f"{self.name}{{{text}}} {_format_value(value)}\n")
             self._chunks.pop(labels[0], None)
+
+    @functools.cached_property
+    def _order(self) -> list[int]:
+        return sorted(range(len(self.labelnames)), key=self.labelnames.__getitem__)
 
     def get(self, labels: tuple[str, ...]) -> float | None:
         found = self.series.get(labels[0], {}).get(labels)
@@ -130,6 +136,8 @@ class Family:
 
 
 def _escape(value: str) -> str:
+    if "\\" not in value and "\n" not in value and '"' not in value:
+        return value
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 

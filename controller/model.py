@@ -157,8 +157,11 @@ def parse_address(value: Any, *, wildcard: bool = False) -> Address:
     if not isinstance(value, str):
         raise ValueError("must be a 'host:port' string")
     canonical = _CANONICAL_IPV4_PORT.fullmatch(value)
-    if canonical and (wildcard or canonical.group(1) != "0.0.0.0"):
-        return Address(canonical.group(1), _parse_port(canonical.group(2), value))
+    if canonical is not None:
+        ip, port = canonical.groups()
+        number = int(port)  # ASCII digits, at most five: the pattern says so
+        if (wildcard or ip != "0.0.0.0") and 1 <= number <= 65535:
+            return Address(ip, number)
     if not value.isascii() or not value.isprintable() or " " in value or len(value) > 64:
         raise ValueError(f"{shown(value)} is not a valid host:port")
     host, port_text = _split_host_port(value)
@@ -267,11 +270,12 @@ class Route(BaseModel):
 
     @model_validator(mode="after")
     def _unique_instances(self) -> Route:
-        seen: set[Address] = set()
-        for address in self.instances:
-            if address in seen:
-                raise ValueError(f"instance {address} is listed twice")
-            seen.add(address)
+        if len(set(self.instances)) != len(self.instances):
+            seen: set[Address] = set()
+            for address in self.instances:
+                if address in seen:
+                    raise ValueError(f"instance {address} is listed twice")
+                seen.add(address)
         if self.condition_strength is not None and self.condition is None:
             raise ValueError("condition_strength needs a condition")
         return self

@@ -19,12 +19,7 @@ from controller.plan import GatewayObserved, Observed, SlotState
 from controller.render import Running, read_running
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
-from controller.runtime.parse import (
-    is_error_reply,
-    parse_map,
-    parse_map_list,
-    parse_servers_state,
-)
+from controller.runtime.parse import is_error_reply, parse_map, parse_map_list, parse_slot_rows
 
 BACKEND_PREFIX = "wb."
 
@@ -99,15 +94,14 @@ def _parse(
     state_text: str, maps: dict[str, str]
 ) -> tuple[dict[str, list[SlotState]], dict[str, MapEntries]]:
     backends: dict[str, list[SlotState]] = {}
-    for server in parse_servers_state(state_text):
-        if server.backend.startswith(BACKEND_PREFIX):
-            backends.setdefault(server.backend, []).append(
-                SlotState(
-                    name=server.server,
-                    address=Address(ip=server.addr, port=server.port or 0),
-                    serving=not (server.in_maintenance or server.draining),
-                    weight=server.user_weight,
-                )
-            )
+    addresses: dict[tuple[str, int], Address] = {}  # parked slots share one
+    for row in parse_slot_rows(state_text):
+        if row.backend.startswith(BACKEND_PREFIX):
+            key = (row.addr, row.port)
+            address = addresses.get(key)
+            if address is None:
+                address = addresses[key] = Address(row.addr, row.port)
+            slot = SlotState(row.server, address, row.serving, row.user_weight)
+            backends.setdefault(row.backend, []).append(slot)
     parsed = {ref: tuple((e.key, e.value) for e in parse_map(reply)) for ref, reply in maps.items()}
     return backends, parsed

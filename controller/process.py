@@ -30,7 +30,7 @@ from controller.candidate import (
     summarise,
 )
 from controller.errors import InvalidInput, Unavailable
-from controller.files import open_append, read_text, write_atomic
+from controller.files import fsync_directory, open_append, read_text, write_atomic
 from controller.render import render_map
 from controller.runtime.client import OUT_OF_DESCRIPTORS
 from controller.runtime.errors import CannotLook, CommandError, RuntimeApiError
@@ -77,13 +77,13 @@ def _disk(what: str) -> Iterator[None]:
         raise HAProxyError(f"cannot {what}: {exc.strerror or exc}") from exc
 
 
-def _write_if_changed(path: Path, text: str) -> None:
+def _write_if_changed(path: Path, text: str, *, durable: bool = True) -> None:
     try:
         if read_text(path) == text:
             return
     except OSError:
         pass
-    write_atomic(path, text)
+    write_atomic(path, text, durable=durable)
 
 
 _MAP_REF = re.compile(r"[^\s,()]+\.map\b")
@@ -181,20 +181,26 @@ class HAProxyProcess:
         while len(self._validated) > _VALIDATED_KEPT:
             self._validated.popitem(last=False)
 
-    def write(self, config: str, maps: MapFiles) -> None:
+    def write(self, config: str, maps: MapFiles, *, fresh: bool = False) -> None:
         """Maps first: the configuration that names them must never point at a missing file.
 
-        Unchanged files are left alone: each durable write costs fsyncs.
+        Unchanged files are left alone: each durable write costs fsyncs. `fresh`: HAProxy is
+        about to be started on these files (every map of every gateway): each is written
+        without its own fsync, and one fsync of the directory follows. They are derived from
+        the store, and a start after a crash writes them all again.
         """
-        self.write_maps(maps)
+        self.write_maps(maps, durable=not fresh)
+        if fresh and maps:
+            with _disk(f"sync {self.paths.map_dir}"):
+                fsync_directory(self.paths.map_dir)
         with _disk(f"write {self.paths.config}"):
             _write_if_changed(self.paths.config, config)
 
-    def write_maps(self, maps: MapFiles) -> None:
+    def write_maps(self, maps: MapFiles, *, durable: bool = True) -> None:
         """Keep map files equal to the live maps, so a reload or restart starts from them."""
         for ref, entries in maps.items():
             with _disk(f"write the map file {ref}"):
-                _write_if_changed(Path(ref), render_map(entries))
+                _write_if_changed(Path(ref), render_map(entries), durable=durable)
 
     def snapshot(self, paths: list[Path]) -> Snapshot:
         """What `restore` puts back; a symlink planted among them is refused, not read."""

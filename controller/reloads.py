@@ -208,7 +208,7 @@ class Reloads:
         """HAProxy runs these plans now: they no longer wait for a reload."""
         for plan in plans:
             if plan.needs_reload and self.engine.plans.get(plan.name) is plan:
-                self.engine.plans[plan.name] = replace(plan, reload_reasons=())
+                self.engine.runs(replace(plan, reload_reasons=()))
 
     def _verifier(self, plans: Sequence[GatewayPlan]) -> Verify:
         """HAProxy must run each reloaded gateway's pool, slots and maps."""

@@ -202,7 +202,11 @@ async def _serve(
         if store.empty()
         else None
     )
-    result = await engine.start(seed)
+    gc.disable()  # start-up builds a million objects that all live: no collection meanwhile
+    try:
+        result = await engine.start(seed)
+    finally:
+        gc.enable()
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
     app = create_app(engine, access=access, limits=limits)

@@ -16,7 +16,7 @@ import collections
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from controller.desired import Record
 from controller.errors import ConflictingState, Unavailable
-from controller.files import read_text, remove, write_atomic
+from controller.files import fsync_directory, read_text, remove, write_atomic, write_many
 from controller.locks import KeyedLocks
 from controller.model import Config, Gateway, check_name
 from controller.offload import BIG_TEXT, offload
@@ -76,6 +76,9 @@ class Store(Protocol):
     def watch(self, after: int) -> AsyncIterator[StoreEvent]:
         """The writes after revision `after`, as they happen."""
 
+    async def seed(self, gateways: Mapping[str, Gateway]) -> Snapshot:
+        """Store the first desired state into an empty store, all or nothing (one revision)."""
+
 
 class FileStore:
     """One JSON file per gateway, replaced atomically and fsynced; the file it replaces stays
@@ -113,6 +116,7 @@ class FileStore:
             return False
         return not self.root.exists() or not any(self.root.iterdir())
 
+
     async def put(self, name: str, gateway: Gateway, expected: int) -> int:
         return await self._write(name, expected, gateway)
 
@@ -146,6 +150,35 @@ class FileStore:
         async with self._changed:
             self._changed.notify_all()
         return revision
+
+    async def seed(self, gateways: Mapping[str, Gateway]) -> Snapshot:
+        """Every record written into a directory beside the store, which a rename then makes
+        the store: a crash midway leaves no half-seeded store (the next start seeds again)."""
+        if not self.empty():
+            raise Conflict("the store is not empty: it is seeded once")
+        snapshot = Snapshot({name: Record(g, 1) for name, g in gateways.items()}, 1)
+        try:
+            await asyncio.to_thread(self._seed, snapshot)
+        except OSError as exc:
+            raise StoreError(f"cannot write the store {self.root}: {exc.strerror or exc}") from exc
+        self._revisions = {name: 1 for name in gateways}
+        self._revision = 1
+        return snapshot
+
+    def _seed(self, snapshot: Snapshot) -> None:
+        staging = self.root.with_name(self.root.name + ".seeding")
+        if staging.exists():
+            remove(sorted(staging.iterdir()))
+        staging.mkdir(mode=0o700, exist_ok=True)
+        texts = {
+            f"{name}.json": _record_text(record.gateway, record.revision)
+            for name, record in snapshot.records.items()
+        }
+        write_many(staging, {**texts, REVISION_FILE: f"{snapshot.revision}\n"}, mode=0o600)
+        if self.root.exists():
+            self.root.rmdir()  # empty (checked): the rename needs it gone
+        os.replace(staging, self.root)
+        fsync_directory(self.root.parent)
 
     def _store(self, name: str, text: str) -> None:
         path = self.path(name)

@@ -159,3 +159,29 @@ async def test_a_symlinked_record_is_refused(tmp_path: Path) -> None:
     os.symlink(tmp_path / "elsewhere.json", root / "a.json")
     with pytest.raises(StoreError, match="cannot read"):
         await FileStore(root).snapshot()
+
+
+async def test_a_seed_is_all_or_nothing_and_only_into_an_empty_store(tmp_path: Path) -> None:
+    root = tmp_path / "gateways"
+    root.mkdir()  # as the state directory's checks leave it
+    store = FileStore(root)
+    snapshot = await store.seed({"a": gateway(1), "b": gateway(2)})
+    assert snapshot.revision == 1 and set(snapshot.records) == {"a", "b"}
+    assert not (tmp_path / "gateways.seeding").exists()
+    again = await FileStore(root).snapshot()
+    assert {n: r.revision for n, r in again.records.items()} == {"a": 1, "b": 1}
+    assert await store.put("a", gateway(3), 1) == 2
+    with pytest.raises(Conflict):
+        await store.seed({"c": gateway(4)})
+
+
+async def test_a_seed_interrupted_before_its_rename_leaves_an_empty_store(tmp_path: Path) -> None:
+    """What a crash midway leaves: a staging directory beside an empty store, seeded again."""
+    staging = tmp_path / "gateways.seeding"
+    staging.mkdir()
+    (staging / "a.json").write_text('{"revision": 1, "gat')
+    store = FileStore(tmp_path / "gateways")
+    assert store.empty()
+    snapshot = await store.seed({"b": gateway(2)})
+    assert list(snapshot.records) == ["b"]
+    assert list((await FileStore(tmp_path / "gateways").snapshot()).records) == ["b"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from controller.metrics import Metrics
+from controller.offload import offload
 from controller.plan import GatewayPlan, ReloadReason
 from controller.process import HAProxyError, HAProxyProcess, MapFiles
 from controller.runtime import commands
@@ -19,6 +20,9 @@ from controller.runtime.client import RuntimeClient
 from controller.runtime.parse import parse_prepared_version
 
 log = logging.getLogger(__name__)
+
+MANY_MAPS = 16
+"""Map files above which their writing leaves the event loop."""
 
 Method = Literal["none", "runtime", "reload"]
 KEPT_RELOADS = 50
@@ -97,8 +101,10 @@ class Applier:
     async def _runtime(self, plans: Sequence[GatewayPlan]) -> None:
         swaps = [swap for plan in plans for swap in plan.map_swaps]
         if swaps:
+            # derived from the store (a cold start writes every map again): no fsync, and a
+            # write of a few small files stays on the event loop
             files = {s.ref: s.entries for s in swaps}
-            await asyncio.to_thread(self.process.write_maps, files)
+            await offload(len(files) > MANY_MAPS, self.process.write_maps, files, durable=False)
         fill = [command for plan in plans for command in plan.commands[0]]
         if fill:
             await self.runtime.execute_many(fill)

@@ -189,7 +189,7 @@ class GatewayLayout:
         refs = (self.maps.weights, self.maps.routes, self.maps.strengths, self.maps.sticky)
         return tuple(ref for ref in (*refs, self.maps.backends) if ref is not None)
 
-    @property
+    @functools.cached_property
     def slots(self) -> int:
         return sum(backend.slots for backend in self.backends)
 

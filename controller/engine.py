@@ -185,16 +185,18 @@ class Engine:
         """Render the desired state from scratch (every slot filled as desired), write it
         (checked by `haproxy -c` first if `check`)."""
         started = time.perf_counter()
+        candidates = self.reloads.candidates
         plans = await offload(self.big(), self._plan_all, None)
-        text, maps = await offload(self.big(), self.reloads.render, plans)
+        text, maps = await offload(self.big(), candidates.render, plans)
         log.info("planned and rendered %d gateways (%.2f s)", len(plans), _since(started))
         if check:
-            await self.process.validate(text, maps, self.reloads.identity(plans))
+            await self.process.validate(text, maps, candidates.running_of(plans).fingerprint)
             log.info("HAProxy checked the configuration (%.2f s)", _since(started))
         await asyncio.to_thread(self.process.write, text, maps, fresh=True)
         log.info("wrote the configuration and %d map files (%.2f s)", len(maps), _since(started))
         self.plans = {plan.name: plan for plan in plans}
-        self.running = self.reloads.running_of(plans)
+        self.running = candidates.running_of(plans)
+        self.reloads.loaded(plans)
         return plans
 
     def _plan_all(self, observed: dict[str, GatewayObserved] | None) -> list[GatewayPlan]:
@@ -235,6 +237,10 @@ class Engine:
             if self.plans[name] is known.get(name):
                 del self.plans[name]
         plan = Plan((*plans, *removed), self.reloads.settings_reasons())
+        running = self.running.sections if self.running else {}
+        self.reloads.loaded(
+            [p for p in plans if p.section and running.get(p.name) == p.section.fingerprint]
+        )
         log.info("observed and planned %d gateways (%.2f s)", len(plans), _since(started))
         if plan.needs_reload:
             for gateway_plan in plans:
@@ -345,15 +351,11 @@ class Engine:
         """Plan one gateway; a write's plan must also fit the slot budget (a repair's need not:
         it only puts back what was stored)."""
         plan = plan_gateway(name, gateway, observed, self.map_dir, self.settings, self.sections)
-        if check_budget:
-            known = self.plans.get(name)
-            slots = self._slots - (known.slots if known else 0) + plan.slots
-            self.budget.check_slots(slots)
+        known = self.plans.get(name)
+        mine = known.slots if known else 0
+        if check_budget and plan.slots > mine:  # only growth can go over: O(gateways) then
+            self.budget.check_slots(sum(p.slots for p in self.plans.values()) - mine + plan.slots)
         return plan
-
-    @property
-    def _slots(self) -> int:
-        return sum(plan.slots for plan in self.plans.values())
 
     async def _store(self, name: str, record: Record | None, after: Gateway | None) -> int:
         """The store write; from here on the change is applied to completion."""
@@ -411,7 +413,7 @@ class Engine:
         """HAProxy now runs `plan`: remember it, and export what it applies."""
         self._planned(plan)
         if plan.section is not None:
-            self.metrics.set_applied(plan.name, self.applied_of(plan.name, plan.after(), plan))
+            self.metrics.set_applied(plan.name, self.applied_of(plan))
 
     def _publish(self, plans: Sequence[GatewayPlan]) -> None:
         """Export what a whole convergence applied, a chunk at a time after it (a thousand
@@ -426,13 +428,10 @@ class Engine:
 
         self._publishing = asyncio.create_task(publish())
 
-    def applied_of(
-        self, name: str, observed: GatewayObserved, plan: GatewayPlan | None = None
-    ) -> dict[str, AppliedRoute]:
-        """Each desired route of `name` as HAProxy runs it (for the metrics): as observed, or
-        with `plan`, as the plan left it (its maps and slots, without reading them back)."""
-        seen = plan.after() if plan else observed
-        return applied_routes(name, self.desired.get(name), seen, self.map_dir)
+    def applied_of(self, plan: GatewayPlan) -> dict[str, AppliedRoute]:
+        """Each desired route of a gateway as `plan` left HAProxy (its maps and slots, without
+        reading them back), for the metrics."""
+        return applied_routes(plan.name, self.desired.get(plan.name), plan.after(), self.map_dir)
 
     async def observe_gateway(self, name: str) -> GatewayObserved:
         """Read what HAProxy runs for one gateway: its backends and maps as last planned."""
@@ -485,10 +484,8 @@ class Engine:
         ]
         runtime = [p for p in plans if not p.needs_reload]
         await self.applier.apply_runtime(runtime)
-        for plan, seen in zip(plans, observed, strict=True):
-            if not plan.needs_reload:
-                self._planned(plan)
-                self.metrics.set_applied(plan.name, self.applied_of(plan.name, seen, plan))
+        for plan in runtime:
+            self.runs(plan)
         structural = [p for p in plans if p.needs_reload and not self.reloads.pending]
         total = Plan((*runtime, *structural))
         if drift and not total.is_empty:
@@ -547,6 +544,8 @@ class Engine:
             return False
         async with self.gate.exclusive():
             running = await self.process.is_running()
+            if running and self.state.ready:
+                return False  # it was busy (our reload, which held the gate), not away
             if not running and (self.process.paths.attached or self.process.master_alive()):
                 # busy (a reload of thousands of proxies, maybe not ours) or not ours to
                 # start: wait for it rather than start a second HAProxy beside it

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from controller.apply import ApplyResult, Verify
-from controller.compile import MapEntries
+from controller.candidates import Candidates
 from controller.files import remove
 from controller.offload import offload
 from controller.plan import (
@@ -24,14 +24,6 @@ from controller.plan import (
     map_gateway,
     settings_reasons,
     structure_reasons,
-)
-from controller.render import (
-    Assignment,
-    Running,
-    Section,
-    filled_backends,
-    render_config,
-    settings_fingerprint,
 )
 
 if TYPE_CHECKING:
@@ -47,48 +39,11 @@ made its candidate stale. The last round keeps the structure it checked."""
 class Reloads:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.candidates = Candidates(engine.settings)
         self._pending: asyncio.Future[ApplyResult] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._filled: dict[str, tuple[Section, Assignment, str]] = {}
-        """Each gateway's filled backends, for the section and slots they were rendered from."""
 
-    # ---- candidates -------------------------------------------------------------------------
-
-    def running_of(self, plans: Iterable[GatewayPlan]) -> Running:
-        sections = {p.name: p.section.fingerprint for p in plans if p.section is not None}
-        return Running(settings_fingerprint(self.engine.settings), sections)
-
-    def identity(self, plans: Iterable[GatewayPlan]) -> str:
-        """What a check of these plans' structure stands for: their fingerprints."""
-        return self.running_of(plans).fingerprint
-
-    def render(self, plans: Sequence[GatewayPlan]) -> tuple[str, dict[str, MapEntries]]:
-        """The whole file (sections as cached, slots as planned) and every map."""
-        filled = {p.name: self._filled_text(p) for p in plans if p.section is not None}
-        for gone in self._filled.keys() - filled.keys():
-            self._filled.pop(gone, None)
-        text = render_config(
-            self.engine.settings, (p.section for p in plans if p.section is not None), filled
-        )
-        return text, {ref: entries for p in plans for ref, entries in p.maps.items()}
-
-    def _filled_text(self, plan: GatewayPlan) -> str:
-        """Rendered again only when the gateway's structure or slots changed."""
-        assert plan.section is not None
-        cached = self._filled.get(plan.name)
-        if cached is not None and cached[0] is plan.section and cached[1] == plan.assignment:
-            return cached[2]
-        text = filled_backends(plan.section, plan.assignment)
-        self._filled[plan.name] = (plan.section, plan.assignment, text)
-        return text
-
-    def _candidate(
-        self, plans: Sequence[GatewayPlan]
-    ) -> tuple[str, dict[str, MapEntries], str]:
-        """Text, the maps not yet on disk (of the gateways waiting for a reload), identity."""
-        text, maps = self.render(plans)
-        waiting = {ref for p in plans if p.needs_reload for ref in p.maps}
-        return text, {ref: maps[ref] for ref in waiting}, self.identity(plans)
+    # ---- checks -----------------------------------------------------------------------------
 
     def _with(self, plan: GatewayPlan) -> list[GatewayPlan]:
         """Every gateway's latest plan, `plan` in place of its gateway's."""
@@ -96,10 +51,24 @@ class Reloads:
         return [*plans, plan] if plan.section is not None else plans
 
     async def check(self, plan: GatewayPlan) -> None:
-        """Have HAProxy check the configuration with this gateway's new structure (cached by
-        structure: the reload that applies it does not check it again)."""
-        candidate = await offload(self.engine.big(), self._candidate, self._with(plan))
-        await self.engine.process.validate(*candidate)
+        """Have HAProxy check the configuration with this gateway's new structure: the part
+        it touches (see `controller.candidates`). Checks are remembered by structure: the
+        reload that loads it does not check it again."""
+        await self._check(self._with(plan))
+
+    async def _check(self, plans: Sequence[GatewayPlan]) -> None:
+        binds = self.candidates.affected(plans, self.engine.running)
+        big = self.engine.big()
+        if binds is None:
+            candidates = [await offload(big, self.candidates.whole, plans)]
+        else:
+            candidates = await offload(big, self.candidates.groups, plans, binds)
+        for candidate in candidates:
+            await self.engine.process.validate(*candidate)
+
+    def loaded(self, plans: Sequence[GatewayPlan]) -> None:
+        """HAProxy runs these plans' sections (started on them, or found running them)."""
+        self.candidates.loaded = {p.name: p.section for p in plans if p.section is not None}
 
     def settings_reasons(self) -> tuple[ReloadReason, ...]:
         return settings_reasons(self.engine.running, self.engine.settings)
@@ -151,18 +120,18 @@ class Reloads:
             if not reasons:
                 return ApplyResult("none", 0.0, (), engine.desired.revision)
             big = engine.big()
-            candidate = await offload(big, self._candidate, list(chosen.values()))
-            await engine.process.validate(*candidate)
+            await self._check(list(chosen.values()))
             async with engine.gate.exclusive():
                 current = self._fresh(chosen)
                 if current is None and attempt < MAX_CHECK_ROUNDS:
                     continue  # a gateway's structure changed meanwhile: check again
                 plans = current or list(chosen.values())
-                text, maps, _ = await offload(big, self._candidate, plans)
+                text, maps, _ = await offload(big, self.candidates.whole, plans)
                 revision = engine.desired.revision
                 await engine.applier.reload(reasons, text, maps, revision, self._verifier(plans))
                 gone = set(engine.running.sections) if engine.running else set()
-                engine.running = self.running_of(plans)
+                engine.running = self.candidates.running_of(plans)
+                self.loaded(plans)
                 self._loaded(plans)
             await offload(big, self._forget, gone - set(engine.running.sections))
             steps = tuple(f"reload ({r})" for r in reasons)

@@ -168,12 +168,12 @@ async def test_planning_and_rendering_of_a_big_state_run_in_a_worker_thread(
 ) -> None:
     """A big write kept the event loop (health checks, /metrics) busy for minutes. A small
     state is planned inline (a thread hop would cost more); here every state counts as big."""
+    import controller.candidates as candidates_module
     import controller.engine as engine_module
-    import controller.reloads as reloads_module
 
     monkeypatch.setattr(engine_module, "BIG_SLOTS", 0)
     threads: set[str] = set()
-    for module, name in ((engine_module, "plan_gateway"), (reloads_module, "render_config")):
+    for module, name in ((engine_module, "plan_gateway"), (candidates_module, "render_config")):
         original = getattr(module, name)
 
         def recording(*args: Any, _original: Any = original) -> Any:

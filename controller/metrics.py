@@ -17,6 +17,7 @@ code are `Literal`s, so that a typo fails type-checking instead of adding a seri
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections import Counter as Tally
@@ -103,6 +104,11 @@ class Family:
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
         self.set(labels, (self.get(labels) or 0.0) + amount)
 
+    def drop(self, gateway: str) -> None:
+        """Every series of one gateway."""
+        self.series.pop(gateway, None)
+        self._chunks.pop(gateway, None)
+
     def remove(self, labels: tuple[str, ...]) -> None:
         lines = self.series.get(labels[0])
         if lines is not None and lines.pop(labels, None) is not None:
@@ -159,7 +165,12 @@ class SeriesTable:
     def collect(self) -> Iterable[Metric]:
         if getattr(self._local, "skip", False):
             return []
+        self.refresh()
         return [family.metric() for family in self]
+
+    def refresh(self) -> None:
+        """Bring the series up to date before they are read (a hook for tables whose series
+        are derived when scraped)."""
 
     @contextmanager
     def skipped(self) -> Iterator[None]:
@@ -170,6 +181,7 @@ class SeriesTable:
             self._local.skip = False
 
     def text(self) -> str:
+        self.refresh()
         return "".join(family.text() for family in self)
 
     def __iter__(self) -> Iterator[Family]:
@@ -249,6 +261,7 @@ class Metrics:
             ]
         )
         registry.register(self._table)
+        self._tables = [self._table]
 
     def _define_events(self, r: CollectorRegistry) -> None:
         self._api_requests = Counter(
@@ -396,11 +409,17 @@ class Metrics:
                 self._backend_info.set((gateway, route, applied.backend), 1)
             self._applied[(gateway, route)] = applied.backend
 
+    def add_table(self, table: SeriesTable) -> None:
+        """Serve another table of this registry by the fast path too (the rollouts')."""
+        self._tables.append(table)
+
     def render(self) -> bytes:
         """The exposition text for `GET /metrics` (content type `CONTENT_TYPE`)."""
-        with self._table.skipped():
+        with contextlib.ExitStack() as stack:
+            for table in self._tables:
+                stack.enter_context(table.skipped())
             events = generate_latest(self.registry)
-        return events + self._table.text().encode()
+        return events + "".join(table.text() for table in self._tables).encode()
 
     def _forget(self, gateway: str, routes: tuple[str, ...], *, gone: bool) -> None:
         kept = set(routes)

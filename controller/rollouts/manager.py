@@ -68,6 +68,7 @@ class RolloutManager:
             gateways=lambda: list(self.engine.desired.records),
             rollouts=lambda: list(self._rollouts.values()),
         )
+        engine.metrics.add_table(self.metrics)
         self._context = RunnerContext(
             engine=engine,
             probe=Probe(engine),

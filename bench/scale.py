@@ -452,8 +452,8 @@ def comparison(sizes: list[Size]) -> str:
                           f"{values[-1] / values[0]:.1f}{cut}" if values[0] else "–"])
     header = ["figure", *(f"{s.gateways:,} gw" for s in sizes),
               f"ratio {sizes[-1].gateways:,} / {sizes[0].gateways:,}"]
-    cut = any(str(line[-1]).endswith("*") for line in lines)
-    note = "\n\n\\* the largest size hit its time budget there" if cut else ""
+    budget = any(str(line[-1]).endswith("*") for line in lines)
+    note = "\n\n\\* the largest size hit its time budget there" if budget else ""
     return markdown_table(header, lines) + note
 
 

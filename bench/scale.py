@@ -28,15 +28,14 @@ Run: `.venv/bin/python -m bench.scale [--sizes 10,100,1000] [--quick] [--profile
 from __future__ import annotations
 
 import argparse
-import math
+import http.client
 import random
 import shutil
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,11 @@ from bench.common import (
     controller,
     cpu_seconds,
     exit_on_sigterm,
-    fmt,
     free_ports,
     haproxy,
     load_now,
     log,
     machine_lines,
-    markdown_table,
     master_proc,
     master_reload_times,
     peak_rss_mib,
@@ -64,36 +61,13 @@ from bench.common import (
     status_mib,
     stop_pidfile,
 )
+from bench.scale_report import Row, Size, comparison, size_table
 from controller.runtime.parse import parse_servers_state
 
 API = "/api/v1/gateways"
 CLIENTS = 8
-
-
-@dataclass
-class Row:
-    """One measured line: samples in `unit`, or a single value."""
-
-    name: str
-    unit: str
-    samples: list[float]
-    wanted: int = 1
-    note: str = ""
-    cpu_ms: float = math.nan
-    """Controller CPU time per operation while the row ran."""
-
-    @property
-    def single(self) -> bool:
-        return self.wanted == 1
-
-
-@dataclass
-class Size:
-    gateways: int
-    rows: list[Row] = field(default_factory=list)
-    load_before: str = ""
-    load_after: str = ""
-    wall_s: float = 0.0
+FAILURES = (OSError, RuntimeError, http.client.HTTPException)
+"""What ends a row early (a timeout, a refused write) without losing the rest of the run."""
 
 
 # --------------------------------------------------------------------------- the estate
@@ -157,7 +131,8 @@ def random_split(rng: random.Random, routes: int) -> dict[str, str]:
 class Bench:
     def __init__(self, stack: Controller, estate: Estate, args: argparse.Namespace) -> None:
         self.stack, self.estate, self.args = stack, estate, args
-        self.api = ApiClient(stack.api_port, timeout=args.budget * 3)
+        self.timeout = max(600.0, args.budget * 10)  # a queue of slow writes is no failure
+        self.api = ApiClient(stack.api_port, timeout=self.timeout)
         self.rng = random.Random(args.seed + len(estate.names))
         self.last_bytes = 0
 
@@ -167,22 +142,30 @@ class Bench:
         methods: Counter[str] = Counter()
         cpu = cpu_seconds(self.stack.pid)
         deadline = time.monotonic() + self.args.budget
+        failure = ""
         while len(samples) < wanted and time.monotonic() < deadline:
-            seconds, method = op()
+            try:
+                seconds, method = op()
+            except FAILURES as exc:
+                failure = f"**failed: {exc!r}**"
+                self.api.close()
+                break
             samples.append(seconds * 1000)
             methods[method] += 1
-        return self._row(name, samples, wanted, methods, cpu_seconds(self.stack.pid) - cpu)
+        cpu = cpu_seconds(self.stack.pid) - cpu
+        return self._row(name, samples, wanted, methods, cpu, failure)
 
     def _row(
-        self, name: str, samples: list[float], wanted: int, methods: Counter[str], cpu: float
+        self, name: str, samples: list[float], wanted: int, methods: Counter[str], cpu: float,
+        failure: str = "",
     ) -> Row:
-        notes = [", ".join(f"{m} {c}" for m, c in sorted(methods.items()) if m)]
-        if len(samples) < wanted:
+        notes = [", ".join(f"{m} {c}" for m, c in sorted(methods.items()) if m), failure]
+        if len(samples) < wanted and not failure:
             notes.append(f"**budget {self.args.budget:.0f} s: {len(samples)} of {wanted}**")
         log(f"  [{len(self.estate.names)}] {name}: {len(samples)} done, "
             f"p50 {percentile(samples, 50):.1f} ms")
         note = "; ".join(n for n in notes if n)
-        return Row(name, "ms", samples, wanted, note, cpu * 1000 / max(1, len(samples)))
+        return Row(name, samples, wanted, note, cpu * 1000 / max(1, len(samples)))
 
     def write(self, method: str, path: str, body: object) -> tuple[float, str]:
         payload, seconds = self.api.ok(method, path, body)
@@ -205,7 +188,7 @@ class Bench:
         failures: list[BaseException] = []
 
         def client() -> None:
-            api = ApiClient(self.stack.api_port, timeout=self.args.budget * 3)
+            api = ApiClient(self.stack.api_port, timeout=self.timeout)
             try:
                 while time.monotonic() < deadline:
                     with lock:
@@ -216,7 +199,7 @@ class Bench:
                     with lock:
                         samples.append(seconds * 1000)
                         methods[str(payload["applied"])] += 1
-            except BaseException as exc:  # reported by the main thread
+            except FAILURES as exc:  # reported in the row
                 failures.append(exc)
             finally:
                 api.close()
@@ -226,11 +209,11 @@ class Bench:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(self.args.budget * 4)
-        if failures:
-            raise RuntimeError(f"a concurrent client failed: {failures[0]!r}")
+            thread.join(self.timeout)
         name = f"PATCH weights, {CLIENTS} concurrent clients"
-        return self._row(name, samples, wanted, methods, cpu_seconds(self.stack.pid) - cpu)
+        failure = f"**{len(failures)} client(s) failed: {failures[0]!r}**" if failures else ""
+        cpu = cpu_seconds(self.stack.pid) - cpu
+        return self._row(name, samples, wanted, methods, cpu, failure)
 
     def put_instances(self) -> tuple[float, str]:
         name = self.rng.choice(self.estate.names)
@@ -254,7 +237,7 @@ class Bench:
             return added
 
         add = self.loop("add a route (live)", self.args.samples, add_remove)
-        remove = Row("remove that route", "ms", [s * 1000 for s, _ in removed], add.wanted)
+        remove = Row("remove that route", [s * 1000 for s, _ in removed], add.wanted)
         remove.note = ", ".join(f"{m} {c}" for m, c in Counter(m for _, m in removed).items())
         return add, remove
 
@@ -275,7 +258,7 @@ class Bench:
         trip = self.loop("new gateway (reload): API round trip", self.args.reloads, add)
         moved = master_proc(self.stack).reloads - before
         trip.note = "; ".join(filter(None, [trip.note, f"master reloads +{moved}"]))
-        return [trip, Row("new gateway: controller's reload record", "ms", records, trip.wanted)]
+        return [trip, Row("new gateway: controller's reload record", records, trip.wanted)]
 
     def get(self, path: str) -> tuple[float, str]:
         status, raw, seconds = self.api.call_raw("GET", path)
@@ -316,7 +299,8 @@ class Bench:
         cpu, started = cpu_seconds(self.stack.pid), time.monotonic()
         time.sleep(self.args.idle_seconds)  # the measuring window
         share = (cpu_seconds(self.stack.pid) - cpu) / (time.monotonic() - started) * 100
-        return Row(f"idle controller CPU over {self.args.idle_seconds:.0f} s", "%", [share])
+        seconds = self.args.idle_seconds
+        return Row(f"idle controller CPU over {seconds:.0f} s (% of a core)", [share])
 
     def memory_and_slots(self) -> list[Row]:
         proc = master_proc(self.stack)
@@ -327,18 +311,19 @@ class Bench:
         filled = sum(1 for s in slots if not s.in_maintenance)
         asked = self.estate.slots_asked()
         return [
-            Row("controller RSS now (MiB)", "MiB", [status_mib(self.stack.pid)]),
-            Row("controller RSS peak (MiB)", "MiB", [peak_rss_mib(self.stack.pid)]),
-            Row("HAProxy worker RSS (MiB)", "MiB", [worker_rss],
+            Row("controller RSS now (MiB)", [status_mib(self.stack.pid)]),
+            Row("controller RSS peak (MiB)", [peak_rss_mib(self.stack.pid)]),
+            Row("HAProxy worker RSS (MiB)", [worker_rss],
                 note=f"{len(proc.old_workers)} old worker(s) not counted"),
-            Row("server slots / instances", "×", [len(slots) / asked],
+            Row("server slots / instances", [len(slots) / asked],
                 note=f"{len(slots):,} slots ({filled:,} in use) for {asked:,} instances"),
-            Row("worker RSS per slot (KiB, upper bound)", "KiB", [worker_rss * 1024 / len(slots)]),
+            Row("worker RSS per slot (KiB, upper bound)", [worker_rss * 1024 / len(slots)]),
         ]
 
 
-def measure_size(count: int, args: argparse.Namespace) -> Size:
-    size = Size(count, load_before=load_now())
+def measure_size(size: Size, args: argparse.Namespace) -> None:
+    """Fill `size.rows` as each row is measured (a failure keeps the rows before it)."""
+    count, size.load_before = size.gateways, load_now()
     wall = time.perf_counter()
     ports = free_ports(count + args.reloads, args.port_base)
     estate = Estate(count, args.routes, args.instances, ports)
@@ -349,49 +334,53 @@ def measure_size(count: int, args: argparse.Namespace) -> Size:
             with controller(tmp, estate.config(), extra_args=extra, keep_haproxy=True,
                             startup_timeout=args.startup_timeout,
                             wrapper=profiler(args, f"{count}-start")) as first:
-                size.rows.append(Row("start → ready (s)", "s", [first.ready_seconds]))
+                size.rows.append(Row("start → ready (s)", [first.ready_seconds]))
                 reloads = master_proc(first).reloads
             log(f"[{count}] adopt: a new controller on the running HAProxy")
             with controller(tmp, None, extra_args=extra, startup_timeout=args.startup_timeout,
                             wrapper=profiler(args, f"{count}-run"), stats=first.stats) as stack:
                 moved = master_proc(stack).reloads - reloads
-                size.rows.append(Row("adopt → ready (s)", "s", [stack.ready_seconds],
+                size.rows.append(Row("adopt → ready (s)", [stack.ready_seconds],
                                      note=f"master reloads during adopt: {moved}"))
-                size.rows += measure_running(Bench(stack, estate, args))
+                measure_running(Bench(stack, estate, args), size.rows)
             config = tmp / "state" / "haproxy.cfg"
             log(f"[{count}] HAProxy alone on the final configuration")
             check = check_times(config, args.reloads)
-            size.rows.append(Row("HAProxy alone: `haproxy -c`", "ms", [s * 1000 for s in check],
+            size.rows.append(Row("HAProxy alone: `haproxy -c`", [s * 1000 for s in check],
                                  args.reloads))
             with haproxy(tmp / "h", config.read_text(), [ports[0]], startup_timeout=120) as alone:
                 reload = [s * 1000 for s in master_reload_times(alone, args.reloads)]
-            size.rows.append(Row("HAProxy alone: master reload → fresh worker", "ms", reload,
+            size.rows.append(Row("HAProxy alone: master reload → fresh worker", reload,
                                  args.reloads))
             trip = next(r for r in size.rows if r.name.startswith("new gateway (reload)"))
             ratio = percentile(trip.samples, 50) / percentile(reload, 50)
-            size.rows.append(Row("new gateway round trip / HAProxy reload (p50)", "×", [ratio]))
+            size.rows.append(Row("new gateway round trip / HAProxy reload (p50)", [ratio]))
         finally:
             stop_pidfile(tmp / "state" / "haproxy.pid")
-    size.load_after, size.wall_s = load_now(), time.perf_counter() - wall
-    return size
+            size.load_after, size.wall_s = load_now(), time.perf_counter() - wall
 
 
-def measure_running(bench: Bench) -> list[Row]:
+def measure_running(bench: Bench, rows: list[Row]) -> None:
+    """Every row against the running controller, appended as it is measured."""
     args = bench.args
-    rows = [
-        bench.loop("PATCH weights, sequential", args.changes, bench.patch_weights),
-        bench.concurrent_patches(),
-        bench.loop("PUT instances (one replaced)", args.samples, bench.put_instances),
-        *bench.route_edits(),
-        *bench.new_gateways(),
-        bench.loop("GET one gateway's status", args.samples, bench.status),
-        bench.pages(),
-        bench.metrics(),
-        bench.idle_cpu(),
-        *bench.memory_and_slots(),
+    steps: list[Callable[[], Row | Sequence[Row]]] = [
+        lambda: bench.loop("PATCH weights, sequential", args.changes, bench.patch_weights),
+        bench.concurrent_patches,
+        lambda: bench.loop("PUT instances (one replaced)", args.samples, bench.put_instances),
+        bench.route_edits,
+        bench.new_gateways,
+        lambda: bench.loop("GET one gateway's status", args.samples, bench.status),
+        bench.pages,
+        bench.metrics,
+        bench.idle_cpu,
+        bench.memory_and_slots,
     ]
-    bench.api.close()
-    return rows
+    try:
+        for step in steps:
+            done = step()
+            rows += [done] if isinstance(done, Row) else done
+    finally:
+        bench.api.close()
 
 
 def profiler(args: argparse.Namespace, label: str) -> list[str]:
@@ -401,60 +390,6 @@ def profiler(args: argparse.Namespace, label: str) -> list[str]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out = Path(args.profile) / f"controller-{label}.txt"
     return [spy, "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(out), "--"]
-
-
-# --------------------------------------------------------------------------- report
-
-
-def cells(row: Row) -> list[str]:
-    if row.single:
-        return [fmt(row.samples[0]) if row.samples else "–", "", ""]
-    p50, p99 = percentile(row.samples, 50), percentile(row.samples, 99)
-    return [fmt(p50), fmt(p99), fmt(max(row.samples, default=math.nan))]
-
-
-def size_table(size: Size) -> str:
-    rows = [
-        [row.name, "" if row.single else len(row.samples), *cells(row),
-         "" if math.isnan(row.cpu_ms) else fmt(row.cpu_ms), row.note]
-        for row in size.rows
-    ]
-    header = ["measure", "n", "p50 ms (or value)", "p99 ms", "max ms", "controller CPU/op ms",
-              "note"]
-    return "\n".join([
-        f"### {size.gateways:,} gateways ({size.wall_s:.0f} s)",
-        "",
-        f"- load before: {size.load_before}",
-        f"- load after: {size.load_after}",
-        "",
-        markdown_table(header, rows),
-        "",
-    ])
-
-
-def figure(row: Row, pct: float) -> float:
-    """The row's value (`pct` 0) or a percentile of its samples."""
-    if not row.samples:
-        return math.nan
-    return percentile(row.samples, pct) if pct else row.samples[0]
-
-
-def comparison(sizes: list[Size]) -> str:
-    """One line per figure: its value at each size and largest / smallest."""
-    lines: list[list[object]] = []
-    for first in sizes[0].rows:
-        found = [next((r for r in s.rows if r.name == first.name), None) for s in sizes]
-        stats = [("", 0.0)] if first.single else [(" p50", 50.0), (" p99", 99.0)]
-        for label, pct in stats:
-            values = [figure(r, pct) if r else math.nan for r in found]
-            cut = "*" if found[-1] is not None and "budget" in found[-1].note else ""
-            lines.append([first.name + label, *(fmt(v) for v in values),
-                          f"{values[-1] / values[0]:.1f}{cut}" if values[0] else "–"])
-    header = ["figure", *(f"{s.gateways:,} gw" for s in sizes),
-              f"ratio {sizes[-1].gateways:,} / {sizes[0].gateways:,}"]
-    budget = any(str(line[-1]).endswith("*") for line in lines)
-    note = "\n\n\\* the largest size hit its time budget there" if budget else ""
-    return markdown_table(header, lines) + note
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -497,11 +432,19 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     exit_on_sigterm()
     load_before, code_before = load_now(), code_version()
-    results = [measure_size(n, args) for n in sizes]
     command = " ".join(["python -m bench.scale", *(argv if argv is not None else sys.argv[1:])])
+    title = f"## Scale: {args.sizes} gateways × {args.routes} routes × {args.instances} instances"
+    print(f"{title}\n\n`{command}`\n", flush=True)
+    results = []
+    for count in sizes:  # each table as soon as its size is done
+        results.append(Size(count))
+        try:
+            measure_size(results[-1], args)
+        except FAILURES as exc:
+            results[-1].failure = repr(exc)
+            log(f"[{count}] failed: {exc!r}")
+        print(size_table(results[-1]), flush=True)
     print("\n".join([
-        f"## Scale: {args.sizes} gateways × {args.routes} routes × {args.instances} instances",
-        "", f"`{command}`", "", *(size_table(s) for s in results),
         "### Comparison", "", comparison(results), "",
         "Machine:", "", machine_lines(load_before, code_before),
     ]))

@@ -207,6 +207,18 @@ def status_mib(pid: int, key: str = "VmRSS") -> float:
     return math.nan
 
 
+def pss_mib(pid: int) -> float:
+    """Proportional set size in MiB: pages shared with another process (a HAProxy worker and
+    its master share what was loaded before the fork) count once across them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
 def peak_rss_mib(pid: int) -> float:
     return status_mib(pid, "VmHWM")
 

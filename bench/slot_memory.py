@@ -11,17 +11,19 @@ HAProxy we start ourselves (master-worker, as the controller runs it) loads, one
 
 each with `balance roundrobin` (weight 1) and with `balance random` at the controller's ring
 weight (32: `weight × 16` points on the hash ring per server). Memory per slot = (worker RSS −
-the base's worker RSS) / (N × M); the master's RSS is shown too.
+the base's worker RSS) / (N × M), and the same for the master's and the worker's PSS together
+(pages they share since the fork counted once: what the machine really spends).
+Nothing else runs on these HAProxies (no traffic, no checks, default threads).
 Run: `.venv/bin/python -m bench.slot_memory [--backends 1000,4000] [--slots 8,16,32]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 
 from bench.common import (
-    admin_command,
     code_version,
     free_port,
     haproxy,
@@ -29,11 +31,12 @@ from bench.common import (
     log,
     machine_lines,
     markdown_table,
+    pss_mib,
     short_tmp,
     status_mib,
 )
 from controller.compile import PLACEHOLDER, RING_WEIGHT
-from controller.runtime.parse import parse_proc
+from controller.runtime.master import MasterClient
 
 BALANCES = {"roundrobin": 1, "random": RING_WEIGHT}
 
@@ -61,31 +64,32 @@ def config(port: int, backends: int, slots: int, filled: bool, balance: str) -> 
     return "\n".join(lines) + "\n"
 
 
-def rss(text: str, port: int) -> tuple[float, float]:
-    """(worker, master) VmRSS in MiB of a HAProxy running `text`."""
+def memory(text: str, port: int) -> tuple[float, float]:
+    """(worker VmRSS, master + worker PSS) in MiB of a HAProxy running `text`."""
     with short_tmp("wb-s-") as tmp, haproxy(tmp, text, [port], startup_timeout=120) as running:
-        proc = parse_proc(admin_command(running.workdir / "master.sock", "show proc"))
-        worker = sum(status_mib(w.pid) for w in proc.workers)
-        return worker, status_mib(proc.master_pid)
+        master = MasterClient(str(running.workdir / "master.sock"), timeout=30)
+        proc = asyncio.run(master.show_proc())  # retried while the master re-executes
+        pids = [w.pid for w in proc.workers]
+        return sum(map(status_mib, pids)), sum(map(pss_mib, [proc.master_pid, *pids]))
 
 
 def measure(backends: int, slot_counts: list[int]) -> list[list[object]]:
     port = free_port()
     rows: list[list[object]] = []
     for balance in BALANCES:
-        base_worker, base_master = rss(config(port, backends, 0, False, balance), port)
+        base_worker, base_total = memory(config(port, backends, 0, False, balance), port)
         rows.append([f"{backends:,}", 0, 0, "(base)", balance, f"{base_worker:,.1f}",
-                     f"{base_master:,.1f}", "", ""])
+                     f"{base_total:,.1f}", "", ""])
         for slots in slot_counts:
             for filled in (False, True):
                 log(f"[{backends} backends] {slots} slots, {balance}, filled={filled}")
-                worker, master = rss(config(port, backends, slots, filled, balance), port)
+                worker, total_mib = memory(config(port, backends, slots, filled, balance), port)
                 total = backends * slots
                 rows.append([
                     f"{backends:,}", slots, f"{total:,}", "filled" if filled else "parked",
-                    f"{balance} (weight {BALANCES[balance]})", f"{worker:,.1f}", f"{master:,.1f}",
-                    f"{(worker - base_worker) * 1024 / total:.2f}",
-                    f"{(master - base_master) * 1024 / total:.2f}",
+                    f"{balance} (weight {BALANCES[balance]})", f"{worker:,.1f}",
+                    f"{total_mib:,.1f}", f"{(worker - base_worker) * 1024 / total:.2f}",
+                    f"{(total_mib - base_total) * 1024 / total:.2f}",
                 ])
     return rows
 
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before, code_before = load_now(), code_version()
     rows = [row for n in counts for row in measure(n, slots)]
     header = ["backends", "slots each", "slots", "state", "balance", "worker RSS MiB",
-              "master RSS MiB", "worker KiB / slot", "master KiB / slot"]
+              "master + worker PSS MiB", "worker RSS KiB / slot", "PSS KiB / slot"]
     print("## HAProxy memory per server slot\n")
     print(markdown_table(header, rows))
     print("\nMachine:\n\n" + machine_lines(load_before, code_before))

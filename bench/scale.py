@@ -237,8 +237,9 @@ class Bench:
             return added
 
         add = self.loop("add a route (live)", self.args.samples, add_remove)
-        remove = Row("remove that route", [s * 1000 for s, _ in removed], add.wanted)
-        remove.note = ", ".join(f"{m} {c}" for m, c in Counter(m for _, m in removed).items())
+        methods = ", ".join(f"{m} {c}" for m, c in Counter(m for _, m in removed).items())
+        remove = Row("remove that route", [s * 1000 for s, _ in removed], add.wanted,
+                     "; ".join(filter(None, [methods, cut_short(add)])))
         return add, remove
 
     def new_gateways(self) -> list[Row]:
@@ -258,7 +259,9 @@ class Bench:
         trip = self.loop("new gateway (reload): API round trip", self.args.reloads, add)
         moved = master_proc(self.stack).reloads - before
         trip.note = "; ".join(filter(None, [trip.note, f"master reloads +{moved}"]))
-        return [trip, Row("new gateway: controller's reload record", records, trip.wanted)]
+        record = Row("new gateway: controller's reload record", records, trip.wanted,
+                     cut_short(trip))
+        return [trip, record]
 
     def get(self, path: str) -> tuple[float, str]:
         status, raw, seconds = self.api.call_raw("GET", path)
@@ -319,6 +322,11 @@ class Bench:
                 note=f"{len(slots):,} slots ({filled:,} in use) for {asked:,} instances"),
             Row("worker RSS per slot (KiB, upper bound)", [worker_rss * 1024 / len(slots)]),
         ]
+
+
+def cut_short(row: Row) -> str:
+    """The budget or failure note of a row, for the rows measured alongside it."""
+    return "; ".join(part for part in row.note.split("; ") if part.startswith("**"))
 
 
 def measure_size(size: Size, args: argparse.Namespace) -> None:

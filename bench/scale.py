@@ -228,7 +228,7 @@ class Bench:
         def add_remove() -> tuple[float, str]:
             name = self.rng.choice(self.estate.names)
             gateway, _ = self.api.ok("GET", f"{API}/{name}")
-            index = self.estate.names.index(name)
+            index = self.estate.index[name]
             extra = [address(index, 200, 9000 + k) for k in range(self.args.new_route_instances)]
             gateway["routes"]["extra"] = {"weight": "0%", "instances": extra}
             added = self.write("PUT", f"{API}/{name}", gateway)
@@ -290,12 +290,14 @@ class Bench:
             return seconds, ""
 
         row = self.loop("GET /gateways?limit=100", self.args.reads, page)
-        row.note = f"gateways per answer: {min(seen)}–{max(seen)}"
+        if seen:
+            row.note = "; ".join(filter(None, [f"gateways per answer: {min(seen)}–{max(seen)}",
+                                               row.note]))
         return row
 
     def metrics(self) -> Row:
         row = self.loop("GET /metrics", self.args.reads, lambda: self.get("/metrics"))
-        row.note = f"{self.last_bytes / 1024:,.0f} KiB"
+        row.note = "; ".join(filter(None, [f"{self.last_bytes / 1024:,.0f} KiB", row.note]))
         return row
 
     def idle_cpu(self) -> Row:

@@ -17,7 +17,7 @@ from typing import Literal, cast
 from aiohttp import web
 from pydantic import ValidationError
 
-from controller.api import dry_run_flag, read_json_body
+from controller.api.body import dry_run_flag, read_json_body
 from controller.errors import InvalidInput, NotFound, Unavailable, WeighbridgeError
 from controller.model import validation_problems
 from controller.rollouts.manager import RolloutManager

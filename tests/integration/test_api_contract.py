@@ -125,7 +125,7 @@ def test_dry_run_returns_the_plan_and_applies_nothing(
     before = haproxy_state(shop_stack)
     response = shop_stack.request("PATCH", W + "?dry_run=true", {"stable": "50%", "canary": "50%"})
     assert response.status == 200
-    assert response.body["applied"] == "dry-run" and response.body["method"] == "runtime"
+    assert response.body["dry_run"] is True and response.body["method"] == "runtime"
     assert any("swap map" in step for step in response.body["plan"])
     spare = addresses(backends, "spare")
     response = shop_stack.request("PUT", INST + "?dry_run=1", spare)

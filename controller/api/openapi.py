@@ -368,6 +368,7 @@ def openapi_document() -> Schema:
                 [
                     rollout,
                     _param("action", "path", {"enum": ["pause", "resume", "promote", "abort"]}),
+                    dry_run,
                 ],
             )
         },

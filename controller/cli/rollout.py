@@ -179,11 +179,19 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_action(args: argparse.Namespace, console: Console) -> int:
-    status, view = call(client_from(args), "POST", f"/{args.id}/{args.action}")
+    client = client_from(args)
+    status, view = call(client, "POST", f"/{args.id}/{args.action}", dry_run=args.dry_run)
     if status >= 400:
         return refused(console, status, view)
     if args.json:
         print(json.dumps(view, indent=2))
+    elif args.dry_run:
+        console.print(
+            f"dry run, nothing sent: rollout {view['id']} is {words(view['phase'])} at step "
+            f"{view['step']}/{view['steps']}; {args.action} would do: {view['effect']}",
+            markup=False,
+            highlight=False,
+        )
     else:
         console.print(f"{args.action}: rollout {view['id']} is {words(view['phase'])}")
     return 0
@@ -292,4 +300,7 @@ def add_rollout_commands(sub: Any) -> None:
     ):
         p = client(action, text)
         p.add_argument("id")
+        p.add_argument(
+            "--dry-run", action="store_true", help="say what it would do (or why not), do nothing"
+        )
         p.set_defaults(func=cmd_action, action=action)

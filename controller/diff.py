@@ -39,6 +39,10 @@ class Change:
             return f"gateway {self.gateway} {'added' if self.before is None else 'removed'}"
         if self.field == "route":
             return f"route {where} {'added' if self.before is None else 'removed'}"
+        if self.field == "instances":  # one instance per change
+            return f"{where}: instance {self.after or self.before} " + (
+                "added" if self.before is None else "removed"
+            )
         if self.before is None:
             return f"{where}: {self.field} set to {self.after}"
         if self.after is None:

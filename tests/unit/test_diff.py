@@ -40,9 +40,9 @@ def test_weights_instances_and_condition_in_one_change() -> None:
     }
     assert texts(config(**BASE), config(**after)) == [
         ("shop.stable: weight 90% → 80%", True),
-        ("shop.stable: instances set to 127.0.0.1:9003", True),
+        ("shop.stable: instance 127.0.0.1:9003 added", True),
         ("shop.canary: weight 10% → 20%", True),
-        ("shop.canary: instances 127.0.0.1:9002 removed", True),
+        ("shop.canary: instance 127.0.0.1:9002 removed", True),
         ("shop.canary: condition set to user-agent == Firefox", False),
     ]
 

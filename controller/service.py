@@ -33,7 +33,7 @@ from controller.rollouts.manager import RolloutManager
 from controller.rollouts.outbound import OutboundPolicy
 from controller.runtime.client import RuntimeClient
 from controller.state_dir import StatePaths, open_state_dir
-from controller.store import FileStore
+from controller.store import FileStore, Revisioned
 
 log = logging.getLogger(__name__)
 
@@ -164,39 +164,44 @@ async def settle_config_file(engine: Engine, settings: RunSettings, config: Conf
 
 
 def store_differs_text(settings: RunSettings, revision: int, changes: list[Change]) -> str:
-    by_gateway: dict[str, list[str]] = {}
+    """What applying the file would do, gateway by gateway, and the commands that do it."""
+    by_gateway: dict[str, list[Change]] = {}
     for change in changes:
-        by_gateway.setdefault(change.gateway, []).append(change.text)
-    shown_changes = []
-    for name, texts in by_gateway.items():
+        by_gateway.setdefault(change.gateway, []).append(change)
+    actions, prune = [], ""
+    for name, of_gateway in by_gateway.items():
+        if of_gateway[0].field == "gateway":  # only in the file, or only in the store
+            added = of_gateway[0].before is None
+            prune = prune or ("" if added else " --prune")
+            actions.append(f"{'add' if added else 'remove'} gateway {name}")
+            continue
+        texts = [change.text for change in of_gateway]
         more = f"; and {len(texts) - 3} more" if len(texts) > 3 else ""
-        shown_changes.append(f"gateway {name} ({'; '.join(texts[:3])}{more})")
+        actions.append(f"change gateway {name} ({'; '.join(texts[:3])}{more})")
     path, api = settings.config_file, f"{settings.api_host}:{settings.api_port}"
     return (
         f"the stored desired state (revision {revision}) differs from {path}, and the store "
-        f"wins: it is what HAProxy serves. Applying the file would change "
-        f"{', '.join(shown_changes)}. To apply it: `weighbridge apply {path} --api {api}` "
-        f"(`weighbridge plan {path} --api {api}` shows the changes first), or start with "
-        "--config-wins"
+        f"wins: it is what HAProxy serves. Applying the file would {', '.join(actions)}. To "
+        f"apply it: `weighbridge apply {path}{prune} --api {api}` (`weighbridge plan {path}"
+        f"{prune} --api {api}` shows how first), or start with --config-wins"
     )
 
 
-def ready_text(engine: Engine, result: ApplyResult) -> str:
+def ready_text(desired: Revisioned, ready: bool, result: ApplyResult) -> str:
     """The start-up line, for a person: what HAProxy serves, and what the start changed."""
-    config = engine.desired.config
-    names = ", ".join(config.gateways) or "none"
-    count = len(config.gateways)
+    count = len(desired.config.gateways)
+    names = ", ".join(list(desired.config.gateways)[:5]) + (", …" if count > 5 else "")
     state = (
-        f"revision {engine.desired.revision} of the desired state "
-        f"({count} gateway{'' if count == 1 else 's'}: {names})"
+        f"revision {desired.revision} of the desired state "
+        f"({count} gateway{'' if count == 1 else 's'}{': ' + names if count else ''})"
     )
-    if not engine.state.ready:
+    if not ready:
         return f"waiting for HAProxy to load {state}"
     if result.method == "runtime":
         commands = len(result.steps)
         return f"HAProxy serves {state}; what differed was changed live ({commands} commands)"
     if result.method == "reload":
-        return f"HAProxy serves {state}; it was reloaded for it ({'; '.join(result.steps)})"
+        return f"HAProxy serves {state}; it was reloaded to match ({'; '.join(result.steps)})"
     return f"HAProxy serves {state}"
 
 
@@ -291,7 +296,7 @@ async def _serve(
         paths.rollouts.unlink(missing_ok=True)
     engine = build_engine(settings, paths)
     result = await engine.start(config)  # the file seeds an empty store, nothing else
-    log.info("%s", ready_text(engine, result))
+    log.info("%s", ready_text(engine.desired, engine.state.ready, result))
     if config is not None:
         await settle_config_file(engine, settings, config)
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)

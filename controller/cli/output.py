@@ -94,10 +94,9 @@ IN_SERVICE_NOTE = (
 
 
 def _instances_cell(instances: list[dict[str, Any]]) -> str:
+    """Instances in service of the route's; never "ready": nobody checked they answer."""
     serving = sum(1 for i in instances if i["state"] == "ready")
-    text = f"{serving}/{len(instances)} in service"
-    waiting = len(instances) - serving
-    return text if not waiting else f"{text} ({waiting} not yet)"
+    return f"{serving}/{len(instances)}"
 
 
 def _strength_cell(route: dict[str, Any]) -> str:
@@ -114,8 +113,8 @@ def status_table(body: dict[str, Any]) -> Table:
         caption=IN_SERVICE_NOTE,
     )
     columns = ("route", "weight", "applied", "condition", "strength", "requests", "5xx")
-    for column in (*columns, "instances"):
-        table.add_column(column, justify="right" if column in ("requests", "5xx") else "left")
+    for column in (*columns, "in service"):
+        table.add_column(column, justify="left" if column in ("route", "condition") else "right")
     for name, route in body["routes"].items():
         table.add_row(
             escape(name),

@@ -238,7 +238,8 @@ def test_status_shows_conditions_strengths_and_no_false_health(
     text = said(status)
     rows = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if "│" in line}
     assert "has cookie beta" in rows["canary"] and "50%" in rows["canary"]
-    assert "1/1 in service" in rows["ghost"] and "ready" not in status.stdout
+    assert rows["ghost"].split("│")[-2].strip() == "1/1" and "ready" not in status.stdout
+    assert "in service" in status.stdout.splitlines()[2]  # the column's header
     assert "whether it answers is not checked (no health checks yet)" in text
     assert "condition" in text and "strength" in text
 

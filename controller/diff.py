@@ -19,6 +19,9 @@ from controller.plan import Plan, ReloadReason
 
 LIVE_ROUTE_FIELDS = frozenset({"weight", "instances", "condition_strength"})
 """Route fields held in maps and slots: changed through the Runtime API, no reload."""
+MAX_INSTANCE_CHANGES = 100
+"""Instances added or removed in one route listed one by one; beyond, one change counts them
+(an answer of a big write stays small)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class Change:
             return f"gateway {self.gateway} {'added' if self.before is None else 'removed'}"
         if self.field == "route":
             return f"route {where} {'added' if self.before is None else 'removed'}"
-        if self.field == "instances":  # one instance per change
+        if self.field == "instances" and None in (self.before, self.after):  # one instance
             return f"{where}: instance {self.after or self.before} " + (
                 "added" if self.before is None else "removed"
             )
@@ -126,9 +129,20 @@ def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
 
 def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Iterator[Change]:
     old_instances, new_instances = set(before.instances), set(after.instances)
-    for address in sorted(new_instances - old_instances, key=str):
+    added, removed = new_instances - old_instances, old_instances - new_instances
+    if len(added) + len(removed) > MAX_INSTANCE_CHANGES:  # one line, not thousands
+        yield Change(
+            gateway,
+            name,
+            "instances",
+            str(len(old_instances)),
+            f"{len(new_instances)} ({len(added)} added, {len(removed)} removed)",
+            live=True,
+        )
+        return
+    for address in sorted(added, key=str):
         yield Change(gateway, name, "instances", None, str(address), live=True)
-    for address in sorted(old_instances - new_instances, key=str):
+    for address in sorted(removed, key=str):
         yield Change(gateway, name, "instances", str(address), None, live=True)
     if before.strength != after.strength and before.condition == after.condition:
         yield Change(

@@ -142,3 +142,14 @@ def test_runtime_steps_are_the_commands_as_sent() -> None:
     after["canary"] = {**BASE["canary"], "weight": "20%"}
     steps = reasons_in_words(config(**BASE), config(**after))
     assert len(steps) == 1 and steps[0].startswith("swap map maps/shop.map: 0:7999 ")
+
+
+def test_many_instance_changes_of_a_route_are_one_counted_change() -> None:
+    many = {
+        **BASE,
+        "canary": {**BASE["canary"], "instances": [f"127.0.0.1:{p}" for p in range(20000, 20200)]},
+    }
+    changes = diff_configs(config(**BASE), config(**many))
+    assert [c.text for c in changes] == [
+        "shop.canary: instances 1 → 200 (200 added, 1 removed)"
+    ]

@@ -87,7 +87,7 @@ class Walker:
         step = Step(
             cycle,
             what,
-            str(payload["applied"]),
+            str(payload["method"]),
             seconds,
             float(payload["duration_ms"]),
             after.reloads - before,

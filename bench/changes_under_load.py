@@ -129,7 +129,7 @@ class Changes:
     seconds: float = 0.0
 
     def record(self, kind: str, payload: dict[str, Any], seconds: float) -> None:
-        self.applied[f"{kind}: {payload['applied']}"] += 1
+        self.applied[f"{kind}: {payload['method']}"] += 1
         self.rtt.setdefault(kind, []).append(seconds)
 
 

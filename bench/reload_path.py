@@ -210,8 +210,8 @@ def _toggle_balances(api: ApiClient, stack: Controller, result: SizeResult, warm
         last_at = known["reloads"][-1]["at"] if known["reloads"] else 0.0
         gateway["balance"] = BALANCES[1] if gateway["balance"] == BALANCES[0] else BALANCES[0]
         payload, seconds = api.ok("PUT", f"/api/v1/gateways/{name}", gateway)
-        if payload["applied"] != "reload":
-            raise RuntimeError(f"change {i} applied by {payload['applied']}, not a reload")
+        if payload["method"] != "reload":
+            raise RuntimeError(f"change {i} applied by {payload['method']}, not a reload")
         state, _ = api.ok("GET", "/api/v1/controller")
         record = state["reloads"][-1]
         if record["at"] <= last_at or record["result"] != "ok":

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from controller.diff import Change
 from controller.metrics import Metrics
 from controller.plan import Plan
 from controller.process import HAProxyError, HAProxyProcess
@@ -25,19 +26,22 @@ KEPT_RELOADS = 50
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """How a change reached HAProxy, for API responses and logs."""
+    """How a change reached HAProxy (or, `dry_run`, would), for API responses and logs."""
 
     method: Method
     seconds: float
     steps: tuple[str, ...]
     revision: int
     dry_run: bool = False
+    changes: tuple[Change, ...] = ()
+    """What the change does to the desired state, per gateway and route."""
 
     def as_json(self) -> dict[str, object]:
         return {
-            "applied": "dry-run" if self.dry_run else self.method,
             "method": self.method,
+            "dry_run": self.dry_run,
             "duration_ms": round(self.seconds * 1000, 3),
+            "changes": [change.as_json() for change in self.changes],
             "plan": list(self.steps),
             "revision": self.revision,
         }

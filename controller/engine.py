@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry
 
 from controller.apply import Applier, ApplyResult, Loaded
 from controller.budget import Budget, Usage, config_usage
+from controller.diff import Change as Described
+from controller.diff import diff_configs, how
 from controller.errors import Unavailable, WeighbridgeError
 from controller.metrics import Metrics, applied_states
 from controller.model import Config
@@ -81,10 +83,13 @@ class _Prepared:
     plan: Plan
     candidate: Candidate | None
     """Set when the plan reloads: what HAProxy must accept first."""
+    changes: tuple[Described, ...]
 
-    def dry_run(self) -> ApplyResult:
-        steps = tuple(self.plan.describe())
-        return ApplyResult(self.plan.method, 0.0, steps, self.current.revision, True)
+    def dry_run(self, seconds: float = 0.0) -> ApplyResult:
+        steps = how(self.plan, self.changes)
+        return ApplyResult(
+            self.plan.method, seconds, steps, self.current.revision, True, self.changes
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class _Joined:
 
     reload: asyncio.Future[ApplyResult]
     revision: int
+    prepared: _Prepared
 
 
 class Engine:
@@ -188,7 +194,7 @@ class Engine:
                     assert outcome.candidate is not None
                     await self.process.validate(*outcome.candidate)
                     if dry_run:
-                        return outcome.dry_run()
+                        return outcome.dry_run(time.perf_counter() - started)
                     last = attempt == MAX_CHECK_ROUNDS
                     outcome = await self._try_commit(
                         compute, dry_run, outcome, check_here=last, heavy=heavy
@@ -197,9 +203,15 @@ class Engine:
                         break
         assert not isinstance(outcome, _Prepared)
         if isinstance(outcome, ApplyResult):
+            if outcome.dry_run:  # the time it took to check and plan
+                outcome = replace(outcome, seconds=time.perf_counter() - started)
             self.metrics.write_applied(time.perf_counter() - started, outcome.method)
             return outcome
         result = replace(await asyncio.shield(outcome.reload), revision=outcome.revision)
+        prepared = outcome.prepared
+        if result.method == "reload":  # why this change reloaded, in words
+            result = replace(result, steps=how(prepared.plan, prepared.changes))
+        result = replace(result, changes=prepared.changes)
         loaded = self._applier.loaded
         if result.method == "none" and loaded.revision >= outcome.revision:
             # another path (the supervisor's restart, say) loaded it before our reload ran
@@ -237,13 +249,18 @@ class Engine:
         """The new state, within budget, planned and (if it reloads) rendered: under the lock,
         the CPU-bound parts in a worker thread so the event loop keeps answering."""
         big = heavy or self._big
-        config, touched, usage = await offload(big, self._computed, compute, current.config)
+        config, touched, usage, changes = await offload(
+            big, self._computed, compute, current.config
+        )
         observed = await self.observe(touched)
         big = big or usage.slots > BIG_SLOTS
         plan, text = await offload(big, self._planned, config, observed, check_budget=True)
-        return _Prepared(current, config, plan, (text, plan.maps) if text is not None else None)
+        candidate = (text, plan.maps) if text is not None else None
+        return _Prepared(current, config, plan, candidate, changes)
 
-    def _computed(self, compute: Change, current: Config) -> tuple[Config, set[str], Usage]:
+    def _computed(
+        self, compute: Change, current: Config
+    ) -> tuple[Config, set[str], Usage, tuple[Described, ...]]:
         config = compute(current)
         usage = config_usage(config)
         self.budget.check(usage)
@@ -252,7 +269,7 @@ class Engine:
             for n in {*current.gateways, *config.gateways}
             if current.gateways.get(n) != config.gateways.get(n)
         }
-        return config, touched, usage
+        return config, touched, usage, tuple(diff_configs(current, config, touched))
 
     def _planned(
         self, config: Config, observed: Observed, *, check_budget: bool = False
@@ -275,9 +292,11 @@ class Engine:
         self._desired = Revisioned(config, revision)
         self.metrics.set_desired(config)
         if plan.needs_reload:
-            return _Joined(self._join_reload(), revision)  # under the lock: it includes this
+            # under the lock: the reload joined includes this change
+            return _Joined(self._join_reload(), revision, prepared)
         try:
-            return await self._apply(plan, revision, None)
+            result = await self._apply(plan, revision, None)
+            return replace(result, changes=prepared.changes)
         except (WeighbridgeError, OSError) as exc:
             self.process.restore(snapshot)
             back = await self._put_back(current.config, revision)

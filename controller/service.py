@@ -13,13 +13,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from controller.api import create_app
+from controller.api.app import create_app
 from controller.api.connections import GUARD, ApiLimits, GuardedSite
 from controller.api.security import Access, HostPolicy, is_loopback
 from controller.api.tokens import Tokens
+from controller.apply import ApplyResult
 from controller.budget import Budget
 from controller.candidate import CheckLimits
-from controller.config_file import load_config
+from controller.config_file import ConfigFileError, load_config
+from controller.diff import Change, diff_configs
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput
 from controller.metrics import Metrics, production_registry
@@ -31,7 +33,7 @@ from controller.rollouts.manager import RolloutManager
 from controller.rollouts.outbound import OutboundPolicy
 from controller.runtime.client import RuntimeClient
 from controller.state_dir import StatePaths, open_state_dir
-from controller.store import FileStore
+from controller.store import FileStore, Revisioned
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,10 @@ class RunSettings:
     reseed: bool = False
     """Start over from the config file: the stored desired state and
     rollouts are discarded (the demo)."""
+    config_required: bool = False
+    """The config file was named (`--config`): a missing one is an error, not an empty start."""
+    config_wins: bool = False
+    """The config file is the desired state at start, applied as a change (`--config-wins`)."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -120,12 +126,83 @@ def build_engine(settings: RunSettings, paths: StatePaths) -> Engine:
     )
 
 
-def read_seed(path: Path, *, allow_unsafe_acls: bool) -> Config | None:
-    """The config file seeds the store once; afterwards the store (and the API) rule."""
+def read_config_file(settings: RunSettings) -> Config | None:
+    """The config file's desired state, read before anything starts. A file named with
+    `--config` must exist: a wrong path stops the start instead of starting (and storing)
+    an empty state. The default file may be absent: then the store rules alone."""
+    path = settings.config_file
     if not path.exists():
-        log.warning("config file %s not found: starting with no gateways", path)
+        if settings.config_required:
+            raise ConfigFileError(
+                f"config file {path} not found (--config): nothing was started. Give the "
+                "path of an existing file, or no --config to start from the stored state"
+            )
+        log.info("no config file %s: the desired state is the stored one (none at first)", path)
         return None
-    return load_config(path, allow_unsafe_acls=allow_unsafe_acls)
+    return load_config(path, allow_unsafe_acls=settings.allow_unsafe_acls)
+
+
+async def settle_config_file(engine: Engine, settings: RunSettings, config: Config) -> None:
+    """At start, the file seeded an empty store; if the store held another state, it wins
+    and the log says what differs and how to apply the file, unless `--config-wins` makes
+    the file the desired state (a normal change: live where HAProxy can take it live)."""
+    changes = diff_configs(engine.desired.config, config)
+    if not changes:
+        return
+    path = settings.config_file
+    if settings.config_wins:
+        result = await engine.change(lambda _: config)
+        log.info(
+            "--config-wins: %s is the desired state now (revision %d), applied %s: %s",
+            path,
+            result.revision,
+            "live (runtime commands, no reload)" if result.method == "runtime" else "by a reload",
+            "; ".join(change.text for change in changes),
+        )
+        return
+    log.warning("%s", store_differs_text(settings, engine.desired.revision, changes))
+
+
+def store_differs_text(settings: RunSettings, revision: int, changes: list[Change]) -> str:
+    """What applying the file would do, gateway by gateway, and the commands that do it."""
+    by_gateway: dict[str, list[Change]] = {}
+    for change in changes:
+        by_gateway.setdefault(change.gateway, []).append(change)
+    actions, prune = [], ""
+    for name, of_gateway in by_gateway.items():
+        if of_gateway[0].field == "gateway":  # only in the file, or only in the store
+            added = of_gateway[0].before is None
+            prune = prune or ("" if added else " --prune")
+            actions.append(f"{'add' if added else 'remove'} gateway {name}")
+            continue
+        texts = [change.text for change in of_gateway]
+        more = f"; and {len(texts) - 3} more" if len(texts) > 3 else ""
+        actions.append(f"change gateway {name} ({'; '.join(texts[:3])}{more})")
+    path, api = settings.config_file, f"{settings.api_host}:{settings.api_port}"
+    return (
+        f"the stored desired state (revision {revision}) differs from {path}, and the store "
+        f"wins: it is what HAProxy serves. Applying the file would {', '.join(actions)}. To "
+        f"apply it: `weighbridge apply {path}{prune} --api {api}` (`weighbridge plan {path}"
+        f"{prune} --api {api}` shows how first), or start with --config-wins"
+    )
+
+
+def ready_text(desired: Revisioned, ready: bool, result: ApplyResult) -> str:
+    """The start-up line, for a person: what HAProxy serves, and what the start changed."""
+    count = len(desired.config.gateways)
+    names = ", ".join(list(desired.config.gateways)[:5]) + (", …" if count > 5 else "")
+    state = (
+        f"revision {desired.revision} of the desired state "
+        f"({count} gateway{'' if count == 1 else 's'}{': ' + names if count else ''})"
+    )
+    if not ready:
+        return f"waiting for HAProxy to load {state}"
+    if result.method == "runtime":
+        commands = len(result.steps)
+        return f"HAProxy serves {state}; what differed was changed live ({commands} commands)"
+    if result.method == "reload":
+        return f"HAProxy serves {state}; it was reloaded to match ({'; '.join(result.steps)})"
+    return f"HAProxy serves {state}"
 
 
 async def reconcile_forever(engine: Engine, interval: float) -> None:
@@ -193,6 +270,7 @@ def connection_limit(requested: int) -> int:
 
 async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> None:
     access = api_access(settings.api_host, settings.api)  # refused before anything starts
+    config = read_config_file(settings)  # so is a config file that is missing or invalid
     limits = replace(
         settings.api.limits,
         max_connections=connection_limit(settings.api.limits.max_connections),
@@ -200,7 +278,7 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
     paths = state_paths(settings)
     lock = open_state_dir(paths)
     try:
-        await _serve(settings, paths, access, limits, ready)
+        await _serve(settings, paths, config, access, limits, ready)
     finally:
         lock.release()
 
@@ -208,6 +286,7 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
 async def _serve(
     settings: RunSettings,
     paths: StatePaths,
+    config: Config | None,
     access: Access,
     limits: ApiLimits,
     ready: asyncio.Event | None,
@@ -216,14 +295,11 @@ async def _serve(
         FileStore(paths.desired).discard()
         paths.rollouts.unlink(missing_ok=True)
     engine = build_engine(settings, paths)
-    seed = (
-        read_seed(settings.config_file, allow_unsafe_acls=settings.allow_unsafe_acls)
-        if not paths.desired.exists()
-        else None
-    )
-    result = await engine.start(seed)
+    result = await engine.start(config)  # the file seeds an empty store, nothing else
+    log.info("%s", ready_text(engine.desired, engine.state.ready, result))
+    if config is not None:
+        await settle_config_file(engine, settings, config)
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
-    log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
     app = create_app(engine, access=access, limits=limits)
     outbound = OutboundPolicy.parse(settings.allow_outbound)
     rollouts = RolloutManager(engine, paths.root, outbound=outbound)

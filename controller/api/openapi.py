@@ -121,15 +121,52 @@ ERROR_SCHEMA: Schema = {
         },
     },
 }
+_TEXT_OR_NULL: Schema = {"type": ["string", "null"]}
+CHANGE: Schema = {
+    "type": "object",
+    "description": "one field of one gateway or route that differs, as display text",
+    "required": ["gateway", "route", "field", "before", "after", "live", "text"],
+    "properties": {
+        "gateway": {"type": "string"},
+        "route": _TEXT_OR_NULL,
+        "field": {
+            "type": "string",
+            "description": "'gateway' or 'route' when one is added "
+            "or removed, else the field: weight, instances, condition, bind, …",
+        },
+        "before": _TEXT_OR_NULL,
+        "after": _TEXT_OR_NULL,
+        "live": {"type": "boolean", "description": "HAProxy can take it without a reload"},
+        "text": {"type": "string", "description": "e.g. 'shop.canary: weight 10% → 20%'"},
+    },
+}
 APPLY_RESULT: Schema = {
     "type": "object",
-    "required": ["applied", "method", "duration_ms", "plan", "revision"],
+    "required": ["method", "dry_run", "duration_ms", "changes", "plan", "revision"],
     "properties": {
-        "applied": {"enum": ["none", "runtime", "reload", "dry-run"]},
-        "method": {"enum": ["none", "runtime", "reload"]},
-        "duration_ms": {"type": "number"},
-        "plan": {"type": "array", "items": {"type": "string"}},
-        "revision": {"type": "integer"},
+        "method": {
+            "enum": ["none", "runtime", "reload"],
+            "description": "how HAProxy took the change (a dry run: how it would)",
+        },
+        "dry_run": {"type": "boolean", "description": "true: nothing was stored or applied"},
+        "duration_ms": {
+            "type": "number",
+            "description": "until applied; a dry run: checking and planning",
+        },
+        "changes": {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/Change"},
+            "description": "what changes, per gateway and route",
+        },
+        "plan": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "how: the runtime commands, or the reasons for a reload in words",
+        },
+        "revision": {
+            "type": "integer",
+            "description": "the desired state's revision (a dry run: the one planned on)",
+        },
     },
 }
 
@@ -331,6 +368,7 @@ def openapi_document() -> Schema:
                 [
                     rollout,
                     _param("action", "path", {"enum": ["pause", "resume", "promote", "abort"]}),
+                    dry_run,
                 ],
             )
         },
@@ -344,6 +382,7 @@ def openapi_document() -> Schema:
                 **defs.get("$defs", {}),
                 "Error": ERROR_SCHEMA,
                 "ApplyResult": APPLY_RESULT,
+                "Change": CHANGE,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },

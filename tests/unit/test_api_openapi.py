@@ -10,7 +10,7 @@ import pytest
 import schemathesis
 import yaml
 
-from controller.api import create_app
+from controller.api.app import create_app
 from controller.api.openapi import openapi_document
 from controller.engine import Engine
 from controller.model import Config, Gateway

@@ -250,12 +250,27 @@ class Retries(BaseModel):
         return self
 
 
+def _checks_off(value: Any) -> Any:
+    if value is None:
+        raise ValueError("write 'none' to turn health checks off")
+    return None if value == "none" else value
+
+
+def _dump_check(check: HealthCheck | None) -> Any:
+    return "none" if check is None else check.model_dump(mode="json")
+
+
 class RoutePolicy(BaseModel):
     """Everything issue 12 adds to a route, with the defaults documented above."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    health_check: HealthCheck | Literal["none"] = Field(default_factory=HealthCheck)
+    health_check: Annotated[
+        HealthCheck | None,
+        BeforeValidator(_checks_off),
+        PlainSerializer(_dump_check, return_type=Any),
+    ] = Field(default_factory=HealthCheck)
+    """Omitted: the default connect check; `none`: no checks."""
     outlier_ejection: OutlierEjection | None = None
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retries: Retries = Field(default_factory=Retries)
@@ -273,13 +288,9 @@ class RoutePolicy(BaseModel):
     """A removed instance gets no new requests; its slot is parked when it has no sessions
     left, or after this long."""
 
-    @property
-    def check(self) -> HealthCheck | None:
-        return None if self.health_check == "none" else self.health_check
-
     @model_validator(mode="after")
     def _needs(self) -> RoutePolicy:
-        if self.outlier_ejection is not None and self.check is None:
+        if self.outlier_ejection is not None and self.health_check is None:
             raise ValueError(
                 "outlier_ejection needs health checks (ejected instances come back by them)"
             )
@@ -302,7 +313,7 @@ def mode_problems(
     if mode == "http":
         return []
     problems = []
-    if policy.check is not None and policy.check.http:
+    if policy.health_check is not None and policy.health_check.http:
         problems.append(
             {"field": f"{field}.health_check.path", "message": "HTTP checks need an http gateway"}
         )

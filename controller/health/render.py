@@ -80,7 +80,7 @@ def _retry_lines(policy: RoutePolicy, mode: Mode) -> list[str]:
 def server_options(policy: RoutePolicy, mode: Mode) -> str:
     """Options every slot of the route carries (no leading space; may be empty)."""
     options: list[str] = []
-    check = policy.check
+    check = policy.health_check
     if check is not None:
         options.append(f"check inter {check.interval}ms rise {check.rise} fall {check.fall}")
     if policy.outlier_ejection is not None:
@@ -105,7 +105,7 @@ def backend_lines(
     With `server_map` (HTTP only) the server timeout is read per request from that map, so it
     changes live; without it a route's `timeouts.server` is a static `timeout server` line.
     """
-    lines = [] if policy.check is None else _check_lines(policy.check)
+    lines = [] if policy.health_check is None else _check_lines(policy.health_check)
     lines += _timeout_lines(policy.timeouts, mode, server_map)
     lines += _retry_lines(policy, mode)
     options = server_options(policy, mode)

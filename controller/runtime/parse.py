@@ -542,12 +542,14 @@ class ServerCheck:
 
     @property
     def state(self) -> str:
-        """UP / DOWN / DRAIN / MAINT as `show stat` says it (NOLB needs `show stat`)."""
+        """UP / DOWN / NOLB / DRAIN / MAINT, as `show stat` says it."""
         if self.admin_state & MAINTENANCE_MASK:
             return "MAINT"
         if self.op_state == OP_STOPPED:
             return "DOWN"
-        return "DRAIN" if self.admin_state & DRAIN_MASK else "UP"
+        if self.admin_state & DRAIN_MASK:
+            return "DRAIN"
+        return "NOLB" if self.op_state == OP_STOPPING else "UP"
 
 
 CHK_ST_ENABLED = 0x04

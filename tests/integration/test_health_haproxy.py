@@ -164,7 +164,7 @@ def test_rendered_lines_pass_haproxy_check(workdir: Path) -> None:
         for mode in ("http", "tcp"):
             if mode == "tcp" and (
                 set(policy.retries.on) - {"conn-failure", "none"}
-                or (policy.check and policy.check.http)
+                or (policy.health_check and policy.health_check.http)
             ):
                 continue
             timeout_map = (

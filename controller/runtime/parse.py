@@ -407,18 +407,17 @@ CHECK_STATUS_NAMES: dict[int, str] = {
 (HAProxy's `enum healthcheck_status`; the ones a test can provoke are checked on 2.6.12)."""
 
 PASSED_CHECKS = frozenset({"L4OK", "L6OK", "L7OK", "L7OKC", "PROCOK"})
-HEALTH_STATES = ("UP", "DOWN", "NOLB", "DRAIN", "MAINT")
 
 # `show stat` column 17: "UP", "UP 1/3" (going down), "DOWN 1/2" (going up), "NOLB",
 # "DRAIN", "DOWN (agent)", "MAINT", "MAINT (via b/s)", "MAINT (resolution)", "no check".
 _STAT_STATUS = re.compile(
-    r"(UP|DOWN|NOLB|DRAIN|MAINT|no check)(?: ([0-9]+)/([0-9]+))?(?: ?\((.*)\))?"
+    r"(UP|DOWN|NOLB|DRAIN|MAINT|no check)(?: ([0-9]+)/([0-9]+))?(?: ?\(.*\))?"
 )
 
 
 def _stat_int(row: dict[str, str], name: str) -> int | None:
     value = row.get(name, "")
-    return int(value) if value.isdigit() else None
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 @dataclass(frozen=True, slots=True)

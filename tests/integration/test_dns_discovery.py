@@ -41,6 +41,19 @@ def _discovery(server: DnsServer, clock: Clock, **kwargs: object) -> Discovery:
     return Discovery(resolver, **options)  # type: ignore[arg-type]
 
 
+API = Target("api.internal", 80)
+
+
+async def _watching(
+    server: DnsServer, clock: Clock, ttl: int, addresses: list[str]
+) -> tuple[Discovery, list[Resolution]]:
+    """`api.internal` serving `addresses`, watched and resolved once."""
+    server.records[API.host] = (ttl, addresses)
+    discovery = _discovery(server, clock)
+    discovery.add(API)
+    return discovery, await discovery.refresh()
+
+
 async def test_all_a_and_aaaa_records_become_instances() -> None:
     async with dns_server() as server:
         server.records["api.internal"] = (30, ["127.0.0.3", "127.0.0.2", "::1"])
@@ -60,12 +73,9 @@ async def test_all_a_and_aaaa_records_become_instances() -> None:
 
 async def test_ttl_is_respected_and_a_changed_record_is_seen_after_it() -> None:
     async with dns_server() as server:
-        server.records["api.internal"] = (5, ["127.0.0.2"])
         clock = Clock()
-        discovery = _discovery(server, clock)
-        target = Target("api.internal", 80)
-        discovery.add(target)
-        assert [r.addresses for r in await discovery.refresh()] == [("127.0.0.2",)]
+        discovery, first = await _watching(server, clock, 5, ["127.0.0.2"])
+        assert [r.addresses for r in first] == [("127.0.0.2",)]
 
         server.records["api.internal"] = (5, ["127.0.0.4", "127.0.0.5"])
         clock.now += 4.9
@@ -82,12 +92,8 @@ async def test_ttl_is_respected_and_a_changed_record_is_seen_after_it() -> None:
 
 async def test_nxdomain_keeps_the_last_addresses_and_reports_it() -> None:
     async with dns_server() as server:
-        server.records["api.internal"] = (1, ["127.0.0.2", "127.0.0.3"])
         clock = Clock()
-        discovery = _discovery(server, clock)
-        target = Target("api.internal", 80)
-        discovery.add(target)
-        await discovery.refresh()
+        discovery, _ = await _watching(server, clock, 1, ["127.0.0.2", "127.0.0.3"])
 
         del server.records["api.internal"]
         clock.now += 1
@@ -97,8 +103,8 @@ async def test_nxdomain_keeps_the_last_addresses_and_reports_it() -> None:
         # backs off: 1 s, then 2 s, then 4 s
         clock.now += 1
         assert await discovery.refresh() == []  # failed again, same error: not a change
-        assert discovery.get(target) == Resolution(
-            target, ("127.0.0.2", "127.0.0.3"), 1, reported.resolved_at, "NXDOMAIN", 2
+        assert discovery.get(API) == Resolution(
+            API, ("127.0.0.2", "127.0.0.3"), 1, reported.resolved_at, "NXDOMAIN", 2
         )
         clock.now += 1.9
         await discovery.refresh()
@@ -137,12 +143,8 @@ async def test_policy_refuses_addresses_outside_the_allowed_networks() -> None:
 
 async def test_a_silent_server_is_a_timeout_and_keeps_the_addresses() -> None:
     async with dns_server() as server:
-        server.records["api.internal"] = (1, ["127.0.0.2"])
         clock = Clock()
-        discovery = _discovery(server, clock)
-        target = Target("api.internal", 80)
-        discovery.add(target)
-        await discovery.refresh()
+        discovery, _ = await _watching(server, clock, 1, ["127.0.0.2"])
         server.drop = True
         clock.now += 1
         (reported,) = await discovery.refresh()

@@ -165,6 +165,43 @@ def set_server_weight(backend: str, server: str, weight: int) -> Command:
     return _make(CommandKind.WRITE, "set", "server", target, "weight", str(number))
 
 
+SERVER_HEALTH = frozenset({"up", "stopping", "down"})
+MAX_SERVER_MAXCONN = 1_000_000
+
+
+def set_server_health(backend: str, server: str, health: str) -> Command:
+    """`set server B/S health up|stopping|down`: force the check state until the next checks.
+
+    `up` puts back an instance that passive checks ejected; `down` right after
+    `state ready` keeps a freshly filled slot out until it passes `rise` checks.
+    """
+    target = _server(backend, server)
+    if not isinstance(health, str) or health not in SERVER_HEALTH:
+        raise InvalidArgument("health", "must be one of up, stopping, down", health)
+    return _make(CommandKind.WRITE, "set", "server", target, "health", health)
+
+
+def enable_health(backend: str, server: str) -> Command:
+    """`enable health B/S`: resume the active checks of a server that has them configured."""
+    return _make(CommandKind.WRITE, "enable", "health", _server(backend, server))
+
+
+def disable_health(backend: str, server: str) -> Command:
+    """`disable health B/S`: stop active checks; HAProxy then counts the server as UP.
+
+    Passive checks (`observe`) still mark it down, and with no check to bring it back it
+    stays down until `enable health` (checked on 2.6.12).
+    """
+    return _make(CommandKind.WRITE, "disable", "health", _server(backend, server))
+
+
+def set_server_maxconn(backend: str, server: str, maxconn: int) -> Command:
+    """`set maxconn server B/S N`; 0 lifts the limit (checked on 2.6.12)."""
+    target = _server(backend, server)
+    number = _int(maxconn, "maxconn", 0, MAX_SERVER_MAXCONN)
+    return _make(CommandKind.WRITE, "set", "maxconn", "server", target, str(number))
+
+
 def show_servers_state(backend: str | None = None) -> Command:
     """`show servers state [B]`: the observed state of every server (parse_servers_state)."""
     if backend is None:

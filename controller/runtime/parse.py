@@ -21,7 +21,7 @@ _SEVERITY = re.compile(r"\[(\d)\]: ?")
 _ERROR_START = re.compile(
     r"(unknown|no such|require[sd]? |invalid|malformed|missing|can't|cannot|cant |unable"
     r"|not found|permission denied|failed|error|version number|absolute weight"
-    r"|out of memory|this command is restricted|'[^']*' expects )",
+    r"|out of memory|this command is restricted|'[^']*' expects |usage: )",
     re.IGNORECASE,
 )
 _ERROR_ANYWHERE = re.compile(

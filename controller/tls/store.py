@@ -8,6 +8,7 @@ public description in memory, for listings and metrics, so neither re-reads a ke
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import stat
@@ -95,8 +96,10 @@ class CertificateStore:
         path = self.path(name)
         try:
             previous: str | None = read_text(path)
-        except FileNotFoundError:
-            previous = None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ELOOP):
+                raise
+            previous = None  # none, or a symlink: replaced, never read or written through
         write_atomic(path, bundle.pem, mode=FILE_MODE)
         self._infos[name] = bundle.info
         return previous

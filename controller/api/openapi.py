@@ -134,6 +134,26 @@ APPLY_RESULT: Schema = {
 }
 
 
+CERTIFICATE: Schema = {
+    "type": "object",
+    "required": ["name", "subject", "issuer", "sans", "not_before", "not_after"],
+    "properties": {
+        "name": {"type": "string"},
+        "subject": {"type": "string"},
+        "issuer": {"type": "string"},
+        "sans": {"type": "array", "items": {"type": "string"}},
+        "serial": {"type": "string"},
+        "not_before": {"type": "string", "format": "date-time"},
+        "not_after": {"type": "string", "format": "date-time"},
+        "sha256_fingerprint": {"type": "string"},
+        "key_type": {"type": "string"},
+        "chain_length": {"type": "integer"},
+        "live": {"enum": ["replaced", "loaded", "stored"]},
+        "served": {"type": ["boolean", "null"]},
+    },
+}
+
+
 def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -186,6 +206,7 @@ def openapi_document() -> Schema:
     gw = _param("gateway", "path", name)
     route = _param("route", "path", name)
     rollout = _param("rollout", "path", {"type": "string", "maxLength": 80})
+    cert = _param("name", "path", name)
     applied = {"200": _json(_ref("ApplyResult"), "applied (or dry run): how and the plan")}
     view = _json({"type": "object"}, "the rollout: phase, step, weights, checks, events")
     gateways = "/api/v1/gateways/{gateway}"
@@ -322,6 +343,44 @@ def openapi_document() -> Schema:
         },
         "/api/v1/rollouts/{rollout}": {
             "get": _op("one rollout", {"200": view}, _READ_ERRORS, [rollout])
+        },
+        "/api/v1/certificates": {
+            "get": _op(
+                "every stored certificate (never its key)",
+                {"200": _json({"type": "object", "required": ["certificates"]})},
+                ("401", "421"),
+            )
+        },
+        "/api/v1/certificates/{name}": {
+            "get": _op(
+                "one certificate; `served`: HAProxy serves this version",
+                {"200": _json(CERTIFICATE)},
+                _READ_ERRORS,
+                [cert],
+            ),
+            "put": _op(
+                "upload (replace) and serve it live, with no reload",
+                {"200": _json(CERTIFICATE, "replaced"), "201": _json(CERTIFICATE, "created")},
+                _WRITE_ERRORS,
+                [cert],
+                {
+                    "type": "object",
+                    "required": ["pem"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "pem": {
+                            "type": "string",
+                            "description": "certificate, chain, unencrypted private key (PEM)",
+                        }
+                    },
+                },
+            ),
+            "delete": _op(
+                "forget it (409 while a crt-list uses it)",
+                {"200": _json({"type": "object"})},
+                _WRITE_ERRORS,
+                [cert],
+            ),
         },
         "/api/v1/rollouts/{rollout}/{action}": {
             "post": _op(

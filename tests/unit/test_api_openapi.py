@@ -11,11 +11,13 @@ import schemathesis
 import yaml
 
 from controller.api import create_app
+from controller.api.certificates import add_certificate_routes
 from controller.api.openapi import openapi_document
 from controller.engine import Engine
 from controller.model import Config, Gateway
 from controller.rollouts.api import add_rollout_routes
 from controller.rollouts.manager import RolloutManager
+from controller.tls.manager import CertificateManager
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = openapi_document()
@@ -38,6 +40,7 @@ def test_it_is_valid_openapi_3_1() -> None:
 def test_it_describes_every_route_and_nothing_else() -> None:
     app = create_app(cast(Engine, None))  # only the routes are read
     add_rollout_routes(app, cast(RolloutManager, None))
+    add_certificate_routes(app, cast(CertificateManager, None))
     served = {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()

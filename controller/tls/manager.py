@@ -21,6 +21,7 @@ refused (413).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -41,7 +42,7 @@ from controller.runtime.commands import (
     show_ssl_crt_list,
     wire_size,
 )
-from controller.runtime.errors import CommandError
+from controller.runtime.errors import CommandError, RuntimeApiError
 from controller.runtime.parse import (
     SslCertDetails,
     SslCertList,
@@ -157,9 +158,10 @@ class CertificateManager:
                     "pem", f"HAProxy did not commit it: {_first_line(reply)}"
                 )
         except BaseException:
-            await self._abort_open("after a failed change")
-            if not known:
-                await runtime.execute_many([del_ssl_cert(path)], check=False)
+            with contextlib.suppress(RuntimeApiError):  # best effort: the first error is the news
+                await self._abort_open("after a failed change")
+                if not known:
+                    await runtime.execute_many([del_ssl_cert(path)], check=False)
             raise
         served = parse_ssl_cert(await runtime.execute(show_ssl_cert(path)))
         self._expect(served, bundle, "the committed certificate")

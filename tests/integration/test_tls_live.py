@@ -199,6 +199,7 @@ async def test_a_renewed_certificate_is_served_on_the_next_handshake_with_no_rel
         url, rate=100, tls=site.trust(), server_hostname="a.test", new_connection_each=True
     ) as load:
         await load.wait_until(lambda r: len(r.outcomes) >= 100)
+        asked = time.monotonic()
         status, body = await site.put("a", {"pem": renewed.pem})
         answered = time.monotonic()
         assert status == 200, body
@@ -214,6 +215,10 @@ async def test_a_renewed_certificate_is_served_on_the_next_handshake_with_no_rel
     assert serials(report.instances(sent_after=answered)) == serials([new])
     assert set(report.routes()) == {"a.test"}
     assert site.reloads() == before, "a certificate change must not reload HAProxy"
+    print(
+        f"\nrenewal under load: {len(report.outcomes)} requests (a handshake each), 0 failed, "
+        f"0 reloads; PUT answered in {(answered - asked) * 1000:.1f} ms"
+    )
     assert await site.served_serial("b.test") == site.issued["b"].serial
     assert site.store.read("a").info.serial == new
     assert site.open_transactions() == ()

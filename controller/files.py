@@ -68,3 +68,28 @@ def open_append(path: Path, mode: int = 0o600) -> int:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     with _directory(path.parent) as dir_fd:
         return os.open(path.name, flags, mode, dir_fd=dir_fd)
+
+
+def remove(path: Path, *, durable: bool = True) -> bool:
+    """Unlink `path` (a symlink there is removed, never followed); False if it was absent."""
+    with _directory(path.parent) as dir_fd:
+        try:
+            os.unlink(path.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return False
+        if durable:
+            os.fsync(dir_fd)
+    return True
+
+
+def list_files(directory: Path, suffix: str) -> list[str]:
+    """Names of the regular files (not links) in `directory` ending with `suffix`, sorted."""
+    try:
+        with _directory(directory) as dir_fd, os.scandir(dir_fd) as entries:
+            return sorted(
+                entry.name
+                for entry in entries
+                if entry.name.endswith(suffix) and entry.is_file(follow_symlinks=False)
+            )
+    except FileNotFoundError:
+        return []

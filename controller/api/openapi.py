@@ -18,6 +18,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from pydantic_core import core_schema
 
 from controller import model
+from controller.api.certificates import CERTIFICATES
 from controller.rollouts.spec import RolloutSpec
 
 Schema = dict[str, Any]
@@ -171,6 +172,26 @@ APPLY_RESULT: Schema = {
 }
 
 
+CERTIFICATE: Schema = {
+    "type": "object",
+    "required": ["name", "subject", "issuer", "sans", "not_before", "not_after"],
+    "properties": {
+        "name": {"type": "string"},
+        "subject": {"type": "string"},
+        "issuer": {"type": "string"},
+        "sans": {"type": "array", "items": {"type": "string"}},
+        "serial": {"type": "string"},
+        "not_before": {"type": "string", "format": "date-time"},
+        "not_after": {"type": "string", "format": "date-time"},
+        "sha256_fingerprint": {"type": "string"},
+        "key_type": {"type": "string"},
+        "chain_length": {"type": "integer"},
+        "live": {"enum": ["replaced", "loaded", "stored"]},
+        "served": {"type": ["boolean", "null"]},
+    },
+}
+
+
 def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -204,9 +225,55 @@ def _op(
     return operation
 
 
+def _certificate_paths(cert: Schema) -> Schema:
+    """/api/v1/certificates (controller.api.certificates)."""
+    upload: Schema = {
+        "type": "object",
+        "required": ["pem"],
+        "additionalProperties": False,
+        "properties": {
+            "pem": {"type": "string", "description": "certificate, chain, unencrypted key (PEM)"}
+        },
+    }
+    return {
+        "/api/v1/certificates": {
+            "get": _op(
+                "every stored certificate (never its key)",
+                {"200": _json({"type": "object", "required": ["certificates"]})},
+                ("401", "421"),
+            )
+        },
+        "/api/v1/certificates/{name}": {
+            "get": _op(
+                "one certificate; `served`: HAProxy serves this version",
+                {"200": _json(CERTIFICATE)},
+                _READ_ERRORS,
+                [cert],
+            ),
+            "put": _op(
+                "upload (replace) and serve it live, with no reload",
+                {
+                    "200": _json(CERTIFICATE, "replaced"),
+                    "201": _json(CERTIFICATE, "created"),
+                },
+                _WRITE_ERRORS,
+                [cert],
+                upload,
+            ),
+            "delete": _op(
+                "forget it (409 while a crt-list uses it)",
+                {"200": _json({"type": "object"})},
+                _WRITE_ERRORS,
+                [cert],
+            ),
+        },
+    }
+
+
 @cache
-def openapi_document() -> Schema:
-    """The whole description; built once, it depends only on the code."""
+def openapi_document(certificates: bool = False) -> Schema:
+    """The whole description; built once, it depends only on the code. `certificates`: with
+    /api/v1/certificates, which an app serves once `add_certificate_routes` was called."""
     keys: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model.Gateway, "validation"),
         (model.Gateway, "serialization"),
@@ -373,6 +440,8 @@ def openapi_document() -> Schema:
             )
         },
     }
+    if certificates:
+        paths.update(_certificate_paths(_param("name", "path", name)))
     return {
         "openapi": "3.1.0",
         "info": {"title": "Weighbridge", "version": "1"},
@@ -391,7 +460,7 @@ def openapi_document() -> Schema:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return web.json_response(openapi_document(CERTIFICATES in request.app))
 
 
 def add_openapi_route(app: web.Application) -> None:

@@ -192,14 +192,13 @@ class TokenBucket:
         self._at = clock()
 
     async def take(self) -> None:
-        while True:
-            now = self._clock()
-            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-            self._at = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            await self._sleep((1 - self._tokens) / self._rate)
+        """Take a token, waiting for it when there is none: a taker reserves its token first
+        (the count may go below zero), so no loop can spin on a rounding error."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate) - 1
+        self._at = now
+        if self._tokens < 0:
+            await self._sleep(-self._tokens / self._rate)
 
 
 class Discovery:

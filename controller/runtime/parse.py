@@ -584,3 +584,125 @@ def parse_server_checks(text: str) -> list[ServerCheck]:
             )
         )
     return checks
+
+
+# ---- TLS certificates and crt-lists -----------------------------------------
+
+_PAYLOAD_PROMPTS = re.compile(r"(?:\+ )+")
+
+
+def strip_payload_prompts(text: str) -> str:
+    """A payload command's reply without the `+ ` prompts HAProxy wrote, in prompt mode,
+    for each payload line it read (2.6: one per line, and one for the closing empty line)."""
+    match = _PAYLOAD_PROMPTS.match(text)
+    return text[match.end() :] if match else text
+
+
+@dataclass(frozen=True, slots=True)
+class SslCertList:
+    """`show ssl cert`: the open transaction(s) (2.6 allows one) and the certificates."""
+
+    transactions: tuple[str, ...]
+    files: tuple[str, ...]
+
+
+def parse_ssl_cert_list(text: str) -> SslCertList:
+    """`# transaction` then `*FILE` lines, `# filename` then FILE lines."""
+    transactions: list[str] = []
+    files: list[str] = []
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            section = line.lstrip("# ").lower()
+        elif line and section == "transaction":
+            transactions.append(line.removeprefix("*"))
+        elif line and section == "filename":
+            files.append(line)
+    return SslCertList(tuple(transactions), tuple(files))
+
+
+@dataclass(frozen=True, slots=True)
+class SslCertDetails:
+    """`show ssl cert FILE` (or `*FILE`): what HAProxy holds under that name."""
+
+    filename: str
+    status: str  # "Used" (some bind serves it) or "Unused"
+    serial: str
+    sha1_fingerprint: str  # upper-case hex, as HAProxy prints it
+    not_after: str
+    subject: str
+
+
+_DETAIL_KEYS = {
+    "Filename": "filename",
+    "Status": "status",
+    "Serial": "serial",
+    "SHA1 FingerPrint": "sha1_fingerprint",
+    "notAfter": "not_after",
+    "Subject": "subject",
+}
+
+
+def parse_ssl_cert(text: str) -> SslCertDetails:
+    """The `Name: value` lines of one certificate; ValueError if it is not such a reply."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() in _DETAIL_KEYS:
+            values.setdefault(_DETAIL_KEYS[name.strip()], value.strip())
+    if "filename" not in values or "sha1_fingerprint" not in values:
+        raise ValueError(f"not a 'show ssl cert FILE' reply: {text.strip()[:80]!r}")
+    values["filename"] = values["filename"].removeprefix("*")
+    return SslCertDetails(**{key: values.get(key, "") for key in _DETAIL_KEYS.values()})
+
+
+_TRANSACTION_REPLY = re.compile(r"Transaction (?:created|updated) for certificate (\S+)!")
+
+
+def ssl_transaction_owner(reply: str) -> str | None:
+    """Whose transaction a `set ssl cert` reply says it filled: on 2.6 it may not be the
+    certificate the command named, when another one's transaction was open."""
+    match = _TRANSACTION_REPLY.search(reply)
+    return match.group(1) if match else None
+
+
+def ssl_commit_succeeded(reply: str) -> bool:
+    """`commit ssl cert` ends with `Success!`; its failures say `Can't commit`."""
+    lines = reply_message(reply).splitlines()
+    return bool(lines) and lines[-1].strip() == "Success!"
+
+
+@dataclass(frozen=True, slots=True)
+class CrtListLine:
+    """One line of `show ssl crt-list -n LIST`."""
+
+    cert: str
+    line: int | None
+    options: str  # the `[...]` ssl options as written, or ""
+    filters: tuple[str, ...]  # SNI filters (`!name` excludes)
+
+
+_CRT_LIST_LINE = re.compile(r"(\S+?)(?::(\d+))?(?: \[([^\]]*)\])?((?: \S+)*)")
+
+
+def parse_crt_list(text: str) -> list[CrtListLine]:
+    """`# LIST` then `CERT[:LINE] [[options]] [filters...]` lines."""
+    lines: list[CrtListLine] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _CRT_LIST_LINE.fullmatch(line)
+        if not match:
+            continue
+        number = match.group(2)
+        lines.append(
+            CrtListLine(
+                cert=match.group(1),
+                line=int(number) if number else None,
+                options=(match.group(3) or "").strip(),
+                filters=tuple(match.group(4).split()),
+            )
+        )
+    return lines

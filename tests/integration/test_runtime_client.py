@@ -11,12 +11,9 @@ import asyncio
 import os
 import shutil
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -33,7 +30,7 @@ from controller.runtime.parse import (
     parse_servers_state,
     parse_stat,
 )
-from tests.support.haproxy import haproxy_process
+from tests.support.haproxy import HAProxyProcess, running_haproxy
 
 pytestmark = [
     pytest.mark.haproxy,
@@ -74,17 +71,9 @@ listen web_b
 
 
 @dataclass
-class HAProxy:
-    dir: Path
-    config: Path
-    admin: str
-    master: str
-    fe_port: int
-    a_port: int
-    process: subprocess.Popen[bytes]
-
-    def log(self) -> str:
-        return (self.dir / "haproxy.log").read_text(errors="replace")
+class HAProxy(HAProxyProcess):
+    fe_port: int = 0
+    a_port: int = 0
 
 
 def _free_port() -> int:
@@ -95,16 +84,10 @@ def _free_port() -> int:
 
 @pytest.fixture
 def haproxy() -> Iterator[HAProxy]:
-    # Short path: unix socket paths are limited to 107 bytes.
-    workdir = Path(tempfile.mkdtemp(prefix="wb-rt-"))
-    (workdir / "maps").mkdir()
-    (workdir / "maps" / "pick.map").write_text("b be_b\n")
     fe, a, b = _free_port(), _free_port(), _free_port()
-    try:
-        with haproxy_process(CONFIG.format(dir=workdir, fe=fe, a=a, b=b), workdir) as proc:
-            yield HAProxy(workdir, proc.config, proc.admin, proc.master, fe, a, proc.process)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    text = CONFIG.format(dir="{dir}", fe=fe, a=a, b=b)
+    with running_haproxy(text, {"maps/pick.map": "b be_b\n"}, prefix="wb-rt-") as started:
+        yield HAProxy(**vars(started), fe_port=fe, a_port=a)
 
 
 async def http_get(port: int, pick: str | None = None) -> str:

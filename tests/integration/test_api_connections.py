@@ -182,7 +182,6 @@ def test_connections_that_send_nothing_wait_in_the_kernel(patient_stack: Stack) 
 
 def test_the_controller_runs_on_uvloop(stack: Stack) -> None:
     """Installed with the controller (pyproject), it is the loop of `weighbridge run`."""
-    pytest.importorskip("uvloop")
     assert stack.process is not None
     maps = Path(f"/proc/{stack.process.pid}/maps").read_text()
     assert "uvloop/loop." in maps

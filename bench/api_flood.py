@@ -18,12 +18,20 @@ flood/decoy (what handling the flood costs our controller beyond the machine's l
 traffic through the gateway (requests, failures), and what the flood got back.
 
     .venv/bin/python -m bench.api_flood [--seconds 60] [--quiet 20] [--rate 100]
+
+`--profile FILE`: py-spy's raw stacks of the controller during the flood phase (attached to
+it; summarise with `python -m bench.stacks FILE`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,25 @@ from tests.support.traffic import LoadReport, SteadyLoad
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
+
+
+@contextlib.contextmanager
+def profiled(stack: Stack, seconds: float, out: str | None) -> Iterator[None]:
+    """py-spy attached to the controller for `seconds` (nothing when `out` is None)."""
+    if out is None or stack.process is None:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    command = [spy, "record", "--pid", str(stack.process.pid), "--duration", f"{seconds:.0f}"]
+    command += ["--rate", "200", "--format", "raw", "--nonblocking", "--output", out]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        yield
+        proc.wait(seconds + 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 async def phase(
@@ -74,7 +101,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> str:
         log(f"decoy phase: {args.seconds:.0f} s of valid writes, the flood at another controller")
         decoyed = await phase(stack, url, args.seconds, args.rate, decoy)
         log(f"flood phase: {args.seconds:.0f} s of valid writes under the flood")
-        flooded = await phase(stack, url, args.seconds, args.rate, stack)
+        with profiled(stack, args.seconds, args.profile):
+            flooded = await phase(stack, url, args.seconds, args.rate, stack)
     rows = []
     for name, (latencies, report, _) in (
         ("quiet", quiet),
@@ -131,6 +159,7 @@ def main() -> None:
     parser.add_argument("--quiet", type=float, default=20.0, help="the phase without flood")
     parser.add_argument("--rate", type=float, default=100.0, help="gateway requests per second")
     parser.add_argument("--tmp-root", default="/tmp")
+    parser.add_argument("--profile", metavar="FILE", help="py-spy raw stacks, flood phase")
     args = parser.parse_args()
     with short_tmp("wb-flood-", args.tmp_root) as workdir:
         print(asyncio.run(measure(args, workdir)))

@@ -8,6 +8,7 @@ import gc
 import logging
 import resource
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -266,6 +267,22 @@ def connection_limit(requested: int) -> int:
         return requested
     log.warning("API connections limited to %d (half of the descriptor limit %d)", soft // 2, soft)
     return max(1, soft // 2)
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed: accepting, closing and answering connections cost
+    a fraction of asyncio's own loop (docs/benchmarks.md, API flood); else None (asyncio's)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run(settings: RunSettings) -> None:
+    """`weighbridge run`: serve until SIGINT or SIGTERM."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(settings))
 
 
 async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> None:

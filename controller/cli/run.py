@@ -7,7 +7,6 @@ is used (`Parser(populate=…)`): the client commands never import the engine or
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,9 +99,9 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from controller.service import serve
+    from controller.service import run
 
-    asyncio.run(serve(run_settings(args)))
+    run(run_settings(args))
     return 0
 
 

@@ -20,6 +20,8 @@ RUN pip install --no-cache-dir . && weighbridge --help >/dev/null
 # API (and GET /metrics), HAProxy's exporter (--stats) when HAProxy runs in this container.
 # An API on 0.0.0.0 needs a write token: run with -e WEIGHBRIDGE_API_TOKEN=… or mount a file
 # and add --token-file (docs/security.md); add --api-hostname for the names clients use.
+# Mount your gateways at /etc/weighbridge/weighbridge.yaml: a --config file that is missing
+# stops the start (it never starts, and stores, an empty state by mistake).
 EXPOSE 9900 8404
 CMD ["weighbridge", "run", "--config", "/etc/weighbridge/weighbridge.yaml", \
      "--state-dir", "/var/lib/weighbridge", "--api", "0.0.0.0:9900", "--stats", "0.0.0.0:8404"]

@@ -133,7 +133,7 @@ def main() -> None:
         rows.append(row(f"GET {poller.path}, during the PUT", poller.between(put_start, put_end)))
     print(f"## Big write: {args.routes} routes × {args.instances:,} instances\n")
     print(f"- body {len(body):,} bytes; PUT round trip **{put_end - put_start:.2f} s** "
-          f"(`applied: {reply['applied']}`, apply {reply['duration_ms'] / 1000:.2f} s)")
+          f"(`method: {reply['method']}`, apply {reply['duration_ms'] / 1000:.2f} s)")
     print(f"- controller CPU over the {args.idle:.0f} s after it (nobody writing): "
           f"{idle_cpu:.0f} % of one core\n")
     print(markdown_table(["request", "count", "p50 ms", "p99 ms", "max ms"], rows))

@@ -27,19 +27,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import (
+    ApiClient,
     Controller,
     code_version,
     controller,
     demo_backends,
+    fmt,
     free_port,
     load_now,
     log,
     machine_lines,
     markdown_table,
+    master_proc,
+    ms,
     percentile,
     short_tmp,
 )
-from bench.reload_path import ApiClient, fmt, master_proc, ms
 
 GATEWAY = "shop"
 G = f"/api/v1/gateways/{GATEWAY}"
@@ -84,7 +87,7 @@ class Walker:
         step = Step(
             cycle,
             what,
-            str(payload["applied"]),
+            str(payload["method"]),
             seconds,
             float(payload["duration_ms"]),
             after.reloads - before,

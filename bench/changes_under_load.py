@@ -27,19 +27,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import (
+    ApiClient,
     Controller,
     code_version,
     controller,
     demo_backends,
+    fmt,
     free_port,
     load_now,
     log,
     machine_lines,
     markdown_table,
+    master_proc,
+    ms,
     percentile,
     short_tmp,
 )
-from bench.reload_path import ApiClient, fmt, master_proc, ms
 
 GATEWAY = "shop"
 G = f"/api/v1/gateways/{GATEWAY}"
@@ -126,7 +129,7 @@ class Changes:
     seconds: float = 0.0
 
     def record(self, kind: str, payload: dict[str, Any], seconds: float) -> None:
-        self.applied[f"{kind}: {payload['applied']}"] += 1
+        self.applied[f"{kind}: {payload['method']}"] += 1
         self.rtt.setdefault(kind, []).append(seconds)
 
 

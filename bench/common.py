@@ -7,7 +7,10 @@ demo backends (a child), the controller (a child) and the HAProxy masters it or 
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import http.client
+import json
 import math
 import os
 import platform
@@ -32,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from controller.runtime.master import MasterClient
+from controller.runtime.parse import ProcInfo, parse_proc
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 """Debian installs it in /usr/sbin (not on every PATH): fall back to that."""
@@ -65,6 +71,24 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_ports(count: int, base: int) -> list[int]:
+    """`count` ports from `base` up (below the ephemeral range) free right now on 127.0.0.1."""
+    ports: list[int] = []
+    port = base
+    while len(ports) < count:
+        if port > 32767:
+            raise RuntimeError(f"not enough free ports between {base} and 32767")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                pass
+            else:
+                ports.append(port)
+        port += 1
+    return ports
 
 
 def port_open(port: int) -> bool:
@@ -119,7 +143,13 @@ def admin_command(socket_path: Path | str, command: str, timeout: float = 5.0) -
 # --------------------------------------------------------------------------- child processes
 
 
-def _stop_child(proc: subprocess.Popen[bytes]) -> None:
+def _stop_child(proc: subprocess.Popen[bytes], inner: int | None = None) -> None:
+    """Stop a child; `inner` is the process a wrapper runs (py-spy writes its profile only
+    when that one exits, and dies without writing it when it is signalled itself)."""
+    if inner is not None and proc.poll() is None and pid_alive(inner):
+        os.kill(inner, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(_STOP_SECONDS * 3)
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -129,7 +159,7 @@ def _stop_child(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(_STOP_SECONDS)
 
 
-def _stop_pidfile(pidfile: Path) -> None:
+def stop_pidfile(pidfile: Path) -> None:
     """SIGTERM a daemonised HAProxy master (its workers follow it) and wait for it to go."""
     try:
         pid = int(pidfile.read_text().split()[0])
@@ -142,6 +172,61 @@ def _stop_pidfile(pidfile: Path) -> None:
         wait_until(lambda: not pid_alive(pid), _STOP_SECONDS, f"HAProxy {pid} to stop")
     except TimeoutError:
         os.kill(pid, signal.SIGKILL)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every context manager stops what it started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def status_mib(pid: int, key: str = "VmRSS") -> float:
+    """A memory line of /proc/<pid>/status in MiB: VmRSS now, VmHWM the peak so far."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size in MiB: pages shared with another process (a HAProxy worker and
+    its master share what was loaded before the fork) count once across them."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
+def peak_rss_mib(pid: int) -> float:
+    return status_mib(pid, "VmHWM")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -203,6 +288,11 @@ class Controller:
     api_port: int
     log_path: Path
     pid: int = 0
+    """The controller's own process (not a wrapper's such as py-spy)."""
+    ready_seconds: float = math.nan
+    """From starting the process to `/readyz` answering 200."""
+    stats: str = ""
+    """HAProxy's exporter address (`--stats`): part of the structure, a restart keeps it."""
 
     @property
     def api(self) -> str:
@@ -211,6 +301,10 @@ class Controller:
     @property
     def admin_socket(self) -> Path:
         return self.state_dir / "haproxy-admin.sock"
+
+    @property
+    def master_socket(self) -> Path:
+        return self.state_dir / "haproxy-master.sock"
 
     @property
     def pidfile(self) -> Path:
@@ -230,19 +324,32 @@ class Controller:
 @contextmanager
 def controller(
     workdir: Path,
-    config: dict[str, Any],
+    config: dict[str, Any] | None,
     *,
     extra_args: Sequence[str] = (),
     startup_timeout: float = 30.0,
+    keep_haproxy: bool = False,
+    wrapper: Sequence[str] = (),
+    stats: str = "",
 ) -> Iterator[Controller]:
-    """Seed a config file, run the controller on `workdir/state`, stop it and its HAProxy."""
+    """Seed a config file, run the controller on `workdir/state`, stop it and its HAProxy.
+
+    `config=None` reuses the config file already there; `keep_haproxy` leaves HAProxy
+    serving for the next controller to adopt (its caller must `stop_pidfile` it in the end);
+    `wrapper` runs the controller under another program, e.g. `py-spy record ... --`;
+    `stats` is the previous controller's, for a restart that must not change the structure.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "weighbridge.yaml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    if config is not None:
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     handle = Controller(workdir / "state", free_port(), workdir / "controller.log")
+    handle.stats = stats or f"127.0.0.1:{free_port()}"
     log_file = handle.log_path.open("ab")
+    started = time.perf_counter()
     proc = subprocess.Popen(
         [
+            *wrapper,
             sys.executable, "-m", "controller", "run",
             "--config", str(config_file),
             "--state-dir", str(handle.state_dir),
@@ -250,13 +357,13 @@ def controller(
             "--haproxy-bin", HAPROXY,
             # the exporter frontend stays (it is the default layout), on a free port rather
             # than the fixed default 8404, which a concurrent test run may hold
-            "--stats", f"127.0.0.1:{free_port()}",
+            "--stats", handle.stats,
             *extra_args,
         ],
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )
-    handle.pid = proc.pid
+    inner: int | None = None
     try:
         def ready() -> bool:
             if proc.poll() is not None:
@@ -266,11 +373,16 @@ def controller(
             except OSError:
                 return False
 
-        wait_until(ready, startup_timeout, "the controller to be ready", interval=0.05)
+        wait_until(ready, startup_timeout, "the controller to be ready", interval=0.02)
+        handle.ready_seconds = time.perf_counter() - started
+        if wrapper:
+            inner = next(iter(children_of(proc.pid)), None)
+        handle.pid = inner or proc.pid
         yield handle
     finally:
-        _stop_child(proc)  # `run` leaves HAProxy serving on exit: stop it too
-        _stop_pidfile(handle.pidfile)
+        _stop_child(proc, inner)
+        if not keep_haproxy:  # `run` leaves HAProxy serving on exit: stop it too
+            stop_pidfile(handle.pidfile)
         log_file.close()
 
 
@@ -317,7 +429,92 @@ def haproxy(
             wait_until(partial(port_open, port), startup_timeout, f"HAProxy to listen on {port}")
         yield handle
     finally:
-        _stop_pidfile(handle.pidfile)
+        stop_pidfile(handle.pidfile)
+
+
+def check_times(config: Path, repeats: int) -> list[float]:
+    """`haproxy -c` on a configuration file (its maps where it says), seconds per run."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True, timeout=600
+        )
+        times.append(time.perf_counter() - started)
+        if done.returncode != 0:
+            raise RuntimeError(f"haproxy -c refused {config}:\n{done.stdout}{done.stderr}")
+    return times
+
+
+def master_reload_times(instance: HAProxyInstance, repeats: int) -> list[float]:
+    """HAProxy's own reload: master `reload` until `show proc` shows a fresh worker
+    (`MasterClient`, as the controller does it), seconds per reload."""
+    return asyncio.run(_master_reload_times(str(instance.workdir / "master.sock"), repeats))
+
+
+async def _master_reload_times(sock: str, repeats: int) -> list[float]:
+    master = MasterClient(sock, timeout=30.0)
+    times = []
+    for _ in range(repeats):
+        before = await master.show_proc()
+        started = time.perf_counter()
+        await master.reload()
+        await master.wait_reloaded(before.reloads, 120.0)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+class ApiClient:
+    """JSON calls to the controller's API over one persistent keep-alive connection, as a
+    client makes them (`Content-Type: application/json`; no token on loopback)."""
+
+    def __init__(self, api_port: int, timeout: float = 120.0) -> None:
+        self._port = api_port
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def call(self, method: str, path: str, body: object = None) -> tuple[int, Any, float]:
+        """(status, decoded body, seconds from sending the request to the end of the body)."""
+        status, raw, seconds = self.call_raw(method, path, body)
+        return status, json.loads(raw) if raw else None, seconds
+
+    def call_raw(self, method: str, path: str, body: object = None) -> tuple[int, bytes, float]:
+        """Like `call`, the body undecoded (e.g. `/metrics`)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}  # every write must say so
+        for attempt in range(2):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self._port, self._timeout)
+                self._conn.connect()
+            try:
+                started = time.perf_counter()
+                self._conn.request(method, path, body=data, headers=headers)
+                response = self._conn.getresponse()
+                raw = response.read()
+                seconds = time.perf_counter() - started
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()  # the server closed an idle keep-alive connection: once more
+                if attempt:
+                    raise
+                continue
+            return response.status, raw, seconds
+        raise AssertionError("unreachable")
+
+    def ok(self, method: str, path: str, body: object = None) -> tuple[Any, float]:
+        status, payload, seconds = self.call(method, path, body)
+        if status not in (200, 201):
+            raise RuntimeError(f"{method} {path} answered {status}: {payload}")
+        return payload, seconds
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def master_proc(stack: Controller) -> ProcInfo:
+    """`show proc` on the master CLI: the reload counter and the workers."""
+    return parse_proc(admin_command(stack.master_socket, "show proc"))
 
 
 # --------------------------------------------------------------------------- stats, output
@@ -340,6 +537,14 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "max": max(values) if values else math.nan,
         "mean": statistics.fmean(values) if values else math.nan,
     }
+
+
+def ms(values: Sequence[float]) -> list[float]:
+    return [v * 1000 for v in values]
+
+
+def fmt(value: float) -> str:
+    return f"{value:,.1f}" if value >= 100 else f"{value:.2f}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

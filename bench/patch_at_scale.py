@@ -44,7 +44,7 @@ def measure(count: int, changes: int) -> list[float]:
             conn.request("PATCH", path, body, {"Content-Type": "application/json"})
             reply = json.loads(conn.getresponse().read())
             times.append((time.perf_counter() - started) * 1000)
-            if reply.get("applied") != "runtime":
+            if reply.get("method") != "runtime":
                 raise RuntimeError(f"change {i} was not a runtime change: {reply}")
         conn.close()
         return times

@@ -34,11 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
-import json
 import os
-import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -51,16 +47,25 @@ from prometheus_client import CollectorRegistry
 
 from bench.common import (
     HAPROXY,
+    ApiClient,
     Controller,
     admin_command,
+    check_times,
+    children_of,
     code_version,
     controller,
+    fmt,
     free_port,
+    free_ports,
     haproxy,
     load_now,
     log,
     machine_lines,
     markdown_table,
+    master_proc,
+    master_reload_times,
+    ms,
+    peak_rss_mib,
     percentile,
     short_tmp,
 )
@@ -73,92 +78,13 @@ from controller.plan import Observed, plan_changes, render_plan
 from controller.process import HAProxyProcess
 from controller.render import RenderSettings
 from controller.runtime.client import RuntimeClient
-from controller.runtime.master import MasterClient
-from controller.runtime.parse import ProcInfo, parse_proc
 from controller.state_dir import StatePaths
 from controller.store import FileStore
 
 BALANCES = ("roundrobin", "leastconn")
 
 
-# --------------------------------------------------------------------------- shared helpers
-# (also used by bench.changes_under_load and bench.canary_lifecycle)
-
-
-class ApiClient:
-    """JSON calls to the controller's API over one persistent keep-alive connection."""
-
-    def __init__(self, api_port: int, timeout: float = 120.0) -> None:
-        self._port = api_port
-        self._timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
-
-    def call(self, method: str, path: str, body: object = None) -> tuple[int, Any, float]:
-        """(status, decoded body, seconds from sending the request to the end of the body)."""
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}  # every write must say so
-        for attempt in range(2):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection("127.0.0.1", self._port, self._timeout)
-                self._conn.connect()
-            try:
-                started = time.perf_counter()
-                self._conn.request(method, path, body=data, headers=headers)
-                response = self._conn.getresponse()
-                raw = response.read()
-                seconds = time.perf_counter() - started
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self.close()  # the server closed an idle keep-alive connection: once more
-                if attempt:
-                    raise
-                continue
-            return response.status, json.loads(raw) if raw else None, seconds
-        raise AssertionError("unreachable")
-
-    def ok(self, method: str, path: str, body: object = None) -> tuple[Any, float]:
-        status, payload, seconds = self.call(method, path, body)
-        if status not in (200, 201):
-            raise RuntimeError(f"{method} {path} answered {status}: {payload}")
-        return payload, seconds
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-def master_proc(stack: Controller) -> ProcInfo:
-    """`show proc` on the master CLI: the reload counter and the workers."""
-    return parse_proc(admin_command(stack.state_dir / "haproxy-master.sock", "show proc"))
-
-
-def ms(values: Sequence[float]) -> list[float]:
-    return [v * 1000 for v in values]
-
-
-def fmt(value: float) -> str:
-    return f"{value:,.1f}" if value >= 100 else f"{value:.2f}"
-
-
 # --------------------------------------------------------------------------- setup
-
-
-def free_ports(count: int, base: int) -> list[int]:
-    """`count` ports from `base` up (below the ephemeral range) free right now on 127.0.0.1."""
-    ports: list[int] = []
-    port = base
-    while len(ports) < count:
-        if port > 32767:
-            raise RuntimeError(f"not enough free ports between {base} and 32767")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                pass
-            else:
-                ports.append(port)
-        port += 1
-    return ports
 
 
 def gateway_name(i: int) -> str:
@@ -221,44 +147,19 @@ class SizeResult:
     wall_s: float = 0.0
 
 
-def _children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def _peak_rss_mib(pid: int) -> float:
-    """VmHWM: the peak resident set size of a process so far."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def _memory(stack: Controller) -> dict[str, float]:
     memory: dict[str, float] = {}
-    for pid in _children_of(os.getpid()):
+    for pid in children_of(os.getpid()):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if b"controller" in cmdline and b"run" in cmdline:
-            memory["controller"] = _peak_rss_mib(pid)
+            memory["controller"] = peak_rss_mib(pid)
     proc = master_proc(stack)
-    memory["HAProxy master"] = _peak_rss_mib(proc.master_pid)
+    memory["HAProxy master"] = peak_rss_mib(proc.master_pid)
     for worker in proc.workers:
-        memory["HAProxy worker"] = max(memory.get("HAProxy worker", 0.0), _peak_rss_mib(worker.pid))
+        memory["HAProxy worker"] = max(memory.get("HAProxy worker", 0.0), peak_rss_mib(worker.pid))
     return memory
 
 
@@ -313,8 +214,8 @@ def _toggle_balances(api: ApiClient, stack: Controller, result: SizeResult, warm
         last_at = known["reloads"][-1]["at"] if known["reloads"] else 0.0
         gateway["balance"] = BALANCES[1] if gateway["balance"] == BALANCES[0] else BALANCES[0]
         payload, seconds = api.ok("PUT", f"/api/v1/gateways/{name}", gateway)
-        if payload["applied"] != "reload":
-            raise RuntimeError(f"change {i} applied by {payload['applied']}, not a reload")
+        if payload["method"] != "reload":
+            raise RuntimeError(f"change {i} applied by {payload['method']}, not a reload")
         state, _ = api.ok("GET", "/api/v1/controller")
         record = state["reloads"][-1]
         if record["at"] <= last_at or record["result"] != "ok":
@@ -336,15 +237,7 @@ def _toggle_balances(api: ApiClient, stack: Controller, result: SizeResult, warm
 
 def haproxy_check(stack: Controller, result: SizeResult, repeats: int) -> None:
     """`haproxy -c` alone on the generated configuration (maps read from the state dir)."""
-    config = stack.state_dir / "haproxy.cfg"
-    for _ in range(repeats):
-        started = time.perf_counter()
-        done = subprocess.run(
-            [HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True, timeout=600
-        )
-        result.check.append(time.perf_counter() - started)
-        if done.returncode != 0:
-            raise RuntimeError(f"haproxy -c refused {config}:\n{done.stdout}{done.stderr}")
+    result.check += check_times(stack.state_dir / "haproxy.cfg", repeats)
 
 
 def in_process_parts(
@@ -409,20 +302,7 @@ def direct_reloads(tmp: Path, config_text: str, port: int, result: SizeResult) -
     Not on the controller's own HAProxy: an outside reload that keeps the master CLI away for
     about a second makes the controller's supervisor think HAProxy died (see the docs)."""
     with haproxy(tmp / "h", config_text, [port], startup_timeout=120.0) as instance:
-        sock = str(instance.workdir / "master.sock")
-        result.master_reload += asyncio.run(_master_reload_times(sock, result.changes))
-
-
-async def _master_reload_times(sock: str, repeats: int) -> list[float]:
-    master = MasterClient(sock, timeout=30.0)
-    times = []
-    for _ in range(repeats):
-        before = await master.show_proc()
-        started = time.perf_counter()
-        await master.reload()
-        await master.wait_reloaded(before.reloads, 120.0)
-        times.append(time.perf_counter() - started)
-    return times
+        result.master_reload += master_reload_times(instance, result.changes)
 
 
 async def _observe_times(stack: Controller, repeats: int) -> list[float]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from controller.diff import Change
 from controller.metrics import Metrics
 from controller.offload import offload
 from controller.plan import GatewayPlan, ReloadReason
@@ -30,7 +31,7 @@ KEPT_RELOADS = 50
 
 @dataclass(frozen=True)
 class ApplyResult:
-    """How a change reached HAProxy, for API responses and logs."""
+    """How a change reached HAProxy (or, `dry_run`, would), for API responses and logs."""
 
     method: Method
     seconds: float
@@ -39,12 +40,15 @@ class ApplyResult:
     dry_run: bool = False
     created: bool = False
     """The change created its gateway (a PUT answers 201)."""
+    changes: tuple[Change, ...] = ()
+    """What the change does to the desired state, per gateway and route."""
 
     def as_json(self) -> dict[str, object]:
         return {
-            "applied": "dry-run" if self.dry_run else self.method,
             "method": self.method,
+            "dry_run": self.dry_run,
             "duration_ms": round(self.seconds * 1000, 3),
+            "changes": [change.as_json() for change in self.changes],
             "plan": list(self.steps),
             "revision": self.revision,
         }

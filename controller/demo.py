@@ -36,6 +36,8 @@ DEMO_ROUTES = {"stable": 4, "canary": 8}
 MAX_TRAFFIC = 500.0
 """Requests per second `--traffic` may ask for: a demo, not a load test."""
 REPORT_SECONDS = 10.0
+
+
 @contextmanager
 def child(args: list[str], **popen: object) -> Iterator[subprocess.Popen[str]]:
     """A child process that is stopped (terminate, then kill) whatever happens."""
@@ -121,7 +123,7 @@ def _cli() -> str:
 
 
 def explain(settings: RunSettings, port: int, traffic: float | None) -> str:
-    from controller.cli import DEFAULT_API
+    from controller.cli.client import DEFAULT_API
 
     api = f"{settings.api_host}:{settings.api_port}"
     wb = _cli()

@@ -1,21 +1,27 @@
 """What a change does to the desired state, per gateway and route, in words (pure).
 
-Dry runs and `weighbridge plan` show this before the "how" (runtime commands or a reload),
-so a person sees "canary weight 10% → 20%" rather than map entries. Each change also says
-whether HAProxy can take it live: the fields that live in maps and server slots can, the
-ones rendered into the configuration's structure need a reload.
+Dry runs and `weighbridge plan` show this before the "how" (`how`: runtime commands, or a
+reload with its reasons in words), so a person sees "canary weight 10% → 20%" rather than
+map entries, and "gateway shop gets its first condition" rather than a missing map file.
+Each change also says whether HAProxy can take it live: the fields that live in maps and
+server slots can, the ones rendered into the configuration's structure need a reload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.compile import parse_pool_backend
 from controller.model import Config, Gateway, Rewrite, Route, format_percent
+from controller.plan import Plan, ReloadReason
 
 LIVE_ROUTE_FIELDS = frozenset({"weight", "instances", "condition_strength"})
 """Route fields held in maps and slots: changed through the Runtime API, no reload."""
+MAX_INSTANCE_CHANGES = 100
+"""Instances added or removed in one route listed one by one; beyond, one change counts them
+(an answer of a big write stays small)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,10 @@ class Change:
             return f"gateway {self.gateway} {'added' if self.before is None else 'removed'}"
         if self.field == "route":
             return f"route {where} {'added' if self.before is None else 'removed'}"
+        if self.field == "instances" and None in (self.before, self.after):  # one instance
+            return f"{where}: instance {self.after or self.before} " + (
+                "added" if self.before is None else "removed"
+            )
         if self.before is None:
             return f"{where}: {self.field} set to {self.after}"
         if self.after is None:
@@ -54,13 +64,17 @@ class Change:
         }
 
 
-def diff_configs(before: Config, after: Config) -> list[Change]:
-    """Every gateway that differs, in the order of `after` then the removed ones."""
+def diff_configs(
+    before: Config, after: Config, only: Collection[str] | None = None
+) -> list[Change]:
+    """Every gateway that differs (of `only`, when the caller knows which may), in the order
+    of `after` then the removed ones."""
     changes: list[Change] = []
     for name, gateway in after.gateways.items():
-        changes += diff_gateway(name, before.gateways.get(name), gateway)
+        if only is None or name in only:
+            changes += diff_gateway(name, before.gateways.get(name), gateway)
     for name, gateway in before.gateways.items():
-        if name not in after.gateways:
+        if name not in after.gateways and (only is None or name in only):
             changes += diff_gateway(name, gateway, None)
     return changes
 
@@ -115,9 +129,20 @@ def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
 
 def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Iterator[Change]:
     old_instances, new_instances = set(before.instances), set(after.instances)
-    for address in sorted(new_instances - old_instances, key=str):
+    added, removed = new_instances - old_instances, old_instances - new_instances
+    if len(added) + len(removed) > MAX_INSTANCE_CHANGES:  # one line, not thousands
+        yield Change(
+            gateway,
+            name,
+            "instances",
+            str(len(old_instances)),
+            f"{len(new_instances)} ({len(added)} added, {len(removed)} removed)",
+            live=True,
+        )
+        return
+    for address in sorted(added, key=str):
         yield Change(gateway, name, "instances", None, str(address), live=True)
-    for address in sorted(old_instances - new_instances, key=str):
+    for address in sorted(removed, key=str):
         yield Change(gateway, name, "instances", str(address), None, live=True)
     if before.strength != after.strength and before.condition == after.condition:
         yield Change(
@@ -143,3 +168,58 @@ def _text(value: object) -> str | None:
     if isinstance(value, Rewrite):
         return f"{value.path} if {value.condition}"
     return str(value)
+
+
+def how(plan: Plan, changes: Sequence[Change]) -> tuple[str, ...]:
+    """The steps that apply a change, for people: runtime commands as they are sent, or the
+    reasons for a reload in words ("structure" names the changes that are structural)."""
+    if not plan.needs_reload:
+        return tuple(plan.describe())
+    lines = (f"reload: {reload_reason_text(r, plan, changes)}" for r in plan.reload_reasons)
+    return tuple(dict.fromkeys(lines))
+
+
+_MAP_WORDS = {
+    "strengths": "gets its first condition (its strength map is created)",
+    "sticky": "becomes sticky (its sticky maps are created)",
+    "backends": "becomes sticky (its sticky maps are created)",
+    "weights": "has no weight map in HAProxy (it is created)",
+    "routes": "has no route map in HAProxy (it is created)",
+}
+
+
+def reload_reason_text(reason: ReloadReason, plan: Plan, changes: Sequence[Change]) -> str:
+    """One reload reason in words; the plan's own text when it is not one we know."""
+    kind, detail = reason.kind, reason.detail
+    if kind == "initial":
+        return "HAProxy runs no Weighbridge configuration yet (its first start)"
+    if kind == "gateway-added":
+        return f"gateway {detail} is new (its frontend and backends are created)"
+    if kind == "gateway-removed":
+        return f"gateway {detail} is removed (its frontend and backends go)"
+    if kind == "map-missing":
+        for gateway in plan.gateways:
+            maps = vars(gateway.section.layout.maps) if gateway.section else {}
+            for name, ref in maps.items():
+                if ref == detail:
+                    return f"gateway {gateway.name} {_MAP_WORDS[name]}"
+    if kind == "route-pool":
+        name, _, counts = detail.partition(": ")
+        return f"gateway {name} needs another number of backends for its routes ({counts})"
+    if kind == "capacity":
+        backend, _, counts = detail.partition(": ")
+        parsed = parse_pool_backend(backend)
+        if parsed is not None:
+            name = parsed[0]
+            routes = [r for r, b in plan.bindings.get(name, {}).items() if b == backend]
+            where = f"route {name}.{routes[0]}" if routes else f"gateway {name}"
+            return f"{where} needs more server slots ({counts})"
+    if kind == "structure":
+        structural = [c.text for c in changes if not c.live]
+        if structural:
+            return "the structure changes: " + "; ".join(structural)
+        return (
+            "the configuration's structure differs from what HAProxy runs "
+            "(the controller's settings, or an edit by hand)"
+        )
+    return str(reason)

@@ -30,6 +30,7 @@ from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, ap
 from controller.apply import Applier, ApplyResult, Loaded, Method
 from controller.budget import Budget, Usage, gateway_usage
 from controller.desired import Desired, Record
+from controller.diff import Change, diff_gateway, how
 from controller.edits import Edit, edited
 from controller.errors import Unavailable, WeighbridgeError
 from controller.locks import Gate, KeyedLocks
@@ -272,7 +273,8 @@ class Engine:
             async with self._binds.hold(*_binds_moved(before, after)):
                 self.desired.check(name, after)
                 self._check_budget(name, after)
-                result = await self._write(name, record, after, dry_run, started)
+                changes = tuple(diff_gateway(name, before, after))
+                result = await self._write(name, record, after, changes, dry_run, started)
         if not result.dry_run:
             self.metrics.write_applied(time.perf_counter() - started, result.method)
         return replace(result, created=before is None and after is not None)
@@ -282,28 +284,36 @@ class Engine:
         name: str,
         record: Record | None,
         after: Gateway | None,
+        changes: tuple[Change, ...],
         dry_run: bool,
         started: float,
     ) -> ApplyResult:
+        """Plan and apply one gateway's edit; `steps` say how, a reload's reasons in words
+        (a dry run's duration is the time it took to check and plan)."""
         big = self._is_big(after)
         async with self.gate.shared():
             observed = await self.observe_gateway(name)
             plan = await offload(big, self._plan, name, after, observed)
-            steps = tuple(Plan((plan,)).describe())
+            steps = how(Plan((plan,)), changes)
             if not plan.needs_reload:
+                method = _method(plan)
                 if dry_run:
-                    return ApplyResult(_method(plan), 0.0, steps, self.desired.revision, True)
+                    return ApplyResult(
+                        method, _since(started), steps, self.desired.revision, True, changes=changes
+                    )
                 revision = await _finish(self._commit_runtime(name, record, after, plan))
-                return ApplyResult(_method(plan), _since(started), steps, revision)
+                return ApplyResult(method, _since(started), steps, revision, changes=changes)
         # structural: checked by HAProxy with no shared lock held, then stored and reloaded
         await self.reloads.check(plan)
         if dry_run:
-            return ApplyResult("reload", 0.0, steps, self.desired.revision, True)
+            return ApplyResult(
+                "reload", _since(started), steps, self.desired.revision, True, changes=changes
+            )
         revision, reload = await _finish(self._commit_structural(name, record, after, plan))
         loaded = self.applier.loaded
         if reload.method == "none" and loaded.revision >= revision:
             steps = (loaded.how,)  # the supervisor's restart loaded it before our reload ran
-        return ApplyResult("reload", _since(started), steps, revision)
+        return ApplyResult("reload", _since(started), steps, revision, changes=changes)
 
     async def _commit_runtime(
         self, name: str, record: Record | None, after: Gateway | None, plan: GatewayPlan

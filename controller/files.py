@@ -82,16 +82,20 @@ def _link_previous(name: str, backup: str, dir_fd: int) -> None:
         raise
 
 
-def remove(paths: list[Path], *, durable: bool = True) -> None:
-    """Unlink files of one directory (missing ones are fine), then fsync the directory."""
+def remove(paths: list[Path], *, durable: bool = True) -> int:
+    """Unlink files of one directory (missing ones are fine; a symlink is removed, never
+    followed), then fsync the directory; how many there were."""
     if not paths:
-        return
+        return 0
+    removed = 0
     with _directory(paths[0].parent) as dir_fd:
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path.name, dir_fd=dir_fd)
-        if durable:
+                removed += 1
+        if durable and removed:
             os.fsync(dir_fd)
+    return removed
 
 
 def write_many(directory: Path, texts: Mapping[str, str], *, mode: int = 0o644) -> None:
@@ -147,3 +151,16 @@ def open_append(path: Path, mode: int = 0o600) -> int:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     with _directory(path.parent) as dir_fd:
         return os.open(path.name, flags, mode, dir_fd=dir_fd)
+
+
+def list_files(directory: Path, suffix: str) -> list[str]:
+    """Names of the regular files (not links) in `directory` ending with `suffix`, sorted."""
+    try:
+        with _directory(directory) as dir_fd, os.scandir(dir_fd) as entries:
+            return sorted(
+                entry.name
+                for entry in entries
+                if entry.name.endswith(suffix) and entry.is_file(follow_symlinks=False)
+            )
+    except FileNotFoundError:
+        return []

@@ -8,18 +8,23 @@ import gc
 import logging
 import resource
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
 
-from controller.api import create_app
+from controller.api.app import create_app
 from controller.api.connections import GUARD, ApiLimits, GuardedSite
 from controller.api.security import Access, HostPolicy, is_loopback
 from controller.api.tokens import Tokens
+from controller.apply import ApplyResult
 from controller.budget import Budget
 from controller.candidate import CheckLimits
-from controller.config_file import load_config
+from controller.config_file import ConfigFileError, load_config
+from controller.desired import Desired
+from controller.diff import Change, diff_gateway
+from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput
 from controller.metrics import Metrics, production_registry
@@ -89,6 +94,10 @@ class RunSettings:
     reseed: bool = False
     """Start over from the config file: the stored desired state and
     rollouts are discarded (the demo)."""
+    config_required: bool = False
+    """The config file was named (`--config`): a missing one is an error, not an empty start."""
+    config_wins: bool = False
+    """The config file is the desired state at start, applied as a change (`--config-wins`)."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -122,12 +131,94 @@ def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> 
     )
 
 
-def read_seed(path: Path, *, allow_unsafe_acls: bool) -> Config | None:
-    """The config file seeds the store once; afterwards the store (and the API) rule."""
+def read_config_file(settings: RunSettings) -> Config | None:
+    """The config file's desired state, read before anything starts. A file named with
+    `--config` must exist: a wrong path stops the start instead of starting (and storing)
+    an empty state. The default file may be absent: then the store rules alone."""
+    path = settings.config_file
     if not path.exists():
-        log.warning("config file %s not found: starting with no gateways", path)
+        if settings.config_required:
+            raise ConfigFileError(
+                f"config file {path} not found (--config): nothing was started. Give the "
+                "path of an existing file, or no --config to start from the stored state"
+            )
+        log.info("no config file %s: the desired state is the stored one (none at first)", path)
         return None
-    return load_config(path, allow_unsafe_acls=allow_unsafe_acls)
+    return load_config(path, allow_unsafe_acls=settings.allow_unsafe_acls)
+
+
+async def settle_config_file(engine: Engine, settings: RunSettings, config: Config) -> None:
+    """At start, the file seeded an empty store; if the store held another state, it wins
+    and the log says what differs and how to apply the file, unless `--config-wins` makes
+    the file the desired state (a change per gateway: live where HAProxy can take it live)."""
+    desired = engine.desired
+    names = [*config.gateways, *(n for n in desired.names if n not in config.gateways)]
+    changes = [
+        change
+        for name in names
+        for change in diff_gateway(name, desired.get(name), config.gateways.get(name))
+    ]
+    if not changes:
+        return
+    path = settings.config_file
+    if settings.config_wins:
+        edits: list[Edit] = [
+            PutGateway(name, gateway) if gateway is not None else DeleteGateway(name)
+            for name in dict.fromkeys(change.gateway for change in changes)
+            for gateway in [config.gateways.get(name)]
+        ]
+        methods = {(await engine.change(edit)).method for edit in edits}
+        log.info(
+            "--config-wins: %s is the desired state now (revision %d), applied %s: %s",
+            path,
+            engine.desired.revision,
+            "by a reload" if "reload" in methods else "live (runtime commands, no reload)",
+            "; ".join(change.text for change in changes),
+        )
+        return
+    log.warning("%s", store_differs_text(settings, desired.revision, changes))
+
+
+def store_differs_text(settings: RunSettings, revision: int, changes: list[Change]) -> str:
+    """What applying the file would do, gateway by gateway, and the commands that do it."""
+    by_gateway: dict[str, list[Change]] = {}
+    for change in changes:
+        by_gateway.setdefault(change.gateway, []).append(change)
+    actions, prune = [], ""
+    for name, of_gateway in by_gateway.items():
+        if of_gateway[0].field == "gateway":  # only in the file, or only in the store
+            added = of_gateway[0].before is None
+            prune = prune or ("" if added else " --prune")
+            actions.append(f"{'add' if added else 'remove'} gateway {name}")
+            continue
+        texts = [change.text for change in of_gateway]
+        more = f"; and {len(texts) - 3} more" if len(texts) > 3 else ""
+        actions.append(f"change gateway {name} ({'; '.join(texts[:3])}{more})")
+    path, api = settings.config_file, f"{settings.api_host}:{settings.api_port}"
+    return (
+        f"the stored desired state (revision {revision}) differs from {path}, and the store "
+        f"wins: it is what HAProxy serves. Applying the file would {', '.join(actions)}. To "
+        f"apply it: `weighbridge apply {path}{prune} --api {api}` (`weighbridge plan {path}"
+        f"{prune} --api {api}` shows how first), or start with --config-wins"
+    )
+
+
+def ready_text(desired: Desired, ready: bool, result: ApplyResult) -> str:
+    """The start-up line, for a person: what HAProxy serves, and what the start changed."""
+    count = len(desired.records)
+    names = ", ".join(desired.names[:5]) + (", …" if count > 5 else "")
+    state = (
+        f"revision {desired.revision} of the desired state "
+        f"({count} gateway{'' if count == 1 else 's'}{': ' + names if count else ''})"
+    )
+    if not ready:
+        return f"waiting for HAProxy to load {state}"
+    if result.method == "runtime":
+        commands = len(result.steps)
+        return f"HAProxy serves {state}; what differed was changed live ({commands} commands)"
+    if result.method == "reload":
+        return f"HAProxy serves {state}; it was reloaded to match ({'; '.join(result.steps)})"
+    return f"HAProxy serves {state}"
 
 
 async def supervise_forever(engine: Engine, interval: float) -> None:
@@ -171,8 +262,25 @@ def connection_limit(requested: int) -> int:
     return max(1, soft // 2)
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed: accepting, closing and answering connections cost
+    a fraction of asyncio's own loop (docs/benchmarks.md, API flood); else None (asyncio's)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run(settings: RunSettings) -> None:
+    """`weighbridge run`: serve until SIGINT or SIGTERM."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(settings))
+
+
 async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> None:
     access = api_access(settings.api_host, settings.api)  # refused before anything starts
+    config = read_config_file(settings)  # so is a config file that is missing or invalid
     limits = replace(
         settings.api.limits,
         max_connections=connection_limit(settings.api.limits.max_connections),
@@ -180,7 +288,7 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
     paths = state_paths(settings)
     lock = open_state_dir(paths)
     try:
-        await _serve(settings, paths, access, limits, ready)
+        await _serve(settings, paths, config, access, limits, ready)
     finally:
         lock.release()
 
@@ -188,6 +296,7 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
 async def _serve(
     settings: RunSettings,
     paths: StatePaths,
+    config: Config | None,
     access: Access,
     limits: ApiLimits,
     ready: asyncio.Event | None,
@@ -197,18 +306,15 @@ async def _serve(
         store.discard()
         paths.rollouts.unlink(missing_ok=True)
     engine = build_engine(settings, paths, store)
-    seed = (
-        read_seed(settings.config_file, allow_unsafe_acls=settings.allow_unsafe_acls)
-        if store.empty()
-        else None
-    )
     gc.disable()  # start-up builds a million objects that all live: no collection meanwhile
     try:
-        result = await engine.start(seed)
+        result = await engine.start(config)  # the file seeds an empty store, nothing else
     finally:
         gc.enable()
+    log.info("%s", ready_text(engine.desired, engine.state.ready, result))
+    if config is not None:
+        await settle_config_file(engine, settings, config)
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
-    log.info("in sync with HAProxy (%s, revision %d)", result.method, result.revision)
     app = create_app(engine, access=access, limits=limits)
     outbound = OutboundPolicy.parse(settings.allow_outbound)
     rollouts = RolloutManager(engine, paths.root, outbound=outbound)

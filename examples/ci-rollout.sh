@@ -21,7 +21,7 @@ RESULT="${RESULT_FILE:-rollout-result.json}"
 INSTANCES=(${NEW_INSTANCES:?set NEW_INSTANCES to the new version\'s host:port list})
 
 # 1. The new version's instances, at 0 % (instances change live, no reload).
-$WB instances --api "$API" "$GATEWAY" "$CANARY" "${INSTANCES[@]}"
+$WB instances --api "$API" "$GATEWAY" "$CANARY" set "${INSTANCES[@]}"
 $WB weights --api "$API" "$GATEWAY" "$STABLE=100" "$CANARY=0"
 
 # 2. The rollout: 1 → 5 → 10 → 25 → 50 → 100 %, a minute per step at least, each minute's

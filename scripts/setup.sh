@@ -21,5 +21,12 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv 2>/dev/null || {
         as_root apt-get install -y -qq python3-venv >/dev/null && "$python" -m venv .venv; }
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -e ".[test]"
+# pip only when the venv is not up to date: a stamp keyed on pyproject.toml and this checkout
+# (the install is editable: code changes need no reinstall, dependency changes do)
+stamp=.venv/.weighbridge-installed
+key="$(sha256sum pyproject.toml | cut -d' ' -f1) $PWD"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$key" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install -q -e ".[test]"
+    echo "$key" > "$stamp"
+fi

@@ -18,6 +18,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from pydantic_core import core_schema
 
 from controller import model
+from controller.api.certificates import CERTIFICATES
 from controller.rollouts.spec import RolloutSpec
 
 Schema = dict[str, Any]
@@ -121,15 +122,72 @@ ERROR_SCHEMA: Schema = {
         },
     },
 }
+_TEXT_OR_NULL: Schema = {"type": ["string", "null"]}
+CHANGE: Schema = {
+    "type": "object",
+    "description": "one field of one gateway or route that differs, as display text",
+    "required": ["gateway", "route", "field", "before", "after", "live", "text"],
+    "properties": {
+        "gateway": {"type": "string"},
+        "route": _TEXT_OR_NULL,
+        "field": {
+            "type": "string",
+            "description": "'gateway' or 'route' when one is added "
+            "or removed, else the field: weight, instances, condition, bind, …",
+        },
+        "before": _TEXT_OR_NULL,
+        "after": _TEXT_OR_NULL,
+        "live": {"type": "boolean", "description": "HAProxy can take it without a reload"},
+        "text": {"type": "string", "description": "e.g. 'shop.canary: weight 10% → 20%'"},
+    },
+}
 APPLY_RESULT: Schema = {
     "type": "object",
-    "required": ["applied", "method", "duration_ms", "plan", "revision"],
+    "required": ["method", "dry_run", "duration_ms", "changes", "plan", "revision"],
     "properties": {
-        "applied": {"enum": ["none", "runtime", "reload", "dry-run"]},
-        "method": {"enum": ["none", "runtime", "reload"]},
-        "duration_ms": {"type": "number"},
-        "plan": {"type": "array", "items": {"type": "string"}},
-        "revision": {"type": "integer"},
+        "method": {
+            "enum": ["none", "runtime", "reload"],
+            "description": "how HAProxy took the change (a dry run: how it would)",
+        },
+        "dry_run": {"type": "boolean", "description": "true: nothing was stored or applied"},
+        "duration_ms": {
+            "type": "number",
+            "description": "until applied; a dry run: checking and planning",
+        },
+        "changes": {
+            "type": "array",
+            "items": {"$ref": "#/components/schemas/Change"},
+            "description": "what changes, per gateway and route",
+        },
+        "plan": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "how: the runtime commands, or the reasons for a reload in words",
+        },
+        "revision": {
+            "type": "integer",
+            "description": "the desired state's revision (a dry run: the one planned on)",
+        },
+    },
+}
+
+
+CERTIFICATE: Schema = {
+    "type": "object",
+    "required": ["name", "subject", "issuer", "sans", "not_before", "not_after"],
+    "properties": {
+        "name": {"type": "string"},
+        "subject": {"type": "string"},
+        "issuer": {"type": "string"},
+        "sans": {"type": "array", "items": {"type": "string"}},
+        "serial": {"type": "string"},
+        "not_before": {"type": "string", "format": "date-time"},
+        "not_after": {"type": "string", "format": "date-time"},
+        "sha256_fingerprint": {"type": "string"},
+        "key_type": {"type": "string"},
+        "chain_length": {"type": "integer"},
+        "live": {"enum": ["replaced", "loaded", "stored"]},
+        "served": {"type": ["boolean", "null"]},
     },
 }
 
@@ -167,9 +225,55 @@ def _op(
     return operation
 
 
+def _certificate_paths(cert: Schema) -> Schema:
+    """/api/v1/certificates (controller.api.certificates)."""
+    upload: Schema = {
+        "type": "object",
+        "required": ["pem"],
+        "additionalProperties": False,
+        "properties": {
+            "pem": {"type": "string", "description": "certificate, chain, unencrypted key (PEM)"}
+        },
+    }
+    return {
+        "/api/v1/certificates": {
+            "get": _op(
+                "every stored certificate (never its key)",
+                {"200": _json({"type": "object", "required": ["certificates"]})},
+                ("401", "421"),
+            )
+        },
+        "/api/v1/certificates/{name}": {
+            "get": _op(
+                "one certificate; `served`: HAProxy serves this version",
+                {"200": _json(CERTIFICATE)},
+                _READ_ERRORS,
+                [cert],
+            ),
+            "put": _op(
+                "upload (replace) and serve it live, with no reload",
+                {
+                    "200": _json(CERTIFICATE, "replaced"),
+                    "201": _json(CERTIFICATE, "created"),
+                },
+                _WRITE_ERRORS,
+                [cert],
+                upload,
+            ),
+            "delete": _op(
+                "forget it (409 while a crt-list uses it)",
+                {"200": _json({"type": "object"})},
+                _WRITE_ERRORS,
+                [cert],
+            ),
+        },
+    }
+
+
 @cache
-def openapi_document() -> Schema:
-    """The whole description; built once, it depends only on the code."""
+def openapi_document(certificates: bool = False) -> Schema:
+    """The whole description; built once, it depends only on the code. `certificates`: with
+    /api/v1/certificates, which an app serves once `add_certificate_routes` was called."""
     keys: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model.Gateway, "validation"),
         (model.Gateway, "serialization"),
@@ -336,10 +440,13 @@ def openapi_document() -> Schema:
                 [
                     rollout,
                     _param("action", "path", {"enum": ["pause", "resume", "promote", "abort"]}),
+                    dry_run,
                 ],
             )
         },
     }
+    if certificates:
+        paths.update(_certificate_paths(_param("name", "path", name)))
     return {
         "openapi": "3.1.0",
         "info": {"title": "Weighbridge", "version": "1"},
@@ -349,6 +456,7 @@ def openapi_document() -> Schema:
                 **defs.get("$defs", {}),
                 "Error": ERROR_SCHEMA,
                 "ApplyResult": APPLY_RESULT,
+                "Change": CHANGE,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -357,7 +465,7 @@ def openapi_document() -> Schema:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return web.json_response(openapi_document(CERTIFICATES in request.app))
 
 
 def add_openapi_route(app: web.Application) -> None:

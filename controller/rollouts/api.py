@@ -6,22 +6,25 @@
 | `GET /rollouts` | all (`?gateway=NAME`, `?active=true`) |
 | `GET /rollouts/{id}` | one: phase, step, weights, last check, events |
 | `POST /rollouts/{id}/pause`, `…/resume`, `…/promote`, `…/abort` | commands, at any time |
+
+A command's `?dry_run=true` answers the rollout with `effect`: what it would do, or the 409.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from typing import Literal, cast
+from typing import cast
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from controller.api import dry_run_flag, read_json_body
+from controller.api.body import dry_run_flag, read_json_body
 from controller.errors import InvalidInput, NotFound, Unavailable, WeighbridgeError
 from controller.model import validation_problems
 from controller.rollouts.manager import RolloutManager
 from controller.rollouts.spec import RolloutSpec
+from controller.rollouts.state import CommandKind
 
 ROLLOUTS = web.AppKey("rollouts", RolloutManager)
 _ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,79}")
@@ -72,9 +75,12 @@ async def command_rollout(request: web.Request) -> web.Response:
             f"no action {action!r}: use one of {', '.join(ACTIONS)}",
             [{"field": "action", "message": "unknown"}],
         )
-    kind = cast(Literal["pause", "resume", "promote", "abort"], action)
+    kind = cast(CommandKind, action)
+    manager = request.app[ROLLOUTS]
     try:
-        view = await asyncio.shield(request.app[ROLLOUTS].command(rollout_id, kind))
+        view = await asyncio.shield(
+            manager.command(rollout_id, kind, dry_run=dry_run_flag(request))
+        )
     except TimeoutError:
         raise Unavailable(
             f"rollout {rollout_id} has not handled {action} yet: it stays queued"

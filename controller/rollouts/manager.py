@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -23,9 +23,16 @@ from controller.rollouts.metrics import RolloutMetrics
 from controller.rollouts.outbound import OutboundPolicy
 from controller.rollouts.pair import RouteGone, find_gateway
 from controller.rollouts.probe import Probe
-from controller.rollouts.runner import CommandRefused, RolloutRunner, RunnerContext
+from controller.rollouts.runner import RolloutRunner, RunnerContext
 from controller.rollouts.spec import RolloutSpec, plan_steps
-from controller.rollouts.state import Command, Origin, Rollout
+from controller.rollouts.state import (
+    Command,
+    CommandKind,
+    CommandRefused,
+    Origin,
+    Rollout,
+    command_effect,
+)
 from controller.rollouts.store import RolloutFile
 from controller.rollouts.view import plan_warnings, public_view
 
@@ -239,12 +246,16 @@ class RolloutManager:
                 await self.outbound.check(hook.url, f"webhooks.{kind}.{index}.url")
 
     async def command(
-        self, rollout_id: str, kind: Literal["pause", "resume", "promote", "abort"]
+        self, rollout_id: str, kind: CommandKind, *, dry_run: bool = False
     ) -> dict[str, Any]:
+        """Carry out a command; a dry run answers what it would do (`effect`), or the refusal."""
         rollout = self._get(rollout_id)
         runner, task = self._runners.get(rollout_id), self._tasks.get(rollout_id)
         if rollout.terminal or runner is None or task is None or task.done():
             raise CommandRefused(f"rollout {rollout_id} is {rollout.phase}")
+        if dry_run:
+            effect = command_effect(rollout, kind)
+            return {**await self.view(rollout_id), "dry_run": True, "effect": effect.text}
         await asyncio.wait_for(runner.submit(Command(kind)), COMMAND_TIMEOUT)
         return await self.view(rollout_id)
 

@@ -26,11 +26,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
-from controller.errors import ConflictingState, WeighbridgeError
+from controller.errors import WeighbridgeError
 from controller.rollouts.decide import decide
 from controller.rollouts.outbound import OutboundPolicy
 from controller.rollouts.pair import Pair, RolloutError, RouteGone, step_text
-from controller.rollouts.state import Command, Ended, Rollout, clip
+from controller.rollouts.state import (
+    Command,
+    CommandRefused,
+    Ended,
+    Rollout,
+    clip,
+    command_effect,
+)
 from controller.rollouts.text import evaluation_text, weights_text
 from controller.rollouts.webhooks import call_all, payload
 from controller.rollouts.window import Window
@@ -46,10 +53,6 @@ ERROR_BACKOFF = (0.2, 5.0)
 """First and longest pause before retrying after HAProxy or the store failed."""
 CHECKPOINT_SECONDS = 10.0
 """Bookkeeping alone (a held window, a repeated error) is saved at most this often."""
-
-
-class CommandRefused(ConflictingState):
-    """A command the rollout's phase does not allow."""
 
 
 @dataclass
@@ -178,21 +181,18 @@ class RolloutRunner:
 
     async def _command(self, command: Command) -> None:
         rollout, kind = self.rollout, command.kind
-        if rollout.terminal:
-            raise CommandRefused(f"rollout is {rollout.phase}")
         if kind == "gone":  # nothing left to change or to roll back
+            if rollout.terminal:
+                raise CommandRefused(f"rollout is {rollout.phase}")
             self._generation += 1
             await self._finish("failed", command.reason)
-        elif rollout.phase == "rolling_back":
-            if kind == "abort":
-                return
-            raise CommandRefused(f"rollout is rolling back: {kind} does not apply")
+            return
+        if not command_effect(rollout, kind).acts:  # refused, or already so
+            return
         if kind == "pause":
-            if rollout.phase != "paused":
-                await self._pause("paused by request")
+            await self._pause("paused by request")
         elif kind == "resume":
-            if rollout.phase == "paused":
-                await self._resume()
+            await self._resume()
         elif kind == "promote":
             await self._promote()
         else:

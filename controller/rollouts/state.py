@@ -12,8 +12,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.errors import ConflictingState
 from controller.model import format_percent
 from controller.rollouts.spec import RolloutSpec, Step, rollback_weights, split_pair
+from controller.rollouts.text import weights_text
 
 Phase = Literal[
     "progressing", "paused", "rolling_back", "promoted", "rolled_back", "aborted", "failed"
@@ -223,10 +225,54 @@ class Rollout(BaseModel):
         self.record(at, phase, reason)
 
 
+CommandKind = Literal["pause", "resume", "promote", "abort"]
+
+
 @dataclass(frozen=True)
 class Command:
     """pause, resume, promote or abort, as sent to a rollout's runner; `gone` (the manager's,
     with the reason) ends it failed: its gateway or a route was deleted."""
 
-    kind: Literal["pause", "resume", "promote", "abort", "gone"]
+    kind: CommandKind | Literal["gone"]
     reason: str = ""
+
+
+class CommandRefused(ConflictingState):
+    """A command the rollout's phase does not allow."""
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What a command does to a rollout in its phase: `acts` False when it is already so."""
+
+    acts: bool
+    text: str
+
+
+def command_effect(rollout: Rollout, kind: CommandKind) -> Effect:
+    """The rule for pause, resume, promote and abort, in one place: the runner acts on it and
+    a dry run says it. Raises CommandRefused where the phase does not allow the command."""
+    phase = rollout.phase
+    if rollout.terminal:
+        raise CommandRefused(f"rollout is {phase}")
+    if phase == "rolling_back":
+        if kind == "abort":
+            return Effect(False, "nothing more to do: it is already rolling back")
+        raise CommandRefused(f"rollout is rolling back: {kind} does not apply")
+    if kind == "pause":
+        if phase == "paused":
+            return Effect(False, "nothing to do: it is already paused")
+        weights = weights_text(rollout.describe(*rollout.current()))
+        return Effect(True, f"it holds step {rollout.step}'s weights ({weights}); checks stop")
+    if kind == "resume":
+        if phase != "paused":
+            return Effect(False, f"nothing to do: it is {phase}, not paused")
+        return Effect(True, f"a new window on step {rollout.step}, its weights put back if changed")
+    if kind == "promote":
+        last = len(rollout.plan)
+        weights = weights_text(rollout.describe(*rollout.target(last)))
+        return Effect(True, f"step {last}'s weights now ({weights}), no more checks: promoted")
+    weights = weights_text(rollout.describe(rollout.origin.from_weight, rollout.origin.to_weight))
+    steps = rollout.spec.rollback.steps
+    how = "at once" if steps == 1 else f"in {steps} steps"
+    return Effect(True, f"back to the weights before the rollout ({weights}) {how}: aborted")

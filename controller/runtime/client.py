@@ -25,7 +25,7 @@ from controller.runtime.errors import (
     InvalidArgument,
     TransientError,
 )
-from controller.runtime.parse import is_error_reply, parse_info
+from controller.runtime.parse import is_error_reply, parse_info, strip_payload_prompts
 
 _READ_SIZE = 65536
 _SESSION_SETUP = b"prompt\nset severity-output number\n"
@@ -243,7 +243,7 @@ class RuntimeClient:
     async def _round_trip(self, cmds: Sequence[Command]) -> tuple[list[str], bool]:
         self._batch_sent = False
         stream = await self._connected()
-        lines = [cmd.text for cmd in cmds]
+        lines = [cmd.wire for cmd in cmds]
         if self.check_worker:
             lines.append(show_info().text)
         self._batch_sent = True
@@ -251,6 +251,9 @@ class RuntimeClient:
         # Read before draining: a big batch with big replies would otherwise
         # fill both socket buffers and wait forever.
         replies = await read_replies(stream, self._framer, len(lines))
+        for index, cmd in enumerate(cmds):
+            if cmd.payload is not None:
+                replies[index] = strip_payload_prompts(replies[index])
         with contextlib.suppress(OSError):
             # Every line was answered, so all was sent; a close right now is
             # for the next call to notice, not a failure of this batch.

@@ -20,8 +20,11 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,127}")
 MAP_FILE_PATTERN = re.compile(r"[A-Za-z0-9_./-]{1,255}")
 MAP_ID_PATTERN = re.compile(r"#[0-9]{1,10}")
 MAP_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,255}")
-# Every command text is single-space separated tokens of these characters only.
-_LINE_PATTERN = re.compile(r"[A-Za-z0-9_.:/@#-]+(?: [A-Za-z0-9_.:/@#-]+)*")
+# Every command text is single-space separated tokens of these characters only (`*` only
+# starts a token: `show ssl cert *FILE` names a transaction).
+_LINE_PATTERN = re.compile(r"\*?[A-Za-z0-9_.:/@#-]+(?: \*?[A-Za-z0-9_.:/@#-]+)*")
+# A payload (after `<<`): printable ASCII lines, none empty (an empty line ends it).
+_PAYLOAD_PATTERN = re.compile(r"[ -~]+(?:\n[ -~]+)*")
 
 SERVER_STATES = frozenset({"ready", "drain", "maint"})
 MAX_WEIGHT = 256
@@ -52,6 +55,8 @@ class Command:
     text: str
     kind: CommandKind
     _seal: object = field(default=None, repr=False, compare=False)
+    payload: str | None = field(default=None, repr=False)
+    """Lines sent after `TEXT <<` (a PEM, a crt-list line); HAProxy reads up to an empty line."""
 
     def __post_init__(self) -> None:
         if self._seal is not _SEAL:
@@ -59,10 +64,19 @@ class Command:
         # Second line of defence, e.g. against dataclasses.replace(cmd, text=...).
         if not isinstance(self.text, str) or not _LINE_PATTERN.fullmatch(self.text):
             raise InvalidArgument("command", "not a safe command line", self.text)
+        if self.payload is not None and not (
+            isinstance(self.payload, str) and _PAYLOAD_PATTERN.fullmatch(self.payload)
+        ):
+            raise InvalidArgument("payload", "not printable ASCII lines without an empty one")
 
     @property
     def idempotent(self) -> bool:
         return self.kind is CommandKind.READ
+
+    @property
+    def wire(self) -> str:
+        """What goes on the socket before the final newline (a payload's empty line included)."""
+        return self.text if self.payload is None else f"{self.text} <<\n{self.payload}\n"
 
 
 def _make(kind: CommandKind, *tokens: str) -> Command:
@@ -163,6 +177,43 @@ def set_server_weight(backend: str, server: str, weight: int) -> Command:
     target = _server(backend, server)
     number = _int(weight, "weight", 0, MAX_WEIGHT)
     return _make(CommandKind.WRITE, "set", "server", target, "weight", str(number))
+
+
+SERVER_HEALTH = frozenset({"up", "stopping", "down"})
+MAX_SERVER_MAXCONN = 1_000_000
+
+
+def set_server_health(backend: str, server: str, health: str) -> Command:
+    """`set server B/S health up|stopping|down`: force the check state until the next checks.
+
+    `up` puts back an instance that passive checks ejected; `down` right after
+    `state ready` keeps a freshly filled slot out until it passes `rise` checks.
+    """
+    target = _server(backend, server)
+    if not isinstance(health, str) or health not in SERVER_HEALTH:
+        raise InvalidArgument("health", "must be one of up, stopping, down", health)
+    return _make(CommandKind.WRITE, "set", "server", target, "health", health)
+
+
+def enable_health(backend: str, server: str) -> Command:
+    """`enable health B/S`: resume the active checks of a server that has them configured."""
+    return _make(CommandKind.WRITE, "enable", "health", _server(backend, server))
+
+
+def disable_health(backend: str, server: str) -> Command:
+    """`disable health B/S`: stop active checks; HAProxy then counts the server as UP.
+
+    Passive checks (`observe`) still mark it down, and with no check to bring it back it
+    stays down until `enable health` (checked on 2.6.12).
+    """
+    return _make(CommandKind.WRITE, "disable", "health", _server(backend, server))
+
+
+def set_server_maxconn(backend: str, server: str, maxconn: int) -> Command:
+    """`set maxconn server B/S N`; 0 lifts the limit (checked on 2.6.12)."""
+    target = _server(backend, server)
+    number = _int(maxconn, "maxconn", 0, MAX_SERVER_MAXCONN)
+    return _make(CommandKind.WRITE, "set", "maxconn", "server", target, str(number))
 
 
 def show_servers_state(backend: str | None = None) -> Command:
@@ -307,3 +358,127 @@ def show_proc() -> Command:
 def reload() -> Command:
     """Master only: `reload` (2.6: no status; 2.7+: `Success=0|1` and startup logs)."""
     return _make(CommandKind.MASTER, "reload")
+
+
+# ---- TLS certificates and crt-lists -----------------------------------------
+#
+# A certificate is named by the file path the configuration (or `new ssl cert`) gave it.
+# HAProxy 2.6 keeps ONE certificate transaction per process, shared by every CLI session:
+# a `set ssl cert B` while A's transaction is open silently updates A's (checked on
+# 2.6.12), so callers serialise transactions and check whose transaction a reply names.
+
+CLI_BUFFER = 16384
+"""HAProxy's default `tune.bufsize`: a command and its payload must fit in it."""
+
+PEM_LINE_PATTERN = re.compile(r"-----(?:BEGIN|END) [A-Z0-9 ]{1,40}-----|[A-Za-z0-9+/=]{1,76}")
+SNI_PATTERN = re.compile(
+    r"(?:\*\.)?(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+)
+_CERT_PART_SUFFIXES = ("", ".key")
+
+
+def validate_cert_path(value: object, field_name: str = "certificate") -> str:
+    """A certificate or crt-list file as HAProxy names it: an absolute path, no `..`."""
+    path = _token(value, MAP_FILE_PATTERN, field_name, "an absolute path of [A-Za-z0-9_./-]")
+    if not path.startswith("/") or "/../" in f"{path}/" or "/./" in f"{path}/":
+        raise InvalidArgument(field_name, "must be an absolute path without . or ..", value)
+    return path
+
+
+def validate_sni(value: object, field_name: str = "sni") -> str:
+    """A server name filter: a lowercase DNS name, optionally `*.` + name (at most 253)."""
+    name = _token(value, SNI_PATTERN, field_name, "a lowercase DNS name or *.name")
+    if len(name) > 253:
+        raise InvalidArgument(field_name, "must be at most 253 characters", value)
+    return name
+
+
+def wire_size(cmd: Command) -> int:
+    """Bytes the command takes in HAProxy's CLI buffer (its final newline included)."""
+    return len(cmd.wire) + 1
+
+
+def fits_cli_buffer(cmd: Command, bufsize: int = CLI_BUFFER) -> bool:
+    """Whether HAProxy can take it. At `bufsize` bytes or more, 2.6.12 does not answer and its
+    worker then dies ("bogus APPCTX ... spinning", measured); 2.8.10+ answers an error."""
+    return wire_size(cmd) < bufsize
+
+
+def show_ssl_cert(path: str | None = None, *, transaction: bool = False) -> Command:
+    """`show ssl cert [[*]FILE]`: the list (transactions first), or one certificate's details."""
+    if path is None:
+        if transaction:
+            raise InvalidArgument("transaction", "needs a certificate path")
+        return _make(CommandKind.READ, "show", "ssl", "cert")
+    name = validate_cert_path(path)
+    return _make(CommandKind.READ, "show", "ssl", "cert", f"*{name}" if transaction else name)
+
+
+def new_ssl_cert(path: str) -> Command:
+    """`new ssl cert FILE`: an empty certificate store, filled by `set` + `commit`."""
+    return _make(CommandKind.WRITE, "new", "ssl", "cert", validate_cert_path(path))
+
+
+def set_ssl_cert(path: str, pem: str, part: str = "") -> Command:
+    """`set ssl cert FILE[.key] <<` + PEM: open (or update) the transaction of FILE.
+
+    `part` ".key" sends only the private key into FILE's transaction (2.6: the file name's
+    extension picks what the payload replaces), so a bundle too big for one payload can
+    go in two. The PEM must be canonical: base64 and BEGIN/END lines, no empty line.
+    """
+    name = validate_cert_path(path)
+    if part not in _CERT_PART_SUFFIXES:
+        raise InvalidArgument("part", "must be '' or '.key'", part)
+    if not isinstance(pem, str) or not pem:
+        raise InvalidArgument("pem", "must be a non-empty string")
+    for line in pem.split("\n"):
+        if not PEM_LINE_PATTERN.fullmatch(line):
+            raise InvalidArgument("pem", "must be canonical PEM lines (no empty line)")
+    cmd = _make(CommandKind.WRITE, "set", "ssl", "cert", name + part)
+    return Command(cmd.text, cmd.kind, _SEAL, payload=pem)
+
+
+def commit_ssl_cert(path: str) -> Command:
+    """`commit ssl cert FILE`: swap the transaction in (new handshakes use it at once)."""
+    return _make(CommandKind.WRITE, "commit", "ssl", "cert", validate_cert_path(path))
+
+
+def abort_ssl_cert(path: str) -> Command:
+    """`abort ssl cert FILE`: drop the open transaction; the served certificate is untouched."""
+    return _make(CommandKind.WRITE, "abort", "ssl", "cert", validate_cert_path(path))
+
+
+def del_ssl_cert(path: str) -> Command:
+    """`del ssl cert FILE`: forget a certificate no crt-list uses any more."""
+    return _make(CommandKind.WRITE, "del", "ssl", "cert", validate_cert_path(path))
+
+
+def show_ssl_crt_list(path: str | None = None, *, numbered: bool = True) -> Command:
+    """`show ssl crt-list [-n] [FILE]`: the crt-lists, or one's lines (`-n`: with numbers)."""
+    if path is None:
+        return _make(CommandKind.READ, "show", "ssl", "crt-list")
+    flag = ("-n",) if numbered else ()
+    return _make(CommandKind.READ, "show", "ssl", "crt-list", *flag, validate_cert_path(path))
+
+
+def add_ssl_crt_list(crt_list: str, cert: str, sni: str | None = None) -> Command:
+    """`add ssl crt-list LIST <<` + `CERT [SNI]`: one line, live on every bind using LIST.
+
+    The certificate must be known to HAProxy first (`new` + `set` + `commit`).
+    """
+    name = validate_cert_path(crt_list, "crt_list")
+    line = validate_cert_path(cert)
+    if sni is not None:
+        line = f"{line} {validate_sni(sni)}"
+    cmd = _make(CommandKind.WRITE, "add", "ssl", "crt-list", name)
+    return Command(cmd.text, cmd.kind, _SEAL, payload=line)
+
+
+def del_ssl_crt_list(crt_list: str, cert: str, line: int | None = None) -> Command:
+    """`del ssl crt-list LIST CERT[:LINE]`: remove one line (the number is needed when CERT
+    has several; `show ssl crt-list -n` gives them). The default certificate cannot go."""
+    name = validate_cert_path(crt_list, "crt_list")
+    target = validate_cert_path(cert)
+    if line is not None:
+        target = f"{target}:{_int(line, 'line', 1, _MAX_ID)}"
+    return _make(CommandKind.WRITE, "del", "ssl", "crt-list", name, target)

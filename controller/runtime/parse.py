@@ -22,7 +22,7 @@ _SEVERITY = re.compile(r"\[(\d)\]: ?")
 _ERROR_START = re.compile(
     r"(unknown|no such|require[sd]? |invalid|malformed|missing|can't|cannot|cant |unable"
     r"|not found|permission denied|failed|error|version number|absolute weight"
-    r"|out of memory|this command is restricted|'[^']*' expects )",
+    r"|out of memory|this command is restricted|'[^']*' expects |usage: )",
     re.IGNORECASE,
 )
 _ERROR_ANYWHERE = re.compile(
@@ -425,3 +425,331 @@ def parse_proc(text: str) -> ProcInfo:
         workers=tuple(workers),
         old_workers=tuple(old_workers),
     )
+
+
+# ---- server health (show stat) ----------------------------------------------
+
+CHECK_STATUS_NAMES: dict[int, str] = {
+    0: "UNK",
+    1: "INI",
+    2: "START",
+    4: "HANA",
+    5: "SOCKERR",
+    6: "L4OK",
+    7: "L4TOUT",
+    8: "L4CON",
+    9: "L6OK",
+    10: "L6TOUT",
+    11: "L6RSP",
+    12: "L7TOUT",
+    13: "L7RSP",
+    15: "L7OK",
+    16: "L7OKC",
+    17: "L7STS",
+    18: "PROCERR",
+    19: "PROCTOUT",
+    20: "PROCOK",
+}
+"""`srv_check_status` numbers of `show servers state` → the names `show stat` prints
+(HAProxy's `enum healthcheck_status`; the ones a test can provoke are checked on 2.6.12)."""
+
+PASSED_CHECKS = frozenset({"L4OK", "L6OK", "L7OK", "L7OKC", "PROCOK"})
+
+# `show stat` column 17: "UP", "UP 1/3" (going down), "DOWN 1/2" (going up), "NOLB",
+# "DRAIN", "DOWN (agent)", "MAINT", "MAINT (via b/s)", "MAINT (resolution)", "no check".
+_STAT_STATUS = re.compile(
+    r"(UP|DOWN|NOLB|DRAIN|MAINT|no check)(?: ([0-9]+)/([0-9]+))?(?: ?\(.*\))?"
+)
+
+
+def _stat_int(row: dict[str, str], name: str) -> int | None:
+    value = row.get(name, "")
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHealth:
+    """One server's health from a `show stat` row (type 2).
+
+    `state` is the operational state: UP, DOWN, NOLB (`set server … health stopping` or an
+    L7OKC check), DRAIN, MAINT. `checked` is False when no check runs (none configured, or
+    `disable health`; HAProxy then counts the server as UP). `check_status` is the last
+    check's result (L4OK, L4CON, L7OK, L7STS, HANA for a passive ejection …; None before
+    any), `check_running` a check in progress right now.
+    """
+
+    backend: str
+    server: str
+    state: str
+    checked: bool
+    check_status: str | None
+    check_running: bool
+    check_code: int | None
+    last_check: str
+    consecutive_failures: int
+    """Failed checks in a row since the last pass (or since the server went down)."""
+    rise: int | None
+    fall: int | None
+    sessions: int
+    queued: int
+    throttle: int | None
+    """Slow start: the share (%) of its full weight the server gets now; None when full."""
+    seconds_since_change: int | None
+    ejections: int
+    """Passive ejections so far (`hanafail`)."""
+
+    @property
+    def serving(self) -> bool:
+        """Takes new requests from load balancing (UP, or UP on its way down)."""
+        return self.state == "UP"
+
+    @property
+    def ejected(self) -> bool:
+        """Marked down by passive checks (`observe`), not (yet) by a failed active check."""
+        return self.state == "DOWN" and self.check_status == "HANA"
+
+    @property
+    def check_passed(self) -> bool | None:
+        if self.check_status is None or self.check_status in ("INI", "UNK", "START"):
+            return None
+        return self.check_status in PASSED_CHECKS
+
+
+def _consecutive_failures(
+    state: str, steps: tuple[int, int] | None, check: str | None, fall: int | None
+) -> int:
+    """Failed checks in a row, as HAProxy's health counter has them.
+
+    0 unless the last check failed. "UP x/fall" (also NOLB, DRAIN) is fall - x checks from
+    DOWN; a plain DOWN whose last check failed has failed at least `fall` in a row
+    (reported as fall: HAProxy counts no further). The counter moves one step per check, so
+    fail, fail, pass, fail reads as 2.
+    """
+    if check is None or check in PASSED_CHECKS or check in ("INI", "UNK", "START", "HANA"):
+        return 0
+    if steps is not None:
+        return 0 if state == "DOWN" else steps[1] - steps[0]
+    return (fall or 0) if state == "DOWN" else 0
+
+
+def server_health_from_stat(row: dict[str, str]) -> ServerHealth | None:
+    """A `parse_stat` row of a server as ServerHealth; None for frontends/backends or an
+    unknown status text (newer versions may add states: skipped, never guessed)."""
+    if row.get("type", "2") != "2" or row.get("svname") in (None, "FRONTEND", "BACKEND"):
+        return None
+    match = _STAT_STATUS.fullmatch(row.get("status", "").strip())
+    if not match:
+        return None
+    word = match.group(1)
+    steps = (int(match.group(2)), int(match.group(3))) if match.group(2) else None
+    raw_check = row.get("check_status", "").strip()
+    running = raw_check.startswith("* ")
+    check_status = raw_check.removeprefix("* ") or None
+    state = "UP" if word == "no check" else word
+    fall = _stat_int(row, "check_fall")
+    return ServerHealth(
+        backend=row.get("pxname", ""),
+        server=row.get("svname", ""),
+        state=state,
+        checked=word != "no check" and bool(check_status),
+        check_status=check_status,
+        check_running=running,
+        check_code=_stat_int(row, "check_code"),
+        last_check=row.get("last_chk", ""),
+        consecutive_failures=_consecutive_failures(state, steps, check_status, fall),
+        rise=_stat_int(row, "check_rise"),
+        fall=fall,
+        sessions=_stat_int(row, "scur") or 0,
+        queued=_stat_int(row, "qcur") or 0,
+        throttle=_stat_int(row, "throttle"),
+        seconds_since_change=_stat_int(row, "lastchg"),
+        ejections=_stat_int(row, "hanafail") or 0,
+    )
+
+
+def parse_server_health(text: str) -> list[ServerHealth]:
+    """Every server of a CSV `show stat` reply (e.g. `show stat <backend> 4 -1`)."""
+    found = (server_health_from_stat(row) for row in parse_stat(text))
+    return [health for health in found if health is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCheck:
+    """The check columns of a `show servers state` line (its numbers, named)."""
+
+    backend: str
+    server: str
+    op_state: int
+    admin_state: int
+    check_status: str | None
+    check_result: int
+    check_health: int
+    check_enabled: bool
+
+    @property
+    def state(self) -> str:
+        """UP / DOWN / NOLB / DRAIN / MAINT, as `show stat` says it."""
+        if self.admin_state & MAINTENANCE_MASK:
+            return "MAINT"
+        if self.op_state == OP_STOPPED:
+            return "DOWN"
+        if self.admin_state & DRAIN_MASK:
+            return "DRAIN"
+        return "NOLB" if self.op_state == OP_STOPPING else "UP"
+
+
+CHK_ST_ENABLED = 0x04
+CHK_ST_PAUSED = 0x08
+
+
+def parse_server_checks(text: str) -> list[ServerCheck]:
+    """The check state of every server in `show servers state`: cheaper than `show stat` at
+    thousands of servers, without the texts (last check, transitions, sessions)."""
+    columns: Sequence[str] = _SERVERS_STATE_COLUMNS
+    checks: list[ServerCheck] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            columns = line.lstrip("#").split()
+            continue
+        row = dict(zip(columns, line.split(" "), strict=False))
+        if len(row) < 14:
+            continue  # the format version line, blank lines
+        status = int(row["srv_check_status"])
+        check_state = int(row["srv_check_state"])
+        checks.append(
+            ServerCheck(
+                backend=row["be_name"],
+                server=row["srv_name"],
+                op_state=int(row["srv_op_state"]),
+                admin_state=int(row["srv_admin_state"]),
+                check_status=CHECK_STATUS_NAMES.get(status) if status else None,
+                check_result=int(row["srv_check_result"]),
+                check_health=int(row["srv_check_health"]),
+                check_enabled=bool(check_state & CHK_ST_ENABLED)
+                and not check_state & CHK_ST_PAUSED,
+            )
+        )
+    return checks
+
+
+# ---- TLS certificates and crt-lists -----------------------------------------
+
+_PAYLOAD_PROMPTS = re.compile(r"(?:\+ )+")
+
+
+def strip_payload_prompts(text: str) -> str:
+    """A payload command's reply without the `+ ` prompts HAProxy wrote, in prompt mode,
+    for each payload line it read (2.6: one per line, and one for the closing empty line)."""
+    match = _PAYLOAD_PROMPTS.match(text)
+    return text[match.end() :] if match else text
+
+
+@dataclass(frozen=True, slots=True)
+class SslCertList:
+    """`show ssl cert`: the open transaction(s) (2.6 allows one) and the certificates."""
+
+    transactions: tuple[str, ...]
+    files: tuple[str, ...]
+
+
+def parse_ssl_cert_list(text: str) -> SslCertList:
+    """`# transaction` then `*FILE` lines, `# filename` then FILE lines."""
+    transactions: list[str] = []
+    files: list[str] = []
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            section = line.lstrip("# ").lower()
+        elif line and section == "transaction":
+            transactions.append(line.removeprefix("*"))
+        elif line and section == "filename":
+            files.append(line)
+    return SslCertList(tuple(transactions), tuple(files))
+
+
+@dataclass(frozen=True, slots=True)
+class SslCertDetails:
+    """`show ssl cert FILE` (or `*FILE`): what HAProxy holds under that name."""
+
+    filename: str
+    status: str  # "Used" (some bind serves it) or "Unused"
+    serial: str
+    sha1_fingerprint: str  # upper-case hex, as HAProxy prints it
+    not_after: str
+    subject: str
+
+
+_DETAIL_KEYS = {
+    "Filename": "filename",
+    "Status": "status",
+    "Serial": "serial",
+    "SHA1 FingerPrint": "sha1_fingerprint",
+    "notAfter": "not_after",
+    "Subject": "subject",
+}
+
+
+def parse_ssl_cert(text: str) -> SslCertDetails:
+    """The `Name: value` lines of one certificate; ValueError if it is not such a reply."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() in _DETAIL_KEYS:
+            values.setdefault(_DETAIL_KEYS[name.strip()], value.strip())
+    if "filename" not in values or "sha1_fingerprint" not in values:
+        raise ValueError(f"not a 'show ssl cert FILE' reply: {text.strip()[:80]!r}")
+    values["filename"] = values["filename"].removeprefix("*")
+    return SslCertDetails(**{key: values.get(key, "") for key in _DETAIL_KEYS.values()})
+
+
+_TRANSACTION_REPLY = re.compile(r"Transaction (?:created|updated) for certificate (\S+)!")
+
+
+def ssl_transaction_owner(reply: str) -> str | None:
+    """Whose transaction a `set ssl cert` reply says it filled: on 2.6 it may not be the
+    certificate the command named, when another one's transaction was open."""
+    match = _TRANSACTION_REPLY.search(reply)
+    return match.group(1) if match else None
+
+
+def ssl_commit_succeeded(reply: str) -> bool:
+    """`commit ssl cert` ends with `Success!`; its failures say `Can't commit`."""
+    lines = reply_message(reply).splitlines()
+    return bool(lines) and lines[-1].strip() == "Success!"
+
+
+@dataclass(frozen=True, slots=True)
+class CrtListLine:
+    """One line of `show ssl crt-list -n LIST`."""
+
+    cert: str
+    line: int | None
+    options: str  # the `[...]` ssl options as written, or ""
+    filters: tuple[str, ...]  # SNI filters (`!name` excludes)
+
+
+_CRT_LIST_LINE = re.compile(r"(\S+?)(?::(\d+))?(?: \[([^\]]*)\])?((?: \S+)*)")
+
+
+def parse_crt_list(text: str) -> list[CrtListLine]:
+    """`# LIST` then `CERT[:LINE] [[options]] [filters...]` lines."""
+    lines: list[CrtListLine] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _CRT_LIST_LINE.fullmatch(line)
+        if not match:
+            continue
+        number = match.group(2)
+        lines.append(
+            CrtListLine(
+                cert=match.group(1),
+                line=int(number) if number else None,
+                options=(match.group(3) or "").strip(),
+                filters=tuple(match.group(4).split()),
+            )
+        )
+    return lines

@@ -103,31 +103,85 @@ def descriptors(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
-def test_idle_connections_beyond_the_limit_make_room_for_real_clients(
-    backends: BackendProcess, short_tmp: Path
-) -> None:
-    """A long timeout here: connections closed early can only have been evicted."""
+def kept_alive(stack: Stack) -> socket.socket:
+    """A connection that had one request answered and stays open, saying nothing more."""
+    sock = socket.create_connection(("127.0.0.1", stack.api_port), timeout=5)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return sock
+
+
+@pytest.fixture
+def patient_stack(backends: BackendProcess, short_tmp: Path) -> Iterator[Stack]:
+    """A long timeout: connections closed early can only have been pushed out."""
     extra = ["--api-timeout", "60", "--api-max-connections", str(LIMIT)]
-    with running_stack(short_tmp, shop_config(backends), extra=extra) as stack:
-        assert stack.process is not None
-        before = descriptors(stack.process.pid)
-        sockets = [
-            socket.create_connection(("127.0.0.1", stack.api_port)) for _ in range(3 * LIMIT)
-        ]
-        try:
-            wait_until(
-                lambda: sum(closed_by_server(s) for s in sockets) >= 2 * LIMIT,
-                20,
-                "the longest idle connections to be closed",
-            )
-            assert descriptors(stack.process.pid) <= before + LIMIT
-            assert not any(closed_by_server(s) for s in sockets[-LIMIT + 1 :])
-            counts = stack.request("GET", "/api/v1/controller").body["api_connections"]
-            assert counts["evicted"] >= 2 * LIMIT and counts["open"] <= LIMIT, counts
-            split = {"stable": "80%", "canary": "20%"}
-            for _ in range(5):
-                response = stack.request("PATCH", "/api/v1/gateways/shop/weights", split)
-                assert response.status == 200, response.body
-        finally:
-            for sock in sockets:
-                sock.close()
+    with running_stack(short_tmp, shop_config(backends), extra=extra) as running:
+        yield running
+
+
+def test_idle_connections_beyond_the_limit_make_room_for_real_clients(
+    patient_stack: Stack,
+) -> None:
+    stack = patient_stack
+    assert stack.process is not None
+    before = descriptors(stack.process.pid)
+    sockets = []
+    try:
+        for _ in range(3 * LIMIT):
+            sockets.append(kept_alive(stack))
+        wait_until(
+            lambda: sum(closed_by_server(s) for s in sockets) >= 2 * LIMIT,
+            20,
+            "the longest idle connections to be closed",
+        )
+        assert descriptors(stack.process.pid) <= before + LIMIT
+        assert not any(closed_by_server(s) for s in sockets[-LIMIT + 1 :])
+        counts = stack.request("GET", "/api/v1/controller").body["api_connections"]
+        assert counts["evicted"] >= 2 * LIMIT and counts["open"] <= LIMIT, counts
+        split = {"stable": "80%", "canary": "20%"}
+        for _ in range(5):
+            response = stack.request("PATCH", "/api/v1/gateways/shop/weights", split)
+            assert response.status == 200, response.body
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_connections_that_send_nothing_wait_in_the_kernel(patient_stack: Stack) -> None:
+    """Deferred accept: silent connections take no descriptor and push out nobody."""
+    stack = patient_stack
+    assert stack.process is not None
+    held = [kept_alive(stack) for _ in range(LIMIT // 2)]
+    accepted = stack.request("GET", "/api/v1/controller").body["api_connections"]["accepted"]
+    before = descriptors(stack.process.pid)
+    silent = [socket.create_connection(("127.0.0.1", stack.api_port)) for _ in range(3 * LIMIT)]
+    try:
+        # accepted in arrival order: had the silent ones been accepted, these would see it
+        split = {"stable": "80%", "canary": "20%"}
+        response = stack.request("PATCH", "/api/v1/gateways/shop/weights", split)
+        assert response.status == 200, response.body
+        counts = stack.request("GET", "/api/v1/controller").body["api_connections"]
+        assert counts["accepted"] == accepted + 2 and counts["evicted"] == 0, counts
+        assert descriptors(stack.process.pid) <= before + 2
+        assert not any(closed_by_server(s) for s in held)
+    finally:
+        for sock in silent + held:
+            sock.close()
+
+
+def test_the_controller_runs_on_uvloop(stack: Stack) -> None:
+    """Installed with the controller (pyproject), it is the loop of `weighbridge run`."""
+    assert stack.process is not None
+    maps = Path(f"/proc/{stack.process.pid}/maps").read_text()
+    assert "uvloop/loop." in maps

@@ -145,10 +145,26 @@ def test_gateways_page_in_name_order(shop_stack: Stack, backends: BackendProcess
 def test_dry_run_returns_the_plan_and_applies_nothing(
     shop_stack: Stack, backends: BackendProcess
 ) -> None:
+    """Issue 10.10: a dry run said `applied: dry-run` next to `method` and `duration_ms 0.0`;
+    issue 10.7: it said how (map entries) but not what changes, and reloads as map files."""
     before = haproxy_state(shop_stack)
     response = shop_stack.request("PATCH", W + "?dry_run=true", {"stable": "50%", "canary": "50%"})
     assert response.status == 200
-    assert response.body["applied"] == "dry-run" and response.body["method"] == "runtime"
+    assert response.body["dry_run"] is True and response.body["method"] == "runtime"
+    assert "applied" not in response.body and response.body["duration_ms"] > 0
+    assert [c["text"] for c in response.body["changes"]] == [
+        "shop.stable: weight 90% → 50%",
+        "shop.canary: weight 10% → 50%",
+    ]
+    assert response.body["changes"][0] == {
+        "gateway": "shop",
+        "route": "stable",
+        "field": "weight",
+        "before": "90%",
+        "after": "50%",
+        "live": True,
+        "text": "shop.stable: weight 90% → 50%",
+    }
     assert any("swap map" in step for step in response.body["plan"])
     spare = addresses(backends, "spare")
     response = shop_stack.request("PUT", INST + "?dry_run=1", spare)
@@ -156,8 +172,20 @@ def test_dry_run_returns_the_plan_and_applies_nothing(
     grow = [f"127.0.0.1:{20000 + i}" for i in range(17)]
     response = shop_stack.request("PUT", INST + "?dry_run=true", grow)
     assert response.body["method"] == "reload"
-    assert response.body["plan"] == ["reload (capacity: wb.shop.b1: 8 → 21 slots)"]
+    assert response.body["plan"] == [
+        "reload: route shop.stable needs more server slots (8 → 21 slots)"
+    ]
+    condition = {"condition": "has cookie beta"}
+    response = shop_stack.request("PATCH", G + "/routes/canary?dry_run=true", condition)
+    assert response.body["plan"] == [
+        "reload: gateway shop gets its first condition (its strength map is created)"
+    ]
+    assert response.body["changes"][0]["text"] == "shop.canary: condition set to has cookie beta"
     assert haproxy_state(shop_stack) == before
+    applied = shop_stack.request("PATCH", G + "/routes/canary", condition)
+    assert (applied.body["method"], applied.body["dry_run"]) == ("reload", False)
+    assert applied.body["plan"] == response.body["plan"]
+    assert applied.body["changes"] == response.body["changes"]
     assert shop_stack.request("PATCH", W + "?dry_run=maybe", {}).status == 400
 
 

@@ -104,7 +104,7 @@ async def test_attach_mode_adds_gateways_and_the_users_frontends_keep_working(
             response = stack.request(
                 "PATCH", "/api/v1/gateways/shop/weights", {"stable": "0%", "canary": "100%"}
             )
-            assert response.body["applied"] == "runtime"
+            assert response.body["method"] == "runtime"
             port = free_port()
             response = stack.request(
                 "PUT",
@@ -114,7 +114,7 @@ async def test_attach_mode_adds_gateways_and_the_users_frontends_keep_working(
                     "routes": {"only": {"instances": addresses(backends, "spare")}},
                 },
             )
-            assert response.status == 201 and response.body["applied"] == "reload", response.body
+            assert response.status == 201 and response.body["method"] == "reload", response.body
             await load.wait_until(lambda r: len(r.outcomes) > 50)
         report = await load.finished()
         report.assert_no_failures(min_requests=50)

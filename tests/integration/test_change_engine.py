@@ -46,7 +46,7 @@ async def test_a_whole_canary_lifecycle_needs_no_reload(
         reloads = stack.reloads()
         gateway = ok(stack.request("GET", G))
         gateway["routes"]["canary"] = {"instances": addresses(backends, "canary")[:2]}
-        assert ok(stack.request("PUT", G, gateway))["applied"] == "runtime"
+        assert ok(stack.request("PUT", G, gateway))["method"] == "runtime"
         assert (await send(url, 100)).routes == {"stable": 100}  # a new route starts at 0 %
         for step in (1, 2, 5, 10, 20, 30, 50, 70, 90, 100):
             body = ok(
@@ -54,7 +54,7 @@ async def test_a_whole_canary_lifecycle_needs_no_reload(
                     "PATCH", f"{G}/weights", {"stable": f"{100 - step}%", "canary": f"{step}%"}
                 )
             )
-            assert body["applied"] == "runtime"
+            assert body["method"] == "runtime"
             if step in (5, 50):
                 ok(
                     stack.request(
@@ -66,7 +66,7 @@ async def test_a_whole_canary_lifecycle_needs_no_reload(
         assert (await send(url, 200)).routes == {"canary": 200}
         gateway = ok(stack.request("GET", G))
         del gateway["routes"]["stable"]
-        assert ok(stack.request("PUT", G, gateway))["applied"] == "runtime"
+        assert ok(stack.request("PUT", G, gateway))["method"] == "runtime"
         assert (await send(url, 200)).statuses == {200: 200}
         assert stack.reloads() == reloads
         assert ok(stack.request("GET", "/api/v1/controller"))["reloads"] == []
@@ -90,7 +90,7 @@ async def test_structural_changes_are_coalesced_into_one_reload(
 
     responses = await asyncio.gather(*(asyncio.to_thread(create, i) for i in range(5)))
     assert [r.status for r in responses] == [201] * 5
-    assert all(r.body["applied"] == "reload" for r in responses)
+    assert all(r.body["method"] == "reload" for r in responses)
     assert shop_stack.reloads() - reloads < 5  # several writers shared a reload
     for port in ports:
         assert (await send(f"http://127.0.0.1:{port}/", 20)).routes == {"spare": 20}

@@ -137,7 +137,7 @@ def test_a_change_applied_by_the_supervisors_restart_is_reported_so(
             client.settimeout(30)
             answer = _read_response(client)
         assert stack.request("GET", "/api/v1/controller").body["haproxy_restarts"] == 1
-        assert answer["applied"] == "reload", answer
+        assert answer["method"] == "reload", answer
         assert "restart" in answer["plan"][0]
 
 

@@ -140,7 +140,7 @@ def test_the_demo_starts_fresh_sends_traffic_and_its_commands_work(short_tmp: Pa
             assert results[label].returncode == 0, (label, commands[label], results[label])
         split = results["Look at the split"].stdout
         assert re.search(r"\d+ stable", split) and re.search(r"\d+ canary", split), split
-        assert '"applied"' in results["Shift with curl"].stdout
+        assert '"method"' in results["Shift with curl"].stdout
         assert "runtime" in results["Shift with the CLI"].stdout
         assert "95%" in results["Watch it follow"].stdout
         rolled = results["Roll out"]

@@ -78,9 +78,9 @@ def test_a_route_named_evil_newline_is_refused_and_wedges_nothing(
 
         # every gateway is still writable live, and the controller is ready
         moved = stack.request("PATCH", f"{OTHER}/weights", {"blue": "50%", "green": "50%"})
-        assert moved.status == 200 and moved.body["applied"] == "runtime", moved.body
+        assert moved.status == 200 and moved.body["method"] == "runtime", moved.body
         moved = stack.request("PATCH", f"{G}/weights", {"stable": "80%", "canary": "20%"})
-        assert moved.status == 200 and moved.body["applied"] == "runtime", moved.body
+        assert moved.status == 200 and moved.body["method"] == "runtime", moved.body
         assert stack.request("GET", "/readyz").status == 200
         assert "evil" not in "".join(snapshot(stack).values())
 

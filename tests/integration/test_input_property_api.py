@@ -159,4 +159,4 @@ def test_api_names_and_weight_keys_are_refused_by_name(stack: Stack) -> None:
     assert stack.request("GET", "/readyz").status == 200
     moved = stack.request("PATCH", "/api/v1/gateways/shop/weights", {"stable": 60, "canary": 40})
     body: Any = moved.body
-    assert moved.status == 200 and body["applied"] == "runtime", body
+    assert moved.status == 200 and body["method"] == "runtime", body

@@ -53,7 +53,7 @@ async def test_weight_change_is_live_and_needs_no_reload(shop_stack: Stack) -> N
     url = gateway_url(shop_stack)
     reloads = shop_stack.reloads()
     body = patch_weights(shop_stack, stable="0%", canary="100%")
-    assert body["applied"] == "runtime"
+    assert body["method"] == "runtime"
     assert (await send(url, 300)).routes == {"canary": 300}
     patch_weights(shop_stack, stable="100%", canary="0%")
     assert (await send(url, 300)).routes == {"stable": 300}
@@ -80,7 +80,7 @@ async def test_instances_change_live_and_removed_instance_gets_nothing(
     response = shop_stack.request(
         "PUT", "/api/v1/gateways/shop/routes/stable/instances", [*stable[1:], spare[0]]
     )
-    assert response.status == 200 and response.body["applied"] == "runtime", response.body
+    assert response.status == 200 and response.body["method"] == "runtime", response.body
     hits_before = backends.hits()
     result = await send(url, 400)
     hits = backends.hits()
@@ -181,12 +181,12 @@ async def test_new_gateway_is_a_guarded_reload_and_delete_removes_it(
     }
     reloads = shop_stack.reloads()
     response = shop_stack.request("PUT", "/api/v1/gateways/checkout", body)
-    assert response.status == 201 and response.body["applied"] == "reload", response.body
+    assert response.status == 201 and response.body["method"] == "reload", response.body
     wait_until(lambda: shop_stack.reloads() == reloads + 1, 5, "one reload")
     result = await send(f"http://127.0.0.1:{port}/", 200)
     assert result.routes == {"spare": 200}
     assert (await send(gateway_url(shop_stack), 100)).statuses == {200: 100}
     response = shop_stack.request("DELETE", "/api/v1/gateways/checkout")
-    assert response.status == 200 and response.body["applied"] == "reload"
+    assert response.status == 200 and response.body["method"] == "reload"
     after = await send(f"http://127.0.0.1:{port}/", 5, timeout=2)
     assert len(after.errors) == 5  # nothing listens there any more

@@ -20,6 +20,7 @@ from tests.integration.test_rollouts import (  # the fixtures too: `healthy`, `s
     api,
     applied,
     cli,
+    events,
     finished,
     healthy,
     no_canary_traffic_after,
@@ -183,6 +184,31 @@ async def test_dry_run_warning_and_inconclusive_hint(stack: Stack) -> None:
     assert "waiting for: traffic: the window has 0 of the 50 responses it needs" in said
     assert "send requests to gateway shop" in said
     await api(stack, "POST", "/rollouts/shop-1/abort")
+
+
+async def test_rollout_commands_take_a_dry_run(stack: Stack) -> None:
+    """Issue 10.8: every write takes --dry-run; pause, promote and abort say what they would
+    do and do nothing; on an ended rollout the dry run is refused as the command would be."""
+    rollout_id = await start(stack, spec(checks={"min_requests": 1_000_000}))
+    for action, says in (
+        ("pause", "pause would do: it holds step"),
+        ("promote", "promote would do: step 4's weights now (stable 0%, canary 100%)"),
+        ("abort", "abort would do: back to the weights before the rollout (stable 100%"),
+    ):
+        process = await cli(stack, action, rollout_id, "--dry-run")
+        stdout, stderr = await run(process)
+        said = " ".join(stdout.split())
+        assert process.returncode == 0, stdout + stderr
+        assert said.startswith(f"dry run, nothing sent: rollout {rollout_id} is progressing")
+        assert says in said, said
+    view = await api(stack, "GET", f"/rollouts/{rollout_id}")
+    assert view["phase"] == "progressing"
+    assert not events(view, "paused") and not events(view, "promote_requested")
+    await api(stack, "POST", f"/rollouts/{rollout_id}/abort")
+    await finished(stack, rollout_id)
+    process = await cli(stack, "promote", rollout_id, "--dry-run")
+    stdout, _ = await run(process)
+    assert process.returncode == 2 and "error 409" in stdout, stdout
 
 
 async def test_a_deleted_gateway_ends_its_rollout_and_leaves_no_trace(stack: Stack) -> None:

@@ -416,7 +416,7 @@ async def test_condition_strength_is_measured_and_changes_live(shop: Stack) -> N
 
     response = patch_route(shop, "canary", {"condition_strength": "20%"})
     assert response.status == 200, response.body
-    assert response.body["applied"] == "runtime", response.body
+    assert response.body["method"] == "runtime", response.body
     assert shop.reloads() == reloads
     strengths = shop.admin(f"show map {shop.state_dir}/maps/shop.strengths.map")
     assert strengths.split()[-2:] == ["canary", "2000"], strengths
@@ -505,7 +505,7 @@ def test_dry_run_says_whether_a_change_needs_a_reload(shop: Stack) -> None:
     before = state_snapshot(shop)
     strength = patch_route(shop, "canary", {"condition_strength": "35%"}, "?dry_run=true")
     assert strength.status == 200, strength.body
-    assert (strength.body["applied"], strength.body["method"]) == ("dry-run", "runtime")
+    assert (strength.body["dry_run"], strength.body["method"]) == (True, "runtime")
     assert any("strengths.map" in step for step in strength.body["plan"]), strength.body
 
     new_condition = {"condition": "has header x-beta", "condition_strength": "5%"}
@@ -515,16 +515,16 @@ def test_dry_run_says_whether_a_change_needs_a_reload(shop: Stack) -> None:
     ):
         response = patch_route(shop, route, change, "?dry_run=true")
         assert response.status == 200, response.body
-        assert (response.body["applied"], response.body["method"]) == ("dry-run", "reload")
+        assert (response.body["dry_run"], response.body["method"]) == (True, "reload")
     assert state_snapshot(shop) == before
 
     # and the prediction holds when applied for real
     reloads = shop.reloads()
     applied = patch_route(shop, "stable", new_condition)
-    assert applied.status == 200 and applied.body["applied"] == "reload", applied.body
+    assert applied.status == 200 and applied.body["method"] == "reload", applied.body
     assert shop.reloads() == reloads + 1
     applied = patch_route(shop, "stable", {"condition_strength": "6%"})
-    assert applied.status == 200 and applied.body["applied"] == "runtime", applied.body
+    assert applied.status == 200 and applied.body["method"] == "runtime", applied.body
     assert shop.reloads() == reloads + 1
 
 
@@ -666,7 +666,7 @@ async def test_leastconn_favours_the_idle_instance(
     def instances(*chosen: str) -> None:
         path = "/api/v1/gateways/lc/routes/spare/instances"
         response = balancing.stack.request("PUT", path, list(chosen))
-        assert response.status == 200 and response.body["applied"] in ("runtime", "none")
+        assert response.status == 200 and response.body["method"] in ("runtime", "none")
 
     await asyncio.to_thread(instances, spare[0])
     backends.set_behaviour("x1", latency=2.5)
@@ -814,7 +814,7 @@ async def test_sticky_route_keeps_clients_and_rollback_moves_them(sticky: Sticky
             "PATCH", "/api/v1/gateways/shop/weights", {"stable": stable, "canary": canary}
         )
         assert response.status == 200, response.body
-        assert response.body["applied"] in ("runtime", "none"), response.body
+        assert response.body["method"] in ("runtime", "none"), response.body
 
     weights("90%", "10%")
     clients = [Client() for _ in range(500)]
@@ -874,7 +874,7 @@ async def test_sticky_instance_survives_live_instance_changes(
         body = [stable[i - 1] for i in chosen]
         response = stack.request("PUT", "/api/v1/gateways/pin/routes/stable/instances", body)
         assert response.status == 200, response.body
-        assert response.body["applied"] in ("runtime", "none"), response.body
+        assert response.body["method"] in ("runtime", "none"), response.body
 
     instances(1, 2, 3)
     clients = [Client() for _ in range(300)]

@@ -10,14 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -34,6 +30,7 @@ from controller.runtime.parse import (
     parse_servers_state,
     parse_stat,
 )
+from tests.support.haproxy import HAProxyProcess, running_haproxy
 
 pytestmark = [
     pytest.mark.haproxy,
@@ -74,17 +71,9 @@ listen web_b
 
 
 @dataclass
-class HAProxy:
-    dir: Path
-    config: Path
-    admin: str
-    master: str
-    fe_port: int
-    a_port: int
-    process: subprocess.Popen[bytes]
-
-    def log(self) -> str:
-        return (self.dir / "haproxy.log").read_text(errors="replace")
+class HAProxy(HAProxyProcess):
+    fe_port: int = 0
+    a_port: int = 0
 
 
 def _free_port() -> int:
@@ -93,62 +82,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _connectable(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX) as sock:
-        try:
-            sock.connect(path)
-        except OSError:
-            return False
-        return True
-
-
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)  # poll interval, not a synchronisation delay
-
-
 @pytest.fixture
 def haproxy() -> Iterator[HAProxy]:
-    # Short path: unix socket paths are limited to 107 bytes.
-    workdir = Path(tempfile.mkdtemp(prefix="wb-rt-"))
-    (workdir / "maps").mkdir()
-    (workdir / "maps" / "pick.map").write_text("b be_b\n")
     fe, a, b = _free_port(), _free_port(), _free_port()
-    config = workdir / "haproxy.cfg"
-    config.write_text(CONFIG.format(dir=workdir, fe=fe, a=a, b=b))
-    master = str(workdir / "master.sock")
-    with (workdir / "haproxy.log").open("wb") as log:
-        process = subprocess.Popen(
-            ["haproxy", "-W", "-S", master, "-f", str(config)],
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    instance = HAProxy(workdir, config, str(workdir / "admin.sock"), master, fe, a, process)
-    try:
-        # The 2.6 master binds its socket, then re-executes once (resetting and
-        # refusing connections for ~10-20 ms): ready means `show proc` answers.
-        _wait_until(
-            lambda: (
-                process.poll() is not None
-                or (_connectable(instance.admin) and "# workers" in _raw(master, "show proc"))
-            ),
-            "HAProxy sockets",
-        )
-        assert process.poll() is None, instance.log()
-        yield instance
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    text = CONFIG.format(dir="{dir}", fe=fe, a=a, b=b)
+    with running_haproxy(text, {"maps/pick.map": "b be_b\n"}, prefix="wb-rt-") as started:
+        yield HAProxy(**vars(started), fe_port=fe, a_port=a)
 
 
 async def http_get(port: int, pick: str | None = None) -> str:

@@ -95,7 +95,7 @@ async def test_a_planted_last_known_good_symlink_is_not_followed(
     created = shop_stack.request(
         "PUT", "/api/v1/gateways/blue", {"bind": f"127.0.0.1:{free_port()}", "routes": {}}
     )
-    assert created.status == 201 and created.body["applied"] == "reload", created.body
+    assert created.status == 201 and created.body["method"] == "reload", created.body
     assert victim.read_text() == "not yours\n"
     assert not lkg.is_symlink() and lkg.read_text().startswith("# weighbridge-structure")
 

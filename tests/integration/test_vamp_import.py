@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli_import import EXIT_PARTIAL
+from controller.cli.vamp import EXIT_PARTIAL
 from tests.integration.conftest import addresses
 from tests.support import BackendProcess
 from tests.support.ports import free_port

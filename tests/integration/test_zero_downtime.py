@@ -38,7 +38,7 @@ def parse_wrk(output: str) -> dict[str, int]:
 def change(stack: Stack, method: str, path: str, body: object) -> str:
     response = stack.request(method, path, body)
     assert response.status in (200, 201), response.body
-    return str(response.body["applied"])
+    return str(response.body["method"])
 
 
 def run_changes(stack: Stack, backends: BackendProcess) -> dict[str, int]:

@@ -152,18 +152,20 @@ class Stack:
             return Response(exc.code, _decode(exc.read()), dict(exc.headers))
 
     def start_controller(
-        self, config_file: Path, extra: list[str] | None = None, *, wait_ready: bool = True
+        self, config_file: Path | None, extra: list[str] | None = None, *, wait_ready: bool = True
     ) -> None:
+        """`config_file` None: no --config, run in the state dir's parent, which has no
+        weighbridge.yaml (the default file) unless the test put one there."""
         self.log_path = self.state_dir.parent / "controller.log"
         log = self.log_path.open("ab")
+        config = ["--config", str(config_file)] if config_file is not None else []
         args = [
             *self.wrapper,
             sys.executable,
             "-m",
             "controller",
             "run",
-            "--config",
-            str(config_file),
+            *config,
             "--state-dir",
             str(self.state_dir),
             "--api",
@@ -175,7 +177,9 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if k != "WEIGHBRIDGE_API_TOKEN"}
         if self.token:  # through the environment: a token on the command line shows in `ps`
             env["WEIGHBRIDGE_API_TOKEN"] = self.token
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.state_dir.parent
+        )
         if wait_ready:
             self.wait_ready()
 

@@ -7,11 +7,13 @@ configured split; stickiness tests pass their own Cookie header.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -181,7 +183,12 @@ class SteadyLoad:
         headers: Mapping[str, str] | None = None,
         timeout: float = 5.0,
         max_in_flight: int = 64,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        new_connection_each: bool = False,
     ) -> None:
+        """`tls` (and the SNI name `server_hostname`) for https URLs; `new_connection_each`:
+        a new connection, so a new TLS handshake, per request."""
         if not (rate > 0 and max_duration > 0 and max_requests > 0 and max_in_flight > 0):
             raise ValueError("rate, max_duration, max_requests and max_in_flight must be > 0")
         self._url = loopback_url(url)
@@ -190,6 +197,10 @@ class SteadyLoad:
         self._max_requests = max_requests
         self._headers = headers
         self._timeout = timeout
+        self._tls: dict[str, Any] = {}
+        if tls is not None:
+            self._tls = {"ssl": tls, "server_hostname": server_hostname}
+        self._new_connection_each = new_connection_each
         self._slots = asyncio.Semaphore(max_in_flight)
         self._max_in_flight = max_in_flight
         self._stopping = False
@@ -199,7 +210,7 @@ class SteadyLoad:
         self.report = LoadReport(started_at=time.monotonic())
 
     async def __aenter__(self) -> SteadyLoad:
-        self._session = _session(self._max_in_flight, self._timeout)
+        self._session = _session(self._max_in_flight, self._timeout, self._new_connection_each)
         self.report = LoadReport(started_at=time.monotonic())
         self._scheduler = asyncio.create_task(self._schedule(self._session))
         return self
@@ -265,7 +276,7 @@ class SteadyLoad:
     async def _one(self, session: aiohttp.ClientSession) -> None:
         sent_at = time.monotonic()
         try:
-            async with session.get(self._url, headers=self._headers) as response:
+            async with session.get(self._url, headers=self._headers, **self._tls) as response:
                 await response.read()
             outcome = Outcome(
                 sent_at,

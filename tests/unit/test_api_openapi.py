@@ -10,12 +10,14 @@ import pytest
 import schemathesis
 import yaml
 
-from controller.api import create_app
+from controller.api.app import create_app
+from controller.api.certificates import add_certificate_routes
 from controller.api.openapi import openapi_document
 from controller.engine import Engine
 from controller.model import Config, Gateway
 from controller.rollouts.api import add_rollout_routes
 from controller.rollouts.manager import RolloutManager
+from controller.tls.manager import CertificateManager
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = openapi_document()
@@ -35,15 +37,20 @@ def test_it_is_valid_openapi_3_1() -> None:
     schemathesis.openapi.from_dict(DOC).validate()
 
 
-def test_it_describes_every_route_and_nothing_else() -> None:
+@pytest.mark.parametrize("certificates", [False, True])
+def test_it_describes_every_route_and_nothing_else(certificates: bool) -> None:
     app = create_app(cast(Engine, None))  # only the routes are read
     add_rollout_routes(app, cast(RolloutManager, None))
+    if certificates:  # described once registered (`run` will, with the TLS wiring)
+        add_certificate_routes(app, cast(CertificateManager, None))
     served = {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()
         if route.resource is not None and route.method != "HEAD"
     }
-    described = {(method, path) for path, item in DOC["paths"].items() for method in item}
+    doc = openapi_document(certificates)
+    schemathesis.openapi.from_dict(doc).validate()
+    described = {(method, path) for path, item in doc["paths"].items() for method in item}
     served_rollout_actions = ("post", "/api/v1/rollouts/{rollout}/{action}")
     assert served_rollout_actions in served
     assert served == described

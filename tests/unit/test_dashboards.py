@@ -18,6 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.metrics import Metrics
 from controller.rollouts.metrics import RolloutMetrics
+from controller.tls.metrics import register_certificate_metrics
+from controller.tls.pem import parse_bundle
+from controller.tls.store import CertificateStore
+from tests.support.certs import Authority
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "grafana/dashboards").glob("*.json"))
@@ -173,10 +177,13 @@ def test_canary_view_has_gateway_and_route_variables_and_weight_annotations() ->
     assert "Measured share vs desired weight" in titles
 
 
-def test_controller_metrics_queried_are_exported(dashboard: dict[str, Any]) -> None:
+def test_controller_metrics_queried_are_exported(dashboard: dict[str, Any], tmp_path: Path) -> None:
     exported = set()
     metrics = Metrics(CollectorRegistry())
     RolloutMetrics(metrics.registry)  # what `weighbridge run` adds to the same registry
+    store = CertificateStore(tmp_path / "certs")  # certificates: a series per stored one
+    store.put("shop", parse_bundle(Authority().issue("shop.example").pem))
+    register_certificate_metrics(metrics.registry, store)
     for family in text_string_to_metric_families(metrics.render().decode()):
         suffixes = {
             "counter": ("_total",),

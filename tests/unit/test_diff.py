@@ -1,4 +1,4 @@
-"""The words a dry run and `weighbridge plan` show for a change (pure)."""
+"""The words a dry run and `weighbridge plan` show for a change: what, and how (pure)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from typing import Any
 
 import pytest
 
-from controller.diff import diff_configs
+from controller.diff import diff_configs, how
 from controller.model import Config
+from controller.plan import Observed, plan_changes
+from controller.render import RenderSettings
+from tests.support.observed import observed_after
 
 
 def config(**routes: dict[str, Any]) -> Config:
@@ -37,9 +40,9 @@ def test_weights_instances_and_condition_in_one_change() -> None:
     }
     assert texts(config(**BASE), config(**after)) == [
         ("shop.stable: weight 90% → 80%", True),
-        ("shop.stable: instances set to 127.0.0.1:9003", True),
+        ("shop.stable: instance 127.0.0.1:9003 added", True),
         ("shop.canary: weight 10% → 20%", True),
-        ("shop.canary: instances 127.0.0.1:9002 removed", True),
+        ("shop.canary: instance 127.0.0.1:9002 removed", True),
         ("shop.canary: condition set to user-agent == Firefox", False),
     ]
 
@@ -80,3 +83,73 @@ def test_gateways_added_removed_and_rebound() -> None:
         {"gateways": {"shop": {**before.gateways["shop"].model_dump(), "virtual_hosts": ["a.b"]}}}
     )
     assert [c.as_json()["after"] for c in diff_configs(before, hosts)] == ["a.b"]
+
+
+# ---- how: the reasons for a reload in words, from real plans -----------------------------
+
+
+def reasons_in_words(before: Config, after: Config) -> tuple[str, ...]:
+    """`how` for the plan of `after` against a HAProxy that runs `before`."""
+    settings = RenderSettings(admin_socket="/x/admin.sock")
+    empty = Observed(running=None, backends={}, maps={})
+    running = observed_after(plan_changes(before, empty, "maps", settings))
+    return how(plan_changes(after, running, "maps", settings), diff_configs(before, after))
+
+
+def test_a_first_condition_reads_as_one_not_as_a_missing_map() -> None:
+    with_condition = {**BASE, "canary": {**BASE["canary"], "condition": "has cookie beta"}}
+    assert reasons_in_words(config(**BASE), config(**with_condition)) == (
+        "reload: gateway shop gets its first condition (its strength map is created)",
+    )
+
+
+def test_a_structural_change_names_what_changed() -> None:
+    balanced = {**BASE, "stable": {**BASE["stable"], "balance": "leastconn"}}
+    assert reasons_in_words(config(**BASE), config(**balanced)) == (
+        "reload: the structure changes: shop.stable: balance set to leastconn",
+    )
+
+
+def test_gateways_added_removed_sticky_slots_and_pool_in_words() -> None:
+    before = config(**BASE)
+    other = {"bind": "127.0.0.1:8081", "routes": {"a": {"instances": ["127.0.0.1:9009"]}}}
+    both = Config.model_validate({"gateways": {**before.model_dump()["gateways"], "two": other}})
+    assert reasons_in_words(before, both) == (
+        "reload: gateway two is new (its frontend and backends are created)",
+    )
+    assert reasons_in_words(both, before) == (
+        "reload: gateway two is removed (its frontend and backends go)",
+    )
+    sticky = Config.model_validate(
+        {"gateways": {"shop": {**before.gateways["shop"].model_dump(), "sticky": "route"}}}
+    )
+    assert reasons_in_words(before, sticky) == (
+        "reload: gateway shop becomes sticky (its sticky maps are created)",
+    )
+    many = [f"127.0.0.1:{port}" for port in range(9100, 9120)]
+    grown = {**BASE, "canary": {**BASE["canary"], "instances": many}}
+    assert reasons_in_words(before, config(**grown)) == (
+        "reload: route shop.canary needs more server slots (8 → 24 slots)",
+    )
+    routes = {f"r{i}": {"instances": []} for i in range(6)}
+    assert reasons_in_words(before, config(**BASE, **routes)) == (
+        "reload: gateway shop needs another number of backends for its routes (3 → 9 backends)",
+    )
+
+
+def test_runtime_steps_are_the_commands_as_sent() -> None:
+    after = {**BASE, "stable": {**BASE["stable"], "weight": "80%"}}
+    after["canary"] = {**BASE["canary"], "weight": "20%"}
+    steps = reasons_in_words(config(**BASE), config(**after))
+    assert len(steps) == 1 and steps[0].startswith("swap map maps/shop.map: 0:7999 ")
+
+
+def test_many_instance_changes_of_a_route_are_one_counted_change() -> None:
+    many = {
+        **BASE,
+        "canary": {**BASE["canary"], "instances": [f"127.0.0.1:{p}" for p in range(20000, 20200)]},
+    }
+    changes = diff_configs(config(**BASE), config(**many))
+    assert [c.text for c in changes] == [
+        "shop.canary: instances 1 → 200 (200 added, 1 removed)"
+    ]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from controller.cli import _host_port
+from controller.cli.run import host_port
 from controller.compile import GatewayLayout, GatewayMaps
 from controller.conditions import parse_condition
 from controller.conditions.policy import UnsafeAcl, check_acl_policy, unsafe_reason
@@ -539,8 +539,8 @@ def test_renderer_refuses_a_line_a_value_would_break(changes: dict[str, Any], li
 @pytest.mark.parametrize("value", ["127.0.0.1:８０", "127.0.0.1:80\n", "127.0.0.1:", ":80"])
 def test_cli_host_port_refuses(value: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
-        _host_port(value)
+        host_port(value)
 
 
 def test_cli_host_port_accepts() -> None:
-    assert _host_port("127.0.0.1:9900") == ("127.0.0.1", 9900)
+    assert host_port("127.0.0.1:9900") == ("127.0.0.1", 9900)

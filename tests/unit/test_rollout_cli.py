@@ -9,8 +9,8 @@ import pytest
 from rich.console import Console
 
 from controller.cli import build_parser
-from controller.cli_rollout import spec_from_args
-from controller.cli_rollout_follow import EXIT_CODES, render
+from controller.cli.follow import EXIT_CODES, render
+from controller.cli.rollout import spec_from_args
 from controller.rollouts.spec import RolloutSpec, plan_steps
 from controller.rollouts.state import Origin, Rollout
 from controller.rollouts.view import public_view
@@ -152,7 +152,7 @@ def test_the_live_display_shows_step_weights_checks_and_time_to_the_next_check()
 
 def test_events_tables_and_lines_say_rates_and_phases_the_same_way() -> None:
     """Issue 10.10: events said `success_rate 0 < 0.99`, tables 0.00 %; `rolled_back` in text."""
-    from controller.cli_rollout_follow import _result
+    from controller.cli.follow import _result
     from controller.rollouts.checks import Window, evaluate
     from controller.rollouts.text import evaluation_text, event_line
 

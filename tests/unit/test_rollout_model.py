@@ -18,7 +18,14 @@ from controller.rollouts.spec import (
     rollback_weights,
     split_pair,
 )
-from controller.rollouts.state import MAX_EVENTS, MAX_TEXT, Origin, Rollout
+from controller.rollouts.state import (
+    MAX_EVENTS,
+    MAX_TEXT,
+    CommandRefused,
+    Origin,
+    Rollout,
+    command_effect,
+)
 from controller.rollouts.view import public_view
 
 
@@ -235,3 +242,33 @@ def test_interleaved_repeats_coalesce_too() -> None:
         rollout.record(i, "check", "inconclusive: requests 0 < 100")
         rollout.record(i, "error", "timed out")
     assert [(e.kind, e.count) for e in rollout.events] == [("check", 50), ("error", 50)]
+
+
+@pytest.mark.parametrize(
+    ("phase", "step", "kind", "acts", "says"),
+    [
+        ("progressing", 2, "pause", True, "holds step 2's weights (stable 95%, canary 5%)"),
+        ("paused", 2, "pause", False, "already paused"),
+        ("paused", 2, "resume", True, "a new window on step 2"),
+        ("progressing", 2, "resume", False, "not paused"),
+        ("progressing", 2, "promote", True, "step 6's weights now (stable 0%, canary 100%)"),
+        ("paused", 2, "abort", True, "before the rollout (stable 100%, canary 0%) at once"),
+        ("rolling_back", 2, "abort", False, "already rolling back"),
+    ],
+)
+def test_what_a_command_does_in_each_phase(
+    phase: str, step: int, kind: str, acts: bool, says: str
+) -> None:
+    """One rule for the runner and for a command's dry run (`?dry_run=true`)."""
+    rollout = rollout_of(spec()).model_copy(update={"phase": phase, "step": step})
+    effect = command_effect(rollout, kind)  # type: ignore[arg-type]
+    assert effect.acts is acts and says in effect.text, effect
+
+
+@pytest.mark.parametrize(
+    ("phase", "kind"),
+    [("rolling_back", "pause"), ("rolling_back", "promote"), ("promoted", "abort")],
+)
+def test_commands_a_phase_refuses(phase: str, kind: str) -> None:
+    with pytest.raises(CommandRefused):
+        command_effect(rollout_of(spec()).model_copy(update={"phase": phase}), kind)  # type: ignore[arg-type]

@@ -325,6 +325,18 @@ async def test_abort_or_promote_while_paused(command: str) -> None:
         await runner.submit(Command("resume"))  # refused once ended: nothing left to run it
 
 
+async def test_a_gone_gateway_ends_the_rollout_failed_and_starts_no_rollback() -> None:
+    """`gone` fell through to the abort branch: the ended rollout started rolling back."""
+    h = harness()
+    runner = h.runner(make_rollout(h, interval=0.05))
+    async with running(runner):
+        await until(lambda: runner.rollout.step == 1)
+        await runner.submit(Command("gone", "gateway shop was deleted"))
+        await until(lambda: runner.rollout.terminal)
+    assert runner.rollout.phase == "failed"
+    assert kinds(runner.rollout, "rollback_started") == []
+
+
 async def test_weights_changed_by_hand_pause_and_resume_puts_the_step_back() -> None:
     h = harness()
     runner = h.runner(make_rollout(h, interval=0.05))

@@ -227,6 +227,7 @@ ERRORS = [
     "Can't find backend.",
     "Absolute weight can only be between 0 and 256 inclusive.",
     "'set server <srv> state' expects 'ready', 'drain' and 'maint'.",
+    "usage: set server <backend>/<server> agent|health|state|weight|addr|check-port",
 ]
 NOT_ERRORS = [
     "",

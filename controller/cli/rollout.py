@@ -2,7 +2,7 @@
 
 `start` prints the rollout's id first (also with `--wait`; with `--json` on stderr, the JSON
 on stdout has it too), so a script can always abort what it started. `--watch` shows live
-progress; `--wait` is for scripts (see `cli_rollout_follow`). Exit codes: 0 promoted, 1 rolled
+progress; `--wait` is for scripts (see `follow`). Exit codes: 0 promoted, 1 rolled
 back or aborted, 2 failed, refused or nothing to wait for, 3 still running at `--timeout`,
 130 interrupted (the rollout goes on).
 """
@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from controller.cli_rollout_follow import (
+from controller.cli.client import add_client_options, client_from
+from controller.cli.follow import (
     EXIT_REFUSED,
     abort_hint,
     call,
@@ -105,8 +106,8 @@ def _plan(console: Console, view: dict[str, Any]) -> None:
 
 
 def cmd_start(args: argparse.Namespace, console: Console) -> int:
-    query = "?dry_run=true" if args.dry_run else ""
-    status, view = call(args, "POST", query, spec_from_args(args))
+    client = client_from(args)
+    status, view = call(client, "POST", "", spec_from_args(args), dry_run=args.dry_run)
     if status >= 400:
         return refused(console, status, view)
     if args.dry_run:
@@ -123,15 +124,16 @@ def cmd_start(args: argparse.Namespace, console: Console) -> int:
         else:
             _plan(console, view)
         return 0
-    return follow(args, console, [view["id"]])
+    return follow(args, client, console, [view["id"]])
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    client = client_from(args)
     if args.id is None:
         query = f"?gateway={args.gateway}" if args.gateway else ""
         if args.wait or args.watch:
             query += ("&" if query else "?") + "active=true"
-        status, body = call(args, "GET", query)
+        status, body = call(client, "GET", query)
         if status >= 400:
             return refused(console, status, body)
         if args.wait or args.watch:
@@ -144,7 +146,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_REFUSED
-            return follow(args, console, ids, many=True)
+            return follow(args, client, console, ids, many=True)
         if args.json:
             print(json.dumps(body, indent=2))
             return 0
@@ -164,8 +166,8 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         console.print(table)
         return 0
     if args.wait or args.watch:
-        return follow(args, console, [args.id])
-    status, view = call(args, "GET", f"/{args.id}")
+        return follow(args, client, console, [args.id])
+    status, view = call(client, "GET", f"/{args.id}")
     if status >= 400:
         return refused(console, status, view)
     if args.json:
@@ -177,11 +179,19 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_action(args: argparse.Namespace, console: Console) -> int:
-    status, view = call(args, "POST", f"/{args.id}/{args.action}")
+    client = client_from(args)
+    status, view = call(client, "POST", f"/{args.id}/{args.action}", dry_run=args.dry_run)
     if status >= 400:
         return refused(console, status, view)
     if args.json:
         print(json.dumps(view, indent=2))
+    elif args.dry_run:
+        console.print(
+            f"dry run, nothing sent: rollout {view['id']} is {words(view['phase'])} at step "
+            f"{view['step']}/{view['steps']}; {args.action} would do: {view['effect']}",
+            markup=False,
+            highlight=False,
+        )
     else:
         console.print(f"{args.action}: rollout {view['id']} is {words(view['phase'])}")
     return 0
@@ -192,8 +202,6 @@ def cmd_action(args: argparse.Namespace, console: Console) -> int:
 
 def add_rollout_commands(sub: Any) -> None:
     """`rollout …` on the CLI's subparsers (`argparse._SubParsersAction`)."""
-    from controller.cli import DEFAULT_API, add_client_token_options
-
     rollout = sub.add_parser("rollout", help="automated canary, blue/green and A/B rollouts")
     actions = rollout.add_subparsers(dest="rollout_command", required=True)
 
@@ -201,10 +209,7 @@ def add_rollout_commands(sub: Any) -> None:
         p: argparse.ArgumentParser = actions.add_parser(
             name, help=help_text, description=help_text.replace("%%", "%")
         )
-        p.add_argument(
-            "--api", default=DEFAULT_API, help="the controller's API (default: %(default)s)"
-        )
-        add_client_token_options(p)
+        add_client_options(p)
         p.add_argument("--json", action="store_true", help="print the rollout as JSON")
         return p
 
@@ -295,4 +300,7 @@ def add_rollout_commands(sub: Any) -> None:
     ):
         p = client(action, text)
         p.add_argument("id")
+        p.add_argument(
+            "--dry-run", action="store_true", help="say what it would do (or why not), do nothing"
+        )
         p.set_defaults(func=cmd_action, action=action)

@@ -18,6 +18,8 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from controller.cli.client import add_client_options, client_from
+from controller.cli.gateways import put_gateways
 from controller.errors import InvalidInput
 
 EXIT_PARTIAL = 3
@@ -52,7 +54,6 @@ def instances_option(items: list[str]) -> dict[str, list[str]]:
 
 
 def cmd_import_vamp(args: argparse.Namespace, console: Console) -> int:
-    from controller.cli import _put_gateways
     from controller.vamp import import_vamp
 
     path = Path(args.file)
@@ -75,7 +76,7 @@ def cmd_import_vamp(args: argparse.Namespace, console: Console) -> int:
         dump = result.config.model_dump(mode="json", exclude_defaults=True)
         sys.stdout.write(yaml.safe_dump(dump, sort_keys=False, allow_unicode=True))
     elif result.complete or args.partial:
-        if _put_gateways(args, console, result.config, "?dry_run=true" if args.dry_run else ""):
+        if put_gateways(client_from(args), console, result.config, args.dry_run):
             return 1
     else:
         errors.print("nothing applied: something did not carry over (see above); --partial")
@@ -83,15 +84,12 @@ def cmd_import_vamp(args: argparse.Namespace, console: Console) -> int:
 
 
 def add_import_commands(sub: Any) -> None:
-    from controller.cli import DEFAULT_API, add_client_token_options
-
     importer = sub.add_parser("import", help="gateways from another tool's definitions")
     tools = importer.add_subparsers(dest="tool", required=True)
     vamp = tools.add_parser(
         "vamp",
         help="a Vamp gateway, gateway list or blueprint (YAML or JSON)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     vamp.add_argument("file", help="the Vamp definition")
     vamp.add_argument(
@@ -111,6 +109,5 @@ def add_import_commands(sub: Any) -> None:
         "--partial", action="store_true", help="with --apply: apply though not all carried over"
     )
     vamp.add_argument("--dry-run", action="store_true", help="with --apply: only show the plan")
-    vamp.add_argument("--api", default=DEFAULT_API, help="default: %(default)s")
-    add_client_token_options(vamp)
+    add_client_options(vamp)
     vamp.set_defaults(func=cmd_import_vamp)

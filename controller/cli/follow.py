@@ -21,6 +21,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from controller.cli.client import DEFAULT_API, ApiClient, ApiClientError
+from controller.cli.output import print_error
 from controller.rollouts.state import TERMINAL
 from controller.rollouts.text import (
     check_name,
@@ -40,23 +42,20 @@ UNREACHABLE_GRACE = 60.0
 """Seconds `--wait` keeps asking a controller that does not answer (it may be restarting)."""
 
 
-def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    from controller.cli import call_api
-
-    return call_api(args.api, method, f"/rollouts{path}", body, args.token)
+def call(
+    client: ApiClient, method: str, path: str, body: Any = None, *, dry_run: bool = False
+) -> tuple[int, Any]:
+    reply = client.call(method, f"/rollouts{path}", body, dry_run=dry_run)
+    return reply.status, reply.body
 
 
 def refused(console: Console, status: int, body: Any) -> int:
-    from controller.cli import _print_error
-
-    _print_error(console, status, body)
+    print_error(console, status, body)
     return EXIT_REFUSED
 
 
 def abort_hint(args: argparse.Namespace, rollout_id: str) -> str:
     """The command that stops the rollout, as it can be pasted (with a non-default --api)."""
-    from controller.cli import DEFAULT_API
-
     api = f" --api {args.api}" if args.api != DEFAULT_API else ""
     return f"weighbridge rollout abort {rollout_id}{api}"
 
@@ -115,12 +114,10 @@ def render(view: dict[str, Any], now: float | None = None) -> Group:
     return Group(*lines)
 
 
-def _poll(args: argparse.Namespace, rollout_id: str, since: list[float | None]) -> Any:
+def _poll(client: ApiClient, rollout_id: str, since: list[float | None]) -> Any:
     """One GET; None while the controller does not answer (within the grace period)."""
-    from controller.cli import ApiClientError
-
     try:
-        status, body = call(args, "GET", f"/{rollout_id}")
+        status, body = call(client, "GET", f"/{rollout_id}")
     except ApiClientError as exc:
         first = since[0] = since[0] or time.monotonic()
         if time.monotonic() - first > UNREACHABLE_GRACE:
@@ -132,7 +129,12 @@ def _poll(args: argparse.Namespace, rollout_id: str, since: list[float | None]) 
 
 
 def follow(
-    args: argparse.Namespace, console: Console, ids: list[str], *, many: bool = False
+    args: argparse.Namespace,
+    client: ApiClient,
+    console: Console,
+    ids: list[str],
+    *,
+    many: bool = False,
 ) -> int:
     """Until every rollout in `ids` ended (or --timeout, or Ctrl-C). `many`: the JSON result
     is `{"rollouts": [...]}` (however many there are), else the one rollout."""
@@ -149,7 +151,7 @@ def follow(
             for rollout_id in ids:
                 if views.get(rollout_id, {}).get("phase") in TERMINAL:
                     continue
-                answer = _poll(args, rollout_id, unreachable)
+                answer = _poll(client, rollout_id, unreachable)
                 if answer is None:
                     continue
                 status, body = answer

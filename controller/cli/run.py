@@ -1,0 +1,347 @@
+"""`weighbridge run` and `weighbridge demo`: the commands that start the controller.
+
+Their options show the engine's defaults, so they are added only when one of these commands
+is used (`Parser(populate=…)`): the client commands never import the engine or HAProxy code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from controller.api.tokens import READ_TOKEN_ENV, WRITE_TOKEN_ENV
+from controller.cli.client import DEFAULT_API, refuse_token_argument
+
+if TYPE_CHECKING:
+    from controller.service import RunSettings
+
+DEFAULT_CONFIG = "weighbridge.yaml"
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:9900
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _outbound_rule(text: str) -> str:
+    from controller.rollouts.outbound import parse_rule
+
+    try:
+        parse_rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _traffic_rate(text: str) -> float:
+    from controller.demo import traffic_rate
+
+    return traffic_rate(text)
+
+
+def run_settings(args: argparse.Namespace) -> RunSettings:
+    from controller.api.connections import ApiLimits
+    from controller.api.tokens import load_tokens
+    from controller.budget import Budget
+    from controller.candidate import CheckLimits
+    from controller.engine import Timing
+    from controller.service import ApiSettings, Attach, RunSettings
+
+    attach = None
+    if getattr(args, "attach", None):
+        if not (args.master_socket and args.admin_socket):
+            raise SystemExit("--attach needs --master-socket and --admin-socket")
+        attach = Attach(
+            configs=tuple(Path(p) for p in args.attach),
+            master_socket=Path(args.master_socket),
+            admin_socket=Path(args.admin_socket),
+        )
+    host, port = args.api
+    api = ApiSettings(
+        tokens=load_tokens(args.token_file, args.read_token_file),
+        hostnames=tuple(args.api_hostname),
+        insecure_no_token=args.insecure_no_token,
+        metrics_need_token=not args.metrics_without_token,
+        limits=ApiLimits(args.api_max_connections, args.api_timeout, args.api_timeout),
+    )
+    config = getattr(args, "config", None)
+    return RunSettings(
+        config_file=Path(config or DEFAULT_CONFIG),
+        config_required=config is not None,
+        config_wins=getattr(args, "config_wins", False),
+        state_dir=Path(args.state_dir),
+        api_host=host,
+        api_port=port,
+        haproxy_bin=args.haproxy_bin,
+        api=api,
+        sync_interval=args.sync_interval,
+        supervise_interval=args.supervise_interval,
+        runtime_timeout=args.runtime_timeout,
+        timing=Timing(debounce=args.reload_debounce, min_reload_interval=args.min_reload_interval),
+        stats=args.stats,
+        stats_page=args.stats_page,
+        attach=attach,
+        allow_unsafe_acls=args.allow_unsafe_acls,
+        allow_outbound=tuple(getattr(args, "allow_outbound", None) or ()),
+        budget=Budget(args.max_routes, args.max_instances, args.max_slots),
+        check=CheckLimits(
+            timeout=args.check_timeout, memory_mb=args.check_memory, env=tuple(args.haproxy_env)
+        ),
+    )
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from controller.service import run
+
+    run(run_settings(args))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from controller.demo import run_demo
+
+    return run_demo(
+        run_settings(args), gateway_port=args.port, console=console, traffic=args.traffic
+    )
+
+
+def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
+    """What every controller start takes: its state, its API, HAProxy, timing and bounds."""
+    from controller.budget import Budget
+    from controller.candidate import CheckLimits
+    from controller.engine import Timing
+
+    p.add_argument(
+        "--state-dir",
+        default=state_dir,
+        metavar="DIR",
+        help="the controller's files: desired state, HAProxy's config, maps and sockets",
+    )
+    p.add_argument(
+        "--api",
+        type=host_port,
+        default=DEFAULT_API,
+        metavar="HOST:PORT",
+        help="where the REST API listens (beyond loopback it needs a write token)",
+    )
+    api_options(p)
+    p.add_argument("--haproxy-bin", default="haproxy", metavar="PATH", help="the HAProxy binary")
+    p.add_argument(
+        "--sync-period",
+        "--sync-interval",
+        dest="sync_interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds within which every gateway is checked for drift "
+        "(default: 5, more with over 800 routes: 6 ms a route)",
+    )
+    p.add_argument(
+        "--supervise-interval",
+        type=float,
+        default=0.2,
+        metavar="SECONDS",
+        help="seconds between HAProxy probes",
+    )
+    p.add_argument(
+        "--runtime-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds before an unanswered Runtime API call fails",
+    )
+    p.add_argument(
+        "--reload-debounce",
+        type=float,
+        default=Timing.debounce,
+        metavar="SECONDS",
+        help="seconds to gather structural changes into one reload",
+    )
+    p.add_argument(
+        "--min-reload-interval",
+        type=float,
+        default=Timing.min_reload_interval,
+        metavar="SECONDS",
+        help="seconds between two reloads at least",
+    )
+    p.add_argument(
+        "--stats",
+        default="127.0.0.1:8404",
+        metavar="HOST:PORT",
+        help="HAProxy's Prometheus exporter (/metrics); '' for none",
+    )
+    p.add_argument(
+        "--stats-page",
+        action="store_true",
+        help="also HAProxy's stats page (/stats) on the --stats address (it shows everything)",
+    )
+    budget = Budget()
+    for name, default in (
+        ("routes", budget.routes),
+        ("instances", budget.instances),
+        ("slots", budget.slots),
+    ):
+        p.add_argument(
+            f"--max-{name}",
+            type=int,
+            default=default,
+            metavar="N",
+            help=f"budget: {name} in all gateways together",
+        )
+    limits = CheckLimits()
+    p.add_argument(
+        "--check-timeout",
+        type=float,
+        default=limits.timeout,
+        metavar="SECONDS",
+        help="seconds (wall and CPU) a `haproxy -c` of a candidate may take",
+    )
+    p.add_argument(
+        "--check-memory",
+        type=int,
+        default=limits.memory_mb,
+        metavar="MB",
+        help="MB of address space a `haproxy -c` of a candidate may use",
+    )
+    p.add_argument(
+        "--haproxy-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this environment variable to HAProxy (none is by default); repeatable",
+    )
+    p.add_argument(
+        "--allow-unsafe-acls",
+        action="store_true",
+        help="let raw ACLs in conditions read files (-f, map) or the environment (env) "
+        "or run Lua: only if everyone who may write routes may do that",
+    )
+
+
+def api_options(p: argparse.ArgumentParser) -> None:
+    """Who may call the API and how much it may take: docs/security.md."""
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help=f"the write token (every write; reads too); default: ${WRITE_TOKEN_ENV}, "
+        "none when unset (then the API must listen on loopback)",
+    )
+    p.add_argument(
+        "--read-token-file",
+        type=Path,
+        metavar="PATH",
+        help=f"a read token: then every read needs a token; default: ${READ_TOKEN_ENV}, "
+        "none when unset (reads open)",
+    )
+    refuse_token_argument(p, "--api-token")
+    p.add_argument(
+        "--api-hostname",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name the API answers to besides its address; repeatable",
+    )
+    p.add_argument(
+        "--insecure-no-token",
+        action="store_true",
+        help="allow an API beyond loopback without a write token (unsafe)",
+    )
+    p.add_argument(
+        "--metrics-without-token",
+        action="store_true",
+        help="GET /metrics needs no token even when a read token is set",
+    )
+    p.add_argument(
+        "--api-max-connections",
+        type=int,
+        default=256,
+        metavar="N",
+        help="open API connections at most (the oldest idle one makes room)",
+    )
+    p.add_argument(
+        "--api-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="to send a request's headers (and again its body); idle connections close",
+    )
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"the desired state to start from (default: {DEFAULT_CONFIG} if it exists). "
+        "It seeds an empty store; when the store already holds a different state, the "
+        "store wins and the start says what differs (see --config-wins). A FILE given "
+        "here must exist",
+    )
+    p.add_argument(
+        "--config-wins",
+        action="store_true",
+        help="make the config file the desired state at start: what differs from the store "
+        "is applied as a normal change (live where possible)",
+    )
+    controller_options(p, ".weighbridge")
+    p.add_argument(
+        "--attach",
+        action="append",
+        metavar="HAPROXY_CFG",
+        help="attach to your HAProxy (started by you with -f HAPROXY_CFG "
+        "-f STATE_DIR/weighbridge.cfg); repeat for several files",
+    )
+    p.add_argument(
+        "--master-socket", metavar="PATH", help="attach mode: your HAProxy's master CLI socket"
+    )
+    p.add_argument(
+        "--admin-socket", metavar="PATH", help="attach mode: your stats socket at level admin"
+    )
+    p.add_argument(
+        "--allow-outbound",
+        action="append",
+        type=_outbound_rule,
+        metavar="HOST|CIDR|HOST:PORT",
+        help="where rollout webhooks and Prometheus checks may call; repeat for several "
+        "(default: loopback only, 127.0.0.0/8 and ::1; docs/security.md)",
+    )
+    p.set_defaults(func=cmd_run)
+
+
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    controller_options(p, ".weighbridge-demo")
+    p.add_argument("--port", type=int, default=8080, help="the demo gateway's port")
+    p.add_argument(
+        "--traffic",
+        type=_traffic_rate,
+        metavar="RATE",
+        help="send RATE requests/s (at most 500) to the demo gateway, to watch rollouts "
+        "(default: none)",
+    )
+    p.set_defaults(func=cmd_demo)
+
+
+def add_controller_commands(sub: Any) -> None:
+    """`run` and `demo`, their options added when used (see the module's docstring)."""
+    sub.add_parser(
+        "run",
+        help="run the controller (and HAProxy)",
+        description="Run the controller: it starts (or adopts) HAProxy, serves the REST API "
+        "and keeps HAProxy in line with the desired state.",
+        populate=_run_options,
+    )
+    sub.add_parser(
+        "demo",
+        help="HAProxy, controller and demo services, ready to try",
+        description="A demo: gateway shop in front of demo services (stable ×4 at 90 %%, "
+        "canary ×8 at 10 %%), from a fresh state every time.",
+        populate=_demo_options,
+    )

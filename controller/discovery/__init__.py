@@ -1,0 +1,1 @@
+"""Where instances come from besides literal addresses: DNS names (`dns`)."""

@@ -19,9 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -294,6 +297,14 @@ def report(results: Results, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def profiler(out: str | None) -> list[str]:
+    """py-spy around the controller (it cannot attach to a running process here)."""
+    if not out:
+        return []
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return [spy, "record", "--nonblocking", "-r", "500", "-f", "raw", "-o", out, "--"]
+
+
 def run(args: argparse.Namespace) -> Results:
     specs = [f"{route}:{prefix}{i}" for route, (prefix, n) in ROUTES.items()
              for i in range(1, n + 1)]
@@ -309,7 +320,7 @@ def run(args: argparse.Namespace) -> Results:
             },
         }}}
         extra = [] if args.sync_interval is None else ["--sync-interval", str(args.sync_interval)]
-        with controller(tmp, config, extra_args=extra) as stack:
+        with controller(tmp, config, extra_args=extra, wrapper=profiler(args.profile)) as stack:
             log(f"controller ready on {stack.api}; {args.warmup} warm-up + {args.changes} changes")
             return asyncio.run(measure(stack, args.changes, args.warmup, args.visible))
 
@@ -323,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="poll show map during the PATCH (default) or after its response")
     parser.add_argument("--tmp-root", default="/tmp",
                         help="where the state dir goes (/tmp; /dev/shm shows the cost of fsync)")
+    parser.add_argument("--profile", metavar="FILE", default=None,
+                        help="py-spy's raw stacks of the controller, for bench.stacks")
     parser.add_argument("--sync-interval", type=float, default=None,
                         help="the controller's reconcile period in s (default: its own, 5)")
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ from controller.plan import GatewayPlan, ReloadReason
 from controller.process import HAProxyError, HAProxyProcess, MapFiles
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
-from controller.runtime.parse import parse_prepared_version
+from controller.swaps import MapSwapper
 
 log = logging.getLogger(__name__)
 
@@ -87,40 +87,51 @@ class Applier:
         """The latest reload records (appended to in place: the API shows this list)."""
         self.last_reload = 0.0
         self.loaded = Loaded(0, "")
+        self.swapper = MapSwapper(runtime)
 
-    async def apply_runtime(self, plans: Sequence[GatewayPlan]) -> None:
+    async def apply_runtime(
+        self, plans: Sequence[GatewayPlan], *, files_first: bool = True
+    ) -> None:
         """Map files first (a reload or restart must find what HAProxy will run), then new
         instances, the atomic map swaps (built and checked by the plans), the emptied slots;
-        several gateways' steps share each round trip."""
+        several gateways' steps share each round trip.
+
+        `files_first=False` (a write, which holds the gate so no reload can come between)
+        writes the map files after the socket steps: traffic follows sooner."""
         count = runtime_count(plans)
         if not count:
             return
         try:
-            await self._runtime(plans)
+            await self._runtime(plans, files_first)
         except Exception:
             self.metrics.runtime_commands(count, "failed")
             raise
         self.metrics.runtime_commands(count, "ok")
 
-    async def _runtime(self, plans: Sequence[GatewayPlan]) -> None:
+    async def _runtime(self, plans: Sequence[GatewayPlan], files_first: bool) -> None:
         swaps = [swap for plan in plans for swap in plan.map_swaps]
-        if swaps:
-            # derived from the store (a cold start writes every map again): no fsync, and a
-            # write of a few small files stays on the event loop
-            files = {s.ref: s.entries for s in swaps}
-            await offload(len(files) > MANY_MAPS, self.process.write_maps, files, durable=False)
+        if swaps and files_first:
+            await self._write_maps(swaps)
         fill = [command for plan in plans for command in plan.commands[0]]
         if fill:
             await self.runtime.execute_many(fill)
         if swaps:
-            replies = await self.runtime.execute_many([s.prepare() for s in swaps])
-            batch: list[commands.Command] = []
-            for swap, reply in zip(swaps, replies, strict=True):
-                batch += swap.commands(parse_prepared_version(reply))
-            await self.runtime.execute_many(batch)
+            await self.swapper.swap(swaps)
         empty = [command for plan in plans for command in plan.commands[1]]
         if empty:
             await self.runtime.execute_many(empty)
+        if swaps and not files_first:
+            await self._write_maps(swaps)
+
+    async def _write_maps(self, swaps: Sequence[commands.MapSwap]) -> None:
+        # derived from the store (a cold start writes every map again): no fsync, and a
+        # write of a few small files stays on the event loop
+        files = {s.ref: s.entries for s in swaps}
+        await offload(len(files) > MANY_MAPS, self.process.write_maps, files, durable=False)
+
+    def forget_map_versions(self) -> None:
+        """A new worker (a reload, a restart) counts map versions from scratch."""
+        self.swapper.forget()
 
     async def reload(
         self,
@@ -134,6 +145,7 @@ class Applier:
         returns the seconds it took."""
         started = time.perf_counter()
         record: dict[str, object] = {"reasons": _summary(reasons), "at": time.time()}
+        self.forget_map_versions()
         try:
             await self.process.guarded_reload(text, maps)
             self.loaded = Loaded(revision, f"reload with revision {revision}")

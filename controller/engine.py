@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, applied_routes
 from controller.apply import Applier, ApplyResult, Loaded, Method
 from controller.budget import Budget, Usage, gateway_usage
+from controller.compile import exact_order, order_map_ref
 from controller.desired import Desired, Record
 from controller.diff import Change, diff_gateway, how
 from controller.edits import Edit, edited
@@ -108,6 +109,8 @@ class Engine:
         self.desired = Desired()
         self.plans: dict[str, GatewayPlan] = {}
         """Each gateway's latest plan: what HAProxy runs for it, or will after the next reload."""
+        self._runs: dict[str, GatewayPlan] = {}
+        """The plan HAProxy was last seen or made to run, per gateway (see `_plan_known`)."""
         self.running: Running | None = None
         """The structure HAProxy runs (its file's fingerprints)."""
         self._gateways: KeyedLocks[str] = KeyedLocks()
@@ -125,6 +128,8 @@ class Engine:
 
         Adopting, HAProxy is read (its own work, in its own process) while the store loads."""
         started = time.perf_counter()
+        order = {order_map_ref(self.map_dir): exact_order()}  # read by `split: exact`
+        await asyncio.to_thread(self.process.write_maps, order)
         async with self.gate.exclusive():
             reading: asyncio.Task[Observed] | None = None
             if await self.process.is_running() or await self._answers_soon():
@@ -176,6 +181,7 @@ class Engine:
         (no `haproxy -c` first: there is no running worker to protect, and the start reports
         HAProxy's reasons as a check would)."""
         plans = await self._write_candidate(check=False)
+        self.applier.forget_map_versions()
         await self.process.start()
         loaded = [replace(plan, reload_reasons=()) for plan in plans]
         for plan in loaded:
@@ -292,8 +298,10 @@ class Engine:
         (a dry run's duration is the time it took to check and plan)."""
         big = self._is_big(after)
         async with self.gate.shared():
-            observed = await self.observe_gateway(name)
-            plan = await offload(big, self._plan, name, after, observed)
+            plan = await offload(big, self._plan_known, name, after)
+            if plan is None:
+                observed = await self.observe_gateway(name)
+                plan = await offload(big, self._plan, name, after, observed)
             steps = how(Plan((plan,)), changes)
             if not plan.needs_reload:
                 method = _method(plan)
@@ -318,17 +326,34 @@ class Engine:
     async def _commit_runtime(
         self, name: str, record: Record | None, after: Gateway | None, plan: GatewayPlan
     ) -> int:
-        """Store, then apply the runtime steps; put the record back if HAProxy refuses."""
-        revision = await self._store(name, record, after)
+        """Store and apply the runtime steps at once; answer once both are done.
+
+        The store's write (and its fsync) runs beside the socket steps, so traffic follows
+        without waiting for the disk; the caller still hears back only once the change is
+        durable. If HAProxy refuses, the record is put back; if the store fails, HAProxy is
+        brought back to the stored gateway: either way nothing stays half-applied."""
+        storing = asyncio.ensure_future(self._store(name, record, after))
         maps = [Path(swap.ref) for swap in plan.map_swaps]
-        snapshot = await asyncio.to_thread(self.process.snapshot, maps)
+        snapshot = self.process.snapshot(maps) if maps else {}
         try:
-            await self.applier.apply_runtime([plan])
+            await self.applier.apply_runtime([plan], files_first=False)
         except (WeighbridgeError, OSError) as exc:
+            self._runs.pop(name, None)
             self.process.restore(snapshot)
+            try:
+                revision = await storing
+            except WeighbridgeError:
+                await self._converge([name], drift=False)
+                raise Unavailable(f"not applied ({exc}); the gateway is as it was") from exc
             back = await self._put_back(name, record, revision)
             where = f"the gateway is back at revision {back}" if back else "retrying"
             raise Unavailable(f"not applied ({exc}); {where}") from exc
+        try:
+            revision = await storing
+        except WeighbridgeError:
+            self._runs.pop(name, None)
+            await self._converge([name], drift=False)  # back to what is stored
+            raise
         self.runs(plan)
         if not plan.is_empty:
             log.info("applied %s revision %d by runtime", name, revision)
@@ -349,6 +374,19 @@ class Engine:
                 await self._put_back(name, record, revision)
             raise
         return revision, reload
+
+    def _plan_known(self, name: str, gateway: Gateway | None) -> GatewayPlan | None:
+        """Plan against what HAProxy runs as far as this controller applied it, without
+        looking: None (observe first) unless the last plan is one HAProxy runs and the new
+        plan only swaps maps. A swap replaces a whole map, so it holds whatever the map had
+        become; drift in the slots is the reconcile's to repair (`visit`)."""
+        known = self.plans.get(name)
+        if known is None or self._runs.get(name) is not known or self.reloads.pending:
+            return None
+        plan = self._plan(name, gateway, known.known())
+        if plan.needs_reload or plan.fill or plan.empty:
+            return None
+        return plan
 
     def _plan(
         self,
@@ -422,6 +460,10 @@ class Engine:
     def runs(self, plan: GatewayPlan) -> None:
         """HAProxy now runs `plan`: remember it, and export what it applies."""
         self._planned(plan)
+        if plan.section is None:
+            self._runs.pop(plan.name, None)
+        else:
+            self._runs[plan.name] = plan
         if plan.section is not None:
             self.metrics.set_applied(plan.name, self.applied_of(plan))
 
@@ -454,6 +496,8 @@ class Engine:
             observed = await self.observer.gateways([self._scope(name) for name in names])
         except RuntimeApiError:
             self.metrics.haproxy_up(False)
+            for name in names:
+                self._runs.pop(name, None)
             raise
         self.metrics.haproxy_up(True)
         return observed

@@ -70,6 +70,8 @@ class GatewayObserved:
 
 
 NOTHING_RUNS = GatewayObserved(running=None, backends={}, maps={})
+PARKED = Address("127.0.0.1", 1)
+"""`PLACEHOLDER`, the address HAProxy reports for an empty slot."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,23 @@ class GatewayPlan:
             weight = backend.server_weight
             filled = self.assignment.get(backend.name, {})
             backends[backend.name] = [SlotState(s, a, True, weight) for s, a in filled.items()]
+        return GatewayObserved(self.section.fingerprint, backends, self.maps)
+
+    def known(self) -> GatewayObserved:
+        """What `show servers state` and `show map` report once this plan is applied, parked
+        slots included: what a write plans against when it need not look (`Engine`)."""
+        if self.section is None:
+            return NOTHING_RUNS
+        backends = {}
+        for backend in self.section.layout.backends:
+            weight = backend.server_weight
+            filled = self.assignment.get(backend.name, {})
+            backends[backend.name] = [
+                SlotState(s, filled[s], True, weight)
+                if s in filled
+                else SlotState(s, PARKED, False, weight)
+                for s in backend.slot_names()
+            ]
         return GatewayObserved(self.section.fingerprint, backends, self.maps)
 
 

@@ -30,6 +30,7 @@ from controller.runtime.parse import (
     parse_servers_state,
     parse_stat,
 )
+from controller.swaps import MapSwapper
 from tests.support.haproxy import HAProxyProcess, running_haproxy
 
 pytestmark = [
@@ -301,3 +302,30 @@ async def test_master_socket_refusal_is_transient(haproxy: HAProxy) -> None:
         await MasterClient(missing, timeout=0.1).show_proc()
     with pytest.raises(TransientError):
         await RuntimeClient(missing).execute(c.show_info())
+
+
+async def test_map_swaps_take_one_round_trip_once_the_version_is_known(haproxy: HAProxy) -> None:
+    """The first swap learns the version (two round trips), the next ones send prepare,
+    entries and commit together; a version from another worker's count (a reload) or a
+    prepare by someone else makes the guess wrong: refused, and swapped again the slow way."""
+    ref = "maps/pick.map"
+    async with RuntimeClient(haproxy.admin) as client:
+        swapper = MapSwapper(client)
+
+        async def swap_to(backend: str) -> int:
+            before = swapper.round_trips
+            await swapper.swap([c.MapSwap(ref, (("x", backend),))])
+            served = "b" if backend == "be_b" else "HTTP/1.1 503 Service Unavailable"  # parked
+            assert await http_get(haproxy.fe_port, pick="x") == served
+            assert [(e.key, e.value) for e in parse_map(await client.execute(c.show_map(ref)))] \
+                == [("x", backend)]
+            return swapper.round_trips - before
+
+        assert await swap_to("be_b") == 2
+        assert await swap_to("be_app") == 1
+        assert await swap_to("be_b") == 1
+        swapper.versions[ref] += 5  # as after a reload: a version not yet prepared
+        assert await swap_to("be_app") == 3
+        await client.execute(c.prepare_map(ref))  # someone else's prepare
+        assert await swap_to("be_b") == 3
+        assert await swap_to("be_app") == 1

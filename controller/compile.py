@@ -108,6 +108,28 @@ def pool_capacity(routes: int, current: int = 0) -> int:
 
 MapEntries = tuple[tuple[str, str], ...]
 
+ORDER_MAP = ".order.map"
+"""In the map directory, beside the gateways' maps (no gateway name starts with a dot): the
+order in which `split: exact` visits the 10,000 buckets, the same for every gateway."""
+
+
+def order_map_ref(map_dir: str) -> str:
+    return f"{map_dir}/{ORDER_MAP}"
+
+
+def exact_order() -> MapEntries:
+    """Request n takes bucket reverse(n mod 10,000) in base 10 (0123 → 3210).
+
+    Any 10,000 consecutive requests visit every bucket once, so each route gets exactly its
+    basis points. Any 100 consecutive ones have every last-two-digit pair once, i.e. every
+    leading pair of the bucket, so a route whose range is whole percents gets exactly its
+    percent in every window of 100 (whole tenths: in every 10), spread out rather than in a
+    run; a range in basis points stays within one request of its share in any window
+    (checked for every split in tests/unit/test_exact_split.py)."""
+    return tuple((str(n), f"{n % 10}{n // 10 % 10}{n // 100 % 10}{n // 1000}") for n in range(
+        BASIS_POINTS
+    ))
+
 
 def weight_map(weights: Mapping[str, int], binding: Mapping[str, str]) -> MapEntries:
     """Basis-point ranges of `rand(10000)` → backend, in route order; 0 % routes get none."""
@@ -154,6 +176,8 @@ class GatewayMaps:
     strengths: str | None = None
     sticky: str | None = None
     backends: str | None = None
+    order: str | None = None
+    """`split: exact`: the shared bucket order (`exact_order`), written once, never swapped."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +203,7 @@ class GatewayLayout:
     maps: GatewayMaps
     conditions: tuple[ConditionRule, ...]
     backends: tuple[BackendLayout, ...]
+    split: str = "random"
 
     @property
     def host_acl(self) -> str | None:
@@ -201,13 +226,16 @@ def gateway_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
-def gateway_map_refs(gateway: str, map_dir: str, *, conditions: bool, sticky: bool) -> GatewayMaps:
+def gateway_map_refs(
+    gateway: str, map_dir: str, *, conditions: bool, sticky: bool, exact: bool = False
+) -> GatewayMaps:
     return GatewayMaps(
         weights=weights_map_ref(gateway, map_dir),
         routes=routes_map_ref(gateway, map_dir),
         strengths=f"{map_dir}/{gateway}.strengths.map" if conditions else None,
         sticky=f"{map_dir}/{gateway}.sticky.map" if sticky else None,
         backends=f"{map_dir}/{gateway}.backends.map" if sticky else None,
+        order=order_map_ref(map_dir) if exact else None,
     )
 
 
@@ -312,8 +340,13 @@ def gateway_layout(
         sticky=gateway.sticky,
         virtual_hosts=gateway.virtual_hosts,
         maps=gateway_map_refs(
-            name, map_dir, conditions=bool(conditions), sticky=gateway.sticky != "none"
+            name,
+            map_dir,
+            conditions=bool(conditions),
+            sticky=gateway.sticky != "none",
+            exact=gateway.split == "exact",
         ),
         conditions=conditions,
         backends=tuple(backends),
+        split=gateway.split,
     )

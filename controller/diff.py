@@ -92,7 +92,7 @@ def _gone(gateway: Gateway | None) -> str | None:
 
 
 def _gateway_fields(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
-    for field in ("bind", "mode", "balance", "sticky"):
+    for field in ("bind", "mode", "balance", "sticky", "split"):
         old, new = getattr(before, field), getattr(after, field)
         if old != new:
             yield Change(name, None, field, _text(old), _text(new), live=False)

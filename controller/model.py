@@ -293,6 +293,9 @@ class Gateway(BaseModel):
     sticky: Literal["none", "route", "instance"] = "none"
     virtual_hosts: tuple[Host, ...] = Field(default=(), max_length=64)
     routes: dict[Name, Route] = Field(default_factory=dict, max_length=256)
+    split: Literal["random", "exact"] = "random"
+    """How the weights pick a route: a fresh draw per request, or `exact`, a deterministic
+    sequence that holds every route's share in every window of requests (docs/routing.md)."""
 
     def route_balance(self, route: Route) -> str:
         return (

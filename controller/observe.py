@@ -15,7 +15,7 @@ from controller.compile import MapEntries
 from controller.files import read_text
 from controller.model import Address
 from controller.offload import BIG_TEXT, offload
-from controller.plan import GatewayObserved, Observed, SlotState
+from controller.plan import GatewayObserved, Observed, SlotState, map_gateway
 from controller.render import Running, read_running
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
@@ -54,7 +54,11 @@ class Observer:
         state_text, map_list = await self.runtime.execute_many(
             [commands.show_servers_state(), commands.show_map()]
         )
-        refs = [f.file for f in parse_map_list(map_list) if f.file.startswith(self.map_dir)]
+        refs = [
+            f.file
+            for f in parse_map_list(map_list)
+            if f.file.startswith(self.map_dir) and map_gateway(f.file)  # not the shared order
+        ]
         replies = await self.runtime.execute_many([commands.show_map(r) for r in refs])
         big = len(state_text) > BIG_TEXT
         found = dict(zip(refs, replies, strict=True))

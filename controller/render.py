@@ -37,6 +37,8 @@ STRUCTURE_MARK = "# weighbridge-structure: "
 SETTINGS_MARK = "# weighbridge-settings: "
 GATEWAY_MARK = "# weighbridge-gateway: "
 ROUTE_COOKIE_PREFIX = "wb_"
+EXACT_COUNTER = 2
+"""The sticky counter `split: exact` tracks (sc0 and sc1 are left to users' own rules)."""
 
 
 @dataclass(frozen=True)
@@ -231,17 +233,35 @@ def _gateway_rules(gateway: GatewayLayout) -> tuple[list[str], list[str]]:
             f"    use_backend {backend} if {matched} "
             f"{{ rand({BASIS_POINTS}),sub({condition.var}) -m int lt 0 }}"
         )
-    uses.append(
-        f"    use_backend %[rand({BASIS_POINTS}),map_int({gateway.maps.weights},{fallback})]{host}"
-    )
+    choice, tracking = weights_choice(gateway)
+    rules += [f"    {rule} {line}{host}" for line in tracking]
+    uses.append(f"    use_backend %[{choice},map_int({gateway.maps.weights},{fallback})]{host}")
     return rules, uses
+
+
+def weights_choice(gateway: GatewayLayout) -> tuple[str, tuple[str, ...]]:
+    """(the bucket in 0..9999 the weights map turns into a backend, the request rules it needs).
+
+    `random`: a fresh draw. `exact`: the gateway's request counter (gpc0 of the one entry of
+    its own stick table, incremented and read under the entry's lock, so that requests on
+    every thread get distinct numbers) through the shared bucket order. Evaluated only when
+    the weights decide (after sticky pins and conditions), so only those requests count."""
+    if gateway.maps.order is None:
+        return f"rand({BASIS_POINTS})", ()
+    table = no_route_backend(gateway.name)
+    return (
+        f"sc{EXACT_COUNTER}_inc_gpc0,mod({BASIS_POINTS}),map_int_int({gateway.maps.order})",
+        (f"track-sc{EXACT_COUNTER} int(0) table {table}",),
+    )
 
 
 def _render_backends(gateway: GatewayLayout, assignment: Assignment) -> list[str]:
     http = gateway.mode == "http"
+    counter = ["    stick-table type integer size 1 store gpc0"] if gateway.maps.order else []
     lines = [
         f"backend {no_route_backend(gateway.name)}",
         f"    mode {gateway.mode}",
+        *counter,
         # keeps the routes map loaded (HAProxy only loads maps that a rule uses)
         f"    {'http-request' if http else 'tcp-request content'} set-var(txn.wb_routes) "
         f"str(-),map({gateway.maps.routes},-)",

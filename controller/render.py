@@ -245,12 +245,14 @@ def weights_choice(gateway: GatewayLayout) -> tuple[str, tuple[str, ...]]:
     `random`: a fresh draw. `exact`: the gateway's request counter (gpc0 of the one entry of
     its own stick table, incremented and read under the entry's lock, so that requests on
     every thread get distinct numbers) through the shared bucket order. Evaluated only when
-    the weights decide (after sticky pins and conditions), so only those requests count."""
+    the weights decide (after sticky pins and conditions), so only those requests count.
+    The order is looked up as a string: HAProxy keeps string keys in a tree but integer keys
+    in a list (`map_int_int` over 10,000 keys cost 2 ms a request, measured on 2.6.12)."""
     if gateway.maps.order is None:
         return f"rand({BASIS_POINTS})", ()
     table = no_route_backend(gateway.name)
     return (
-        f"sc{EXACT_COUNTER}_inc_gpc0,mod({BASIS_POINTS}),map_int_int({gateway.maps.order})",
+        f"sc{EXACT_COUNTER}_inc_gpc0,mod({BASIS_POINTS}),map_str_int({gateway.maps.order})",
         (f"track-sc{EXACT_COUNTER} int(0) table {table}",),
     )
 

@@ -67,7 +67,7 @@ def test_exact_renders_a_counter_through_the_order_and_random_a_draw() -> None:
     assert "http-request track-sc2 int(0) table wb.shop._none" in exact
     assert "stick-table type integer size 1 store gpc0" in exact
     assert (
-        f"use_backend %[sc2_inc_gpc0,mod(10000),map_int_int(/m/{ORDER_MAP}),"
+        f"use_backend %[sc2_inc_gpc0,mod(10000),map_str_int(/m/{ORDER_MAP}),"
         "map_int(/m/shop.map,wb.shop._none)]"
     ) in exact
     assert "use_backend %[rand(10000),map_int(/m/shop.map,wb.shop._none)]" in drawn

@@ -18,6 +18,7 @@ Weights are whole numbers per route (stable, canary) that sum to 100.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ from bench.common import (
     stop_pidfile,
     wait_until,
 )
+from controller.model import Gateway
+from controller.state_dir import StatePaths
+from controller.store import FileStore
 
 ROUTES = ("stable", "canary")
 HOST_SUFFIX = ".peers.test"
@@ -143,6 +147,18 @@ class Weighbridge:
                     if line.startswith("Nbthread:"))
 
 
+CONFIG_FILE_GATEWAYS = 1024
+"""The most gateways a config file holds (`controller.model.Config`)."""
+
+
+def seed_store(state_dir: Path, gateways: Mapping[str, object]) -> None:
+    """More gateways than a config file holds: written into the store the controller starts
+    from, through the store's own code (as if they had been added over time)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    models = {name: Gateway.model_validate(body) for name, body in gateways.items()}
+    asyncio.run(FileStore(StatePaths(state_dir).gateways).seed(models))
+
+
 def gateway_name(service: int) -> str:
     return f"s{service}"
 
@@ -165,7 +181,11 @@ def weighbridge(
         }
         for name, port in zip(names, ports, strict=True)
     }
-    with controller(workdir, {"gateways": gateways}, startup_timeout=startup_timeout) as stack:
+    config: dict[str, object] = {"gateways": gateways}
+    if len(gateways) > CONFIG_FILE_GATEWAYS:
+        seed_store(workdir / "state", gateways)
+        config = {"gateways": {}}  # the store wins at start (and says what differs)
+    with controller(workdir, config, startup_timeout=startup_timeout) as stack:
         log(f"Weighbridge: {len(gateways)} gateways ready in {stack.ready_seconds:.1f} s")
         api = ApiClient(stack.api_port)
         try:

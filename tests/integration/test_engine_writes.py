@@ -199,3 +199,62 @@ async def test_validated_candidates_are_remembered_so_a_reload_does_not_check_ag
     monkeypatch.setattr(engine.process, "validate", counting)
     assert (await engine.change(add_gateway("new"))).method == "reload"
     assert len(set(checks)) == 1  # the change's check; the reload reused it
+
+
+async def test_a_weight_change_needs_no_look_when_haproxy_runs_the_last_plan(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once HAProxy runs the gateway's last plan, a new split is one batch on the socket
+    (prepare, entries, commit: no `show servers state`/`show map` first); a change of
+    instances still looks first."""
+    sent: list[list[str]] = []
+    execute_many = engine.runtime.execute_many
+
+    async def recorded(cmds: Sequence[Command], **kwargs: Any) -> list[str]:
+        sent.append([c.text for c in cmds])
+        return await execute_many(cmds, **kwargs)
+
+    await engine.change(weights("shop", "20", "80"))  # learns the map's version
+    monkeypatch.setattr(engine.runtime, "execute_many", recorded)
+    result = await engine.change(weights("shop", "30", "70"))
+    assert result.method == "runtime" and len(sent) == 1
+    assert sent[0][0].startswith("prepare map") and sent[0][-1].startswith("commit map")
+    assert "0:2999 wb.shop.b" in live_map(engine, "shop")
+    sent.clear()
+    fewer = gateway(engine.desired.gateways["shop"].bind.port, "30%", "70%")
+    fewer = fewer.model_copy(update={"routes": {
+        "stable": fewer.routes["stable"].model_copy(update={"instances": fewer.routes[
+            "stable"].instances[:1]}),
+        "canary": fewer.routes["canary"],
+    }})
+    assert (await engine.change(PutGateway("shop", fewer))).method == "runtime"
+    assert any(text.startswith("show servers state") for batch in sent for text in batch)
+
+
+async def test_a_store_that_fails_after_the_swap_leaves_haproxy_as_stored(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store writes beside the socket steps: if it fails once traffic has moved, the
+    gateway is brought back to what is stored, and the caller hears of the failure."""
+    from controller.store import StoreError
+
+    swapped = asyncio.Event()
+    execute_many = engine.runtime.execute_many
+
+    async def noting(cmds: Sequence[Command], **kwargs: Any) -> list[str]:
+        replies = await execute_many(cmds, **kwargs)
+        if any(c.text.startswith("commit map") for c in cmds):
+            swapped.set()
+        return replies
+
+    async def failing(*args: Any) -> int:
+        await swapped.wait()  # fails only once HAProxy has the new split
+        raise StoreError("no space left on device")
+
+    monkeypatch.setattr(engine.runtime, "execute_many", noting)
+    monkeypatch.setattr(engine.store, "put", failing)
+    before = engine.desired
+    with pytest.raises(StoreError):
+        await engine.change(weights("shop", "30", "70"))
+    assert engine.desired is before
+    assert "0:8999 wb.shop.b" in live_map(engine, "shop")  # 90/10 again, as stored

@@ -383,7 +383,7 @@ class Engine:
         known = self.plans.get(name)
         if known is None or self._runs.get(name) is not known or self.reloads.pending:
             return None
-        plan = self._plan(name, gateway, known.known())
+        plan = self._plan(name, gateway, known.after(parked=True))
         if plan.needs_reload or plan.fill or plan.empty:
             return None
         return plan

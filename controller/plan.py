@@ -188,31 +188,22 @@ class GatewayPlan:
     def slots(self) -> int:
         return self.section.layout.slots if self.section else 0
 
-    def after(self) -> GatewayObserved:
-        """What HAProxy reports once this plan is applied: its maps, its filled slots."""
+    def after(self, *, parked: bool = False) -> GatewayObserved:
+        """What HAProxy reports once this plan is applied: its maps, its filled slots, and with
+        `parked` the empty ones too, as `show servers state` lists them (what a write plans
+        against when it need not look, `Engine`)."""
         if self.section is None:
             return NOTHING_RUNS
         backends = {}
         for backend in self.section.layout.backends:
             weight = backend.server_weight
             filled = self.assignment.get(backend.name, {})
-            backends[backend.name] = [SlotState(s, a, True, weight) for s, a in filled.items()]
-        return GatewayObserved(self.section.fingerprint, backends, self.maps)
-
-    def known(self) -> GatewayObserved:
-        """What `show servers state` and `show map` report once this plan is applied, parked
-        slots included: what a write plans against when it need not look (`Engine`)."""
-        if self.section is None:
-            return NOTHING_RUNS
-        backends = {}
-        for backend in self.section.layout.backends:
-            weight = backend.server_weight
-            filled = self.assignment.get(backend.name, {})
+            names = backend.slot_names() if parked else filled
             backends[backend.name] = [
                 SlotState(s, filled[s], True, weight)
                 if s in filled
                 else SlotState(s, PARKED, False, weight)
-                for s in backend.slot_names()
+                for s in names
             ]
         return GatewayObserved(self.section.fingerprint, backends, self.maps)
 

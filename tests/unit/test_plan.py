@@ -199,15 +199,15 @@ def test_planning_a_large_route_against_haproxy_is_linear(monkeypatch: Any) -> N
 
 
 def test_a_plan_knows_what_haproxy_reports_once_it_is_applied() -> None:
-    """`known()` stands in for looking (a write that need not observe): it is what HAProxy
+    """`after(parked=True)` stands in for looking (a write that need not observe): it is what HAProxy
     reports after the plan, parked slots included, so planning again against it is empty,
     and a new split against it is one map swap, as against a real observation."""
     [first] = plan_for(STEADY, Observed(running=None, backends={}, maps={})).gateways
-    assert first.known() == applied(STEADY).by_gateway()["shop"]
+    assert first.after(parked=True) == applied(STEADY).by_gateway()["shop"]
     [steady] = plan_for(STEADY, applied(STEADY)).gateways
     gateway = STEADY.gateways["shop"]
-    assert plan_gateway("shop", gateway, steady.known(), "maps", SETTINGS).is_empty
+    assert plan_gateway("shop", gateway, steady.after(parked=True), "maps", SETTINGS).is_empty
     shifted = config([9001, 9002], [9101], weights=("50%", "50%")).gateways["shop"]
-    swap = plan_gateway("shop", shifted, steady.known(), "maps", SETTINGS)
+    swap = plan_gateway("shop", shifted, steady.after(parked=True), "maps", SETTINGS)
     assert not swap.needs_reload and not swap.fill and not swap.empty
     assert [s.ref for s in swap.map_swaps] == [WEIGHTS]

@@ -199,9 +199,9 @@ def test_planning_a_large_route_against_haproxy_is_linear(monkeypatch: Any) -> N
 
 
 def test_a_plan_knows_what_haproxy_reports_once_it_is_applied() -> None:
-    """`after(parked=True)` stands in for looking (a write that need not observe): it is what HAProxy
-    reports after the plan, parked slots included, so planning again against it is empty,
-    and a new split against it is one map swap, as against a real observation."""
+    """`after(parked=True)` stands in for looking (a write that need not observe): it is
+    what HAProxy reports after the plan, parked slots included, so planning again against it
+    is empty, and a new split against it is one map swap, as against a real observation."""
     [first] = plan_for(STEADY, Observed(running=None, backends={}, maps={})).gateways
     assert first.after(parked=True) == applied(STEADY).by_gateway()["shop"]
     [steady] = plan_for(STEADY, applied(STEADY)).gateways

@@ -16,7 +16,7 @@ measures, in alternating rounds (the order rotates every round):
 4. requests lost per change under load: `wrk -t1 -c50` for `--seconds` while `--load-changes`
    changes (90/10 ↔ 10/90) are spread over it; socket errors + non-2xx, divided by changes.
 5. one change at 500 and 5,000 services (two routes each): change → switched as in 3 on the
-   middle service (Weighbridge: a gateway per service, each on its own bind; Caddy: a route
+   middle service, after `--scale-warmup` unmeasured ones (Weighbridge: a gateway per service, each on its own bind; Caddy: a route
    per service matched by Host; NGINX: a server block and an upstream per service).
 6. memory: PSS of each proxy's processes (HAProxy master + workers; NGINX master + workers;
    Caddy), and the Weighbridge controller's own RSS beside it.
@@ -262,6 +262,7 @@ def measure_scale(tmp: Path, back: Responders, args: argparse.Namespace,
             with starters[name]() as proxy:
                 middle = size // 2
                 wait_serving(proxy, middle)
+                switches(proxy, middle, args.scale_warmup)  # past the start's own work
                 times, _ = switches(proxy, middle, args.scale_changes)
                 results.scale[(name, size)] = times
                 results.memory[(name, size)] = processes_pss(proxy.pids())
@@ -340,7 +341,7 @@ def report(results: Results, args: argparse.Namespace) -> str:
         "- Weighbridge controller RSS (MiB): "
         + ", ".join(f"{s:,} service(s): {m:.0f}" for s, m in results.controller_mib.items()),
         f"- switches: {args.changes} per proxy per round (flips between 100/0 and 0/100), "
-        f"{args.scale_changes} per size; lost: {args.load_changes} changes (90/10 ↔ 10/90) "
+        f"{args.scale_changes} per size after {args.scale_warmup} unmeasured; lost: {args.load_changes} changes (90/10 ↔ 10/90) "
         f"in {args.seconds} s of `wrk -t1 -c50`",
         "- services at scale: Weighbridge one gateway per service, each on its own bind; "
         "Caddy one route per service (Host); NGINX one server + upstream per service",
@@ -364,12 +365,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load-changes", type=int, default=10, help="changes under -c50 (10)")
     parser.add_argument("--scale", default="500,5000", help="service counts ('' for none)")
     parser.add_argument("--scale-changes", type=int, default=10)
+    parser.add_argument("--scale-warmup", type=int, default=10,
+                        help="unmeasured switches first at each size (10): a controller "
+                        "that just said ready still publishes its metrics for a few seconds")
     parser.add_argument("--threads", type=int, default=0,
                         help="Caddy's and NGINX's (default: HAProxy's own, one per CPU)")
     args = parser.parse_args(argv)
     args.scale = [int(s) for s in args.scale.split(",") if s]
     if not (1 <= args.rounds <= 10 and 1 <= args.seconds <= 60 and 2 <= args.changes <= 500
-            and 1 <= args.load_changes <= 100 and all(1 <= s <= 10_000 for s in args.scale)):
+            and 1 <= args.load_changes <= 100 and all(1 <= s <= 10_000 for s in args.scale)
+            and 0 <= args.scale_warmup <= 100):
         parser.error("out of bounds: rounds 1-10, seconds 1-60, changes 2-500, scale ≤ 10,000")
     args.threads = args.threads or len(os.sched_getaffinity(0))
     args.load_before, args.code_before = load_now(), code_version()

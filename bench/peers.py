@@ -16,8 +16,9 @@ measures, in alternating rounds (the order rotates every round):
 4. requests lost per change under load: `wrk -t1 -c50` for `--seconds` while `--load-changes`
    changes (90/10 ↔ 10/90) are spread over it; socket errors + non-2xx, divided by changes.
 5. one change at 500 and 5,000 services (two routes each): change → switched as in 3 on the
-   middle service, after `--scale-warmup` unmeasured ones (Weighbridge: a gateway per service, each on its own bind; Caddy: a route
-   per service matched by Host; NGINX: a server block and an upstream per service).
+   middle service, after `--scale-warmup` unmeasured ones (Weighbridge: a gateway per
+   service, each on its own bind; Caddy: a route per service matched by Host; NGINX: a server
+   block and an upstream per service).
 6. memory: PSS of each proxy's processes (HAProxy master + workers; NGINX master + workers;
    Caddy), and the Weighbridge controller's own RSS beside it.
 
@@ -341,7 +342,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         "- Weighbridge controller RSS (MiB): "
         + ", ".join(f"{s:,} service(s): {m:.0f}" for s, m in results.controller_mib.items()),
         f"- switches: {args.changes} per proxy per round (flips between 100/0 and 0/100), "
-        f"{args.scale_changes} per size after {args.scale_warmup} unmeasured; lost: {args.load_changes} changes (90/10 ↔ 10/90) "
+        f"{args.scale_changes} per size after {args.scale_warmup} unmeasured; "
+        f"lost: {args.load_changes} changes (90/10 ↔ 10/90) "
         f"in {args.seconds} s of `wrk -t1 -c50`",
         "- services at scale: Weighbridge one gateway per service, each on its own bind; "
         "Caddy one route per service (Host); NGINX one server + upstream per service",

@@ -125,10 +125,10 @@ def exact_order() -> MapEntries:
     leading pair of the bucket, so a route whose range is whole percents gets exactly its
     percent in every window of 100 (whole tenths: in every 10), spread out rather than in a
     run; a range in basis points stays within one request of its share in any window
-    (checked for every split in tests/unit/test_exact_split.py)."""
-    return tuple((str(n), f"{n % 10}{n // 10 % 10}{n // 100 % 10}{n // 1000}") for n in range(
-        BASIS_POINTS
-    ))
+    (checked for a spread of splits in tests/unit/test_exact_split.py)."""
+    return tuple(
+        (str(n), f"{n % 10}{n // 10 % 10}{n // 100 % 10}{n // 1000}") for n in range(BASIS_POINTS)
+    )
 
 
 def weight_map(weights: Mapping[str, int], binding: Mapping[str, str]) -> MapEntries:
@@ -203,7 +203,6 @@ class GatewayLayout:
     maps: GatewayMaps
     conditions: tuple[ConditionRule, ...]
     backends: tuple[BackendLayout, ...]
-    split: str = "random"
 
     @property
     def host_acl(self) -> str | None:
@@ -348,5 +347,4 @@ def gateway_layout(
         ),
         conditions=conditions,
         backends=tuple(backends),
-        split=gateway.split,
     )

@@ -464,7 +464,6 @@ class Engine:
             self._runs.pop(plan.name, None)
         else:
             self._runs[plan.name] = plan
-        if plan.section is not None:
             self.metrics.set_applied(plan.name, self.applied_of(plan))
 
     def _publish(self, plans: Sequence[GatewayPlan]) -> None:

@@ -11,7 +11,8 @@ Rule order in a frontend (the documented order in which routes are chosen):
 2. sticky gateways: a client's route cookie, if that route still has weight;
 3. routes with a condition, in declaration order: a matching request goes to the route with
    probability `condition_strength` (a fresh draw per route), else it falls through;
-4. the weights: `rand(10000)` over the map of basis-point ranges.
+4. the weights: `rand(10000)` (or, `split: exact`, the gateway's request counter through a
+   fixed order, `weights_choice`) over the map of basis-point ranges.
 """
 
 from __future__ import annotations

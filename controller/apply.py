@@ -16,7 +16,6 @@ from controller.metrics import Metrics
 from controller.offload import offload
 from controller.plan import GatewayPlan, ReloadReason
 from controller.process import HAProxyError, HAProxyProcess, MapFiles
-from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
 from controller.swaps import MapSwapper
 
@@ -89,29 +88,28 @@ class Applier:
         self.loaded = Loaded(0, "")
         self.swapper = MapSwapper(runtime)
 
-    async def apply_runtime(
-        self, plans: Sequence[GatewayPlan], *, files_first: bool = True
-    ) -> None:
-        """Map files first (a reload or restart must find what HAProxy will run), then new
-        instances, the atomic map swaps (built and checked by the plans), the emptied slots;
-        several gateways' steps share each round trip.
-
-        `files_first=False` (a write, which holds the gate so no reload can come between)
-        writes the map files after the socket steps: traffic follows sooner."""
+    async def apply_runtime(self, plans: Sequence[GatewayPlan]) -> None:
+        """Map files first (a reload or restart must find what HAProxy will run; a disk that
+        refuses them leaves HAProxy untouched), then new instances, the atomic map swaps (built
+        and checked by the plans), the emptied slots; several gateways' steps share each round
+        trip."""
         count = runtime_count(plans)
         if not count:
             return
         try:
-            await self._runtime(plans, files_first)
+            await self._runtime(plans)
         except Exception:
             self.metrics.runtime_commands(count, "failed")
             raise
         self.metrics.runtime_commands(count, "ok")
 
-    async def _runtime(self, plans: Sequence[GatewayPlan], files_first: bool) -> None:
+    async def _runtime(self, plans: Sequence[GatewayPlan]) -> None:
         swaps = [swap for plan in plans for swap in plan.map_swaps]
-        if swaps and files_first:
-            await self._write_maps(swaps)
+        if swaps:
+            # derived from the store (a cold start writes every map again): no fsync, and a
+            # write of a few small files stays on the event loop
+            files = {s.ref: s.entries for s in swaps}
+            await offload(len(files) > MANY_MAPS, self.process.write_maps, files, durable=False)
         fill = [command for plan in plans for command in plan.commands[0]]
         if fill:
             await self.runtime.execute_many(fill)
@@ -120,14 +118,6 @@ class Applier:
         empty = [command for plan in plans for command in plan.commands[1]]
         if empty:
             await self.runtime.execute_many(empty)
-        if swaps and not files_first:
-            await self._write_maps(swaps)
-
-    async def _write_maps(self, swaps: Sequence[commands.MapSwap]) -> None:
-        # derived from the store (a cold start writes every map again): no fsync, and a
-        # write of a few small files stays on the event loop
-        files = {s.ref: s.entries for s in swaps}
-        await offload(len(files) > MANY_MAPS, self.process.write_maps, files, durable=False)
 
     def forget_map_versions(self) -> None:
         """A new worker (a reload, a restart) counts map versions from scratch."""

@@ -336,7 +336,7 @@ class Engine:
         maps = [Path(swap.ref) for swap in plan.map_swaps]
         snapshot = self.process.snapshot(maps) if maps else {}
         try:
-            await self.applier.apply_runtime([plan], files_first=False)
+            await self.applier.apply_runtime([plan])
         except (WeighbridgeError, OSError) as exc:
             self._runs.pop(name, None)
             self.process.restore(snapshot)

@@ -14,14 +14,17 @@ makes K structural changes through the API: `PUT /api/v1/gateways/<g>` with the 
 
 Then, to break the total into parts, on the same configuration (measured separately, the
 controller idle): `haproxy -c` alone on the generated `haproxy.cfg`; the controller's code
-in this process — `plan_changes` + `render_config` on the loaded Config with an empty
-Observed, `Engine.observe()` against the running HAProxy (`show servers state`, `show map`
-of every map), `HAProxyProcess.validate` (scratch copy of config and maps, then `haproxy -c`)
-and `HAProxyProcess.write` (every map file and the config, each fsynced) on a scratch state
-directory, `Config.with_gateway` and `FileStore.compare_and_swap` (the desired state
-re-validated and stored, on a scratch file). Last, with the controller stopped, HAProxy's own
-reload: the generated config in a HAProxy started here, master `reload` until `show proc`
-shows a fresh worker (`MasterClient`, as the controller does it).
+in this process — `plan_changes` + `render_plan` on the loaded Config with an empty
+Observed (every section rendered: a start), `Observer.everything()` against the running
+HAProxy (`show servers state`, `show map` of every map: a start or adoption), `Engine.
+observe_gateway` (one gateway's backends and maps: a write), `HAProxyProcess.validate`
+(scratch copy of config and maps, then `haproxy -c`) and `HAProxyProcess.write` (every map
+file and the config, each fsynced) on a scratch state directory, `Desired.with_gateway` (one
+gateway replaced, the rules between gateways checked through the bind index) and
+`FileStore.put` (one gateway's record written, on a scratch directory). Last, with the
+controller stopped, HAProxy's own reload: the generated config in a HAProxy started here,
+master `reload` until `show proc` shows a fresh worker (`MasterClient`, as the controller
+does it).
 Also: start-up time to ready, peak memory (VmHWM) of the controller and of HAProxy's master
 and worker, and how long `GET /healthz` takes while the changes run (API responsiveness).
 """
@@ -67,12 +70,13 @@ from bench.common import (
     short_tmp,
 )
 from controller.config_file import load_config
+from controller.desired import Desired, Record
 from controller.engine import Engine
 from controller.metrics import Metrics
 from controller.model import Config, parse_address
-from controller.plan import Observed, plan_changes
+from controller.plan import Observed, plan_changes, render_plan
 from controller.process import HAProxyProcess
-from controller.render import RenderSettings, render_config
+from controller.render import RenderSettings
 from controller.runtime.client import RuntimeClient
 from controller.state_dir import StatePaths
 from controller.store import FileStore
@@ -247,14 +251,14 @@ def in_process_parts(
     settings = RenderSettings(
         str(paths.admin_socket), stats_bind=parse_address(stats, wildcard=True)
     )
-    empty = Observed(fingerprint=None, backends={}, maps={})
+    empty = Observed(running=None, backends={}, maps={})
     map_dir = str(paths.map_dir)
     scratch = HAProxyProcess(paths, HAPROXY)
     for _ in range(repeats):
         started = time.perf_counter()
         plan = plan_changes(config, empty, map_dir, settings)
         planned = time.perf_counter()
-        text = render_config(plan.layout, settings, plan.assignment)
+        text = render_plan(plan, settings)
         result.plan.append(planned - started)
         result.render.append(time.perf_counter() - planned)
     for _ in range(repeats):
@@ -262,28 +266,30 @@ def in_process_parts(
         result.write.append(_timed(lambda: scratch.write(text, plan.maps)))
     result.observe += asyncio.run(_observe_times(stack, repeats))
     result.model += _model_times(config, repeats)
-    result.store += asyncio.run(_store_times(FileStore(probe / "desired.json"), config, repeats))
+    result.store += asyncio.run(_store_times(FileStore(probe / "gateways"), config, repeats))
 
 
 async def _store_times(store: FileStore, config: Config, repeats: int) -> list[float]:
-    """`FileStore.compare_and_swap` of the whole desired state, as each change stores it."""
-    revision = await store.compare_and_swap(0, config)
+    """`FileStore.put` of one gateway's record, as each change stores it."""
+    name, gateway = next(iter(config.gateways.items()))
+    revision = await store.put(name, gateway, 0)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        revision = await store.compare_and_swap(revision, config)
+        revision = await store.put(name, gateway, revision)
         times.append(time.perf_counter() - started)
     return times
 
 
 def _model_times(config: Config, repeats: int) -> list[float]:
-    """`Config.with_gateway`: one gateway replaced, the whole desired state re-validated."""
+    """`Desired.with_gateway`: one gateway replaced, checked against its bind's gateways."""
+    desired = Desired.of({n: Record(g, 1) for n, g in config.gateways.items()}, 1)
     name = next(iter(config.gateways))
     gateway = config.gateways[name]
     times = []
     for i in range(repeats):
-        toggled = gateway.model_copy(update={"balance": BALANCES[(i + 1) % 2]})
-        times.append(_timed(lambda: config.with_gateway(name, toggled)))  # noqa: B023
+        toggled = gateway.replaced(balance=BALANCES[(i + 1) % 2])
+        times.append(_timed(lambda: desired.with_gateway(name, toggled, 2)))  # noqa: B023
     return times
 
 
@@ -300,11 +306,12 @@ def direct_reloads(tmp: Path, config_text: str, port: int, result: SizeResult) -
 
 
 async def _observe_times(stack: Controller, repeats: int) -> list[float]:
-    """`Engine.observe()` of a read-only Engine on the controller's state dir and sockets."""
+    """`Observer.everything()` of a read-only Engine on the controller's state dir and
+    sockets (a start or adoption reads this; a write reads one gateway)."""
     live = StatePaths(stack.state_dir)
     runtime = RuntimeClient(str(live.admin_socket))
     engine = Engine(
-        FileStore(live.desired),
+        FileStore(live.gateways),
         HAProxyProcess(live, HAPROXY),
         runtime,
         RenderSettings(str(live.admin_socket)),
@@ -312,10 +319,10 @@ async def _observe_times(stack: Controller, repeats: int) -> list[float]:
     )
     times = []
     try:
-        await engine.observe()  # connects (prompt mode): not part of what is measured
+        await engine.observer.everything(None)  # connects: not part of what is measured
         for _ in range(repeats):
             started = time.perf_counter()
-            await engine.observe()
+            await engine.observer.everything(None)
             times.append(time.perf_counter() - started)
     finally:
         await runtime.close()
@@ -434,13 +441,13 @@ def report(results: Sequence[SizeResult], args: argparse.Namespace) -> str:
             _row("controller reload record `seconds`", r.reload),
             _row("`haproxy -c` alone (generated config)", r.check),
             _row("`plan_changes` (empty Observed), in-process", r.plan),
-            _row("`render_config`, in-process", r.render),
-            _row("`Engine.observe()` on the live HAProxy", r.observe),
+            _row("`render_plan` (every section), in-process", r.render),
+            _row("`Observer.everything()` on the live HAProxy", r.observe),
             _row("`HAProxyProcess.validate` (scratch copy + `haproxy -c`)", r.validate),
             _row("`HAProxyProcess.write` (maps + config, fsync)", r.write),
             _row("HAProxy alone: master `reload` → fresh worker in `show proc`", r.master_reload),
-            _row("`Config.with_gateway` (re-validates every gateway)", r.model),
-            _row("`FileStore.compare_and_swap` (read, validate, write desired.json)", r.store),
+            _row("`Desired.with_gateway` (bind index check)", r.model),
+            _row("`FileStore.put` (one gateway's record, fsync)", r.store),
             _row("`GET /healthz` every 50 ms during the changes", r.healthz),
         ]
         memory = ", ".join(f"{k} {v:,.0f} MiB" for k, v in r.memory_mib.items())

@@ -1,4 +1,4 @@
-"""Applying a plan to HAProxy: runtime commands in a safe order, or a guarded reload that is
+"""Applying plans to HAProxy: runtime steps in a safe order, or a guarded reload that is
 confirmed by looking again. Every reload is recorded with its reasons, duration and result."""
 
 from __future__ import annotations
@@ -6,19 +6,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from controller.diff import Change
 from controller.metrics import Metrics
-from controller.plan import Plan
-from controller.process import HAProxyError, HAProxyProcess
+from controller.offload import offload
+from controller.plan import GatewayPlan, ReloadReason
+from controller.process import HAProxyError, HAProxyProcess, MapFiles
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
 from controller.runtime.parse import parse_prepared_version
 
 log = logging.getLogger(__name__)
+
+MANY_MAPS = 16
+"""Map files above which their writing leaves the event loop."""
 
 Method = Literal["none", "runtime", "reload"]
 KEPT_RELOADS = 50
@@ -33,6 +38,8 @@ class ApplyResult:
     steps: tuple[str, ...]
     revision: int
     dry_run: bool = False
+    created: bool = False
+    """The change created its gateway (a PUT answers 201)."""
     changes: tuple[Change, ...] = ()
     """What the change does to the desired state, per gateway and route."""
 
@@ -55,8 +62,14 @@ class Loaded:
     how: str
 
 
-Replan = Callable[[], Awaitable[Plan]]
-"""Observe HAProxy again and plan the desired state against it."""
+Verify = Callable[[], Awaitable[tuple[ReloadReason, ...]]]
+"""Look at HAProxy again: what it still lacks of what was just loaded (nothing: done)."""
+
+
+def runtime_count(plans: Sequence[GatewayPlan]) -> int:
+    """Socket commands the plans send (a map swap: prepare, one add per entry, commit)."""
+    count = sum(len(p.fill) + len(p.empty) for p in plans)
+    return count + sum(len(s.entries) + 2 for p in plans for s in p.map_swaps)
 
 
 class Applier:
@@ -75,58 +88,56 @@ class Applier:
         self.last_reload = 0.0
         self.loaded = Loaded(0, "")
 
-    async def apply(
-        self, plan: Plan, revision: int, text: str | None, replan: Replan
-    ) -> ApplyResult:
-        started = time.perf_counter()
-        if plan.needs_reload:
-            assert text is not None, "a reload needs its rendered configuration"
-            await self._reload(plan, text, revision, replan)
-        elif not plan.is_empty:
-            count = len(plan.fill) + len(plan.empty)
-            count += sum(len(swap.entries) + 2 for swap in plan.map_swaps)
-            try:
-                await self._apply_runtime(plan)
-            except Exception:
-                self.metrics.runtime_commands(count, "failed")
-                raise
-            self.metrics.runtime_commands(count, "ok")
-        seconds = time.perf_counter() - started
-        if not plan.is_empty:
-            log.info(
-                "applied revision %d by %s in %.1f ms: %s",
-                revision,
-                plan.method,
-                seconds * 1000,
-                "; ".join(plan.describe()),
-            )
-        return ApplyResult(plan.method, seconds, tuple(plan.describe()), revision)
-
-    async def _apply_runtime(self, plan: Plan) -> None:
+    async def apply_runtime(self, plans: Sequence[GatewayPlan]) -> None:
         """Map files first (a reload or restart must find what HAProxy will run), then new
-        instances, the atomic map swaps (built and checked by the plan), the emptied slots."""
-        swaps = plan.map_swaps
+        instances, the atomic map swaps (built and checked by the plans), the emptied slots;
+        several gateways' steps share each round trip."""
+        count = runtime_count(plans)
+        if not count:
+            return
+        try:
+            await self._runtime(plans)
+        except Exception:
+            self.metrics.runtime_commands(count, "failed")
+            raise
+        self.metrics.runtime_commands(count, "ok")
+
+    async def _runtime(self, plans: Sequence[GatewayPlan]) -> None:
+        swaps = [swap for plan in plans for swap in plan.map_swaps]
         if swaps:
-            self.process.write_maps({s.ref: s.entries for s in swaps})
-        if plan.fill:
-            await self.runtime.execute_many(plan.fill)
+            # derived from the store (a cold start writes every map again): no fsync, and a
+            # write of a few small files stays on the event loop
+            files = {s.ref: s.entries for s in swaps}
+            await offload(len(files) > MANY_MAPS, self.process.write_maps, files, durable=False)
+        fill = [command for plan in plans for command in plan.commands[0]]
+        if fill:
+            await self.runtime.execute_many(fill)
         if swaps:
             replies = await self.runtime.execute_many([s.prepare() for s in swaps])
             batch: list[commands.Command] = []
             for swap, reply in zip(swaps, replies, strict=True):
                 batch += swap.commands(parse_prepared_version(reply))
             await self.runtime.execute_many(batch)
-        if plan.empty:
-            await self.runtime.execute_many(plan.empty)
+        empty = [command for plan in plans for command in plan.commands[1]]
+        if empty:
+            await self.runtime.execute_many(empty)
 
-    async def _reload(self, plan: Plan, text: str, revision: int, replan: Replan) -> None:
-        reasons = [str(r) for r in plan.reload_reasons]
+    async def reload(
+        self,
+        reasons: Sequence[ReloadReason],
+        text: str,
+        maps: MapFiles,
+        revision: int,
+        verify: Verify,
+    ) -> float:
+        """Write the (checked) files, reload, wait until HAProxy runs what was written;
+        returns the seconds it took."""
         started = time.perf_counter()
-        record: dict[str, object] = {"reasons": reasons, "at": time.time()}
+        record: dict[str, object] = {"reasons": _summary(reasons), "at": time.time()}
         try:
-            await self.process.guarded_reload(text, plan.maps)
+            await self.process.guarded_reload(text, maps)
             self.loaded = Loaded(revision, f"reload with revision {revision}")
-            await self._verify_reload(replan)
+            await self._verify_reload(verify)
         except HAProxyError as exc:
             record.update(result="failed", error=str(exc))
             raise
@@ -134,17 +145,17 @@ class Applier:
             record["result"] = "ok"
         finally:
             self.last_reload = time.monotonic()
-            record["seconds"] = round(time.perf_counter() - started, 4)
+            seconds = time.perf_counter() - started
+            record["seconds"] = round(seconds, 4)
             self.metrics.reload(
-                plan.reload_reasons[0].kind,
-                "ok" if record.get("result") == "ok" else "failed",
-                time.perf_counter() - started,
+                reasons[0].kind, "ok" if record.get("result") == "ok" else "failed", seconds
             )
             self.reloads.append(record)
             del self.reloads[:-KEPT_RELOADS]
             log.info("reload %s", record)
+        return seconds
 
-    async def _verify_reload(self, replan: Replan, timeout: float = 2.0) -> None:
+    async def _verify_reload(self, verify: Verify, timeout: float = 2.0) -> None:
         """The new worker must run the new structure (an attached HAProxy might not load it).
 
         Our Runtime API connection may still reach the old, stopping worker for a moment:
@@ -153,12 +164,28 @@ class Applier:
         deadline = time.monotonic() + timeout
         while True:
             await self.runtime.close()
-            after = await replan()
-            if not after.needs_reload:
+            lacking = await verify()
+            if not lacking:
                 return
             if time.monotonic() > deadline:
                 raise HAProxyError(
-                    f"reloaded, but HAProxy still lacks {after.reload_reasons[0]}: does it load "
+                    f"reloaded, but HAProxy still lacks {lacking[0]}: does it load "
                     f"{self.process.paths.config}?"
                 )
             await asyncio.sleep(0.02)  # poll interval while the old worker hands over
+
+
+MAX_REASONS_KEPT = 20
+
+
+def _summary(reasons: Sequence[ReloadReason]) -> list[str]:
+    """The reasons of a reload, as many as are worth reading: a first start names every
+    gateway, which says nothing more than "initial"."""
+    texts = [str(r) for r in reasons[:MAX_REASONS_KEPT]]
+    if len(reasons) > MAX_REASONS_KEPT:
+        texts.append(f"… and {len(reasons) - MAX_REASONS_KEPT} more")
+    return texts
+
+
+def map_paths(maps: MapFiles) -> list[Path]:
+    return [Path(ref) for ref in maps]

@@ -34,6 +34,13 @@ class Usage:
             self.slots + other.slots,
         )
 
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            self.routes - other.routes,
+            self.instances - other.instances,
+            self.slots - other.slots,
+        )
+
 
 def gateway_usage(gateway: Gateway) -> Usage:
     """What a gateway takes when rendered afresh: its routes' slots plus the spare backends.

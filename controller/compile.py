@@ -1,32 +1,43 @@
-"""Desired state → HAProxy layout, skeleton configuration and map files (pure, no I/O).
+"""Desired gateway → its HAProxy layout and map contents (pure, no I/O).
 
 The skeleton is static. A frontend per gateway picks a backend in one pass with
 `rand(10000),map_int(...)` over a map of basis-point ranges. Backends are a per-gateway
 pool (`wb.<gateway>.b<N>`) with pre-provisioned server slots; which route uses which pool
 backend is itself a map. So weights (map swaps), instances (slot fills) and even adding or
 deleting routes change through the Runtime API; only the structure below needs a reload.
+
+Everything here is per gateway: a gateway's layout depends on nothing but itself and what
+HAProxy runs for it, so a change to one gateway never touches another's (issue 11).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from controller.conditions import CompiledCondition, compile_condition, parse_condition
-from controller.model import BASIS_POINTS, HASH_BALANCE, Address, Rewrite
+from controller.model import BASIS_POINTS, HASH_BALANCE, Address, Gateway, Rewrite, Route
 
 MIN_SLOTS = 8
-"""Server slots per pool backend; more instances grow it to the next power of two (a reload)."""
+"""Server slots of a new pool backend, at least."""
 
-SPARE_BACKENDS = 2
-"""Unbound pool backends kept per gateway, so that new routes need no reload."""
+SLOT_HEADROOM = 5
+"""A route's backend gets a fifth more slots than its instances (at least 2 more), and grows
+by half when it outgrows them: 10 instances take 12 slots, so 1,000 gateways × 10 routes × 10
+instances take 128,000 slots (1.28 ×; issue 11). Outgrowing is a reload, counted as
+`capacity`; the growth by half keeps it rare."""
+
+SPARE_BACKENDS = 1
+"""Unbound pool backends kept per gateway (of `MIN_SLOTS` slots), so that a new route needs no
+reload; the next one grows the pool (a reload) with a new spare."""
 
 PLACEHOLDER = "127.0.0.1:1"
 """Address of an empty slot: it is always in maintenance, never contacted."""
-
-STRUCTURE_MARK = "# weighbridge-structure: "
 
 RING_WEIGHT = 32
 """Server weight in backends whose algorithm uses HAProxy's consistent-hash ring (the hash
@@ -76,14 +87,18 @@ def slot_name(index: int) -> str:
     return f"s{index}"
 
 
+@functools.lru_cache(maxsize=256)
+def slot_names(count: int) -> tuple[str, ...]:
+    """`s1` … `s<count>`: built once per size, asked for by every plan of every backend."""
+    return tuple(slot_name(i) for i in range(1, count + 1))
+
+
 def slot_capacity(instances: int, current: int | None = None) -> int:
     """Keep the provisioned size while it fits, so instance changes never force a reload."""
     if current is not None and instances <= current:
         return current
-    size = MIN_SLOTS
-    while size < instances:
-        size *= 2
-    return size
+    size = max(MIN_SLOTS, instances + max(2, -(-instances // SLOT_HEADROOM)))
+    return max(size, current + current // 2) if current else size
 
 
 def pool_capacity(routes: int, current: int = 0) -> int:
@@ -126,8 +141,8 @@ class BackendLayout:
         """Every filled slot of a backend weighs the same: the route split lives in the map."""
         return RING_WEIGHT if self.balance.startswith(RING_BALANCE) else 1
 
-    def slot_names(self) -> list[str]:
-        return [slot_name(i) for i in range(1, self.slots + 1)]
+    def slot_names(self) -> tuple[str, ...]:
+        return slot_names(self.slots)
 
 
 @dataclass(frozen=True)
@@ -152,8 +167,11 @@ class ConditionRule:
 
 @dataclass(frozen=True)
 class GatewayLayout:
+    """Everything a gateway renders from: equal layouts render the same section."""
+
     name: str
-    index: int
+    key: str
+    """A short, stable token of the name for HAProxy variable names (see `gateway_key`)."""
     bind: Address
     mode: str
     sticky: str
@@ -164,12 +182,23 @@ class GatewayLayout:
 
     @property
     def host_acl(self) -> str | None:
-        return f"wb_h{self.index}" if self.virtual_hosts else None
+        return f"wb_h.{self.name}" if self.virtual_hosts else None
+
+    @property
+    def map_refs(self) -> tuple[str, ...]:
+        refs = (self.maps.weights, self.maps.routes, self.maps.strengths, self.maps.sticky)
+        return tuple(ref for ref in (*refs, self.maps.backends) if ref is not None)
+
+    @functools.cached_property
+    def slots(self) -> int:
+        return sum(backend.slots for backend in self.backends)
 
 
-@dataclass(frozen=True)
-class Layout:
-    gateways: tuple[GatewayLayout, ...]
+def gateway_key(name: str) -> str:
+    """The gateway's token in variable and ACL names, which HAProxy limits to [a-z0-9_] (the
+    condition compiler to 32 characters): a hash of the name, so that it never depends on
+    other gateways (an index would shift when a gateway is added before it)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def gateway_map_refs(gateway: str, map_dir: str, *, conditions: bool, sticky: bool) -> GatewayMaps:
@@ -182,16 +211,19 @@ def gateway_map_refs(gateway: str, map_dir: str, *, conditions: bool, sticky: bo
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def compile_route_condition(
-    route: str, gateway: int, route_index: int, condition: str, mode: str
+    route: str, key: str, route_index: int, condition: str, mode: str
 ) -> ConditionRule:
-    """Names are by position: HAProxy ORs ACLs that share a name, so each rule has its own."""
+    """Names are by position: HAProxy ORs ACLs that share a name, so each rule has its own.
+    Cached: a gateway's layout is computed on every write to it, its conditions rarely change."""
     compiled = compile_condition(
-        parse_condition(condition), f"wb_g{gateway}r{route_index}", _mode(mode), single_term=True
+        parse_condition(condition), f"wb_{key}r{route_index}", _mode(mode), single_term=True
     )
-    return ConditionRule(route=route, var=f"txn.wb_s{gateway}_{route_index}", compiled=compiled)
+    return ConditionRule(route=route, var=f"txn.wb_s{key}_{route_index}", compiled=compiled)
 
 
+@functools.lru_cache(maxsize=4096)
 def compile_rewrites(rewrites: tuple[Rewrite, ...]) -> tuple[str, ...]:
     """`http-request set-path` lines for a route's backend, each behind its own condition."""
     lines: list[str] = []
@@ -205,3 +237,83 @@ def compile_rewrites(rewrites: tuple[Rewrite, ...]) -> tuple[str, ...]:
 
 def _mode(mode: str) -> Literal["http", "tcp"]:
     return "tcp" if mode == "tcp" else "http"
+
+
+Pool = Mapping[int, int]
+"""Pool index → slots of the backends HAProxy runs for a gateway (empty: none yet)."""
+
+
+def bind_routes(name: str, gateway: Gateway, live: MapEntries, pool: Pool) -> dict[str, str]:
+    """Keep each route on the backend it has; give new routes the lowest free pool backends."""
+    existing = {pool_backend(name, i) for i in pool}
+    kept: dict[str, str] = {}
+    for route, backend in live:
+        if route in gateway.routes and backend in existing and backend not in kept.values():
+            kept[route] = backend
+    used = set(kept.values())
+    free = (pool_backend(name, i) for i in itertools.count(1) if pool_backend(name, i) not in used)
+    return {route: kept.get(route) or next(free) for route in gateway.routes}
+
+
+def gateway_maps(
+    gateway: Gateway, binding: Mapping[str, str], refs: GatewayMaps
+) -> dict[str, MapEntries]:
+    """What each live map of a gateway holds; all of it can change without a reload."""
+    weights = gateway.effective_weights()
+    maps = {
+        refs.weights: weight_map(weights, binding),
+        refs.routes: tuple(binding.items()),
+    }
+    if refs.strengths:
+        maps[refs.strengths] = tuple(
+            (name, str(route.strength)) for name, route in gateway.routes.items() if route.condition
+        )
+    if refs.sticky and refs.backends:
+        # a pin holds while its route takes weighted traffic: weight 0 moves pinned clients
+        maps[refs.sticky] = tuple((n, binding[n]) for n, w in weights.items() if w > 0)
+        maps[refs.backends] = tuple((backend, route) for route, backend in binding.items())
+    return maps
+
+
+def gateway_layout(
+    name: str, gateway: Gateway, binding: Mapping[str, str], pool: Pool, map_dir: str
+) -> GatewayLayout:
+    """The gateway's pool (kept while it fits, grown with spares), slots and rules."""
+    size = pool_capacity(len(gateway.routes), max(pool, default=0))
+    route_of = {backend: route for route, backend in binding.items()}
+    default = gateway.route_balance(Route())
+    cookie = f"wb_i_{name}" if gateway.sticky == "instance" else None
+    backends = []
+    for index in range(1, size + 1):
+        backend = pool_backend(name, index)
+        route = gateway.routes[route_of[backend]] if backend in route_of else None
+        backends.append(
+            BackendLayout(
+                name=backend,
+                gateway=name,
+                mode=gateway.mode,
+                balance=gateway.route_balance(route) if route else default,
+                slots=slot_capacity(len(route.instances) if route else 0, pool.get(index)),
+                cookie=cookie,
+                rules=compile_rewrites(route.rewrites) if route else (),
+            )
+        )
+    key = gateway_key(name)
+    conditions = tuple(
+        compile_route_condition(route_name, key, i, route.condition, gateway.mode)
+        for i, (route_name, route) in enumerate(gateway.routes.items())
+        if route.condition is not None
+    )
+    return GatewayLayout(
+        name=name,
+        key=key,
+        bind=gateway.bind,
+        mode=gateway.mode,
+        sticky=gateway.sticky,
+        virtual_hosts=gateway.virtual_hosts,
+        maps=gateway_map_refs(
+            name, map_dir, conditions=bool(conditions), sticky=gateway.sticky != "none"
+        ),
+        conditions=conditions,
+        backends=tuple(backends),
+    )

@@ -198,8 +198,9 @@ def reload_reason_text(reason: ReloadReason, plan: Plan, changes: Sequence[Chang
     if kind == "gateway-removed":
         return f"gateway {detail} is removed (its frontend and backends go)"
     if kind == "map-missing":
-        for gateway in plan.layout.gateways:
-            for name, ref in vars(gateway.maps).items():
+        for gateway in plan.gateways:
+            maps = vars(gateway.section.layout.maps) if gateway.section else {}
+            for name, ref in maps.items():
                 if ref == detail:
                     return f"gateway {gateway.name} {_MAP_WORDS[name]}"
     if kind == "route-pool":

@@ -1,15 +1,16 @@
-"""The controller: observe HAProxy, plan against the desired state, apply, verify.
+"""The controller: a write observes, plans and applies its own gateway; reloads are shared.
 
-Changes and syncs run one at a time under one lock, so HAProxy's final state is always the
-final desired state. A write is checked (budget, model, plan, `haproxy -c` when it reloads)
-before the store is touched: a refused change leaves the store and HAProxy as they were. The
-check by HAProxy runs outside the lock, and the planning and rendering of a big state run in a
-worker thread (`offload`), so neither blocks other writes, reads or health checks. Structural
-changes that arrive close together share one reload, which converges to the latest state.
+The gateway is the key everywhere (issue 11). A write takes its gateway's lock (and, when it
+moves a gateway on or off a bind, that bind's), applies its edit to the gateway's record,
+checks the rules between gateways through the bind index, observes that gateway alone, plans
+it, and either applies runtime steps or, when its structure changed, has the candidate checked
+by `haproxy -c` (holding no shared lock), stores it and joins the next reload (`reloads`).
+Runtime writes hold the shared side of a gate that a reload closes only while it writes the
+files and swaps HAProxy's worker.
 
 A write is atomic for its caller: cancelled (the client went away) before the store is
 written, nothing happens; once written, it is applied to completion, and if it cannot be
-applied the desired state is put back, so a failed write never stays half-applied.
+applied the gateway's record is put back, so a failed write never stays half-applied.
 """
 
 from __future__ import annotations
@@ -18,37 +19,45 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from controller.apply import Applier, ApplyResult, Loaded
-from controller.budget import Budget, Usage, config_usage
-from controller.diff import Change as Described
-from controller.diff import diff_configs, how
+from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, applied_routes
+from controller.apply import Applier, ApplyResult, Loaded, Method
+from controller.budget import Budget, Usage, gateway_usage
+from controller.desired import Desired, Record
+from controller.diff import Change, diff_gateway, how
+from controller.edits import Edit, edited
 from controller.errors import Unavailable, WeighbridgeError
-from controller.metrics import Metrics, applied_states
-from controller.model import Config
-from controller.observe import Observer
+from controller.locks import Gate, KeyedLocks
+from controller.metrics import Metrics
+from controller.model import Address, Config, Gateway
+from controller.observe import Observer, Scope
 from controller.offload import BIG_SLOTS, offload
-from controller.plan import Observed, Plan, plan_changes
-from controller.process import HAProxyProcess, MapFiles
-from controller.render import RenderSettings, render_config
+from controller.plan import (
+    NOTHING_RUNS,
+    GatewayObserved,
+    GatewayPlan,
+    Observed,
+    Plan,
+    plan_gateway,
+)
+from controller.process import HAProxyProcess
+from controller.reloads import Reloads
+from controller.render import RenderSettings, Running, SectionCache
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
-from controller.store import Revisioned, Store
+from controller.store import Store
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Candidate = tuple[str, MapFiles]
-"""A configuration text and its maps, as `haproxy -c` checks them."""
-
-MAX_CHECK_ROUNDS = 3
-"""`haproxy -c` runs of one change outside the lock; the state moved during each of them."""
+PUBLISH_CHUNK = 50
+"""Gateways whose applied metrics are exported between two turns of the event loop."""
 
 
 @dataclass
@@ -69,40 +78,8 @@ class Timing:
     min_reload_interval: float = 0.5
 
 
-Change = Callable[[Config], Config]
-"""Computes the new desired state from the current one; raises to refuse the change.
-Pure: it may run in a worker thread, and again if the state moved while it was checked."""
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A change planned on `current`, not stored yet."""
-
-    current: Revisioned
-    config: Config
-    plan: Plan
-    candidate: Candidate | None
-    """Set when the plan reloads: what HAProxy must accept first."""
-    changes: tuple[Described, ...]
-
-    def dry_run(self, seconds: float = 0.0) -> ApplyResult:
-        steps = how(self.plan, self.changes)
-        return ApplyResult(
-            self.plan.method, seconds, steps, self.current.revision, True, self.changes
-        )
-
-
-@dataclass(frozen=True)
-class _Joined:
-    """A stored structural change waiting for the reload that applies it."""
-
-    reload: asyncio.Future[ApplyResult]
-    revision: int
-    prepared: _Prepared
-
-
 class Engine:
-    """Owns the reconcile pass; the API, the CLI and the periodic loops all go through it."""
+    """Owns what HAProxy runs; the API, the rollouts, the CLI and the loops all go through it."""
 
     def __init__(
         self,
@@ -123,222 +100,433 @@ class Engine:
         self.budget = budget or Budget()
         self.state = EngineState()
         self.map_dir = str(process.paths.map_dir)
-        self._observer = Observer(runtime, process.paths.config, self.map_dir)
-        self._applier = Applier(process, runtime, self.metrics, self.state.reloads)
-        self._lock = asyncio.Lock()
-        self._check_lock = asyncio.Lock()
-        """One `haproxy -c` of a change at a time: checks of concurrent changes would
-        invalidate each other."""
-        self._desired = Revisioned(Config(), 0)
-        self._applied = self._desired
-        self._pending_reload: asyncio.Future[ApplyResult] | None = None
-        self._reload_task: asyncio.Task[None] | None = None
+        self.observer = Observer(runtime, process.paths.config, self.map_dir)
+        self.applier = Applier(process, runtime, self.metrics, self.state.reloads)
+        self.sections = SectionCache()
+        self.gate = Gate()
+        """Runtime writes hold it shared; a reload or a restart of HAProxy, alone."""
+        self.desired = Desired()
+        self.plans: dict[str, GatewayPlan] = {}
+        """Each gateway's latest plan: what HAProxy runs for it, or will after the next reload."""
+        self.running: Running | None = None
+        """The structure HAProxy runs (its file's fingerprints)."""
+        self._gateways: KeyedLocks[str] = KeyedLocks()
+        self._binds: KeyedLocks[Address] = KeyedLocks()
+        self._usage: dict[str, Usage] = {}
+        self._total = Usage()
         self._cannot_look = False
-        self._usage = (self._desired.config, Usage())
+        self._publishing: asyncio.Task[None] | None = None
+        self.reloads = Reloads(self)
 
-    @property
-    def desired(self) -> Revisioned:
-        return self._desired
-
-    @property
-    def _big(self) -> bool:
-        """Whether planning the desired state is worth a worker thread (`offload`)."""
-        config = self._desired.config
-        if self._usage[0] is not config:
-            self._usage = (config, config_usage(config))
-        return self._usage[1].slots > BIG_SLOTS
+    # ---- start ------------------------------------------------------------------------------
 
     async def start(self, seed: Config | None) -> ApplyResult:
-        """Load (or seed) the desired state, start or adopt HAProxy, converge."""
-        stored = await self.store.read()
-        if stored is None:
-            config = seed or Config()
-            stored = Revisioned(config, await self.store.compare_and_swap(0, config))
-        self._desired = stored
-        self.metrics.set_desired(stored.config)
-        async with self._lock:
+        """Load (or seed) the desired state, start or adopt HAProxy, converge.
+
+        Adopting, HAProxy is read (its own work, in its own process) while the store loads."""
+        started = time.perf_counter()
+        async with self.gate.exclusive():
+            reading: asyncio.Task[Observed] | None = None
             if await self.process.is_running() or await self._answers_soon():
                 log.info("adopting the HAProxy at %s", self.process.paths.master_socket)
-            elif self.process.paths.attached:
-                await self._write_candidate()
+                self.running = self.observer.running_in_file()
+                reading = asyncio.create_task(self.observer.everything(self.running))
+            try:
+                await self._load(seed, started)
+            except BaseException:
+                if reading is not None:
+                    reading.cancel()
+                raise
+            if reading is None and self.process.paths.attached:
+                await self._write_candidate(check=True)
                 log.warning("waiting for your HAProxy (with -f %s)", self.process.paths.config)
-                return ApplyResult("none", 0.0, (), stored.revision)
-            else:
+                return ApplyResult("none", 0.0, (), self.desired.revision)
+            if reading is None:
                 log.info("starting HAProxy (%s)", await self.process.version())
-                await self._write_candidate()
-                await self.process.start()
-            result, _ = await self._converge()
+                await self._start_haproxy()
+                log.info("HAProxy started (%.2f s)", time.perf_counter() - started)
+        if reading is None:  # it runs what was just written: the reconcile reads it back
+            result = ApplyResult("none", 0.0, (), self.desired.revision)
+        else:
+            result = await self.converge_all(await reading)
+        log.info("ready in %.2f s (%s)", time.perf_counter() - started, result.method)
         self.state.ready = True
         return result
 
-    async def change(
-        self, compute: Change, *, dry_run: bool = False, heavy: bool = False
-    ) -> ApplyResult:
-        """Check a change, store it, then apply it (or join the next reload).
+    async def _load(self, seed: Config | None, started: float) -> None:
+        """The desired state from the store, seeded from the config file if it is empty."""
+        snapshot = await self.store.snapshot()
+        if seed is not None and not snapshot.records and not snapshot.revision:
+            snapshot = await self.store.seed(seed.gateways)
+            log.info("seeded %d gateways from the config file", len(seed.gateways))
+        self.desired = Desired.of(snapshot.records, snapshot.revision)
+        for name, record in snapshot.records.items():
+            self._count(name, record.gateway)
+            self.metrics.set_desired(name, record.gateway)
+        self.sections.resize(len(snapshot.records))
+        log.info(
+            "loaded %d gateways (revision %d) in %.2f s",
+            len(snapshot.records),
+            snapshot.revision,
+            time.perf_counter() - started,
+        )
 
-        A change that reloads is checked by `haproxy -c` with the engine lock released (one
-        such check at a time), then stored only if the state it was planned on is still the
-        desired one. If other writes keep moving the state, the last round checks under the
-        lock, so every change finishes. `heavy`: the caller knows the change is big (a large
-        body), so even computing it from a small state leaves the event loop.
-        """
+    async def _start_haproxy(self) -> None:
+        """Start HAProxy on the whole desired state. Its own start checks the configuration
+        (no `haproxy -c` first: there is no running worker to protect, and the start reports
+        HAProxy's reasons as a check would)."""
+        plans = await self._write_candidate(check=False)
+        await self.process.start()
+        loaded = [replace(plan, reload_reasons=()) for plan in plans]
+        for plan in loaded:
+            self._planned(plan)
+        self._publish(loaded)
+
+    async def _write_candidate(self, *, check: bool) -> list[GatewayPlan]:
+        """Render the desired state from scratch (every slot filled as desired), write it
+        (checked by `haproxy -c` first if `check`)."""
         started = time.perf_counter()
-        outcome = await self._try_commit(compute, dry_run, heavy=heavy)
-        if isinstance(outcome, _Prepared):
-            async with self._check_lock:
-                for attempt in range(1, MAX_CHECK_ROUNDS + 1):
-                    if outcome.current is not self._desired:  # moved while we queued
-                        outcome = await self._try_commit(compute, dry_run, heavy=heavy)
-                        if not isinstance(outcome, _Prepared):
-                            break
-                    assert outcome.candidate is not None
-                    await self.process.validate(*outcome.candidate)
-                    if dry_run:
-                        return outcome.dry_run(time.perf_counter() - started)
-                    last = attempt == MAX_CHECK_ROUNDS
-                    outcome = await self._try_commit(
-                        compute, dry_run, outcome, check_here=last, heavy=heavy
-                    )
-                    if not isinstance(outcome, _Prepared):
-                        break
-        assert not isinstance(outcome, _Prepared)
-        if isinstance(outcome, ApplyResult):
-            if outcome.dry_run:  # the time it took to check and plan
-                outcome = replace(outcome, seconds=time.perf_counter() - started)
-            self.metrics.write_applied(time.perf_counter() - started, outcome.method)
-            return outcome
-        result = replace(await asyncio.shield(outcome.reload), revision=outcome.revision)
-        prepared = outcome.prepared
-        if result.method == "reload":  # why this change reloaded, in words
-            result = replace(result, steps=how(prepared.plan, prepared.changes))
-        result = replace(result, changes=prepared.changes)
-        loaded = self._applier.loaded
-        if result.method == "none" and loaded.revision >= outcome.revision:
-            # another path (the supervisor's restart, say) loaded it before our reload ran
-            result = replace(result, method="reload", steps=(loaded.how,))
-        self.metrics.write_applied(time.perf_counter() - started, result.method)
-        return result
+        candidates = self.reloads.candidates
+        plans = await offload(self.big(), self._plan_all, None)
+        text, maps = await offload(self.big(), candidates.render, plans)
+        log.info("planned and rendered %d gateways (%.2f s)", len(plans), _since(started))
+        if check:
+            await self.process.validate(text, maps, candidates.running_of(plans).fingerprint)
+            log.info("HAProxy checked the configuration (%.2f s)", _since(started))
+        await asyncio.to_thread(self.process.write, text, maps, fresh=True)
+        log.info("wrote the configuration and %d map files (%.2f s)", len(maps), _since(started))
+        self.plans = {plan.name: plan for plan in plans}
+        self.running = candidates.running_of(plans)
+        self.reloads.loaded(plans)
+        return plans
 
-    async def _try_commit(
-        self,
-        compute: Change,
-        dry_run: bool,
-        checked: _Prepared | None = None,
-        *,
-        check_here: bool = False,
-        heavy: bool = False,
-    ) -> ApplyResult | _Joined | _Prepared:
-        """Under the lock: plan (or reuse `checked` if the state did not move), then store
-        and apply; a candidate HAProxy has not accepted yet comes back unstored."""
-        async with self._lock:
-            if checked is not None and checked.current is self._desired:
-                prepared = checked
-            else:
-                prepared = await self._prepare(compute, self._desired, heavy)
-            candidate = prepared.candidate
-            if candidate is not None and not self.process.is_validated(*candidate):
-                if not check_here:
-                    return prepared
-                await self.process.validate(*candidate)
-            if dry_run:
-                return prepared.dry_run()
-            task = asyncio.ensure_future(self._store_and_apply(prepared))
-            return await _finish(task)
+    def _plan_all(self, observed: dict[str, GatewayObserved] | None) -> list[GatewayPlan]:
+        seen = observed or {}
+        return [
+            plan_gateway(
+                name,
+                gateway,
+                seen.get(name, NOTHING_RUNS),
+                self.map_dir,
+                self.settings,
+                self.sections,
+            )
+            for name, gateway in self.desired.gateways.items()
+        ]
 
-    async def _prepare(self, compute: Change, current: Revisioned, heavy: bool) -> _Prepared:
-        """The new state, within budget, planned and (if it reloads) rendered: under the lock,
-        the CPU-bound parts in a worker thread so the event loop keeps answering."""
-        big = heavy or self._big
-        config, touched, usage, changes = await offload(
-            big, self._computed, compute, current.config
+    def big(self) -> bool:
+        """Whether work over every gateway (a start, a reload's file) is worth a thread."""
+        return self._total.slots > BIG_SLOTS
+
+    async def converge_all(self, observed: Observed | None = None) -> ApplyResult:
+        """Read everything HAProxy runs (unless given), plan every gateway, apply (adopting,
+        and after HAProxy came back): the only path whose cost is the whole state's."""
+        started = time.perf_counter()
+        known = dict(self.plans)
+        if observed is None:
+            observed = await self.observer.everything(self.running)
+        split = observed.by_gateway()
+        plans = await offload(self.big(), self._plan_all, split)
+        removed = [
+            plan_gateway(name, None, seen, self.map_dir, self.settings)
+            for name, seen in split.items()
+            if name not in self.desired.records
+        ]
+        # a write that stored meanwhile planned its own gateway: keep its plan
+        plans = [p for p in plans if self.plans.get(p.name) is known.get(p.name)]
+        for name in [n for n in self.plans if n not in self.desired.records]:
+            if self.plans[name] is known.get(name):
+                del self.plans[name]
+        plan = Plan((*plans, *removed), self.reloads.settings_reasons())
+        running = self.running.sections if self.running else {}
+        self.reloads.loaded(
+            [p for p in plans if p.section and running.get(p.name) == p.section.fingerprint]
         )
-        observed = await self.observe(touched)
-        big = big or usage.slots > BIG_SLOTS
-        plan, text = await offload(big, self._planned, config, observed, check_budget=True)
-        candidate = (text, plan.maps) if text is not None else None
-        return _Prepared(current, config, plan, candidate, changes)
-
-    def _computed(
-        self, compute: Change, current: Config
-    ) -> tuple[Config, set[str], Usage, tuple[Described, ...]]:
-        config = compute(current)
-        usage = config_usage(config)
-        self.budget.check(usage)
-        touched = {
-            n
-            for n in {*current.gateways, *config.gateways}
-            if current.gateways.get(n) != config.gateways.get(n)
-        }
-        return config, touched, usage, tuple(diff_configs(current, config, touched))
-
-    def _planned(
-        self, config: Config, observed: Observed, *, check_budget: bool = False
-    ) -> tuple[Plan, str | None]:
-        plan = plan_changes(config, observed, self.map_dir, self.settings)
-        if check_budget:
-            self.budget.check_slots(sum(b.slots for g in plan.layout.gateways for b in g.backends))
-        text = (
-            render_config(plan.layout, self.settings, plan.assignment)
-            if plan.needs_reload
-            else None
-        )
-        return plan, text
-
-    async def _store_and_apply(self, prepared: _Prepared) -> ApplyResult | _Joined:
-        """Runs to completion once started, even if its caller is cancelled (see `_finish`)."""
-        current, config, plan = prepared.current, prepared.config, prepared.plan
-        snapshot = self.process.snapshot([Path(r) for r in plan.map_updates])
-        revision = await self.store.compare_and_swap(current.revision, config)
-        self._desired = Revisioned(config, revision)
-        self.metrics.set_desired(config)
+        log.info("observed and planned %d gateways (%.2f s)", len(plans), _since(started))
         if plan.needs_reload:
-            # under the lock: the reload joined includes this change
-            return _Joined(self._join_reload(), revision, prepared)
+            for gateway_plan in plans:
+                self._planned(gateway_plan)
+            return await self.reloads.join()
+        await self.applier.apply_runtime(plan.gateways)
+        for gateway_plan in plans:
+            self._planned(gateway_plan)
+        self._publish(plans)
+        self._synced()
+        steps = tuple(plan.describe())
+        return ApplyResult(plan.method, _since(started), steps, self.desired.revision)
+
+    # ---- writes -----------------------------------------------------------------------------
+
+    async def change(
+        self, edit: Edit, *, dry_run: bool = False, heavy: bool = False
+    ) -> ApplyResult:
+        """Check an edit of one gateway, store it, then apply it (or join the next reload).
+
+        `heavy`: the caller knows the change is big (a large body), so even computing it
+        leaves the event loop."""
+        started = time.perf_counter()
+        name = edit.gateway
+        async with self._gateways.hold(name):
+            record = self.desired.records.get(name)
+            before = record.gateway if record else None
+            after = await offload(heavy, edited, edit, record)
+            async with self._binds.hold(*_binds_moved(before, after)):
+                self.desired.check(name, after)
+                self._check_budget(name, after)
+                changes = tuple(diff_gateway(name, before, after))
+                result = await self._write(name, record, after, changes, dry_run, started)
+        if not result.dry_run:
+            self.metrics.write_applied(time.perf_counter() - started, result.method)
+        return replace(result, created=before is None and after is not None)
+
+    async def _write(
+        self,
+        name: str,
+        record: Record | None,
+        after: Gateway | None,
+        changes: tuple[Change, ...],
+        dry_run: bool,
+        started: float,
+    ) -> ApplyResult:
+        """Plan and apply one gateway's edit; `steps` say how, a reload's reasons in words
+        (a dry run's duration is the time it took to check and plan)."""
+        big = self._is_big(after)
+        async with self.gate.shared():
+            observed = await self.observe_gateway(name)
+            plan = await offload(big, self._plan, name, after, observed)
+            steps = how(Plan((plan,)), changes)
+            if not plan.needs_reload:
+                method = _method(plan)
+                if dry_run:
+                    return ApplyResult(
+                        method, _since(started), steps, self.desired.revision, True, changes=changes
+                    )
+                revision = await _finish(self._commit_runtime(name, record, after, plan))
+                return ApplyResult(method, _since(started), steps, revision, changes=changes)
+        # structural: checked by HAProxy with no shared lock held, then stored and reloaded
+        await self.reloads.check(plan)
+        if dry_run:
+            return ApplyResult(
+                "reload", _since(started), steps, self.desired.revision, True, changes=changes
+            )
+        revision, reload = await _finish(self._commit_structural(name, record, after, plan))
+        loaded = self.applier.loaded
+        if reload.method == "none" and loaded.revision >= revision:
+            steps = (loaded.how,)  # the supervisor's restart loaded it before our reload ran
+        return ApplyResult("reload", _since(started), steps, revision, changes=changes)
+
+    async def _commit_runtime(
+        self, name: str, record: Record | None, after: Gateway | None, plan: GatewayPlan
+    ) -> int:
+        """Store, then apply the runtime steps; put the record back if HAProxy refuses."""
+        revision = await self._store(name, record, after)
+        maps = [Path(swap.ref) for swap in plan.map_swaps]
+        snapshot = await asyncio.to_thread(self.process.snapshot, maps)
         try:
-            result = await self._apply(plan, revision, None)
-            return replace(result, changes=prepared.changes)
+            await self.applier.apply_runtime([plan])
         except (WeighbridgeError, OSError) as exc:
             self.process.restore(snapshot)
-            back = await self._put_back(current.config, revision)
-            where = f"the desired state is back at revision {back}" if back else "retrying"
+            back = await self._put_back(name, record, revision)
+            where = f"the gateway is back at revision {back}" if back else "retrying"
             raise Unavailable(f"not applied ({exc}); {where}") from exc
+        self.runs(plan)
+        if not plan.is_empty:
+            log.info("applied %s revision %d by runtime", name, revision)
+        return revision
 
-    async def _put_back(self, previous: Config, revision: int) -> int | None:
-        """Undo a stored change HAProxy did not take: store the previous state, converge to it."""
+    async def _commit_structural(
+        self, name: str, record: Record | None, after: Gateway | None, plan: GatewayPlan
+    ) -> tuple[int, ApplyResult]:
+        """Store, then wait for the reload that loads it; put the record back if it fails."""
+        revision = await self._store(name, record, after)
+        previous = self.plans.get(name)
+        self._planned(plan)
         try:
-            back = await self.store.compare_and_swap(revision, previous)
+            reload = await asyncio.shield(self.reloads.join())
+        except WeighbridgeError:
+            self._restore_plan(name, previous)
+            async with self.gate.shared():
+                await self._put_back(name, record, revision)
+            raise
+        return revision, reload
+
+    def _plan(
+        self,
+        name: str,
+        gateway: Gateway | None,
+        observed: GatewayObserved,
+        *,
+        check_budget: bool = True,
+    ) -> GatewayPlan:
+        """Plan one gateway; a write's plan must also fit the slot budget (a repair's need not:
+        it only puts back what was stored)."""
+        plan = plan_gateway(name, gateway, observed, self.map_dir, self.settings, self.sections)
+        known = self.plans.get(name)
+        mine = known.slots if known else 0
+        if check_budget and plan.slots > mine:  # only growth can go over: O(gateways) then
+            self.budget.check_slots(sum(p.slots for p in self.plans.values()) - mine + plan.slots)
+        return plan
+
+    async def _store(self, name: str, record: Record | None, after: Gateway | None) -> int:
+        """The store write; from here on the change is applied to completion."""
+        expected = record.revision if record else 0
+        if after is None:
+            revision = await self.store.delete(name, expected)
+        else:
+            revision = await self.store.put(name, after, expected)
+        self.desired = self.desired.with_gateway(name, after, revision)
+        self._count(name, after)
+        self.metrics.set_desired(name, after)
+        return revision
+
+    async def _put_back(self, name: str, record: Record | None, revision: int) -> int | None:
+        """Undo a stored change HAProxy did not take: store the previous record, and bring
+        the gateway back to it (the caller holds its lock and the gate)."""
+        before = record.gateway if record else None
+        try:
+            back = await self._store_back(name, before, revision)
         except WeighbridgeError as exc:
-            log.error(
-                "revision %d was not applied nor put back (%s): the sync retries", revision, exc
-            )
+            log.error("%s revision %d was not applied nor put back (%s)", name, revision, exc)
             return None
-        self._desired = Revisioned(previous, back)
-        self.metrics.set_desired(previous)
-        log.error("revision %d was not applied: the desired state is back at %d", revision, back)
+        log.error("%s revision %d was not applied: back at revision %d", name, revision, back)
         try:
-            await self._converge()
+            await self._converge([name], drift=False)
         except WeighbridgeError as exc:
-            log.warning("HAProxy not yet back at revision %d (%s): the sync repairs it", back, exc)
+            log.warning("HAProxy not yet back for %s (%s): the sync repairs it", name, exc)
         return back
 
-    async def sync(self) -> ApplyResult:
-        """One level-based pass; whatever it had to do was drift, and is counted as such.
+    def _restore_plan(self, name: str, previous: GatewayPlan | None) -> None:
+        if previous is not None:
+            self.plans[name] = previous
+        else:
+            self.plans.pop(name, None)
 
-        A change waiting for its reload is not drift: the pass waits for that reload instead.
-        """
-        while True:
-            if self._pending_reload is not None:
-                return await asyncio.shield(self._pending_reload)
-            async with self._lock:
-                if self._pending_reload is None:
-                    result, plan = await self._converge()
-                    break
-        if result.method != "none":
-            counts = self.metrics.repaired(plan)
+    async def _store_back(self, name: str, gateway: Gateway | None, revision: int) -> int:
+        if gateway is None:
+            back = await self.store.delete(name, revision)
+        else:
+            back = await self.store.put(name, gateway, revision)
+        self.desired = self.desired.with_gateway(name, gateway, back)
+        self._count(name, gateway)
+        self.metrics.set_desired(name, gateway)
+        return back
+
+    # ---- what HAProxy runs ------------------------------------------------------------------
+
+    def _planned(self, plan: GatewayPlan) -> None:
+        if plan.section is None:
+            self.plans.pop(plan.name, None)
+        else:
+            self.plans[plan.name] = plan
+
+    def runs(self, plan: GatewayPlan) -> None:
+        """HAProxy now runs `plan`: remember it, and export what it applies."""
+        self._planned(plan)
+        if plan.section is not None:
+            self.metrics.set_applied(plan.name, self.applied_of(plan))
+
+    def _publish(self, plans: Sequence[GatewayPlan]) -> None:
+        """Export what a whole convergence applied, a chunk at a time after it (a thousand
+        gateways take half a second): a plan a write replaced meanwhile is skipped."""
+
+        async def publish() -> None:
+            for start in range(0, len(plans), PUBLISH_CHUNK):
+                for plan in plans[start : start + PUBLISH_CHUNK]:
+                    if self.plans.get(plan.name) is plan:
+                        self.runs(plan)
+                await asyncio.sleep(0)  # let requests in between chunks
+
+        self._publishing = asyncio.create_task(publish())
+
+    def applied_of(self, plan: GatewayPlan) -> dict[str, AppliedRoute]:
+        """Each desired route of a gateway as `plan` left HAProxy (its maps and slots, without
+        reading them back), for the metrics."""
+        return applied_routes(plan.name, self.desired.get(plan.name), plan.after(), self.map_dir)
+
+    async def observe_gateway(self, name: str) -> GatewayObserved:
+        """Read what HAProxy runs for one gateway: its backends and maps as last planned."""
+        [observed] = await self.observe_gateways([name])
+        return observed
+
+    async def observe_gateways(self, names: Sequence[str]) -> list[GatewayObserved]:
+        """Some gateways in one round trip: the backends and maps of each one's last plan."""
+        try:
+            observed = await self.observer.gateways([self._scope(name) for name in names])
+        except RuntimeApiError:
+            self.metrics.haproxy_up(False)
+            raise
+        self.metrics.haproxy_up(True)
+        return observed
+
+    def _scope(self, name: str) -> Scope:
+        plan = self.plans.get(name)
+        running = self.running.sections.get(name) if self.running else None
+        if plan is None or plan.section is None:
+            return Scope(running, (), ())
+        layout = plan.section.layout
+        return Scope(running, [b.name for b in layout.backends], layout.map_refs)
+
+    async def applied(self, name: str) -> AppliedGateway:
+        """The read model of one gateway, read from HAProxy now."""
+        return applied_gateway(name, await self.observe_gateway(name), self.map_dir)
+
+    # ---- reconcile --------------------------------------------------------------------------
+
+    async def visit(self, names: Sequence[str]) -> ApplyResult | None:
+        """Observe, plan and repair some gateways (a reconcile slice): whatever they needed
+        was drift, and is counted as such. Gateways a write holds are skipped: it converges
+        them (None when that left none)."""
+        free = [n for n in names if not self._gateways.held(n)]
+        if not free:
+            return None
+        async with self._gateways.hold(*free), self.gate.shared():
+            return await self._converge(free, drift=True)
+
+    async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:
+        """Observe and plan `names` (their locks and the gate held by the caller), apply the
+        runtime steps at once; a structure that differs joins the next reload, unless one is
+        already coming (a write waiting for it is not drift)."""
+        started = time.perf_counter()
+        observed = await self.observe_gateways(names)
+        plans = [
+            self._plan(name, self.desired.get(name), seen, check_budget=False)
+            for name, seen in zip(names, observed, strict=True)
+        ]
+        runtime = [p for p in plans if not p.needs_reload]
+        await self.applier.apply_runtime(runtime)
+        for plan in runtime:
+            self.runs(plan)
+        structural = [p for p in plans if p.needs_reload and not self.reloads.pending]
+        total = Plan((*runtime, *structural))
+        if drift and not total.is_empty:
+            counts = self.metrics.repaired(total)
             for (_, kind), count in counts.items():
                 self.state.drift_repairs[kind] += count
-            log.warning("repaired drift (%s): %s", dict(counts), "; ".join(result.steps))
+            log.warning("repaired drift (%s): %s", dict(counts), "; ".join(total.describe()))
+        for plan in structural:
+            self._planned(plan)
+        if structural:
+            self.reloads.join()  # not awaited: the caller may hold what the reload needs
+        self._synced()
+        return ApplyResult(total.method, _since(started), tuple(total.describe()), 0)
+
+    async def sync(self) -> ApplyResult:
+        """One pass over every gateway, waiting for a reload it starts (tests; the periodic
+        reconcile visits slices, `controller.reconcile`). A pending reload is waited for
+        first: what it loads is not drift."""
+        await self.reloads.settled()
+        result = await self.visit(list(self.desired.records))
+        if result is None:
+            return ApplyResult("none", 0.0, (), self.desired.revision)
+        if result.method == "reload":
+            await self.reloads.settled()
         return result
+
+    def _synced(self) -> None:
+        self.state.last_sync = time.time()
+        self.metrics.synced(self.state.last_sync)
+
+    # ---- HAProxy's life ---------------------------------------------------------------------
 
     async def supervise(self) -> bool:
         """Restart HAProxy if its master is gone (ours) or wait for it (attached).
@@ -364,8 +552,10 @@ class Engine:
         running = await self.process.is_running()
         if running and self.state.ready:
             return False
-        async with self._lock:
+        async with self.gate.exclusive():
             running = await self.process.is_running()
+            if running and self.state.ready:
+                return False  # it was busy (our reload, which held the gate), not away
             if not running and (self.process.paths.attached or self.process.master_alive()):
                 # busy (a reload of thousands of proxies, maybe not ours) or not ours to
                 # start: wait for it rather than start a second HAProxy beside it
@@ -373,14 +563,14 @@ class Engine:
                 return False
             if not running:
                 log.error("HAProxy is not running: restarting it with the full desired state")
-                await self._write_candidate()
-                await self.process.start()
+                await self._start_haproxy()
                 self.state.haproxy_restarts += 1
-                self._applier.loaded = Loaded(
-                    self._desired.revision,
-                    f"restart of HAProxy with revision {self._desired.revision} (supervisor)",
+                revision = self.desired.revision
+                self.applier.loaded = Loaded(
+                    revision, f"restart of HAProxy with revision {revision} (supervisor)"
                 )
-            await self._converge()
+        if running:
+            await self.converge_all()
         self.state.ready = True
         return True
 
@@ -393,100 +583,49 @@ class Engine:
             await asyncio.sleep(0.1)  # poll interval while the master is busy
         return False
 
-    async def _write_candidate(self) -> None:
-        """Render the desired state from scratch (all slots filled as desired) and write it."""
-        empty = Observed(fingerprint=None, backends={}, maps={})
-        plan, text = await offload(self._big, self._planned, self._desired.config, empty)
-        assert text is not None  # nothing observed: always a full render
-        await self.process.validate(text, plan.maps)
-        await asyncio.to_thread(self.process.write, text, plan.maps)
-        self._applied = self._desired
+    # ---- budget -----------------------------------------------------------------------------
 
-    async def _converge(self) -> tuple[ApplyResult, Plan]:
-        desired = self._desired
-        observed = await self.observe()
-        plan, text = await offload(self._big, self._planned, desired.config, observed)
-        if text is not None:
-            await self.process.validate(text, plan.maps)
-        result = await self._apply(plan, desired.revision, text)
-        self.state.last_sync = time.time()
-        self.metrics.synced(self.state.last_sync)
-        return result, plan
+    def _count(self, name: str, gateway: Gateway | None) -> None:
+        old = self._usage.pop(name, Usage())
+        new = gateway_usage(gateway) if gateway else Usage()
+        if gateway is not None:
+            self._usage[name] = new
+        self._total = self._total - old + new
 
-    def _join_reload(self) -> asyncio.Future[ApplyResult]:
-        """The next reload (scheduled if need be); it applies whatever is desired when it runs."""
-        if self._pending_reload is None:
-            self._pending_reload = asyncio.get_running_loop().create_future()
-            self._reload_task = asyncio.create_task(self._coalesced_reload(self._pending_reload))
-        return self._pending_reload
+    def _check_budget(self, name: str, gateway: Gateway | None) -> None:
+        """The whole state's size after the edit, from per-gateway counts: O(1)."""
+        new = gateway_usage(gateway) if gateway else Usage()
+        self.budget.check(self._total - self._usage.get(name, Usage()) + new)
 
-    async def _coalesced_reload(self, done: asyncio.Future[ApplyResult]) -> None:
-        wait = max(
-            self.timing.debounce,
-            self._applier.last_reload + self.timing.min_reload_interval - time.monotonic(),
-        )
-        await asyncio.sleep(wait)  # a debounce window, not synchronisation
-        try:
-            async with self._lock:
-                self._pending_reload = None  # changes stored from now on wait for the next one
-                result, _ = await self._converge()
-        except Exception as exc:
-            try:
-                await self._revert_after_failed_reload(exc)
-            finally:
-                done.set_exception(exc)
-        else:
-            done.set_result(result)
+    @property
+    def total_routes(self) -> int:
+        return self._total.routes
 
-    async def _revert_after_failed_reload(self, exc: Exception) -> None:
-        """A reload HAProxy refused must not stay desired: put the last applied state back."""
-        async with self._lock:
-            if self._desired.config == self._applied.config:
-                return
-            try:
-                revision = await self.store.compare_and_swap(
-                    self._desired.revision, self._applied.config
-                )
-            except WeighbridgeError as store_exc:
-                log.error(
-                    "reload failed (%s) and the store refused the revert (%s)", exc, store_exc
-                )
-                return
-            log.error("reload failed (%s): desired state reverted to revision %d", exc, revision)
-            self._desired = Revisioned(self._applied.config, revision)
-            self.metrics.set_desired(self._desired.config)
-
-    async def _apply(self, plan: Plan, revision: int, text: str | None) -> ApplyResult:
-        result = await self._applier.apply(plan, revision, text, self._replan)
-        self._applied = self._desired
-        return result
-
-    async def _replan(self) -> Plan:
-        observed = await self.observe()
-        plan, _ = await offload(self._big, self._planned, self._desired.config, observed)
-        return plan
-
-    async def observe(self, scope: Collection[str] | None = None) -> Observed:
-        """Read what HAProxy runs now (see `Observer.read`), and export it as metrics."""
-        try:
-            observed = await self._observer.read(scope)
-        except RuntimeApiError:
-            self.metrics.haproxy_up(False)
-            raise
-        self.metrics.haproxy_up(True)
-        states = await offload(
-            self._big, applied_states, self._desired.config, observed, self.map_dir
-        )
-        self.metrics.set_applied_states(states)
-        return observed
+    def _is_big(self, gateway: Gateway | None) -> bool:
+        return gateway is not None and gateway_usage(gateway).slots > BIG_SLOTS
 
 
-async def _finish(task: asyncio.Future[T]) -> T:
-    """Wait for `task` to complete even if the caller is cancelled meanwhile.
+def _binds_moved(before: Gateway | None, after: Gateway | None) -> set[Address]:
+    """The binds whose gateways the edit changes (their hosts or mode), if any: a write holds
+    their locks while it checks and stores, so two writes cannot both claim one bind."""
+    keys = [(g.bind, g.mode, g.virtual_hosts) if g else None for g in (before, after)]
+    if keys[0] == keys[1]:
+        return set()
+    return {g.bind for g in (before, after) if g is not None}
 
-    The caller holds the engine lock: it must not let go while the store write and the apply
-    it started are still running. A cancellation is passed on once the task is done.
-    """
+
+def _method(plan: GatewayPlan) -> Method:
+    return "none" if plan.is_empty else "runtime"
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
+
+
+async def _finish(work: Awaitable[T]) -> T:
+    """Run `work` to completion even if the caller is cancelled meanwhile; a cancellation is
+    passed on once it is done (a stored change is always applied, or put back)."""
+    task = asyncio.ensure_future(work)
     cancelled = False
     while not task.done():
         try:

@@ -8,9 +8,11 @@ directory) so a link planted later is replaced or refused, never written through
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -26,11 +28,20 @@ def _directory(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def write_atomic(path: Path, text: str, *, mode: int = 0o644, durable: bool = True) -> None:
+def write_atomic(
+    path: Path,
+    text: str,
+    *,
+    mode: int = 0o644,
+    durable: bool = True,
+    backup: Path | None = None,
+) -> None:
     """Write a temp file beside `path`, rename it over `path`: readers see old or new, never torn.
 
     The rename replaces a symlink at `path` instead of writing through it. `durable` fsyncs
-    the data and the directory (skip it only for copies whose loss costs nothing).
+    the data and the directory (skip it only for copies whose loss costs nothing). With
+    `backup` (a name in the same directory), the previous file stays there, by a hard link
+    made before the rename: no copy, and the same directory fsync makes it durable.
     """
     directory = path.parent
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -45,6 +56,8 @@ def write_atomic(path: Path, text: str, *, mode: int = 0o644, durable: bool = Tr
                 os.fchmod(handle.fileno(), mode)  # the umask must not widen or narrow it
                 if durable:
                     os.fsync(handle.fileno())
+            if backup is not None:
+                _link_previous(path.name, backup.name, dir_fd)
             os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -52,6 +65,76 @@ def write_atomic(path: Path, text: str, *, mode: int = 0o644, durable: bool = Tr
             raise
         if durable:
             os.fsync(dir_fd)
+
+
+def _link_previous(name: str, backup: str, dir_fd: int) -> None:
+    """`backup` becomes the file now at `name` (nothing, if there is none)."""
+    linked = f".{backup}.{secrets.token_hex(6)}"
+    try:
+        os.link(name, linked, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    try:
+        os.replace(linked, backup, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(linked, dir_fd=dir_fd)
+        raise
+
+
+def remove(paths: list[Path], *, durable: bool = True) -> int:
+    """Unlink files of one directory (missing ones are fine; a symlink is removed, never
+    followed), then fsync the directory; how many there were."""
+    if not paths:
+        return 0
+    removed = 0
+    with _directory(paths[0].parent) as dir_fd:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path.name, dir_fd=dir_fd)
+                removed += 1
+        if durable and removed:
+            os.fsync(dir_fd)
+    return removed
+
+
+def write_many(directory: Path, texts: Mapping[str, str], *, mode: int = 0o644) -> None:
+    """Many new files in one directory, made durable together (one `syncfs`, else an fsync
+    each), then the directory: for a directory nothing reads yet (the caller renames it into
+    place). A thousand fsyncs took 2 s here, one syncfs a tenth of that."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with _directory(directory) as dir_fd:
+        written = []
+        for name, text in texts.items():
+            fd = os.open(name, flags, mode, dir_fd=dir_fd)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                os.fchmod(handle.fileno(), mode)
+            written.append(name)
+        if not _syncfs(dir_fd):
+            for name in written:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        os.fsync(dir_fd)
+
+
+def _syncfs(fd: int) -> bool:
+    """Linux's syncfs(2) on the file system of `fd`; False where there is none."""
+    function = getattr(_libc(), "syncfs", None)
+    return function is not None and function(fd) == 0
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def fsync_directory(directory: Path) -> None:
+    with _directory(directory) as dir_fd:
+        os.fsync(dir_fd)
 
 
 def read_text(path: Path, offset: int = 0) -> str:
@@ -68,18 +151,6 @@ def open_append(path: Path, mode: int = 0o600) -> int:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     with _directory(path.parent) as dir_fd:
         return os.open(path.name, flags, mode, dir_fd=dir_fd)
-
-
-def remove(path: Path, *, durable: bool = True) -> bool:
-    """Unlink `path` (a symlink there is removed, never followed); False if it was absent."""
-    with _directory(path.parent) as dir_fd:
-        try:
-            os.unlink(path.name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return False
-        if durable:
-            os.fsync(dir_fd)
-    return True
 
 
 def list_files(directory: Path, suffix: str) -> list[str]:

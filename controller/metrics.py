@@ -17,11 +17,13 @@ code are `Literal`s, so that a typo fails type-checking instead of adding a seri
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal, cast, get_args
 
 from prometheus_client import (
@@ -37,10 +39,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.utils import floatToGoString
 
-from controller.compile import routes_map_ref, weights_map_ref
-from controller.model import BASIS_POINTS, Address, Config
-from controller.plan import Observed, Plan, ReloadKind, SlotState
-from controller.status import applied_weights
+from controller.applied import INSTANCE_STATES, AppliedRoute
+from controller.model import BASIS_POINTS, Gateway
+from controller.plan import Plan, ReloadKind
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 """The classic text format `render` produces: every Prometheus 2.x and 3.x parses it."""
@@ -49,19 +50,11 @@ Result = Literal["ok", "failed"]
 ApplyMethod = Literal["none", "runtime", "reload"]
 DriftKind = Literal["structure", "map", "server-addr", "server-weight", "server-state"]
 """As the engine's own drift count: a reload, a map swap, or one server slot setting."""
-InstanceState = Literal["ready", "maint", "missing"]
-"""As `GET …/status` says: serving, parked in maintenance, or in no slot at all."""
 
 RESULTS: tuple[Result, ...] = get_args(Result)
 APPLY_METHODS: tuple[ApplyMethod, ...] = get_args(ApplyMethod)
 DRIFT_KINDS: tuple[DriftKind, ...] = get_args(DriftKind)
-INSTANCE_STATES: tuple[InstanceState, ...] = get_args(InstanceState)
 RELOAD_KINDS: tuple[ReloadKind, ...] = get_args(ReloadKind)
-_SERVER_SETTINGS: dict[str, DriftKind] = {
-    "addr": "server-addr",
-    "weight": "server-weight",
-    "state": "server-state",
-}
 
 # Milliseconds for runtime changes, seconds for reloads (`haproxy -c` alone can take 0.6 s).
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -72,45 +65,69 @@ _format_value = cast(Callable[[float], str], floatToGoString)
 """The library's own number format (`+Inf`, Go-style exponents), so both paths agree."""
 
 
-@dataclass(frozen=True)
-class AppliedRoute:
-    """One route as HAProxy runs it: its share of the live weight map, its pool backend
-    (None while unbound) and how many of its desired instances are in each state."""
-
-    weight_bp: int
-    backend: str | None
-    instances: Mapping[InstanceState, int] = field(default_factory=dict)
-
-
 @dataclass
 class Family:
-    """One gauge or counter family whose series keep their exposition line between scrapes."""
+    """One gauge or counter family whose series keep their exposition line between scrapes.
+
+    Every family here is per gateway (its first label): the lines of each gateway are joined
+    once and kept until one of them changes, so a scrape joins a chunk per gateway instead of
+    formatting or joining every line (issue 11)."""
 
     name: str
     """The sample name as exposed (counters end in `_total`)."""
     kind: Literal["gauge", "counter"]
     documentation: str
     labelnames: tuple[str, ...]
-    series: dict[tuple[str, ...], tuple[float, str]] = field(default_factory=dict)
+    series: dict[str, dict[tuple[str, ...], tuple[float, str]]] = field(default_factory=dict)
+    """gateway → labels → (value, line)."""
+    _chunks: dict[str, str] = field(default_factory=dict)
 
     def set(self, labels: tuple[str, ...], value: float) -> None:
-        current = self.series.get(labels)
+        lines = self.series.get(labels[0])
+        if lines is None:
+            lines = self.series[labels[0]] = {}
+        current = lines.get(labels)
         if current is None or current[0] != value:
             # Label names sorted, values escaped and formatted exactly as generate_latest does.
-            pairs = sorted(zip(self.labelnames, labels, strict=True))
-            text = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
-            self.series[labels] = (value, f"{self.name}{{{text}}} {_format_value(value)}\n")
+            text = ",".join(f'{self.labelnames[i]}="{_escape(labels[i])}"' for i in self._order)
+            lines[labels] = (value, f"{self.name}{{{text}}} {_format_value(value)}\n")
+            self._chunks.pop(labels[0], None)
+
+    @functools.cached_property
+    def _order(self) -> list[int]:
+        return sorted(range(len(self.labelnames)), key=self.labelnames.__getitem__)
+
+    def get(self, labels: tuple[str, ...]) -> float | None:
+        found = self.series.get(labels[0], {}).get(labels)
+        return found[0] if found else None
 
     def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
-        self.set(labels, self.series.get(labels, (0.0, ""))[0] + amount)
+        self.set(labels, (self.get(labels) or 0.0) + amount)
+
+    def drop(self, gateway: str) -> None:
+        """Every series of one gateway."""
+        self.series.pop(gateway, None)
+        self._chunks.pop(gateway, None)
 
     def remove(self, labels: tuple[str, ...]) -> None:
-        self.series.pop(labels, None)
+        lines = self.series.get(labels[0])
+        if lines is not None and lines.pop(labels, None) is not None:
+            self._chunks.pop(labels[0], None)
+            if not lines:
+                del self.series[labels[0]]
 
     def text(self) -> str:
         doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
         head = f"# HELP {self.name} {doc}\n# TYPE {self.name} {self.kind}\n"
-        return head + "".join(line for _, line in self.series.values())
+        return head + "".join(self._chunk(gateway) for gateway in self.series)
+
+    def _chunk(self, gateway: str) -> str:
+        chunk = self._chunks.get(gateway)
+        if chunk is None:
+            chunk = self._chunks[gateway] = "".join(
+                line for _, line in self.series[gateway].values()
+            )
+        return chunk
 
     def metric(self) -> Metric:
         family: GaugeMetricFamily | CounterMetricFamily
@@ -118,12 +135,15 @@ class Family:
             family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         else:
             family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for labels, (value, _) in self.series.items():
-            family.add_metric(list(labels), value)
+        for lines in self.series.values():
+            for labels, (value, _) in lines.items():
+                family.add_metric(list(labels), value)
         return family
 
 
 def _escape(value: str) -> str:
+    if "\\" not in value and "\n" not in value and '"' not in value:
+        return value
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
@@ -145,7 +165,12 @@ class SeriesTable:
     def collect(self) -> Iterable[Metric]:
         if getattr(self._local, "skip", False):
             return []
+        self.refresh()
         return [family.metric() for family in self]
+
+    def refresh(self) -> None:
+        """Bring the series up to date before they are read (a hook for tables whose series
+        are derived when scraped)."""
 
     @contextmanager
     def skipped(self) -> Iterator[None]:
@@ -156,6 +181,7 @@ class SeriesTable:
             self._local.skip = False
 
     def text(self) -> str:
+        self.refresh()
         return "".join(family.text() for family in self)
 
     def __iter__(self) -> Iterator[Family]:
@@ -235,6 +261,7 @@ class Metrics:
             ]
         )
         registry.register(self._table)
+        self._tables = [self._table]
 
     def _define_events(self, r: CollectorRegistry) -> None:
         self._api_requests = Counter(
@@ -326,7 +353,7 @@ class Metrics:
 
     def repaired(self, plan: Plan) -> Tally[tuple[str, DriftKind]]:
         """Count what a periodic sync's plan repaired, per gateway (see `drift_counts`)."""
-        counts = drift_counts(plan, self._routes)
+        counts = drift_counts(plan)
         for (gateway, kind), count in counts.items():
             self.drift_repaired(gateway, kind, count)
         return counts
@@ -345,24 +372,27 @@ class Metrics:
 
     # ---- state --------------------------------------------------------------------------
 
-    def set_desired(self, config: Config) -> None:
-        """Desired weights and strengths; drops every series of gateways and routes now gone."""
-        routes = {name: tuple(gateway.routes) for name, gateway in config.gateways.items()}
-        self._forget(routes)
-        for name, gateway in config.gateways.items():
-            self._gateway_routes.set((name,), len(gateway.routes))
-            for kind in DRIFT_KINDS:
-                self._drift.inc((name, kind), 0)
-            for route, points in gateway.effective_weights().items():
-                self._desired.set((name, route), points / BASIS_POINTS)
-                if gateway.routes[route].condition is not None:
-                    self._strength.set((name, route), gateway.routes[route].strength / BASIS_POINTS)
-                else:  # a strength means nothing without a condition: no series
-                    self._strength.remove((name, route))
-        self._routes = routes
+    def set_desired(self, name: str, gateway: Gateway | None) -> None:
+        """One gateway's desired weights and strengths; drops the series of its routes now
+        gone (all of them when the gateway is deleted)."""
+        routes = tuple(gateway.routes) if gateway is not None else ()
+        self._forget(name, routes, gone=gateway is None)
+        if gateway is None:
+            self._routes.pop(name, None)
+            return
+        self._gateway_routes.set((name,), len(gateway.routes))
+        for kind in DRIFT_KINDS:
+            self._drift.inc((name, kind), 0)
+        for route, points in gateway.effective_weights().items():
+            self._desired.set((name, route), points / BASIS_POINTS)
+            if gateway.routes[route].condition is not None:
+                self._strength.set((name, route), gateway.routes[route].strength / BASIS_POINTS)
+            else:  # a strength means nothing without a condition: no series
+                self._strength.remove((name, route))
+        self._routes[name] = routes
 
     def set_applied(self, gateway: str, routes: Mapping[str, AppliedRoute]) -> None:
-        """What HAProxy runs for one gateway, route by route (see `applied_state`).
+        """What HAProxy runs for one gateway, route by route (see `controller.applied`).
 
         Only desired routes get series: HAProxy may still run a route the desired state just
         deleted, and that route must not reappear on the dashboards.
@@ -379,104 +409,52 @@ class Metrics:
                 self._backend_info.set((gateway, route, applied.backend), 1)
             self._applied[(gateway, route)] = applied.backend
 
-    def set_observed(self, config: Config, observed: Observed, map_dir: str) -> None:
-        """`set_applied` for every desired gateway, from one `Engine.observe()` reading."""
-        self.set_applied_states(applied_states(config, observed, map_dir))
-
-    def set_applied_states(self, states: Mapping[str, Mapping[str, AppliedRoute]]) -> None:
-        """`set_applied` for each gateway of `applied_states` (computed off the event loop)."""
-        for name, routes in states.items():
-            self.set_applied(name, routes)
+    def add_table(self, table: SeriesTable) -> None:
+        """Serve another table of this registry by the fast path too (the rollouts')."""
+        self._tables.append(table)
 
     def render(self) -> bytes:
         """The exposition text for `GET /metrics` (content type `CONTENT_TYPE`)."""
-        with self._table.skipped():
+        with contextlib.ExitStack() as stack:
+            for table in self._tables:
+                stack.enter_context(table.skipped())
             events = generate_latest(self.registry)
-        return events + self._table.text().encode()
+        return events + "".join(table.text() for table in self._tables).encode()
 
-    def _forget(self, routes: Mapping[str, tuple[str, ...]]) -> None:
-        for gateway, old_routes in self._routes.items():
-            kept = set(routes.get(gateway, ()))
-            for route in old_routes:
-                if route not in kept:
-                    self._desired.remove((gateway, route))
-                    self._strength.remove((gateway, route))
-            if gateway not in routes:
-                self._gateway_routes.remove((gateway,))
-                for kind in DRIFT_KINDS:
-                    self._drift.remove((gateway, kind))
-        for key in [k for k in self._applied if k[1] not in routes.get(k[0], ())]:
-            self._applied_weight.remove(key)
+    def _forget(self, gateway: str, routes: tuple[str, ...], *, gone: bool) -> None:
+        kept = set(routes)
+        for route in self._routes.get(gateway, ()):
+            if route in kept:
+                continue
+            self._desired.remove((gateway, route))
+            self._strength.remove((gateway, route))
+            self._applied_weight.remove((gateway, route))
             for state in INSTANCE_STATES:
-                self._instances.remove((*key, state))
-            backend = self._applied.pop(key)
+                self._instances.remove((gateway, route, state))
+            backend = self._applied.pop((gateway, route), None)
             if backend is not None:
-                self._backend_info.remove((*key, backend))
+                self._backend_info.remove((gateway, route, backend))
+        if gone:
+            self._gateway_routes.remove((gateway,))
+            for kind in DRIFT_KINDS:
+                self._drift.remove((gateway, kind))
 
 
-def instance_state(address: Address, slots: Mapping[Address | None, SlotState]) -> InstanceState:
-    """The same reading as the status endpoint: the slot holding the address, and its state."""
-    slot = slots.get(address)
-    if slot is None:
-        return "missing"
-    return "ready" if slot.serving else "maint"
-
-
-def applied_states(
-    config: Config, observed: Observed, map_dir: str
-) -> dict[str, dict[str, AppliedRoute]]:
-    """`applied_state` of every desired gateway (pure: safe in a worker thread)."""
-    return {name: applied_state(config, name, observed, map_dir) for name in config.gateways}
-
-
-def applied_state(
-    config: Config, gateway: str, observed: Observed, map_dir: str
-) -> dict[str, AppliedRoute]:
-    """Each route of a desired gateway as HAProxy runs it: its backend from the live routes
-    map, its share from the live weight map, the states of its desired instances."""
-    binding = dict(observed.maps.get(routes_map_ref(gateway, map_dir), ()))
-    live = applied_weights(observed.maps.get(weights_map_ref(gateway, map_dir), ()))
-    routes: dict[str, AppliedRoute] = {}
-    for name, route in config.gateways[gateway].routes.items():
-        backend = binding.get(name)
-        # by address: thousands of instances a route, a scan each was quadratic (issue 9)
-        slots: dict[Address | None, SlotState] = {}
-        for slot in observed.backends.get(backend, ()) if backend else ():
-            slots.setdefault(slot.address, slot)
-        states = Tally(instance_state(address, slots) for address in route.instances)
-        routes[name] = AppliedRoute(
-            weight_bp=live.get(backend, 0) if backend else 0,
-            backend=backend,
-            instances=dict(states),
-        )
-    return routes
-
-
-def drift_counts(plan: Plan, gateways: Iterable[str]) -> Tally[tuple[str, DriftKind]]:
+def drift_counts(plan: Plan) -> Tally[tuple[str, DriftKind]]:
     """What a plan repairs, per (gateway, kind), counted as the engine counts steps.
 
-    A reload counts once for each gateway its reasons name (by name, backend or map), or for
-    every gateway when none is named (the whole structure differed, e.g. HAProxy restarted).
+    A reload counts once for each gateway its reasons name, or for every gateway of the plan
+    when none is named (the whole structure differed, e.g. HAProxy restarted).
     """
-    owner: dict[str, str] = {}
-    for layout in plan.layout.gateways:
-        maps = [ref for ref in astuple(layout.maps) if ref is not None]
-        owner.update({name: layout.name for name in (layout.name, *maps)})
-        owner.update({backend.name: layout.name for backend in layout.backends})
     counts: Tally[tuple[str, DriftKind]] = Tally()
     if plan.needs_reload:
-        # details start with what they are about: `shop: …`, `wb.shop.b1: …`, a map path
-        named = {owner.get(r.detail.split(":")[0].split(" ")[0]) for r in plan.reload_reasons}
-        for gateway in (named - {None}) or set(gateways):
-            counts[(str(gateway), "structure")] += 1
+        named = {r.gateway for r in plan.reload_reasons if r.gateway is not None}
+        for gateway in named or {g.name for g in plan.gateways}:
+            counts[(gateway, "structure")] += 1
         return counts
-    for ref in plan.map_updates:
-        if ref in owner:
-            counts[(owner[ref], "map")] += 1
-    for command in (*plan.fill, *plan.empty):
-        # `set server <backend>/<slot> addr|weight|state …`: the only commands slot plans hold
-        tokens = command.text.split()
-        backend, kind = tokens[2].partition("/")[0], _SERVER_SETTINGS.get(tokens[3])
-        if backend in owner and kind is not None:
-            counts[(owner[backend], kind)] += 1
+    for one in plan.gateways:
+        for _ in one.map_swaps:
+            counts[(one.name, "map")] += 1
+        for step in (*one.fill, *one.empty):
+            counts[(one.name, step.setting)] += 1
     return counts

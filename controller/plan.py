@@ -1,43 +1,47 @@
-"""Desired state + observed HAProxy state → a plan: runtime commands, or a reload (pure).
+"""A desired gateway + what HAProxy runs for it → typed steps: slot changes, map swaps, or a
+reload with its reasons (pure).
 
 Level-based: the plan depends only on what HAProxy reports now, never on the event that
-asked for it, so running it twice is harmless and any drift is repaired the same way.
+asked for it, so running it twice is harmless and any drift is repaired the same way. A write
+plans only its own gateway (`plan_gateway`); starting, adopting and tests plan them all
+(`plan_changes`).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from controller.compile import (
-    MIN_SLOTS,
     BackendLayout,
-    GatewayLayout,
-    GatewayMaps,
-    Layout,
     MapEntries,
-    compile_rewrites,
-    compile_route_condition,
-    gateway_map_refs,
+    bind_routes,
+    gateway_layout,
+    gateway_maps,
     parse_pool_backend,
-    pool_backend,
-    pool_capacity,
     routes_map_ref,
-    slot_capacity,
-    weight_map,
 )
 from controller.errors import InvalidInput
-from controller.model import Address, Config, Gateway, Route, acl_policy_problems
-from controller.render import Assignment, RenderSettings, structure_fingerprint
+from controller.model import Address, Config, Gateway, gateway_acl_problems
+from controller.render import (
+    Assignment,
+    RenderSettings,
+    Running,
+    Section,
+    SectionCache,
+    filled_backends,
+    render_config,
+    settings_fingerprint,
+)
 from controller.runtime import commands
 from controller.runtime.commands import Command, MapSwap
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SlotState:
-    """One server slot as HAProxy reports it (`show servers state`)."""
+    """One server slot as HAProxy reports it (`show servers state`). Not frozen: 128,000 of
+    them are built per full reading, and a frozen dataclass takes 3.5 times as long."""
 
     name: str
     address: Address | None
@@ -46,12 +50,56 @@ class SlotState:
 
 
 @dataclass(frozen=True)
-class Observed:
-    """What HAProxy runs now: structure fingerprint, our backends' slots and our maps."""
+class GatewayObserved:
+    """What HAProxy runs for one gateway: its section's fingerprint (None: not running), its
+    pool backends' slots and its maps."""
 
-    fingerprint: str | None
+    running: str | None
     backends: Mapping[str, Sequence[SlotState]]
     maps: Mapping[str, MapEntries]
+
+    @property
+    def pool(self) -> dict[int, int]:
+        """Pool index → slot count of the backends HAProxy runs."""
+        pools: dict[int, int] = {}
+        for name, slots in self.backends.items():
+            parsed = parse_pool_backend(name)
+            if parsed:
+                pools[parsed[1]] = len(slots)
+        return pools
+
+
+NOTHING_RUNS = GatewayObserved(running=None, backends={}, maps={})
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What HAProxy runs as a whole: the structure of its file, every backend, every map."""
+
+    running: Running | None
+    backends: Mapping[str, Sequence[SlotState]]
+    maps: Mapping[str, MapEntries]
+
+    def by_gateway(self) -> dict[str, GatewayObserved]:
+        """Split per gateway (by backend and map names), in one pass."""
+        backends: dict[str, dict[str, Sequence[SlotState]]] = {}
+        for name, slots in self.backends.items():
+            parsed = parse_pool_backend(name)
+            if parsed:
+                backends.setdefault(parsed[0], {})[name] = slots
+        maps: dict[str, dict[str, MapEntries]] = {}
+        for ref, entries in self.maps.items():
+            maps.setdefault(map_gateway(ref), {})[ref] = entries
+        sections = self.running.sections if self.running else {}
+        return {
+            name: GatewayObserved(sections.get(name), backends.get(name, {}), maps.get(name, {}))
+            for name in {*backends, *sections}
+        }
+
+
+def map_gateway(ref: str) -> str:
+    """The gateway a map belongs to: `<map_dir>/<gateway>[.<kind>].map`."""
+    return ref.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
 ReloadKind = Literal[
@@ -68,32 +116,63 @@ ReloadKind = Literal[
 @dataclass(frozen=True)
 class ReloadReason:
     kind: ReloadKind
+    gateway: str | None
+    """The gateway it is about; None for the whole configuration (settings, first start)."""
     detail: str
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.detail}"
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Either `reload_reasons` is non-empty (render and reload) or the runtime steps apply."""
+SlotSetting = Literal["server-addr", "server-weight", "server-state"]
 
-    layout: Layout
-    fingerprint: str
+
+@dataclass(frozen=True)
+class SlotChange:
+    """One setting of one server slot: its address, its weight, or its state."""
+
+    backend: str
+    slot: str
+    setting: SlotSetting
+    address: Address | None = None
+    weight: int = 0
+    state: Literal["ready", "maint"] = "ready"
+
+    @property
+    def text(self) -> str:
+        return self.command().text
+
+    def command(self) -> Command:
+        if self.setting == "server-addr":
+            assert self.address is not None
+            ip, port = self.address.ip, self.address.port
+            return commands.set_server_addr(self.backend, self.slot, ip, port)
+        if self.setting == "server-weight":
+            return commands.set_server_weight(self.backend, self.slot, self.weight)
+        return commands.set_server_state(self.backend, self.slot, self.state)
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    """One gateway's way to its desired state: runtime steps, or a reload and why.
+
+    `section` is None for a gateway that is no longer desired. Its commands are built (and
+    so checked) here: a plan that holds is one the socket accepts."""
+
+    name: str
+    section: Section | None
+    bindings: Mapping[str, str]
+    """route → pool backend."""
     assignment: Assignment
     maps: Mapping[str, MapEntries]
     """Every map's desired content: written to disk, and the source of map swaps."""
-    bindings: Mapping[str, Mapping[str, str]]
-    """gateway → route → pool backend."""
     reload_reasons: tuple[ReloadReason, ...] = ()
-    fill: tuple[Command, ...] = ()
+    fill: tuple[SlotChange, ...] = ()
     map_swaps: tuple[MapSwap, ...] = ()
     """The maps that differ from HAProxy's, each a checked `prepare`/`add`/`commit` swap."""
-    empty: tuple[Command, ...] = ()
-
-    @property
-    def map_updates(self) -> tuple[str, ...]:
-        return tuple(swap.ref for swap in self.map_swaps)
+    empty: tuple[SlotChange, ...] = ()
+    commands: tuple[tuple[Command, ...], tuple[Command, ...]] = field(default=((), ()))
+    """The fill and empty steps as socket commands, built when planned."""
 
     @property
     def needs_reload(self) -> bool:
@@ -104,67 +183,158 @@ class Plan:
         return not (self.reload_reasons or self.fill or self.map_swaps or self.empty)
 
     @property
+    def slots(self) -> int:
+        return self.section.layout.slots if self.section else 0
+
+    def after(self) -> GatewayObserved:
+        """What HAProxy reports once this plan is applied: its maps, its filled slots."""
+        if self.section is None:
+            return NOTHING_RUNS
+        backends = {}
+        for backend in self.section.layout.backends:
+            weight = backend.server_weight
+            filled = self.assignment.get(backend.name, {})
+            backends[backend.name] = [SlotState(s, a, True, weight) for s, a in filled.items()]
+        return GatewayObserved(self.section.fingerprint, backends, self.maps)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Several gateways' plans (and the settings'): one reload if any needs it, else the
+    runtime steps of each."""
+
+    gateways: tuple[GatewayPlan, ...]
+    reasons: tuple[ReloadReason, ...] = ()
+    """Reasons about no gateway in particular (settings, nothing running yet)."""
+    settings: str = ""
+    """The fingerprint of the settings it was planned with."""
+
+    @property
+    def running(self) -> Running:
+        """The structure HAProxy runs once this plan is loaded."""
+        sections = {g.name: g.section.fingerprint for g in self.gateways if g.section}
+        return Running(self.settings, sections)
+
+    @property
+    def bindings(self) -> dict[str, Mapping[str, str]]:
+        return {g.name: g.bindings for g in self.gateways if g.section}
+
+    @property
+    def reload_reasons(self) -> tuple[ReloadReason, ...]:
+        """Every gateway's reasons; when nothing runs yet, that one reason says it all."""
+        if any(reason.kind == "initial" for reason in self.reasons):
+            return self.reasons
+        return (*self.reasons, *(r for g in self.gateways for r in g.reload_reasons))
+
+    @property
+    def needs_reload(self) -> bool:
+        return bool(self.reload_reasons)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.reasons and all(g.is_empty for g in self.gateways)
+
+    @property
     def method(self) -> Literal["none", "runtime", "reload"]:
         return "reload" if self.needs_reload else ("none" if self.is_empty else "runtime")
+
+    @property
+    def fill(self) -> tuple[SlotChange, ...]:
+        return tuple(step for g in self.gateways for step in g.fill)
+
+    @property
+    def empty(self) -> tuple[SlotChange, ...]:
+        return tuple(step for g in self.gateways for step in g.empty)
+
+    @property
+    def map_swaps(self) -> tuple[MapSwap, ...]:
+        return tuple(swap for g in self.gateways for swap in g.map_swaps)
+
+    @property
+    def map_updates(self) -> tuple[str, ...]:
+        return tuple(swap.ref for swap in self.map_swaps)
+
+    @property
+    def maps(self) -> dict[str, MapEntries]:
+        return {ref: e for g in self.gateways for ref, e in g.maps.items()}
+
+    @property
+    def assignment(self) -> dict[str, Mapping[str, Address]]:
+        return {b: filled for g in self.gateways for b, filled in g.assignment.items()}
+
+    @property
+    def sections(self) -> tuple[Section, ...]:
+        return tuple(g.section for g in self.gateways if g.section is not None)
 
     def describe(self) -> list[str]:
         """Readable steps, in the order they are applied."""
         if self.needs_reload:
             return [f"reload ({reason})" for reason in self.reload_reasons]
         steps = [c.text for c in self.fill]
-        for ref in self.map_updates:
-            entries = ", ".join(f"{k} {v}" for k, v in self.maps[ref]) or "(empty)"
-            steps.append(f"swap map {ref}: {entries}")
+        for swap in self.map_swaps:
+            entries = ", ".join(f"{k} {v}" for k, v in swap.entries) or "(empty)"
+            steps.append(f"swap map {swap.ref}: {entries}")
         steps += [c.text for c in self.empty]
         return steps
 
 
-def plan_changes(
-    config: Config, observed: Observed, map_dir: str, settings: RenderSettings
-) -> Plan:
-    """Compare every pool backend, slot and map with what HAProxy reports; say how to converge.
+def render_plan(plan: Plan, settings: RenderSettings) -> str:
+    """The whole configuration file of a plan (slots filled as planned)."""
+    filled = {g.name: filled_backends(g.section, g.assignment) for g in plan.gateways if g.section}
+    return render_config(settings, plan.sections, filled)
+
+
+def check_acl_policy(name: str, gateway: Gateway, settings: RenderSettings) -> None:
+    """Raw ACLs the settings do not allow are refused (InvalidInput naming the field)."""
+    if settings.allow_unsafe_acls:
+        return
+    problems = gateway_acl_problems(name, gateway)
+    if problems:
+        first = problems[0]
+        raise InvalidInput(f"invalid {first['field']}", problems)
+
+
+def plan_gateway(
+    name: str,
+    gateway: Gateway | None,
+    observed: GatewayObserved,
+    map_dir: str,
+    settings: RenderSettings,
+    sections: SectionCache | None = None,
+) -> GatewayPlan:
+    """Compare one gateway's pool backends, slots and maps with what HAProxy reports.
 
     Raises InvalidInput for a raw ACL the settings do not allow, and InvalidArgument for
     any value that could not be sent to the socket: a plan is fully checked, or none.
     """
-    problems = acl_policy_problems(config, allow_unsafe=settings.allow_unsafe_acls)
-    if problems:
-        first = problems[0]
-        raise InvalidInput(f"invalid {first['field']}: {first['message']}", problems)
-    pools = _observed_pools(observed)
-    gateways: list[GatewayLayout] = []
-    bindings: dict[str, dict[str, str]] = {}
-    maps: dict[str, MapEntries] = {}
-    for index, (name, gateway) in enumerate(config.gateways.items()):
-        routes_ref = routes_map_ref(name, map_dir)
-        binding = _bind_routes(name, gateway, observed.maps.get(routes_ref, ()), pools.get(name))
-        bindings[name] = binding
-        layout_of = _gateway_layout(name, index, gateway, binding, pools.get(name, {}), map_dir)
-        gateways.append(layout_of)
-        maps.update(_gateway_maps(gateway, binding, layout_of.maps))
+    if gateway is None:
+        gone = observed.running is not None or bool(observed.backends)
+        removed = (ReloadReason("gateway-removed", name, name),) if gone else ()
+        return GatewayPlan(name, None, {}, {}, {}, reload_reasons=removed)
+    check_acl_policy(name, gateway, settings)
+    pool = observed.pool
+    binding = bind_routes(name, gateway, observed.maps.get(routes_map_ref(name, map_dir), ()), pool)
+    layout = gateway_layout(name, gateway, binding, pool, map_dir)
+    section = (sections or SectionCache()).section(layout)
+    maps = gateway_maps(gateway, binding, layout.maps)
     # every map checked, also those a reload writes to disk: a key or value that could not
     # be a socket token must not become a line of a map file either
     swaps = {ref: MapSwap(ref, entries) for ref, entries in maps.items()}
-    layout = Layout(gateways=tuple(gateways))
-    fingerprint = structure_fingerprint(layout, settings)
-    reasons = _reload_reasons(config, layout, fingerprint, observed, pools)
-
+    reasons = structure_reasons(section, observed)
+    route_of = {backend: route for route, backend in binding.items()}
     assignment: dict[str, dict[str, Address]] = {}
-    fill: list[Command] = []
-    empty: list[Command] = []
-    for gateway_layout in layout.gateways:
-        gateway = config.gateways[gateway_layout.name]
-        route_of = {backend: route for route, backend in bindings[gateway_layout.name].items()}
-        for backend in gateway_layout.backends:
-            route = route_of.get(backend.name)
-            instances = gateway.routes[route].instances if route else ()
-            slots = _plan_slots(
-                backend, instances, observed.backends.get(backend.name, ()), not reasons
-            )
-            assignment[backend.name] = slots.assignment
-            fill += slots.fill
-            empty += slots.empty
-    plan = Plan(layout, fingerprint, assignment, maps, bindings, reload_reasons=reasons)
+    fill: list[SlotChange] = []
+    empty: list[SlotChange] = []
+    for backend in layout.backends:
+        route = route_of.get(backend.name)
+        instances = gateway.routes[route].instances if route else ()
+        slots = _plan_slots(
+            backend, instances, observed.backends.get(backend.name, ()), not reasons
+        )
+        assignment[backend.name] = slots.assignment
+        fill += slots.fill
+        empty += slots.empty
+    plan = GatewayPlan(name, section, binding, assignment, maps, reload_reasons=reasons)
     if reasons:
         return plan
     updates = tuple(
@@ -172,173 +342,110 @@ def plan_changes(
         for ref, entries in maps.items()
         if sorted(observed.maps.get(ref, ())) != sorted(entries)
     )
-    return replace(plan, fill=tuple(fill), map_swaps=updates, empty=tuple(empty))
-
-
-def _observed_pools(observed: Observed) -> dict[str, dict[int, int]]:
-    """gateway → pool index → slot count, from the backends HAProxy runs."""
-    pools: dict[str, dict[int, int]] = {}
-    for name, slots in observed.backends.items():
-        parsed = parse_pool_backend(name)
-        if parsed:
-            pools.setdefault(parsed[0], {})[parsed[1]] = len(slots)
-    return pools
-
-
-def _bind_routes(
-    name: str, gateway: Gateway, live: MapEntries, pool: Mapping[int, int] | None
-) -> dict[str, str]:
-    """Keep each route on the backend it has; give new routes the lowest free pool backends."""
-    existing = {pool_backend(name, i) for i in (pool or {})}
-    kept: dict[str, str] = {}
-    for route, backend in live:
-        if route in gateway.routes and backend in existing and backend not in kept.values():
-            kept[route] = backend
-    used = set(kept.values())
-    free = (pool_backend(name, i) for i in itertools.count(1) if pool_backend(name, i) not in used)
-    return {route: kept.get(route) or next(free) for route in gateway.routes}
-
-
-def _gateway_maps(
-    gateway: Gateway, binding: Mapping[str, str], refs: GatewayMaps
-) -> dict[str, MapEntries]:
-    """What each live map of a gateway holds; all of it can change without a reload."""
-    weights = gateway.effective_weights()
-    maps = {
-        refs.weights: weight_map(weights, binding),
-        refs.routes: tuple(binding.items()),
-    }
-    if refs.strengths:
-        maps[refs.strengths] = tuple(
-            (name, str(route.strength)) for name, route in gateway.routes.items() if route.condition
-        )
-    if refs.sticky and refs.backends:
-        # a pin holds while its route takes weighted traffic: weight 0 moves pinned clients
-        maps[refs.sticky] = tuple((n, binding[n]) for n, w in weights.items() if w > 0)
-        maps[refs.backends] = tuple((backend, route) for route, backend in binding.items())
-    return maps
-
-
-def _gateway_layout(
-    name: str,
-    index: int,
-    gateway: Gateway,
-    binding: Mapping[str, str],
-    pool: Mapping[int, int],
-    map_dir: str,
-) -> GatewayLayout:
-    size = pool_capacity(len(gateway.routes), max(pool, default=0))
-    route_of = {backend: route for route, backend in binding.items()}
-    default = gateway.route_balance(Route())
-    cookie = f"wb_i_{name}" if gateway.sticky == "instance" else None
-    backends = []
-    for slot_index in range(1, size + 1):
-        backend = pool_backend(name, slot_index)
-        route = gateway.routes[route_of[backend]] if backend in route_of else None
-        backends.append(
-            BackendLayout(
-                name=backend,
-                gateway=name,
-                mode=gateway.mode,
-                balance=gateway.route_balance(route) if route else default,
-                slots=slot_capacity(
-                    len(route.instances) if route else 0, pool.get(slot_index, MIN_SLOTS)
-                ),
-                cookie=cookie,
-                rules=compile_rewrites(route.rewrites) if route else (),
-            )
-        )
-    conditions = tuple(
-        compile_route_condition(route_name, index, i, route.condition, gateway.mode)
-        for i, (route_name, route) in enumerate(gateway.routes.items())
-        if route.condition is not None
-    )
-    return GatewayLayout(
-        name=name,
-        index=index,
-        bind=gateway.bind,
-        mode=gateway.mode,
-        sticky=gateway.sticky,
-        virtual_hosts=gateway.virtual_hosts,
-        maps=gateway_map_refs(
-            name, map_dir, conditions=bool(conditions), sticky=gateway.sticky != "none"
-        ),
-        conditions=conditions,
-        backends=tuple(backends),
+    built = (tuple(c.command() for c in fill), tuple(c.command() for c in empty))
+    return GatewayPlan(
+        name,
+        section,
+        binding,
+        assignment,
+        maps,
+        fill=tuple(fill),
+        map_swaps=updates,
+        empty=tuple(empty),
+        commands=built,
     )
 
 
-def _reload_reasons(
-    config: Config,
-    layout: Layout,
-    fingerprint: str,
+def plan_changes(
+    gateways: Config | Mapping[str, Gateway],
     observed: Observed,
-    pools: Mapping[str, Mapping[int, int]],
-) -> tuple[ReloadReason, ...]:
-    if observed.fingerprint is None:
-        return (ReloadReason("initial", "HAProxy runs no Weighbridge configuration"),)
+    map_dir: str,
+    settings: RenderSettings,
+    sections: SectionCache | None = None,
+) -> Plan:
+    """Plan every desired gateway, and every gateway HAProxy runs that is no longer desired."""
+    desired = gateways.gateways if isinstance(gateways, Config) else gateways
+    cache = sections or SectionCache(max(64, 2 * len(desired)))
+    split = observed.by_gateway()
+    plans = [
+        plan_gateway(name, gateway, split.get(name, NOTHING_RUNS), map_dir, settings, cache)
+        for name, gateway in desired.items()
+    ]
+    plans += [
+        plan_gateway(name, None, seen, map_dir, settings)
+        for name, seen in split.items()
+        if name not in desired
+    ]
+    reasons = settings_reasons(observed.running, settings)
+    return Plan(tuple(plans), reasons, settings_fingerprint(settings))
+
+
+def settings_reasons(running: Running | None, settings: RenderSettings) -> tuple[ReloadReason, ...]:
+    if running is None:
+        return (ReloadReason("initial", None, "HAProxy runs no Weighbridge configuration"),)
+    if running.settings != settings_fingerprint(settings):
+        return (ReloadReason("structure", None, "the controller's settings"),)
+    return ()
+
+
+def structure_reasons(section: Section, observed: GatewayObserved) -> tuple[ReloadReason, ...]:
+    """What HAProxy lacks of a gateway's structure: its pool, slots, maps, fingerprint."""
+    layout = section.layout
+    pool = observed.pool
+    name = layout.name
+    if observed.running is None or not pool:
+        return (ReloadReason("gateway-added", name, name),)
     reasons: list[ReloadReason] = []
-    for name in sorted(config.gateways.keys() - pools.keys()):
-        reasons.append(ReloadReason("gateway-added", name))
-    for name in sorted(pools.keys() - config.gateways.keys()):
-        reasons.append(ReloadReason("gateway-removed", name))
-    for gateway in layout.gateways:
-        pool = pools.get(gateway.name)
-        if pool is None:
-            continue
-        if len(gateway.backends) != len(pool):
-            reasons.append(
-                ReloadReason(
-                    "route-pool", f"{gateway.name}: {len(pool)} → {len(gateway.backends)} backends"
-                )
+    if len(layout.backends) != len(pool):
+        reasons.append(
+            ReloadReason(
+                "route-pool", name, f"{name}: {len(pool)} → {len(layout.backends)} backends"
             )
-        for backend in gateway.backends:
-            have = len(observed.backends.get(backend.name, ()))
-            if have and have != backend.slots:
-                reasons.append(
-                    ReloadReason("capacity", f"{backend.name}: {have} → {backend.slots} slots")
-                )
-        refs = (
-            gateway.maps.weights,
-            gateway.maps.routes,
-            gateway.maps.strengths,
-            gateway.maps.sticky,
-            gateway.maps.backends,
         )
-        for ref in filter(None, refs):
-            if ref not in observed.maps:
-                reasons.append(ReloadReason("map-missing", ref))
-    if not reasons and observed.fingerprint != fingerprint:
-        reasons.append(ReloadReason("structure", "a gateway's bind or balance, or settings"))
+    for backend in layout.backends:
+        have = len(observed.backends.get(backend.name, ()))
+        if have and have != backend.slots:
+            reasons.append(
+                ReloadReason("capacity", name, f"{backend.name}: {have} → {backend.slots} slots")
+            )
+    reasons += [
+        ReloadReason("map-missing", name, ref)
+        for ref in layout.map_refs
+        if ref not in observed.maps
+    ]
+    if not reasons and observed.running != section.fingerprint:
+        reasons.append(ReloadReason("structure", name, f"{name}: bind, balance or rules"))
     return tuple(reasons)
 
 
 @dataclass(frozen=True)
 class _SlotPlan:
     assignment: dict[str, Address]
-    fill: list[Command] = field(default_factory=list)
-    empty: list[Command] = field(default_factory=list)
+    fill: list[SlotChange] = field(default_factory=list)
+    empty: list[SlotChange] = field(default_factory=list)
 
 
 def _plan_slots(
     backend: BackendLayout,
     desired: Sequence[Address],
     observed: Sequence[SlotState],
-    with_commands: bool = True,
+    with_steps: bool = True,
 ) -> _SlotPlan:
     """Keep instances in the slots they hold (stable for stickiness); fill free slots in order.
 
-    Without commands only the assignment: a reload renders it, and building (and checking)
+    Without steps only the assignment: a reload renders it, and building (and checking)
     100,000 unused commands cost seconds."""
-    wanted = set(desired)
+    wanted = {address: address for address in desired}  # the model's own objects are kept
     by_slot = {slot.name: slot for slot in observed}
     kept: dict[str, Address] = {}
     placed: set[Address] = set()  # kept.values() as a set: thousands of slots per backend
     for slot in observed:
-        if slot.address in wanted and slot.address not in placed:
-            kept[slot.name] = slot.address
-            placed.add(slot.address)
-    free = iter(name for name in backend.slot_names() if name not in kept)
+        address = wanted.get(slot.address) if slot.address is not None else None
+        if address is not None and address not in placed:
+            kept[slot.name] = address
+            placed.add(address)
+    names = backend.slot_names()
+    free = iter(name for name in names if name not in kept)
     plan = _SlotPlan(assignment=dict(kept))
     for address in desired:
         if address in placed:
@@ -347,21 +454,18 @@ def _plan_slots(
         if slot_name is None:
             break  # over capacity: the layout grows the backend, which is a reload
         plan.assignment[slot_name] = address
-        if with_commands:
-            plan.fill.append(
-                commands.set_server_addr(backend.name, slot_name, address.ip, address.port)
-            )
-    if not with_commands:
+        if with_steps:
+            plan.fill.append(SlotChange(backend.name, slot_name, "server-addr", address=address))
+    if not with_steps:
         return plan
-    for name in backend.slot_names():
+    weight = backend.server_weight
+    for name in names:
         state = by_slot.get(name)
         if name in plan.assignment:
-            if state is None or state.weight != backend.server_weight:
-                plan.fill.append(
-                    commands.set_server_weight(backend.name, name, backend.server_weight)
-                )
+            if state is None or state.weight != weight:
+                plan.fill.append(SlotChange(backend.name, name, "server-weight", weight=weight))
             if state is None or not state.serving or name not in kept:
-                plan.fill.append(commands.set_server_state(backend.name, name, "ready"))
+                plan.fill.append(SlotChange(backend.name, name, "server-state", state="ready"))
         elif state is not None and state.serving:
-            plan.empty.append(commands.set_server_state(backend.name, name, "maint"))
+            plan.empty.append(SlotChange(backend.name, name, "server-state", state="maint"))
     return plan

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from controller.candidate import (
     summarise,
 )
 from controller.errors import InvalidInput, Unavailable
-from controller.files import open_append, read_text, write_atomic
+from controller.files import fsync_directory, open_append, read_text, write_atomic
 from controller.render import render_map
 from controller.runtime.client import OUT_OF_DESCRIPTORS
 from controller.runtime.errors import CannotLook, CommandError, RuntimeApiError
@@ -76,25 +77,35 @@ def _disk(what: str) -> Iterator[None]:
         raise HAProxyError(f"cannot {what}: {exc.strerror or exc}") from exc
 
 
-def _write_if_changed(path: Path, text: str) -> None:
+def _write_if_changed(path: Path, text: str, *, durable: bool = True) -> None:
     try:
         if read_text(path) == text:
             return
     except OSError:
         pass
-    write_atomic(path, text)
+    write_atomic(path, text, durable=durable)
 
 
-def _write_scratch(root: Path, config: str, maps: MapFiles, live_maps: str) -> None:
+_MAP_REF = re.compile(r"[^\s,()]+\.map\b")
+
+
+def _write_scratch(root: Path, config: str, maps: MapFiles) -> None:
+    """The candidate reads the maps given from the scratch copy, the others (unchanged, as
+    HAProxy runs them) from the live map directory: a change to one gateway copies its maps,
+    not thousands."""
     for ref, entries in maps.items():
         (root / Path(ref).name).write_text(render_map(entries))
-    (root / "haproxy.cfg").write_text(config.replace(live_maps, f"{root}/"))
+    scratch = {ref: f"{root}/{Path(ref).name}" for ref in maps}
+    text = _MAP_REF.sub(lambda m: scratch.get(m.group(), m.group()), config)
+    (root / "haproxy.cfg").write_text(text)
 
 
-def _digest(config: str, maps: MapFiles) -> str:
-    """The configuration and which maps it loads. Not their entries: those are ours, built
-    from validated names and numbers, and change live without any check (weights), so a
-    weight change elsewhere does not make a checked candidate unchecked."""
+def _digest(config: str, maps: MapFiles, identity: str | None) -> str:
+    """What makes a candidate the same: its `identity` if given (the fingerprint of its
+    structure: addresses in slots and map entries are validated values and change live), else
+    the configuration and which maps it loads."""
+    if identity is not None:
+        return identity
     return hashlib.sha256("\0".join([config, *sorted(maps)]).encode()).hexdigest()
 
 
@@ -131,28 +142,27 @@ class HAProxyProcess:
             return False
         return True
 
-    def is_validated(self, config: str, maps: MapFiles) -> bool:
-        return _digest(config, maps) in self._validated
+    def is_validated(self, config: str, maps: MapFiles, identity: str | None = None) -> bool:
+        return _digest(config, maps, identity) in self._validated
 
-    async def validate(self, config: str, maps: MapFiles) -> None:
+    async def validate(self, config: str, maps: MapFiles, identity: str | None = None) -> None:
         """Check a candidate with `haproxy -c` in a scratch copy of the state dir layout.
 
         The same candidate is checked once (a change, then the reload that applies it).
         Sandboxed and summarised (see `controller.candidate`): no file contents, no
         environment, bounded in memory and time.
         """
-        digest = _digest(config, maps)
+        digest = _digest(config, maps, identity)
         if digest in self._validated:
             self._validated.move_to_end(digest)
             return
-        live_maps = f"{self.paths.map_dir}/"
         with _disk(f"write a candidate in {self.paths.root}"):
             scratch_dir = tempfile.TemporaryDirectory(prefix="candidate.", dir=self.paths.root)
         with scratch_dir as scratch:
             # the candidate must read the candidate maps, not the live ones; scratch files
             # are thrown away, so no fsync (thousands of maps at scale)
             with _disk(f"write a candidate in {scratch}"):
-                await asyncio.to_thread(_write_scratch, Path(scratch), config, maps, live_maps)
+                await asyncio.to_thread(_write_scratch, Path(scratch), config, maps)
             candidate = f"{scratch}/haproxy.cfg"
             try:
                 files = [*map(str, self.paths.attached), candidate]
@@ -171,20 +181,26 @@ class HAProxyProcess:
         while len(self._validated) > _VALIDATED_KEPT:
             self._validated.popitem(last=False)
 
-    def write(self, config: str, maps: MapFiles) -> None:
+    def write(self, config: str, maps: MapFiles, *, fresh: bool = False) -> None:
         """Maps first: the configuration that names them must never point at a missing file.
 
-        Unchanged files are left alone: each durable write costs fsyncs.
+        Unchanged files are left alone: each durable write costs fsyncs. `fresh`: HAProxy is
+        about to be started on these files (every map of every gateway): each is written
+        without its own fsync, and one fsync of the directory follows. They are derived from
+        the store, and a start after a crash writes them all again.
         """
-        self.write_maps(maps)
+        self.write_maps(maps, durable=not fresh)
+        if fresh and maps:
+            with _disk(f"sync {self.paths.map_dir}"):
+                fsync_directory(self.paths.map_dir)
         with _disk(f"write {self.paths.config}"):
             _write_if_changed(self.paths.config, config)
 
-    def write_maps(self, maps: MapFiles) -> None:
+    def write_maps(self, maps: MapFiles, *, durable: bool = True) -> None:
         """Keep map files equal to the live maps, so a reload or restart starts from them."""
         for ref, entries in maps.items():
             with _disk(f"write the map file {ref}"):
-                _write_if_changed(Path(ref), render_map(entries))
+                _write_if_changed(Path(ref), render_map(entries), durable=durable)
 
     def snapshot(self, paths: list[Path]) -> Snapshot:
         """What `restore` puts back; a symlink planted among them is refused, not read."""
@@ -209,12 +225,14 @@ class HAProxyProcess:
                 log.error("could not put %s back: %s", path, exc.strerror or exc)
 
     async def guarded_reload(self, config: str, maps: MapFiles) -> None:
-        """Write a validated candidate and reload; on failure put the last-known-good back."""
+        """Write a validated candidate and reload; on failure put the last-known-good back.
+
+        `maps` are the map files that change (the others already hold what HAProxy runs)."""
         if not await self.is_running():
             await asyncio.to_thread(self.write, config, maps)
             await self.start()
             return
-        owned = [self.paths.config, *sorted(self.paths.map_dir.glob("*.map"))]
+        owned = [self.paths.config, *(Path(ref) for ref in sorted(maps))]
         snapshot = await asyncio.to_thread(self.snapshot, owned)
         try:
             previous = snapshot.get(self.paths.config)
@@ -225,8 +243,7 @@ class HAProxyProcess:
             await asyncio.to_thread(self.write, config, maps)
             await self.reload()
         except BaseException:
-            created = [p for p in self.paths.map_dir.glob("*.map") if p not in snapshot]
-            self.restore({**snapshot, **dict.fromkeys(created)})
+            self.restore(snapshot)  # a map that was absent is removed again (None)
             raise
 
     async def start(self, timeout: float = 10.0) -> None:

@@ -1,4 +1,10 @@
-"""Layout → HAProxy configuration text, and the fingerprint of its structure (pure).
+"""Layouts → HAProxy configuration text, one section per gateway, and their fingerprints (pure).
+
+Each gateway's part (its backends with every slot parked, its frontend rules) is a `Section`,
+rendered once per structure and fingerprinted; the whole file is only assembled when HAProxy
+must reload, from the sections and each gateway's filled slots. The file's first lines name
+the fingerprint of the settings and of every section, so that a restarted controller knows,
+gateway by gateway, which structure HAProxy runs.
 
 Rule order in a frontend (the documented order in which routes are chosen):
 1. an unknown Host on a gateway with `virtual_hosts`: 404;
@@ -12,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from controller.compile import (
     PLACEHOLDER,
     BackendLayout,
     GatewayLayout,
-    Layout,
     MapEntries,
     frontend_name,
     no_route_backend,
@@ -28,6 +34,8 @@ from controller.errors import InvalidInput, shown
 from controller.model import BASIS_POINTS, Address
 
 STRUCTURE_MARK = "# weighbridge-structure: "
+SETTINGS_MARK = "# weighbridge-settings: "
+GATEWAY_MARK = "# weighbridge-gateway: "
 ROUTE_COOKIE_PREFIX = "wb_"
 
 
@@ -51,8 +59,10 @@ class RenderSettings:
     """Raw ACLs may read files or the environment or run code (`conditions.policy`)."""
 
 
-Assignment = Mapping[str, Mapping[str, Address]]
-"""backend → slot → instance address, for the slots that are filled."""
+Filled = Mapping[str, Address]
+"""slot → instance address, for the slots of one backend that are filled."""
+Assignment = Mapping[str, Filled]
+"""backend → its filled slots."""
 
 
 def render_map(entries: MapEntries) -> str:
@@ -61,6 +71,13 @@ def render_map(entries: MapEntries) -> str:
 
 def route_cookie(gateway: str) -> str:
     return f"{ROUTE_COOKIE_PREFIX}{gateway}"
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+# ---- settings: global, defaults, the stats frontend ---------------------------------------
 
 
 def _render_global(settings: RenderSettings) -> list[str]:
@@ -104,46 +121,84 @@ def _render_stats(settings: RenderSettings) -> list[str]:
     ]
 
 
-def shared_frontend_name(bind: Address) -> str:
-    return f"wb.bind.{bind.port}.{bind.ip.replace('.', '-').replace(':', '-')}"
+def settings_text(settings: RenderSettings) -> str:
+    return _joined([*_render_global(settings), *_render_stats(settings)])
 
 
-def _render_frontend(gateways: list[GatewayLayout]) -> list[str]:
-    """One frontend per bind address; gateways sharing it are told apart by Host.
+def settings_fingerprint(settings: RenderSettings) -> str:
+    return _fingerprint(settings_text(settings))
 
-    HAProxy runs every `http-request` rule before any `use_backend`, whatever their order,
-    so all rules come first: ACLs and variables, then the choices in their real order.
+
+# ---- a gateway's section ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    """A gateway's part of the configuration, every slot parked; equal layouts, equal sections.
+
+    `fingerprint` covers everything only a reload can change: its backends, its rules in the
+    frontend of its bind. Weights, strengths and instances are not in it: they are live.
     """
-    first = gateways[0]
-    name = frontend_name(first.name) if len(gateways) == 1 else shared_frontend_name(first.bind)
-    lines = [f"frontend {name}", f"    mode {first.mode}", f"    bind {first.bind}"]
-    if first.mode == "tcp":
-        lines.append("    no option idle-close-on-response")
-    host_acls = [g.host_acl for g in gateways if g.host_acl]
-    for gateway in gateways:
-        for host in gateway.virtual_hosts:
-            match = f"-m end {host[1:]}" if host.startswith("*.") else f"-m str {host}"
-            lines.append(f"    acl {gateway.host_acl} req.hdr(host),field(1,:),lower {match}")
-    if host_acls and len(host_acls) == len(gateways):
-        unknown = " ".join(f"!{acl}" for acl in host_acls)
-        lines.append(
-            "    http-request return status 404 content-type text/plain "
-            f'string "no gateway for this host" if {unknown}'
+
+    layout: GatewayLayout
+    host_lines: tuple[str, ...]
+    rules: tuple[str, ...]
+    uses: tuple[str, ...]
+    cookie_lines: tuple[str, ...]
+    backends: str
+    fingerprint: str = field(compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.layout.name
+
+
+def render_section(layout: GatewayLayout) -> Section:
+    """Render and check one gateway's lines (`UnsafeLine`), and fingerprint them."""
+    host_lines = tuple(
+        f"    acl {layout.host_acl} req.hdr(host),field(1,:),lower "
+        + (f"-m end {host[1:]}" if host.startswith("*.") else f"-m str {host}")
+        for host in layout.virtual_hosts
+    )
+    rules, uses = _gateway_rules(layout)
+    cookie_lines: tuple[str, ...] = ()
+    if layout.maps.backends:
+        chosen = f"be_name,map({layout.maps.backends})"
+        cookie = f"{route_cookie(layout.name)}=%[{chosen}]; Path=/; HttpOnly; SameSite=Lax"
+        cookie_lines = (
+            f'    http-response add-header Set-Cookie "{cookie}" if {{ {chosen} -m found }}',
         )
-    choices: list[str] = []
-    for gateway in gateways:
-        rules, uses = _gateway_rules(gateway)
-        lines += rules
-        choices += uses
-    lines += choices
-    for gateway in gateways:
-        if gateway.maps.backends:
-            chosen = f"be_name,map({gateway.maps.backends})"
-            cookie = f"{route_cookie(gateway.name)}=%[{chosen}]; Path=/; HttpOnly; SameSite=Lax"
-            lines.append(
-                f'    http-response add-header Set-Cookie "{cookie}" if {{ {chosen} -m found }}'
-            )
-    return [*lines, ""]
+    backends = _joined(_render_backends(layout, {}))
+    # its frontend's own lines (the bind among them) are checked here, before anything is
+    # stored, though the file holds them only once the gateways of the bind are assembled
+    bind = f"    bind {layout.bind}"
+    frontend = _joined([bind, f"    mode {layout.mode}", *host_lines, *rules, *uses, *cookie_lines])
+    fingerprint = _fingerprint(frontend, backends)
+    return Section(
+        layout, host_lines, tuple(rules), tuple(uses), cookie_lines, backends, fingerprint
+    )
+
+
+class SectionCache:
+    """Sections by layout: a change that keeps a gateway's structure renders nothing."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._sections: OrderedDict[GatewayLayout, Section] = OrderedDict()
+
+    def section(self, layout: GatewayLayout) -> Section:
+        found = self._sections.get(layout)
+        if found is None:
+            found = self._sections[layout] = render_section(layout)
+            while len(self._sections) > self.size:
+                self._sections.popitem(last=False)
+        else:
+            self._sections.move_to_end(layout)
+        return found
+
+    def resize(self, gateways: int) -> None:
+        """Room for every gateway's current and previous structure."""
+        self.size = max(self.size, 2 * gateways)
 
 
 def _gateway_rules(gateway: GatewayLayout) -> tuple[list[str], list[str]]:
@@ -155,7 +210,7 @@ def _gateway_rules(gateway: GatewayLayout) -> tuple[list[str], list[str]]:
     rules: list[str] = []
     uses: list[str] = []
     if gateway.maps.sticky:
-        pin = f"txn.wb_pin{gateway.index}"
+        pin = f"txn.wb_pin{gateway.key}"
         cookie = f"req.cook({route_cookie(gateway.name)})"
         rules.append(f"    http-request set-var({pin}) {cookie},map({gateway.maps.sticky}){host}")
         uses.append(f"    use_backend %[var({pin})] if {{ var({pin}) -m found }}")
@@ -184,7 +239,7 @@ def _gateway_rules(gateway: GatewayLayout) -> tuple[list[str], list[str]]:
 
 def _render_backends(gateway: GatewayLayout, assignment: Assignment) -> list[str]:
     http = gateway.mode == "http"
-    fallback = [
+    lines = [
         f"backend {no_route_backend(gateway.name)}",
         f"    mode {gateway.mode}",
         # keeps the routes map loaded (HAProxy only loads maps that a rule uses)
@@ -195,13 +250,12 @@ def _render_backends(gateway: GatewayLayout, assignment: Assignment) -> list[str
         else "    tcp-request content reject",
         "",
     ]
-    lines = fallback
     for backend in gateway.backends:
         lines += _render_backend(backend, assignment.get(backend.name, {}))
     return lines
 
 
-def _render_backend(backend: BackendLayout, filled: Mapping[str, Address]) -> list[str]:
+def _render_backend(backend: BackendLayout, filled: Filled) -> list[str]:
     lines = [
         f"backend {backend.name}",
         f"    mode {backend.mode}",
@@ -226,16 +280,106 @@ def _render_backend(backend: BackendLayout, filled: Mapping[str, Address]) -> li
     return [*lines, ""]
 
 
-def _render_body(layout: Layout, settings: RenderSettings, assignment: Assignment) -> list[str]:
-    lines = [*_render_global(settings), *_render_stats(settings)]
-    by_bind: dict[Address, list[GatewayLayout]] = {}
-    for gateway in layout.gateways:
-        by_bind.setdefault(gateway.bind, []).append(gateway)
-    for group in by_bind.values():
-        lines += _render_frontend(group)
-    for gateway in layout.gateways:
-        lines += _render_backends(gateway, assignment)
-    return lines
+def filled_backends(section: Section, assignment: Assignment) -> str:
+    """The section's backends with its instances in their slots, as a reload writes them.
+
+    Addresses are validated IP literals and ports: nothing here can break a line."""
+    if not any(assignment.values()):
+        return section.backends
+    return "\n".join(_render_backends(section.layout, assignment))
+
+
+# ---- frontends and the whole file --------------------------------------------------------
+
+
+def shared_frontend_name(bind: Address) -> str:
+    return f"wb.bind.{bind.port}.{bind.ip.replace('.', '-').replace(':', '-')}"
+
+
+def render_frontend(group: Sequence[Section]) -> list[str]:
+    """One frontend per bind address; gateways sharing it are told apart by Host.
+
+    HAProxy runs every `http-request` rule before any `use_backend`, whatever their order,
+    so all rules come first: ACLs and variables, then the choices in their real order.
+    """
+    first = group[0].layout
+    name = frontend_name(first.name) if len(group) == 1 else shared_frontend_name(first.bind)
+    lines = [f"frontend {name}", f"    mode {first.mode}", f"    bind {first.bind}"]
+    if first.mode == "tcp":
+        lines.append("    no option idle-close-on-response")
+    host_acls = [s.layout.host_acl for s in group if s.layout.host_acl]
+    for section in group:
+        lines += section.host_lines
+    if host_acls and len(host_acls) == len(group):
+        unknown = " ".join(f"!{acl}" for acl in host_acls)
+        lines.append(
+            "    http-request return status 404 content-type text/plain "
+            f'string "no gateway for this host" if {unknown}'
+        )
+    for section in group:
+        lines += section.rules
+    for section in group:
+        lines += section.uses
+    for section in group:
+        lines += section.cookie_lines
+    return [*lines, ""]
+
+
+@dataclass(frozen=True)
+class Running:
+    """The structure a configuration file holds: its settings' and its sections' fingerprints.
+
+    Read back from the file HAProxy loaded (its first lines), kept in memory after each
+    reload: a gateway whose section fingerprint is unchanged needs no reload."""
+
+    settings: str
+    sections: Mapping[str, str]
+
+    @property
+    def fingerprint(self) -> str:
+        """One fingerprint of the whole structure (the file's first line)."""
+        return _fingerprint(self.settings, *(f"{n} {f}" for n, f in sorted(self.sections.items())))
+
+
+def render_config(
+    settings: RenderSettings, sections: Iterable[Section], filled: Mapping[str, str]
+) -> str:
+    """The whole file: marks, settings, a frontend per bind, each gateway's filled backends.
+
+    `filled` is each gateway's `filled_backends` (a gateway missing from it runs parked)."""
+    ordered = list(sections)
+    running = Running(settings_fingerprint(settings), {s.name: s.fingerprint for s in ordered})
+    groups: dict[Address, list[Section]] = {}
+    for section in ordered:
+        groups.setdefault(section.layout.bind, []).append(section)
+    frontends = [_joined(render_frontend(group)) for group in groups.values()]
+    parts = [
+        f"{STRUCTURE_MARK}{running.fingerprint}",
+        f"{SETTINGS_MARK}{running.settings}",
+        *(f"{GATEWAY_MARK}{name} {fp}" for name, fp in running.sections.items()),
+        settings_text(settings),
+        *frontends,
+        *(filled.get(s.name, s.backends) for s in ordered),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def read_running(config_text: str) -> Running | None:
+    """The structure a file rendered by `render_config` holds; None for anything else."""
+    settings: str | None = None
+    sections: dict[str, str] = {}
+    for line in config_text.split("\n"):
+        if line.startswith(SETTINGS_MARK):
+            settings = line.removeprefix(SETTINGS_MARK)
+        elif line.startswith(GATEWAY_MARK):
+            name, _, fingerprint = line.removeprefix(GATEWAY_MARK).partition(" ")
+            sections[name] = fingerprint
+        elif not line.startswith("#"):
+            break
+    return Running(settings, sections) if settings is not None else None
+
+
+# ---- the last line of defence --------------------------------------------------------------
 
 
 class UnsafeLine(InvalidInput):
@@ -269,25 +413,3 @@ def _joined(lines: list[str]) -> str:
             ],
         )
     return text
-
-
-def render_config(layout: Layout, settings: RenderSettings, assignment: Assignment) -> str:
-    """The full configuration; its first line fingerprints the structure (see below)."""
-    structure = structure_fingerprint(layout, settings)
-    lines = [f"{STRUCTURE_MARK}{structure}", *_render_body(layout, settings, assignment)]
-    return _joined(lines) + "\n"
-
-
-def structure_fingerprint(layout: Layout, settings: RenderSettings) -> str:
-    """Hash of what only a reload can change: the config rendered with every slot empty.
-
-    Every plan computes it, so every structural line is checked (`UnsafeLine`) before a
-    change is stored, also when it applies without a reload.
-    """
-    body = _joined(_render_body(layout, settings, {}))
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
-
-
-def read_fingerprint(config_text: str) -> str | None:
-    first = config_text.split("\n", 1)[0]
-    return first.removeprefix(STRUCTURE_MARK) if first.startswith(STRUCTURE_MARK) else None

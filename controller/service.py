@@ -22,19 +22,22 @@ from controller.apply import ApplyResult
 from controller.budget import Budget
 from controller.candidate import CheckLimits
 from controller.config_file import ConfigFileError, load_config
-from controller.diff import Change, diff_configs
+from controller.desired import Desired
+from controller.diff import Change, diff_gateway
+from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess
+from controller.reconcile import reconcile_forever
 from controller.render import RenderSettings
 from controller.rollouts.api import add_rollout_routes
 from controller.rollouts.manager import RolloutManager
 from controller.rollouts.outbound import OutboundPolicy
 from controller.runtime.client import RuntimeClient
 from controller.state_dir import StatePaths, open_state_dir
-from controller.store import FileStore, Revisioned
+from controller.store import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,8 @@ class RunSettings:
     api_port: int
     haproxy_bin: str = "haproxy"
     api: ApiSettings = field(default_factory=ApiSettings)
-    sync_interval: float = 5.0
+    sync_interval: float | None = None
+    """Seconds within which the reconcile visits every gateway; None: by size (`reconcile`)."""
     supervise_interval: float = 0.2
     runtime_timeout: float = 5.0
     """Seconds before a Runtime API call that gets no answer counts as failed."""
@@ -106,12 +110,12 @@ def state_paths(settings: RunSettings) -> StatePaths:
     )
 
 
-def build_engine(settings: RunSettings, paths: StatePaths) -> Engine:
+def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> Engine:
     """The engine on a state directory this process has checked and locked (`open_state_dir`)."""
     process = HAProxyProcess(paths, settings.haproxy_bin, settings.check)
     runtime = RuntimeClient(str(paths.admin_socket), timeout=settings.runtime_timeout)
     return Engine(
-        FileStore(paths.desired),
+        store,
         process,
         runtime,
         RenderSettings(
@@ -146,22 +150,33 @@ def read_config_file(settings: RunSettings) -> Config | None:
 async def settle_config_file(engine: Engine, settings: RunSettings, config: Config) -> None:
     """At start, the file seeded an empty store; if the store held another state, it wins
     and the log says what differs and how to apply the file, unless `--config-wins` makes
-    the file the desired state (a normal change: live where HAProxy can take it live)."""
-    changes = diff_configs(engine.desired.config, config)
+    the file the desired state (a change per gateway: live where HAProxy can take it live)."""
+    desired = engine.desired
+    names = [*config.gateways, *(n for n in desired.names if n not in config.gateways)]
+    changes = [
+        change
+        for name in names
+        for change in diff_gateway(name, desired.get(name), config.gateways.get(name))
+    ]
     if not changes:
         return
     path = settings.config_file
     if settings.config_wins:
-        result = await engine.change(lambda _: config)
+        edits: list[Edit] = [
+            PutGateway(name, gateway) if gateway is not None else DeleteGateway(name)
+            for name in dict.fromkeys(change.gateway for change in changes)
+            for gateway in [config.gateways.get(name)]
+        ]
+        methods = {(await engine.change(edit)).method for edit in edits}
         log.info(
             "--config-wins: %s is the desired state now (revision %d), applied %s: %s",
             path,
-            result.revision,
-            "live (runtime commands, no reload)" if result.method == "runtime" else "by a reload",
+            engine.desired.revision,
+            "by a reload" if "reload" in methods else "live (runtime commands, no reload)",
             "; ".join(change.text for change in changes),
         )
         return
-    log.warning("%s", store_differs_text(settings, engine.desired.revision, changes))
+    log.warning("%s", store_differs_text(settings, desired.revision, changes))
 
 
 def store_differs_text(settings: RunSettings, revision: int, changes: list[Change]) -> str:
@@ -188,10 +203,10 @@ def store_differs_text(settings: RunSettings, revision: int, changes: list[Chang
     )
 
 
-def ready_text(desired: Revisioned, ready: bool, result: ApplyResult) -> str:
+def ready_text(desired: Desired, ready: bool, result: ApplyResult) -> str:
     """The start-up line, for a person: what HAProxy serves, and what the start changed."""
-    count = len(desired.config.gateways)
-    names = ", ".join(list(desired.config.gateways)[:5]) + (", …" if count > 5 else "")
+    count = len(desired.records)
+    names = ", ".join(desired.names[:5]) + (", …" if count > 5 else "")
     state = (
         f"revision {desired.revision} of the desired state "
         f"({count} gateway{'' if count == 1 else 's'}{': ' + names if count else ''})"
@@ -204,28 +219,6 @@ def ready_text(desired: Revisioned, ready: bool, result: ApplyResult) -> str:
     if result.method == "reload":
         return f"HAProxy serves {state}; it was reloaded to match ({'; '.join(result.steps)})"
     return f"HAProxy serves {state}"
-
-
-async def reconcile_forever(engine: Engine, interval: float) -> None:
-    """Level-based repair: whatever drifted (by hand or by a crash) is put back.
-
-    While HAProxy does not answer, retry with a growing pause and report not-ready; the
-    desired state is untouched, so nothing is lost.
-    """
-    pause = interval
-    while True:
-        await asyncio.sleep(pause)  # the reconcile period, not synchronisation
-        try:
-            await engine.sync()
-        except Exception as exc:  # keep the loop alive; report and retry
-            engine.state.ready = False
-            engine.state.last_error = str(exc)
-            pause = min(interval, max(0.1, pause / 2 if pause == interval else pause * 2))
-            log.error("reconcile failed (next try in %.1f s): %s", pause, exc)
-        else:
-            engine.state.ready = True
-            engine.state.last_error = None
-            pause = interval
 
 
 async def supervise_forever(engine: Engine, interval: float) -> None:
@@ -308,11 +301,16 @@ async def _serve(
     limits: ApiLimits,
     ready: asyncio.Event | None,
 ) -> None:
+    store = FileStore(paths.gateways, legacy=paths.desired)
     if settings.reseed:
-        FileStore(paths.desired).discard()
+        store.discard()
         paths.rollouts.unlink(missing_ok=True)
-    engine = build_engine(settings, paths)
-    result = await engine.start(config)  # the file seeds an empty store, nothing else
+    engine = build_engine(settings, paths, store)
+    gc.disable()  # start-up builds a million objects that all live: no collection meanwhile
+    try:
+        result = await engine.start(config)  # the file seeds an empty store, nothing else
+    finally:
+        gc.enable()
     log.info("%s", ready_text(engine.desired, engine.state.ready, result))
     if config is not None:
         await settle_config_file(engine, settings, config)

@@ -65,7 +65,13 @@ class StatePaths:
         return self.root / "haproxy.log"
 
     @property
+    def gateways(self) -> Path:
+        """The desired state: one record per gateway (`controller.store`)."""
+        return self.root / "gateways"
+
+    @property
     def desired(self) -> Path:
+        """The single-file store of earlier versions, migrated to `gateways/` once."""
         return self.root / "desired.json"
 
     @property
@@ -111,7 +117,7 @@ class StateDirLock:
 def open_state_dir(paths: StatePaths) -> StateDirLock:
     """Create or check the state directory and take its lock; refuse with a clear reason."""
     paths.check()
-    for directory in (paths.root, paths.map_dir):
+    for directory in (paths.root, paths.map_dir, paths.gateways):
         _ensure_private_dir(directory)
         _refuse_symlinks(directory)
     return _lock(paths.lock)

@@ -1,28 +1,43 @@
-"""The desired-state store: revisioned reads, compare-and-swap writes, watch.
+"""The desired-state store: one record per gateway, compare-and-swap per key, watch, snapshot.
 
-The file store is the embedded default; an etcd store can implement the same protocol
-so that agents beside several HAProxy nodes follow one desired state.
+The interface is narrow and per key, so that a networked store (etcd) implements the same:
+each write names one gateway and the revision it expects, and gets the new global revision,
+which also becomes that gateway's revision (its ETag).
+
+The file store keeps `<state-dir>/gateways/<name>.json` (`{"revision": r, "gateway": …}`): a
+write touches and fsyncs only its gateway's file. It is the only writer of its directory (the
+state directory's lock sees to that), so revisions are known without reading.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
-from controller.budget import config_usage
+from controller.desired import Record
 from controller.errors import ConflictingState, Unavailable
-from controller.files import read_text, write_atomic
-from controller.model import Config
-from controller.offload import BIG_SLOTS, BIG_TEXT, offload
+from controller.files import fsync_directory, read_text, remove, write_atomic, write_many
+from controller.locks import KeyedLocks
+from controller.model import Config, Gateway, check_name
+from controller.offload import BIG_TEXT, offload
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+REVISION_FILE = "revision"
+"""The global revision, written on deletes: the highest record may be gone, the revision must
+never go back (an ETag must not come back with other contents)."""
+_KEPT_EVENTS = 4096
+"""Events `watch` can replay; the file store has one process, so it needs few."""
 
 
 class StoreError(Unavailable):
@@ -30,103 +45,258 @@ class StoreError(Unavailable):
 
 
 class Conflict(StoreError, ConflictingState):
-    """The revision moved since the caller read it (optimistic concurrency)."""
+    """The key's revision moved since the caller read it (optimistic concurrency)."""
 
 
 @dataclass(frozen=True)
-class Revisioned:
-    config: Config
+class Snapshot:
+    records: dict[str, Record]
+    revision: int
+
+
+@dataclass(frozen=True)
+class StoreEvent:
+    name: str
+    gateway: Gateway | None
+    """None: deleted."""
     revision: int
 
 
 class Store(Protocol):
-    async def read(self) -> Revisioned | None:
-        """The current desired state, or None when nothing was ever stored."""
+    async def snapshot(self) -> Snapshot:
+        """Every record and the global revision."""
 
-    async def compare_and_swap(self, expected: int, config: Config) -> int:
-        """Store `config` if the revision is still `expected` (0: empty); return the new one."""
+    async def put(self, name: str, gateway: Gateway, expected: int) -> int:
+        """Store `gateway` if the key's revision is `expected` (0: it must not exist); return
+        the new revision (Conflict otherwise)."""
 
-    def watch(self) -> AsyncIterator[int]:
-        """Revisions as they are written, starting with the current one."""
+    async def delete(self, name: str, expected: int) -> int:
+        """Remove the key if its revision is `expected`; return the new global revision."""
+
+    def watch(self, after: int) -> AsyncIterator[StoreEvent]:
+        """The writes after revision `after`, as they happen."""
+
+    async def seed(self, gateways: Mapping[str, Gateway]) -> Snapshot:
+        """Store the first desired state into an empty store, all or nothing (one revision)."""
 
 
 class FileStore:
-    """One JSON file, replaced atomically on each write; this process is its only writer
-    (the state directory's lock sees to that), so the revision is known without reading.
+    """One JSON file per gateway, replaced atomically and fsynced; the file it replaces stays
+    as `<name>.json.bak` (a hard link). A record found corrupt at start is read from that copy
+    (the previous revision of that gateway), and the log says so.
 
-    Each write also leaves a copy, `<file>.bak`: if the file is ever found corrupt or
-    truncated, `read` falls back to the copy and says so in the log.
+    `legacy` is the single-file store of earlier versions (`desired.json`): migrated once.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.backup = path.with_name(path.name + ".bak")
-        self._lock = asyncio.Lock()
+    def __init__(self, root: Path, legacy: Path | None = None) -> None:
+        self.root = root
+        self.legacy = legacy
+        self._revisions: dict[str, int] | None = None
+        self._revision = 0
+        self._keys: KeyedLocks[str] = KeyedLocks()
+        self._events: collections.deque[StoreEvent] = collections.deque()
+        self._forgotten = 0
+        """The revision of the latest event no longer kept."""
+        self._published = 0
+        """Events ever appended (`_events` keeps the last ones)."""
         self._changed = asyncio.Condition()
-        self._revision: int | None = None
-        self._big = False
 
-    async def read(self) -> Revisioned | None:
-        try:
-            result = await asyncio.to_thread(_load, self.path)
-        except FileNotFoundError:
-            return None  # deleted on purpose to start over: the copy is not used either
-        except StoreError as exc:
+    def path(self, name: str) -> Path:
+        return self.root / f"{name}.json"
+
+    async def snapshot(self) -> Snapshot:
+        snapshot = await asyncio.to_thread(self._load)
+        self._revisions = {name: r.revision for name, r in snapshot.records.items()}
+        self._revision = snapshot.revision
+        return snapshot
+
+    def empty(self) -> bool:
+        """Nothing was ever stored (no record, no revision, nothing to migrate): seed."""
+        if self.legacy is not None and self.legacy.exists():
+            return False
+        return not self.root.exists() or not any(self.root.iterdir())
+
+
+    async def put(self, name: str, gateway: Gateway, expected: int) -> int:
+        return await self._write(name, expected, gateway)
+
+    async def delete(self, name: str, expected: int) -> int:
+        return await self._write(name, expected, None)
+
+    async def _write(self, name: str, expected: int, gateway: Gateway | None) -> int:
+        async with self._keys.hold(name):
+            revisions = await self._known()
+            current = revisions.get(name, 0)
+            if current != expected:
+                raise Conflict(f"gateway {name} is at revision {current}, not {expected}")
+            if gateway is None and current == 0:
+                raise Conflict(f"gateway {name} is not stored")
+            self._revision += 1  # taken before any await: concurrent writes get their own
+            revision = self._revision
             try:
-                result = await asyncio.to_thread(_load, self.backup)
-            except (FileNotFoundError, StoreError):
-                raise exc from None
-            log.error(
-                "%s; starting from its copy %s (revision %d)", exc, self.backup, result.revision
-            )
-        self._revision = result.revision
-        return result
-
-    async def compare_and_swap(self, expected: int, config: Config) -> int:
-        async with self._lock:
-            if self._revision is None:
-                current = await self.read()
-                self._revision = current.revision if current else 0
-            if self._revision != expected:
-                raise Conflict(f"revision is {self._revision}, not {expected}")
-            revision = expected + 1
-            big = self._big or config_usage(config).slots > BIG_SLOTS
-            await offload(big, self._write, revision, config)
-            self._revision = revision
+                if gateway is None:
+                    await asyncio.to_thread(self._remove, name, revision)
+                    del revisions[name]
+                else:
+                    text = _record_text(gateway, revision)
+                    await offload(len(text) > BIG_TEXT, self._store, name, text)
+                    revisions[name] = revision
+            except OSError as exc:
+                raise StoreError(f"cannot write gateway {name}: {exc.strerror or exc}") from exc
+        self._events.append(StoreEvent(name, gateway, revision))
+        self._published += 1
+        while len(self._events) > _KEPT_EVENTS:
+            self._forgotten = self._events.popleft().revision
         async with self._changed:
             self._changed.notify_all()
         return revision
 
-    def _write(self, revision: int, config: Config) -> None:
-        document = {"revision": revision, "config": config.model_dump(mode="json")}
-        text = json.dumps(document, indent=2) + "\n"
-        self._big = len(text) > BIG_TEXT
+    async def seed(self, gateways: Mapping[str, Gateway]) -> Snapshot:
+        """Every record written into a directory beside the store, which a rename then makes
+        the store: a crash midway leaves no half-seeded store (the next start seeds again)."""
+        if not self.empty():
+            raise Conflict("the store is not empty: it is seeded once")
+        snapshot = Snapshot({name: Record(g, 1) for name, g in gateways.items()}, 1)
         try:
-            write_atomic(self.path, text, mode=0o600)
+            await asyncio.to_thread(self._seed, snapshot)
         except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
-        try:
-            # a second durable write per change is not worth it: the file is the durable one
-            write_atomic(self.backup, text, mode=0o600, durable=False)
-        except OSError as exc:
-            log.warning("cannot write the copy %s: %s", self.backup, exc.strerror or exc)
+            raise StoreError(f"cannot write the store {self.root}: {exc.strerror or exc}") from exc
+        self._revisions = {name: 1 for name in gateways}
+        self._revision = 1
+        return snapshot
+
+    def _seed(self, snapshot: Snapshot) -> None:
+        staging = self.root.with_name(self.root.name + ".seeding")
+        if staging.exists():
+            remove(sorted(staging.iterdir()))
+        staging.mkdir(mode=0o700, exist_ok=True)
+        texts = {
+            f"{name}.json": _record_text(record.gateway, record.revision)
+            for name, record in snapshot.records.items()
+        }
+        write_many(staging, {**texts, REVISION_FILE: f"{snapshot.revision}\n"}, mode=0o600)
+        if self.root.exists():
+            self.root.rmdir()  # empty (checked): the rename needs it gone
+        os.replace(staging, self.root)
+        fsync_directory(self.root.parent)
+
+    def _store(self, name: str, text: str) -> None:
+        path = self.path(name)
+        write_atomic(path, text, mode=0o600, backup=path.with_name(path.name + ".bak"))
+
+    def _remove(self, name: str, revision: int) -> None:
+        write_atomic(self.root / REVISION_FILE, f"{revision}\n", mode=0o600)
+        path = self.path(name)
+        remove([path, path.with_name(path.name + ".bak")])
+
+    async def _known(self) -> dict[str, int]:
+        if self._revisions is None:
+            await self.snapshot()
+        assert self._revisions is not None
+        return self._revisions
+
+    async def watch(self, after: int) -> AsyncIterator[StoreEvent]:
+        """Events kept in memory (the last few thousand): a watcher that fell further behind
+        than that gets a StoreError and must take a snapshot again, as with etcd's compaction.
+        Concurrent writes to different gateways may complete out of revision order."""
+        if after < self._forgotten:
+            raise StoreError(f"events after revision {after} are no longer kept")
+        cursor = self._published - len(self._events)
+        while True:
+            first = self._published - len(self._events)
+            if cursor < first:
+                raise StoreError("the watcher fell behind the events kept")
+            while cursor < self._published:
+                event = self._events[cursor - first]
+                cursor += 1
+                if event.revision > after:
+                    yield event
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._published > cursor)  # noqa: B023
 
     def discard(self) -> None:
-        """Forget the stored state (and its copy): the next start seeds from the config file."""
-        for path in (self.path, self.backup):
-            path.unlink(missing_ok=True)
-        self._revision = None
+        """Forget the stored state: the next start seeds from the config file."""
+        if self.root.exists():
+            remove(sorted(p for p in self.root.iterdir() if not p.is_dir()))
+        if self.legacy is not None:
+            remove([self.legacy, self.legacy.with_name(self.legacy.name + ".bak")])
+        self._revisions = None
+        self._revision = 0
 
-    async def watch(self) -> AsyncIterator[int]:
-        seen = -1
-        while True:
-            async with self._changed:
-                await self._changed.wait_for(lambda: (self._revision or 0) != seen)  # noqa: B023
-                seen = self._revision or 0
-            yield seen
+    # ---- loading ---------------------------------------------------------------------------
+
+    def _load(self) -> Snapshot:
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        if self.legacy is not None and self.legacy.exists() and not any(self.root.iterdir()):
+            return self._migrate(self.legacy)
+        records: dict[str, Record] = {}
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            name, dot, suffix = entry.name.partition(".")
+            if suffix != "json" or not dot:
+                continue
+            try:
+                check_name(name)
+            except ValueError:
+                log.warning("ignoring %s in the store: not a gateway name", entry.name)
+                continue
+            records[name] = _load(Path(entry.path), _record, "gateway record")
+        revision = max((r.revision for r in records.values()), default=0)
+        return Snapshot(records, max(revision, self._stored_revision()))
+
+    def _stored_revision(self) -> int:
+        try:
+            return int(read_text(self.root / REVISION_FILE).strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read the store's revision: {exc}") from exc
+
+    def _migrate(self, legacy: Path) -> Snapshot:
+        """`desired.json` (and its copy) → one record per gateway at its revision, once."""
+        config, revision = _load(legacy, _legacy, "desired state")
+        for name, gateway in config.gateways.items():
+            write_atomic(self.path(name), _record_text(gateway, revision), mode=0o600)
+        write_atomic(self.root / REVISION_FILE, f"{revision}\n", mode=0o600)
+        legacy.rename(legacy.with_name(legacy.name + ".migrated"))
+        log.info(
+            "migrated %d gateways from %s (revision %d) to %s",
+            len(config.gateways),
+            legacy,
+            revision,
+            self.root,
+        )
+        records = {n: Record(g, revision) for n, g in config.gateways.items()}
+        return Snapshot(records, revision)
 
 
-def _load(path: Path) -> Revisioned:
+def _record_text(gateway: Gateway, revision: int) -> str:
+    return json.dumps({"revision": revision, "gateway": gateway.model_dump(mode="json")}) + "\n"
+
+
+def _record(data: dict[str, Any]) -> Record:
+    return Record(Gateway.model_validate(data["gateway"]), int(data["revision"]))
+
+
+def _legacy(data: dict[str, Any]) -> tuple[Config, int]:
+    return Config.model_validate(data["config"]), int(data["revision"])
+
+
+def _load(path: Path, parse: Callable[[dict[str, Any]], T], what: str) -> T:
+    """A JSON file parsed by `parse`; if it is corrupt or invalid, its copy `<file>.bak`
+    (saying so in the log); if both are, a StoreError about the file itself."""
+    try:
+        return _parse(path, parse, what)
+    except StoreError as exc:
+        backup = path.with_name(path.name + ".bak")
+        try:
+            loaded = _parse(backup, parse, what)
+        except (FileNotFoundError, StoreError):
+            raise exc from None
+        log.error("%s; starting from its copy %s", exc, backup)
+        return loaded
+
+
+def _parse(path: Path, parse: Callable[[dict[str, Any]], T], what: str) -> T:
     try:
         raw = read_text(path)
     except FileNotFoundError:
@@ -134,8 +304,7 @@ def _load(path: Path) -> Revisioned:
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        data = json.loads(raw)
-        return Revisioned(Config.model_validate(data["config"]), int(data["revision"]))
+        return parse(json.loads(raw))
     except (ValueError, KeyError, TypeError, ValidationError) as exc:
         reason = str(exc).splitlines()[0][:200]
-        raise StoreError(f"{path} is not a valid desired state ({reason})") from exc
+        raise StoreError(f"{path} is not a valid {what} ({reason})") from exc

@@ -8,30 +8,52 @@ Failures are raised as `controller.errors` kinds; `controller.api.errors` answer
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from collections.abc import Callable
+import re
 from typing import Any
 
 from aiohttp import web
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from controller.api.body import dry_run_flag, read_json_body
 from controller.api.connections import GUARD
 from controller.apply import ApplyResult
+from controller.desired import Record
+from controller.edits import (
+    DeleteGateway,
+    Edit,
+    EditRoute,
+    IfMatch,
+    PutGateway,
+    SetInstances,
+    SetWeights,
+    validated,
+)
 from controller.engine import Engine
-from controller.errors import InvalidInput, NotFound, PreconditionFailed
+from controller.errors import InvalidInput, NotFound
 from controller.metrics import CONTENT_TYPE
-from controller.model import Config, Gateway, check_name, parse_percent, validation_problems
+from controller.model import Gateway, check_name, parse_percent
 from controller.offload import BIG_TEXT, offload
 from controller.status import gateway_status
 
 ENGINE = web.AppKey("engine", Engine)
+MAX_PAGE = 1000
+_ETAG = re.compile(r'(?:W/)?"([0-9]{1,18})"')
 
 
-def etag(gateway: Gateway) -> str:
-    canonical = json.dumps(gateway.model_dump(mode="json"), sort_keys=True)
-    return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:20] + '"'
+def etag(revision: int) -> str:
+    """A gateway's ETag is its revision: the global revision of its last write."""
+    return f'"{revision}"'
+
+
+def if_match(request: web.Request) -> IfMatch | None:
+    """`If-Match` as a precondition on the gateway's revision (`*`: it exists)."""
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    parts = [part.strip() for part in header.split(",")]
+    if "*" in parts:
+        return IfMatch(exists=True)
+    return IfMatch(frozenset(int(m.group(1)) for p in parts if (m := _ETAG.fullmatch(p))))
 
 
 def _name(request: web.Request, key: str) -> str:
@@ -41,33 +63,11 @@ def _name(request: web.Request, key: str) -> str:
         raise InvalidInput(f"invalid {key}", [{"field": key, "message": str(exc)}]) from None
 
 
-def _gateway(config: Config, name: str) -> Gateway:
-    gateway = config.gateways.get(name)
-    if gateway is None:
+def _record(engine: Engine, name: str) -> Record:
+    record = engine.desired.records.get(name)
+    if record is None:
         raise NotFound(f"no gateway {name!r}", [{"field": "gateway", "message": "unknown"}])
-    return gateway
-
-
-def _unknown_route(gateway: str, routes: list[str], field: Callable[[str], str]) -> NotFound:
-    return NotFound(
-        f"gateway {gateway!r} has no route {routes[0]!r}",
-        [{"field": field(r), "message": "unknown route"} for r in routes],
-    )
-
-
-def _check_if_match(request: web.Request, current: Gateway | None) -> None:
-    wanted = request.headers.get("If-Match")
-    if wanted is None:
-        return
-    if current is None or (wanted.strip() != "*" and etag(current) not in _etags(wanted)):
-        raise PreconditionFailed(
-            "the gateway changed since it was read (If-Match does not match)",
-            [{"field": "If-Match", "message": "stale"}],
-        )
-
-
-def _etags(header: str) -> set[str]:
-    return {part.strip().removeprefix("W/") for part in header.split(",")}
+    return record
 
 
 def _big_body(request: web.Request) -> bool:
@@ -75,23 +75,16 @@ def _big_body(request: web.Request) -> bool:
     return (request.content_length or 0) > BIG_TEXT
 
 
-def _applied(result: ApplyResult, gateway: Gateway | None, status: int = 200) -> web.Response:
+def _applied(result: ApplyResult, *, etagged: bool = True) -> web.Response:
+    status = 201 if result.created and not result.dry_run else 200
     response = web.json_response(result.as_json(), status=status)
-    if gateway is not None and not result.dry_run:
-        response.headers["ETag"] = etag(gateway)
+    if etagged and not result.dry_run:
+        response.headers["ETag"] = etag(result.revision)
     return response
 
 
 def _dump(gateway: Gateway) -> dict[str, Any]:
     return gateway.model_dump(mode="json", exclude_none=True)
-
-
-def _validated(build: Callable[[], Any], prefix: str) -> Any:
-    try:
-        return build()
-    except ValidationError as exc:
-        problems = validation_problems(exc, prefix)
-        raise InvalidInput(f"invalid {problems[0]['field']}", problems) from None
 
 
 def _object_body(body: Any, field: str, what: str) -> dict[str, Any]:
@@ -102,48 +95,64 @@ def _object_body(body: Any, field: str, what: str) -> dict[str, Any]:
     return body
 
 
+def _page(request: web.Request) -> tuple[int, str | None] | None:
+    """`?limit=N[&after=NAME]`: gateways in name order, N at most, after NAME."""
+    limit = request.query.get("limit")
+    after = request.query.get("after")
+    if limit is None:
+        if after is not None:
+            raise InvalidInput.for_field("limit", "after needs a limit")
+        return None
+    if not re.fullmatch(r"[0-9]{1,4}", limit) or not 1 <= int(limit) <= MAX_PAGE:
+        raise InvalidInput.for_field("limit", f"must be a whole number from 1 to {MAX_PAGE}")
+    if after is not None:
+        try:
+            check_name(after)
+        except ValueError as exc:
+            raise InvalidInput.for_field("after", str(exc)) from None
+    return int(limit), after
+
+
 async def list_gateways(request: web.Request) -> web.Response:
-    config = request.app[ENGINE].desired.config
-    return web.json_response({"gateways": {n: _dump(g) for n, g in config.gateways.items()}})
+    """All gateways; with `?limit=` one page in name order, and the name to continue after."""
+    desired = request.app[ENGINE].desired
+    page = _page(request)
+    if page is None:
+        gateways = desired.gateways
+        return web.json_response({"gateways": {n: _dump(g) for n, g in gateways.items()}})
+    limit, after = page
+    names = desired.after(after, limit + 1)
+    more = len(names) > limit
+    names = names[:limit]
+    body = {
+        "gateways": {name: _dump(desired.records[name].gateway) for name in names},
+        "next": names[-1] if more else None,
+    }
+    return web.json_response(body)
 
 
 async def get_gateway(request: web.Request) -> web.Response:
-    gateway = _gateway(request.app[ENGINE].desired.config, _name(request, "gateway"))
-    return web.json_response(_dump(gateway), headers={"ETag": etag(gateway)})
+    record = _record(request.app[ENGINE], _name(request, "gateway"))
+    return web.json_response(_dump(record.gateway), headers={"ETag": etag(record.revision)})
 
 
 async def put_gateway(request: web.Request) -> web.Response:
     name = _name(request, "gateway")
     body = await read_json_body(request)
-    try:
-        gateway = await offload(_big_body(request), Gateway.model_validate, body)
-    except ValidationError as exc:
-        problems = validation_problems(exc, "gateway")
-        raise InvalidInput(f"invalid {problems[0]['field']}", problems) from None
-    created = False
-
-    def compute(config: Config) -> Config:
-        nonlocal created
-        current = config.gateways.get(name)
-        _check_if_match(request, current)
-        created = current is None
-        updated: Config = _validated(lambda: config.with_gateway(name, gateway), "gateways." + name)
-        return updated
-
-    result = await request.app[ENGINE].change(
-        compute, dry_run=dry_run_flag(request), heavy=_big_body(request)
+    gateway = await offload(
+        _big_body(request), validated, lambda: Gateway.model_validate(body), "gateway"
     )
-    return _applied(result, gateway, 201 if created and not result.dry_run else 200)
+    edit = PutGateway(name, gateway, if_match(request))
+    result = await request.app[ENGINE].change(
+        edit, dry_run=dry_run_flag(request), heavy=_big_body(request)
+    )
+    return _applied(result)
 
 
 async def delete_gateway(request: web.Request) -> web.Response:
-    name = _name(request, "gateway")
-
-    def compute(config: Config) -> Config:
-        _check_if_match(request, _gateway(config, name))
-        return config.with_gateway(name, None)
-
-    return _applied(await request.app[ENGINE].change(compute, dry_run=dry_run_flag(request)), None)
+    edit = DeleteGateway(_name(request, "gateway"), if_match(request))
+    result = await request.app[ENGINE].change(edit, dry_run=dry_run_flag(request))
+    return _applied(result, etagged=False)
 
 
 _WEIGHTS = TypeAdapter(dict[str, Any])
@@ -161,20 +170,8 @@ async def patch_weights(request: web.Request) -> web.Response:
             problems.append({"field": f"weights.{route}", "message": str(exc)})
     if problems:
         raise InvalidInput(f"invalid {problems[0]['field']}", problems)
-    updated: Gateway | None = None
-
-    def compute(config: Config) -> Config:
-        nonlocal updated
-        gateway = _gateway(config, name)
-        _check_if_match(request, gateway)
-        unknown = sorted(set(weights) - set(gateway.routes))
-        if unknown:
-            raise _unknown_route(name, unknown, lambda r: f"weights.{r}")
-        updated = _validated(lambda: gateway.with_weights(weights), "weights")
-        return config.with_gateway(name, updated)
-
-    result = await request.app[ENGINE].change(compute, dry_run=dry_run_flag(request))
-    return _applied(result, updated)
+    edit = SetWeights(name, weights, if_match(request))
+    return _applied(await request.app[ENGINE].change(edit, dry_run=dry_run_flag(request)))
 
 
 async def put_instances(request: web.Request) -> web.Response:
@@ -184,44 +181,29 @@ async def put_instances(request: web.Request) -> web.Response:
             "body must be a list of 'host:port'",
             [{"field": "instances", "message": "expected a list"}],
         )
-    return await _change_route(request, lambda fields: {**fields, "instances": body})
+    name, route = _name(request, "gateway"), _name(request, "route")
+    edit = SetInstances(name, route, tuple(body), if_match(request))
+    return await _change(request, edit)
 
 
 async def patch_route(request: web.Request) -> web.Response:
     """Change some fields of one route, e.g. `{"condition_strength": "20%"}` (live)."""
     body = _object_body(await read_json_body(request), "route", "an object of route fields")
-    return await _change_route(request, lambda fields: {**fields, **body})
-
-
-async def _change_route(
-    request: web.Request, edit: Callable[[dict[str, Any]], dict[str, Any]]
-) -> web.Response:
-    """Apply `edit` to one route's fields (as in the config file) and revalidate the gateway."""
     name, route = _name(request, "gateway"), _name(request, "route")
-    updated: Gateway | None = None
+    return await _change(request, EditRoute(name, route, body, if_match(request)))
 
-    def compute(config: Config) -> Config:
-        nonlocal updated
-        gateway = _gateway(config, name)
-        _check_if_match(request, gateway)
-        if route not in gateway.routes:
-            raise _unknown_route(name, [route], lambda _: "route")
-        data = gateway.model_dump(mode="json")
-        data["routes"][route] = edit(data["routes"][route])
-        updated = _validated(lambda: Gateway.model_validate(data), "")
-        return config.with_gateway(name, updated)
 
+async def _change(request: web.Request, edit: Edit) -> web.Response:
     result = await request.app[ENGINE].change(
-        compute, dry_run=dry_run_flag(request), heavy=_big_body(request)
+        edit, dry_run=dry_run_flag(request), heavy=_big_body(request)
     )
-    return _applied(result, updated)
+    return _applied(result)
 
 
 async def get_status(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     name = _name(request, "gateway")
-    gateway = _gateway(engine.desired.config, name)
-    return web.json_response(await gateway_status(engine, name, gateway))
+    return web.json_response(await gateway_status(engine, name, _record(engine, name)))
 
 
 async def get_controller(request: web.Request) -> web.Response:

@@ -326,19 +326,24 @@ def openapi_document(certificates: bool = False) -> Schema:
         },
         "/api/v1/gateways": {
             "get": _op(
-                "all gateways",
+                "all gateways; with `limit`, a page in name order and the name to go on after",
                 {
                     "200": _json(
                         {
                             "type": "object",
                             "required": ["gateways"],
                             "properties": {
-                                "gateways": {"type": "object", "additionalProperties": gateway_out}
+                                "gateways": {"type": "object", "additionalProperties": gateway_out},
+                                "next": {"anyOf": [name, {"type": "null"}]},
                             },
                         }
                     )
                 },
-                ("401", "421"),
+                ("400", "401", "421"),
+                [
+                    _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    _param("after", "query", name),
+                ],
             )
         },
         gateways: {

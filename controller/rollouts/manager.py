@@ -72,9 +72,10 @@ class RolloutManager:
         self._session: aiohttp.ClientSession | None = None
         self.metrics = RolloutMetrics(
             engine.metrics.registry,
-            gateways=lambda: list(self.engine.desired.config.gateways),
+            gateways=lambda: list(self.engine.desired.records),
             rollouts=lambda: list(self._rollouts.values()),
         )
+        engine.metrics.add_table(self.metrics)
         self._context = RunnerContext(
             engine=engine,
             probe=Probe(engine),
@@ -102,12 +103,12 @@ class RolloutManager:
 
     async def end_orphans(self) -> None:
         """End (failed) the active rollouts whose gateway or routes no longer exist."""
-        config = self.engine.desired.config
+        desired = self.engine.desired
         for rollout in list(self._rollouts.values()):
             if rollout.terminal:
                 continue
             try:
-                find_gateway(rollout, config)
+                find_gateway(rollout, desired.get(rollout.gateway))
             except RouteGone as gone:
                 log.warning("rollout %s ends: %s", rollout.id, gone.message)
                 runner = self._runners.get(rollout.id)
@@ -158,7 +159,7 @@ class RolloutManager:
 
     def _prune(self) -> None:
         """Keep the newest KEEP_FINISHED finished rollouts, none of a deleted gateway."""
-        gateways = self.engine.desired.config.gateways
+        gateways = self.engine.desired.records
         finished = sorted(
             (r for r in self._rollouts.values() if r.terminal), key=lambda r: r.created_at
         )
@@ -173,8 +174,7 @@ class RolloutManager:
 
     async def create(self, spec: RolloutSpec, *, dry_run: bool = False) -> dict[str, Any]:
         """Check the rollout against the desired state, store it and start it."""
-        config = self.engine.desired.config
-        gateway = config.gateways.get(spec.gateway)
+        gateway = self.engine.desired.get(spec.gateway)
         if gateway is None:
             message = f"no gateway {spec.gateway!r}"
             raise NotFound(message, _problem("gateway", message))

@@ -2,8 +2,9 @@
 
 Gauges are read from the rollouts when scraped, for every gateway of the desired state (its
 active rollout, else its latest one, else phase `none`), so a deleted gateway leaves no series
-behind. Counters (evaluations and results by outcome) count events of this process and exist
-at zero from the first scrape for every gateway, so `increase()` sees the first one.
+behind; a gateway's lines are rebuilt only when its rollout changed. Counters (evaluations and
+results by outcome) count events of this process and exist at zero from the first scrape for
+every gateway, so `increase()` sees the first one.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import get_args
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
+from controller.metrics import Family, SeriesTable
 from controller.rollouts.state import PHASES, Rollout, Verdict
 
 PHASE_LABELS: tuple[str, ...] = ("none", *PHASES)
@@ -38,17 +38,98 @@ def latest_by_gateway(rollouts: Iterable[Rollout]) -> dict[str, Rollout]:
     return latest
 
 
-class RolloutMetrics(Collector):
+class RolloutMetrics(SeriesTable):
+    """The rollout families, one chunk of lines per gateway, rebuilt only for gateways whose
+    rollout (or counters) changed since the last scrape: a thousand gateways without rollouts
+    cost a comparison each (issue 11)."""
+
     def __init__(
         self,
         registry: CollectorRegistry,
         gateways: Callable[[], Iterable[str]] = tuple,
         rollouts: Callable[[], Iterable[Rollout]] = tuple,
     ) -> None:
+        g = ("gateway",)
+        self._phase = Family(
+            "weighbridge_rollout_phase",
+            "gauge",
+            "1 for the phase of the gateway's active (else latest) rollout; none: no rollout.",
+            (*g, "phase"),
+        )
+        self._step = Family(
+            "weighbridge_rollout_step",
+            "gauge",
+            "Current step of the gateway's active (else latest) rollout, 1-based; 0 before one.",
+            g,
+        )
+        self._steps = Family(
+            "weighbridge_rollout_steps", "gauge", "Steps planned for that rollout.", g
+        )
+        self._weight = Family(
+            "weighbridge_rollout_to_route_weight_ratio",
+            "gauge",
+            "The to-route's gateway weight the rollout last set: its step's, or its "
+            "rollback's once one moved it (0..1).",
+            (*g, "route"),
+        )
+        self._started = Family(
+            "weighbridge_rollout_step_started_timestamp_seconds",
+            "gauge",
+            "Unix time the current step started (its weights read back from HAProxy); one "
+            "series per step, for annotations.",
+            (*g, "step"),
+        )
+        self._failed = Family(
+            "weighbridge_rollout_failed_checks",
+            "gauge",
+            "Failed evaluations so far in that rollout (a rollback at the threshold).",
+            g,
+        )
+        self._value = Family(
+            "weighbridge_rollout_check_value",
+            "gauge",
+            "Last evaluated value per check: success_rate (0..1), response_time (seconds), "
+            "requests (responses in the window), Prometheus checks as queried.",
+            (*g, "check"),
+        )
+        self._threshold = Family(
+            "weighbridge_rollout_check_threshold",
+            "gauge",
+            "The bound each check is held to, in the unit of its value.",
+            (*g, "check"),
+        )
+        self._evaluations_family = Family(
+            "weighbridge_rollout_evaluations_total",
+            "counter",
+            "Evaluations of rollout windows by verdict (pass, fail, inconclusive).",
+            (*g, "verdict"),
+        )
+        self._results_family = Family(
+            "weighbridge_rollout_results_total",
+            "counter",
+            "Finished rollouts by result (promoted, rolled_back, aborted, failed).",
+            (*g, "result"),
+        )
+        super().__init__(
+            [
+                self._phase,
+                self._step,
+                self._steps,
+                self._weight,
+                self._started,
+                self._failed,
+                self._value,
+                self._threshold,
+                self._evaluations_family,
+                self._results_family,
+            ]
+        )
         self._gateways = gateways
         self._rollouts = rollouts
         self._evaluations: Counter[tuple[str, str]] = Counter()
         self._results: Counter[tuple[str, str]] = Counter()
+        self._keys: dict[str, tuple[object, ...]] = {}
+        """gateway → what its series were last built from."""
         registry.register(self)
 
     def evaluated(self, gateway: str, verdict: Verdict) -> None:
@@ -57,89 +138,54 @@ class RolloutMetrics(Collector):
     def finished(self, gateway: str, result: str) -> None:
         self._results[(gateway, result)] += 1
 
-    def describe(self) -> Iterable[Metric]:
-        return self._families()
+    def refresh(self) -> None:
+        """Rebuild the series of gateways whose rollout or counters changed, drop those of
+        gateways no longer desired."""
+        gateways = list(self._gateways())
+        latest = latest_by_gateway(self._rollouts())
+        for gone in self._keys.keys() - set(gateways):
+            del self._keys[gone]
+            for family in self:
+                family.drop(gone)
+        for name in gateways:
+            rollout = latest.get(name)
+            key = self._key(name, rollout)
+            if self._keys.get(name) != key:
+                self._keys[name] = key
+                for family in self:
+                    family.drop(name)
+                self._build(name, rollout)
 
-    def collect(self) -> Iterable[Metric]:
-        return self._families(list(self._gateways()), latest_by_gateway(self._rollouts()))
+    def _key(self, name: str, rollout: Rollout | None) -> tuple[object, ...]:
+        counts = (
+            tuple(self._evaluations[(name, v)] for v in VERDICTS),
+            tuple(self._results[(name, r)] for r in RESULTS),
+        )
+        if rollout is None:
+            return counts
+        state = (rollout.id, rollout.phase, rollout.step, len(rollout.plan), rollout.current())
+        more = (rollout.failed_checks, rollout.step_started_at, id(rollout.last_check))
+        return (*counts, *state, *more)
 
-    def _families(
-        self, gateways: list[str] | None = None, latest: dict[str, Rollout] | None = None
-    ) -> list[Metric]:
-        g = ["gateway"]
-        phase = GaugeMetricFamily(
-            "weighbridge_rollout_phase",
-            "1 for the phase of the gateway's active (else latest) rollout; none: no rollout.",
-            labels=[*g, "phase"],
-        )
-        step = GaugeMetricFamily(
-            "weighbridge_rollout_step",
-            "Current step of the gateway's active (else latest) rollout, 1-based; 0 before one.",
-            labels=g,
-        )
-        steps = GaugeMetricFamily(
-            "weighbridge_rollout_steps", "Steps planned for that rollout.", labels=g
-        )
-        weight = GaugeMetricFamily(
-            "weighbridge_rollout_to_route_weight_ratio",
-            "The to-route's gateway weight the rollout last set: its step's, or its "
-            "rollback's once one moved it (0..1).",
-            labels=[*g, "route"],
-        )
-        started = GaugeMetricFamily(
-            "weighbridge_rollout_step_started_timestamp_seconds",
-            "Unix time the current step started (its weights read back from HAProxy); one "
-            "series per step, for annotations.",
-            labels=[*g, "step"],
-        )
-        failed = GaugeMetricFamily(
-            "weighbridge_rollout_failed_checks",
-            "Failed evaluations so far in that rollout (a rollback at the threshold).",
-            labels=g,
-        )
-        value = GaugeMetricFamily(
-            "weighbridge_rollout_check_value",
-            "Last evaluated value per check: success_rate (0..1), response_time (seconds), "
-            "requests (responses in the window), Prometheus checks as queried.",
-            labels=[*g, "check"],
-        )
-        threshold = GaugeMetricFamily(
-            "weighbridge_rollout_check_threshold",
-            "The bound each check is held to, in the unit of its value.",
-            labels=[*g, "check"],
-        )
-        evaluations = CounterMetricFamily(
-            "weighbridge_rollout_evaluations",
-            "Evaluations of rollout windows by verdict (pass, fail, inconclusive).",
-            labels=[*g, "verdict"],
-        )
-        results = CounterMetricFamily(
-            "weighbridge_rollout_results",
-            "Finished rollouts by result (promoted, rolled_back, aborted, failed).",
-            labels=[*g, "result"],
-        )
-        for name in gateways or ():
-            rollout = (latest or {}).get(name)
-            current = rollout.phase if rollout else "none"
-            for label in PHASE_LABELS:
-                phase.add_metric([name, label], 1.0 if label == current else 0.0)
-            for verdict in VERDICTS:
-                evaluations.add_metric([name, verdict], self._evaluations[(name, verdict)])
-            for result in RESULTS:
-                results.add_metric([name, result], self._results[(name, result)])
-            step.add_metric([name], rollout.step if rollout else 0)
-            steps.add_metric([name], len(rollout.plan) if rollout else 0)
-            if rollout is None:
-                continue
-            to_weight = rollout.current()[1]
-            weight.add_metric([name, rollout.spec.to_route], to_weight / 10_000)
-            failed.add_metric([name], rollout.failed_checks)
-            if rollout.step_started_at is not None:
-                started.add_metric([name, str(rollout.step)], rollout.step_started_at)
-            for check in rollout.last_check.results if rollout.last_check else ():
-                scale = _SECONDS_PER_MS if check.unit == "ms" else 1.0
-                if check.value is not None:
-                    value.add_metric([name, check.name], check.value * scale)
-                if check.threshold is not None:
-                    threshold.add_metric([name, check.name], check.threshold * scale)
-        return [phase, step, steps, weight, started, failed, value, threshold, evaluations, results]
+    def _build(self, name: str, rollout: Rollout | None) -> None:
+        current = rollout.phase if rollout else "none"
+        for label in PHASE_LABELS:
+            self._phase.set((name, label), 1.0 if label == current else 0.0)
+        for verdict in VERDICTS:
+            self._evaluations_family.set((name, verdict), self._evaluations[(name, verdict)])
+        for result in RESULTS:
+            self._results_family.set((name, result), self._results[(name, result)])
+        self._step.set((name,), rollout.step if rollout else 0)
+        self._steps.set((name,), len(rollout.plan) if rollout else 0)
+        if rollout is None:
+            return
+        self._weight.set((name, rollout.spec.to_route), rollout.current()[1] / 10_000)
+        self._failed.set((name,), rollout.failed_checks)
+        if rollout.step_started_at is not None:
+            self._started.set((name, str(rollout.step)), rollout.step_started_at)
+        for check in rollout.last_check.results if rollout.last_check else ():
+            scale = _SECONDS_PER_MS if check.unit == "ms" else 1.0
+            if check.value is not None:
+                self._value.set((name, check.name), check.value * scale)
+            if check.threshold is not None:
+                self._threshold.set((name, check.name), check.threshold * scale)

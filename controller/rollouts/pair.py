@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from controller.errors import ConflictingState, Unavailable
-from controller.model import BASIS_POINTS, Config, Gateway, format_percent
+from controller.edits import IfMatch, replace_route
+from controller.errors import ConflictingState, InvalidInput, Unavailable
+from controller.model import BASIS_POINTS, Gateway, format_percent
 from controller.rollouts.state import Rollout
 from controller.rollouts.text import weights_text
 
@@ -47,16 +48,57 @@ def step_text(rollout: Rollout, step: int) -> str:
     return text
 
 
-def find_gateway(rollout: Rollout, config: Config) -> Gateway:
+def find_gateway(rollout: Rollout, gateway: Gateway | None) -> Gateway:
     """The rollout's gateway, with both routes; RouteGone if any of them was deleted."""
     spec = rollout.spec
-    gateway = config.gateways.get(spec.gateway)
     if gateway is None:
         raise RouteGone(f"gateway {spec.gateway} was deleted")
     for route in (spec.from_route, spec.to_route):
         if route not in gateway.routes:
             raise RouteGone(f"route {route} of gateway {spec.gateway} was deleted")
     return gateway
+
+
+@dataclass(frozen=True)
+class StepPair:
+    """The rollout's edit: the to-route at `to_weight` (and `strength`), the from-route takes
+    the rest of the pair's traffic. `exact_pair`: the other routes must still carry what they
+    did when the rollout began; otherwise the from-route takes whatever they leave (a
+    rollback finishes even if they changed)."""
+
+    rollout: Rollout
+    to_weight: int
+    strength: int | None
+    exact_pair: bool
+    if_match: IfMatch | None = None
+
+    @property
+    def gateway(self) -> str:
+        return self.rollout.spec.gateway
+
+    def apply(self, current: Gateway | None) -> Gateway | None:
+        rollout, spec = self.rollout, self.rollout.spec
+        gateway = find_gateway(rollout, current)
+        weights = gateway.effective_weights()
+        others = BASIS_POINTS - weights[spec.from_route] - weights[spec.to_route]
+        if self.exact_pair and others + rollout.origin.total != BASIS_POINTS:
+            raise RolloutError(
+                f"the other routes of {spec.gateway} now carry {format_percent(others)}, "
+                f"not {format_percent(BASIS_POINTS - rollout.origin.total)}"
+            )
+        from_weight = BASIS_POINTS - others - self.to_weight
+        if from_weight < 0:
+            raise RolloutError(f"no room for {spec.to_route} at {format_percent(self.to_weight)}")
+        weights.update({spec.from_route: from_weight, spec.to_route: self.to_weight})
+        try:
+            updated = gateway.with_weights(weights)
+            if self.strength is not None:
+                route = updated.routes[spec.to_route]
+                strength = {"condition_strength": format_percent(self.strength)}
+                updated = replace_route(updated, spec.to_route, route, strength, "")
+        except (ValidationError, InvalidInput) as exc:
+            raise RolloutError(f"gateway {spec.gateway} refuses the step: {exc}") from None
+        return updated
 
 
 @dataclass
@@ -72,49 +114,24 @@ class Pair:
         await self.apply(rollout.target(step)[1], strength, exact_pair=True)
 
     async def apply(self, to_weight: int, strength: int | None, *, exact_pair: bool) -> int:
-        """Make the to-route's weight (and strength) desired, then wait until HAProxy's live
-        maps show it; returns the from-route's weight. `exact_pair`: the from-route takes the
-        rest of the pair's traffic, and the other routes must still carry what they did;
-        otherwise it takes whatever they leave (a rollback finishes even if they changed)."""
-        rollout, spec = self.rollout, self.rollout.spec
-        from_route, to_route = spec.from_route, spec.to_route
-        expected: dict[str, int] = {}
-
-        def compute(config: Config) -> Config:
-            gateway = find_gateway(rollout, config)
-            weights = gateway.effective_weights()
-            others = BASIS_POINTS - weights[from_route] - weights[to_route]
-            if exact_pair and others + rollout.origin.total != BASIS_POINTS:
-                raise RolloutError(
-                    f"the other routes of {spec.gateway} now carry {format_percent(others)}, "
-                    f"not {format_percent(BASIS_POINTS - rollout.origin.total)}"
-                )
-            from_weight = BASIS_POINTS - others - to_weight
-            if from_weight < 0:
-                raise RolloutError(f"no room for {to_route} at {format_percent(to_weight)}")
-            weights.update({from_route: from_weight, to_route: to_weight})
-            try:
-                updated = gateway.with_weights(weights)
-                if strength is not None:
-                    data = updated.model_dump(mode="json")
-                    data["routes"][to_route]["condition_strength"] = format_percent(strength)
-                    updated = Gateway.model_validate(data)
-            except ValidationError as exc:
-                raise RolloutError(f"gateway {spec.gateway} refuses the step: {exc}") from None
-            expected.update({from_route: from_weight, to_route: to_weight})
-            return config.with_gateway(spec.gateway, updated)
-
-        await self.engine.change(compute)
+        """Make the to-route's weight (and strength) desired (`StepPair`), then wait until
+        HAProxy's live maps show it; returns the from-route's weight."""
+        spec = self.rollout.spec
+        await self.engine.change(StepPair(self.rollout, to_weight, strength, exact_pair))
+        weights = find_gateway(self.rollout, self.engine.desired.get(spec.gateway))
+        desired = weights.effective_weights()
+        expected = {route: desired[route] for route in (spec.from_route, spec.to_route)}
         await self._read_back(expected, strength)
-        return expected[from_route]
+        return expected[spec.from_route]
 
     async def _read_back(self, expected: dict[str, int], strength: int | None) -> None:
         """Poll HAProxy's live maps until they show the weights (and strength)."""
         to_route = self.rollout.spec.to_route
         deadline = time.monotonic() + self.read_back_timeout
         while True:
-            applied = await self.probe.applied(self.rollout.gateway, strengths=strength is not None)
-            shown = {route: applied.weights.get(route) for route in expected}
+            applied = await self.probe.applied(self.rollout.gateway)
+            weights = applied.weights
+            shown = {route: weights.get(route) for route in expected}
             if shown == expected and (
                 strength is None or applied.strengths.get(to_route) == strength
             ):
@@ -126,20 +143,21 @@ class Pair:
     async def backend(self) -> str:
         """The HAProxy backend the to-route is bound to now."""
         applied = await self.probe.applied(self.rollout.gateway)
-        backend = applied.backends.get(self.rollout.spec.to_route)
+        backend = applied.binding.get(self.rollout.spec.to_route)
         if backend is None:
             raise RouteGone(f"HAProxy has no backend for route {self.rollout.spec.to_route}")
         return backend
 
     async def ready_instances(self) -> int:
+        """Slots of the to-route's backend that serve (not in maintenance, not draining)."""
         applied = await self.probe.applied(self.rollout.gateway)
-        backend = applied.backends.get(self.rollout.spec.to_route)
-        return await self.probe.ready_instances(backend) if backend else 0
+        backend = applied.binding.get(self.rollout.spec.to_route)
+        return applied.serving(backend) if backend else 0
 
     def is_ours(self) -> bool:
         """The desired state still holds the weights (and strength) this rollout last set."""
         rollout, spec = self.rollout, self.rollout.spec
-        gateway = find_gateway(rollout, self.engine.desired.config)
+        gateway = find_gateway(rollout, self.engine.desired.get(spec.gateway))
         weights = gateway.effective_weights()
         if (weights[spec.from_route], weights[spec.to_route]) != rollout.target(rollout.step):
             return False
@@ -151,7 +169,8 @@ class Pair:
         """Raise RolloutError when someone else changed the pair's weights."""
         if not self.is_ours():
             spec = self.rollout.spec
-            weights = find_gateway(self.rollout, self.engine.desired.config).effective_weights()
+            gateway = find_gateway(self.rollout, self.engine.desired.get(spec.gateway))
+            weights = gateway.effective_weights()
             now = self.rollout.describe(weights[spec.from_route], weights[spec.to_route])
             raise RolloutError(
                 f"weights changed outside the rollout ({weights_text(now)}, expected "

@@ -233,7 +233,7 @@ class RolloutRunner:
     async def _begin_rollback(self, reason: str, result: Literal["rolled_back", "aborted"]) -> None:
         rollout = self.rollout
         self._generation += 1
-        gateway = self.ctx.engine.desired.config.gateways.get(rollout.gateway)
+        gateway = self.ctx.engine.desired.get(rollout.gateway)
         current = rollout.current()[1]
         if gateway is not None and rollout.spec.to_route in gateway.routes:
             current = gateway.effective_weights()[rollout.spec.to_route]

@@ -10,6 +10,7 @@ import csv
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # ---- errors -----------------------------------------------------------------
 
@@ -186,6 +187,52 @@ def parse_servers_state(text: str) -> list[ServerState]:
             )
         )
     return states
+
+
+class SlotRow(NamedTuple):
+    """The fields of a `show servers state` line that a controller of slots needs."""
+
+    backend: str
+    server: str
+    addr: str
+    port: int
+    admin_state: int
+    user_weight: int
+
+    @property
+    def serving(self) -> bool:
+        """Neither in maintenance nor draining (see `ServerState`)."""
+        return not self.admin_state & (MAINTENANCE_MASK | DRAIN_MASK)
+
+
+def parse_slot_rows(text: str) -> list[SlotRow]:
+    """`parse_servers_state` for many thousands of lines: the columns a slot needs, found by
+    the header once, no object per field (128,000 lines in a fraction of the time)."""
+    columns: Sequence[str] = _SERVERS_STATE_COLUMNS
+    wanted = ("be_name", "srv_name", "srv_addr", "srv_port", "srv_admin_state", "srv_uweight")
+    at = [columns.index(name) for name in wanted]
+    rows: list[SlotRow] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            columns = line.lstrip("#").split()
+            if all(name in columns for name in wanted):
+                at = [columns.index(name) for name in wanted]
+            continue
+        fields = line.strip().split(" ")
+        if len(fields) < 9:
+            continue  # the format version line, a blank line
+        port = fields[at[3]] if at[3] < len(fields) else ""
+        rows.append(
+            SlotRow(
+                fields[at[0]],
+                fields[at[1]],
+                fields[at[2]],
+                int(port) if port.isdigit() else 0,
+                int(fields[at[4]]),
+                int(fields[at[5]]),
+            )
+        )
+    return rows
 
 
 # ---- maps -------------------------------------------------------------------

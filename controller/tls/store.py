@@ -114,4 +114,4 @@ class CertificateStore:
 
     def delete(self, name: str) -> bool:
         self._infos.pop(name, None)
-        return remove(self.path(name))
+        return remove([self.path(name)]) > 0

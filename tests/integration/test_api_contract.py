@@ -11,6 +11,7 @@ import pytest
 
 from tests.integration.conftest import addresses, shop_config
 from tests.support import BackendProcess
+from tests.support.ports import free_port
 from tests.support.stack import Stack, running_stack
 
 pytestmark = pytest.mark.haproxy
@@ -107,6 +108,9 @@ def test_etag_and_if_match(shop_stack: Stack) -> None:
         "PATCH", W, {"stable": "80%", "canary": "20%"}, headers={"If-Match": tag}
     )
     assert ok.status == 200 and ok.headers["ETag"] != tag
+    # the gateway's revision: that of its last write, which the write answered with
+    assert ok.headers["ETag"] == f'"{ok.body["revision"]}"'
+    assert shop_stack.request("GET", G).headers["ETag"] == ok.headers["ETag"]
     stale = shop_stack.request(
         "PATCH", W, {"stable": "70%", "canary": "30%"}, headers={"If-Match": tag}
     )
@@ -117,6 +121,25 @@ def test_etag_and_if_match(shop_stack: Stack) -> None:
     assert (
         shop_stack.request("PUT", G, body, headers={"If-Match": ok.headers["ETag"]}).status == 200
     )
+
+
+def test_gateways_page_in_name_order(shop_stack: Stack, backends: BackendProcess) -> None:
+    spare = addresses(backends, "spare")[:1]
+    for name in ("blue", "alpha"):
+        body = {"bind": f"127.0.0.1:{free_port()}", "routes": {"only": {"instances": spare}}}
+        assert shop_stack.request("PUT", f"/api/v1/gateways/{name}", body).status == 201
+    everything = shop_stack.request("GET", "/api/v1/gateways").body
+    assert set(everything["gateways"]) == {"alpha", "blue", "shop"} and "next" not in everything
+    first = shop_stack.request("GET", "/api/v1/gateways?limit=2").body
+    assert list(first["gateways"]) == ["alpha", "blue"] and first["next"] == "blue"
+    rest = shop_stack.request("GET", "/api/v1/gateways?limit=2&after=blue").body
+    assert list(rest["gateways"]) == ["shop"] and rest["next"] is None
+    assert rest["gateways"]["shop"] == everything["gateways"]["shop"]
+    for query, field in (("limit=0", "limit"), ("limit=x", "limit"), ("after=a", "limit")):
+        refused = shop_stack.request("GET", f"/api/v1/gateways?{query}")
+        assert refused.status == 400 and refused.body["problems"][0]["field"] == field
+    refused = shop_stack.request("GET", "/api/v1/gateways?limit=1&after=Bad")
+    assert refused.status == 400 and refused.body["problems"][0]["field"] == "after"
 
 
 def test_dry_run_returns_the_plan_and_applies_nothing(
@@ -150,7 +173,7 @@ def test_dry_run_returns_the_plan_and_applies_nothing(
     response = shop_stack.request("PUT", INST + "?dry_run=true", grow)
     assert response.body["method"] == "reload"
     assert response.body["plan"] == [
-        "reload: route shop.stable needs more server slots (8 → 32 slots)"
+        "reload: route shop.stable needs more server slots (8 → 21 slots)"
     ]
     condition = {"condition": "has cookie beta"}
     response = shop_stack.request("PATCH", G + "/routes/canary?dry_run=true", condition)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from controller.edits import PutGateway, SetWeights
 from controller.engine import Engine
 from controller.metrics import Metrics
 from controller.model import Config, Gateway
@@ -48,15 +49,15 @@ async def engine(short_tmp: Path) -> AsyncIterator[Engine]:
     process = HAProxyProcess(paths)
     runtime = RuntimeClient(str(paths.admin_socket))
     engine = Engine(
-        FileStore(paths.desired),
+        FileStore(paths.gateways),
         process,
         runtime,
         RenderSettings(str(paths.admin_socket)),
         metrics=Metrics(CollectorRegistry()),
     )
     try:
-        seed = Config().with_gateway("shop", gateway(free_port()))
-        await engine.start(seed.with_gateway("other", gateway(free_port())))
+        seed = {"shop": gateway(free_port()), "other": gateway(free_port())}
+        await engine.start(Config(gateways=seed))
         yield engine
     finally:
         await runtime.close()
@@ -70,21 +71,12 @@ def live_map(engine: Engine, gateway: str) -> str:
     )
 
 
-def weights(name: str, stable: str, canary: str) -> Callable[[Config], Config]:
-    def compute(config: Config) -> Config:
-        return config.with_gateway(
-            name,
-            config.gateways[name].with_weights(
-                {"stable": int(stable) * 100, "canary": int(canary) * 100}
-            ),
-        )
-
-    return compute
+def weights(name: str, stable: str, canary: str) -> SetWeights:
+    return SetWeights(name, {"stable": int(stable) * 100, "canary": int(canary) * 100})
 
 
-def add_gateway(name: str) -> Callable[[Config], Config]:
-    port = free_port()
-    return lambda config: config.with_gateway(name, gateway(port))
+def add_gateway(name: str) -> PutGateway:
+    return PutGateway(name, gateway(free_port()))
 
 
 class Gate:
@@ -127,7 +119,7 @@ async def test_a_check_in_progress_blocks_no_other_write_or_sync(
     gate.release.set()
     result = await asyncio.wait_for(structural, 30)
     assert result.method == "reload"
-    assert "new" in engine.desired.config.gateways
+    assert "new" in engine.desired.gateways
     assert "0:1999 wb.shop.b" in live_map(engine, "shop")
 
 
@@ -143,8 +135,8 @@ async def test_a_change_cancelled_before_it_is_stored_leaves_nothing(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert engine.desired is before
-    stored = await FileStore(engine.process.paths.desired).read()
-    assert stored is not None and stored.revision == before.revision
+    stored = await FileStore(engine.process.paths.gateways).snapshot()
+    assert stored.revision == before.revision and "new" not in stored.records
     assert engine.state.reloads == []
 
 
@@ -163,13 +155,10 @@ async def test_a_change_cancelled_once_stored_is_applied_to_completion(
     task = asyncio.create_task(engine.change(weights("shop", "30", "70")))
     await asyncio.wait_for(gate.entered.wait(), 10)  # stored, map file written, swap pending
     task.cancel()
-    later = asyncio.create_task(engine.sync())  # must wait: the cancelled one holds the lock
-    await asyncio.sleep(0)
-    assert not later.done()
     gate.release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert (await asyncio.wait_for(later, 10)).method == "none"  # nothing left to repair
+    assert (await asyncio.wait_for(engine.sync(), 10)).method == "none"  # nothing to repair
     assert engine.desired.revision == before + 1
     assert "0:2999 wb.shop.b" in live_map(engine, "shop")
 
@@ -179,18 +168,19 @@ async def test_planning_and_rendering_of_a_big_state_run_in_a_worker_thread(
 ) -> None:
     """A big write kept the event loop (health checks, /metrics) busy for minutes. A small
     state is planned inline (a thread hop would cost more); here every state counts as big."""
+    import controller.candidates as candidates_module
     import controller.engine as engine_module
 
     monkeypatch.setattr(engine_module, "BIG_SLOTS", 0)
     threads: set[str] = set()
-    for name in ("plan_changes", "render_config"):
-        original = getattr(engine_module, name)
+    for module, name in ((engine_module, "plan_gateway"), (candidates_module, "render_config")):
+        original = getattr(module, name)
 
         def recording(*args: Any, _original: Any = original) -> Any:
             threads.add(threading.current_thread().name)
             return _original(*args)
 
-        monkeypatch.setattr(engine_module, name, recording)
+        monkeypatch.setattr(module, name, recording)
     await engine.change(add_gateway("new"))
     await engine.change(weights("shop", "50", "50"))
     assert threads and threading.main_thread().name not in threads
@@ -202,9 +192,9 @@ async def test_validated_candidates_are_remembered_so_a_reload_does_not_check_ag
     checks: list[str] = []
     original = engine.process.validate
 
-    async def counting(text: str, maps: MapFiles) -> None:
-        checks.append(text)
-        await original(text, maps)
+    async def counting(text: str, maps: MapFiles, identity: str | None = None) -> None:
+        checks.append(identity or text)
+        await original(text, maps, identity)
 
     monkeypatch.setattr(engine.process, "validate", counting)
     assert (await engine.change(add_gateway("new"))).method == "reload"

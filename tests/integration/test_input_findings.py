@@ -40,7 +40,7 @@ def two_gateways(backends: BackendProcess) -> dict[str, Any]:
 
 def snapshot(stack: Stack) -> dict[str, str]:
     """The store and every file HAProxy reads: all must stay as they were after a refusal."""
-    paths = [stack.state_dir / "desired.json", stack.state_dir / "haproxy.cfg"]
+    paths = [*sorted((stack.state_dir / "gateways").iterdir()), stack.state_dir / "haproxy.cfg"]
     paths += sorted((stack.state_dir / "maps").iterdir())
     return {path.name: path.read_text() for path in paths}
 
@@ -208,7 +208,7 @@ def test_a_config_file_with_an_unsafe_acl_does_not_start(short_tmp: Path) -> Non
         assert stack.process.wait(30) == 1
         assert "gateways.shop.routes.a.condition" in stack.controller_log()
         assert "--allow-unsafe-acls" in stack.controller_log()
-        assert not (stack.state_dir / "desired.json").exists()
+        assert not list((stack.state_dir / "gateways").glob("*.json"))  # nothing stored
         assert stack.haproxy_pid() is None
     finally:
         stack.stop()

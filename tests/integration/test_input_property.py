@@ -54,9 +54,9 @@ from controller.model import (
     parse_percent,
     validation_problems,
 )
-from controller.plan import Observed, Plan, plan_changes
+from controller.plan import Observed, Plan, plan_changes, render_plan
 from controller.process import HAProxyProcess, InvalidConfig, StatePaths
-from controller.render import RenderSettings, render_config
+from controller.render import RenderSettings, Running
 from controller.runtime.client import RuntimeClient
 from controller.runtime.parse import parse_prepared_version
 from controller.store import FileStore
@@ -65,7 +65,7 @@ from tests.support.ports import free_port
 pytestmark = pytest.mark.haproxy
 
 EXAMPLES = int(os.environ.get("WB_PROPERTY_EXAMPLES", "2000"))
-NOTHING = Observed(fingerprint=None, backends={}, maps={})
+NOTHING = Observed(running=None, backends={}, maps={})
 
 
 def base_state(port: int) -> dict[str, Any]:
@@ -366,7 +366,7 @@ def harness() -> Iterator[Harness]:
     paths.map_dir.mkdir()
     process = HAProxyProcess(paths)
     engine = Engine(
-        FileStore(paths.desired),
+        FileStore(paths.gateways),
         process,
         RuntimeClient(str(paths.admin_socket)),
         RenderSettings(str(paths.admin_socket)),
@@ -408,9 +408,9 @@ def _renamed(config: Config) -> Config:
     return Config.model_validate({"gateways": {n: g.model_dump() for n, g in gateways.items()}})
 
 
-def _observe(harness: Harness, config: Config, fingerprint: str) -> Observed:
+def _observe(harness: Harness, config: Config, running: Running) -> Observed:
     """HAProxy's state of `config`'s gateways, as if it ran `config`'s structure."""
-    observed = harness.runner.run(harness.engine.observe())
+    observed = harness.runner.run(harness.engine.observer.everything(running))
 
     def ours(name: str | None) -> bool:
         return name in config.gateways
@@ -419,28 +419,28 @@ def _observe(harness: Harness, config: Config, fingerprint: str) -> Observed:
         b: s for b, s in observed.backends.items() if ours((parse_pool_backend(b) or ("",))[0])
     }
     maps = {r: e for r, e in observed.maps.items() if ours(Path(r).name.split(".", 1)[0])}
-    return replace(observed, fingerprint=fingerprint, backends=backends, maps=maps)
+    return replace(observed, running=running, backends=backends, maps=maps)
 
 
 async def _apply(harness: Harness, plan: Plan) -> None:
     """The plan's commands as built, in the engine's order: fill, swap maps, empty."""
     runtime = harness.engine.runtime
-    await runtime.execute_many(plan.fill)
+    await runtime.execute_many([step.command() for step in plan.fill])
     replies = await runtime.execute_many([swap.prepare() for swap in plan.map_swaps])
     commands = []
     for swap, reply in zip(plan.map_swaps, replies, strict=True):
         commands += swap.commands(parse_prepared_version(reply))
     await runtime.execute_many(commands)
-    await runtime.execute_many(plan.empty)
+    await runtime.execute_many([step.command() for step in plan.empty])
 
 
 def _round_trip(harness: Harness, config: Config) -> None:
     renamed = _renamed(config)
-    fingerprint = harness.plan(renamed).fingerprint
-    plan = harness.plan(renamed, _observe(harness, renamed, fingerprint))
+    running = harness.plan(renamed).running
+    plan = harness.plan(renamed, _observe(harness, renamed, running))
     assert not plan.needs_reload, plan.reload_reasons
     harness.runner.run(_apply(harness, plan))
-    after = _observe(harness, renamed, fingerprint)
+    after = _observe(harness, renamed, running)
     for ref, entries in plan.maps.items():
         assert sorted(after.maps[ref]) == sorted(entries), ref
     again = harness.plan(renamed, after)
@@ -462,7 +462,7 @@ def _check(harness: Harness, mutations: list[tuple[Target, Any]]) -> None:
         return
     for target, value, name in _fields(mutations):
         assert not _own_refuses(target, value), f"accepted {name}={value!r}"
-    text = render_config(plan.layout, harness.settings, plan.assignment)
+    text = render_plan(plan, harness.settings)
     try:
         harness.runner.run(harness.engine.process.validate(text, plan.maps))
     except InvalidConfig:

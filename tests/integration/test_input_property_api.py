@@ -76,7 +76,7 @@ def _unroutable(name: str) -> bool:
 
 
 def _snapshot(stack: Stack) -> dict[str, str]:
-    paths = [stack.state_dir / "desired.json", stack.state_dir / "haproxy.cfg"]
+    paths = [*sorted((stack.state_dir / "gateways").iterdir()), stack.state_dir / "haproxy.cfg"]
     paths += sorted((stack.state_dir / "maps").iterdir())
     return {path.name: path.read_text() for path in paths}
 

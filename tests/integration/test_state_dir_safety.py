@@ -5,6 +5,7 @@ corrupt desired.json replaced by its copy at start (finding 6)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def test_a_read_only_state_dir_answers_503_and_changes_nothing(
     with running_stack(short_tmp, shop_config(backends), wrapper=AS_AN_ORDINARY_OWNER) as stack:
         before = stack.request("GET", "/api/v1/controller").body["revision"]
         reloads = stack.reloads()
-        with read_only(stack.state_dir):
+        with read_only(stack.state_dir), read_only(stack.state_dir / "gateways"):
             structural = stack.request("PUT", "/api/v1/gateways/blue", new_gateway())
             live = stack.request("PATCH", f"{G}/weights", {"stable": "0%", "canary": "100%"})
         assert structural.status == 503, structural.body  # was a bare 500
@@ -153,20 +154,46 @@ def test_an_unwritable_maps_dir_is_not_reported_applied_and_leaves_no_stale_file
         assert ok.status == 200 and weights_map.read_text() != on_disk
 
 
-def test_a_corrupt_desired_state_falls_back_to_its_copy_at_start(
+def test_a_corrupt_record_falls_back_to_its_copy_at_start(
+    backends: BackendProcess, short_tmp: Path
+) -> None:
+    """The copy is the gateway's previous record (a hard link kept by each write): the
+    controller starts from it, says so, and HAProxy follows it."""
+    with running_stack(short_tmp, shop_config(backends)) as stack:
+        for canary in (30, 40):
+            split = {"stable": f"{100 - canary}%", "canary": f"{canary}%"}
+            changed = stack.request("PATCH", f"{G}/weights", split)
+            assert changed.status == 200
+        stack.stop_controller()
+        record = stack.state_dir / "gateways" / "shop.json"
+        record.write_text(record.read_text()[:100])  # truncated
+        stack.start_controller(short_tmp / "weighbridge.yaml")
+        shop = stack.request("GET", G)
+        assert shop.body["routes"]["canary"]["weight"] == "30%"
+        assert shop.headers["ETag"] == '"2"'
+        assert "starting from its copy" in stack.controller_log()
+        status = stack.request("GET", f"{G}/status").body
+        assert status["in_sync"] and status["routes"]["canary"]["applied_weight"] == "30%"
+
+
+def test_a_desired_json_of_an_earlier_version_is_migrated(
     backends: BackendProcess, short_tmp: Path
 ) -> None:
     with running_stack(short_tmp, shop_config(backends)) as stack:
-        changed = stack.request("PATCH", f"{G}/weights", {"stable": "70%", "canary": "30%"})
-        assert changed.status == 200
         stack.stop_controller()
-        desired = stack.state_dir / "desired.json"
-        desired.write_text(desired.read_text()[:100])  # truncated
+        gateways = stack.state_dir / "gateways"
+        shop = json.loads((gateways / "shop.json").read_text())
+        shop["gateway"]["routes"]["canary"]["weight"] = "25%"
+        shop["gateway"]["routes"]["stable"]["weight"] = "75%"
+        legacy = {"revision": 9, "config": {"gateways": {"shop": shop["gateway"]}}}
+        (stack.state_dir / "desired.json").write_text(json.dumps(legacy))
+        for path in gateways.iterdir():
+            path.unlink()
         stack.start_controller(short_tmp / "weighbridge.yaml")
-        shop = stack.request("GET", G).body
-        assert shop["routes"]["canary"]["weight"] == "30%"
-        assert stack.request("GET", "/api/v1/controller").body["revision"] == 2
-        assert "starting from its copy" in stack.controller_log()
+        assert stack.request("GET", G).headers["ETag"] == '"9"'
+        canary = stack.request("GET", f"{G}/status").body["routes"]["canary"]
+        assert canary["applied_weight"] == "25%"
+        assert (stack.state_dir / "desired.json.migrated").exists()
 
 
 def test_a_stale_pidfile_naming_another_process_does_not_stop_a_start(

@@ -22,9 +22,9 @@ import sys
 import time
 from collections import Counter, defaultdict
 
+from controller.applied import applied_weights
 from controller.backends import require_loopback
 from controller.runtime.parse import parse_map
-from controller.status import applied_weights
 from tests.support.stack import Stack
 
 HOST = "127.0.0.1"

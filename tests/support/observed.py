@@ -20,7 +20,7 @@ def observed_after(plan: Plan) -> Observed:
             )
             for slot in backend.slot_names()
         ]
-        for gateway in plan.layout.gateways
-        for backend in gateway.backends
+        for gateway in plan.sections
+        for backend in gateway.layout.backends
     }
-    return Observed(fingerprint=plan.fingerprint, backends=backends, maps=dict(plan.maps))
+    return Observed(running=plan.running, backends=backends, maps=dict(plan.maps))

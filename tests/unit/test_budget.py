@@ -28,7 +28,7 @@ def config(gateways: int, routes: int, instances: int) -> Config:
 
 def test_usage_counts_routes_instances_and_provisioned_slots() -> None:
     usage = config_usage(config(gateways=3, routes=2, instances=10))
-    per_gateway = 2 * 16 + SPARE_BACKENDS * MIN_SLOTS  # 10 instances → 16 slots a route
+    per_gateway = 2 * 12 + SPARE_BACKENDS * MIN_SLOTS  # 10 instances → 12 slots a route
     assert usage == Usage(routes=6, instances=60, slots=3 * per_gateway)
     assert gateway_usage(config(1, 0, 0).gateways["g0"]) == Usage(slots=SPARE_BACKENDS * MIN_SLOTS)
 
@@ -42,7 +42,7 @@ def test_a_state_within_the_budget_passes() -> None:
     [
         (Budget(routes=5), "routes"),
         (Budget(instances=59), "instances"),
-        (Budget(slots=100), "slots"),
+        (Budget(slots=90), "slots"),
     ],
 )
 def test_each_bound_is_refused_by_name(budget: Budget, field: str) -> None:

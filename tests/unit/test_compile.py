@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.budget import gateway_usage
 from controller.compile import (
     MIN_SLOTS,
     SPARE_BACKENDS,
@@ -18,13 +19,13 @@ from controller.compile import (
     slot_capacity,
     weight_map,
 )
-from controller.model import BASIS_POINTS, Config
-from controller.plan import Observed, plan_changes
-from controller.render import RenderSettings, read_fingerprint, render_config
+from controller.model import BASIS_POINTS, Config, Gateway
+from controller.plan import Observed, plan_changes, render_plan
+from controller.render import RenderSettings, read_running
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "shop.cfg"
 SETTINGS = RenderSettings(admin_socket="/var/lib/weighbridge/haproxy-admin.sock")
-NOTHING = Observed(fingerprint=None, backends={}, maps={})
+NOTHING = Observed(running=None, backends={}, maps={})
 
 
 def shop(stable: int = 9000, canary: int = 1000, instances: int = 2, extra: int = 0) -> Config:
@@ -70,12 +71,25 @@ def test_weight_map_is_exact(raw: list[int]) -> None:
 def test_capacities_keep_what_fits_and_grow() -> None:
     assert slot_capacity(0) == MIN_SLOTS
     assert slot_capacity(3, current=32) == 32
-    assert slot_capacity(MIN_SLOTS + 1, current=MIN_SLOTS) == MIN_SLOTS * 2
-    assert slot_capacity(1000) == 1024
+    assert slot_capacity(10) == 12  # a fifth more, at least two
+    assert slot_capacity(1000) == 1200
+    assert slot_capacity(MIN_SLOTS + 1, current=MIN_SLOTS) == 12  # grown by half
+    assert slot_capacity(13, current=12) == 18
     assert pool_capacity(2) == 2 + SPARE_BACKENDS
     assert pool_capacity(0) == SPARE_BACKENDS  # a gateway with no route yet still gets spares
     assert pool_capacity(3, current=4) == 4
     assert pool_capacity(5, current=4) == 5 + SPARE_BACKENDS
+
+
+def test_ten_routes_of_ten_instances_take_under_1_3_slots_an_instance() -> None:
+    """Issue 11: 100,000 instances in at most 130,000 slots, spares included."""
+    routes = {
+        f"r{r}": {"weight": "10%", "instances": [f"127.0.{r}.{i}:80" for i in range(1, 11)]}
+        for r in range(10)
+    }
+    gateway = Gateway.model_validate({"bind": "127.0.0.1:80", "routes": routes})
+    plan = plan_changes({"g": gateway}, NOTHING, "maps", SETTINGS)
+    assert plan.gateways[0].slots == gateway_usage(gateway).slots == 128
 
 
 def test_pool_backend_names_round_trip() -> None:
@@ -86,14 +100,17 @@ def test_pool_backend_names_round_trip() -> None:
 
 def test_rendered_config_matches_golden_file() -> None:
     plan = plan_changes(shop(), NOTHING, "/var/lib/weighbridge/maps", SETTINGS)
-    text = render_config(plan.layout, SETTINGS, plan.assignment)
+    text = render_plan(plan, SETTINGS)
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
 
 
 def fingerprint(config: Config) -> str:
-    return plan_changes(config, NOTHING, "maps", SETTINGS).fingerprint
+    """The shop gateway's section fingerprint, as the rendered file names it."""
+    running = read_running(render_plan(plan_changes(config, NOTHING, "maps", SETTINGS), SETTINGS))
+    assert running is not None
+    return running.sections["shop"]
 
 
 def test_fingerprint_ignores_weights_instances_and_spare_routes() -> None:
@@ -104,17 +121,18 @@ def test_fingerprint_ignores_weights_instances_and_spare_routes() -> None:
     assert fingerprint(shop(instances=MIN_SLOTS + 1)) != base
 
 
-def test_fingerprint_is_the_first_line() -> None:
+def test_the_file_names_the_structure_of_each_section() -> None:
     plan = plan_changes(shop(), NOTHING, "maps", SETTINGS)
-    text = render_config(plan.layout, SETTINGS, plan.assignment)
-    assert read_fingerprint(text) == plan.fingerprint
-    assert read_fingerprint("global\n") is None
+    running = read_running(render_plan(plan, SETTINGS))
+    assert running is not None
+    assert running.sections == {"shop": plan.gateways[0].section.fingerprint}  # type: ignore[union-attr]
+    assert read_running("global\n") is None
 
 
 @pytest.mark.parametrize("index", range(1, 2 + SPARE_BACKENDS + 1))
 def test_each_pool_backend_has_slots(index: int) -> None:
     plan = plan_changes(shop(), NOTHING, "maps", SETTINGS)
-    text = render_config(plan.layout, SETTINGS, plan.assignment)
+    text = render_plan(plan, SETTINGS)
     block = text.split(f"backend wb.shop.b{index}\n", 1)[1].split("\n\n", 1)[0]
     assert block.count("server s") == MIN_SLOTS
 
@@ -123,7 +141,7 @@ def test_stats_frontend_only_when_asked() -> None:
     from controller.model import parse_address
 
     plan = plan_changes(shop(), NOTHING, "maps", SETTINGS)
-    assert "prometheus-exporter" not in render_config(plan.layout, SETTINGS, plan.assignment)
+    assert "prometheus-exporter" not in render_plan(plan, SETTINGS)
     with_stats = RenderSettings(admin_socket="/x", stats_bind=parse_address("127.0.0.1:8404"))
-    text = render_config(plan.layout, with_stats, plan.assignment)
+    text = render_plan(plan, with_stats)
     assert "bind 127.0.0.1:8404" in text and "prometheus-exporter" in text

@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel, Field, ValidationError
 
 from controller.cli.run import host_port
-from controller.compile import GatewayLayout, GatewayMaps, Layout
+from controller.compile import GatewayLayout, GatewayMaps
 from controller.conditions import parse_condition
 from controller.conditions.policy import UnsafeAcl, check_acl_policy, unsafe_reason
 from controller.config_file import ConfigFileError, load_config
@@ -34,12 +34,12 @@ from controller.model import (
     validation_problems,
 )
 from controller.plan import Observed, plan_changes
-from controller.render import RenderSettings, UnsafeLine, render_config
+from controller.render import RenderSettings, UnsafeLine, render_section
 from controller.runtime.commands import MapSwap
 from controller.runtime.errors import InvalidArgument
 
 SETTINGS = RenderSettings(admin_socket="/x/admin.sock")
-NOTHING = Observed(fingerprint=None, backends={}, maps={})
+NOTHING = Observed(running=None, backends={}, maps={})
 
 # the characters that change the meaning of a config line or a Runtime API command
 CONTROL = ["\n", "\r", "\x00", "\t", "\x0b", "\x1b", "\u2028", "\x85"]
@@ -500,10 +500,10 @@ def test_plan_refuses_a_route_name_that_bypassed_the_model() -> None:
     assert info.value.problems[0]["field"] in ("key", "value", "(configuration)")
 
 
-def _layout(**changes: Any) -> Layout:
+def _layout(**changes: Any) -> GatewayLayout:
     gateway = GatewayLayout(
         name="shop",
-        index=0,
+        key="0",
         bind=Address(ip="127.0.0.1", port=80),
         mode="http",
         sticky="none",
@@ -513,7 +513,7 @@ def _layout(**changes: Any) -> Layout:
         backends=(),
     )
     fields = {f: getattr(gateway, f) for f in GatewayLayout.__dataclass_fields__} | changes
-    return Layout(gateways=(GatewayLayout(**fields),))
+    return GatewayLayout(**fields)
 
 
 @pytest.mark.parametrize(
@@ -528,9 +528,9 @@ def _layout(**changes: Any) -> Layout:
 def test_renderer_refuses_a_line_a_value_would_break(changes: dict[str, Any], line: str) -> None:
     layout = _layout(**changes)
     with pytest.raises(UnsafeLine) as info:
-        render_config(layout, SETTINGS, {})
+        render_section(layout)
     assert line in info.value.problems[0]["message"]
-    assert render_config(_layout(), SETTINGS, {}).count("\n") > 10
+    assert render_section(_layout()).backends.count("\n") > 3
 
 
 # ---- the CLI's own host:port ----------------------------------------------------------

@@ -11,16 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.metrics import (
-    DRIFT_KINDS,
-    INSTANCE_STATES,
-    RELOAD_KINDS,
-    AppliedRoute,
-    Metrics,
-    drift_counts,
-)
+from controller.applied import INSTANCE_STATES, AppliedRoute, applied_routes
+from controller.metrics import DRIFT_KINDS, RELOAD_KINDS, Metrics, drift_counts
 from controller.model import Config
-from controller.plan import Observed, Plan, plan_changes
+from controller.plan import NOTHING_RUNS, Observed, Plan, plan_changes
 from controller.render import RenderSettings
 from tests.support.observed import observed_after
 
@@ -77,9 +71,26 @@ def fresh() -> Metrics:
     return Metrics(CollectorRegistry())
 
 
+def desire(metrics: Metrics, cfg: Config, before: Config | None = None) -> None:
+    """What the engine tells the metrics as each gateway is written (or deleted)."""
+    for name in before.gateways if before else {}:
+        if name not in cfg.gateways:
+            metrics.set_desired(name, None)
+    for name, gateway in cfg.gateways.items():
+        metrics.set_desired(name, gateway)
+
+
+def observe(metrics: Metrics, cfg: Config, observed: Observed) -> None:
+    """What the engine tells the metrics as it observes each gateway."""
+    split = observed.by_gateway()
+    for name, gateway in cfg.gateways.items():
+        seen = split.get(name, NOTHING_RUNS)
+        metrics.set_applied(name, applied_routes(name, gateway, seen, MAP_DIR))
+
+
 def in_sync(cfg: Config) -> tuple[Plan, Observed]:
     """The plan from scratch, and what HAProxy reports once it has applied it."""
-    plan = plan_changes(cfg, Observed(fingerprint=None, backends={}, maps={}), MAP_DIR, SETTINGS)
+    plan = plan_changes(cfg, Observed(running=None, backends={}, maps={}), MAP_DIR, SETTINGS)
     observed = observed_after(plan)
     assert plan_changes(cfg, observed, MAP_DIR, SETTINGS).is_empty
     return plan, observed
@@ -88,8 +99,8 @@ def in_sync(cfg: Config) -> tuple[Plan, Observed]:
 def test_names_follow_prometheus_conventions() -> None:
     metrics = fresh()
     cfg = config(shop=SHOP)
-    metrics.set_desired(cfg)
-    metrics.set_observed(cfg, in_sync(cfg)[1], MAP_DIR)
+    desire(metrics, cfg)
+    observe(metrics, cfg, in_sync(cfg)[1])
     metrics.api_request("GET", "/metrics", 200, 0.001)
     families = list(text_string_to_metric_families(metrics.render().decode()))
     assert len(families) >= 20
@@ -115,8 +126,8 @@ def test_render_says_what_the_library_would_say() -> None:
     """The ready-made lines of the fast path equal prometheus_client's own exposition."""
     metrics = fresh()
     cfg = config(shop=SHOP, blog=BLOG)
-    metrics.set_desired(cfg)
-    metrics.set_observed(cfg, in_sync(cfg)[1], MAP_DIR)
+    desire(metrics, cfg)
+    observe(metrics, cfg, in_sync(cfg)[1])
     metrics.drift_repaired("shop", "map", 2)
     metrics.reload("structure", "ok", 0.3)
     metrics.set_applied(
@@ -134,9 +145,9 @@ def test_render_says_what_the_library_would_say() -> None:
 def test_desired_and_applied_weights_and_instances() -> None:
     metrics = fresh()
     cfg = config(shop=SHOP)
-    metrics.set_desired(cfg)
+    desire(metrics, cfg)
     plan, observed = in_sync(cfg)
-    metrics.set_observed(cfg, observed, MAP_DIR)
+    observe(metrics, cfg, observed)
     for route, share in (("stable", 0.9), ("canary", 0.1)):
         labels = {"gateway": "shop", "route": route}
         assert value(metrics, "weighbridge_route_weight_desired_ratio", **labels) == share
@@ -157,7 +168,7 @@ def test_desired_and_applied_weights_and_instances() -> None:
 def test_applied_state_reads_haproxy_not_the_desired_state() -> None:
     metrics = fresh()
     cfg = config(shop=SHOP)
-    metrics.set_desired(cfg)
+    desire(metrics, cfg)
     plan, observed = in_sync(cfg)
     stable, canary = plan.bindings["shop"]["stable"], plan.bindings["shop"]["canary"]
     weights_ref = next(ref for ref in plan.maps if ref.endswith("/shop.map"))
@@ -168,7 +179,7 @@ def test_applied_state_reads_haproxy_not_the_desired_state() -> None:
         maps={**observed.maps, weights_ref: (("0:4999", stable), ("5000:9999", canary))},
         backends={**observed.backends, stable: slots, canary: []},
     )
-    metrics.set_observed(cfg, drifted, MAP_DIR)
+    observe(metrics, cfg, drifted)
     labels = {"gateway": "shop", "route": "stable"}
     assert value(metrics, "weighbridge_route_weight_applied_ratio", **labels) == 0.5
     assert value(metrics, "weighbridge_route_weight_desired_ratio", **labels) == 0.9
@@ -181,18 +192,18 @@ def test_applied_state_reads_haproxy_not_the_desired_state() -> None:
 def test_deleted_gateways_and_routes_leave_no_series() -> None:
     metrics = fresh()
     before = config(shop=SHOP, blog=BLOG)
-    metrics.set_desired(before)
-    metrics.set_observed(before, in_sync(before)[1], MAP_DIR)
+    desire(metrics, before)
+    observe(metrics, before, in_sync(before)[1])
     metrics.drift_repaired("blog", "server-state")
     assert series_with(metrics, "gateway", "blog")
     assert series_with(metrics, "route", "canary")
 
     after = config(shop=gateway(8080, stable=("100%", 2)))
-    metrics.set_desired(after)
+    desire(metrics, after, before)
     assert series_with(metrics, "gateway", "blog") == []
     assert series_with(metrics, "route", "canary") == []
     # a late reading of HAProxy, or a late drift count, must not bring them back
-    metrics.set_observed(before, in_sync(before)[1], MAP_DIR)
+    observe(metrics, before, in_sync(before)[1])
     metrics.set_applied("shop", {"canary": AppliedRoute(1000, "wb.shop.b2")})
     metrics.drift_repaired("blog", "map")
     assert series_with(metrics, "gateway", "blog") == []
@@ -202,7 +213,7 @@ def test_deleted_gateways_and_routes_leave_no_series() -> None:
 
 def test_a_rebound_route_keeps_one_backend_series() -> None:
     metrics = fresh()
-    metrics.set_desired(config(shop=SHOP))
+    desire(metrics, config(shop=SHOP))
     metrics.set_applied("shop", {"stable": AppliedRoute(9000, "wb.shop.b1")})
     metrics.set_applied("shop", {"stable": AppliedRoute(9000, "wb.shop.b3")})
     info = [
@@ -217,24 +228,24 @@ def test_a_rebound_route_keeps_one_backend_series() -> None:
 
 def test_condition_strength_only_for_routes_that_have_one() -> None:
     metrics = fresh()
-    metrics.set_desired(config(shop=SHOP))
+    desire(metrics, config(shop=SHOP))
     assert not [n for n, _ in samples(metrics) if "strength" in n]
     beta = {"weight": "0%", "condition": "has header X-Beta", "instances": ["127.0.0.1:9009"]}
     with_condition = gateway(8080, stable=("90%", 2), canary=("10%", 1))
     with_condition["routes"]["beta"] = {**beta, "condition_strength": "25%"}
     with_condition["routes"]["alpha"] = {**beta, "instances": ["127.0.0.1:9010"]}
-    metrics.set_desired(config(shop=with_condition))
+    desire(metrics, config(shop=with_condition))
     strength = "weighbridge_route_condition_strength_ratio"
     assert value(metrics, strength, gateway="shop", route="beta") == 0.25
     assert value(metrics, strength, gateway="shop", route="alpha") == 1.0  # the default
     assert value(metrics, strength, gateway="shop", route="stable") is None
-    metrics.set_desired(config(shop=SHOP))
+    desire(metrics, config(shop=SHOP))
     assert not [n for n, _ in samples(metrics) if "strength" in n]
 
 
 def test_event_counters_and_histograms() -> None:
     metrics = fresh()
-    metrics.set_desired(config(shop=SHOP))
+    desire(metrics, config(shop=SHOP))
     for result in ("ok", "failed"):  # created up front, so increase() sees the first event
         for kind in RELOAD_KINDS:
             assert value(metrics, "weighbridge_reloads_total", reason=kind, result=result) == 0
@@ -293,12 +304,12 @@ def test_drift_counts_name_the_gateway_and_kind() -> None:
     )
     repair = plan_changes(cfg, drifted, MAP_DIR, SETTINGS)
     assert not repair.needs_reload
-    assert drift_counts(repair, cfg.gateways) == {
+    assert drift_counts(repair) == {
         ("shop", "server-state"): 1,
         ("blog", "map"): 1,
     }
     metrics = fresh()
-    metrics.set_desired(cfg)
+    desire(metrics, cfg)
     metrics.repaired(repair)
     assert value(metrics, "weighbridge_drift_repairs_total", gateway="blog", kind="map") == 1
 
@@ -310,10 +321,10 @@ def test_drift_repaired_by_a_reload_counts_as_structure() -> None:
     lost_map = replace(observed, maps={k: v for k, v in observed.maps.items() if k != blog_routes})
     repair = plan_changes(cfg, lost_map, MAP_DIR, SETTINGS)
     assert repair.needs_reload
-    assert drift_counts(repair, cfg.gateways) == {("blog", "structure"): 1}
-    restarted = replace(observed, fingerprint=None)  # nothing named: every gateway
+    assert drift_counts(repair) == {("blog", "structure"): 1}
+    restarted = replace(observed, running=None)  # nothing named: every gateway
     repair = plan_changes(cfg, restarted, MAP_DIR, SETTINGS)
-    assert drift_counts(repair, cfg.gateways) == {
+    assert drift_counts(repair) == {
         ("shop", "structure"): 1,
         ("blog", "structure"): 1,
     }

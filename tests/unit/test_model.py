@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -11,9 +12,11 @@ from pydantic import ValidationError
 
 from controller.model import (
     BASIS_POINTS,
+    Address,
     Config,
     Gateway,
     format_percent,
+    parse_address,
     parse_percent,
     validation_problems,
 )
@@ -159,3 +162,47 @@ def test_config_round_trips_through_json() -> None:
     again = Config.model_validate(config.model_dump(mode="json"))
     assert again == config
     assert again.gateways["shop"].effective_weights() == {"stable": 9950, "canary": 50}
+
+
+def _reference(text: str, wildcard: bool) -> Address | str:
+    """What `ipaddress` alone makes of a candidate address, or its refusal."""
+    host, _, port = text.rpartition(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return "refused"
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return "refused"
+    if ip.is_unspecified and not wildcard:
+        return "refused"
+    return Address(ip=str(ip), port=int(port))
+
+
+@given(
+    st.lists(
+        st.sampled_from(["0", "00", "01", "1", "9", "10", "99", "199", "255", "256", "300"]),
+        min_size=4,
+        max_size=4,
+    ),
+    st.sampled_from(["0", "1", "80", "08080", "65535", "65536"]),
+    st.booleans(),
+)
+def test_the_fast_ipv4_path_agrees_with_ipaddress(
+    octets: list[str], port: str, wildcard: bool
+) -> None:
+    text = f"{'.'.join(octets)}:{port}"
+    try:
+        parsed: Address | str = parse_address(text, wildcard=wildcard)
+    except ValueError:
+        parsed = "refused"
+    assert parsed == _reference(text, wildcard)
+
+
+def test_with_weights_keeps_the_routes_parsed_instances() -> None:
+    """A weight change does not parse a gateway's instances again (issue 11)."""
+    shop = Gateway.model_validate(
+        gateway(a={"weight": 50, "instances": ["127.0.0.1:1"]}, b={"instances": ["127.0.0.2:1"]})
+    )
+    moved = shop.with_weights({"a": 2000, "b": 8000})
+    assert moved.routes["a"].instances[0] is shop.routes["a"].instances[0]
+    assert moved.effective_weights() == {"a": 2000, "b": 8000}

@@ -52,7 +52,7 @@ def plan_for(cfg: Config, observed: Observed) -> Plan:
 
 def applied(cfg: Config) -> Observed:
     """What HAProxy reports after it applied `cfg` from scratch."""
-    return observed_after(plan_for(cfg, Observed(fingerprint=None, backends={}, maps={})))
+    return observed_after(plan_for(cfg, Observed(running=None, backends={}, maps={})))
 
 
 STEADY = config([9001, 9002], [9101])
@@ -144,7 +144,7 @@ def test_drift_is_repaired_by_runtime_commands() -> None:
     backends["wb.shop.b2"] = slots({1: 9101}, weight=7)
     maps = dict(observed.maps)
     maps[WEIGHTS] = (("0:9999", "wb.shop.b1"),)
-    plan = plan_for(STEADY, Observed(observed.fingerprint, backends, maps))
+    plan = plan_for(STEADY, Observed(observed.running, backends, maps))
     texts = [c.text for c in plan.fill]
     assert "set server wb.shop.b1/s2 state ready" in texts
     assert "set server wb.shop.b2/s1 weight 1" in texts
@@ -158,7 +158,7 @@ def test_growth_beyond_slot_capacity_is_a_capacity_reload() -> None:
 
 
 def test_new_gateway_and_unknown_haproxy_are_reloads() -> None:
-    first = plan_for(STEADY, Observed(fingerprint=None, backends={}, maps={}))
+    first = plan_for(STEADY, Observed(running=None, backends={}, maps={}))
     assert [r.kind for r in first.reload_reasons] == ["initial"]
     two = Config.model_validate(
         {

@@ -10,18 +10,23 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from controller.desired import Desired, Record
 from controller.errors import ConflictingState, InvalidInput, NotFound, WeighbridgeError
 from controller.metrics import Metrics
 from controller.model import Config
 from controller.rollouts.manager import RolloutManager
 from controller.rollouts.outbound import OutboundPolicy
 from controller.rollouts.spec import RolloutSpec
-from controller.store import Revisioned
+
+
+def desired(config: dict[str, Any]) -> Desired:
+    gateways = Config.model_validate(config).gateways
+    return Desired.of({name: Record(g, 1) for name, g in gateways.items()}, 1)
 
 
 class Engine:
     def __init__(self, config: dict[str, Any]) -> None:
-        self.desired = Revisioned(Config.model_validate(config), 1)
+        self.desired = desired(config)
         self.metrics = Metrics(CollectorRegistry())
         self.map_dir = "/nonexistent"
 
@@ -151,11 +156,11 @@ async def test_ids_count_per_gateway_and_are_never_reused(tmp_path: Path) -> Non
     assert dry["id"] == "shop-4" and dry["dry_run"] is True
     await manager.stop()
     # the gateway is deleted: its rollouts are pruned, its number is kept
-    del engine.desired.config.gateways["shop"]
+    engine.desired = engine.desired.with_gateway("shop", None, 2)
     engine.metrics = Metrics(CollectorRegistry())
     again = RolloutManager(engine, tmp_path)  # type: ignore[arg-type]
     assert [r.id for r in again.rollouts()] == ["blog-1", "blog-2"]
-    engine.desired.config.gateways["shop"] = Config.model_validate(gateway()).gateways["shop"]
+    engine.desired = desired(gateway())
     assert (await again.create(spec()))["id"] == "shop-4"
     await again.stop()
 
@@ -173,7 +178,7 @@ async def test_a_deleted_gateway_ends_its_active_rollout(tmp_path: Path) -> None
     manager = RolloutManager(engine, tmp_path)  # type: ignore[arg-type]
     view = await manager.create(spec())
     await manager.command(view["id"], "pause")
-    engine.desired = Revisioned(Config.model_validate({"gateways": {}}), 2)
+    engine.desired = desired({"gateways": {}})
     await manager.end_orphans()
     assert list(manager.rollouts()) == []  # ended `failed`, then pruned
     document = json.loads((tmp_path / "rollouts.json").read_text())

@@ -105,3 +105,37 @@ def test_after_a_rollback_the_weight_is_the_rollbacks() -> None:
     RolloutMetrics(registry, lambda: ["shop"], lambda: [done])
     key = ("weighbridge_rollout_to_route_weight_ratio", (("gateway", "shop"), ("route", "canary")))
     assert samples(registry)[key] == 0.0
+
+
+def test_the_fast_path_says_what_the_library_says_and_rebuilds_only_what_changed() -> None:
+    """`Metrics.render` serves the rollout lines ready-made, equal to prometheus_client's own
+    exposition; a scrape rebuilds only the gateways whose rollout changed (issue 11)."""
+    from controller.metrics import Metrics
+
+    metrics = Metrics(CollectorRegistry())
+    current = rollout("shop-2", 2.0)
+    names = ["shop", *(f"g{i}" for i in range(50))]
+    table = RolloutMetrics(metrics.registry, lambda: names, lambda: [current])
+    metrics.add_table(table)
+    built: list[str] = []
+    original = table._build
+
+    def counting(name: str, latest: Rollout | None) -> None:
+        built.append(name)
+        original(name, latest)
+
+    table._build = counting  # type: ignore[method-assign]
+    assert sorted(metrics.render().splitlines()) == sorted(
+        generate_latest(metrics.registry).splitlines()
+    )
+    assert len(built) == len(names)
+    built.clear()
+    metrics.render()
+    assert built == []  # nothing changed: nothing rebuilt
+    current.step = 1
+    table.evaluated("g7", "pass")
+    text = metrics.render().decode()
+    assert sorted(built) == ["g7", "shop"]
+    assert 'weighbridge_rollout_step{gateway="shop"} 1.0' in text
+    names.remove("g3")
+    assert 'gateway="g3"' not in metrics.render().decode()

@@ -20,10 +20,13 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from controller.model import Config
+from controller.applied import AppliedGateway
+from controller.desired import Desired, Record
+from controller.edits import Edit, edited
+from controller.model import Address, Config
+from controller.plan import SlotState
 from controller.rollouts.checks import Counters
 from controller.rollouts.metrics import RolloutMetrics
-from controller.rollouts.probe import Applied
 from controller.rollouts.runner import (
     CommandRefused,
     RolloutRunner,
@@ -31,7 +34,6 @@ from controller.rollouts.runner import (
 )
 from controller.rollouts.spec import RolloutSpec, plan_steps
 from controller.rollouts.state import Command, Origin, Rollout
-from controller.store import Revisioned
 
 BACKENDS = {"stable": "wb.shop.b1", "canary": "wb.shop.b2"}
 
@@ -77,23 +79,36 @@ class FakeHAProxy:
 class FakeEngine:
     def __init__(self, haproxy: FakeHAProxy, start: Config) -> None:
         self.haproxy = haproxy
-        self.desired = Revisioned(start, 1)
+        self.desired = Desired.of({"shop": Record(start.gateways["shop"], 1)}, 1)
         self.changes = 0
 
-    async def change(self, compute: Callable[[Config], Config], *, dry_run: bool = False) -> None:
-        new = compute(self.desired.config)
-        self.desired = Revisioned(new, self.desired.revision + 1)
+    async def change(self, edit: Edit, *, dry_run: bool = False) -> None:
+        new = edited(edit, self.desired.records.get(edit.gateway))
+        assert new is not None
+        self.desired = self.desired.with_gateway(edit.gateway, new, self.desired.revision + 1)
         self.changes += 1
-        weights = new.gateways["shop"].effective_weights()
-        self.haproxy.pending.append((self.haproxy.lag, weights))
+        self.haproxy.pending.append((self.haproxy.lag, new.effective_weights()))
+
+    def write(self, config: Config) -> None:
+        """Someone else's write of the whole gateway."""
+        revision = self.desired.revision + 1
+        self.desired = self.desired.with_gateway("shop", config.gateways["shop"], revision)
+        self.haproxy.pending.append((self.haproxy.lag, config.gateways["shop"].effective_weights()))
 
 
 class FakeProbe:
     def __init__(self, haproxy: FakeHAProxy) -> None:
         self.haproxy = haproxy
 
-    async def applied(self, gateway: str, *, strengths: bool = False) -> Applied:
-        return Applied(weights=self.haproxy.read(), strengths={}, backends=dict(BACKENDS))
+    async def applied(self, gateway: str) -> AppliedGateway:
+        weights = self.haproxy.read()
+        slot = SlotState("s1", Address("127.0.0.1", 9101), True, 1)
+        return AppliedGateway(
+            binding=dict(BACKENDS),
+            backend_weights={BACKENDS[route]: points for route, points in weights.items()},
+            strengths={},
+            slots={backend: [slot] for backend in BACKENDS.values()},
+        )
 
     async def counters(self, backend: str) -> Counters:
         old = self.haproxy.counters.get(backend, Counters(backend, 0, 0, 5))
@@ -102,9 +117,6 @@ class FakeProbe:
             old = Counters(backend, old.responses + responses, old.errors + errors, 5)
         self.haproxy.counters[backend] = old
         return old
-
-    async def ready_instances(self, backend: str) -> int:
-        return 1
 
 
 @dataclass
@@ -151,7 +163,7 @@ def make_rollout(h: Harness, **overrides: Any) -> Rollout:
         "checks": {"success_rate": "99%", "min_requests": 50},
     } | overrides
     spec = RolloutSpec.model_validate(body)
-    weights = h.engine.desired.config.gateways["shop"].effective_weights()
+    weights = h.engine.desired.gateways["shop"].effective_weights()
     rollout = Rollout(
         id="shop-1",
         spec=spec,
@@ -292,7 +304,7 @@ async def test_restart_while_applying_applies_that_step_once() -> None:
     rollout = make_rollout(h)
     rollout.step, rollout.stage = 1, "applying"
     rollout.record(0, "step_started", step=1)
-    await h.engine.change(lambda c: config(9000, 1000))
+    h.engine.write(config(9000, 1000))
     rollout = await finish(h.runner(rollout, resumed=True))
     assert kinds(rollout, "step_started") == [1, 2, 3]
 
@@ -330,11 +342,11 @@ async def test_weights_changed_by_hand_pause_and_resume_puts_the_step_back() -> 
     runner = h.runner(make_rollout(h, interval=0.05))
     async with running(runner):
         await until(lambda: runner.rollout.step == 1 and runner.rollout.stage == "analysing")
-        await h.engine.change(lambda c: config(5000, 5000))
+        h.engine.write(config(5000, 5000))
         await until(lambda: runner.rollout.phase == "paused")
         assert "changed outside the rollout" in (runner.rollout.reason or "")
         await runner.submit(Command("resume"))
-        assert h.engine.desired.config.gateways["shop"].effective_weights()["canary"] == 1000
+        assert h.engine.desired.gateways["shop"].effective_weights()["canary"] == 1000
         await until(lambda: runner.rollout.terminal)
     assert runner.rollout.phase == "promoted"
     assert kinds(runner.rollout, "step_started") == [1, 2, 3]

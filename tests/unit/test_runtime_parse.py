@@ -16,6 +16,7 @@ from controller.runtime.parse import (
     parse_prepared_version,
     parse_proc,
     parse_servers_state,
+    parse_slot_rows,
     parse_stat,
     reply_message,
     reply_severity,
@@ -264,3 +265,22 @@ def test_severity_helpers() -> None:
     assert reply_severity("[3]: No such server.") == 3
     assert reply_severity("No such server.") is None
     assert reply_message("[4]: no need to change the addr\n") == "no need to change the addr"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SERVERS_STATE_26,
+        SERVERS_STATE_NEWER,
+        "3 be 1 s1 127.0.0.1 2 0 1 1 6 1 0 2 0 0 0 0 - 80 - 0 0 - - 0",
+        "1\n# be_id be_name\n",
+    ],
+)
+def test_slot_rows_read_what_the_full_parse_reads(text: str) -> None:
+    """The fast path of a full reading agrees with `parse_servers_state`, field by field."""
+    full = [
+        (s.backend, s.server, s.addr, s.port or 0, s.admin_state, s.user_weight, s.ready)
+        for s in parse_servers_state(text)
+    ]
+    fast = [(*row, row.serving) for row in parse_slot_rows(text)]
+    assert fast == full

@@ -6,14 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from controller.apply import ApplyResult
+from controller.desired import Desired, Record
 from controller.diff import diff_configs
 from controller.model import Config
 from controller.service import RunSettings, ready_text, store_differs_text
-from controller.store import Revisioned
 
 
 def shop(**gateways: dict[str, object]) -> Config:
     return Config.model_validate({"gateways": gateways})
+
+
+def stored(config: Config, revision: int) -> Desired:
+    return Desired.of({n: Record(g, revision) for n, g in config.gateways.items()}, revision)
 
 
 SHOP = {"bind": "127.0.0.1:8080", "routes": {"a": {"weight": "100%"}, "b": {}}}
@@ -21,7 +25,7 @@ SHOP = {"bind": "127.0.0.1:8080", "routes": {"a": {"weight": "100%"}, "b": {}}}
 
 def test_the_start_line_reads_as_a_sentence() -> None:
     """It read "in sync with HAProxy (none, revision 1)"."""
-    desired = Revisioned(shop(shop=SHOP), 3)
+    desired = stored(shop(shop=SHOP), 3)
     none = ApplyResult("none", 0.0, (), 3)
     assert ready_text(desired, True, none) == (
         "HAProxy serves revision 3 of the desired state (1 gateway: shop)"
@@ -33,7 +37,7 @@ def test_the_start_line_reads_as_a_sentence() -> None:
         "; it was reloaded to match (reload (structure: …))"
     )
     assert ready_text(desired, False, none).startswith("waiting for HAProxy to load revision 3")
-    many = Revisioned(
+    many = stored(
         shop(**{f"g{i}": {**SHOP, "bind": f"127.0.0.1:{8000 + i}"} for i in range(7)}), 1
     )
     assert "(7 gateways: g0, g1, g2, g3, g4, …)" in ready_text(many, True, none)

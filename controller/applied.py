@@ -1,0 +1,105 @@
+"""One read model of what HAProxy applies for a gateway, from its live maps and slots (pure).
+
+The status endpoint, the metrics and the rollout probe all read a gateway through this, so
+"applied" means the same everywhere: the route's backend from the live routes map, its share
+from the live weight map, its strength from the live strengths map, its instances from the
+slots of its backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from controller.compile import MapEntries, gateway_map_refs
+from controller.model import Address, Gateway, Route
+from controller.plan import GatewayObserved, SlotState
+
+InstanceState = Literal["ready", "maint", "missing"]
+"""Serving, parked in maintenance, or in no slot at all."""
+INSTANCE_STATES: tuple[InstanceState, ...] = get_args(InstanceState)
+
+
+def applied_weights(entries: MapEntries) -> dict[str, int]:
+    """Basis points per backend, read back from the `lo:hi backend` ranges of a live map."""
+    points: dict[str, int] = {}
+    for key, backend in entries:
+        low, _, high = key.partition(":")
+        span = int(high or low) - int(low) + 1
+        points[backend] = points.get(backend, 0) + span
+    return points
+
+
+@dataclass(frozen=True)
+class AppliedRoute:
+    """One route as HAProxy runs it: its share of the live weight map, its pool backend
+    (None while unbound) and how many of its desired instances are in each state."""
+
+    weight_bp: int
+    backend: str | None
+    instances: Mapping[InstanceState, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AppliedGateway:
+    binding: Mapping[str, str]
+    """route → pool backend, from the live routes map."""
+    backend_weights: Mapping[str, int] | None
+    """backend → basis points from the live weight map; None when HAProxy has no such map."""
+    strengths: Mapping[str, int]
+    """route → basis points, from the live strengths map."""
+    slots: Mapping[str, Sequence[SlotState]]
+
+    @property
+    def weights(self) -> dict[str, int]:
+        """route → basis points, for the routes HAProxy binds."""
+        points = self.backend_weights or {}
+        return {route: points.get(backend, 0) for route, backend in self.binding.items()}
+
+    def slot_of(self, backend: str | None) -> dict[Address | None, SlotState]:
+        """The slots of a backend by the address they hold (the first, if twice)."""
+        slots: dict[Address | None, SlotState] = {}
+        for slot in self.slots.get(backend, ()) if backend else ():
+            slots.setdefault(slot.address, slot)
+        return slots
+
+    def serving(self, backend: str) -> int:
+        return sum(1 for slot in self.slots.get(backend, ()) if slot.serving)
+
+    def route(self, name: str, desired: Route) -> AppliedRoute:
+        backend = self.binding.get(name)
+        slots = self.slot_of(backend)
+        states: dict[InstanceState, int] = {}
+        for address in desired.instances:
+            state = instance_state(address, slots)
+            states[state] = states.get(state, 0) + 1
+        points = (self.backend_weights or {}).get(backend, 0) if backend else 0
+        return AppliedRoute(weight_bp=points, backend=backend, instances=states)
+
+
+def instance_state(address: Address, slots: Mapping[Address | None, SlotState]) -> InstanceState:
+    slot = slots.get(address)
+    if slot is None:
+        return "missing"
+    return "ready" if slot.serving else "maint"
+
+
+def applied_gateway(name: str, observed: GatewayObserved, map_dir: str) -> AppliedGateway:
+    refs = gateway_map_refs(name, map_dir, conditions=True, sticky=False)
+    live = observed.maps.get(refs.weights)
+    return AppliedGateway(
+        binding=dict(observed.maps.get(refs.routes, ())),
+        backend_weights=applied_weights(live) if live is not None else None,
+        strengths={k: int(v) for k, v in observed.maps.get(refs.strengths or "", ())},
+        slots=observed.backends,
+    )
+
+
+def applied_routes(
+    name: str, gateway: Gateway | None, observed: GatewayObserved, map_dir: str
+) -> dict[str, AppliedRoute]:
+    """Each desired route of a gateway as HAProxy runs it (the metrics' view)."""
+    applied = applied_gateway(name, observed, map_dir)
+    routes = gateway.routes if gateway is not None else {}
+    return {route: applied.route(route, spec) for route, spec in routes.items()}

@@ -1,0 +1,227 @@
+"""Flat cost at a size CI can afford (issue 11): with 200 gateways on a real HAProxy, a write to
+one gateway reads HAProxy only for that gateway's backends and maps, writes only its store
+record, renders only its own section; a restart adopts HAProxy without a reload.
+
+These are counts, not timings: docs/benchmarks.md has the timings (bench/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry
+
+import controller.render as render_module
+from controller.compile import parse_pool_backend
+from controller.edits import EditRoute, PutGateway, SetInstances, SetWeights
+from controller.engine import Engine
+from controller.metrics import Metrics
+from controller.model import Config, Gateway
+from controller.plan import map_gateway
+from controller.process import HAProxyProcess
+from controller.render import RenderSettings
+from controller.runtime.client import RuntimeClient
+from controller.runtime.commands import Command
+from controller.state_dir import StatePaths, open_state_dir
+from controller.status import gateway_status
+from controller.store import FileStore
+from tests.support.ports import free_ports
+from tests.support.stack import admin_command
+
+pytestmark = [pytest.mark.haproxy, pytest.mark.asyncio(loop_scope="module")]
+
+GATEWAYS = 200
+TARGET = "g117"
+
+
+def gateway(index: int, port: int) -> Gateway:
+    return Gateway.model_validate(
+        {
+            "bind": f"127.0.0.1:{port}",
+            "routes": {
+                route: {
+                    "weight": "50%",
+                    "instances": [f"127.1.{index % 250}.{r * 10 + i}:8080" for i in range(1, 4)],
+                }
+                for r, route in enumerate(("stable", "canary"))
+            },
+        }
+    )
+
+
+def engine_on(paths: StatePaths) -> Engine:
+    return Engine(
+        FileStore(paths.gateways),
+        HAProxyProcess(paths),
+        RuntimeClient(str(paths.admin_socket)),
+        RenderSettings(str(paths.admin_socket)),
+        metrics=Metrics(CollectorRegistry()),
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(module_tmp: Path) -> AsyncIterator[Engine]:
+    paths = StatePaths(module_tmp / "state")
+    lock = open_state_dir(paths)
+    engine = engine_on(paths)
+    ports = free_ports(GATEWAYS + 1)
+    seed = {f"g{i}": gateway(i, port) for i, port in enumerate(ports[:-1])}
+    try:
+        await engine.start(Config(gateways=seed))
+        yield engine
+    finally:
+        await engine.runtime.close()
+        await engine.process.stop()
+        lock.release()
+
+
+class Recorder:
+    """Every Runtime API command the engine sends, at the client."""
+
+    def __init__(self, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.commands: list[str] = []
+        original = engine.runtime.execute_many
+
+        async def recording(cmds: Sequence[Command], **kwargs: Any) -> list[str]:
+            self.commands += [c.text for c in cmds]
+            return await original(cmds, **kwargs)
+
+        monkeypatch.setattr(engine.runtime, "execute_many", recording)
+
+    def gateways_touched(self) -> set[str]:
+        """The gateway each command is about (by its backend or map), `*` for all of them."""
+        touched = set()
+        for text in self.commands:
+            words = text.split()
+            if words[:3] == ["show", "servers", "state"] or words[:2] == ["show", "stat"]:
+                target = words[3] if len(words) > 3 and words[:2] != ["show", "stat"] else None
+                target = words[2] if words[:2] == ["show", "stat"] else target
+                touched.add(_owner(target))
+            elif words[:2] == ["show", "map"]:
+                touched.add(map_gateway(words[-1]) if len(words) > 2 else "*")
+            elif words[0] in ("prepare", "add", "commit"):
+                ref = words[2] if words[0] == "prepare" else words[3]
+                touched.add(map_gateway(ref))
+            elif words[:2] == ["set", "server"]:
+                touched.add(_owner(words[2].split("/")[0]))
+            else:
+                touched.add(f"? {text}")
+        return touched
+
+
+def _owner(backend: str | None) -> str:
+    if backend is None:
+        return "*"
+    parsed = parse_pool_backend(backend)
+    return parsed[0] if parsed else f"? {backend}"
+
+
+def store_mtimes(engine: Engine) -> dict[str, int]:
+    root = engine.process.paths.gateways
+    return {entry.name: entry.stat().st_mtime_ns for entry in os.scandir(root)}
+
+
+def changed(before: dict[str, int], after: dict[str, int]) -> set[str]:
+    """Store files created, replaced or removed."""
+    return {n for n in before.keys() | after.keys() if before.get(n) != after.get(n)}
+
+
+def count_renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    rendered: list[str] = []
+    original = render_module.render_section
+
+    def counting(layout: Any) -> Any:
+        rendered.append(layout.name)
+        return original(layout)
+
+    monkeypatch.setattr(render_module, "render_section", counting)
+    return rendered
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        SetWeights(TARGET, {"stable": 2500, "canary": 7500}),
+        SetInstances(TARGET, "canary", ("127.1.117.11:8080", "127.1.117.99:8080")),
+    ],
+    ids=["weights", "instances"],
+)
+async def test_a_runtime_write_costs_its_own_gateway_only(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, edit: Any
+) -> None:
+    recorder = Recorder(engine, monkeypatch)
+    rendered = count_renders(monkeypatch)
+    before = store_mtimes(engine)
+    result = await engine.change(edit)
+    assert result.method == "runtime", result
+    assert recorder.commands, "a write reads and writes HAProxy"
+    assert recorder.gateways_touched() == {TARGET}, recorder.commands
+    assert changed(before, store_mtimes(engine)) == {f"{TARGET}.json", f"{TARGET}.json.bak"}
+    assert rendered == []  # a live change renders nothing
+
+
+async def test_status_reads_its_own_gateway_only(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = Recorder(engine, monkeypatch)
+    status = await gateway_status(engine, TARGET, engine.desired.records[TARGET])
+    assert status["in_sync"] is True
+    assert recorder.gateways_touched() == {TARGET}, recorder.commands
+
+
+async def test_a_structural_write_renders_its_own_section_only(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One gateway gets a condition (a reload): one section rendered, one record written, and
+    the reload is confirmed by reading that gateway alone."""
+    recorder = Recorder(engine, monkeypatch)
+    rendered = count_renders(monkeypatch)
+    before = store_mtimes(engine)
+    reloads = _reloads(engine)
+    edit = EditRoute(TARGET, "canary", {"condition": "has header X-Beta"})
+    result = await engine.change(edit)
+    assert result.method == "reload"
+    assert _reloads(engine) == reloads + 1
+    assert rendered == [TARGET]
+    assert changed(before, store_mtimes(engine)) == {f"{TARGET}.json", f"{TARGET}.json.bak"}
+    assert recorder.gateways_touched() == {TARGET}, recorder.commands
+
+
+async def test_a_new_gateway_writes_one_record(engine: Engine, module_tmp: Path) -> None:
+    before = store_mtimes(engine)
+    [port] = free_ports(1)
+    result = await engine.change(PutGateway("fresh", gateway(999, port)))
+    assert result.method == "reload" and result.created
+    assert changed(before, store_mtimes(engine)) == {"fresh.json"}
+
+
+async def test_a_restart_adopts_haproxy_without_a_reload(engine: Engine) -> None:
+    """A second controller on the same state directory (the first one's lock released, as
+    when it exits) finds every gateway running as desired."""
+    paths = engine.process.paths
+    reloads = _reloads(engine)
+    master = engine.process.master_pid()
+    await engine.runtime.close()
+    again = engine_on(paths)
+    try:
+        result = await asyncio.wait_for(again.start(None), 60)
+        assert result.method == "none", result.steps[:5]
+        assert again.process.master_pid() == master
+        assert _reloads(again) == reloads
+        assert len(again.desired.records) == GATEWAYS + 1
+    finally:
+        await again.runtime.close()
+
+
+def _reloads(engine: Engine) -> int:
+    for line in admin_command(engine.process.paths.master_socket, "show proc").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "master":
+            return int(parts[2])
+    raise AssertionError("show proc has no master line")

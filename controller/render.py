@@ -214,10 +214,11 @@ SNI_INSPECT_DELAY = "5s"
 
 
 def bind_line(layouts: Sequence[GatewayLayout]) -> str:
-    """The `bind` line of a frontend: plain, or TLS with each gateway's crt-list (the first
-    gateway's default certificate is the bind's default) and the options they share."""
+    """The `bind` line of a frontend: plain, or TLS with each gateway's crt-list, in gateway
+    name order: the default certificate of the gateway first by name is the bind's default
+    (whatever order gateways were created in), and the options they share."""
     first = layouts[0]
-    tls = [layout.tls for layout in layouts if layout.tls is not None]
+    tls = [layout.tls for layout in sorted(layouts, key=lambda g: g.name) if layout.tls]
     if not tls:
         return f"    bind {first.bind}"
     lists = " ".join(f"crt-list {t.crt_list}" for t in tls)

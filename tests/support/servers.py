@@ -47,7 +47,8 @@ def _app(instance: Instance) -> web.Application:
 
     async def answer(request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            socket = web.WebSocketResponse(autoping=False, headers=headers)
+            socket = web.WebSocketResponse()
+            socket.headers.update(headers)
             await socket.prepare(request)
             async for message in socket:  # echo, saying who answers
                 if message.type == WSMsgType.TEXT:

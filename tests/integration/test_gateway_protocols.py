@@ -268,3 +268,38 @@ def test_tls_to_instances_verifies_by_default(site: Site) -> None:
     config = (site.stack.state_dir / "haproxy.cfg").read_text()
     slots = [line for line in config.splitlines() if "server s1" in line and "ssl" in line]
     assert slots and all("verify required ca-file @system-ca" in line for line in slots)
+
+
+async def test_a_reload_leaves_a_websocket_to_the_old_worker_until_hard_stop_after(
+    short_tmp: Path,
+) -> None:
+    """`--hard-stop-after 2s`: a reload's old worker keeps serving the WebSocket it holds,
+    then closes it about 2 s later (docs/tls.md: long-lived connections and reloads)."""
+    with (
+        serving([Instance("ws", "ws1")], str(short_tmp)) as servers,
+        running_stack(short_tmp, {"gateways": {}}, extra=["--hard-stop-after", "2s"]) as stack,
+    ):
+        port = free_port()
+        gateway = {
+            "bind": f"127.0.0.1:{port}",
+            "timeout_tunnel": "1h",
+            "routes": {"one": {"instances": [servers.address("ws1")]}},
+        }
+        assert stack.request("PUT", "/api/v1/gateways/ws", gateway).status == 201
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://127.0.0.1:{port}/") as socket,
+        ):
+            assert await _echo(socket, "before") == "ws1:before"
+            reloads = stack.reloads()
+            other = {**gateway, "bind": f"127.0.0.1:{free_port()}"}
+            response = await asyncio.to_thread(stack.request, "PUT", "/api/v1/gateways/x", other)
+            assert response.status == 201 and stack.reloads() == reloads + 1
+            reloaded = time.monotonic()
+            assert await _echo(socket, "after") == "ws1:after"  # the old worker still has it
+            message = await socket.receive(timeout=15)
+            held = time.monotonic() - reloaded
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), message
+        assert 1.0 <= held < 10, f"closed {held:.1f} s after the reload; hard-stop-after is 2 s"
+        config = (stack.state_dir / "haproxy.cfg").read_text()
+        assert "    hard-stop-after 2s" in config

@@ -80,8 +80,11 @@ class WrkResult:
                    int(total.group(1)), errors)
 
 
-def run_wrk(layout: str, url: str, seconds: int, connections: int) -> WrkResult:
-    command = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+def run_wrk(
+    layout: str, url: str, seconds: int, connections: int, extra: Sequence[str] = ()
+) -> WrkResult:
+    """`extra`: more wrk arguments, e.g. `-H "Connection: close"` (bench.https)."""
+    command = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")

@@ -1,0 +1,190 @@
+"""HTTPS requests/s through a Weighbridge TLS gateway vs a plain HAProxy with the same certificate.
+
+Side by side in one run, in front of the same static responders (a third HAProxy answering
+`200 ok`, so the comparison measures the TLS and routing layer, not Python servers):
+
+- **weighbridge**: the controller's gateway with `tls: {certificates: [<file>]}` (bind
+  `ssl crt-list …`, ALPN h2/http1.1, TLS 1.2 floor), stable 90 % (2 servers) / canary 10 % (2);
+- **plain**: a HAProxy with the `global`/`defaults` sections the controller generated,
+  `bind … ssl crt <the same file> ssl-min-ver TLSv1.2 alpn h2,http/1.1` → `default_backend`
+  over the same 4 servers.
+
+Two loads, each `wrk -t1 -c<N>` in alternating order (ABBA) over several rounds:
+**keep-alive** (one handshake per connection, then requests) and **new handshakes**
+(`Connection: close`: a full TLS handshake per request). The certificate is an ECDSA P-256
+leaf made here. Goal: Weighbridge ≥ 0.95 × plain in both.
+
+Run: `.venv/bin/python -m bench.https [--rounds 3 --seconds 5]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from bench.common import (
+    code_version,
+    controller,
+    free_port,
+    haproxy,
+    load_now,
+    log,
+    machine_lines,
+    markdown_table,
+    short_tmp,
+)
+from bench.gateway_throughput import (
+    Round,
+    gateway_config,
+    global_sections,
+    responder_config,
+    run_wrk,
+)
+
+GOAL = 0.95
+LOADS: dict[str, list[str]] = {
+    "keep-alive": [],
+    "new handshakes": ["-H", "Connection: close"],
+}
+
+
+def certificate_pem() -> str:
+    """A self-signed ECDSA P-256 certificate for `bench.test` and its key, as HAProxy loads it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench.test")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    private = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(pem).decode() + private.decode()
+
+
+def plain_tls_config(
+    global_lines: Sequence[str], port: int, cert: Path, servers: Sequence[str]
+) -> str:
+    bind = f"    bind 127.0.0.1:{port} ssl crt {cert} ssl-min-ver TLSv1.2 alpn h2,http/1.1"
+    lines = [*global_lines, "frontend plain", bind, "    default_backend plain", "",
+             "backend plain", "    balance roundrobin"]
+    lines += [f"    server s{i} {address}" for i, address in enumerate(servers, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def compare(tmp: Path, servers: Sequence[str], args: argparse.Namespace) -> dict[str, list[Round]]:
+    cert = tmp / "bench.pem"
+    cert.write_text(certificate_pem())
+    cert.chmod(0o600)
+    with ExitStack() as stack:
+        wb_port, plain_port = free_port(), free_port()
+        config = gateway_config(wb_port, servers)
+        config["gateways"]["shop"]["tls"] = {"certificates": [str(cert)]}  # type: ignore[index]
+        wb = stack.enter_context(controller(tmp / "wb", config))
+        generated = (wb.state_dir / "haproxy.cfg").read_text()
+        bind = next(line.strip() for line in generated.splitlines() if f":{wb_port} ssl" in line)
+        args.layout = bind
+        shared = global_sections(generated, tmp / "plain" / "admin.sock")
+        stack.enter_context(
+            haproxy(
+                tmp / "plain", plain_tls_config(shared, plain_port, cert, servers), [plain_port]
+            )
+        )
+        urls = {"plain": f"https://127.0.0.1:{plain_port}/",
+                "weighbridge": f"https://127.0.0.1:{wb_port}/"}
+        log(f"weighbridge {urls['weighbridge']} ({bind}), plain {urls['plain']}")
+        results: dict[str, list[Round]] = {}
+        for load, headers in LOADS.items():
+            for name, url in urls.items():  # warm-up
+                run_wrk(name, url, args.warmup, args.connections, headers)
+            rounds = []
+            for r in range(1, args.rounds + 1):
+                order = ["plain", "weighbridge"] if r % 2 else ["weighbridge", "plain"]
+                got = {name: run_wrk(name, urls[name], args.seconds, args.connections, headers)
+                       for name in order}
+                rounds.append(Round(r, got["plain"], got["weighbridge"]))
+                log(f"[{load}] round {r}: plain {got['plain'].rps:.0f} req/s, weighbridge "
+                    f"{got['weighbridge'].rps:.0f} req/s (ratio {rounds[-1].rps_ratio:.3f})")
+            results[load] = rounds
+        return results
+
+
+def table(rounds: Sequence[Round]) -> str:
+    rows: list[list[object]] = [
+        [r.index, f"{r.plain.rps:,.0f}", f"{r.weighbridge.rps:,.0f}", f"{r.rps_ratio:.3f}",
+         f"{r.plain.p99_ms:.2f}", f"{r.weighbridge.p99_ms:.2f}",
+         f"{r.plain.errors}/{r.weighbridge.errors}"]
+        for r in rounds
+    ]
+    rows.append(["**median**",
+                 f"{statistics.median(r.plain.rps for r in rounds):,.0f}",
+                 f"{statistics.median(r.weighbridge.rps for r in rounds):,.0f}",
+                 f"**{statistics.median(r.rps_ratio for r in rounds):.3f}**",
+                 f"{statistics.median(r.plain.p99_ms for r in rounds):.2f}",
+                 f"{statistics.median(r.weighbridge.p99_ms for r in rounds):.2f}", ""])
+    return markdown_table(
+        ["round", "plain req/s", "wb req/s", "ratio wb/plain", "plain p99 ms", "wb p99 ms",
+         "errors plain/wb"],
+        rows,
+    )
+
+
+def report(results: dict[str, list[Round]], args: argparse.Namespace) -> str:
+    lines = [
+        f"## HTTPS: Weighbridge TLS gateway vs plain HAProxy, same certificate "
+        f"(wrk -t1 -c{args.connections}, {args.rounds} rounds × {args.seconds} s per layout, "
+        "alternating order)",
+        "",
+        f"Weighbridge's bind: `{args.layout}`; plain: `bind … ssl crt <the same file> "
+        "ssl-min-ver TLSv1.2 alpn h2,http/1.1`; both in front of 4 static responders.",
+        "",
+    ]
+    for load, rounds in results.items():
+        ratio = statistics.median(r.rps_ratio for r in rounds)
+        state = "met" if ratio >= GOAL else f"missed by {GOAL - ratio:.3f}"
+        lines += [f"### {load}", "", table(rounds), "",
+                  f"- median ratio {ratio:.3f} (goal ≥ {GOAL}: {state})", ""]
+    lines += ["Machine:", "", machine_lines(args.load_before, args.code_before)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.https", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per load (3)")
+    parser.add_argument("--seconds", type=int, default=5, help="wrk duration per run (5)")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured wrk seconds first (1)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
+    args = parser.parse_args(argv)
+    if not (1 <= args.rounds <= 20 and 1 <= args.seconds <= 60 and 1 <= args.warmup <= 60
+            and 1 <= args.connections <= 256):
+        parser.error("bounds: --rounds 1..20, --seconds 1..60, --warmup 1..60, "
+                     "--connections 1..256")
+    args.load_before, args.code_before = load_now(), code_version()
+    with short_tmp() as tmp:
+        ports = [free_port() for _ in range(4)]
+        with haproxy(tmp / "resp", responder_config(tmp / "resp" / "admin.sock", ports), ports):
+            results = compare(tmp, [f"127.0.0.1:{p}" for p in ports], args)
+    print(report(results, args))
+
+
+if __name__ == "__main__":
+    main()

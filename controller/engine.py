@@ -611,9 +611,9 @@ class Engine:
 
 
 def _binds_moved(before: Gateway | None, after: Gateway | None) -> set[Address]:
-    """The binds whose gateways the edit changes (their hosts or mode), if any: a write holds
+    """The binds whose gateways the edit changes (hosts, mode or tls), if any: a write holds
     their locks while it checks and stores, so two writes cannot both claim one bind."""
-    keys = [(g.bind, g.mode, g.virtual_hosts) if g else None for g in (before, after)]
+    keys = [(g.bind, g.mode, g.virtual_hosts, g.tls_key) if g else None for g in (before, after)]
     if keys[0] == keys[1]:
         return set()
     return {g.bind for g in (before, after) if g is not None}

@@ -27,7 +27,7 @@ from controller.desired import Desired
 from controller.diff import Change, diff_gateway
 from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
-from controller.errors import InvalidInput
+from controller.errors import InvalidInput, WeighbridgeError
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess
@@ -241,6 +241,20 @@ async def supervise_forever(engine: Engine, interval: float) -> None:
             log.error("could not restart HAProxy: %s", exc)
 
 
+async def certificates_forever(manager: CertificateManager, interval: float) -> None:
+    """Serve every stored certificate in the version stored (a change by hand, a failed
+    push): the same check as the gateways' reconcile, for the certificates HAProxy holds."""
+    while True:
+        await asyncio.sleep(interval)  # the reconcile period, not synchronisation
+        try:
+            pushed = await manager.reconcile()
+        except (WeighbridgeError, OSError) as exc:
+            log.warning("could not check the certificates HAProxy serves: %s", exc)
+            continue
+        if pushed:
+            log.warning("certificates served in another version, pushed again: %s", pushed)
+
+
 def api_access(host: str, api: ApiSettings) -> Access:
     """The API's access rules; refuses, before anything starts, an API that anyone on the
     network could write to unless that was asked for by name."""
@@ -344,6 +358,7 @@ async def _serve(
         asyncio.create_task(reconcile_forever(engine, settings.sync_interval)),
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
         asyncio.create_task(rollouts.run()),
+        asyncio.create_task(certificates_forever(certificates, settings.sync_interval or 5.0)),
     ]
     if ready is not None:
         ready.set()

@@ -200,6 +200,12 @@ async def test_a_bad_certificate_is_refused_and_the_old_one_still_served(
     assert site.stack.reloads() == before
 
 
+def test_a_certificate_a_gateway_uses_cannot_be_deleted(site: Site) -> None:
+    response = site.stack.request("DELETE", "/api/v1/certificates/b")
+    assert response.status == 409, response.body
+    assert (site.stack.state_dir / "certs" / "b.pem").exists()
+
+
 def test_a_gateway_naming_a_missing_certificate_is_refused_naming_the_field(
     site: Site, backends: BackendProcess
 ) -> None:

@@ -251,3 +251,17 @@ async def test_a_renewed_certificate_is_served_at_once_with_no_reload_and_no_fai
     series = 'weighbridge_certificate_expiry_timestamp_seconds{certificate="a"} '
     [value] = [line[len(series) :] for line in metrics.splitlines() if line.startswith(series)]
     assert float(value) == renewed.cert.not_valid_after_utc.timestamp()
+
+
+async def test_a_new_name_in_a_renewed_certificate_is_answered_with_no_reload(site: Site) -> None:
+    """SNI names come from the certificates (no filters in the crt-lists): a renewal that adds
+    a name makes HAProxy answer it at once."""
+    before = site.stack.reloads()
+    assert await site.served_serial("new.a.test") == site.serial("b")  # the bind's default
+    renewed = site.ca.issue("a.test", "new.a.test")
+    status, body = site.put_certificate("a", renewed.pem)
+    assert status == 200 and body["live"] == "replaced", body
+    site.issued["a"] = renewed
+    assert await site.served_serial("new.a.test") == site.serial("a")
+    assert await site.served_serial("a.test") == site.serial("a")
+    assert site.stack.reloads() == before

@@ -283,21 +283,33 @@ def run(args: argparse.Namespace) -> dict[str, list[Round]]:
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.gateway_throughput", description=__doc__,
+def wrk_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The options of a side-by-side wrk comparison (this one and bench.https)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per comparison (3)")
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per run (5)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured wrk seconds first (1)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
-    parser.add_argument("--servers", choices=["both", "python", "static"], default="both")
+    return parser
+
+
+def parse_wrk_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parsed and bounded; with the load and the code version before the run."""
     args = parser.parse_args(argv)
-    args.load_before, args.code_before = load_now(), code_version()
-    args.layouts = {}
     if not (1 <= args.rounds <= 20 and 1 <= args.seconds <= 60 and 1 <= args.warmup <= 60
             and 1 <= args.connections <= 256):
         parser.error("bounds: --rounds 1..20, --seconds 1..60, --warmup 1..60, "
                      "--connections 1..256")
+    args.load_before, args.code_before = load_now(), code_version()
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = wrk_parser("python -m bench.gateway_throughput", __doc__)
+    parser.add_argument("--servers", choices=["both", "python", "static"], default="both")
+    args = parse_wrk_args(parser, argv)
+    args.layouts = {}
     print(report(run(args), args))
 
 

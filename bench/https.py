@@ -12,7 +12,7 @@ Side by side in one run, in front of the same static responders (a third HAProxy
 Two loads, each `wrk -t1 -c<N>` in alternating order (ABBA) over several rounds:
 **keep-alive** (one handshake per connection, then requests) and **new handshakes**
 (`Connection: close`: a full TLS handshake per request). The certificate is an ECDSA P-256
-leaf made here. Goal: Weighbridge ≥ 0.95 × plain in both.
+leaf made here (`tests.support.certs`). Goal: Weighbridge ≥ 0.95 × plain in both.
 
 Run: `.venv/bin/python -m bench.https [--rounds 3 --seconds 5]`.
 """
@@ -20,23 +20,15 @@ Run: `.venv/bin/python -m bench.https [--rounds 3 --seconds 5]`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from bench.common import (
-    code_version,
     controller,
     free_port,
     haproxy,
-    load_now,
     log,
     machine_lines,
     markdown_table,
@@ -46,38 +38,18 @@ from bench.gateway_throughput import (
     Round,
     gateway_config,
     global_sections,
+    parse_wrk_args,
     responder_config,
     run_wrk,
+    wrk_parser,
 )
+from tests.support.certs import Authority
 
 GOAL = 0.95
 LOADS: dict[str, list[str]] = {
     "keep-alive": [],
     "new handshakes": ["-H", "Connection: close"],
 }
-
-
-def certificate_pem() -> str:
-    """A self-signed ECDSA P-256 certificate for `bench.test` and its key, as HAProxy loads it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench.test")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    private = key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(pem).decode() + private.decode()
 
 
 def plain_tls_config(
@@ -92,7 +64,7 @@ def plain_tls_config(
 
 def compare(tmp: Path, servers: Sequence[str], args: argparse.Namespace) -> dict[str, list[Round]]:
     cert = tmp / "bench.pem"
-    cert.write_text(certificate_pem())
+    cert.write_text(Authority().issue("bench.test").pem)  # ECDSA P-256
     cert.chmod(0o600)
     with ExitStack() as stack:
         wb_port, plain_port = free_port(), free_port()
@@ -167,18 +139,7 @@ def report(results: dict[str, list[Round]], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.https", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per load (3)")
-    parser.add_argument("--seconds", type=int, default=5, help="wrk duration per run (5)")
-    parser.add_argument("--warmup", type=int, default=1, help="unmeasured wrk seconds first (1)")
-    parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
-    args = parser.parse_args(argv)
-    if not (1 <= args.rounds <= 20 and 1 <= args.seconds <= 60 and 1 <= args.warmup <= 60
-            and 1 <= args.connections <= 256):
-        parser.error("bounds: --rounds 1..20, --seconds 1..60, --warmup 1..60, "
-                     "--connections 1..256")
-    args.load_before, args.code_before = load_now(), code_version()
+    args = parse_wrk_args(wrk_parser("python -m bench.https", __doc__), argv)
     with short_tmp() as tmp:
         ports = [free_port() for _ in range(4)]
         with haproxy(tmp / "resp", responder_config(tmp / "resp" / "admin.sock", ports), ports):

@@ -150,6 +150,12 @@ class Desired:
         if gateway is not None and _sharing_key(old) != _sharing_key(gateway):
             others = tuple(s for s in self.binds.on(gateway.bind) if s.name != name)
             _check_sharing(name, gateway, others)
+            redirect = gateway.tls.redirect_http if gateway.tls else None
+            if redirect is not None and self.binds.on(redirect):
+                raise InvalidInput.for_field(
+                    f"gateways.{name}.tls.redirect_http",
+                    f"{redirect} is the bind of gateway {self.binds.on(redirect)[0].name!r}",
+                )
 
     def config(self) -> Config:
         """The whole state as one `Config` (validated again): for tools and tests, not writes."""

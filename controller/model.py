@@ -333,6 +333,12 @@ class Gateway(BaseModel):
         )
 
     @model_validator(mode="after")
+    def _redirect_elsewhere(self) -> Gateway:
+        if self.tls is not None and self.tls.redirect_http == self.bind:
+            raise ValueError("tls.redirect_http must be another address than bind")
+        return self
+
+    @model_validator(mode="after")
     def _mode_rules(self) -> Gateway:
         """TCP gateways see no HTTP: refuse what would need it, naming it."""
         if self.mode != "tcp":

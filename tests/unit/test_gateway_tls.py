@@ -201,3 +201,14 @@ def test_hard_stop_after_is_checked_whole_on_the_command_line() -> None:
     assert args.hard_stop_after == "10m"
     with pytest.raises(SystemExit):
         parser.parse_args(["run", "--hard-stop-after", "10m\n"])
+
+
+def test_the_redirect_listener_is_no_gateway_s_bind() -> None:
+    same = gateway(tls={"certificates": ["a"], "redirect_http": "127.0.0.1:8443"})
+    assert "another address than bind" in refused(same)["message"]
+    plain = Gateway.model_validate(gateway(bind="127.0.0.1:8080"))
+    desired = Desired().with_gateway("web", plain, 1)
+    tls = gateway(tls={"certificates": ["a"], "redirect_http": "127.0.0.1:8080"})
+    with pytest.raises(InvalidInput) as caught:
+        desired.check("shop", Gateway.model_validate(tls))
+    assert caught.value.problems[0]["field"] == "gateways.shop.tls.redirect_http"

@@ -212,3 +212,22 @@ def test_the_redirect_listener_is_no_gateway_s_bind() -> None:
     with pytest.raises(InvalidInput) as caught:
         desired.check("shop", Gateway.model_validate(tls))
     assert caught.value.problems[0]["field"] == "gateways.shop.tls.redirect_http"
+
+
+def test_tls_and_protocol_changes_are_described_as_structural() -> None:
+    from controller.diff import diff_gateway
+
+    before = Gateway.model_validate(gateway())
+    after = Gateway.model_validate(
+        gateway(
+            timeout_tunnel="1h",
+            tls={"certificates": ["a"]},
+            routes={"app": {"instances": ["127.0.0.1:9000"], "protocol": "h2c"}},
+        )
+    )
+    texts = {c.text: c.live for c in diff_gateway("g", before, after)}
+    assert texts == {
+        'g: tls set to {"certificates":["a"]}': False,
+        "g: timeout_tunnel set to 1h": False,
+        "g.app: protocol http1 → h2c": False,
+    }

@@ -24,7 +24,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from tests.support.certs import Authority, Issued
+from tests.support.certs import Authority, Issued, cert_pem, key_pem
 from tests.support.ports import free_port
 from tests.support.servers import Instance, Servers, serving
 from tests.support.stack import Stack, running_stack
@@ -40,13 +40,18 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @contextmanager
-def grpc_health_server(status: int) -> Iterator[int]:
-    """A real gRPC server (cleartext HTTP/2) whose health answer tells it apart: `status`."""
+def grpc_health_server(status: int, tls: Issued | None = None) -> Iterator[int]:
+    """A real gRPC server whose health answer tells it apart (`status`); cleartext HTTP/2,
+    or HTTP/2 over TLS with `tls`'s certificate."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     servicer = health.HealthServicer()
     servicer.set("", status)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        pair = (key_pem(tls.key).encode(), cert_pem(tls.cert).encode())
+        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([pair]))
     server.start()
     try:
         yield port
@@ -146,16 +151,21 @@ def site(module_tmp: Path) -> Iterator[Site]:
         yield site
 
 
-def test_grpc_calls_reach_two_versions_at_the_weights(site: Site) -> None:
+def grpc_checks(site: Site, port: int, n: int) -> Counter[int]:
+    """`n` health calls through the TLS gateway on `port`: the statuses that answered."""
     credentials = grpc.ssl_channel_credentials(root_certificates=site.ca.pem.encode())
     options = [("grpc.ssl_target_name_override", "rpc.test"), ("grpc.enable_http_proxy", 0)]
-    n = 1500
     answers: Counter[int] = Counter()
-    target = f"127.0.0.1:{site.binds['rpc']}"
-    with grpc.secure_channel(target, credentials, options=options) as channel:
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for _ in range(n):  # each call is an HTTP/2 stream: HAProxy picks a route per call
             answers[stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status] += 1
+    return answers
+
+
+def test_grpc_calls_reach_two_versions_at_the_weights(site: Site) -> None:
+    n = 1500
+    answers = grpc_checks(site, site.binds["rpc"], n)
     assert sum(answers.values()) == n
     assert_share(answers[SERVING], n, 0.70, max_tolerance=0.06, label="v1")
     assert_share(answers[NOT_SERVING], n, 0.30, max_tolerance=0.06, label="v2")
@@ -303,3 +313,23 @@ async def test_a_reload_leaves_a_websocket_to_the_old_worker_until_hard_stop_aft
         assert 1.0 <= held < 10, f"closed {held:.1f} s after the reload; hard-stop-after is 2 s"
         config = (stack.state_dir / "haproxy.cfg").read_text()
         assert "    hard-stop-after 2s" in config
+
+
+def test_grpc_over_tls_to_the_instance_with_protocol_h2(site: Site) -> None:
+    """`protocol: h2` is HTTP/2 over TLS to the instance, verified against the test CA."""
+    with grpc_health_server(NOT_SERVING, tls=site.ca.issue("grpc.internal")) as port:
+        bind = free_port()
+        route = {
+            "protocol": "h2",
+            "tls": {"verify": str(site.ca_file), "sni": "grpc.internal"},
+            "instances": [f"127.0.0.1:{port}"],
+        }
+        site.put(
+            "rpc-tls",
+            {
+                "bind": f"127.0.0.1:{bind}",
+                "tls": {"certificates": ["rpc"]},
+                "routes": {"secure": route},
+            },
+        )
+        assert grpc_checks(site, bind, 20) == Counter({NOT_SERVING: 20})

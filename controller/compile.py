@@ -135,6 +135,10 @@ class BackendLayout:
     cookie: str | None = None
     """Instance stickiness: the cookie HAProxy inserts, naming the slot."""
     rules: tuple[str, ...] = ()
+    server_options: str = ""
+    """Added to every slot's server line: TLS to the instances, HTTP/2 (`Route.server_options`)."""
+    tunnel: str | None = None
+    """`timeout tunnel`: how long a WebSocket may idle (the gateway's `timeout_tunnel`)."""
 
     @property
     def server_weight(self) -> int:
@@ -166,6 +170,42 @@ class ConditionRule:
 
 
 @dataclass(frozen=True)
+class BindTls:
+    """A gateway's part of its TLS bind: its crt-list (file and text) and the bind options.
+
+    The crt-list file is named by its content, so writing it ahead of a check or a reload
+    never changes a file the running HAProxy loaded (`controller.tls.files`)."""
+
+    crt_list: str
+    text: str
+    options: tuple[str, ...]
+    certificates: tuple[str, ...]
+    """The certificate files it names, default first."""
+    redirect: Address | None = None
+
+
+def certificate_file(ref: str, cert_dir: str) -> str:
+    """A certificate reference as HAProxy reads it: a store name is `<cert_dir>/<name>.pem`."""
+    return ref if ref.startswith("/") else f"{cert_dir}/{ref}.pem"
+
+
+def bind_tls(name: str, gateway: Gateway, cert_dir: str) -> BindTls | None:
+    """One line per certificate, the default first and none with an SNI filter: HAProxy
+    answers each SNI name with the certificate whose names (CN, SANs) match it."""
+    tls = gateway.tls
+    if tls is None:
+        return None
+    if not cert_dir.startswith("/"):
+        raise ValueError("TLS gateways need the state directory's certs directory")
+    files = tuple(certificate_file(ref, cert_dir) for ref in tls.ordered)
+    text = "".join(f"{path}\n" for path in files)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return BindTls(
+        f"{cert_dir}/{name}.{digest}.crt-list", text, tls.bind_options(), files, tls.redirect_http
+    )
+
+
+@dataclass(frozen=True)
 class GatewayLayout:
     """Everything a gateway renders from: equal layouts render the same section."""
 
@@ -179,6 +219,7 @@ class GatewayLayout:
     maps: GatewayMaps
     conditions: tuple[ConditionRule, ...]
     backends: tuple[BackendLayout, ...]
+    tls: BindTls | None = None
 
     @property
     def host_acl(self) -> str | None:
@@ -276,7 +317,12 @@ def gateway_maps(
 
 
 def gateway_layout(
-    name: str, gateway: Gateway, binding: Mapping[str, str], pool: Pool, map_dir: str
+    name: str,
+    gateway: Gateway,
+    binding: Mapping[str, str],
+    pool: Pool,
+    map_dir: str,
+    cert_dir: str = "",
 ) -> GatewayLayout:
     """The gateway's pool (kept while it fits, grown with spares), slots and rules."""
     size = pool_capacity(len(gateway.routes), max(pool, default=0))
@@ -296,6 +342,8 @@ def gateway_layout(
                 slots=slot_capacity(len(route.instances) if route else 0, pool.get(index)),
                 cookie=cookie,
                 rules=compile_rewrites(route.rewrites) if route else (),
+                server_options=route.server_options if route else "",
+                tunnel=gateway.timeout_tunnel,
             )
         )
     key = gateway_key(name)
@@ -316,4 +364,5 @@ def gateway_layout(
         ),
         conditions=conditions,
         backends=tuple(backends),
+        tls=bind_tls(name, gateway, cert_dir),
     )

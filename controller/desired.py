@@ -32,6 +32,8 @@ class Sharer:
     name: str
     mode: str
     hosts: tuple[str, ...]
+    tls: tuple[str, ...] | None = None
+    """The bind's TLS options this gateway asks for (`Gateway.tls_key`); None: plain."""
 
 
 class BindIndex:
@@ -57,7 +59,7 @@ class BindIndex:
         if new is not None:
             others = binds.get(new.bind, ())
             _check_sharing(name, new, others)
-            binds[new.bind] = (*others, Sharer(name, new.mode, new.virtual_hosts))
+            binds[new.bind] = (*others, _sharer(name, new))
         return BindIndex(binds)
 
 
@@ -74,6 +76,12 @@ def _check_sharing(name: str, gateway: Gateway, others: tuple[Sharer, ...]) -> N
             raise InvalidInput.for_field(
                 f"gateways.{name}.mode",
                 f"gateways {other.name!r} and {name!r} share a bind but not a mode",
+            )
+        if other.tls != gateway.tls_key:
+            raise InvalidInput.for_field(
+                f"gateways.{name}.tls",
+                f"gateways {other.name!r} and {name!r} share a bind: give both the same tls "
+                "min_version, ciphers, ciphersuites, alpn and redirect_http (or neither tls)",
             )
         for host in gateway.virtual_hosts:
             if host in other.hosts:
@@ -99,7 +107,7 @@ class Desired:
             gateway = record.gateway
             others = binds.get(gateway.bind, ())
             _check_sharing(name, gateway, others)
-            binds[gateway.bind] = (*others, Sharer(name, gateway.mode, gateway.virtual_hosts))
+            binds[gateway.bind] = (*others, _sharer(name, gateway))
         top = max((r.revision for r in records.values()), default=0)
         return cls(dict(records), max(revision, top), BindIndex(binds))
 
@@ -142,15 +150,29 @@ class Desired:
         if gateway is not None and _sharing_key(old) != _sharing_key(gateway):
             others = tuple(s for s in self.binds.on(gateway.bind) if s.name != name)
             _check_sharing(name, gateway, others)
+            redirect = gateway.tls.redirect_http if gateway.tls else None
+            if redirect is not None and self.binds.on(redirect):
+                raise InvalidInput.for_field(
+                    f"gateways.{name}.tls.redirect_http",
+                    f"{redirect} is the bind of gateway {self.binds.on(redirect)[0].name!r}",
+                )
 
     def config(self) -> Config:
         """The whole state as one `Config` (validated again): for tools and tests, not writes."""
         return Config.model_validate({"gateways": dict(self.gateways)})
 
 
-def _sharing_key(gateway: Gateway | None) -> tuple[Address, str, tuple[str, ...]] | None:
+def _sharer(name: str, gateway: Gateway) -> Sharer:
+    return Sharer(name, gateway.mode, gateway.virtual_hosts, gateway.tls_key)
+
+
+def _sharing_key(
+    gateway: Gateway | None,
+) -> tuple[Address, str, tuple[str, ...], tuple[str, ...] | None] | None:
     """What the rules between gateways look at."""
-    return None if gateway is None else (gateway.bind, gateway.mode, gateway.virtual_hosts)
+    if gateway is None:
+        return None
+    return (gateway.bind, gateway.mode, gateway.virtual_hosts, gateway.tls_key)
 
 
 class _GatewayView(Mapping[str, Gateway]):

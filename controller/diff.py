@@ -9,9 +9,12 @@ server slots can, the ones rendered into the configuration's structure need a re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel
 
 from controller.compile import parse_pool_backend
 from controller.model import Config, Gateway, Rewrite, Route, format_percent
@@ -92,7 +95,7 @@ def _gone(gateway: Gateway | None) -> str | None:
 
 
 def _gateway_fields(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
-    for field in ("bind", "mode", "balance", "sticky"):
+    for field in ("bind", "mode", "balance", "sticky", "tls", "timeout_tunnel"):
         old, new = getattr(before, field), getattr(after, field)
         if old != new:
             yield Change(name, None, field, _text(old), _text(new), live=False)
@@ -153,7 +156,7 @@ def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Itera
             format_percent(after.strength),
             live=True,
         )
-    for field in ("condition", "balance", "rewrites"):
+    for field in ("condition", "balance", "rewrites", "protocol", "tls"):
         old, new = getattr(before, field), getattr(after, field)
         if old != new:
             live = field in LIVE_ROUTE_FIELDS
@@ -167,6 +170,10 @@ def _text(value: object) -> str | None:
         return "; ".join(_text(v) or "" for v in value)
     if isinstance(value, Rewrite):
         return f"{value.path} if {value.condition}"
+    if isinstance(value, BaseModel):  # tls settings: what was set, compactly
+        return json.dumps(
+            value.model_dump(mode="json", exclude_defaults=True), separators=(",", ":")
+        )
     return str(value)
 
 

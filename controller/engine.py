@@ -52,6 +52,7 @@ from controller.render import RenderSettings, Running, SectionCache
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
 from controller.store import Store
+from controller.tls.files import prepare_crt_list
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class Engine:
 
     def _plan_all(self, observed: dict[str, GatewayObserved] | None) -> list[GatewayPlan]:
         seen = observed or {}
-        return [
+        plans = [
             plan_gateway(
                 name,
                 gateway,
@@ -213,6 +214,9 @@ class Engine:
             )
             for name, gateway in self.desired.gateways.items()
         ]
+        for plan in plans:
+            _prepare_files(plan)
+        return plans
 
     def big(self) -> bool:
         """Whether work over every gateway (a start, a reload's file) is worth a thread."""
@@ -361,6 +365,7 @@ class Engine:
         """Plan one gateway; a write's plan must also fit the slot budget (a repair's need not:
         it only puts back what was stored)."""
         plan = plan_gateway(name, gateway, observed, self.map_dir, self.settings, self.sections)
+        _prepare_files(plan)
         known = self.plans.get(name)
         mine = known.slots if known else 0
         if check_budget and plan.slots > mine:  # only growth can go over: O(gateways) then
@@ -606,12 +611,18 @@ class Engine:
 
 
 def _binds_moved(before: Gateway | None, after: Gateway | None) -> set[Address]:
-    """The binds whose gateways the edit changes (their hosts or mode), if any: a write holds
+    """The binds whose gateways the edit changes (hosts, mode or tls), if any: a write holds
     their locks while it checks and stores, so two writes cannot both claim one bind."""
-    keys = [(g.bind, g.mode, g.virtual_hosts) if g else None for g in (before, after)]
+    keys = [(g.bind, g.mode, g.virtual_hosts, g.tls_key) if g else None for g in (before, after)]
     if keys[0] == keys[1]:
         return set()
     return {g.bind for g in (before, after) if g is not None}
+
+
+def _prepare_files(plan: GatewayPlan) -> None:
+    """Files a plan's section names besides maps (TLS crt-lists), there before any check."""
+    if plan.section is not None:
+        prepare_crt_list(plan.name, plan.section.layout.tls)
 
 
 def _method(plan: GatewayPlan) -> Method:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from controller.errors import shown
+from controller.tls.options import Duration, RouteTls, TlsTermination
 
 BASIS_POINTS = 10_000
 """100 % in basis points: weights and strengths are exact to 0.01 %."""
@@ -260,6 +261,18 @@ class Route(BaseModel):
     balance: Balance | None = None
     """Overrides the gateway's algorithm for this route's instances."""
     rewrites: tuple[Rewrite, ...] = Field(default=(), max_length=16)
+    protocol: Literal["http1", "h2", "h2c"] = "http1"
+    """What HAProxy speaks to the instances: HTTP/1.1, HTTP/2 over TLS (`tls` needed), or
+    cleartext HTTP/2 (gRPC servers without TLS)."""
+    tls: RouteTls | None = None
+    """TLS to the instances, verified unless `verify: none`."""
+
+    @property
+    def server_options(self) -> str:
+        """What every server line of the route's backend adds (empty: plain HTTP/1.1)."""
+        if self.tls is not None:
+            return self.tls.server_options("h2" if self.protocol == "h2" else None)
+        return "proto h2" if self.protocol == "h2c" else ""
 
     @property
     def strength(self) -> int:
@@ -278,7 +291,15 @@ class Route(BaseModel):
                 seen.add(address)
         if self.condition_strength is not None and self.condition is None:
             raise ValueError("condition_strength needs a condition")
+        if self.protocol == "h2" and self.tls is None:
+            raise ValueError("protocol h2 is HTTP/2 over TLS: set tls, or use h2c (cleartext)")
         return self
+
+
+class GatewayTls(TlsTermination):
+    """TLS on the gateway's bind; `redirect_http`: a plain HTTP bind that redirects to it."""
+
+    redirect_http: Bind | None = None
 
 
 class Gateway(BaseModel):
@@ -293,6 +314,18 @@ class Gateway(BaseModel):
     sticky: Literal["none", "route", "instance"] = "none"
     virtual_hosts: tuple[Host, ...] = Field(default=(), max_length=64)
     routes: dict[Name, Route] = Field(default_factory=dict, max_length=256)
+    tls: GatewayTls | None = None
+    """TLS termination on `bind` (http gateways): certificates chosen by SNI, ALPN h2."""
+    timeout_tunnel: Duration | None = None
+    """Idle time a WebSocket (or any tunnel) may stay silent; HAProxy's client and server
+    timeouts (30 s) when not set."""
+
+    @property
+    def tls_key(self) -> tuple[str, ...] | None:
+        """What gateways sharing a bind must agree on about TLS (not their certificates)."""
+        if self.tls is None:
+            return None
+        return (*self.tls.bind_options(), f"redirect {self.tls.redirect_http}")
 
     def route_balance(self, route: Route) -> str:
         return (
@@ -300,10 +333,21 @@ class Gateway(BaseModel):
         )
 
     @model_validator(mode="after")
+    def _redirect_elsewhere(self) -> Gateway:
+        if self.tls is not None and self.tls.redirect_http == self.bind:
+            raise ValueError("tls.redirect_http must be another address than bind")
+        return self
+
+    @model_validator(mode="after")
     def _mode_rules(self) -> Gateway:
         """TCP gateways see no HTTP: refuse what would need it, naming it."""
         if self.mode != "tcp":
             return self
+        if self.tls is not None:
+            raise ValueError(
+                "tls terminates HTTPS on http gateways; a tcp gateway passes TLS through "
+                "(route it with sni conditions)"
+            )
         from controller.conditions import ConditionError, compile_condition, parse_condition
 
         if self.sticky != "none":
@@ -313,6 +357,8 @@ class Gateway(BaseModel):
         for name, route in self.routes.items():
             if route.rewrites:
                 raise ValueError(f"route {name!r}: rewrites need an http gateway")
+            if route.protocol != "http1":
+                raise ValueError(f"route {name!r}: protocol {route.protocol} needs http")
             if any(self.route_balance(route).startswith(b) for b in HTTP_ONLY_BALANCE):
                 raise ValueError(
                     f"route {name!r}: balance {self.route_balance(route)!r} needs http"
@@ -389,6 +435,10 @@ class Config(BaseModel):
                 )
             if other != name and self.gateways[other].mode != gateway.mode:
                 raise ValueError(f"gateways {other!r} and {name!r} share a bind but not a mode")
+            if other != name and self.gateways[other].tls_key != gateway.tls_key:
+                raise ValueError(
+                    f"gateways {other!r} and {name!r} share a bind but not its tls settings"
+                )
             seen = hosts.setdefault(gateway.bind, {})
             for host in gateway.virtual_hosts:
                 if host in seen and seen[host] != name:

@@ -314,7 +314,7 @@ def plan_gateway(
     check_acl_policy(name, gateway, settings)
     pool = observed.pool
     binding = bind_routes(name, gateway, observed.maps.get(routes_map_ref(name, map_dir), ()), pool)
-    layout = gateway_layout(name, gateway, binding, pool, map_dir)
+    layout = gateway_layout(name, gateway, binding, pool, map_dir, settings.cert_dir)
     section = (sections or SectionCache()).section(layout)
     maps = gateway_maps(gateway, binding, layout.maps)
     # every map checked, also those a reload writes to disk: a key or value that could not

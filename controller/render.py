@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from controller.compile import (
     PLACEHOLDER,
     BackendLayout,
+    BindTls,
     GatewayLayout,
     MapEntries,
     frontend_name,
@@ -57,6 +58,8 @@ class RenderSettings:
     timeout_server: str = "30s"
     allow_unsafe_acls: bool = False
     """Raw ACLs may read files or the environment or run code (`conditions.policy`)."""
+    cert_dir: str = ""
+    """Where store certificates and crt-lists live (`<state-dir>/certs`); not rendered."""
 
 
 Filled = Mapping[str, Address]
@@ -171,8 +174,13 @@ def render_section(layout: GatewayLayout) -> Section:
     backends = _joined(_render_backends(layout, {}))
     # its frontend's own lines (the bind among them) are checked here, before anything is
     # stored, though the file holds them only once the gateways of the bind are assembled
-    bind = f"    bind {layout.bind}"
-    frontend = _joined([bind, f"    mode {layout.mode}", *host_lines, *rules, *uses, *cookie_lines])
+    bind = bind_line([layout])
+    if layout.mode == "tcp" and any("req.ssl_sni" in line for line in rules):
+        rules.insert(0, f"    tcp-request inspect-delay {SNI_INSPECT_DELAY}")
+    redirect = redirect_frontend(layout)
+    frontend = _joined(
+        [bind, f"    mode {layout.mode}", *host_lines, *rules, *uses, *cookie_lines, *redirect]
+    )
     fingerprint = _fingerprint(frontend, backends)
     return Section(
         layout, host_lines, tuple(rules), tuple(uses), cookie_lines, backends, fingerprint
@@ -199,6 +207,39 @@ class SectionCache:
     def resize(self, gateways: int) -> None:
         """Room for every gateway's current and previous structure."""
         self.size = max(self.size, 2 * gateways)
+
+
+SNI_INSPECT_DELAY = "5s"
+"""How long a TCP gateway that routes by SNI waits for the client's TLS hello."""
+
+
+def bind_line(layouts: Sequence[GatewayLayout]) -> str:
+    """The `bind` line of a frontend: plain, or TLS with each gateway's crt-list, in gateway
+    name order: the default certificate of the gateway first by name is the bind's default
+    (whatever order gateways were created in), and the options they share."""
+    first = layouts[0]
+    tls = [layout.tls for layout in sorted(layouts, key=lambda g: g.name) if layout.tls]
+    if not tls:
+        return f"    bind {first.bind}"
+    lists = " ".join(f"crt-list {t.crt_list}" for t in tls)
+    return f"    bind {first.bind} ssl {lists} {' '.join(tls[0].options)}"
+
+
+def redirect_frontend(first: GatewayLayout) -> list[str]:
+    """A plain HTTP listener answering every request with a redirect to the TLS bind."""
+    tls: BindTls | None = first.tls
+    if tls is None or tls.redirect is None:
+        return []
+    bind = first.bind
+    port = "" if bind.port == 443 else f":{bind.port}"
+    return [
+        "",
+        f"frontend {shared_frontend_name(tls.redirect).replace('wb.bind.', 'wb.redirect.', 1)}",
+        "    mode http",
+        f"    bind {tls.redirect}",
+        "    http-request redirect location "
+        f"https://%[req.hdr(host),field(1,:)]{port}%[capture.req.uri] code 301",
+    ]
 
 
 def _gateway_rules(gateway: GatewayLayout) -> tuple[list[str], list[str]]:
@@ -263,6 +304,8 @@ def _render_backend(backend: BackendLayout, filled: Filled) -> list[str]:
     ]
     if backend.balance.startswith(("source", "uri", "url_param", "hdr(")):
         lines.append("    hash-type consistent")
+    if backend.tunnel:
+        lines.append(f"    timeout tunnel {backend.tunnel}")
     if backend.cookie:
         lines.append(f"    cookie {backend.cookie} insert indirect nocache httponly")
     lines += [f"    {rule}" for rule in backend.rules]
@@ -272,6 +315,7 @@ def _render_backend(backend: BackendLayout, filled: Filled) -> list[str]:
     for slot in backend.slot_names():
         address = filled.get(slot)
         extra = (f" cookie {index}{slot}" if backend.cookie else "") + weight
+        extra += f" {backend.server_options}" if backend.server_options else ""
         lines.append(
             f"    server {slot} {address}{extra}"
             if address
@@ -304,7 +348,7 @@ def render_frontend(group: Sequence[Section]) -> list[str]:
     """
     first = group[0].layout
     name = frontend_name(first.name) if len(group) == 1 else shared_frontend_name(first.bind)
-    lines = [f"frontend {name}", f"    mode {first.mode}", f"    bind {first.bind}"]
+    lines = [f"frontend {name}", f"    mode {first.mode}", bind_line([s.layout for s in group])]
     if first.mode == "tcp":
         lines.append("    no option idle-close-on-response")
     host_acls = [s.layout.host_acl for s in group if s.layout.host_acl]
@@ -322,7 +366,7 @@ def render_frontend(group: Sequence[Section]) -> list[str]:
         lines += section.uses
     for section in group:
         lines += section.cookie_lines
-    return [*lines, ""]
+    return [*lines, *redirect_frontend(first), ""]
 
 
 @dataclass(frozen=True)

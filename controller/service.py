@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from controller.api.app import create_app
+from controller.api.certificates import add_certificate_routes
 from controller.api.connections import GUARD, ApiLimits, GuardedSite
 from controller.api.security import Access, HostPolicy, is_loopback
 from controller.api.tokens import Tokens
@@ -26,7 +27,7 @@ from controller.desired import Desired
 from controller.diff import Change, diff_gateway
 from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
-from controller.errors import InvalidInput
+from controller.errors import InvalidInput, WeighbridgeError
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess
@@ -38,6 +39,9 @@ from controller.rollouts.outbound import OutboundPolicy
 from controller.runtime.client import RuntimeClient
 from controller.state_dir import StatePaths, open_state_dir
 from controller.store import FileStore
+from controller.tls.manager import CertificateManager
+from controller.tls.metrics import register_certificate_metrics
+from controller.tls.store import CertificateStore
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,8 @@ class RunSettings:
     """The config file was named (`--config`): a missing one is an error, not an empty start."""
     config_wins: bool = False
     """The config file is the desired state at start, applied as a change (`--config-wins`)."""
+    hard_stop_after: str = "30s"
+    """How long an old worker keeps its connections after a reload (`--hard-stop-after`)."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -124,6 +130,8 @@ def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> 
             stats_bind=parse_address(settings.stats, wildcard=True) if settings.stats else None,
             allow_unsafe_acls=settings.allow_unsafe_acls,
             stats_page=settings.stats_page,
+            hard_stop_after=settings.hard_stop_after,
+            cert_dir=str(paths.certs),
         ),
         settings.timing,
         Metrics(production_registry()),
@@ -233,6 +241,20 @@ async def supervise_forever(engine: Engine, interval: float) -> None:
             log.error("could not restart HAProxy: %s", exc)
 
 
+async def certificates_forever(manager: CertificateManager, interval: float) -> None:
+    """Serve every stored certificate in the version stored (a change by hand, a failed
+    push): the same check as the gateways' reconcile, for the certificates HAProxy holds."""
+    while True:
+        await asyncio.sleep(interval)  # the reconcile period, not synchronisation
+        try:
+            pushed = await manager.reconcile()
+        except (WeighbridgeError, OSError) as exc:
+            log.warning("could not check the certificates HAProxy serves: %s", exc)
+            continue
+        if pushed:
+            log.warning("certificates served in another version, pushed again: %s", pushed)
+
+
 def api_access(host: str, api: ApiSettings) -> Access:
     """The API's access rules; refuses, before anything starts, an API that anyone on the
     network could write to unless that was asked for by name."""
@@ -316,6 +338,9 @@ async def _serve(
         await settle_config_file(engine, settings, config)
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     app = create_app(engine, access=access, limits=limits)
+    certificates = CertificateManager(CertificateStore(paths.certs), engine.runtime)
+    add_certificate_routes(app, certificates)
+    register_certificate_metrics(engine.metrics.registry, certificates.store)
     outbound = OutboundPolicy.parse(settings.allow_outbound)
     rollouts = RolloutManager(engine, paths.root, outbound=outbound)
     add_rollout_routes(app, rollouts)
@@ -333,6 +358,7 @@ async def _serve(
         asyncio.create_task(reconcile_forever(engine, settings.sync_interval)),
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
         asyncio.create_task(rollouts.run()),
+        asyncio.create_task(certificates_forever(certificates, settings.sync_interval or 5.0)),
     ]
     if ready is not None:
         ready.set()

@@ -22,6 +22,16 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "weighbridge.yaml"
 
 
+def _duration(text: str) -> str:
+    """An HAProxy time for the configuration, checked whole (argparse reports the error)."""
+    from controller.tls.options import check_duration
+
+    try:
+        return check_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not re.fullmatch(r"[0-9]{1,5}", port):
@@ -95,6 +105,7 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         check=CheckLimits(
             timeout=args.check_timeout, memory_mb=args.check_memory, env=tuple(args.haproxy_env)
         ),
+        hard_stop_after=args.hard_stop_after,
     )
 
 
@@ -150,6 +161,14 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
         default=0.2,
         metavar="SECONDS",
         help="seconds between HAProxy probes",
+    )
+    p.add_argument(
+        "--hard-stop-after",
+        type=_duration,
+        default="30s",
+        metavar="TIME",
+        help="how long an old HAProxy worker keeps the connections it had (WebSockets, "
+        "long downloads) after a reload before closing them (docs/tls.md); e.g. 30s, 10m, 1h",
     )
     p.add_argument(
         "--runtime-timeout",

@@ -70,7 +70,8 @@ def compare(tmp: Path, servers: Sequence[str], args: argparse.Namespace) -> dict
         wb_port, plain_port = free_port(), free_port()
         config = gateway_config(wb_port, servers)
         config["gateways"]["shop"]["tls"] = {"certificates": [str(cert)]}  # type: ignore[index]
-        wb = stack.enter_context(controller(tmp / "wb", config))
+        allow = ["--allow-cert-path", str(cert.parent)]
+        wb = stack.enter_context(controller(tmp / "wb", config, extra_args=allow))
         generated = (wb.state_dir / "haproxy.cfg").read_text()
         bind = next(line.strip() for line in generated.splitlines() if f":{wb_port} ssl" in line)
         args.layout = bind

@@ -9,6 +9,7 @@ plans only its own gateway (`plan_gateway`); starting, adopting and tests plan t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -294,6 +295,26 @@ def check_acl_policy(name: str, gateway: Gateway, settings: RenderSettings) -> N
         raise InvalidInput(f"invalid {first['field']}", problems)
 
 
+def check_cert_paths(name: str, gateway: Gateway, settings: RenderSettings) -> None:
+    """PEM files named by path must lie in a directory `--allow-cert-path` allows (store
+    names and `@system-ca` always do)."""
+    named: list[tuple[str, str]] = []
+    if gateway.tls is not None:
+        refs = (*gateway.tls.certificates, gateway.tls.default)
+        named += [(f"gateways.{name}.tls.certificates", r) for r in refs if r]
+    for route_name, route in gateway.routes.items():
+        if route.tls is not None:
+            named.append((f"gateways.{name}.routes.{route_name}.tls.verify", route.tls.verify))
+    allowed = [os.path.join(os.path.normpath(d), "") for d in settings.cert_paths]
+    for where, ref in named:
+        if ref.startswith("/") and not any(os.path.normpath(ref).startswith(d) for d in allowed):
+            raise InvalidInput.for_field(
+                where,
+                "a PEM file by path needs its directory allowed with --allow-cert-path DIR; "
+                "upload certificates instead (PUT /api/v1/certificates/{name})",
+            )
+
+
 def plan_gateway(
     name: str,
     gateway: Gateway | None,
@@ -312,6 +333,7 @@ def plan_gateway(
         removed = (ReloadReason("gateway-removed", name, name),) if gone else ()
         return GatewayPlan(name, None, {}, {}, {}, reload_reasons=removed)
     check_acl_policy(name, gateway, settings)
+    check_cert_paths(name, gateway, settings)
     pool = observed.pool
     binding = bind_routes(name, gateway, observed.maps.get(routes_map_ref(name, map_dir), ()), pool)
     layout = gateway_layout(name, gateway, binding, pool, map_dir, settings.cert_dir)

@@ -60,6 +60,9 @@ class RenderSettings:
     """Raw ACLs may read files or the environment or run code (`conditions.policy`)."""
     cert_dir: str = ""
     """Where store certificates and crt-lists live (`<state-dir>/certs`); not rendered."""
+    cert_paths: tuple[str, ...] = ()
+    """Directories whose PEM files gateways may name by path (`--allow-cert-path`); none by
+    default: a writer could otherwise make HAProxy load (or probe for) any file it can read."""
 
 
 Filled = Mapping[str, Address]

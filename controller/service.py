@@ -90,6 +90,8 @@ class RunSettings:
     stop_haproxy_on_exit: bool = False
     allow_unsafe_acls: bool = False
     """Raw ACLs may read files or the environment or run code (`--allow-unsafe-acls`)."""
+    allow_cert_paths: tuple[str, ...] = ()
+    """Directories of PEM files gateways may name by path (`--allow-cert-path`)."""
     allow_outbound: tuple[str, ...] = ()
     """Where rollout webhooks and Prometheus checks may call (`--allow-outbound`); empty:
     loopback only."""
@@ -132,6 +134,7 @@ def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> 
             stats_page=settings.stats_page,
             hard_stop_after=settings.hard_stop_after,
             cert_dir=str(paths.certs),
+            cert_paths=settings.allow_cert_paths,
         ),
         settings.timing,
         Metrics(production_registry()),

@@ -100,6 +100,7 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         stats_page=args.stats_page,
         attach=attach,
         allow_unsafe_acls=args.allow_unsafe_acls,
+        allow_cert_paths=tuple(args.allow_cert_path),
         allow_outbound=tuple(getattr(args, "allow_outbound", None) or ()),
         budget=Budget(args.max_routes, args.max_instances, args.max_slots),
         check=CheckLimits(
@@ -236,6 +237,14 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
         default=[],
         metavar="NAME",
         help="pass this environment variable to HAProxy (none is by default); repeatable",
+    )
+    p.add_argument(
+        "--allow-cert-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="let gateways name PEM files (certificates, CA files) in DIR by path; repeatable "
+        "(none by default: certificates are uploaded through the API)",
     )
     p.add_argument(
         "--allow-unsafe-acls",

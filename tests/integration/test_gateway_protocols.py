@@ -103,7 +103,9 @@ def site(module_tmp: Path) -> Iterator[Site]:
         serving(instances, str(module_tmp)) as servers,
         grpc_health_server(SERVING) as v1,
         grpc_health_server(NOT_SERVING) as v2,
-        running_stack(module_tmp, {"gateways": {}}) as stack,
+        running_stack(
+            module_tmp, {"gateways": {}}, extra=["--allow-cert-path", str(module_tmp)]
+        ) as stack,
     ):
         response = stack.request("PUT", "/api/v1/certificates/rpc", {"pem": leaves["rpc"].pem})
         assert response.status == 201, response.body

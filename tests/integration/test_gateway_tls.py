@@ -222,6 +222,14 @@ def test_a_gateway_naming_a_missing_certificate_is_refused_naming_the_field(
     response = site.stack.request("PUT", "/api/v1/gateways/ghost", bad)
     assert response.status == 400, response.body
     assert response.body["problems"][0]["field"].endswith("tls.ciphersuites")
+    # a PEM file by path only from a directory allowed by name: no probing of other files
+    for path in ("/etc/shadow", "/etc/ssl/../shadow", "/nonexistent/x.pem"):
+        by_path = {**gateway, "tls": {"certificates": [path]}}
+        response = site.stack.request("PUT", "/api/v1/gateways/ghost", by_path)
+        assert response.status == 400, response.body
+        problem = response.body["problems"][0]
+        assert problem["field"] == "gateways.ghost.tls.certificates"
+        assert "--allow-cert-path" in problem["message"] and "exist" not in problem["message"]
     assert (site.stack.haproxy_snapshot(), site.stack.reloads()) == before
 
 

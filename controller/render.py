@@ -57,6 +57,9 @@ class RenderSettings:
     timeout_server: str = "30s"
     allow_unsafe_acls: bool = False
     """Raw ACLs may read files or the environment or run code (`conditions.policy`)."""
+    bind_host: str | None = None
+    """Every gateway bound on this address instead of its own host, same port
+    (`--bind-host`: several fleet nodes on one machine, or a host with several addresses)."""
 
 
 Filled = Mapping[str, Address]

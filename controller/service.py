@@ -10,6 +10,7 @@ import resource
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from aiohttp import web
@@ -27,6 +28,8 @@ from controller.diff import Change, diff_gateway
 from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput
+from controller.fleet.api import add_fleet_routes
+from controller.fleet.run import Fleet, FleetSettings
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess
@@ -37,7 +40,7 @@ from controller.rollouts.manager import RolloutManager
 from controller.rollouts.outbound import OutboundPolicy
 from controller.runtime.client import RuntimeClient
 from controller.state_dir import StatePaths, open_state_dir
-from controller.store import FileStore
+from controller.store import FileStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,11 @@ class RunSettings:
     """The config file was named (`--config`): a missing one is an error, not an empty start."""
     config_wins: bool = False
     """The config file is the desired state at start, applied as a change (`--config-wins`)."""
+    fleet: FleetSettings | None = None
+    """A node of a fleet (`--store etcd://…`): the desired state lives in etcd; None: the
+    file store of this one node."""
+    bind_host: str | None = None
+    """Bind every gateway on this address, same port (`--bind-host`)."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -110,7 +118,7 @@ def state_paths(settings: RunSettings) -> StatePaths:
     )
 
 
-def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> Engine:
+def build_engine(settings: RunSettings, paths: StatePaths, store: Store) -> Engine:
     """The engine on a state directory this process has checked and locked (`open_state_dir`)."""
     process = HAProxyProcess(paths, settings.haproxy_bin, settings.check)
     runtime = RuntimeClient(str(paths.admin_socket), timeout=settings.runtime_timeout)
@@ -124,6 +132,7 @@ def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> 
             stats_bind=parse_address(settings.stats, wildcard=True) if settings.stats else None,
             allow_unsafe_acls=settings.allow_unsafe_acls,
             stats_page=settings.stats_page,
+            bind_host=settings.bind_host,
         ),
         settings.timing,
         Metrics(production_registry()),
@@ -272,6 +281,13 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def package_version() -> str:
+    try:
+        return version("weighbridge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def run(settings: RunSettings) -> None:
     """`weighbridge run`: serve until SIGINT or SIGTERM."""
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
@@ -301,14 +317,17 @@ async def _serve(
     limits: ApiLimits,
     ready: asyncio.Event | None,
 ) -> None:
-    store = FileStore(paths.gateways, legacy=paths.desired)
-    if settings.reseed:
+    fleet = Fleet(settings.fleet, paths.root) if settings.fleet else None
+    store: Store = fleet.store if fleet else FileStore(paths.gateways, legacy=paths.desired)
+    if settings.reseed and isinstance(store, FileStore):
         store.discard()
         paths.rollouts.unlink(missing_ok=True)
     engine = build_engine(settings, paths, store)
+    first = await fleet.first_snapshot(config) if fleet else None
     gc.disable()  # start-up builds a million objects that all live: no collection meanwhile
     try:
-        result = await engine.start(config)  # the file seeds an empty store, nothing else
+        # the file seeds an empty store, nothing else (a fleet's first node seeded etcd)
+        result = await engine.start(None if fleet else config, first)
     finally:
         gc.enable()
     log.info("%s", ready_text(engine.desired, engine.state.ready, result))
@@ -319,6 +338,8 @@ async def _serve(
     outbound = OutboundPolicy.parse(settings.allow_outbound)
     rollouts = RolloutManager(engine, paths.root, outbound=outbound)
     add_rollout_routes(app, rollouts)
+    if fleet is not None:
+        add_fleet_routes(app, fleet.start(engine, package_version()))
     # a client that goes away cancels its write if nothing was stored yet (see Engine.change)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
@@ -344,6 +365,8 @@ async def _serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await runner.cleanup()
+        if fleet is not None:
+            await fleet.stop()
         await engine.runtime.close()
         if settings.stop_haproxy_on_exit:
             await engine.process.stop()

@@ -138,6 +138,10 @@ class Follower:
                     self.state.relists += 1
                     self.metrics.relists.inc()
                     log.warning("listing the desired state again (%s)", exc)
+                except Exception as exc:  # HAProxy refused or failed: level-based, try again
+                    listed = False
+                    self.engine.state.last_error = f"following etcd: {exc}"
+                    log.exception("could not apply what etcd holds; listing again")
                     await asyncio.sleep(pause)  # backoff before listing again
                     pause = min(pause * 2, BACKOFF[1])
         finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,17 @@ def applied_weights(node: Stack, gateway: str = "shop") -> dict[str, str]:
 def write(node: Stack, method: str, path: str, body: Any) -> Any:
     """A write that waits until every live node applied it."""
     response = node.request(method, f"{path}?wait=applied&timeout=20", body)
-    assert response.status in (200, 201), response.body
+    assert response.status in (200, 201), (response.body, node.controller_log()[-3000:])
     assert response.body["applied"] == {"everywhere": True, "lagging": []}, response.body
     return response
+
+
+def settled(node: Stack, check: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    """wait_until, with the node's log in the failure (what did it do meanwhile?)."""
+    try:
+        wait_until(check, timeout, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{node.controller_log()[-4000:]}") from None
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +192,7 @@ def test_a_watch_that_missed_compacted_history_lists_again(
         etcd.restart(etcd.members[0])
     finally:
         frozen.process.send_signal(18)  # SIGCONT
-    wait_until(lambda: applied_weights(frozen) == weights, 20, "node 3 to catch up")
+    settled(frozen, lambda: applied_weights(frozen) == weights, "node 3 to catch up")
     wait_until(lambda: same_everywhere(nodes), 10, "the same state everywhere")
     metrics = frozen.request("GET", "/metrics").body
     relists = [ln for ln in metrics.splitlines() if ln.startswith("weighbridge_store_relists_to")]
@@ -209,7 +217,7 @@ def test_a_node_started_while_etcd_is_down_serves_its_local_copy(
         assert result.statuses == {200: 200}, result.errors[:3]
     finally:
         etcd.restart(etcd.members[0])
-    wait_until(lambda: "store_error" not in node.request("GET", "/readyz").body, 20, "etcd back")
+    settled(node, lambda: "store_error" not in node.request("GET", "/readyz").body, "etcd back")
     assert same_everywhere(nodes)
 
 

@@ -242,14 +242,15 @@ def fleet_args(
 @contextmanager
 def running_nodes(
     tmp: Path,
-    store: str,
+    store: str | list[str],
     count: int,
     config: dict[str, Any] | None = None,
     *,
     prefix: str = "/weighbridge/",
 ) -> Iterator[list[Stack]]:
-    """`count` fleet nodes on one etcd (`store`), node i binding every gateway on
-    127.0.0.1(10+i); the first seeds etcd from `config`. All stopped on the way out."""
+    """`count` fleet nodes on one etcd (`store`, or one URL per node), node i binding every
+    gateway on 127.0.0.1(10+i); the first seeds etcd from `config`. All stopped on the way
+    out."""
     nodes: list[Stack] = []
     try:
         for i in range(1, count + 1):
@@ -262,7 +263,8 @@ def running_nodes(
             node = Stack(state_dir=root / "state", api_port=free_port())
             nodes.append(node)
             bind_host = f"127.0.0.{10 + i}"
-            node.start_controller(config_file, fleet_args(store, f"n{i}", bind_host, prefix))
+            url = store if isinstance(store, str) else store[i - 1]
+            node.start_controller(config_file, fleet_args(url, f"n{i}", bind_host, prefix))
         yield nodes
     finally:
         for node in nodes:

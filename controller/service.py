@@ -10,7 +10,6 @@ import resource
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from aiohttp import web
@@ -22,6 +21,7 @@ from controller.api.tokens import Tokens
 from controller.apply import ApplyResult
 from controller.budget import Budget
 from controller.candidate import CheckLimits
+from controller.cli import package_version
 from controller.config_file import ConfigFileError, load_config
 from controller.desired import Desired
 from controller.diff import Change, diff_gateway
@@ -279,13 +279,6 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
-
-
-def package_version() -> str:
-    try:
-        return version("weighbridge")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def run(settings: RunSettings) -> None:

@@ -5,7 +5,10 @@ node's own Runtime API socket."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +117,24 @@ def test_three_nodes_converge_on_creates_weights_instances_and_a_reload(
     listed = nodes[2].request("GET", "/api/v1/nodes").body
     assert {n["name"] for n in listed["nodes"]} == {"n1", "n2", "n3"}
     assert all(n["lag"] == 0 and n["haproxy"] == "running" for n in listed["nodes"])
+    table = cli(nodes[0], "nodes")
+    assert table.returncode == 0, table.stderr
+    assert all(f"n{i}" in table.stdout for i in (1, 2, 3)) and "live" in table.stdout
+    as_json = json.loads(cli(nodes[1], "nodes", "--json").stdout)
+    assert as_json["node"] == "n2" and len(as_json["nodes"]) == 3
+
+
+def test_a_node_that_stops_leaves_the_table_and_no_write_waits_for_it(
+    fleet: tuple[list[Stack], int],
+) -> None:
+    nodes, _ = fleet
+    nodes[2].kill_controller()  # no goodbye: its key expires with its lease
+    settled(nodes[0], lambda: len(nodes_of(nodes[0])) == 2, "node 3 to leave the table")
+    down = [n for n in nodes[0].request("GET", "/api/v1/nodes").body["nodes"] if not n["live"]]
+    assert [n["name"] for n in down] == ["n3"]
+    write(nodes[1], "PATCH", "/api/v1/gateways/shop/weights", {"stable": "55%", "canary": "45%"})
+    bad = nodes[0].request("PATCH", "/api/v1/gateways/shop/weights?wait=soon", {"stable": "1%"})
+    assert bad.status == 400 and bad.body["problems"][0]["field"] == "wait"
 
 
 def test_200_weight_changes_through_random_nodes_end_with_the_last_everywhere(
@@ -219,6 +240,16 @@ def test_a_node_started_while_etcd_is_down_serves_its_local_copy(
         etcd.restart(etcd.members[0])
     settled(node, lambda: "store_error" not in node.request("GET", "/readyz").body, "etcd back")
     assert same_everywhere(nodes)
+
+
+def cli(node: Stack, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    api = ["--api", f"127.0.0.1:{node.api_port}"]
+    return subprocess.run(
+        [sys.executable, "-m", "controller", command, *api, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def node_args(node: Stack) -> list[str]:

@@ -447,16 +447,7 @@ class Engine:
             if not changed:
                 return
             async with self.gate.shared():
-                observed = await self.observe_gateways(changed)
-                plans = [
-                    self._plan(name, self.desired.get(name), seen, check_budget=False)
-                    for name, seen in zip(changed, observed, strict=True)
-                ]
-                runtime = [p for p in plans if not p.needs_reload]
-                await self.applier.apply_runtime(runtime)
-                for plan in runtime:
-                    self.runs(plan)
-                structural = [p for p in plans if p.needs_reload]
+                _, structural = await self._apply_live(changed)
                 for plan in structural:
                     self._planned(plan)
             if structural:
@@ -553,11 +544,11 @@ class Engine:
         async with self._gateways.hold(*free), self.gate.shared():
             return await self._converge(free, drift=True)
 
-    async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:
-        """Observe and plan `names` (their locks and the gate held by the caller), apply the
-        runtime steps at once; a structure that differs joins the next reload, unless one is
-        already coming (a write waiting for it is not drift)."""
-        started = time.perf_counter()
+    async def _apply_live(
+        self, names: Sequence[str]
+    ) -> tuple[list[GatewayPlan], list[GatewayPlan]]:
+        """Observe and plan `names` (their locks and the gate held by the caller) and apply
+        the runtime plans; returns (those, the plans that need a reload)."""
         observed = await self.observe_gateways(names)
         plans = [
             self._plan(name, self.desired.get(name), seen, check_budget=False)
@@ -567,7 +558,16 @@ class Engine:
         await self.applier.apply_runtime(runtime)
         for plan in runtime:
             self.runs(plan)
-        structural = [p for p in plans if p.needs_reload and not self.reloads.pending]
+        return runtime, [p for p in plans if p.needs_reload]
+
+    async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:
+        """Observe and plan `names` (their locks and the gate held by the caller), apply the
+        runtime steps at once; a structure that differs joins the next reload, unless one is
+        already coming (a write waiting for it is not drift)."""
+        started = time.perf_counter()
+        runtime, structural = await self._apply_live(names)
+        if self.reloads.pending:
+            structural = []
         total = Plan((*runtime, *structural))
         if drift and not total.is_empty:
             counts = self.metrics.repaired(total)

@@ -124,6 +124,7 @@ class Etcd:
         self._client: aetcd.Client | None = None
         self.reconnects = 0
         self.last_error: str | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def endpoint(self) -> str:
@@ -145,13 +146,21 @@ class Etcd:
         client, self._client = self._client, None
         self._index = (self._index + 1) % len(self.settings.endpoints)
         self.reconnects += 1
-        if client is not None:
-            try:
-                await client.close()
-            except Exception as exc:  # a broken channel may fail to close: it is dropped
-                log.debug("closing the etcd client failed: %s", exc)
+        if client is not None:  # closed once calls still on it are over (closing cancels them)
+            task = asyncio.create_task(self._close_later(client))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def _close_later(self, client: aetcd.Client) -> None:
+        await asyncio.sleep(self.settings.call_timeout * 2)  # past every call's deadline
+        try:
+            await client.close()
+        except Exception as exc:  # a broken channel may fail to close: it is dropped
+            log.debug("closing the etcd client failed: %s", exc)
 
     async def close(self) -> None:
+        for task in list(self._closing):
+            task.cancel()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -217,8 +226,9 @@ class Etcd:
         self, key: bytes, value: bytes, expected: int
     ) -> tuple[bool, int, KeyValue | None]:
         """Put `key` if its mod revision is `expected` (0: absent). Returns (done, the new
-        revision or the key's current one, the current key when not done). A retried call whose
-        first try did commit finds its own value in place: done."""
+        revision, or when not done the key's current one (the store's, if the key is gone),
+        the current key when not done). A retried call whose first try did commit finds its own
+        value in place: done."""
         return await self._txn(key, expected, value)
 
     async def delete_if(self, key: bytes, expected: int) -> tuple[bool, int, KeyValue | None]:
@@ -250,8 +260,9 @@ class Etcd:
             if tries > 1 and value is None and not current:
                 header = (await _range(client, rpc.RangeRequest(key=key, count_only=True))).header
                 return True, int(header.revision), None  # our first try deleted it
-            if not current:
-                return False, 0, None
+            if not current:  # deleted meanwhile: the revision now, for the caller to catch up
+                header = (await _range(client, rpc.RangeRequest(key=key, count_only=True))).header
+                return False, int(header.revision), None
             return False, current[0].mod_revision, current[0]
 
         return await self.call("compare-and-swap", txn)

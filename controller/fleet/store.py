@@ -61,11 +61,7 @@ class EtcdStore:
     def _conflict(
         self, name: str, expected: int, revision: int, current: KeyValue | None
     ) -> Conflict:
-        event = StoreEvent(
-            name,
-            self._gateway(name, current.value) if current else None,
-            revision if current else 0,
-        )
+        event = StoreEvent(name, self._gateway(name, current.value) if current else None, revision)
         where = f"revision {revision}" if current else "not stored"
         return Conflict(f"gateway {name} is {where} in etcd, not at {expected}", event)
 

@@ -69,6 +69,9 @@ async def test_put_compares_the_keys_revision_and_the_etag_is_the_mod_revision(
     deleted = await store.delete("shop", second)
     assert deleted > second
     assert "shop" not in (await store.snapshot()).records
+    with pytest.raises(Conflict) as gone:  # deleted by someone else: when, to catch up
+        await store.put("shop", gateway(10), second)
+    assert gone.value.current == StoreEvent("shop", None, deleted)
 
 
 async def test_a_snapshot_spans_pages_at_one_revision(

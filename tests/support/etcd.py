@@ -107,12 +107,16 @@ class Cluster:
         return f"etcd://{self.endpoints}"
 
     def wait_healthy(self, timeout: float = 20) -> None:
-        wait_until(
-            lambda: all(m.healthy() for m in self.members if m.running()),
-            timeout,
-            "etcd to be healthy",
-            interval=0.05,
-        )
+        """Every started member answers healthy (one that exited fails at once, with its log)."""
+
+        def healthy() -> bool:
+            started = [m for m in self.members if m.process is not None]
+            for member in started:
+                if not member.running():
+                    raise AssertionError(f"etcd member {member.name} exited:\n{member.log()}")
+            return all(m.healthy() for m in started)
+
+        wait_until(healthy, timeout, "etcd to be healthy", interval=0.05)
 
     def leader(self) -> Member:
         """The member the running members agree leads (polled until they do)."""

@@ -443,7 +443,9 @@ class Engine:
         if not fresh:
             return
         async with self._gateways.hold(*fresh):
-            changed = [e.name for e in fresh.values() if self._take(e)]
+            moved = [_binds_moved(self.desired.get(e.name), e.gateway) for e in fresh.values()]
+            async with self._binds.hold(*set().union(*moved)):
+                changed = [e.name for e in fresh.values() if self._take(e)]
             if not changed:
                 return
             async with self.gate.shared():

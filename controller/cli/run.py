@@ -110,7 +110,9 @@ def fleet_settings(args: argparse.Namespace) -> FleetSettings | None:
     from controller.fleet.etcd import parse_store_url
     from controller.fleet.run import FleetSettings, check_node_name
 
-    store = getattr(args, "store", None) or os.environ.get(STORE_ENV) or "file"
+    if not hasattr(args, "store_prefix"):  # `demo`: always the file store of one node
+        return None
+    store = args.store or os.environ.get(STORE_ENV) or "file"
     if store == "file":
         return None
     try:

@@ -179,9 +179,8 @@ class Follower:
             try:
                 async for event in self.store.watch(after):
                     queue.put_nowait(event)
-            except BaseException as exc:
+            except Exception as exc:  # handed to the loop below, which raises it
                 queue.put_nowait(exc)
-                raise
 
         reader = asyncio.create_task(read())
         try:

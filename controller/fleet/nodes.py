@@ -99,8 +99,7 @@ class Nodes:
                 value = json.dumps(self.status()).encode()
                 await self.etcd.put_leased(key, value, self._lease)
                 self._store_ok(None)
-            except StoreError as exc:
-                self._lease = self._lease if self._lease else 0
+            except StoreError as exc:  # the lease, if any, is tried again: it may live on
                 self._store_ok(str(exc))
             self.metrics.reconnects.set(self.etcd.reconnects)
             # again at once when `applied` moves, else every REFRESH seconds

@@ -54,6 +54,12 @@ def test_the_store_comes_from_the_environment_too(monkeypatch: pytest.MonkeyPatc
     assert fleet_settings(parse("--store", "file")) is None  # type: ignore[arg-type]
 
 
+def test_the_demo_is_never_a_fleet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEIGHBRIDGE_STORE", "etcd://10.0.0.1:2379")
+    args = build_parser().parse_args(["demo"])
+    assert run_settings(args).fleet is None
+
+
 @pytest.mark.parametrize("bad", ["etcd://h:1\n", "redis://h:1", "etcd://h:1/../x"])
 def test_bad_stores_stop_the_start(bad: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WEIGHBRIDGE_STORE", raising=False)

@@ -29,6 +29,7 @@ from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput
 from controller.fleet.api import add_fleet_routes
+from controller.fleet.rollouts import add_fleet_rollouts
 from controller.fleet.run import Fleet, FleetSettings
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
@@ -329,10 +330,12 @@ async def _serve(
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     app = create_app(engine, access=access, limits=limits)
     outbound = OutboundPolicy.parse(settings.allow_outbound)
-    rollouts = RolloutManager(engine, paths.root, outbound=outbound)
+    rollout_store = fleet.rollout_store() if fleet else None
+    rollouts = RolloutManager(engine, paths.root, outbound=outbound, store=rollout_store)
     add_rollout_routes(app, rollouts)
-    if fleet is not None:
+    if fleet is not None:  # rollouts run on the one node elected for them
         add_fleet_routes(app, fleet.start(engine, package_version()))
+        add_fleet_rollouts(app, fleet.lead_rollouts(rollouts))
     # a client that goes away cancels its write if nothing was stored yet (see Engine.change)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
@@ -346,7 +349,7 @@ async def _serve(
     loops = [
         asyncio.create_task(reconcile_forever(engine, settings.sync_interval)),
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
-        asyncio.create_task(rollouts.run()),
+        asyncio.create_task(rollouts.run() if fleet is None else fleet.run_rollouts()),
     ]
     if ready is not None:
         ready.set()

@@ -76,6 +76,11 @@ class Nodes:
         self._changed = asyncio.Condition()
         self._lease = 0
 
+    @property
+    def lease(self) -> int:
+        """This node's lease (0 while it has none): its rollout leadership lives on it too."""
+        return self._lease
+
     def status(self) -> dict[str, Any]:
         state = self.engine.state
         return {

@@ -13,8 +13,10 @@ from controller.engine import Engine
 from controller.fleet.etcd import Etcd, EtcdSettings
 from controller.fleet.follow import FleetMetrics, Follower, FollowState, LocalCopy
 from controller.fleet.nodes import Nodes
+from controller.fleet.rollouts import EtcdRollouts, RolloutLeadership
 from controller.fleet.store import EtcdStore
 from controller.model import Config
+from controller.rollouts.manager import RolloutManager
 from controller.store import Snapshot, StoreError
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class Fleet:
         self._tasks: list[asyncio.Task[None]] = []
         self.follower: Follower | None = None
         self.nodes: Nodes | None = None
+        self.leadership: RolloutLeadership | None = None
 
     async def first_snapshot(self, seed: Config | None) -> Snapshot:
         """The desired state to start from: etcd's (seeded from the config file if etcd has
@@ -106,6 +109,19 @@ class Fleet:
         ]
         self.follower.changed.set()
         return self.nodes
+
+    def rollout_store(self) -> EtcdRollouts:
+        return EtcdRollouts(self.etcd, self.settings.node)
+
+    def lead_rollouts(self, manager: RolloutManager) -> RolloutLeadership:
+        """The rollouts' election (after `start`: it campaigns on the node's lease)."""
+        assert self.nodes is not None and isinstance(manager.file, EtcdRollouts)
+        self.leadership = RolloutLeadership(manager.file, manager, self.nodes)
+        return self.leadership
+
+    async def run_rollouts(self) -> None:
+        assert self.leadership is not None
+        await self.leadership.run()
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -256,3 +256,61 @@ def node_args(node: Stack) -> list[str]:
     assert node.process is not None
     args = [str(a) for a in node.process.args]  # type: ignore[union-attr]
     return args[args.index("--store") :]
+
+
+def rollout_runner(nodes: list[Stack]) -> Stack:
+    """The node that runs the rollouts (the others answer 503 naming it)."""
+    found: list[Stack] = []
+
+    def one_leads() -> bool:
+        answers = [n.request("GET", "/api/v1/rollouts") for n in nodes if n.process]
+        leading = [n for n, a in zip(nodes, answers, strict=True) if a.status == 200]
+        found[:] = leading
+        return len(leading) == 1
+
+    wait_until(one_leads, 20, "one node to run the rollouts", interval=0.2)
+    return found[0]
+
+
+def test_a_rollout_whose_node_is_killed_continues_on_another_without_repeat_or_skip(
+    fleet: tuple[list[Stack], int],
+) -> None:
+    nodes, _ = fleet
+    write(nodes[0], "PATCH", "/api/v1/gateways/shop/weights", {"stable": "100%", "canary": "0%"})
+    runner = rollout_runner(nodes)
+    others = [n for n in nodes if n is not runner]
+    refused = others[0].request("GET", "/api/v1/rollouts")
+    assert refused.status == 503 and "rollouts run on node n" in refused.body["error"]
+    steps = ["10%", "25%", "40%", "60%", "100%"]
+    body = {
+        "gateway": "shop",
+        "from_route": "stable",
+        "to_route": "canary",
+        "strategy": {"type": "canary", "steps": steps},
+        "interval": 1.0,
+        "checks": "none",
+    }
+    created = runner.request("POST", "/api/v1/rollouts", body)
+    assert created.status in (200, 201), created.body
+    rollout = created.body["id"]
+
+    def at_step_3() -> bool:
+        view = runner.request("GET", f"/api/v1/rollouts/{rollout}").body
+        return bool(view["step"] == 3 and view["stage"] == "analysing")
+
+    wait_until(at_step_3, 30, "step 3", interval=0.05)
+    runner.kill_controller()  # SIGKILL: its lease expires, another node takes over
+    successor = rollout_runner(others)
+    view: dict[str, Any] = {}
+
+    def promoted() -> bool:
+        view.update(successor.request("GET", f"/api/v1/rollouts/{rollout}").body)
+        return view.get("phase") == "promoted"
+
+    settled(successor, promoted, "the rollout to finish on another node", timeout=60)
+    started = [e["step"] for e in view["events"] if e["kind"] == "step_started"]
+    assert started == [1, 2, 3, 4, 5], started
+    resumed = [e["step"] for e in view["events"] if e["kind"] == "resumed"]
+    assert resumed == [3], view["events"]
+    for node in others:
+        assert applied_weights(node) == {"stable": "0%", "canary": "100%"}

@@ -61,17 +61,25 @@ class FleetMetrics:
             "Latest revision of the desired state this node has seen in the store.",
             registry=registry,
         )
-        self.reconnects = Gauge(
-            "weighbridge_store_watch_reconnects",
-            "Times this node's etcd client moved to another connection (watch or request lost).",
+        self.reconnects = Counter(
+            "weighbridge_store_reconnects_total",
+            "Times this node's etcd client moved to another connection (a watch or a request "
+            "lost its member).",
             registry=registry,
         )
+        self._counted = 0
         self.relists = Counter(
             "weighbridge_store_relists_total",
-            "Full listings of the desired state after the store's history was compacted "
-            "or the store came back.",
+            "Times this node set out to list the whole desired state again (its watch ended: "
+            "history compacted, or an error; each retry while etcd is away counts).",
             registry=registry,
         )
+
+    def count_reconnects(self, total: int) -> None:
+        """Export the etcd client's own count (it counts; this only follows)."""
+        if total > self._counted:
+            self.reconnects.inc(total - self._counted)
+            self._counted = total
 
 
 class LocalCopy:
@@ -194,7 +202,7 @@ class Follower:
                     self.state.store_revision = max(self.state.store_revision, events[-1].revision)
                     await self.engine.follow(events)
                     self._applied(events[-1].revision)
-                self.metrics.reconnects.set(self.store.etcd.reconnects)
+                self.metrics.count_reconnects(self.store.etcd.reconnects)
                 if failure is not None:
                     raise failure
         finally:

@@ -94,20 +94,29 @@ class Nodes:
     # ---- this node's key --------------------------------------------------------------------
 
     async def publish_forever(self) -> None:
-        """Keep this node's key alive and current; a failure marks the store unreachable
-        (writes are refused meanwhile by the store itself) and is retried every second."""
+        """Keep this node's key alive (a keep-alive every REFRESH seconds) and current (written
+        when what it says changed, at once when `applied` moves); a failure marks the store
+        unreachable (writes are refused meanwhile by the store itself) and is retried."""
         key = (self.prefix + self.name).encode()
+        published: bytes | None = None
+        refreshed = 0.0
         while True:
             try:
-                if not self._lease or not await self.etcd.refresh(self._lease):
+                due = time.monotonic() - refreshed >= REFRESH
+                if not self._lease or (due and not await self.etcd.refresh(self._lease)):
                     self._lease = await self.etcd.grant(LEASE_TTL)
+                    published = None  # the key went with the old lease
+                if due:
+                    refreshed = time.monotonic()
                 value = json.dumps(self.status()).encode()
-                await self.etcd.put_leased(key, value, self._lease)
+                if value != published:
+                    await self.etcd.put_leased(key, value, self._lease)
+                    published = value
                 self._store_ok(None)
             except StoreError as exc:  # the lease, if any, is tried again: it may live on
+                published = None
                 self._store_ok(str(exc))
-            self.metrics.reconnects.set(self.etcd.reconnects)
-            # again at once when `applied` moves, else every REFRESH seconds
+            self.metrics.count_reconnects(self.etcd.reconnects)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.follower.changed.wait(), REFRESH)
             self.follower.changed.clear()

@@ -281,8 +281,14 @@ def test_a_rollout_whose_node_is_killed_continues_on_another_without_repeat_or_s
     write(nodes[0], "PATCH", "/api/v1/gateways/shop/weights", {"stable": "100%", "canary": "0%"})
     runner = rollout_runner(nodes)
     others = [n for n in nodes if n is not runner]
-    refused = others[0].request("GET", "/api/v1/rollouts")
-    assert refused.status == 503 and "rollouts run on node n" in refused.body["error"]
+    runner_name = f"n{nodes.index(runner) + 1}"
+
+    def refused_naming_the_runner() -> bool:  # each node learns the runner within a second
+        refused = others[0].request("GET", "/api/v1/rollouts")
+        assert refused.status == 503, refused.body
+        return bool(f"rollouts run on node {runner_name}:" in refused.body["error"])
+
+    wait_until(refused_naming_the_runner, 5, "the other nodes to name the runner")
     steps = ["10%", "25%", "40%", "60%", "100%"]
     body = {
         "gateway": "shop",

@@ -51,7 +51,7 @@ from controller.reloads import Reloads
 from controller.render import RenderSettings, Running, SectionCache
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
-from controller.store import Store
+from controller.store import Conflict, Snapshot, Store, StoreEvent
 from controller.tls.files import prepare_crt_list
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PUBLISH_CHUNK = 50
 """Gateways whose applied metrics are exported between two turns of the event loop."""
+STALE_RETRIES = 5
+"""Times a write without If-Match is tried again on a newer revision another node stored."""
 
 
 @dataclass
@@ -69,6 +71,8 @@ class EngineState:
     reloads: list[dict[str, object]] = field(default_factory=list)
     drift_repairs: Counter[str] = field(default_factory=Counter)
     haproxy_restarts: int = 0
+    store_error: str | None = None
+    """Why a shared store (etcd) cannot be reached now: HAProxy keeps serving, writes fail."""
 
 
 @dataclass(frozen=True)
@@ -121,10 +125,12 @@ class Engine:
 
     # ---- start ------------------------------------------------------------------------------
 
-    async def start(self, seed: Config | None) -> ApplyResult:
+    async def start(self, seed: Config | None, snapshot: Snapshot | None = None) -> ApplyResult:
         """Load (or seed) the desired state, start or adopt HAProxy, converge.
 
-        Adopting, HAProxy is read (its own work, in its own process) while the store loads."""
+        Adopting, HAProxy is read (its own work, in its own process) while the store loads.
+        `snapshot`: the desired state to start from, already read (a fleet node reads it from
+        etcd, or from its last applied copy when etcd cannot be reached)."""
         started = time.perf_counter()
         async with self.gate.exclusive():
             reading: asyncio.Task[Observed] | None = None
@@ -133,7 +139,7 @@ class Engine:
                 self.running = self.observer.running_in_file()
                 reading = asyncio.create_task(self.observer.everything(self.running))
             try:
-                await self._load(seed, started)
+                await self._load(seed, started, snapshot)
             except BaseException:
                 if reading is not None:
                     reading.cancel()
@@ -154,9 +160,10 @@ class Engine:
         self.state.ready = True
         return result
 
-    async def _load(self, seed: Config | None, started: float) -> None:
+    async def _load(self, seed: Config | None, started: float, snapshot: Snapshot | None) -> None:
         """The desired state from the store, seeded from the config file if it is empty."""
-        snapshot = await self.store.snapshot()
+        if snapshot is None:
+            snapshot = await self.store.snapshot()
         if seed is not None and not snapshot.records and not snapshot.revision:
             snapshot = await self.store.seed(seed.gateways)
             log.info("seeded %d gateways from the config file", len(seed.gateways))
@@ -267,7 +274,19 @@ class Engine:
         """Check an edit of one gateway, store it, then apply it (or join the next reload).
 
         `heavy`: the caller knows the change is big (a large body), so even computing it
-        leaves the event loop."""
+        leaves the event loop. A store shared with other nodes may hold a newer revision of
+        the gateway than this node has seen yet: an edit that named no revision (no If-Match)
+        catches up with it and is tried again on top of it."""
+        for attempt in range(1, STALE_RETRIES + 1):
+            try:
+                return await self._change(edit, dry_run, heavy)
+            except Conflict as exc:
+                if exc.current is None or edit.if_match is not None or attempt == STALE_RETRIES:
+                    raise
+                await self.follow([exc.current])
+        raise AssertionError("unreachable: the last attempt raises")
+
+    async def _change(self, edit: Edit, dry_run: bool, heavy: bool) -> ApplyResult:
         started = time.perf_counter()
         name = edit.gateway
         async with self._gateways.hold(name):
@@ -416,6 +435,51 @@ class Engine:
         self.metrics.set_desired(name, gateway)
         return back
 
+    # ---- changes from other nodes (a shared store) -------------------------------------------
+
+    async def follow(self, events: Sequence[StoreEvent]) -> None:
+        """Writes the store reports (other nodes', or ours seen again), in revision order:
+        they become the desired state and HAProxy converges to them, runtime first, a
+        structural change through the coalesced reload (awaited: when this returns, HAProxy
+        runs them). An event at or below the revision this node has is already applied."""
+        fresh: dict[str, StoreEvent] = {}
+        for event in events:
+            fresh[event.name] = event  # the last write of each gateway is what counts
+        if not fresh:
+            return
+        async with self._gateways.hold(*fresh):
+            moved = [_binds_moved(self.desired.get(e.name), e.gateway) for e in fresh.values()]
+            async with self._binds.hold(*set().union(*moved)):
+                changed = [e.name for e in fresh.values() if self._take(e)]
+            if not changed:
+                return
+            async with self.gate.shared():
+                _, structural = await self._apply_live(changed)
+                for plan in structural:
+                    self._planned(plan)
+            if structural:
+                await asyncio.shield(self.reloads.join())
+        self._synced()
+
+    def _take(self, event: StoreEvent) -> bool:
+        """Make one stored write the desired state; False if this node has it already (or the
+        rules between gateways refuse it: two nodes stored conflicting binds at once; the
+        log says so and this gateway stays as it was)."""
+        record = self.desired.records.get(event.name)
+        if (record.revision if record else 0) >= event.revision or (
+            record is None and event.gateway is None
+        ):
+            return False
+        try:
+            self.desired = self.desired.with_gateway(event.name, event.gateway, event.revision)
+        except WeighbridgeError as exc:
+            self.state.last_error = f"revision {event.revision} of {event.name} refused: {exc}"
+            log.error("%s", self.state.last_error)
+            return False
+        self._count(event.name, event.gateway)
+        self.metrics.set_desired(event.name, event.gateway)
+        return True
+
     # ---- what HAProxy runs ------------------------------------------------------------------
 
     def _planned(self, plan: GatewayPlan) -> None:
@@ -487,11 +551,11 @@ class Engine:
         async with self._gateways.hold(*free), self.gate.shared():
             return await self._converge(free, drift=True)
 
-    async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:
-        """Observe and plan `names` (their locks and the gate held by the caller), apply the
-        runtime steps at once; a structure that differs joins the next reload, unless one is
-        already coming (a write waiting for it is not drift)."""
-        started = time.perf_counter()
+    async def _apply_live(
+        self, names: Sequence[str]
+    ) -> tuple[list[GatewayPlan], list[GatewayPlan]]:
+        """Observe and plan `names` (their locks and the gate held by the caller) and apply
+        the runtime plans; returns (those, the plans that need a reload)."""
         observed = await self.observe_gateways(names)
         plans = [
             self._plan(name, self.desired.get(name), seen, check_budget=False)
@@ -501,7 +565,16 @@ class Engine:
         await self.applier.apply_runtime(runtime)
         for plan in runtime:
             self.runs(plan)
-        structural = [p for p in plans if p.needs_reload and not self.reloads.pending]
+        return runtime, [p for p in plans if p.needs_reload]
+
+    async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:
+        """Observe and plan `names` (their locks and the gate held by the caller), apply the
+        runtime steps at once; a structure that differs joins the next reload, unless one is
+        already coming (a write waiting for it is not drift)."""
+        started = time.perf_counter()
+        runtime, structural = await self._apply_live(names)
+        if self.reloads.pending:
+            structural = []
         total = Plan((*runtime, *structural))
         if drift and not total.is_empty:
             counts = self.metrics.repaired(total)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from controller.compile import (
@@ -337,6 +337,8 @@ def plan_gateway(
     pool = observed.pool
     binding = bind_routes(name, gateway, observed.maps.get(routes_map_ref(name, map_dir), ()), pool)
     layout = gateway_layout(name, gateway, binding, pool, map_dir, settings.cert_dir)
+    if settings.bind_host is not None:
+        layout = replace(layout, bind=Address(settings.bind_host, gateway.bind.port))
     section = (sections or SectionCache()).section(layout)
     maps = gateway_maps(gateway, binding, layout.maps)
     # every map checked, also those a reload writes to disk: a key or value that could not

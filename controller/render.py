@@ -63,6 +63,9 @@ class RenderSettings:
     cert_paths: tuple[str, ...] = ()
     """Directories whose PEM files gateways may name by path (`--allow-cert-path`); none by
     default: a writer could otherwise make HAProxy load (or probe for) any file it can read."""
+    bind_host: str | None = None
+    """Every gateway bound on this address instead of its own host, same port
+    (`--bind-host`: several fleet nodes on one machine, or a host with several addresses)."""
 
 
 Filled = Mapping[str, Address]

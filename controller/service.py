@@ -22,12 +22,16 @@ from controller.api.tokens import Tokens
 from controller.apply import ApplyResult
 from controller.budget import Budget
 from controller.candidate import CheckLimits
+from controller.cli import package_version
 from controller.config_file import ConfigFileError, load_config
 from controller.desired import Desired
 from controller.diff import Change, diff_gateway
 from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput, WeighbridgeError
+from controller.fleet.api import add_fleet_routes
+from controller.fleet.rollouts import add_fleet_rollouts
+from controller.fleet.run import Fleet, FleetSettings
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess
@@ -38,7 +42,7 @@ from controller.rollouts.manager import RolloutManager
 from controller.rollouts.outbound import OutboundPolicy
 from controller.runtime.client import RuntimeClient
 from controller.state_dir import StatePaths, open_state_dir
-from controller.store import FileStore
+from controller.store import FileStore, Store
 from controller.tls.manager import CertificateManager
 from controller.tls.metrics import register_certificate_metrics
 from controller.tls.store import CertificateStore
@@ -106,6 +110,11 @@ class RunSettings:
     """The config file is the desired state at start, applied as a change (`--config-wins`)."""
     hard_stop_after: str = "30s"
     """How long an old worker keeps its connections after a reload (`--hard-stop-after`)."""
+    fleet: FleetSettings | None = None
+    """A node of a fleet (`--store etcd://…`): the desired state lives in etcd; None: the
+    file store of this one node."""
+    bind_host: str | None = None
+    """Bind every gateway on this address, same port (`--bind-host`)."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -118,7 +127,7 @@ def state_paths(settings: RunSettings) -> StatePaths:
     )
 
 
-def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> Engine:
+def build_engine(settings: RunSettings, paths: StatePaths, store: Store) -> Engine:
     """The engine on a state directory this process has checked and locked (`open_state_dir`)."""
     process = HAProxyProcess(paths, settings.haproxy_bin, settings.check)
     runtime = RuntimeClient(str(paths.admin_socket), timeout=settings.runtime_timeout)
@@ -135,6 +144,7 @@ def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> 
             hard_stop_after=settings.hard_stop_after,
             cert_dir=str(paths.certs),
             cert_paths=settings.allow_cert_paths,
+            bind_host=settings.bind_host,
         ),
         settings.timing,
         Metrics(production_registry()),
@@ -326,14 +336,17 @@ async def _serve(
     limits: ApiLimits,
     ready: asyncio.Event | None,
 ) -> None:
-    store = FileStore(paths.gateways, legacy=paths.desired)
-    if settings.reseed:
+    fleet = Fleet(settings.fleet, paths.root) if settings.fleet else None
+    store: Store = fleet.store if fleet else FileStore(paths.gateways, legacy=paths.desired)
+    if settings.reseed and isinstance(store, FileStore):
         store.discard()
         paths.rollouts.unlink(missing_ok=True)
     engine = build_engine(settings, paths, store)
+    first = await fleet.first_snapshot(config) if fleet else None
     gc.disable()  # start-up builds a million objects that all live: no collection meanwhile
     try:
-        result = await engine.start(config)  # the file seeds an empty store, nothing else
+        # the file seeds an empty store, nothing else (a fleet's first node seeded etcd)
+        result = await engine.start(None if fleet else config, first)
     finally:
         gc.enable()
     log.info("%s", ready_text(engine.desired, engine.state.ready, result))
@@ -345,8 +358,12 @@ async def _serve(
     add_certificate_routes(app, certificates)
     register_certificate_metrics(engine.metrics.registry, certificates.store)
     outbound = OutboundPolicy.parse(settings.allow_outbound)
-    rollouts = RolloutManager(engine, paths.root, outbound=outbound)
+    rollout_store = fleet.rollout_store() if fleet else None
+    rollouts = RolloutManager(engine, paths.root, outbound=outbound, store=rollout_store)
     add_rollout_routes(app, rollouts)
+    if fleet is not None:  # rollouts run on the one node elected for them
+        add_fleet_routes(app, fleet.start(engine, package_version()))
+        add_fleet_rollouts(app, fleet.lead_rollouts(rollouts))
     # a client that goes away cancels its write if nothing was stored yet (see Engine.change)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
@@ -360,7 +377,7 @@ async def _serve(
     loops = [
         asyncio.create_task(reconcile_forever(engine, settings.sync_interval)),
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
-        asyncio.create_task(rollouts.run()),
+        asyncio.create_task(rollouts.run() if fleet is None else fleet.run_rollouts()),
         asyncio.create_task(certificates_forever(certificates, settings.sync_interval or 5.0)),
     ]
     if ready is not None:
@@ -373,6 +390,8 @@ async def _serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await runner.cleanup()
+        if fleet is not None:
+            await fleet.stop()
         await engine.runtime.close()
         if settings.stop_haproxy_on_exit:
             await engine.process.stop()

@@ -19,6 +19,7 @@ from pydantic_core import core_schema
 
 from controller import model
 from controller.api.certificates import CERTIFICATES
+from controller.fleet.api import NODES
 from controller.rollouts.spec import RolloutSpec
 
 Schema = dict[str, Any]
@@ -271,9 +272,10 @@ def _certificate_paths(cert: Schema) -> Schema:
 
 
 @cache
-def openapi_document(certificates: bool = False) -> Schema:
+def openapi_document(certificates: bool = False, fleet: bool = False) -> Schema:
     """The whole description; built once, it depends only on the code. `certificates`: with
-    /api/v1/certificates, which an app serves once `add_certificate_routes` was called."""
+    /api/v1/certificates, which an app serves once `add_certificate_routes` was called;
+    `fleet`: with /api/v1/nodes, which a fleet node serves (docs/fleet.md)."""
     keys: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model.Gateway, "validation"),
         (model.Gateway, "serialization"),
@@ -447,6 +449,15 @@ def openapi_document(certificates: bool = False) -> Schema:
     }
     if certificates:
         paths.update(_certificate_paths(_param("name", "path", name)))
+    if fleet:
+        paths["/api/v1/nodes"] = {
+            "get": _op(
+                "the fleet's nodes as this node sees them: applied revision, lag, live or "
+                "down (writes take ?wait=applied[&timeout=S] on a fleet node)",
+                {"200": _json({"type": "object", "required": ["node", "nodes"]})},
+                ("401", "421"),
+            )
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Weighbridge", "version": "1"},
@@ -465,7 +476,7 @@ def openapi_document(certificates: bool = False) -> Schema:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(CERTIFICATES in request.app))
+    return web.json_response(openapi_document(CERTIFICATES in request.app, NODES in request.app))
 
 
 def add_openapi_route(app: web.Application) -> None:

@@ -17,9 +17,11 @@ from controller.api.tokens import READ_TOKEN_ENV, WRITE_TOKEN_ENV
 from controller.cli.client import DEFAULT_API, refuse_token_argument
 
 if TYPE_CHECKING:
+    from controller.fleet.run import FleetSettings
     from controller.service import RunSettings
 
 DEFAULT_CONFIG = "weighbridge.yaml"
+STORE_ENV = "WEIGHBRIDGE_STORE"
 
 
 def _duration(text: str) -> str:
@@ -84,6 +86,8 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
     )
     config = getattr(args, "config", None)
     return RunSettings(
+        fleet=fleet_settings(args),
+        bind_host=getattr(args, "bind_host", None),
         config_file=Path(config or DEFAULT_CONFIG),
         config_required=config is not None,
         config_wins=getattr(args, "config_wins", False),
@@ -108,6 +112,36 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         ),
         hard_stop_after=args.hard_stop_after,
     )
+
+
+def fleet_settings(args: argparse.Namespace) -> FleetSettings | None:
+    """`--store etcd://…` (or $WEIGHBRIDGE_STORE) and `--node`: a node of a fleet."""
+    import os
+    import socket
+
+    from controller.fleet.etcd import parse_store_url
+    from controller.fleet.run import FleetSettings, check_node_name
+
+    if not hasattr(args, "store_prefix"):  # `demo`: always the file store of one node
+        return None
+    store = args.store or os.environ.get(STORE_ENV) or "file"
+    if store == "file":
+        return None
+    try:
+        etcd = parse_store_url(store, args.store_prefix)
+        node = check_node_name(args.node or socket.gethostname().lower())
+    except ValueError as exc:
+        raise SystemExit(f"--store/--node: {exc}") from None
+    return FleetSettings(etcd, node)
+
+
+def _bind_host(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an IP address") from None
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -341,7 +375,36 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="where rollout webhooks and Prometheus checks may call; repeat for several "
         "(default: loopback only, 127.0.0.0/8 and ::1; docs/security.md)",
     )
+    fleet_options(p)
     p.set_defaults(func=cmd_run)
+
+
+def fleet_options(p: argparse.ArgumentParser) -> None:
+    """A node of a fleet: docs/fleet.md."""
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="where the desired state lives: 'file' (this node's state dir, the default) or "
+        f"etcd://HOST:PORT[,HOST:PORT…] for a fleet of nodes sharing it (default: ${STORE_ENV})",
+    )
+    p.add_argument(
+        "--store-prefix",
+        default="/weighbridge/",
+        metavar="PREFIX",
+        help="the etcd keys' prefix (several fleets may share one etcd)",
+    )
+    p.add_argument(
+        "--node",
+        metavar="NAME",
+        help="this node's name in the fleet (default: the host name)",
+    )
+    p.add_argument(
+        "--bind-host",
+        type=_bind_host,
+        metavar="ADDR",
+        help="bind every gateway on this address instead of its own host, same port "
+        "(several nodes on one machine, or a host with several addresses)",
+    )
 
 
 def _demo_options(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from controller.plan import Observed, plan_changes, render_plan
 from controller.render import RenderSettings
 
 CERTS = "/state/certs"
-SETTINGS = RenderSettings(admin_socket="/state/admin.sock", cert_dir=CERTS)
+SETTINGS = RenderSettings(admin_socket="/state/admin.sock", cert_dir=CERTS, cert_paths=("/pki",))
 NOTHING = Observed(None, {}, {})
 
 
@@ -101,8 +101,9 @@ def test_bad_route_protocols_are_refused(route: dict[str, Any], field: str, mess
         ({"protocol": "h2c"}, "proto h2"),
         ({"tls": {}}, "ssl verify required ca-file @system-ca"),
         (
-            {"protocol": "h2", "tls": {"verify": "/ca.pem", "sni": "api.test"}},
-            "ssl verify required ca-file /ca.pem sni str(api.test) verifyhost api.test alpn h2",
+            {"protocol": "h2", "tls": {"verify": "/pki/ca.pem", "sni": "api.test"}},
+            "ssl verify required ca-file /pki/ca.pem sni str(api.test) verifyhost api.test "
+            "alpn h2",
         ),
         ({"tls": {"verify": "none", "sni": "x.test"}}, "ssl verify none sni str(x.test)"),
     ],
@@ -113,6 +114,15 @@ def test_route_protocols_become_server_options(route: dict[str, Any], options: s
     text = rendered({"g": gateway(routes={"app": {"instances": ["127.0.0.1:9"], **route}})})
     slot = next(line for line in text.splitlines() if line.startswith("    server s1 127.0.0.1:9"))
     assert slot.endswith(f" {options}" if options else "127.0.0.1:9")
+
+
+@pytest.mark.parametrize("path", ["/ca.pem", "/pkix/ca.pem", "/state/certs/ca.pem"])
+def test_files_by_path_only_from_allowed_directories(path: str) -> None:
+    """`--allow-cert-path /pki` allows /pki/… only: not a sibling sharing its prefix."""
+    routes = {"app": {"instances": ["127.0.0.1:9"], "tls": {"verify": path}}}
+    with pytest.raises(InvalidInput) as refused_path:
+        rendered({"g": gateway(routes=routes)})
+    assert "--allow-cert-path" in str(refused_path.value)
 
 
 def test_tcp_gateways_pass_tls_through_and_speak_no_http_protocol() -> None:
@@ -126,7 +136,7 @@ def test_two_gateways_on_a_tls_bind_share_one_bind_line_the_default_first_by_nam
     tls = {"redirect_http": "127.0.0.1:8080"}
     text = rendered(
         {
-            "zed": gateway(virtual_hosts=["z.test"], tls={"certificates": ["z", "/z.pem"], **tls}),
+            "zed": gateway(virtual_hosts=["z.test"], tls={"certificates": ["z", "/pki/z.pem"], **tls}),
             "abc": gateway(virtual_hosts=["a.test"], tls={"certificates": ["a"], **tls}),
         }
     )
@@ -152,11 +162,11 @@ def test_a_crt_list_is_named_by_its_content() -> None:
         assert section.layout.tls is not None
         return section.layout.tls.crt_list, section.layout.tls.text
 
-    first, text = layout_of(["a", "/etc/ssl/b.pem"])
-    assert text == f"{CERTS}/a.pem\n/etc/ssl/b.pem\n"
-    again, _ = layout_of(["a", "/etc/ssl/b.pem"])
-    other, other_text = layout_of(["/etc/ssl/b.pem", "a"])
-    assert first == again and other != first and other_text.startswith("/etc/ssl/b.pem\n")
+    first, text = layout_of(["a", "/pki/b.pem"])
+    assert text == f"{CERTS}/a.pem\n/pki/b.pem\n"
+    again, _ = layout_of(["a", "/pki/b.pem"])
+    other, other_text = layout_of(["/pki/b.pem", "a"])
+    assert first == again and other != first and other_text.startswith("/pki/b.pem\n")
 
 
 def test_shared_binds_must_agree_on_tls() -> None:

@@ -136,7 +136,9 @@ def test_two_gateways_on_a_tls_bind_share_one_bind_line_the_default_first_by_nam
     tls = {"redirect_http": "127.0.0.1:8080"}
     text = rendered(
         {
-            "zed": gateway(virtual_hosts=["z.test"], tls={"certificates": ["z", "/pki/z.pem"], **tls}),
+            "zed": gateway(
+                virtual_hosts=["z.test"], tls={"certificates": ["z", "/pki/z.pem"], **tls}
+            ),
             "abc": gateway(virtual_hosts=["a.test"], tls={"certificates": ["a"], **tls}),
         }
     )

@@ -21,6 +21,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from controller.conditions import CompiledCondition, compile_condition, parse_condition
+from controller.health.model import RoutePolicy
+from controller.health.render import (
+    ServerTimeoutMap,
+    backend_lines,
+    server_timeout_entry,
+    structural_key,
+)
 from controller.model import BASIS_POINTS, HASH_BALANCE, Address, Gateway, Rewrite, Route
 
 MIN_SLOTS = 8
@@ -135,6 +142,13 @@ class BackendLayout:
     cookie: str | None = None
     """Instance stickiness: the cookie HAProxy inserts, naming the slot."""
     rules: tuple[str, ...] = ()
+    policy: tuple[str, ...] = ()
+    """Checks, timeouts, retries, server options of its route (`health.render`), live values
+    left out: on every slot, parked ones too, so that filling a slot needs no reload."""
+    checked: bool = False
+    """Its slots have active checks: a filled slot is kept out until it passes them."""
+    drains: bool = False
+    """A removed instance drains (`state drain`) before its slot is parked."""
 
     @property
     def server_weight(self) -> int:
@@ -154,6 +168,8 @@ class GatewayMaps:
     strengths: str | None = None
     sticky: str | None = None
     backends: str | None = None
+    timeouts: str | None = None
+    """backend → server timeout (ms) of its route: HTTP gateways where a route sets one."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +203,8 @@ class GatewayLayout:
     @property
     def map_refs(self) -> tuple[str, ...]:
         refs = (self.maps.weights, self.maps.routes, self.maps.strengths, self.maps.sticky)
-        return tuple(ref for ref in (*refs, self.maps.backends) if ref is not None)
+        more = (self.maps.backends, self.maps.timeouts)
+        return tuple(ref for ref in (*refs, *more) if ref is not None)
 
     @functools.cached_property
     def slots(self) -> int:
@@ -201,13 +218,16 @@ def gateway_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
-def gateway_map_refs(gateway: str, map_dir: str, *, conditions: bool, sticky: bool) -> GatewayMaps:
+def gateway_map_refs(
+    gateway: str, map_dir: str, *, conditions: bool, sticky: bool, timeouts: bool = False
+) -> GatewayMaps:
     return GatewayMaps(
         weights=weights_map_ref(gateway, map_dir),
         routes=routes_map_ref(gateway, map_dir),
         strengths=f"{map_dir}/{gateway}.strengths.map" if conditions else None,
         sticky=f"{map_dir}/{gateway}.sticky.map" if sticky else None,
         backends=f"{map_dir}/{gateway}.backends.map" if sticky else None,
+        timeouts=f"{map_dir}/{gateway}.timeouts.map" if timeouts else None,
     )
 
 
@@ -272,6 +292,9 @@ def gateway_maps(
         # a pin holds while its route takes weighted traffic: weight 0 moves pinned clients
         maps[refs.sticky] = tuple((n, binding[n]) for n, w in weights.items() if w > 0)
         maps[refs.backends] = tuple((backend, route) for route, backend in binding.items())
+    if refs.timeouts:
+        entries = (server_timeout_entry(binding[n], r) for n, r in gateway.routes.items())
+        maps[refs.timeouts] = tuple(entry for entry in entries if entry is not None)
     return maps
 
 
@@ -283,10 +306,21 @@ def gateway_layout(
     route_of = {backend: route for route, backend in binding.items()}
     default = gateway.route_balance(Route())
     cookie = f"wb_i_{name}" if gateway.sticky == "instance" else None
+    timeouts = gateway.mode == "http" and any(
+        r.timeouts.server is not None for r in gateway.routes.values()
+    )
+    refs = gateway_map_refs(
+        name,
+        map_dir,
+        conditions=any(r.condition is not None for r in gateway.routes.values()),
+        sticky=gateway.sticky != "none",
+        timeouts=timeouts,
+    )
     backends = []
     for index in range(1, size + 1):
         backend = pool_backend(name, index)
         route = gateway.routes[route_of[backend]] if backend in route_of else None
+        policy = route or DEFAULT_POLICY  # a spare takes a new default route with no reload
         backends.append(
             BackendLayout(
                 name=backend,
@@ -296,6 +330,9 @@ def gateway_layout(
                 slots=slot_capacity(len(route.instances) if route else 0, pool.get(index)),
                 cookie=cookie,
                 rules=compile_rewrites(route.rewrites) if route else (),
+                policy=policy_lines(policy, gateway.mode, refs.timeouts),
+                checked=policy.health_check is not None,
+                drains=route is not None and route.drain_timeout > 0,
             )
         )
     key = gateway_key(name)
@@ -311,9 +348,29 @@ def gateway_layout(
         mode=gateway.mode,
         sticky=gateway.sticky,
         virtual_hosts=gateway.virtual_hosts,
-        maps=gateway_map_refs(
-            name, map_dir, conditions=bool(conditions), sticky=gateway.sticky != "none"
-        ),
+        maps=refs,
         conditions=conditions,
         backends=tuple(backends),
     )
+
+
+DEFAULT_POLICY = RoutePolicy()
+
+
+def policy_lines(policy: RoutePolicy, mode: str, timeouts_map: str | None) -> tuple[str, ...]:
+    """A route's backend lines without its live values (`structural_key`): a change of
+    `max_connections`, `drain_timeout`, the ejection cap or (through the map) the server
+    timeout changes no line, so it needs no reload."""
+    return _policy_lines(
+        structural_key(policy, _mode(mode), server_map=timeouts_map is not None),
+        _mode(mode),
+        timeouts_map,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_lines(
+    key: RoutePolicy, mode: Literal["http", "tcp"], timeouts_map: str | None
+) -> tuple[str, ...]:
+    server_map = ServerTimeoutMap(timeouts_map) if timeouts_map else None
+    return tuple(backend_lines(key, mode, server_map))

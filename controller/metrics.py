@@ -48,7 +48,9 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 Result = Literal["ok", "failed"]
 ApplyMethod = Literal["none", "runtime", "reload"]
-DriftKind = Literal["structure", "map", "server-addr", "server-weight", "server-state"]
+DriftKind = Literal[
+    "structure", "map", "server-addr", "server-weight", "server-state", "server-health"
+]
 """As the engine's own drift count: a reload, a map swap, or one server slot setting."""
 
 RESULTS: tuple[Result, ...] = get_args(Result)

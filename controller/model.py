@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from controller.errors import shown
+from controller.health.model import OnRouteDown, RoutePolicy, mode_problems
 
 BASIS_POINTS = 10_000
 """100 % in basis points: weights and strengths are exact to 0.01 %."""
@@ -247,8 +248,11 @@ class Rewrite(BaseModel):
     condition: Condition = "true"
 
 
-class Route(BaseModel):
-    """One destination of a gateway, e.g. a service version; weight None shares the rest."""
+class Route(RoutePolicy):
+    """One destination of a gateway, e.g. a service version; weight None shares the rest.
+
+    Its health checks, ejection, timeouts, retries, limits and draining are the fields of
+    `RoutePolicy` (issue 12, docs/health.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -293,6 +297,8 @@ class Gateway(BaseModel):
     sticky: Literal["none", "route", "instance"] = "none"
     virtual_hosts: tuple[Host, ...] = Field(default=(), max_length=64)
     routes: dict[Name, Route] = Field(default_factory=dict, max_length=256)
+    on_route_down: OnRouteDown = "redistribute"
+    """When every instance of a route is down: its share goes to the others, or 503s."""
 
     def route_balance(self, route: Route) -> str:
         return (
@@ -311,6 +317,8 @@ class Gateway(BaseModel):
         if self.virtual_hosts:
             raise ValueError("virtual_hosts need an http gateway")
         for name, route in self.routes.items():
+            for problem in mode_problems(route, self.mode, f"routes.{name}"):
+                raise ValueError(f"{problem['field']}: {problem['message']}")
             if route.rewrites:
                 raise ValueError(f"route {name!r}: rewrites need an http gateway")
             if any(self.route_balance(route).startswith(b) for b in HTTP_ONLY_BALANCE):

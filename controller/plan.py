@@ -47,6 +47,8 @@ class SlotState:
     address: Address | None
     serving: bool
     weight: int
+    draining: bool = False
+    """In `drain` (a removed instance finishing its sessions): not free for another one."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class ReloadReason:
         return f"{self.kind}: {self.detail}"
 
 
-SlotSetting = Literal["server-addr", "server-weight", "server-state"]
+SlotSetting = Literal["server-addr", "server-weight", "server-state", "server-health"]
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,10 @@ class SlotChange:
     setting: SlotSetting
     address: Address | None = None
     weight: int = 0
-    state: Literal["ready", "maint"] = "ready"
+    state: Literal["ready", "maint", "drain"] = "ready"
+    health: Literal["up", "down"] = "down"
+    """`server-health`: `down` keeps a slot that just left maintenance out until it passes
+    its checks (it would be UP at once, before its first check)."""
 
     @property
     def text(self) -> str:
@@ -149,6 +154,8 @@ class SlotChange:
             return commands.set_server_addr(self.backend, self.slot, ip, port)
         if self.setting == "server-weight":
             return commands.set_server_weight(self.backend, self.slot, self.weight)
+        if self.setting == "server-health":
+            return commands.set_server_health(self.backend, self.slot, self.health)
         return commands.set_server_state(self.backend, self.slot, self.state)
 
 
@@ -445,7 +452,12 @@ def _plan_slots(
             kept[slot.name] = address
             placed.add(address)
     names = backend.slot_names()
-    free = iter(name for name in names if name not in kept)
+    draining = {slot.name for slot in observed if slot.draining}
+    # a draining slot is the last one taken: its instance is still finishing requests
+    free = iter(
+        [n for n in names if n not in kept and n not in draining]
+        + [n for n in names if n not in kept and n in draining]
+    )
     plan = _SlotPlan(assignment=dict(kept))
     for address in desired:
         if address in placed:
@@ -466,6 +478,10 @@ def _plan_slots(
                 plan.fill.append(SlotChange(backend.name, name, "server-weight", weight=weight))
             if state is None or not state.serving or name not in kept:
                 plan.fill.append(SlotChange(backend.name, name, "server-state", state="ready"))
+                fresh = state is None or not state.draining or name not in kept
+                if backend.checked and fresh:  # in the same batch as `state ready`
+                    plan.fill.append(SlotChange(backend.name, name, "server-health"))
         elif state is not None and state.serving:
-            plan.empty.append(SlotChange(backend.name, name, "server-state", state="maint"))
+            leave: Literal["drain", "maint"] = "drain" if backend.drains else "maint"
+            plan.empty.append(SlotChange(backend.name, name, "server-state", state=leave))
     return plan

@@ -19,6 +19,7 @@ from pydantic_core import core_schema
 
 from controller import model
 from controller.api.certificates import CERTIFICATES
+from controller.health import model as health
 from controller.rollouts.spec import RolloutSpec
 
 Schema = dict[str, Any]
@@ -68,6 +69,28 @@ INPUT_FORMATS: dict[Callable[..., Any], Schema] = {
         "description": "a condition, e.g. 'Firefox or has cookie beta' (docs/routing.md)",
     },
     parser_of(model.Host): {"type": "string", "maxLength": 253, "description": "a host name"},
+    parser_of(health.Duration): {
+        "type": "string",
+        "pattern": r"^[0-9]{1,7}(?:ms|s|m|h)$",
+        "description": "a duration with its unit: '500ms', '2s', '1m', '1h'",
+    },
+    parser_of(health.Percent): {
+        "anyOf": [
+            {"type": "string", "pattern": r"^(?:100|[0-9]{1,2})(?:\.[0-9]{1,2})?%$"},
+            {"type": "number", "minimum": 0, "maximum": 100},
+        ],
+        "description": "a percentage, exact to 0.01: 50, '50%'",
+    },
+    health.check_check_path: {"type": "string", "maxLength": 402, "description": "'/healthz'"},
+    health.check_check_host: {"type": "string", "maxLength": 259, "description": "a host name"},
+    health.check_expect_status: {
+        "anyOf": [{"type": "string", "maxLength": 127}, {"type": "integer"}],
+        "description": "status codes and ranges: '200-399', '200,204'",
+    },
+    health.check_retry_on: {
+        "anyOf": [{"enum": list(health.RETRY_ON)}, {"type": "integer"}],
+        "description": "a retry-on value of HAProxy 2.6",
+    },
 }
 
 
@@ -80,7 +103,10 @@ class _InputSchema(GenerateJsonSchema):
     def function_before_schema(
         self, schema: core_schema.BeforeValidatorFunctionSchema
     ) -> dict[str, Any]:
-        known = INPUT_FORMATS.get(schema["function"]["function"])
+        function = schema["function"]["function"]
+        if function is health.checks_off:  # `health_check: none`, or the check itself
+            return {"anyOf": [{"const": "none"}, self.generate_inner(schema["schema"])]}
+        known = INPUT_FORMATS.get(function)
         return dict(known) if known is not None else super().function_before_schema(schema)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from controller.conditions import CompiledCondition, compile_condition, parse_condition
+from controller.health.decide import live_strengths, live_weights
 from controller.health.model import RoutePolicy
 from controller.health.render import (
     ServerTimeoutMap,
@@ -275,18 +276,37 @@ def bind_routes(name: str, gateway: Gateway, live: MapEntries, pool: Pool) -> di
     return {route: kept.get(route) or next(free) for route in gateway.routes}
 
 
+def applied_weights(gateway: Gateway, down: frozenset[str] = frozenset()) -> dict[str, int]:
+    """The weights HAProxy is given: the desired ones, unless routes are `down` (every
+    instance failing its checks) and the gateway redistributes their share."""
+    desired = gateway.effective_weights()
+    if not down:
+        return desired
+    healthy = {name: 0 if name in down else 1 for name in desired}
+    return live_weights(desired, healthy, gateway.on_route_down).weights
+
+
 def gateway_maps(
-    gateway: Gateway, binding: Mapping[str, str], refs: GatewayMaps
+    gateway: Gateway,
+    binding: Mapping[str, str],
+    refs: GatewayMaps,
+    down: frozenset[str] = frozenset(),
 ) -> dict[str, MapEntries]:
     """What each live map of a gateway holds; all of it can change without a reload."""
-    weights = gateway.effective_weights()
+    weights = applied_weights(gateway, down)
     maps = {
         refs.weights: weight_map(weights, binding),
         refs.routes: tuple(binding.items()),
     }
     if refs.strengths:
+        strengths = {name: route.strength for name, route in gateway.routes.items()}
+        if down:
+            healthy = {name: 0 if name in down else 1 for name in strengths}
+            strengths = live_strengths(strengths, healthy, gateway.on_route_down)
         maps[refs.strengths] = tuple(
-            (name, str(route.strength)) for name, route in gateway.routes.items() if route.condition
+            (name, str(strengths[name]))
+            for name, route in gateway.routes.items()
+            if route.condition
         )
     if refs.sticky and refs.backends:
         # a pin holds while its route takes weighted traffic: weight 0 moves pinned clients

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, applied_routes
 from controller.apply import Applier, ApplyResult, Loaded, Method
 from controller.budget import Budget, Usage, gateway_usage
+from controller.compile import applied_weights
 from controller.desired import Desired, Record
 from controller.diff import Change, diff_gateway, how
 from controller.edits import Edit, edited
@@ -106,6 +107,8 @@ class Engine:
         self.gate = Gate()
         """Runtime writes hold it shared; a reload or a restart of HAProxy, alone."""
         self.desired = Desired()
+        self.down: dict[str, frozenset[str]] = {}
+        """Per gateway, the routes whose every instance fails its checks (the health watch)."""
         self.plans: dict[str, GatewayPlan] = {}
         """Each gateway's latest plan: what HAProxy runs for it, or will after the next reload."""
         self.running: Running | None = None
@@ -210,6 +213,7 @@ class Engine:
                 self.map_dir,
                 self.settings,
                 self.sections,
+                self.down.get(name, frozenset()),
             )
             for name, gateway in self.desired.gateways.items()
         ]
@@ -360,7 +364,10 @@ class Engine:
     ) -> GatewayPlan:
         """Plan one gateway; a write's plan must also fit the slot budget (a repair's need not:
         it only puts back what was stored)."""
-        plan = plan_gateway(name, gateway, observed, self.map_dir, self.settings, self.sections)
+        down = self.down.get(name, frozenset())
+        plan = plan_gateway(
+            name, gateway, observed, self.map_dir, self.settings, self.sections, down
+        )
         known = self.plans.get(name)
         mine = known.slots if known else 0
         if check_budget and plan.slots > mine:  # only growth can go over: O(gateways) then
@@ -525,6 +532,37 @@ class Engine:
     def _synced(self) -> None:
         self.state.last_sync = time.time()
         self.metrics.synced(self.state.last_sync)
+
+    # ---- health ---------------------------------------------------------------------------
+
+    async def routes_down(self, name: str, down: frozenset[str]) -> bool:
+        """The health watch found these routes of a gateway with no healthy instance (or
+        healthy again): re-plan its maps (a live swap). True when something changed."""
+        if self.down.get(name, frozenset()) == down or name not in self.desired.records:
+            return False
+        async with self._gateways.hold(name), self.gate.shared():
+            before = self.down.get(name, frozenset())
+            if down:
+                self.down[name] = down
+            else:
+                self.down.pop(name, None)
+            result = await self._converge([name], drift=False)
+        gateway = self.desired.get(name)
+        how = gateway.on_route_down if gateway else "redistribute"
+        for route in sorted(down - before):
+            log.warning("%s: route %s is down (no healthy instance; %s)", name, route, how)
+        for route in sorted(before - down):
+            log.info("%s: route %s has a healthy instance again", name, route)
+        if result.steps:
+            log.info("%s: %s", name, "; ".join(result.steps))
+        return True
+
+    def live_weights(self, name: str) -> dict[str, int]:
+        """The weights HAProxy is given for a gateway now (desired, or redistributed)."""
+        gateway = self.desired.get(name)
+        if gateway is None:
+            return {}
+        return applied_weights(gateway, self.down.get(name, frozenset()))
 
     # ---- HAProxy's life ---------------------------------------------------------------------
 

@@ -308,8 +308,12 @@ def plan_gateway(
     map_dir: str,
     settings: RenderSettings,
     sections: SectionCache | None = None,
+    down: frozenset[str] = frozenset(),
 ) -> GatewayPlan:
     """Compare one gateway's pool backends, slots and maps with what HAProxy reports.
+
+    `down`: routes whose every instance fails its checks (`controller.health.watch`): their
+    share goes to the other routes when the gateway says `on_route_down: redistribute`.
 
     Raises InvalidInput for a raw ACL the settings do not allow, and InvalidArgument for
     any value that could not be sent to the socket: a plan is fully checked, or none.
@@ -323,7 +327,7 @@ def plan_gateway(
     binding = bind_routes(name, gateway, observed.maps.get(routes_map_ref(name, map_dir), ()), pool)
     layout = gateway_layout(name, gateway, binding, pool, map_dir)
     section = (sections or SectionCache()).section(layout)
-    maps = gateway_maps(gateway, binding, layout.maps)
+    maps = gateway_maps(gateway, binding, layout.maps, down)
     # every map checked, also those a reload writes to disk: a key or value that could not
     # be a socket token must not become a line of a map file either
     swaps = {ref: MapSwap(ref, entries) for ref, entries in maps.items()}

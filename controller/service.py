@@ -27,6 +27,7 @@ from controller.diff import Change, diff_gateway
 from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput
+from controller.health.watch import HealthWatch
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess
@@ -333,6 +334,7 @@ async def _serve(
         asyncio.create_task(reconcile_forever(engine, settings.sync_interval)),
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
         asyncio.create_task(rollouts.run()),
+        asyncio.create_task(HealthWatch(engine).run()),
     ]
     if ready is not None:
         ready.set()

@@ -7,13 +7,14 @@ backends its routes are bound to (a full `show stat` costs seconds at scale).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from controller.applied import applied_gateway, instance_state
+from controller.applied import applied_gateway, health_json, instance_state
 from controller.desired import Record
 from controller.model import format_percent
 from controller.runtime import commands
-from controller.runtime.parse import parse_stat
+from controller.runtime.parse import ServerHealth, parse_stat, server_health_from_stat
 
 if TYPE_CHECKING:
     from controller.engine import Engine
@@ -39,13 +40,22 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
         for reply in replies
         for r in parse_stat(reply)
     }
+    health: dict[str, list[ServerHealth]] = {}
+    for stat in rows.values():
+        server = server_health_from_stat(stat)
+        if server is not None:
+            health.setdefault(server.backend, []).append(server)
+    applied = replace(applied, health=health)
     points = applied.backend_weights
     desired = gateway.effective_weights()
+    live = engine.live_weights(name)  # desired, or redistributed while a route is down
+    down = engine.down.get(name, frozenset())
     routes: dict[str, Any] = {}
     in_sync = points is not None
     for route_name, route in gateway.routes.items():
         backend = applied.binding.get(route_name, "")
         slots = applied.slot_of(backend)
+        servers = applied.servers(route_name)
         instances = []
         for address in route.instances:
             slot = slots.get(address)
@@ -58,6 +68,7 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
                     "slot": slot.name if slot else None,
                     "state": state,
                     "requests": _count(row, "stot") if row else 0,
+                    "health": health_json(servers.get(slot.name) if slot else None),
                 }
             )
         stray = [
@@ -67,7 +78,8 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
         ]
         in_sync &= not stray
         applied_points = (points or {}).get(backend, 0)
-        in_sync &= applied_points == desired[route_name]
+        in_sync &= applied_points == live.get(route_name, desired[route_name])
+        route_health = applied.route_health(route_name)
         backend_row = rows.get((backend, "BACKEND"), {})
         strength = applied.strengths.get(route_name)
         routes[route_name] = {
@@ -82,11 +94,17 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
             "requests": _count(backend_row, "stot"),
             "responses": {f"{k}xx": _count(backend_row, f"hrsp_{k}xx") for k in range(1, 6)},
             "instances": instances,
+            "healthy": route_health.healthy,
+            "in_service": route_health.total,
+            "down": route_name in down,
         }
     return {
         "gateway": name,
         "bind": str(gateway.bind),
         "revision": record.revision,
         "in_sync": in_sync,
+        "on_route_down": gateway.on_route_down,
+        "routes_down": sorted(down),
+        "redistributed": bool(down) and live != desired,
         "routes": routes,
     }

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from rich.console import Console
 
 from controller.cli.client import ApiClient, Reply, add_client_options, client_from, segment
-from controller.cli.output import print_error, print_result, status_table
+from controller.cli.output import health_table, print_error, print_result, status_table
 from controller.errors import ConflictingState, NotFound
 from controller.model import parse_address
 
@@ -196,6 +196,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.write(json.dumps(reply.body, indent=2) + "\n")
         return 0
     console.print(status_table(reply.body))
+    console.print(health_table(reply.body))
     return 0
 
 

@@ -1,0 +1,25 @@
+"""Instance health as the controller's status reports it (`GET …/status`), for tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support.stack import Stack, wait_until
+
+
+def instance_health(stack: Stack, gateway: str, route: str) -> dict[str, dict[str, Any]]:
+    """address → its `health` in the gateway's status (HAProxy's view of its checks)."""
+    body = stack.request("GET", f"/api/v1/gateways/{gateway}/status").body
+    return {i["address"]: i["health"] or {} for i in body["routes"][route]["instances"]}
+
+
+def wait_health(
+    stack: Stack, gateway: str, route: str, address: str, state: str, timeout: float = 15
+) -> None:
+    """Until HAProxy reports `state` (UP, DOWN, MAINT, DRAIN) for the instance."""
+    wait_until(
+        lambda: instance_health(stack, gateway, route).get(address, {}).get("state") == state,
+        timeout,
+        f"{address} of {gateway}.{route} to be {state}",
+        interval=0.1,
+    )

@@ -31,9 +31,11 @@ from controller.rollouts.decide import decide
 from controller.rollouts.outbound import OutboundPolicy
 from controller.rollouts.pair import Pair, RolloutError, RouteGone, step_text
 from controller.rollouts.state import (
+    CheckResult,
     Command,
     CommandRefused,
     Ended,
+    Evaluation,
     Rollout,
     clip,
     command_effect,
@@ -257,8 +259,12 @@ class RolloutRunner:
         rollout, spec = self.rollout, self.rollout.spec
         generation = self._generation
         self.pair.check_ownership()
-        if await self.pair.ready_instances() == 0:
-            await self._block(f"route {spec.to_route} has no ready instance in HAProxy")
+        health = await self.pair.health()
+        if health.healthy < spec.min_healthy:
+            await self._block(
+                f"route {spec.to_route} has {health.healthy} of {health.total} instances "
+                f"passing HAProxy's checks; the next step needs {spec.min_healthy}"
+            )
             return
         if spec.webhooks.pre_step:
             body = payload(rollout, "pre-step", rollout.step + 1)
@@ -311,13 +317,24 @@ class RolloutRunner:
         if not window.is_open:
             await window.open()
             return
-        if await self._wait(window.due_in):
+        # woken every HEALTH_POLL: a to-route instance marked down fails the window at once
+        if await self._wait(min(window.due_in, HEALTH_POLL)):
             return
         self.pair.check_ownership()
-        evaluation, why_not = await window.evaluate()
-        if evaluation is None:
-            self._event("window_reset", why_not)
+        down = await self.pair.instances_down()
+        if down:
+            evaluation: Evaluation | None = instances_down_evaluation(
+                rollout, down, self.ctx.clock()
+            )
+            self._event("instances_down", ", ".join(down))
+        elif window.due_in > 0:
             return
+        else:
+            evaluation, why_not = await window.evaluate()
+            if evaluation is None:
+                self._event("window_reset", why_not)
+                return
+        assert evaluation is not None
         rollout.last_check = evaluation
         self.ctx.metrics.evaluated(rollout.gateway, evaluation.verdict)
         self._event("check", evaluation_text(evaluation.model_dump()))
@@ -335,7 +352,9 @@ class RolloutRunner:
         elif decision.action == "promote":
             await self._finish("promoted", decision.reason)
         else:
-            if decision.action == "new_window":
+            if decision.action == "new_window" and down:
+                window.close()  # its counters were not read: the next pass opens one
+            elif decision.action == "new_window":
                 window.advance()
             else:
                 window.close()
@@ -403,3 +422,29 @@ class RolloutRunner:
                 await self._checkpoint()
         except Exception as save_error:  # the store itself may be what failed
             log.error("rollout %s: cannot save: %s", self.rollout.id, save_error)
+
+
+HEALTH_POLL = 0.5
+"""Seconds between reads of the to-route's health while a window is open."""
+
+
+def instances_down_evaluation(rollout: Rollout, down: list[str], at: float) -> Evaluation:
+    """A failed evaluation, now: instances of the to-route are marked down by HAProxy."""
+    result = CheckResult(
+        name="instances_down",
+        value=float(len(down)),
+        threshold=0.0,
+        bound="max",
+        result="fail",
+        note=", ".join(down),
+    )
+    started = rollout.step_started_at or at
+    return Evaluation(
+        at=at,
+        step=rollout.step,
+        verdict="fail",
+        requests=0,
+        errors=0,
+        seconds=round(max(0.0, at - started), 3),
+        results=(result,),
+    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -263,7 +264,8 @@ class RolloutRunner:
         if health.healthy < spec.min_healthy:
             await self._block(
                 f"route {spec.to_route} has {health.healthy} of {health.total} instances "
-                f"passing HAProxy's checks; the next step needs {spec.min_healthy}"
+                f"passing HAProxy's checks; the next step needs {spec.min_healthy}",
+                retry_in=HEALTH_POLL,  # HAProxy's checks are fast: no need to wait a window
             )
             return
         if spec.webhooks.pre_step:
@@ -290,13 +292,14 @@ class RolloutRunner:
         self._event("step_applying", step_text(rollout, rollout.step + 1), step=rollout.step + 1)
         await self._save()
 
-    async def _block(self, why: str) -> None:
-        """The next step waits; ask again after an interval (or sooner, on a command)."""
+    async def _block(self, why: str, retry_in: float | None = None) -> None:
+        """The next step waits; ask again after an interval, or `retry_in` (or sooner, on a
+        command)."""
         if self.rollout.blocked != why:
             self.rollout.blocked = why
             self._event("blocked", why)
             await self._save()
-        await self._wait(self.rollout.spec.interval)
+        await self._wait(min(self.rollout.spec.interval, retry_in or math.inf))
 
     async def _start_step(self) -> None:
         rollout = self.rollout

@@ -16,7 +16,7 @@ import functools
 import hashlib
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -318,8 +318,28 @@ def gateway_maps(
     return maps
 
 
+Resolved = Mapping[str, Sequence[Address]]
+"""Instance name (`host:port`) → the addresses it resolved to (`controller.discovery`)."""
+
+
+def route_instances(route: Route, resolved: Resolved | None = None) -> tuple[Address, ...]:
+    """A route's addresses: its IP literals, then what its names resolved to (once each)."""
+    if not route.names or not resolved:
+        return route.instances
+    found = dict.fromkeys(route.instances)
+    for name in route.names:
+        for address in resolved.get(name, ()):
+            found.setdefault(address)
+    return tuple(found)
+
+
 def gateway_layout(
-    name: str, gateway: Gateway, binding: Mapping[str, str], pool: Pool, map_dir: str
+    name: str,
+    gateway: Gateway,
+    binding: Mapping[str, str],
+    pool: Pool,
+    map_dir: str,
+    resolved: Resolved | None = None,
 ) -> GatewayLayout:
     """The gateway's pool (kept while it fits, grown with spares), slots and rules."""
     size = pool_capacity(len(gateway.routes), max(pool, default=0))
@@ -347,7 +367,9 @@ def gateway_layout(
                 gateway=name,
                 mode=gateway.mode,
                 balance=gateway.route_balance(route) if route else default,
-                slots=slot_capacity(len(route.instances) if route else 0, pool.get(index)),
+                slots=slot_capacity(
+                    len(route_instances(route, resolved)) if route else 0, pool.get(index)
+                ),
                 cookie=cookie,
                 rules=compile_rewrites(route.rewrites) if route else (),
                 policy=policy_lines(policy, gateway.mode, refs.timeouts),

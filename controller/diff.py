@@ -151,6 +151,11 @@ def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Itera
         yield Change(gateway, name, "instances", None, str(address), live=True)
     for address in sorted(removed, key=str):
         yield Change(gateway, name, "instances", str(address), None, live=True)
+    old_names, new_names = set(before.names), set(after.names)
+    for host in sorted(new_names - old_names):  # resolved into slots: live
+        yield Change(gateway, name, "instances", None, host, live=True)
+    for host in sorted(old_names - new_names):
+        yield Change(gateway, name, "instances", host, None, live=True)
     if before.strength != after.strength and before.condition == after.condition:
         yield Change(
             gateway,

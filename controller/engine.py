@@ -19,10 +19,10 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -107,6 +107,10 @@ class Engine:
         self.gate = Gate()
         """Runtime writes hold it shared; a reload or a restart of HAProxy, alone."""
         self.desired = Desired()
+        self.resolved: dict[str, tuple[Address, ...]] = {}
+        """Instance name → its addresses, as the DNS watch last found them."""
+        self.name_status: Callable[[str], dict[str, Any]] | None = None
+        """An instance name's resolution as status shows it (the DNS watch's report)."""
         self.down: dict[str, frozenset[str]] = {}
         """Per gateway, the routes whose every instance fails its checks (the health watch)."""
         self.plans: dict[str, GatewayPlan] = {}
@@ -214,6 +218,7 @@ class Engine:
                 self.settings,
                 self.sections,
                 self.down.get(name, frozenset()),
+                self.resolved,
             )
             for name, gateway in self.desired.gateways.items()
         ]
@@ -366,7 +371,7 @@ class Engine:
         it only puts back what was stored)."""
         down = self.down.get(name, frozenset())
         plan = plan_gateway(
-            name, gateway, observed, self.map_dir, self.settings, self.sections, down
+            name, gateway, observed, self.map_dir, self.settings, self.sections, down, self.resolved
         )
         known = self.plans.get(name)
         mine = known.slots if known else 0
@@ -556,6 +561,22 @@ class Engine:
         if result.steps:
             log.info("%s: %s", name, "; ".join(result.steps))
         return True
+
+    async def names_resolved(self, name: str, addresses: tuple[Address, ...]) -> list[str]:
+        """An instance name resolved to other addresses: fill the slots of every gateway that
+        lists it (instance changes, live). Returns those gateways."""
+        if self.resolved.get(name) == addresses:
+            return []
+        self.resolved[name] = addresses
+        users = [
+            gateway_name
+            for gateway_name, gateway in self.desired.gateways.items()
+            if any(name in route.names for route in gateway.routes.values())
+        ]
+        for gateway_name in users:
+            async with self._gateways.hold(gateway_name), self.gate.shared():
+                await self._converge([gateway_name], drift=False)
+        return users
 
     def live_weights(self, name: str) -> dict[str, int]:
         """The weights HAProxy is given for a gateway now (desired, or redistributed)."""

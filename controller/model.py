@@ -22,7 +22,9 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
@@ -189,6 +191,19 @@ Instance = Annotated[Address, BeforeValidator(parse_address), PlainSerializer(st
 Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, return_type=str)]
 
 
+def _is_name(value: str) -> bool:
+    """A `name:port` instance rather than an IP literal (whose errors `parse_address` words)."""
+    host = value.rpartition(":")[0]
+    return bool(host) and not host.startswith("[") and any(c.isalpha() for c in host)
+
+
+def check_instance_name(value: Any) -> str:
+    """`api-1.internal:8080`, canonical (lower case, no final dot)."""
+    from controller.discovery.names import parse_target
+
+    return str(parse_target(value))
+
+
 def check_balance(value: Any) -> str:
     """Every HAProxy algorithm that keeps working while slots are filled and emptied live."""
     return _whole(
@@ -264,6 +279,33 @@ class Route(RoutePolicy):
     balance: Balance | None = None
     """Overrides the gateway's algorithm for this route's instances."""
     rewrites: tuple[Rewrite, ...] = Field(default=(), max_length=16)
+    names: tuple[Annotated[str, BeforeValidator(check_instance_name)], ...] = Field(
+        default=(), max_length=256
+    )
+    """Instances given by DNS name (`api-1.internal:8080`) in `instances`: the controller
+    resolves them and fills slots with their addresses (`controller.discovery.watch`).
+    Written back into `instances` when serialised, so files and the API keep one list."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_apart(cls, data: Any) -> Any:
+        """`instances` may mix IP literals and names: the names go to `names`."""
+        if not isinstance(data, dict) or not isinstance(data.get("instances"), list | tuple):
+            return data
+        names = [i for i in data["instances"] if isinstance(i, str) and _is_name(i)]
+        if not names:
+            return data
+        literals = [i for i in data["instances"] if not (isinstance(i, str) and _is_name(i))]
+        return {**data, "instances": literals, "names": [*data.get("names", ()), *names]}
+
+    @model_serializer(mode="wrap")
+    def _names_in_instances(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            names = data.pop("names", ())
+            if names:
+                data["instances"] = [*data.get("instances", ()), *names]
+        return data
 
     @property
     def strength(self) -> int:
@@ -282,6 +324,8 @@ class Route(RoutePolicy):
                 seen.add(address)
         if self.condition_strength is not None and self.condition is None:
             raise ValueError("condition_strength needs a condition")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("an instance name is listed twice")
         return self
 
 

@@ -16,10 +16,12 @@ from typing import Literal
 from controller.compile import (
     BackendLayout,
     MapEntries,
+    Resolved,
     bind_routes,
     gateway_layout,
     gateway_maps,
     parse_pool_backend,
+    route_instances,
     routes_map_ref,
 )
 from controller.errors import InvalidInput
@@ -309,11 +311,13 @@ def plan_gateway(
     settings: RenderSettings,
     sections: SectionCache | None = None,
     down: frozenset[str] = frozenset(),
+    resolved: Resolved | None = None,
 ) -> GatewayPlan:
     """Compare one gateway's pool backends, slots and maps with what HAProxy reports.
 
     `down`: routes whose every instance fails its checks (`controller.health.watch`): their
     share goes to the other routes when the gateway says `on_route_down: redistribute`.
+    `resolved`: the addresses of instance names (`controller.discovery.watch`).
 
     Raises InvalidInput for a raw ACL the settings do not allow, and InvalidArgument for
     any value that could not be sent to the socket: a plan is fully checked, or none.
@@ -325,7 +329,7 @@ def plan_gateway(
     check_acl_policy(name, gateway, settings)
     pool = observed.pool
     binding = bind_routes(name, gateway, observed.maps.get(routes_map_ref(name, map_dir), ()), pool)
-    layout = gateway_layout(name, gateway, binding, pool, map_dir)
+    layout = gateway_layout(name, gateway, binding, pool, map_dir, resolved)
     section = (sections or SectionCache()).section(layout)
     maps = gateway_maps(gateway, binding, layout.maps, down)
     # every map checked, also those a reload writes to disk: a key or value that could not
@@ -338,7 +342,7 @@ def plan_gateway(
     empty: list[SlotChange] = []
     for backend in layout.backends:
         route = route_of.get(backend.name)
-        instances = gateway.routes[route].instances if route else ()
+        instances = route_instances(gateway.routes[route], resolved) if route else ()
         slots = _plan_slots(
             backend, instances, observed.backends.get(backend.name, ()), not reasons
         )

@@ -24,6 +24,8 @@ from controller.candidate import CheckLimits
 from controller.config_file import ConfigFileError, load_config
 from controller.desired import Desired
 from controller.diff import Change, diff_gateway
+from controller.discovery.dns import Discovery, DnsResolver
+from controller.discovery.watch import NameWatch
 from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput
@@ -99,6 +101,8 @@ class RunSettings:
     """The config file was named (`--config`): a missing one is an error, not an empty start."""
     config_wins: bool = False
     """The config file is the desired state at start, applied as a change (`--config-wins`)."""
+    dns_servers: tuple[tuple[str, int], ...] = ()
+    """Name servers for instance names (`--dns-server`); empty: the system's."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -326,6 +330,8 @@ async def _serve(
     site = GuardedSite(runner, settings.api_host, settings.api_port, app[GUARD])
     await site.start()
     log.info("API on http://%s:%d/api/v1", settings.api_host, settings.api_port)
+    names = NameWatch(engine, Discovery(DnsResolver(settings.dns_servers or None)))
+    engine.name_status = names.report
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -335,6 +341,7 @@ async def _serve(
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
         asyncio.create_task(rollouts.run()),
         asyncio.create_task(HealthWatch(engine).run()),
+        asyncio.create_task(names.run()),
     ]
     if ready is not None:
         ready.set()

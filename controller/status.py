@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from controller.applied import applied_gateway, health_json, instance_state
+from controller.compile import route_instances
 from controller.desired import Record
 from controller.model import format_percent
 from controller.runtime import commands
@@ -57,7 +58,8 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
         slots = applied.slot_of(backend)
         servers = applied.servers(route_name)
         instances = []
-        for address in route.instances:
+        addresses = route_instances(route, engine.resolved)
+        for address in addresses:
             slot = slots.get(address)
             state = instance_state(address, slots)
             in_sync &= state == "ready"
@@ -72,9 +74,7 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
                 }
             )
         stray = [
-            s
-            for s in applied.slots.get(backend, ())
-            if s.serving and s.address not in route.instances
+            s for s in applied.slots.get(backend, ()) if s.serving and s.address not in addresses
         ]
         in_sync &= not stray
         applied_points = (points or {}).get(backend, 0)
@@ -98,6 +98,12 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
             "in_service": route_health.total,
             "down": route_name in down,
         }
+        if route.names:
+            report = engine.name_status
+            routes[route_name]["names"] = [
+                report(n) if report else {"name": n, "addresses": [], "error": "not watched"}
+                for n in route.names
+            ]
     return {
         "gateway": name,
         "bind": str(gateway.bind),

@@ -105,9 +105,8 @@ class HealthWatch:
     def __init__(self, engine: Engine, period: float = DEFAULT_PERIOD) -> None:
         self.engine = engine
         self.period = period
-        self.health: dict[str, dict[str, RouteHealth]] = {}
-        """Per gateway, its routes' health at the last visit (status and metrics read it)."""
         self._draining: dict[str, dict[tuple[str, str], float]] = {}
+        """Per gateway, when each of its draining slots was first seen draining."""
         self._queue = WorkQueue()
 
     async def run(self) -> None:
@@ -132,9 +131,9 @@ class HealthWatch:
             and not plan.needs_reload
             and (gateway := engine.desired.get(name)) is not None
         ]
-        for name in list(self.health):
-            if name not in engine.desired.records:
-                self.forget(name)
+        for name in [n for n in self._draining if n not in engine.desired.records]:
+            self._draining.pop(name, None)
+            engine.down.pop(name, None)
         if not ready:
             return
         backends = [
@@ -177,12 +176,6 @@ class HealthWatch:
             log.warning(
                 "%s: %s put back: the ejection cap of its route holds", name, found.put_back
             )
-        self.health[name] = found.health
         engine.metrics.set_route_health(name, found.health)
         down = frozenset(route for route, health in found.health.items() if health.down)
         await engine.routes_down(name, down)
-
-    def forget(self, name: str) -> None:
-        self.health.pop(name, None)
-        self._draining.pop(name, None)
-        self.engine.down.pop(name, None)

@@ -150,4 +150,6 @@ def test_many_instance_changes_of_a_route_are_one_counted_change() -> None:
         "canary": {**BASE["canary"], "instances": [f"127.0.0.1:{p}" for p in range(20000, 20200)]},
     }
     changes = diff_configs(config(**BASE), config(**many))
-    assert [c.text for c in changes] == ["shop.canary: instances 1 → 200 (200 added, 1 removed)"]
+    assert [c.text for c in changes] == [
+        "shop.canary: instances 1 → 200 (200 added, 1 removed)"
+    ]

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from controller.apply import ApplyResult
-from controller.desired import Desired, Record
 from controller.diff import diff_configs
 from controller.model import Config
 from controller.service import RunSettings, ready_text, store_differs_text
+from controller.desired import Desired, Record
 
 
 def shop(**gateways: dict[str, object]) -> Config:
@@ -37,7 +37,9 @@ def test_the_start_line_reads_as_a_sentence() -> None:
         "; it was reloaded to match (reload (structure: …))"
     )
     assert ready_text(desired, False, none).startswith("waiting for HAProxy to load revision 3")
-    many = stored(shop(**{f"g{i}": {**SHOP, "bind": f"127.0.0.1:{8000 + i}"} for i in range(7)}), 1)
+    many = stored(
+        shop(**{f"g{i}": {**SHOP, "bind": f"127.0.0.1:{8000 + i}"} for i in range(7)}), 1
+    )
     assert "(7 gateways: g0, g1, g2, g3, g4, …)" in ready_text(many, True, none)
 
 

@@ -191,7 +191,7 @@ Instance = Annotated[Address, BeforeValidator(parse_address), PlainSerializer(st
 Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, return_type=str)]
 
 
-def _is_name(value: str) -> bool:
+def is_instance_name(value: str) -> bool:
     """A `name:port` instance rather than an IP literal (whose errors `parse_address` words)."""
     host = value.rpartition(":")[0]
     return bool(host) and not host.startswith("[") and any(c.isalpha() for c in host)
@@ -292,10 +292,12 @@ class Route(RoutePolicy):
         """`instances` may mix IP literals and names: the names go to `names`."""
         if not isinstance(data, dict) or not isinstance(data.get("instances"), list | tuple):
             return data
-        names = [i for i in data["instances"] if isinstance(i, str) and _is_name(i)]
+        names = [i for i in data["instances"] if isinstance(i, str) and is_instance_name(i)]
         if not names:
             return data
-        literals = [i for i in data["instances"] if not (isinstance(i, str) and _is_name(i))]
+        literals = [
+            i for i in data["instances"] if not (isinstance(i, str) and is_instance_name(i))
+        ]
         return {**data, "instances": literals, "names": [*data.get("names", ()), *names]}
 
     @model_serializer(mode="wrap")

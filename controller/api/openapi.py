@@ -23,6 +23,8 @@ from controller.health import model as health
 from controller.rollouts.spec import RolloutSpec
 
 Schema = dict[str, Any]
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_NAME_PORT = rf"{_LABEL}(?:\.{_LABEL})*\.?:[0-9]{{1,5}}"
 _ADDRESS = r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}"
 
 
@@ -48,9 +50,10 @@ INPUT_FORMATS: dict[Callable[..., Any], Schema] = {
     },
     parser_of(model.Instance): {
         "type": "string",
-        "pattern": f"^{_ADDRESS}$",
-        "maxLength": 64,
-        "description": "IP literal and port: '10.0.0.5:8080', '[::1]:9000'",
+        "pattern": f"^(?:{_ADDRESS}|{_NAME_PORT})$",
+        "maxLength": 260,
+        "description": "IP literal and port: '10.0.0.5:8080', '[::1]:9000'; or a DNS name "
+        "and port, resolved by the controller: 'api-1.internal:8080'",
     },
     parser_of(model.Bind): {
         "type": "string",

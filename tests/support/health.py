@@ -23,3 +23,14 @@ def wait_health(
         f"{address} of {gateway}.{route} to be {state}",
         interval=0.1,
     )
+
+
+def wait_route_healthy(stack: Stack, gateway: str, route: str, timeout: float = 15) -> None:
+    """Until every instance of the route in service passes its checks (new instances are kept
+    out until they pass `rise` checks)."""
+
+    def healthy() -> bool:
+        body = stack.request("GET", f"/api/v1/gateways/{gateway}/status").body["routes"][route]
+        return bool(body["in_service"]) and body["healthy"] == body["in_service"]
+
+    wait_until(healthy, timeout, f"every instance of {gateway}.{route} healthy", interval=0.1)

@@ -14,8 +14,8 @@ import pytest
 
 from tests.integration.conftest import addresses, gateway_url, shop_config
 from tests.support import BackendProcess
-from tests.support.ports import free_port
 from tests.support.health import wait_route_healthy
+from tests.support.ports import free_port
 from tests.support.stack import Stack, pid_alive, running_stack, wait_until
 from tests.support.traffic import send
 

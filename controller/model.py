@@ -177,7 +177,10 @@ def parse_address(value: Any, *, wildcard: bool = False) -> Address:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"{shown(value)}: host must be an IPv4 or IPv6 address") from None
+        raise ValueError(
+            f"{shown(value)}: host must be an IPv4 or IPv6 address (or, for an instance, a "
+            "DNS name)"
+        ) from None
     if ip.is_unspecified and not wildcard:
         raise ValueError(f"{shown(value)}: an instance needs a concrete address, not {host}")
     return Address(ip=str(ip), port=port)
@@ -191,8 +194,10 @@ Instance = Annotated[Address, BeforeValidator(parse_address), PlainSerializer(st
 Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, return_type=str)]
 
 
-def is_instance_name(value: str) -> bool:
+def is_instance_name(value: object) -> bool:
     """A `name:port` instance rather than an IP literal (whose errors `parse_address` words)."""
+    if not isinstance(value, str):
+        return False
     host = value.rpartition(":")[0]
     return bool(host) and not host.startswith("[") and any(c.isalpha() for c in host)
 
@@ -289,16 +294,22 @@ class Route(RoutePolicy):
     @model_validator(mode="before")
     @classmethod
     def _names_apart(cls, data: Any) -> Any:
-        """`instances` may mix IP literals and names: the names go to `names`."""
+        """`instances` may mix IP literals and names: valid names go to `names`; anything
+        else stays, so that `instances.<i>` names what is wrong with it."""
         if not isinstance(data, dict) or not isinstance(data.get("instances"), list | tuple):
             return data
-        names = [i for i in data["instances"] if isinstance(i, str) and is_instance_name(i)]
-        if not names:
+        literals, names = [], []
+        for item in data["instances"]:
+            try:
+                names.append(check_instance_name(item) if is_instance_name(item) else None)
+            except ValueError:
+                names.append(None)
+            if names[-1] is None:
+                literals.append(item)
+        found = [name for name in names if name is not None]
+        if not found:
             return data
-        literals = [
-            i for i in data["instances"] if not (isinstance(i, str) and is_instance_name(i))
-        ]
-        return {**data, "instances": literals, "names": [*data.get("names", ()), *names]}
+        return {**data, "instances": literals, "names": [*data.get("names", ()), *found]}
 
     @model_serializer(mode="wrap")
     def _names_in_instances(self, handler: SerializerFunctionWrapHandler) -> Any:

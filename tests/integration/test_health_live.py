@@ -232,5 +232,7 @@ async def test_a_route_with_every_instance_down_gives_its_share_away_or_fails(
     result = await send(url, 1000)
     assert set(result.statuses) == {200, 503}, result.statuses
     assert_share(result.statuses[503], 1000, 0.10)
-    assert status(stack, "split")["routes"]["canary"]["down"] is True
+    # the controller's next look (within a second) reports it, and moves nothing
+    wait_until(lambda: status(stack, "split")["routes"]["canary"]["down"] is True, 5, "down")
+    assert status(stack, "split")["routes"]["canary"]["applied_weight"] == "10%"
     assert stack.reloads() == reloads

@@ -15,19 +15,16 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from controller.backends import BackendSpec
 from controller.runtime.parse import FMAINT, parse_servers_state, parse_stat
-from tests.support import BackendProcess, backend_process
-from tests.support.health import wait_health
+from tests.support import BackendProcess
+from tests.support.health import add_instances, put_gateway, wait_health
 from tests.support.ports import free_port
-from tests.support.stack import Stack, running_stack, wait_until
+from tests.support.stack import Stack, wait_until
 from tests.support.traffic import SteadyLoad, send
 
 pytestmark = [
@@ -36,28 +33,6 @@ pytestmark = [
 ]
 
 FAST_CHECK = {"path": "/health", "interval": "300ms", "timeout": "200ms", "fall": 2, "rise": 2}
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[BackendProcess]:
-    with backend_process([BackendSpec("pool", "p0")]) as process:  # it needs one to start
-        yield process
-
-
-@pytest.fixture(scope="module")
-def stack(module_tmp: Path) -> Iterator[Stack]:
-    with running_stack(module_tmp, {"gateways": {}}) as running:
-        yield running
-
-
-def instances(pool: BackendProcess, route: str, prefix: str, n: int) -> list[str]:
-    return [pool.add(route, f"{prefix}{i}").address for i in range(1, n + 1)]
-
-
-def put_gateway(stack: Stack, name: str, body: dict[str, Any]) -> str:
-    response = stack.request("PUT", f"/api/v1/gateways/{name}", body)
-    assert response.status in (200, 201), response.body
-    return f"http://{body['bind']}/"
 
 
 def patch_route(
@@ -89,15 +64,15 @@ async def api(stack: Stack, method: str, path: str, body: Any = None) -> Any:
 
 
 async def test_rollout_gate_waits_for_min_healthy_and_a_failing_canary_rolls_back_at_once(
-    stack: Stack, pool: BackendProcess
+    empty_stack: Stack, instance_pool: BackendProcess
 ) -> None:
     """The gate waits until `min_healthy` canary instances pass their checks; a canary
     instance failing its checks during analysis rolls the rollout back at the next
     evaluation, long before its window (measured: first failed check → no canary traffic)."""
-    stable = instances(pool, "stable", "rs", 2)
-    canary = instances(pool, "canary", "rc", 2)
+    stable = add_instances(instance_pool, "stable", "rs", 2)
+    canary = add_instances(instance_pool, "canary", "rc", 2)
     url = put_gateway(
-        stack,
+        empty_stack,
         "ro",
         {
             "bind": f"127.0.0.1:{free_port()}",
@@ -107,9 +82,9 @@ async def test_rollout_gate_waits_for_min_healthy_and_a_failing_canary_rolls_bac
             },
         },
     )
-    reloads = stack.reloads()
-    pool.set_behaviour("rc2", error_rate=1.0)  # one of two canaries fails its checks
-    wait_health(stack, "ro", "canary", canary[1], "DOWN")
+    reloads = empty_stack.reloads()
+    instance_pool.set_behaviour("rc2", error_rate=1.0)  # one of two canaries fails its checks
+    wait_health(empty_stack, "ro", "canary", canary[1], "DOWN")
     spec = {
         "gateway": "ro",
         "from_route": "stable",
@@ -119,14 +94,14 @@ async def test_rollout_gate_waits_for_min_healthy_and_a_failing_canary_rolls_bac
         "checks": {"success_rate": "99%", "min_requests": 10, "failure_threshold": 1},
         "min_healthy": 2,
     }
-    rollout = (await api(stack, "POST", "/rollouts", spec))["id"]
+    rollout = (await api(empty_stack, "POST", "/rollouts", spec))["id"]
 
     async def view() -> dict[str, Any]:
-        found: dict[str, Any] = await api(stack, "GET", f"/rollouts/{rollout}")
+        found: dict[str, Any] = await api(empty_stack, "GET", f"/rollouts/{rollout}")
         return found
 
     def rollout_view() -> dict[str, Any]:
-        found: dict[str, Any] = stack.request("GET", f"/api/v1/rollouts/{rollout}").body
+        found: dict[str, Any] = empty_stack.request("GET", f"/api/v1/rollouts/{rollout}").body
         return found
 
     await asyncio.to_thread(
@@ -136,7 +111,7 @@ async def test_rollout_gate_waits_for_min_healthy_and_a_failing_canary_rolls_bac
         "the gate to wait for min_healthy",
     )
     assert (await view())["step"] == 0
-    pool.set_behaviour("rc2", error_rate=0.0)
+    instance_pool.set_behaviour("rc2", error_rate=0.0)
     async with SteadyLoad(url, rate=100, max_duration=40) as load:
         await asyncio.to_thread(
             wait_until,
@@ -147,7 +122,7 @@ async def test_rollout_gate_waits_for_min_healthy_and_a_failing_canary_rolls_bac
         started = time.monotonic()
         await load.wait_until(lambda r: r.routes(sent_after=started)["canary"] >= 20)
         failing_at = time.monotonic()
-        pool.set_behaviour("rc1", error_rate=1.0)
+        instance_pool.set_behaviour("rc1", error_rate=1.0)
         await asyncio.to_thread(
             wait_until,
             lambda: rollout_view()["phase"] == "rolled_back",
@@ -157,7 +132,7 @@ async def test_rollout_gate_waits_for_min_healthy_and_a_failing_canary_rolls_bac
         rolled_back = time.monotonic() - failing_at
         mark = time.monotonic()
         await load.wait_until(lambda r: sum(r.routes(sent_after=mark).values()) >= 200)
-    pool.set_behaviour("rc1", error_rate=0.0)
+    instance_pool.set_behaviour("rc1", error_rate=0.0)
     canary_after = [
         o.sent_at for o in load.report.outcomes if o.route == "canary" and o.sent_at >= failing_at
     ]
@@ -171,23 +146,23 @@ async def test_rollout_gate_waits_for_min_healthy_and_a_failing_canary_rolls_bac
         f"{last_canary:.2f} s; rolled back at {rolled_back:.2f} s (window 30 s)"
     )
     assert rolled_back < 10
-    assert stack.reloads() == reloads
+    assert empty_stack.reloads() == reloads
 
 
 async def test_a_removed_instance_drains_its_request_then_is_parked_and_slowstart_applies(
-    stack: Stack, pool: BackendProcess
+    empty_stack: Stack, instance_pool: BackendProcess
 ) -> None:
     """Removed with a long request in flight: the request completes, no new request reaches
     it, its slot is parked once idle. A new instance ramps up (slow start). No reload."""
-    addresses = instances(pool, "drain", "d", 2)
+    addresses = add_instances(instance_pool, "drain", "d", 2)
     route = {"instances": addresses, "drain_timeout": "20s", "slowstart": "30s"}
     url = put_gateway(
-        stack, "drain", {"bind": f"127.0.0.1:{free_port()}", "routes": {"api": route}}
+        empty_stack, "drain", {"bind": f"127.0.0.1:{free_port()}", "routes": {"api": route}}
     )
-    reloads = stack.reloads()
-    backend = backend_of(stack, "drain", "api")
-    pool.set_behaviour("d1", latency=3.0)
-    before = pool.hits().get("d1", 0)
+    reloads = empty_stack.reloads()
+    backend = backend_of(empty_stack, "drain", "api")
+    instance_pool.set_behaviour("d1", latency=3.0)
+    before = instance_pool.hits().get("d1", 0)
     async with aiohttp.ClientSession() as session:
 
         async def one() -> tuple[int, str | None]:
@@ -197,31 +172,33 @@ async def test_a_removed_instance_drains_its_request_then_is_parked_and_slowstar
 
         in_flight = [asyncio.create_task(one()) for _ in range(2)]  # roundrobin: one each
         await asyncio.to_thread(
-            wait_until, lambda: pool.hits().get("d1", 0) > before, 5, "a request on d1"
+            wait_until, lambda: instance_pool.hits().get("d1", 0) > before, 5, "a request on d1"
         )
-        response = await api(stack, "PUT", "/gateways/drain/routes/api/instances", [addresses[1]])
+        response = await api(
+            empty_stack, "PUT", "/gateways/drain/routes/api/instances", [addresses[1]]
+        )
         assert response["method"] == "runtime", response
-        slot = server_rows(stack, backend)
+        slot = server_rows(empty_stack, backend)
         d1 = addresses[0]
         assert slot[d1]["status"].startswith("DRAIN"), slot[d1]
-        hits = pool.hits().get("d1", 0)
+        hits = instance_pool.hits().get("d1", 0)
         more = await send(url, 50)
         assert more.instances == {"d2": 50}
-        assert pool.hits().get("d1", 0) == hits, "a draining instance got a new request"
+        assert instance_pool.hits().get("d1", 0) == hits, "a draining instance got a new request"
         results = await asyncio.gather(*in_flight)
     assert ("d1" in {instance for _, instance in results}) and {s for s, _ in results} == {200}
-    wait_until(lambda: server_rows(stack, backend)[d1]["status"] == "MAINT", 5, "parked")
-    state = parse_servers_state(stack.admin(f"show servers state {backend}"))
+    wait_until(lambda: server_rows(empty_stack, backend)[d1]["status"] == "MAINT", 5, "parked")
+    state = parse_servers_state(empty_stack.admin(f"show servers state {backend}"))
     assert any(s.admin_state & FMAINT for s in state if f"{s.addr}:{s.port}" == d1)
-    pool.set_behaviour("d1", latency=0.0)
+    instance_pool.set_behaviour("d1", latency=0.0)
 
     # slow start: a new instance starts with a part of its weight
-    new = pool.add("drain", "d3").address
-    patch_route(stack, "drain", "api", {"instances": [addresses[1], new]})
-    wait_until(lambda: server_rows(stack, backend)[new]["status"] == "UP", 10, "d3 up")
-    throttle = server_rows(stack, backend)[new]["throttle"]
+    new = instance_pool.add("drain", "d3").address
+    patch_route(empty_stack, "drain", "api", {"instances": [addresses[1], new]})
+    wait_until(lambda: server_rows(empty_stack, backend)[new]["status"] == "UP", 10, "d3 up")
+    throttle = server_rows(empty_stack, backend)[new]["throttle"]
     assert throttle.isdigit() and int(throttle) < 100, throttle
-    assert stack.reloads() == reloads
+    assert empty_stack.reloads() == reloads
 
 
 class ResettingServer:
@@ -257,18 +234,18 @@ class ResettingServer:
 
 
 async def test_timeouts_retries_and_max_connections_per_route(
-    stack: Stack, pool: BackendProcess
+    empty_stack: Stack, instance_pool: BackendProcess
 ) -> None:
     """A slow instance: 504 after the route's server timeout, 200 once it is raised (live).
     A resetting instance: no failed request with `retry-on empty-response`, 502s without (a
     reload, which the dry run says). `max_connections` is applied live to every slot."""
-    slow = pool.add("slow", "t1").address
-    pool.set_behaviour("t1", latency=0.6)
-    good = pool.add("retry", "g1").address
+    slow = instance_pool.add("slow", "t1").address
+    instance_pool.set_behaviour("t1", latency=0.6)
+    good = instance_pool.add("retry", "g1").address
     resetting = ResettingServer()
     try:
         url_slow = put_gateway(
-            stack,
+            empty_stack,
             "tmo",
             {
                 "bind": f"127.0.0.1:{free_port()}",
@@ -277,7 +254,7 @@ async def test_timeouts_retries_and_max_connections_per_route(
         )
         retry_on = {"count": 3, "on": ["conn-failure", "empty-response"]}
         url_retry = put_gateway(
-            stack,
+            empty_stack,
             "rst",
             {
                 "bind": f"127.0.0.1:{free_port()}",
@@ -290,32 +267,32 @@ async def test_timeouts_retries_and_max_connections_per_route(
                 },
             },
         )
-        reloads = stack.reloads()
+        reloads = empty_stack.reloads()
         assert (await send(url_slow, 10)).statuses == {504: 10}
-        changed = patch_route(stack, "tmo", "slow", {"timeouts": {"server": "5s"}})
+        changed = patch_route(empty_stack, "tmo", "slow", {"timeouts": {"server": "5s"}})
         assert changed["method"] == "runtime", changed
         assert (await send(url_slow, 10)).statuses == {200: 10}
 
         result = await send(url_retry, 100)
         assert result.statuses == {200: 100}, (result.statuses, result.errors)
 
-        limited = patch_route(stack, "rst", "api", {"max_connections": 3}, dry_run=True)
+        limited = patch_route(empty_stack, "rst", "api", {"max_connections": 3}, dry_run=True)
         assert [c["live"] for c in limited["changes"]] == [True], limited
-        patch_route(stack, "rst", "api", {"max_connections": 3})
-        backend = backend_of(stack, "rst", "api")
+        patch_route(empty_stack, "rst", "api", {"max_connections": 3})
+        backend = backend_of(empty_stack, "rst", "api")
         wait_until(
-            lambda: all(r["slim"] == "3" for r in server_rows(stack, backend).values()),
+            lambda: all(r["slim"] == "3" for r in server_rows(empty_stack, backend).values()),
             5,
             "maxconn 3 on every slot",
         )
-        assert stack.reloads() == reloads
+        assert empty_stack.reloads() == reloads
 
         fewer = {"retries": {"count": 3, "on": ["conn-failure"]}}
-        plan = patch_route(stack, "rst", "api", fewer, dry_run=True)
+        plan = patch_route(empty_stack, "rst", "api", fewer, dry_run=True)
         assert plan["method"] == "reload" and not any(c["live"] for c in plan["changes"]), plan
-        patch_route(stack, "rst", "api", fewer)
+        patch_route(empty_stack, "rst", "api", fewer)
         result = await send(url_retry, 100)
         assert result.statuses[502] > 0 and set(result.statuses) == {200, 502}, result.statuses
     finally:
         resetting.stop()
-        pool.set_behaviour("t1", latency=0.0)
+        instance_pool.set_behaviour("t1", latency=0.0)

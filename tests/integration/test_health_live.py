@@ -10,17 +10,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller.backends import BackendSpec
-from tests.support import BackendProcess, backend_process
-from tests.support.health import instance_health, wait_health
+from tests.support import BackendProcess
+from tests.support.health import add_instances, instance_health, put_gateway, wait_health
 from tests.support.ports import free_port
-from tests.support.stack import Stack, running_stack, wait_until
+from tests.support.stack import Stack, wait_until
 from tests.support.stats import assert_share
 from tests.support.traffic import Outcome, SteadyLoad, send
 
@@ -39,28 +36,6 @@ FAST_CHECK = {
 }
 
 
-@pytest.fixture(scope="module")
-def pool() -> Iterator[BackendProcess]:
-    with backend_process([BackendSpec("pool", "p0")]) as process:  # it needs one to start
-        yield process
-
-
-@pytest.fixture(scope="module")
-def stack(module_tmp: Path) -> Iterator[Stack]:
-    with running_stack(module_tmp, {"gateways": {}}) as running:
-        yield running
-
-
-def instances(pool: BackendProcess, route: str, prefix: str, n: int) -> list[str]:
-    return [pool.add(route, f"{prefix}{i}").address for i in range(1, n + 1)]
-
-
-def put_gateway(stack: Stack, name: str, body: dict[str, Any]) -> str:
-    response = stack.request("PUT", f"/api/v1/gateways/{name}", body)
-    assert response.status in (200, 201), response.body
-    return f"http://{body['bind']}/"
-
-
 def status(stack: Stack, name: str) -> dict[str, Any]:
     body: dict[str, Any] = stack.request("GET", f"/api/v1/gateways/{name}/status").body
     return body
@@ -76,35 +51,35 @@ async def in_thread(function: Any, *args: Any) -> Any:
 
 
 async def test_killed_instance_is_out_within_fall_times_interval_with_no_failed_request(
-    stack: Stack, pool: BackendProcess
+    empty_stack: Stack, instance_pool: BackendProcess
 ) -> None:
     """4 instances, one killed under traffic: DOWN within fall × interval + 1 s, 0 failed
     requests (retries on conn-failure), back after `rise` passes; 500 on the check path is
     DOWN with L7STS. No reload."""
-    addresses = instances(pool, "kill", "k", 4)
+    addresses = add_instances(instance_pool, "kill", "k", 4)
     url = put_gateway(
-        stack,
+        empty_stack,
         "kill",
         {
             "bind": f"127.0.0.1:{free_port()}",
             "routes": {"api": {"instances": addresses, "health_check": FAST_CHECK}},
         },
     )
-    reloads = stack.reloads()
-    port = pool.port("k1")
+    reloads = empty_stack.reloads()
+    port = instance_pool.port("k1")
     async with SteadyLoad(url, rate=100, max_duration=40) as load:
         await load.wait_until(lambda r: len(r.outcomes) >= 50)
         killed_at = time.monotonic()
-        await in_thread(pool.remove, "k1")
-        await in_thread(wait_health, stack, "kill", "api", addresses[0], "DOWN", 10)
+        await in_thread(instance_pool.remove, "k1")
+        await in_thread(wait_health, empty_stack, "kill", "api", addresses[0], "DOWN", 10)
         detected = time.monotonic() - killed_at
-        health = (await in_thread(instance_health, stack, "kill", "api"))[addresses[0]]
+        health = (await in_thread(instance_health, empty_stack, "kill", "api"))[addresses[0]]
         assert health["check_status"] in ("L4CON", "L4TOUT", "L7RSP"), health
         mark = len(load.report.outcomes)
         await load.wait_until(lambda r: len(r.outcomes) >= mark + 100)
-        await in_thread(pool.add, "kill", "k1", port)
+        await in_thread(instance_pool.add, "kill", "k1", port)
         back_at = time.monotonic()
-        await in_thread(wait_health, stack, "kill", "api", addresses[0], "UP", 10)
+        await in_thread(wait_health, empty_stack, "kill", "api", addresses[0], "UP", 10)
         returned = time.monotonic() - back_at
         await load.wait_until(lambda r: r.instances(sent_after=back_at + returned)["k1"] >= 5)
     report = load.report
@@ -115,22 +90,22 @@ async def test_killed_instance_is_out_within_fall_times_interval_with_no_failed_
     )
     assert detected <= FALL * INTERVAL + 1.0
     assert report.failures == [], report.describe_failures()
-    pool.set_behaviour("k2", error_rate=1.0)
+    instance_pool.set_behaviour("k2", error_rate=1.0)
     try:
-        wait_health(stack, "kill", "api", addresses[1], "DOWN", 10)
-        health = instance_health(stack, "kill", "api")[addresses[1]]
+        wait_health(empty_stack, "kill", "api", addresses[1], "DOWN", 10)
+        health = instance_health(empty_stack, "kill", "api")[addresses[1]]
         assert health["check_status"] == "L7STS" and health["check_code"] == 500, health
     finally:
-        pool.set_behaviour("k2", error_rate=0.0)
-    assert stack.reloads() == reloads
+        instance_pool.set_behaviour("k2", error_rate=0.0)
+    assert empty_stack.reloads() == reloads
 
 
 async def test_outlier_ejection_never_ejects_more_than_the_cap(
-    stack: Stack, pool: BackendProcess
+    empty_stack: Stack, instance_pool: BackendProcess
 ) -> None:
     """An instance answering 50 % 5xx is ejected (HANA); with 3 of 4 bad and a cap of 50 %,
     only 2 stay ejected: the controller puts the excess back. No reload."""
-    addresses = instances(pool, "eject", "e", 4)
+    addresses = add_instances(instance_pool, "eject", "e", 4)
     route = {
         "instances": addresses,
         # a long connect check: ejected instances stay out (they come back by passing checks)
@@ -138,43 +113,43 @@ async def test_outlier_ejection_never_ejects_more_than_the_cap(
         "outlier_ejection": {"error_limit": 1, "max_ejected": "50%"},
     }
     url = put_gateway(
-        stack, "eject", {"bind": f"127.0.0.1:{free_port()}", "routes": {"api": route}}
+        empty_stack, "eject", {"bind": f"127.0.0.1:{free_port()}", "routes": {"api": route}}
     )
-    reloads = stack.reloads()
+    reloads = empty_stack.reloads()
 
     def ejected() -> list[str]:
-        health = instance_health(stack, "eject", "api")
+        health = instance_health(empty_stack, "eject", "api")
         return sorted(a for a, h in health.items() if h.get("ejected"))
 
     try:
-        pool.set_behaviour("e1", error_rate=0.5)
+        instance_pool.set_behaviour("e1", error_rate=0.5)
         await send(url, 40)
         assert await in_thread(ejected) == [addresses[0]]
-        assert instance_health(stack, "eject", "api")[addresses[0]]["check_status"] == "HANA"
+        assert instance_health(empty_stack, "eject", "api")[addresses[0]]["check_status"] == "HANA"
         for name in ("e2", "e3"):
-            pool.set_behaviour(name, error_rate=1.0)
+            instance_pool.set_behaviour(name, error_rate=1.0)
         result = await send(url, 60)
         assert result.statuses[500] > 0
         # at rest: exactly the cap (2 of 4) ejected, the good one and one put back serving
         wait_until(lambda: len(ejected()) == 2, 10, "2 instances ejected")
         serving = [
-            a for a, h in instance_health(stack, "eject", "api").items() if h["state"] == "UP"
+            a for a, h in instance_health(empty_stack, "eject", "api").items() if h["state"] == "UP"
         ]
         assert addresses[3] in serving and len(serving) == 2
-        assert "the ejection cap of its route holds" in stack.controller_log()
+        assert "the ejection cap of its route holds" in empty_stack.controller_log()
     finally:
         for name in ("e1", "e2", "e3"):
-            pool.set_behaviour(name, error_rate=0.0)
-    assert stack.reloads() == reloads
+            instance_pool.set_behaviour(name, error_rate=0.0)
+    assert empty_stack.reloads() == reloads
 
 
 async def test_a_route_with_every_instance_down_gives_its_share_away_or_fails(
-    stack: Stack, pool: BackendProcess
+    empty_stack: Stack, instance_pool: BackendProcess
 ) -> None:
     """Canary at 10 % with both instances down: its share goes to stable (0 failed requests
     after detection), and comes back when they recover; with `fail`, clients get 503s."""
-    stable = instances(pool, "stable", "a", 2)
-    canary = instances(pool, "canary", "b", 2)
+    stable = add_instances(instance_pool, "stable", "a", 2)
+    canary = add_instances(instance_pool, "canary", "b", 2)
     body = {
         "bind": f"127.0.0.1:{free_port()}",
         "routes": {
@@ -182,30 +157,30 @@ async def test_a_route_with_every_instance_down_gives_its_share_away_or_fails(
             "canary": {"weight": "10%", "instances": canary, "health_check": FAST_CHECK},
         },
     }
-    url = put_gateway(stack, "split", body)
-    reloads = stack.reloads()
-    ports = {name: pool.port(name) for name in ("b1", "b2")}
+    url = put_gateway(empty_stack, "split", body)
+    reloads = empty_stack.reloads()
+    ports = {name: instance_pool.port(name) for name in ("b1", "b2")}
 
     def applied() -> dict[str, str]:
-        return {n: r["applied_weight"] for n, r in status(stack, "split")["routes"].items()}
+        return {n: r["applied_weight"] for n, r in status(empty_stack, "split")["routes"].items()}
 
     async with SteadyLoad(url, rate=100, max_duration=40) as load:
         await load.wait_until(lambda r: len(r.outcomes) >= 50)
         down_at = time.monotonic()
         for name in ("b1", "b2"):
-            await in_thread(pool.remove, name)
+            await in_thread(instance_pool.remove, name)
         await in_thread(
             wait_until, lambda: applied() == {"stable": "100%", "canary": "0%"}, 10, "redistributed"
         )
         moved = time.monotonic()
-        view = await in_thread(status, stack, "split")
+        view = await in_thread(status, empty_stack, "split")
         assert view["routes_down"] == ["canary"] and view["redistributed"] is True
         assert view["routes"]["canary"]["down"] is True and view["in_sync"] is True
         await load.wait_until(
             lambda r: len(r.outcomes) >= 100 + sum(1 for o in r.outcomes if o.sent_at < moved)
         )
         for name, port in ports.items():
-            await in_thread(pool.add, "canary", name, port)
+            await in_thread(instance_pool.add, "canary", name, port)
         await in_thread(
             wait_until, lambda: applied() == {"stable": "90%", "canary": "10%"}, 10, "weights back"
         )
@@ -223,16 +198,18 @@ async def test_a_route_with_every_instance_down_gives_its_share_away_or_fails(
     assert_share(recovered["canary"], sum(recovered.values()), 0.10)
 
     # on_route_down: fail — live (no reload), and the canary's share answers 503
-    response = stack.request("PUT", "/api/v1/gateways/split", {**body, "on_route_down": "fail"})
+    response = empty_stack.request(
+        "PUT", "/api/v1/gateways/split", {**body, "on_route_down": "fail"}
+    )
     assert response.status == 200 and response.body["method"] in ("none", "runtime"), response.body
     for name in ("b1", "b2"):
-        pool.remove(name)
+        instance_pool.remove(name)
     for address in canary:
-        wait_health(stack, "split", "canary", address, "DOWN", 10)
+        wait_health(empty_stack, "split", "canary", address, "DOWN", 10)
     result = await send(url, 1000)
     assert set(result.statuses) == {200, 503}, result.statuses
     assert_share(result.statuses[503], 1000, 0.10)
     # the controller's next look (within a second) reports it, and moves nothing
-    wait_until(lambda: status(stack, "split")["routes"]["canary"]["down"] is True, 5, "down")
-    assert status(stack, "split")["routes"]["canary"]["applied_weight"] == "10%"
-    assert stack.reloads() == reloads
+    wait_until(lambda: status(empty_stack, "split")["routes"]["canary"]["down"] is True, 5, "down")
+    assert status(empty_stack, "split")["routes"]["canary"]["applied_weight"] == "10%"
+    assert empty_stack.reloads() == reloads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.support import BackendProcess
 from tests.support.stack import Stack, wait_until
 
 
@@ -34,3 +35,15 @@ def wait_route_healthy(stack: Stack, gateway: str, route: str, timeout: float = 
         return bool(body["in_service"]) and body["healthy"] == body["in_service"]
 
     wait_until(healthy, timeout, f"every instance of {gateway}.{route} healthy", interval=0.1)
+
+
+def add_instances(pool: BackendProcess, route: str, prefix: str, n: int) -> list[str]:
+    """`n` new instances `<prefix>1…` in the pool; their addresses."""
+    return [pool.add(route, f"{prefix}{i}").address for i in range(1, n + 1)]
+
+
+def put_gateway(stack: Stack, name: str, body: dict[str, Any]) -> str:
+    """Create (or replace) a gateway; its URL."""
+    response = stack.request("PUT", f"/api/v1/gateways/{name}", body)
+    assert response.status in (200, 201), response.body
+    return f"http://{body['bind']}/"

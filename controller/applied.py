@@ -8,7 +8,7 @@ slots of its backend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -16,7 +16,7 @@ from controller.compile import MapEntries, gateway_map_refs
 from controller.health.decide import in_service
 from controller.model import Address, Gateway, Route
 from controller.plan import GatewayObserved, SlotState
-from controller.runtime.parse import ServerHealth
+from controller.runtime.parse import ServerHealth, server_health_from_stat
 
 InstanceState = Literal["ready", "maint", "missing"]
 """Serving, parked in maintenance, or in no slot at all."""
@@ -107,6 +107,16 @@ class RouteHealth:
 def route_health(servers: Sequence[ServerHealth]) -> RouteHealth:
     members = in_service(servers)
     return RouteHealth(sum(1 for server in members if server.serving), len(members))
+
+
+def servers_by_backend(rows: Iterable[dict[str, str]]) -> dict[str, list[ServerHealth]]:
+    """`show stat` rows (of some backends) as each backend's servers, for `health`."""
+    found: dict[str, list[ServerHealth]] = {}
+    for row in rows:
+        server = server_health_from_stat(row)
+        if server is not None:
+            found.setdefault(server.backend, []).append(server)
+    return found
 
 
 def health_json(server: ServerHealth | None) -> dict[str, object] | None:

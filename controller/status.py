@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from controller.applied import applied_gateway, health_json, instance_state
+from controller.applied import applied_gateway, health_json, instance_state, servers_by_backend
 from controller.compile import route_instances
 from controller.desired import Record
 from controller.model import format_percent
 from controller.runtime import commands
-from controller.runtime.parse import ServerHealth, parse_stat, server_health_from_stat
+from controller.runtime.parse import parse_stat
 
 if TYPE_CHECKING:
     from controller.engine import Engine
@@ -41,12 +41,7 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
         for reply in replies
         for r in parse_stat(reply)
     }
-    health: dict[str, list[ServerHealth]] = {}
-    for stat in rows.values():
-        server = server_health_from_stat(stat)
-        if server is not None:
-            health.setdefault(server.backend, []).append(server)
-    applied = replace(applied, health=health)
+    applied = replace(applied, health=servers_by_backend(rows.values()))
     points = applied.backend_weights
     desired = gateway.effective_weights()
     live = engine.live_weights(name)  # desired, or redistributed while a route is down

@@ -16,11 +16,19 @@ import functools
 import hashlib
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from controller.conditions import CompiledCondition, compile_condition, parse_condition
+from controller.health.decide import live_strengths, live_weights
+from controller.health.model import RoutePolicy
+from controller.health.render import (
+    ServerTimeoutMap,
+    backend_lines,
+    server_timeout_entry,
+    structural_key,
+)
 from controller.model import BASIS_POINTS, HASH_BALANCE, Address, Gateway, Rewrite, Route
 
 MIN_SLOTS = 8
@@ -139,6 +147,13 @@ class BackendLayout:
     """Added to every slot's server line: TLS to the instances, HTTP/2 (`Route.server_options`)."""
     tunnel: str | None = None
     """`timeout tunnel`: how long a WebSocket may idle (the gateway's `timeout_tunnel`)."""
+    policy: tuple[str, ...] = ()
+    """Checks, timeouts, retries, server options of its route (`health.render`), live values
+    left out: on every slot, parked ones too, so that filling a slot needs no reload."""
+    checked: bool = False
+    """Its slots have active checks: a filled slot is kept out until it passes them."""
+    drains: bool = False
+    """A removed instance drains (`state drain`) before its slot is parked."""
 
     @property
     def server_weight(self) -> int:
@@ -158,6 +173,8 @@ class GatewayMaps:
     strengths: str | None = None
     sticky: str | None = None
     backends: str | None = None
+    timeouts: str | None = None
+    """backend → server timeout (ms) of its route: HTTP gateways where a route sets one."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +245,8 @@ class GatewayLayout:
     @property
     def map_refs(self) -> tuple[str, ...]:
         refs = (self.maps.weights, self.maps.routes, self.maps.strengths, self.maps.sticky)
-        return tuple(ref for ref in (*refs, self.maps.backends) if ref is not None)
+        more = (self.maps.backends, self.maps.timeouts)
+        return tuple(ref for ref in (*refs, *more) if ref is not None)
 
     @functools.cached_property
     def slots(self) -> int:
@@ -242,13 +260,16 @@ def gateway_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
-def gateway_map_refs(gateway: str, map_dir: str, *, conditions: bool, sticky: bool) -> GatewayMaps:
+def gateway_map_refs(
+    gateway: str, map_dir: str, *, conditions: bool, sticky: bool, timeouts: bool = False
+) -> GatewayMaps:
     return GatewayMaps(
         weights=weights_map_ref(gateway, map_dir),
         routes=routes_map_ref(gateway, map_dir),
         strengths=f"{map_dir}/{gateway}.strengths.map" if conditions else None,
         sticky=f"{map_dir}/{gateway}.sticky.map" if sticky else None,
         backends=f"{map_dir}/{gateway}.backends.map" if sticky else None,
+        timeouts=f"{map_dir}/{gateway}.timeouts.map" if timeouts else None,
     )
 
 
@@ -296,24 +317,61 @@ def bind_routes(name: str, gateway: Gateway, live: MapEntries, pool: Pool) -> di
     return {route: kept.get(route) or next(free) for route in gateway.routes}
 
 
+def applied_weights(gateway: Gateway, down: frozenset[str] = frozenset()) -> dict[str, int]:
+    """The weights HAProxy is given: the desired ones, unless routes are `down` (every
+    instance failing its checks) and the gateway redistributes their share."""
+    desired = gateway.effective_weights()
+    if not down:
+        return desired
+    healthy = {name: 0 if name in down else 1 for name in desired}
+    return live_weights(desired, healthy, gateway.on_route_down).weights
+
+
 def gateway_maps(
-    gateway: Gateway, binding: Mapping[str, str], refs: GatewayMaps
+    gateway: Gateway,
+    binding: Mapping[str, str],
+    refs: GatewayMaps,
+    down: frozenset[str] = frozenset(),
 ) -> dict[str, MapEntries]:
     """What each live map of a gateway holds; all of it can change without a reload."""
-    weights = gateway.effective_weights()
+    weights = applied_weights(gateway, down)
     maps = {
         refs.weights: weight_map(weights, binding),
         refs.routes: tuple(binding.items()),
     }
     if refs.strengths:
+        strengths = {name: route.strength for name, route in gateway.routes.items()}
+        if down:
+            healthy = {name: 0 if name in down else 1 for name in strengths}
+            strengths = live_strengths(strengths, healthy, gateway.on_route_down)
         maps[refs.strengths] = tuple(
-            (name, str(route.strength)) for name, route in gateway.routes.items() if route.condition
+            (name, str(strengths[name]))
+            for name, route in gateway.routes.items()
+            if route.condition
         )
     if refs.sticky and refs.backends:
         # a pin holds while its route takes weighted traffic: weight 0 moves pinned clients
         maps[refs.sticky] = tuple((n, binding[n]) for n, w in weights.items() if w > 0)
         maps[refs.backends] = tuple((backend, route) for route, backend in binding.items())
+    if refs.timeouts:
+        entries = (server_timeout_entry(binding[n], r) for n, r in gateway.routes.items())
+        maps[refs.timeouts] = tuple(entry for entry in entries if entry is not None)
     return maps
+
+
+Resolved = Mapping[str, Sequence[Address]]
+"""Instance name (`host:port`) → the addresses it resolved to (`controller.discovery`)."""
+
+
+def route_instances(route: Route, resolved: Resolved | None = None) -> tuple[Address, ...]:
+    """A route's addresses: its IP literals, then what its names resolved to (once each)."""
+    if not route.names or not resolved:
+        return route.instances
+    found = dict.fromkeys(route.instances)
+    for name in route.names:
+        for address in resolved.get(name, ()):
+            found.setdefault(address)
+    return tuple(found)
 
 
 def gateway_layout(
@@ -323,27 +381,44 @@ def gateway_layout(
     pool: Pool,
     map_dir: str,
     cert_dir: str = "",
+    resolved: Resolved | None = None,
 ) -> GatewayLayout:
     """The gateway's pool (kept while it fits, grown with spares), slots and rules."""
     size = pool_capacity(len(gateway.routes), max(pool, default=0))
     route_of = {backend: route for route, backend in binding.items()}
     default = gateway.route_balance(Route())
     cookie = f"wb_i_{name}" if gateway.sticky == "instance" else None
+    timeouts = gateway.mode == "http" and any(
+        r.timeouts.server is not None for r in gateway.routes.values()
+    )
+    refs = gateway_map_refs(
+        name,
+        map_dir,
+        conditions=any(r.condition is not None for r in gateway.routes.values()),
+        sticky=gateway.sticky != "none",
+        timeouts=timeouts,
+    )
     backends = []
     for index in range(1, size + 1):
         backend = pool_backend(name, index)
         route = gateway.routes[route_of[backend]] if backend in route_of else None
+        policy = route or DEFAULT_POLICY  # a spare takes a new default route with no reload
         backends.append(
             BackendLayout(
                 name=backend,
                 gateway=name,
                 mode=gateway.mode,
                 balance=gateway.route_balance(route) if route else default,
-                slots=slot_capacity(len(route.instances) if route else 0, pool.get(index)),
+                slots=slot_capacity(
+                    len(route_instances(route, resolved)) if route else 0, pool.get(index)
+                ),
                 cookie=cookie,
                 rules=compile_rewrites(route.rewrites) if route else (),
                 server_options=route.server_options if route else "",
                 tunnel=gateway.timeout_tunnel,
+                policy=policy_lines(policy, gateway.mode, refs.timeouts),
+                checked=policy.health_check is not None,
+                drains=route is not None and route.drain_timeout > 0,
             )
         )
     key = gateway_key(name)
@@ -359,10 +434,30 @@ def gateway_layout(
         mode=gateway.mode,
         sticky=gateway.sticky,
         virtual_hosts=gateway.virtual_hosts,
-        maps=gateway_map_refs(
-            name, map_dir, conditions=bool(conditions), sticky=gateway.sticky != "none"
-        ),
+        maps=refs,
         conditions=conditions,
         backends=tuple(backends),
         tls=bind_tls(name, gateway, cert_dir),
     )
+
+
+DEFAULT_POLICY = RoutePolicy()
+
+
+def policy_lines(policy: RoutePolicy, mode: str, timeouts_map: str | None) -> tuple[str, ...]:
+    """A route's backend lines without its live values (`structural_key`): a change of
+    `max_connections`, `drain_timeout`, the ejection cap or (through the map) the server
+    timeout changes no line, so it needs no reload."""
+    return _policy_lines(
+        structural_key(policy, _mode(mode), server_map=timeouts_map is not None),
+        _mode(mode),
+        timeouts_map,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_lines(
+    key: RoutePolicy, mode: Literal["http", "tcp"], timeouts_map: str | None
+) -> tuple[str, ...]:
+    server_map = ServerTimeoutMap(timeouts_map) if timeouts_map else None
+    return tuple(backend_lines(key, mode, server_map))

@@ -16,7 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from controller.compile import parse_pool_backend
+from controller.compile import DEFAULT_POLICY, parse_pool_backend, policy_lines
+from controller.health.model import RoutePolicy
+from controller.health.render import policy_changes
 from controller.model import Config, Gateway, Rewrite, Route, format_percent
 from controller.plan import Plan, ReloadReason
 
@@ -99,6 +101,9 @@ def _gateway_fields(name: str, before: Gateway, after: Gateway) -> Iterator[Chan
         old, new = getattr(before, field), getattr(after, field)
         if old != new:
             yield Change(name, None, field, _text(old), _text(new), live=False)
+    if before.on_route_down != after.on_route_down:
+        # a live choice of the controller: the weights it applies when a route is down
+        yield Change(name, None, "on_route_down", before.on_route_down, after.on_route_down, True)
     old_hosts, new_hosts = set(before.virtual_hosts), set(after.virtual_hosts)
     for host in sorted(new_hosts - old_hosts):
         yield Change(name, None, "virtual_hosts", None, host, live=False)
@@ -113,6 +118,7 @@ def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
         if old is None:
             # bound to a spare pool backend through a map: live, unless it brings structure
             live = new.condition is None and not new.rewrites and new.balance is None
+            live &= _default_structure(new, after)
             yield Change(name, route, "route", None, format_percent(new_weights[route]), live)
             continue
         if old_weights[route] != new_weights[route]:
@@ -125,6 +131,7 @@ def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
                 live=True,
             )
         yield from _route_fields(name, route, old, new)
+        yield from _policy_fields(name, route, old, new, before, after)
     for route in before.routes:
         if route not in after.routes:
             yield Change(name, route, "route", format_percent(old_weights[route]), None, True)
@@ -147,6 +154,11 @@ def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Itera
         yield Change(gateway, name, "instances", None, str(address), live=True)
     for address in sorted(removed, key=str):
         yield Change(gateway, name, "instances", str(address), None, live=True)
+    old_names, new_names = set(before.names), set(after.names)
+    for host in sorted(new_names - old_names):  # resolved into slots: live
+        yield Change(gateway, name, "instances", None, host, live=True)
+    for host in sorted(old_names - new_names):
+        yield Change(gateway, name, "instances", host, None, live=True)
     if before.strength != after.strength and before.condition == after.condition:
         yield Change(
             gateway,
@@ -163,10 +175,58 @@ def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Itera
             yield Change(gateway, name, field, _text(old), _text(new), live=live)
 
 
+def _timeouts_map(gateway: Gateway) -> bool:
+    return gateway.mode == "http" and any(
+        r.timeouts.server is not None for r in gateway.routes.values()
+    )
+
+
+def _default_structure(route: Route, gateway: Gateway) -> bool:
+    """Whether a new route's backend lines are a spare backend's (it binds with no reload)."""
+    ref = "-" if _timeouts_map(gateway) else None
+    return policy_lines(route, gateway.mode, ref) == policy_lines(DEFAULT_POLICY, gateway.mode, ref)
+
+
+def _policy_fields(
+    gateway: str, name: str, old: Route, new: Route, before: Gateway, after: Gateway
+) -> Iterator[Change]:
+    """Health, timeouts, retries and limits (issue 12), each live or not as
+    `health.render.policy_changes` says (the server timeout is live once its map exists)."""
+    old_policy = RoutePolicy.model_validate(old.model_dump(include=_POLICY_FIELDS))
+    new_policy = RoutePolicy.model_validate(new.model_dump(include=_POLICY_FIELDS))
+    if old_policy == new_policy:
+        return
+    server_map = _timeouts_map(before) and _timeouts_map(after)
+    before_flat = _flat_policy(old_policy)
+    after_flat = _flat_policy(new_policy)
+    for change in policy_changes(old_policy, new_policy, after.mode, server_map=server_map):
+        yield Change(
+            gateway,
+            name,
+            change.field,
+            _text(before_flat.get(change.field)),
+            _text(after_flat.get(change.field)),
+            live=change.live,
+        )
+
+
+_POLICY_FIELDS = set(RoutePolicy.model_fields)
+
+
+def _flat_policy(policy: RoutePolicy) -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in policy.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def _text(value: object) -> str | None:
     if value is None or value == ():
         return None
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return "; ".join(_text(v) or "" for v in value)
     if isinstance(value, Rewrite):
         return f"{value.path} if {value.condition}"
@@ -192,6 +252,7 @@ _MAP_WORDS = {
     "backends": "becomes sticky (its sticky maps are created)",
     "weights": "has no weight map in HAProxy (it is created)",
     "routes": "has no route map in HAProxy (it is created)",
+    "timeouts": "gets its first server timeout (its timeout map is created)",
 }
 
 

@@ -19,16 +19,17 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, applied_routes
 from controller.apply import Applier, ApplyResult, Loaded, Method
 from controller.budget import Budget, Usage, gateway_usage
+from controller.compile import applied_weights
 from controller.desired import Desired, Record
 from controller.diff import Change, diff_gateway, how
 from controller.edits import Edit, edited
@@ -111,6 +112,12 @@ class Engine:
         self.gate = Gate()
         """Runtime writes hold it shared; a reload or a restart of HAProxy, alone."""
         self.desired = Desired()
+        self.resolved: dict[str, tuple[Address, ...]] = {}
+        """Instance name → its addresses, as the DNS watch last found them."""
+        self.name_status: Callable[[str], dict[str, Any]] | None = None
+        """An instance name's resolution as status shows it (the DNS watch's report)."""
+        self.down: dict[str, frozenset[str]] = {}
+        """Per gateway, the routes whose every instance fails its checks (the health watch)."""
         self.plans: dict[str, GatewayPlan] = {}
         """Each gateway's latest plan: what HAProxy runs for it, or will after the next reload."""
         self.running: Running | None = None
@@ -218,6 +225,8 @@ class Engine:
                 self.map_dir,
                 self.settings,
                 self.sections,
+                self.down.get(name, frozenset()),
+                self.resolved,
             )
             for name, gateway in self.desired.gateways.items()
         ]
@@ -383,7 +392,10 @@ class Engine:
     ) -> GatewayPlan:
         """Plan one gateway; a write's plan must also fit the slot budget (a repair's need not:
         it only puts back what was stored)."""
-        plan = plan_gateway(name, gateway, observed, self.map_dir, self.settings, self.sections)
+        down = self.down.get(name, frozenset())
+        plan = plan_gateway(
+            name, gateway, observed, self.map_dir, self.settings, self.sections, down, self.resolved
+        )
         _prepare_files(plan)
         known = self.plans.get(name)
         mine = known.slots if known else 0
@@ -603,6 +615,53 @@ class Engine:
     def _synced(self) -> None:
         self.state.last_sync = time.time()
         self.metrics.synced(self.state.last_sync)
+
+    # ---- health ---------------------------------------------------------------------------
+
+    async def routes_down(self, name: str, down: frozenset[str]) -> bool:
+        """The health watch found these routes of a gateway with no healthy instance (or
+        healthy again): re-plan its maps (a live swap). True when something changed."""
+        if self.down.get(name, frozenset()) == down or name not in self.desired.records:
+            return False
+        async with self._gateways.hold(name), self.gate.shared():
+            before = self.down.get(name, frozenset())
+            if down:
+                self.down[name] = down
+            else:
+                self.down.pop(name, None)
+            result = await self._converge([name], drift=False)
+        gateway = self.desired.get(name)
+        how = gateway.on_route_down if gateway else "redistribute"
+        for route in sorted(down - before):
+            log.warning("%s: route %s is down (no healthy instance; %s)", name, route, how)
+        for route in sorted(before - down):
+            log.info("%s: route %s has a healthy instance again", name, route)
+        if result.steps:
+            log.info("%s: %s", name, "; ".join(result.steps))
+        return True
+
+    async def names_resolved(self, name: str, addresses: tuple[Address, ...]) -> list[str]:
+        """An instance name resolved to other addresses: fill the slots of every gateway that
+        lists it (instance changes, live). Returns those gateways."""
+        if self.resolved.get(name) == addresses:
+            return []
+        self.resolved[name] = addresses
+        users = [
+            gateway_name
+            for gateway_name, gateway in self.desired.gateways.items()
+            if any(name in route.names for route in gateway.routes.values())
+        ]
+        for gateway_name in users:
+            async with self._gateways.hold(gateway_name), self.gate.shared():
+                await self._converge([gateway_name], drift=False)
+        return users
+
+    def live_weights(self, name: str) -> dict[str, int]:
+        """The weights HAProxy is given for a gateway now (desired, or redistributed)."""
+        gateway = self.desired.get(name)
+        if gateway is None:
+            return {}
+        return applied_weights(gateway, self.down.get(name, frozenset()))
 
     # ---- HAProxy's life ---------------------------------------------------------------------
 

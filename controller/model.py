@@ -22,11 +22,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
 from controller.errors import shown
+from controller.health.model import OnRouteDown, RoutePolicy, mode_problems
 from controller.tls.options import Duration, RouteTls, TlsTermination
 
 BASIS_POINTS = 10_000
@@ -175,7 +178,10 @@ def parse_address(value: Any, *, wildcard: bool = False) -> Address:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"{shown(value)}: host must be an IPv4 or IPv6 address") from None
+        raise ValueError(
+            f"{shown(value)}: host must be an IPv4 or IPv6 address (or, for an instance, a "
+            "DNS name)"
+        ) from None
     if ip.is_unspecified and not wildcard:
         raise ValueError(f"{shown(value)}: an instance needs a concrete address, not {host}")
     return Address(ip=str(ip), port=port)
@@ -187,6 +193,21 @@ def _parse_bind(value: Any) -> Address:
 
 Instance = Annotated[Address, BeforeValidator(parse_address), PlainSerializer(str, return_type=str)]
 Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, return_type=str)]
+
+
+def is_instance_name(value: object) -> bool:
+    """A `name:port` instance rather than an IP literal (whose errors `parse_address` words)."""
+    if not isinstance(value, str):
+        return False
+    host = value.rpartition(":")[0]
+    return bool(host) and not host.startswith("[") and any(c.isalpha() for c in host)
+
+
+def check_instance_name(value: Any) -> str:
+    """`api-1.internal:8080`, canonical (lower case, no final dot)."""
+    from controller.discovery.names import parse_target
+
+    return str(parse_target(value))
 
 
 def check_balance(value: Any) -> str:
@@ -248,8 +269,11 @@ class Rewrite(BaseModel):
     condition: Condition = "true"
 
 
-class Route(BaseModel):
-    """One destination of a gateway, e.g. a service version; weight None shares the rest."""
+class Route(RoutePolicy):
+    """One destination of a gateway, e.g. a service version; weight None shares the rest.
+
+    Its health checks, ejection, timeouts, retries, limits and draining are the fields of
+    `RoutePolicy` (issue 12, docs/health.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -273,6 +297,41 @@ class Route(BaseModel):
         if self.tls is not None:
             return self.tls.server_options("h2" if self.protocol == "h2" else None)
         return "proto h2" if self.protocol == "h2c" else ""
+    names: tuple[Annotated[str, BeforeValidator(check_instance_name)], ...] = Field(
+        default=(), max_length=256
+    )
+    """Instances given by DNS name (`api-1.internal:8080`) in `instances`: the controller
+    resolves them and fills slots with their addresses (`controller.discovery.watch`).
+    Written back into `instances` when serialised, so files and the API keep one list."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_apart(cls, data: Any) -> Any:
+        """`instances` may mix IP literals and names: valid names go to `names`; anything
+        else stays, so that `instances.<i>` names what is wrong with it."""
+        if not isinstance(data, dict) or not isinstance(data.get("instances"), list | tuple):
+            return data
+        literals, names = [], []
+        for item in data["instances"]:
+            try:
+                names.append(check_instance_name(item) if is_instance_name(item) else None)
+            except ValueError:
+                names.append(None)
+            if names[-1] is None:
+                literals.append(item)
+        found = [name for name in names if name is not None]
+        if not found:
+            return data
+        return {**data, "instances": literals, "names": [*data.get("names", ()), *found]}
+
+    @model_serializer(mode="wrap")
+    def _names_in_instances(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            names = data.pop("names", ())
+            if names:
+                data["instances"] = [*data.get("instances", ()), *names]
+        return data
 
     @property
     def strength(self) -> int:
@@ -293,6 +352,8 @@ class Route(BaseModel):
             raise ValueError("condition_strength needs a condition")
         if self.protocol == "h2" and self.tls is None:
             raise ValueError("protocol h2 is HTTP/2 over TLS: set tls, or use h2c (cleartext)")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("an instance name is listed twice")
         return self
 
 
@@ -326,6 +387,8 @@ class Gateway(BaseModel):
         if self.tls is None:
             return None
         return (*self.tls.bind_options(), f"redirect {self.tls.redirect_http}")
+    on_route_down: OnRouteDown = "redistribute"
+    """When every instance of a route is down: its share goes to the others, or 503s."""
 
     def route_balance(self, route: Route) -> str:
         return (
@@ -355,6 +418,8 @@ class Gateway(BaseModel):
         if self.virtual_hosts:
             raise ValueError("virtual_hosts need an http gateway")
         for name, route in self.routes.items():
+            for problem in mode_problems(route, self.mode, f"routes.{name}"):
+                raise ValueError(f"{problem['field']}: {problem['message']}")
             if route.rewrites:
                 raise ValueError(f"route {name!r}: rewrites need an http gateway")
             if route.protocol != "http1":

@@ -19,7 +19,14 @@ from controller.plan import GatewayObserved, Observed, SlotState
 from controller.render import Running, read_running
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
-from controller.runtime.parse import is_error_reply, parse_map, parse_map_list, parse_slot_rows
+from controller.runtime.parse import (
+    DRAIN_MASK,
+    MAINTENANCE_MASK,
+    is_error_reply,
+    parse_map,
+    parse_map_list,
+    parse_slot_rows,
+)
 
 BACKEND_PREFIX = "wb."
 
@@ -101,7 +108,8 @@ def _parse(
             address = addresses.get(key)
             if address is None:
                 address = addresses[key] = Address(row.addr, row.port)
-            slot = SlotState(row.server, address, row.serving, row.user_weight)
+            draining = bool(row.admin_state & DRAIN_MASK) and not row.admin_state & MAINTENANCE_MASK
+            slot = SlotState(row.server, address, row.serving, row.user_weight, draining)
             backends.setdefault(row.backend, []).append(slot)
     parsed = {ref: tuple((e.key, e.value) for e in parse_map(reply)) for ref, reply in maps.items()}
     return backends, parsed

@@ -17,10 +17,12 @@ from typing import Literal
 from controller.compile import (
     BackendLayout,
     MapEntries,
+    Resolved,
     bind_routes,
     gateway_layout,
     gateway_maps,
     parse_pool_backend,
+    route_instances,
     routes_map_ref,
 )
 from controller.errors import InvalidInput
@@ -48,6 +50,8 @@ class SlotState:
     address: Address | None
     serving: bool
     weight: int
+    draining: bool = False
+    """In `drain` (a removed instance finishing its sessions): not free for another one."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ class ReloadReason:
         return f"{self.kind}: {self.detail}"
 
 
-SlotSetting = Literal["server-addr", "server-weight", "server-state"]
+SlotSetting = Literal["server-addr", "server-weight", "server-state", "server-health"]
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,10 @@ class SlotChange:
     setting: SlotSetting
     address: Address | None = None
     weight: int = 0
-    state: Literal["ready", "maint"] = "ready"
+    state: Literal["ready", "maint", "drain"] = "ready"
+    health: Literal["up", "down"] = "down"
+    """`server-health`: `down` keeps a slot that just left maintenance out until it passes
+    its checks (it would be UP at once, before its first check)."""
 
     @property
     def text(self) -> str:
@@ -150,6 +157,8 @@ class SlotChange:
             return commands.set_server_addr(self.backend, self.slot, ip, port)
         if self.setting == "server-weight":
             return commands.set_server_weight(self.backend, self.slot, self.weight)
+        if self.setting == "server-health":
+            return commands.set_server_health(self.backend, self.slot, self.health)
         return commands.set_server_state(self.backend, self.slot, self.state)
 
 
@@ -322,8 +331,14 @@ def plan_gateway(
     map_dir: str,
     settings: RenderSettings,
     sections: SectionCache | None = None,
+    down: frozenset[str] = frozenset(),
+    resolved: Resolved | None = None,
 ) -> GatewayPlan:
     """Compare one gateway's pool backends, slots and maps with what HAProxy reports.
+
+    `down`: routes whose every instance fails its checks (`controller.health.watch`): their
+    share goes to the other routes when the gateway says `on_route_down: redistribute`.
+    `resolved`: the addresses of instance names (`controller.discovery.watch`).
 
     Raises InvalidInput for a raw ACL the settings do not allow, and InvalidArgument for
     any value that could not be sent to the socket: a plan is fully checked, or none.
@@ -336,11 +351,13 @@ def plan_gateway(
     check_cert_paths(name, gateway, settings)
     pool = observed.pool
     binding = bind_routes(name, gateway, observed.maps.get(routes_map_ref(name, map_dir), ()), pool)
-    layout = gateway_layout(name, gateway, binding, pool, map_dir, settings.cert_dir)
+    layout = gateway_layout(
+        name, gateway, binding, pool, map_dir, settings.cert_dir, resolved
+    )
     if settings.bind_host is not None:
         layout = replace(layout, bind=Address(settings.bind_host, gateway.bind.port))
     section = (sections or SectionCache()).section(layout)
-    maps = gateway_maps(gateway, binding, layout.maps)
+    maps = gateway_maps(gateway, binding, layout.maps, down)
     # every map checked, also those a reload writes to disk: a key or value that could not
     # be a socket token must not become a line of a map file either
     swaps = {ref: MapSwap(ref, entries) for ref, entries in maps.items()}
@@ -351,7 +368,7 @@ def plan_gateway(
     empty: list[SlotChange] = []
     for backend in layout.backends:
         route = route_of.get(backend.name)
-        instances = gateway.routes[route].instances if route else ()
+        instances = route_instances(gateway.routes[route], resolved) if route else ()
         slots = _plan_slots(
             backend, instances, observed.backends.get(backend.name, ()), not reasons
         )
@@ -469,7 +486,12 @@ def _plan_slots(
             kept[slot.name] = address
             placed.add(address)
     names = backend.slot_names()
-    free = iter(name for name in names if name not in kept)
+    draining = {slot.name for slot in observed if slot.draining}
+    # a draining slot is the last one taken: its instance is still finishing requests
+    free = iter(
+        [n for n in names if n not in kept and n not in draining]
+        + [n for n in names if n not in kept and n in draining]
+    )
     plan = _SlotPlan(assignment=dict(kept))
     for address in desired:
         if address in placed:
@@ -490,6 +512,10 @@ def _plan_slots(
                 plan.fill.append(SlotChange(backend.name, name, "server-weight", weight=weight))
             if state is None or not state.serving or name not in kept:
                 plan.fill.append(SlotChange(backend.name, name, "server-state", state="ready"))
+                fresh = state is None or not state.draining or name not in kept
+                if backend.checked and fresh:  # in the same batch as `state ready`
+                    plan.fill.append(SlotChange(backend.name, name, "server-health"))
         elif state is not None and state.serving:
-            plan.empty.append(SlotChange(backend.name, name, "server-state", state="maint"))
+            leave: Literal["drain", "maint"] = "drain" if backend.drains else "maint"
+            plan.empty.append(SlotChange(backend.name, name, "server-state", state=leave))
     return plan

@@ -315,6 +315,7 @@ def _render_backend(backend: BackendLayout, filled: Filled) -> list[str]:
     if backend.cookie:
         lines.append(f"    cookie {backend.cookie} insert indirect nocache httponly")
     lines += [f"    {rule}" for rule in backend.rules]
+    lines += [f"    {line}" for line in backend.policy]
     index = backend.name.rsplit(".", 1)[1]
     # on every slot, filled or parked: HAProxy sizes a server's hash ring points at load time
     weight = f" weight {backend.server_weight}" if backend.server_weight != 1 else ""

@@ -26,12 +26,15 @@ from controller.cli import package_version
 from controller.config_file import ConfigFileError, load_config
 from controller.desired import Desired
 from controller.diff import Change, diff_gateway
+from controller.discovery.dns import Discovery, DnsResolver
+from controller.discovery.watch import NameWatch
 from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput, WeighbridgeError
 from controller.fleet.api import add_fleet_routes
 from controller.fleet.rollouts import add_fleet_rollouts
 from controller.fleet.run import Fleet, FleetSettings
+from controller.health.watch import HealthWatch
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess
@@ -115,6 +118,8 @@ class RunSettings:
     file store of this one node."""
     bind_host: str | None = None
     """Bind every gateway on this address, same port (`--bind-host`)."""
+    dns_servers: tuple[tuple[str, int], ...] = ()
+    """Name servers for instance names (`--dns-server`); empty: the system's."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -370,6 +375,8 @@ async def _serve(
     site = GuardedSite(runner, settings.api_host, settings.api_port, app[GUARD])
     await site.start()
     log.info("API on http://%s:%d/api/v1", settings.api_host, settings.api_port)
+    names = NameWatch(engine, Discovery(DnsResolver(settings.dns_servers or None)))
+    engine.name_status = names.report
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -379,6 +386,8 @@ async def _serve(
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
         asyncio.create_task(rollouts.run() if fleet is None else fleet.run_rollouts()),
         asyncio.create_task(certificates_forever(certificates, settings.sync_interval or 5.0)),
+        asyncio.create_task(HealthWatch(engine).run()),
+        asyncio.create_task(names.run()),
     ]
     if ready is not None:
         ready.set()

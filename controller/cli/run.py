@@ -111,6 +111,7 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
             timeout=args.check_timeout, memory_mb=args.check_memory, env=tuple(args.haproxy_env)
         ),
         hard_stop_after=args.hard_stop_after,
+        dns_servers=tuple(getattr(args, "dns_servers", None) or ()),
     )
 
 
@@ -180,6 +181,15 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
     )
     api_options(p)
     p.add_argument("--haproxy-bin", default="haproxy", metavar="PATH", help="the HAProxy binary")
+    p.add_argument(
+        "--dns-server",
+        dest="dns_servers",
+        action="append",
+        type=host_port,
+        default=[],
+        metavar="HOST:PORT",
+        help="a name server for instance names (repeatable; default: the system's)",
+    )
     p.add_argument(
         "--sync-period",
         "--sync-interval",

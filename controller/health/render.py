@@ -35,7 +35,8 @@ class ServerTimeoutMap:
     """
 
     ref: str
-    default_ms: int
+    default_ms: int | None = None
+    """None: a backend without an entry keeps its own `timeout server` (checked on 2.6.12)."""
 
 
 def _check_lines(check: HealthCheck) -> list[str]:
@@ -58,9 +59,9 @@ def _timeout_lines(
     if timeouts.queue is not None:
         lines.append(f"timeout queue {timeouts.queue}ms")
     if mode == "http" and server_map is not None:
+        default = "" if server_map.default_ms is None else f",{server_map.default_ms}"
         lines.append(
-            f"http-request set-timeout server "
-            f"be_name,map_str_int({server_map.ref},{server_map.default_ms})"
+            f"http-request set-timeout server be_name,map_str_int({server_map.ref}{default})"
         )
     elif timeouts.server is not None:
         lines.append(f"timeout server {timeouts.server}ms")

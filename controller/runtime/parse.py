@@ -497,6 +497,8 @@ class ServerHealth:
     seconds_since_change: int | None
     ejections: int
     """Passive ejections so far (`hanafail`)."""
+    max_connections: int | None = None
+    """Its connection limit (`slim`, set by `maxconn` or `set maxconn server`); None: none."""
 
     @property
     def serving(self) -> bool:
@@ -564,6 +566,7 @@ def server_health_from_stat(row: dict[str, str]) -> ServerHealth | None:
         throttle=_stat_int(row, "throttle"),
         seconds_since_change=_stat_int(row, "lastchg"),
         ejections=_stat_int(row, "hanafail") or 0,
+        max_connections=_stat_int(row, "slim"),
     )
 
 

@@ -91,7 +91,7 @@ def test_the_bodies_the_api_takes_are_described() -> None:
         ("/api/v1/gateways/{gateway}/weights", "patch", {"evil\n": "100%"}),
         ("/api/v1/gateways/{gateway}/weights", "patch", {"stable": "101%"}),
         ("/api/v1/gateways/{gateway}/weights", "patch", {}),
-        ("/api/v1/gateways/{gateway}/routes/{route}/instances", "put", ["example.com:80"]),
+        ("/api/v1/gateways/{gateway}/routes/{route}/instances", "put", ["example_com:80"]),
         ("/api/v1/gateways/{gateway}/routes/{route}/instances", "put", ["127.0.0.1:80\n"]),
         ("/api/v1/gateways/{gateway}/routes/{route}", "patch", {"nosuch": 1}),
         ("/api/v1/gateways/{gateway}", "put", {"bind": "127.0.0.1:80", "extra": 1}),

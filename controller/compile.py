@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from controller.conditions import CompiledCondition, compile_condition, parse_condition
+from controller.hosts import HostMaps, gateway_test, host_key, host_maps, host_value, is_wildcard
 from controller.model import BASIS_POINTS, HASH_BALANCE, Address, Gateway, Rewrite, Route
 
 MIN_SLOTS = 8
@@ -179,10 +180,15 @@ class GatewayLayout:
     maps: GatewayMaps
     conditions: tuple[ConditionRule, ...]
     backends: tuple[BackendLayout, ...]
+    hosts: HostMaps | None = None
+    """Its bind group's maps, for a gateway with virtual hosts."""
+    pooled: bool = False
+    """Its routes use its bind group's pool backends (`controller.hosts`), not its own."""
 
     @property
     def host_acl(self) -> str | None:
-        return f"wb_h.{self.name}" if self.virtual_hosts else None
+        """The condition that a request is for this gateway, when its bind is shared."""
+        return gateway_test(self.name) if self.virtual_hosts else None
 
     @property
     def map_refs(self) -> tuple[str, ...]:
@@ -255,6 +261,23 @@ def bind_routes(name: str, gateway: Gateway, live: MapEntries, pool: Pool) -> di
     return {route: kept.get(route) or next(free) for route in gateway.routes}
 
 
+def host_entries(name: str, gateway: Gateway, hosts: HostMaps, value: str) -> dict[str, MapEntries]:
+    """A gateway's entries in its bind group's host maps: each host → `value`."""
+    exact = tuple((h, value) for h in gateway.virtual_hosts if not is_wildcard(h))
+    wild = tuple((host_key(h), value) for h in gateway.virtual_hosts if is_wildcard(h))
+    return {hosts.hosts: exact, hosts.wildcards: wild}
+
+
+def pooled_maps(
+    name: str, gateway: Gateway, binding: Mapping[str, str], hosts: HostMaps
+) -> dict[str, MapEntries]:
+    """A pooled gateway's entries: its hosts → its weighted choice, its routes → backends."""
+    value = host_value(name, gateway.effective_weights(), binding)
+    maps = host_entries(name, gateway, hosts, value)
+    maps[hosts.routes] = tuple((f"{name}/{route}", b) for route, b in binding.items())
+    return maps
+
+
 def gateway_maps(
     gateway: Gateway, binding: Mapping[str, str], refs: GatewayMaps
 ) -> dict[str, MapEntries]:
@@ -316,4 +339,5 @@ def gateway_layout(
         ),
         conditions=conditions,
         backends=tuple(backends),
+        hosts=host_maps(gateway.bind, map_dir) if gateway.virtual_hosts else None,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.compile import parse_pool_backend
+from controller.hosts import pooled
 from controller.model import Config, Gateway, Rewrite, Route, format_percent
 from controller.plan import Plan, ReloadReason
 
@@ -83,7 +84,10 @@ def diff_gateway(name: str, before: Gateway | None, after: Gateway | None) -> li
     if before == after:
         return []
     if before is None or after is None:
-        return [Change(name, None, "gateway", _gone(before), _gone(after), live=False)]
+        # a pooled gateway joins (or leaves) its bind group live, unless it opens (or closes)
+        # the bind: the plan says which
+        live = pooled(before or after)  # type: ignore[arg-type]
+        return [Change(name, None, "gateway", _gone(before), _gone(after), live=live)]
     return list(_gateway_fields(name, before, after)) + list(_routes(name, before, after))
 
 
@@ -97,10 +101,12 @@ def _gateway_fields(name: str, before: Gateway, after: Gateway) -> Iterator[Chan
         if old != new:
             yield Change(name, None, field, _text(old), _text(new), live=False)
     old_hosts, new_hosts = set(before.virtual_hosts), set(after.virtual_hosts)
+    # hosts are entries of the bind group's maps: live while the gateway keeps some
+    live = bool(old_hosts and new_hosts) and before.bind == after.bind
     for host in sorted(new_hosts - old_hosts):
-        yield Change(name, None, "virtual_hosts", None, host, live=False)
+        yield Change(name, None, "virtual_hosts", None, host, live=live)
     for host in sorted(old_hosts - new_hosts):
-        yield Change(name, None, "virtual_hosts", host, None, live=False)
+        yield Change(name, None, "virtual_hosts", host, None, live=live)
 
 
 def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
@@ -206,9 +212,27 @@ def reload_reason_text(reason: ReloadReason, plan: Plan, changes: Sequence[Chang
     if kind == "route-pool":
         name, _, counts = detail.partition(": ")
         return f"gateway {name} needs another number of backends for its routes ({counts})"
+    if kind == "bind-added":
+        return (
+            f"gateway {reason.gateway} is the first with virtual hosts on its bind "
+            f"{detail.partition(' ')[2].strip('()')} (the bind's frontend and shared pool are "
+            "created; the next gateways on it are added live)"
+        )
+    if kind == "bind-pool":
+        group, _, counts = detail.partition(": ")
+        return (
+            f"gateway {reason.gateway} needs a backend of the shared pool of {group}, and {counts}"
+            " (the pool grows, with spares for the next gateways)"
+        )
+    if kind == "bind-removed":
+        return f"the last gateway leaves the bind of {detail} (its port is closed)"
     if kind == "capacity":
         backend, _, counts = detail.partition(": ")
         parsed = parse_pool_backend(backend)
+        if parsed is None and reason.gateway is not None:
+            routes = [r for r, b in plan.bindings.get(reason.gateway, {}).items() if b == backend]
+            if routes:
+                return f"route {reason.gateway}.{routes[0]} needs more server slots ({counts})"
         if parsed is not None:
             name = parsed[0]
             routes = [r for r, b in plan.bindings.get(name, {}).items() if b == backend]

@@ -23,6 +23,7 @@ from controller.compile import (
     routes_map_ref,
 )
 from controller.errors import InvalidInput
+from controller.hosts import group_of_ref, value_gateway
 from controller.model import Address, Config, Gateway, gateway_acl_problems
 from controller.render import (
     Assignment,
@@ -90,11 +91,49 @@ class Observed:
         maps: dict[str, dict[str, MapEntries]] = {}
         for ref, entries in self.maps.items():
             maps.setdefault(map_gateway(ref), {})[ref] = entries
+        split_groups(self.backends, self.maps, backends, maps)
         sections = self.running.sections if self.running else {}
         return {
             name: GatewayObserved(sections.get(name), backends.get(name, {}), maps.get(name, {}))
-            for name in {*backends, *sections}
+            for name in {*backends, *sections, *(n for n, m in maps.items() if _pooled_maps(m))}
         }
+
+
+def split_groups(
+    observed_backends: Mapping[str, Sequence[SlotState]],
+    observed_maps: Mapping[str, MapEntries],
+    backends: dict[str, dict[str, Sequence[SlotState]]],
+    maps: dict[str, dict[str, MapEntries]],
+) -> None:
+    """Give each gateway its entries of the bind groups' maps (hosts by the gateway their value
+    names, routes by their `gateway/` key), the pool backends those bind, and every bind
+    group's whole wildcard map (a change to one rewrites it)."""
+    wildcards: dict[str, MapEntries] = {}
+    for ref, entries in observed_maps.items():
+        found = group_of_ref(ref)
+        if found is None:
+            continue
+        group, kind = found
+        if kind == "wildcards":
+            wildcards[group] = entries
+        for key, value in entries:
+            owner = key.split("/", 1)[0] if kind == "routes" else value_gateway(value)
+            mine = maps.setdefault(owner, {})
+            mine[ref] = (*mine.get(ref, ()), (key, value))
+            if kind == "routes" and value in observed_backends:
+                backends.setdefault(owner, {})[value] = observed_backends[value]
+    for mine in maps.values():
+        for ref in list(mine):
+            found = group_of_ref(ref)
+            if found is not None:
+                group = found[0]
+                mine[ref.removesuffix(found[1] + ".map") + "wildcards.map"] = wildcards.get(
+                    group, ()
+                )
+
+
+def _pooled_maps(maps: Mapping[str, MapEntries]) -> bool:
+    return any(group_of_ref(ref) for ref in maps)
 
 
 def map_gateway(ref: str) -> str:
@@ -110,6 +149,9 @@ ReloadKind = Literal[
     "capacity",
     "map-missing",
     "structure",
+    "bind-added",
+    "bind-pool",
+    "bind-removed",
 ]
 
 
@@ -173,6 +215,9 @@ class GatewayPlan:
     empty: tuple[SlotChange, ...] = ()
     commands: tuple[tuple[Command, ...], tuple[Command, ...]] = field(default=((), ()))
     """The fill and empty steps as socket commands, built when planned."""
+    map_edits: tuple[Command, ...] = ()
+    """Entries of its bind group's shared maps to add, set or delete (`controller.hostplan`),
+    sent after the swaps and before the emptied slots."""
 
     @property
     def needs_reload(self) -> bool:
@@ -180,7 +225,9 @@ class GatewayPlan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.reload_reasons or self.fill or self.map_swaps or self.empty)
+        return not (
+            self.reload_reasons or self.fill or self.map_swaps or self.empty or self.map_edits
+        )
 
     @property
     def slots(self) -> int:
@@ -251,6 +298,10 @@ class Plan:
         return tuple(swap for g in self.gateways for swap in g.map_swaps)
 
     @property
+    def map_edits(self) -> tuple[Command, ...]:
+        return tuple(edit for g in self.gateways for edit in g.map_edits)
+
+    @property
     def map_updates(self) -> tuple[str, ...]:
         return tuple(swap.ref for swap in self.map_swaps)
 
@@ -274,6 +325,7 @@ class Plan:
         for swap in self.map_swaps:
             entries = ", ".join(f"{k} {v}" for k, v in swap.entries) or "(empty)"
             steps.append(f"swap map {swap.ref}: {entries}")
+        steps += [c.text for c in self.map_edits]
         steps += [c.text for c in self.empty]
         return steps
 
@@ -328,9 +380,7 @@ def plan_gateway(
     for backend in layout.backends:
         route = route_of.get(backend.name)
         instances = gateway.routes[route].instances if route else ()
-        slots = _plan_slots(
-            backend, instances, observed.backends.get(backend.name, ()), not reasons
-        )
+        slots = plan_slots(backend, instances, observed.backends.get(backend.name, ()), not reasons)
         assignment[backend.name] = slots.assignment
         fill += slots.fill
         empty += slots.empty
@@ -364,18 +414,14 @@ def plan_changes(
     sections: SectionCache | None = None,
 ) -> Plan:
     """Plan every desired gateway, and every gateway HAProxy runs that is no longer desired."""
+    from controller.hostplan import observed_pools, plan_all, plan_removed  # builds on this
+
     desired = gateways.gateways if isinstance(gateways, Config) else gateways
     cache = sections or SectionCache(max(64, 2 * len(desired)))
     split = observed.by_gateway()
-    plans = [
-        plan_gateway(name, gateway, split.get(name, NOTHING_RUNS), map_dir, settings, cache)
-        for name, gateway in desired.items()
-    ]
-    plans += [
-        plan_gateway(name, None, seen, map_dir, settings)
-        for name, seen in split.items()
-        if name not in desired
-    ]
+    pools = observed_pools(observed.backends)
+    plans = plan_all(desired, split, map_dir, settings, cache, observed.running, pools)
+    plans += plan_removed(split, desired, map_dir, settings)
     reasons = settings_reasons(observed.running, settings)
     return Plan(tuple(plans), reasons, settings_fingerprint(settings))
 
@@ -425,7 +471,7 @@ class _SlotPlan:
     empty: list[SlotChange] = field(default_factory=list)
 
 
-def _plan_slots(
+def plan_slots(
     backend: BackendLayout,
     desired: Sequence[Address],
     observed: Sequence[SlotState],

@@ -34,6 +34,7 @@ from controller.diff import Change, diff_gateway, how
 from controller.edits import Edit, edited
 from controller.errors import Unavailable, WeighbridgeError
 from controller.hostplan import (
+    GroupOwners,
     group_view,
     observed_pools,
     own_backends,
@@ -120,7 +121,7 @@ class Engine:
         """The structure HAProxy runs (its file's fingerprints)."""
         self.pools: dict[str, dict[int, int]] = {}
         """Bind group → its pool backends' slots (by index), as HAProxy runs them."""
-        self.owners: dict[str, dict[int, str]] = {}
+        self.owners: GroupOwners = {}
         """Bind group → pool backend index → the gateway whose latest plan binds it."""
         self._gateways: KeyedLocks[str] = KeyedLocks()
         self._binds: KeyedLocks[Address] = KeyedLocks()
@@ -230,7 +231,7 @@ class Engine:
         on = gateway or self.desired.get(name)
         last = gateway is None and on is not None
         if on is not None and last:
-            last = all(s.name == name for s in self.desired.binds.on(on.bind))
+            last = self.desired.binds.count(on.bind) <= 1
         return group_view(on, self.running, self.pools, self.owners, last=last)
 
     def _rebuild_owners(self) -> None:

@@ -13,7 +13,6 @@ ordered map, swapped whole (O(wildcards on the bind)).
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -32,6 +31,7 @@ from controller.hosts import (
     POOL_SLOTS,
     GroupView,
     HostMaps,
+    Owners,
     group_backend,
     group_name,
     group_of_ref,
@@ -194,29 +194,33 @@ def _bind(
         if k.startswith(prefix)
     }
 
-    def free(index: int) -> bool:
-        return group.owners.get(index, name) == name and index not in used
-
     indices: dict[str, int] = {}
-    used: set[int] = set()
     for route in gateway.routes:
         parsed = parse_group_backend(live.get(route, ""))
-        if parsed and parsed[0] == hosts.group and parsed[1] in group.slots and free(parsed[1]):
+        if (
+            parsed
+            and parsed[0] == hosts.group
+            and parsed[1] in group.slots
+            and group.owners.get(parsed[1]) in (None, name)
+            and parsed[1] not in indices.values()
+        ):
             indices[route] = parsed[1]
-            used.add(parsed[1])
+    used = set(indices.values())
+    top = len(group.slots)  # a pool's backends are numbered 1…top
     for route, spec in gateway.routes.items():
         if route in indices:
             continue
         need = len(spec.instances)
-        spare = [i for i in sorted(group.slots) if free(i)]
-        index = next((i for i in spare if group.slots[i] >= need), spare[0] if spare else None)
-        if index is None:
-            top = max(group.slots, default=0)
-            index = next(i for i in itertools.count(top + 1) if free(i))
-            if group.running:
-                reasons.append(
-                    ReloadReason("bind-pool", name, f"{hosts.group}: all {top} pool backends bound")
-                )
+        free = (i for i in group.owners.free_from(1, name) if i not in used)
+        first = next(free)
+        index = first
+        while index <= top and group.slots[index] < need:
+            index = next(free)
+        if index > top:
+            index = first  # a free backend too small (it grows: capacity), or none: the pool
+            if index > top and group.running:
+                detail = f"{hosts.group}: all {top} pool backends bound"
+                reasons.append(ReloadReason("bind-pool", name, detail))
         indices[route] = index
         used.add(index)
     binding = {route: group_backend(hosts.group, i) for route, i in indices.items()}
@@ -303,25 +307,25 @@ def scope_of(
     return list(dict.fromkeys(maps)), list(dict.fromkeys(keys))
 
 
-Owners = dict[str, dict[int, str]]
-"""Bind group → pool backend index → the gateway bound to it."""
+GroupOwners = dict[str, Owners]
+"""Bind group → who holds its pool backends."""
 
 
-def own_backends(owners: Owners, old: GatewayPlan | None, new: GatewayPlan | None) -> None:
+def own_backends(owners: GroupOwners, old: GatewayPlan | None, new: GatewayPlan | None) -> None:
     """Keep the index of pool backends → gateway in step with a gateway's plan."""
     for plan, bound in ((old, False), (new, True)):
         if plan is None or plan.section is None or not plan.section.layout.pooled:
             continue
         hosts = plan.section.layout.hosts
-        group = owners.setdefault(hosts.group if hosts else "", {})
+        group = owners.setdefault(hosts.group if hosts else "", Owners())
         for backend in plan.bindings.values():
             parsed = parse_group_backend(backend)
             if parsed is None:
                 continue
             if bound:
-                group[parsed[1]] = plan.name
-            elif group.get(parsed[1]) == plan.name:
-                del group[parsed[1]]
+                group.bind(parsed[1], plan.name)
+            else:
+                group.unbind(parsed[1], plan.name)
 
 
 def observed_pools(backends: Mapping[str, Sequence[SlotState]]) -> dict[str, dict[int, int]]:
@@ -338,7 +342,7 @@ def group_view(
     gateway: Gateway | None,
     running: Running | None,
     pools: Mapping[str, Mapping[int, int]],
-    owners: Owners,
+    owners: GroupOwners,
     *,
     last: bool = False,
 ) -> GroupView:
@@ -347,7 +351,7 @@ def group_view(
         return NO_GROUP
     group = group_name(gateway.bind)
     up = running is not None and group in running.binds
-    return GroupView(up, pools.get(group, {}), owners.setdefault(group, {}), last)
+    return GroupView(up, pools.get(group, {}), owners.setdefault(group, Owners()), last)
 
 
 def plan_all(
@@ -361,12 +365,12 @@ def plan_all(
 ) -> list[GatewayPlan]:
     """Every desired gateway; pooled ones take pool backends one after the other, the ones
     HAProxy binds to them first."""
-    owners: Owners = {}
+    owners: GroupOwners = {}
     for name, found in split.items():
         for backend in found.backends:
             parsed = parse_group_backend(backend)
             if parsed is not None:
-                owners.setdefault(parsed[0], {})[parsed[1]] = name
+                owners.setdefault(parsed[0], Owners()).bind(parsed[1], name)
     plans = []
     for name, gateway in desired.items():
         group = group_view(gateway, running, pools, owners)

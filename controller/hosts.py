@@ -18,8 +18,9 @@ a test of the gateway name the map found.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from controller.model import Address, Gateway, Route
@@ -172,6 +173,34 @@ def wildcard_order(entries: Iterable[tuple[str, str]]) -> tuple[tuple[str, str],
 # ---- the pool -------------------------------------------------------------------------------
 
 
+class Owners:
+    """Pool backend index → the gateway bound to it, for one bind group, with the lowest
+    index that may be free: finding a free backend starts there, not at 1 (10,000 bound)."""
+
+    def __init__(self) -> None:
+        self.by_index: dict[int, str] = {}
+        self.low = 1
+
+    def get(self, index: int) -> str | None:
+        return self.by_index.get(index)
+
+    def bind(self, index: int, name: str) -> None:
+        self.by_index[index] = name
+        while self.low in self.by_index:
+            self.low += 1
+
+    def unbind(self, index: int, name: str) -> None:
+        if self.by_index.get(index) == name:
+            del self.by_index[index]
+            self.low = min(self.low, index)
+
+    def free_from(self, start: int, name: str) -> Iterator[int]:
+        """Indices from `start` (at least the lowest that may be free) bound to no other."""
+        for index in itertools.count(max(start, self.low)):
+            if self.by_index.get(index, name) == name:
+                yield index
+
+
 @dataclass(frozen=True)
 class GroupView:
     """What a pooled gateway's plan needs of its bind group, as HAProxy runs it."""
@@ -179,8 +208,8 @@ class GroupView:
     running: bool
     slots: Mapping[int, int]
     """Pool backend index → slots (empty when the group does not run)."""
-    owners: Mapping[int, str] = field(default_factory=dict)
-    """Pool backend index → the gateway bound to it (a live index, not a copy: O(1) a look)."""
+    owners: Owners = field(default_factory=Owners)
+    """Pool backend index → the gateway bound to it (the engine's live index, not a copy)."""
     last: bool = False
     """No other gateway stays on the bind: removing this one closes its port (a reload)."""
 

@@ -313,6 +313,9 @@ GroupOwners = dict[str, Owners]
 
 def own_backends(owners: GroupOwners, old: GatewayPlan | None, new: GatewayPlan | None) -> None:
     """Keep the index of pool backends → gateway in step with a gateway's plan."""
+    if old is not None and new is not None and old.bindings == new.bindings:
+        if (old.section is None) == (new.section is None):
+            return
     for plan, bound in ((old, False), (new, True)):
         if plan is None or plan.section is None or not plan.section.layout.pooled:
             continue

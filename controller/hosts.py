@@ -186,8 +186,6 @@ class Owners:
 
     def bind(self, index: int, name: str) -> None:
         self.by_index[index] = name
-        while self.low in self.by_index:
-            self.low += 1
 
     def unbind(self, index: int, name: str) -> None:
         if self.by_index.get(index) == name:
@@ -196,6 +194,8 @@ class Owners:
 
     def free_from(self, start: int, name: str) -> Iterator[int]:
         """Indices from `start` (at least the lowest that may be free) bound to no other."""
+        while self.low in self.by_index:  # amortised: each bound index is passed once
+            self.low += 1
         for index in itertools.count(max(start, self.low)):
             if self.by_index.get(index, name) == name:
                 yield index

@@ -47,14 +47,18 @@ def seed_store(state_dir: Path, gateways: Mapping[str, dict[str, Any]]) -> None:
 
 @contextmanager
 def seeded_stack(
-    tmp: Path, gateways: Mapping[str, dict[str, Any]], *, ready_timeout: float = 120.0
+    tmp: Path,
+    gateways: Mapping[str, dict[str, Any]],
+    *,
+    extra: list[str] | None = None,
+    ready_timeout: float = 120.0,
 ) -> Iterator[Stack]:
     """A controller (and its HAProxy) started on a store seeded with `gateways`; both are
     stopped on exit, even when the test failed."""
     stack = Stack(state_dir=tmp / "state", api_port=free_port())
     seed_store(stack.state_dir, gateways)
     try:
-        stack.start_controller(None, wait_ready=False)
+        stack.start_controller(None, extra, wait_ready=False)
         stack.wait_ready(ready_timeout)
         yield stack
     finally:

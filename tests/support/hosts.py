@@ -63,4 +63,3 @@ def seeded_stack(
         yield stack
     finally:
         stack.stop()
-

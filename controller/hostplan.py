@@ -313,9 +313,8 @@ GroupOwners = dict[str, Owners]
 
 def own_backends(owners: GroupOwners, old: GatewayPlan | None, new: GatewayPlan | None) -> None:
     """Keep the index of pool backends → gateway in step with a gateway's plan."""
-    if old is not None and new is not None and old.bindings == new.bindings:
-        if (old.section is None) == (new.section is None):
-            return
+    if old is not None and new is not None and _same_backends(old, new):
+        return
     for plan, bound in ((old, False), (new, True)):
         if plan is None or plan.section is None or not plan.section.layout.pooled:
             continue
@@ -329,6 +328,10 @@ def own_backends(owners: GroupOwners, old: GatewayPlan | None, new: GatewayPlan 
                 group.bind(parsed[1], plan.name)
             else:
                 group.unbind(parsed[1], plan.name)
+
+
+def _same_backends(old: GatewayPlan, new: GatewayPlan) -> bool:
+    return old.bindings == new.bindings and (old.section is None) == (new.section is None)
 
 
 def observed_pools(backends: Mapping[str, Sequence[SlotState]]) -> dict[str, dict[int, int]]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from controller.apply import ApplyResult
+from controller.desired import Desired, Record
 from controller.diff import diff_configs
 from controller.model import Config
 from controller.service import RunSettings, ready_text, store_differs_text
-from controller.desired import Desired, Record
 
 
 def shop(**gateways: dict[str, object]) -> Config:

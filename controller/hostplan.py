@@ -74,7 +74,10 @@ def plan_any(
         check_acl_policy(name, gateway, settings)
         return _checked(plan_pooled(name, gateway, observed, map_dir, group))
     if gateway is None and was_pooled(observed):
-        return _edited(GatewayPlan(name, None, {}, {}, {}), name, {}, observed, group)
+        empty = [step for b, slots in observed.backends.items() for step in _park(b, slots)]
+        commands = ((), tuple(step.command() for step in empty))
+        gone = GatewayPlan(name, None, {}, {}, {}, empty=tuple(empty), commands=commands)
+        return _edited(gone, name, {}, observed, group)
     plan = plan_gateway(name, gateway, observed, map_dir, settings, sections)
     if gateway is None or plan.section is None or plan.section.layout.hosts is None:
         return plan

@@ -242,7 +242,9 @@ class GatewayPlan:
             weight = backend.server_weight
             filled = self.assignment.get(backend.name, {})
             backends[backend.name] = [SlotState(s, a, True, weight) for s, a in filled.items()]
-        return GatewayObserved(self.section.fingerprint, backends, self.maps)
+        # a pooled gateway has no section in HAProxy's file: its bind group has
+        running = None if self.section.layout.pooled else self.section.fingerprint
+        return GatewayObserved(running, backends, self.maps)
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,25 @@ async def test_gateways_join_and_leave_a_shared_bind_live_under_traffic(
     assert stack.reloads() == reloads
 
 
+def test_a_restarted_controller_adopts_the_shared_bind_without_a_reload(
+    shared: Shared, instances: BackendProcess
+) -> None:
+    """Gateways added live are found in HAProxy's maps (the file does not list them), and
+    the pool's free backends are known again: the next gateway still joins live."""
+    stack = shared.stack
+    reloads = stack.reloads()
+    stack.stop_controller()
+    stack.start_controller(None)
+    assert stack.reloads() == reloads
+    assert fetch(shared.port, Req(host=host_of("n1"))).instance == "n1"
+    assert fetch(shared.port, Req(host=host_of("n10"))).status == 404  # removed live
+    spec = hosted_gateway("late", shared.port, shared.address(instances, "n10"))
+    answer = stack.request("PUT", "/api/v1/gateways/late", spec)
+    assert (answer.status, answer.body["method"]) == (201, "runtime"), answer.body
+    assert fetch(shared.port, Req(host=host_of("late"))).instance == "n10"
+    assert stack.reloads() == reloads
+
+
 # ---- the per-gateway cost on a shared bind -----------------------------------------------
 
 POOLED = 200

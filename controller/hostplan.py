@@ -28,7 +28,6 @@ from controller.compile import (
 from controller.hosts import (
     NO_GROUP,
     POOL_BALANCE,
-    POOL_SLOTS,
     GroupView,
     HostMaps,
     Owners,
@@ -113,10 +112,12 @@ def pooled_fingerprint(bind: Address) -> str:
 
 def pool_slots(instances: int, current: int | None) -> int:
     """A bound pool backend keeps its slots while they fit, else grows by half (as
-    `compile.slot_capacity` does for a gateway's own backends)."""
+    `compile.slot_capacity` does for a gateway's own backends); bound at a start, it gets a
+    fifth more than its instances, at least one: each slot is about 4 KB of HAProxy's memory,
+    times 10,000 gateways."""
     if current is not None and instances <= current:
         return current
-    size = max(POOL_SLOTS, instances + max(2, -(-instances // 5)))
+    size = instances + max(1, -(-instances // 5))
     return max(size, current + current // 2) if current else size
 
 

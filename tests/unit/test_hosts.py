@@ -192,7 +192,7 @@ def test_a_thousand_gateways_on_one_bind_render_one_frontend_of_fixed_size() -> 
     frontend = text.split(f"\nfrontend {GROUP}\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert len(frontend) < 40 and max(len(line.split()) for line in frontend) < 64
     assert "g999.test" not in text and len(maps[HOSTS.hosts]) == 1000
-    assert text.count(f"\nbackend {GROUP}.b") == 1000 + max(SPARE_BACKENDS, 250)
+    assert text.count(f"\nbackend {GROUP}.b") == 1000 + max(SPARE_BACKENDS, 125)
     running = read_running(text)
     assert running is not None and GROUP in running.binds and "g1" not in running.sections
 

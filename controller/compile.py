@@ -186,7 +186,7 @@ class GatewayLayout:
     """Its routes use its bind group's pool backends (`controller.hosts`), not its own."""
 
     @property
-    def host_acl(self) -> str | None:
+    def host_test(self) -> str | None:
         """The condition that a request is for this gateway, when its bind is shared."""
         return gateway_test(self.name) if self.virtual_hosts else None
 

@@ -156,7 +156,7 @@ def plan_pooled(
         hosts=hosts,
         pooled=True,
     )
-    section = Section(layout, (), (), (), (), "", pooled_fingerprint(gateway.bind))
+    section = Section(layout, (), (), (), "", pooled_fingerprint(gateway.bind))
     maps = pooled_maps(name, gateway, binding, hosts)
     assignment: dict[str, dict[str, Address]] = {}
     fill: list[SlotChange] = []

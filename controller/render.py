@@ -143,7 +143,6 @@ class Section:
     """
 
     layout: GatewayLayout
-    host_lines: tuple[str, ...]
     rules: tuple[str, ...]
     uses: tuple[str, ...]
     cookie_lines: tuple[str, ...]
@@ -157,7 +156,6 @@ class Section:
 
 def render_section(layout: GatewayLayout) -> Section:
     """Render and check one gateway's lines (`UnsafeLine`), and fingerprint them."""
-    host_lines: tuple[str, ...] = ()  # hosts are entries of the bind group's maps: live
     rules, uses = _gateway_rules(layout)
     cookie_lines: tuple[str, ...] = ()
     if layout.maps.backends:
@@ -170,11 +168,9 @@ def render_section(layout: GatewayLayout) -> Section:
     # its frontend's own lines (the bind among them) are checked here, before anything is
     # stored, though the file holds them only once the gateways of the bind are assembled
     bind = bind_line(layout.bind)
-    frontend = _joined([bind, f"    mode {layout.mode}", *host_lines, *rules, *uses, *cookie_lines])
+    frontend = _joined([bind, f"    mode {layout.mode}", *rules, *uses, *cookie_lines])
     fingerprint = _fingerprint(frontend, backends)
-    return Section(
-        layout, host_lines, tuple(rules), tuple(uses), cookie_lines, backends, fingerprint
-    )
+    return Section(layout, tuple(rules), tuple(uses), cookie_lines, backends, fingerprint)
 
 
 class SectionCache:
@@ -202,8 +198,8 @@ class SectionCache:
 def _gateway_rules(gateway: GatewayLayout) -> tuple[list[str], list[str]]:
     """(ACLs and variable rules, `use_backend` choices in the order they are tried)."""
     rule = "http-request" if gateway.mode == "http" else "tcp-request content"
-    host = f" if {gateway.host_acl}" if gateway.host_acl else ""
-    also_host = f"{gateway.host_acl} " if gateway.host_acl else ""
+    host = f" if {gateway.host_test}" if gateway.host_test else ""
+    also_host = f"{gateway.host_test} " if gateway.host_test else ""
     fallback = no_route_backend(gateway.name)
     rules: list[str] = []
     uses: list[str] = []

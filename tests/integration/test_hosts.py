@@ -30,7 +30,7 @@ from controller.model import Gateway
 from controller.process import HAProxyProcess
 from controller.render import RenderSettings
 from controller.runtime.client import RuntimeClient
-from controller.runtime.commands import Command
+from controller.runtime.commands import Command, del_map, get_map
 from controller.state_dir import StatePaths, open_state_dir
 from controller.store import FileStore
 from tests.support import BackendProcess, backend_process
@@ -285,3 +285,17 @@ async def test_a_write_to_a_pooled_gateway_reads_and_writes_only_its_own_entries
     sent.clear()
     assert (await engine.change(SetWeights("fresh", {"main": 10000}))).method == "none"
     assert not touched(sent, "fresh", fresh)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_lost_host_entry_is_repaired_as_drift(engine: Engine) -> None:
+    """Level-based: a host entry deleted by hand is put back by the next sync, counted."""
+    plan = engine.plans["p3"]
+    assert plan.section is not None and plan.section.layout.hosts is not None
+    hosts = plan.section.layout.hosts.hosts
+    await engine.runtime.execute_many([del_map(hosts, host_of("p3"))])
+    before = engine.state.drift_repairs["map"]
+    await engine.sync()
+    assert engine.state.drift_repairs["map"] == before + 1
+    [reply] = await engine.runtime.execute_many([get_map(hosts, host_of("p3"))])
+    assert 'value="p3:10000:' in reply

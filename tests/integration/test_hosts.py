@@ -192,6 +192,33 @@ def test_a_restarted_controller_adopts_the_shared_bind_without_a_reload(
     assert stack.reloads() == reloads
 
 
+def test_a_reload_keeps_the_gateways_added_live(shared: Shared, instances: BackendProcess) -> None:
+    """A gateway with a condition has rules of its own: adding it reloads, and the reload
+    writes the shared maps whole, with the entries added live since the last one."""
+    stack = shared.stack
+    reloads = stack.reloads()
+    spec = {
+        "bind": f"127.0.0.1:{shared.port}",
+        "virtual_hosts": ["cond2.test"],
+        "routes": {
+            "stable": {"weight": "100%", "instances": [shared.address(instances, "cond-a")]},
+            "canary": {
+                "weight": "0%",
+                "condition": "has header x-canary",
+                "instances": [shared.address(instances, "cond-b")],
+            },
+        },
+    }
+    answer = stack.request("PUT", "/api/v1/gateways/cond2", spec)
+    assert (answer.status, answer.body["method"]) == (201, "reload"), answer.body
+    assert stack.reloads() == reloads + 1
+    for name in ("n1", "n99", "late"):
+        assert fetch(shared.port, Req(host=host_of(name))).status == 200, name
+    flagged = fetch(shared.port, Req(host="cond2.test", headers=(("X-Canary", "1"),)))
+    assert flagged.instance == "cond-b"
+    assert fetch(shared.port, Req(host=host_of("n10"))).status == 404
+
+
 # ---- the per-gateway cost on a shared bind -----------------------------------------------
 
 POOLED = 200

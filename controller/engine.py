@@ -123,6 +123,8 @@ class Engine:
         """Bind group → its pool backends' slots (by index), as HAProxy runs them."""
         self.owners: GroupOwners = {}
         """Bind group → pool backend index → the gateway whose latest plan binds it."""
+        self._plan_slots = 0
+        """The slots of every gateway's latest plan: the budget check of a write is O(1)."""
         self._gateways: KeyedLocks[str] = KeyedLocks()
         self._binds: KeyedLocks[Address] = KeyedLocks()
         self._usage: dict[str, Usage] = {}
@@ -209,7 +211,7 @@ class Engine:
         await asyncio.to_thread(self.process.write, text, maps, fresh=True)
         log.info("wrote the configuration and %d map files (%.2f s)", len(maps), _since(started))
         self.plans = {plan.name: plan for plan in plans}
-        self._rebuild_owners()
+        self._reindex()
         self.running = candidates.running_of(plans)
         self.pools = candidates.pool_slots(plans)
         self.reloads.loaded(plans)
@@ -234,10 +236,17 @@ class Engine:
             last = self.desired.binds.count(on.bind) <= 1
         return group_view(on, self.running, self.pools, self.owners, last=last)
 
-    def _rebuild_owners(self) -> None:
+    def _reindex(self) -> None:
+        """The indexes kept in step with `plans`, rebuilt after it was replaced wholesale."""
         self.owners = {}
+        self._plan_slots = 0
         for plan in self.plans.values():
-            own_backends(self.owners, None, plan)
+            self._track(None, plan)
+
+    def _track(self, old: GatewayPlan | None, new: GatewayPlan | None) -> None:
+        """A gateway's plan replaced: who holds which pool backend, the slots planned."""
+        own_backends(self.owners, old, new)
+        self._plan_slots += (new.slots if new else 0) - (old.slots if old else 0)
 
     def big(self) -> bool:
         """Whether work over every gateway (a start, a reload's file) is worth a thread."""
@@ -259,7 +268,7 @@ class Engine:
         for name in [n for n in self.plans if n not in self.desired.records]:
             if self.plans[name] is known.get(name):
                 del self.plans[name]
-        self._rebuild_owners()
+        self._reindex()
         plan = Plan((*plans, *removed), self.reloads.settings_reasons())
         running = self.running.sections if self.running else {}
         self.reloads.loaded(
@@ -387,8 +396,8 @@ class Engine:
         plan = plan_any(name, gateway, observed, self.map_dir, self.settings, self.sections, group)
         known = self.plans.get(name)
         mine = known.slots if known else 0
-        if check_budget and plan.slots > mine:  # only growth can go over: O(gateways) then
-            self.budget.check_slots(sum(p.slots for p in self.plans.values()) - mine + plan.slots)
+        if check_budget and plan.slots > mine:  # only growth can go over
+            self.budget.check_slots(self._plan_slots - mine + plan.slots)
         return plan
 
     async def _store(self, name: str, record: Record | None, after: Gateway | None) -> int:
@@ -420,7 +429,7 @@ class Engine:
         return back
 
     def _restore_plan(self, name: str, previous: GatewayPlan | None) -> None:
-        own_backends(self.owners, self.plans.get(name), previous)
+        self._track(self.plans.get(name), previous)
         if previous is not None:
             self.plans[name] = previous
         else:
@@ -439,7 +448,7 @@ class Engine:
     # ---- what HAProxy runs ------------------------------------------------------------------
 
     def _planned(self, plan: GatewayPlan) -> None:
-        own_backends(self.owners, self.plans.get(plan.name), plan)
+        self._track(self.plans.get(plan.name), plan if plan.section is not None else None)
         if plan.section is None:
             self.plans.pop(plan.name, None)
         else:

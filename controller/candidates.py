@@ -13,16 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from controller.compile import MapEntries
-from controller.hosts import (
-    GroupLayout,
-    group_layout,
-    group_of_ref,
-    parse_group_backend,
-    render_group_backends,
-    wildcard_order,
-)
+from controller.hosts import group_of_ref
 from controller.model import Address
 from controller.plan import GatewayPlan
+from controller.pools import all_maps, group_pools, rendered_pools
 from controller.render import (
     Assignment,
     RenderSettings,
@@ -59,13 +53,10 @@ class Candidates:
         filled = {p.name: self._filled_text(p) for p in plans if p.section is not None}
         for gone in self._filled.keys() - filled.keys():
             self._filled.pop(gone, None)
-        pools = {
-            name: (layout, render_group_backends(layout, assignment))
-            for name, (layout, assignment) in group_pools(plans).items()
-        }
+        pools = rendered_pools(plans)
         sections = (p.section for p in plans if p.section is not None)
         text = render_config(self.settings, sections, filled, pools)
-        return text, all_maps(plans, pools.values())
+        return text, all_maps(plans, [layout for layout, _ in pools.values()])
 
     def whole(self, plans: Sequence[GatewayPlan]) -> Candidate:
         """The whole file, the maps of the gateways waiting for a reload, its identity."""
@@ -141,49 +132,3 @@ def _waiting(plans: Sequence[GatewayPlan], maps: Mapping[str, MapEntries]) -> di
     waiting = {ref: maps[ref] for p in plans if p.needs_reload for ref in p.maps}
     waiting.update((ref, entries) for ref, entries in maps.items() if group_of_ref(ref))
     return waiting
-
-
-GroupPool = tuple[GroupLayout, Assignment]
-
-
-def group_pools(plans: Iterable[GatewayPlan]) -> dict[str, GroupPool]:
-    """Each bind group's pool as the plans bind it (with spares), and its filled slots."""
-    found: dict[str, tuple[Address, dict[int, int], dict[str, Mapping[str, Address]]]] = {}
-    maps = {}
-    for plan in plans:
-        layout = plan.section.layout if plan.section is not None else None
-        if layout is None or layout.hosts is None:
-            continue
-        name = layout.hosts.group
-        maps[name] = layout.hosts
-        _, bound, filled = found.setdefault(name, (layout.bind, {}, {}))
-        for backend in layout.backends if layout.pooled else ():
-            parsed = parse_group_backend(backend.name)
-            if parsed is not None:
-                bound[parsed[1]] = backend.slots
-                filled[backend.name] = plan.assignment.get(backend.name, {})
-    return {
-        name: (group_layout(bind, "http", maps[name], bound), filled)
-        for name, (bind, bound, filled) in found.items()
-    }
-
-
-def all_maps(
-    plans: Iterable[GatewayPlan], pools: Iterable[tuple[GroupLayout, str]]
-) -> dict[str, MapEntries]:
-    """Every map file: each gateway's own, and the bind groups' with every gateway's entries
-    (wildcards longest first)."""
-    maps: dict[str, MapEntries] = {}
-    shared: dict[str, list[tuple[str, str]]] = {
-        ref: [] for layout, _ in pools for ref in layout.maps.refs
-    }
-    for plan in plans:
-        for ref, entries in plan.maps.items():
-            if ref in shared:
-                shared[ref].extend(entries)
-            else:
-                maps[ref] = entries
-    for ref, found in shared.items():
-        kind = group_of_ref(ref)
-        maps[ref] = wildcard_order(found) if kind and kind[1] == "wildcards" else tuple(found)
-    return maps

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.compile import parse_pool_backend
-from controller.hosts import pooled
+from controller.hosts import group_of_ref, pooled
 from controller.model import Config, Gateway, Rewrite, Route, format_percent
 from controller.plan import Plan, ReloadReason
 
@@ -203,6 +203,8 @@ def reload_reason_text(reason: ReloadReason, plan: Plan, changes: Sequence[Chang
         return f"gateway {detail} is new (its frontend and backends are created)"
     if kind == "gateway-removed":
         return f"gateway {detail} is removed (its frontend and backends go)"
+    if kind == "map-missing" and (shared := group_of_ref(detail)):
+        return f"HAProxy lacks the {shared[1]} map of the bind group {shared[0]} (it is created)"
     if kind == "map-missing":
         for gateway in plan.gateways:
             maps = vars(gateway.section.layout.maps) if gateway.section else {}

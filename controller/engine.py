@@ -501,12 +501,12 @@ class Engine:
     def _scope(self, name: str, gateway: Gateway | None = None) -> Scope:
         plan = self.plans.get(name)
         running = self.running.sections.get(name) if self.running else None
-        shared, keys = scope_of(name, plan, gateway, self.map_dir)
+        keys = scope_of(name, plan, gateway, self.map_dir)
         if plan is None or plan.section is None:
-            return Scope(running, (), shared, keys)
+            return Scope(running, (), (), keys)
         layout = plan.section.layout
         own = () if layout.pooled else layout.map_refs
-        return Scope(running, [b.name for b in layout.backends], [*own, *shared], keys)
+        return Scope(running, [b.name for b in layout.backends], own, keys)
 
     async def applied(self, name: str) -> AppliedGateway:
         """The read model of one gateway, read from HAProxy now."""
@@ -649,8 +649,8 @@ class Engine:
 
 def _binds_moved(before: Gateway | None, after: Gateway | None) -> set[Address]:
     """The binds whose gateways the edit changes (their hosts or mode), or whose shared pool
-    or wildcard map it changes, if any: a write holds their locks while it checks, stores and
-    applies, so two writes cannot both claim one bind, nor one pool backend."""
+    it draws from, if any: a write holds their locks while it checks, stores and applies, so
+    two writes cannot both claim one bind, nor one pool backend."""
     keys = [(g.bind, g.mode, g.virtual_hosts) if g else None for g in (before, after)]
     if keys[0] == keys[1] and not pool_change(before, after):
         return set()

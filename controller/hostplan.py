@@ -6,8 +6,8 @@ to pool backends of its bind group, its hosts carry its weighted choice. So a ne
 bind that runs is slot fills and map entries; only a bind that does not run yet, a pool with
 no free backend or a route that outgrows its backend's slots reload. Every gateway with
 virtual hosts changes its hosts live, entry by entry (`add`/`set`/`del map`): a write reads
-and sends only its own entries, whatever the number of hosts on the bind; wildcards are one
-ordered map, swapped whole (O(wildcards on the bind)).
+and sends only its own entries, whatever the number of hosts on the bind (wildcards too: their
+map is looked up exactly, label by label).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from controller.hosts import (
     group_backend,
     group_name,
     group_of_ref,
+    host_key,
     host_maps,
     is_wildcard,
     parse_group_backend,
     pooled,
     value_gateway,
-    wildcard_order,
 )
 from controller.model import Address, Gateway
 from controller.plan import (
@@ -246,22 +246,20 @@ def _edited(
     (none while it waits for a reload: the reload writes the map files)."""
     if plan.needs_reload:
         return plan
+    missing = [ref for ref, entries in desired.items() if entries and ref not in observed.maps]
+    if missing:  # HAProxy does not run the bind group its structure says it does
+        reasons = tuple(ReloadReason("map-missing", name, ref) for ref in missing)
+        return replace(plan, reload_reasons=reasons)
     if plan.section is None and group.last:
         where = next((g[0] for ref in observed.maps if (g := group_of_ref(ref))), "its bind")
         return replace(plan, reload_reasons=(ReloadReason("bind-removed", name, where),))
     edits: list[Command] = []
     removals: list[Command] = []
-    swaps: list[MapSwap] = []
     refs = {*desired, *(ref for ref in observed.maps if group_of_ref(ref))}
     for ref in sorted(refs, key=_edit_order):
         kind = (group_of_ref(ref) or ("", ""))[1]
         mine = dict(desired.get(ref, ()))
         seen = observed.maps.get(ref, ())
-        if kind == "wildcards":
-            others = [(k, v) for k, v in seen if value_gateway(v) != name]
-            if sorted(seen) != sorted([*others, *mine.items()]):
-                swaps.append(MapSwap(ref, wildcard_order([*others, *mine.items()])))
-            continue
         owned = {k: v for k, v in seen if _owns(name, kind, k, v)}
         for key, value in mine.items():
             if key not in owned and key not in dict(seen):
@@ -269,11 +267,7 @@ def _edited(
             elif dict(seen).get(key) != value:
                 edits.append(commands.set_map(ref, key, value))
         removals += [commands.del_map(ref, key) for key in owned if key not in mine]
-    return replace(
-        plan,
-        map_swaps=(*plan.map_swaps, *swaps),
-        map_edits=(*edits, *reversed(removals)),
-    )
+    return replace(plan, map_edits=(*edits, *reversed(removals)))
 
 
 def _edit_order(ref: str) -> int:
@@ -289,26 +283,24 @@ def _owns(name: str, kind: str, key: str, value: str) -> bool:
 
 def scope_of(
     name: str, plan: GatewayPlan | None, gateway: Gateway | None, map_dir: str
-) -> tuple[list[str], list[tuple[str, str]]]:
+) -> list[tuple[str, str]]:
     """What a write to a gateway with virtual hosts reads of its bind groups (as it runs,
-    from its last `plan`, and as desired): the wildcard map if it has wildcards, and its own
-    hosts and pooled routes, key by key. Its own maps it reads whole, as any gateway."""
+    from its last `plan`, and as desired): its own hosts and pooled routes, key by key. Its
+    own maps it reads whole, as any gateway."""
     sides: list[tuple[Address, tuple[str, ...], bool, tuple[str, ...]]] = []
     if plan is not None and plan.section is not None:
         layout = plan.section.layout
         sides.append((layout.bind, layout.virtual_hosts, layout.pooled, tuple(plan.bindings)))
     if gateway is not None and gateway.virtual_hosts:
         sides.append((gateway.bind, gateway.virtual_hosts, pooled(gateway), tuple(gateway.routes)))
-    maps: list[str] = []
     keys: list[tuple[str, str]] = []
     for bind, virtual_hosts, is_pooled, routes in sides:
         hosts = host_maps(bind, map_dir)
-        if any(is_wildcard(h) for h in virtual_hosts):
-            maps.append(hosts.wildcards)
-        keys += [(hosts.hosts, h) for h in virtual_hosts if not is_wildcard(h)]
+        for host in virtual_hosts:
+            keys.append((hosts.wildcards if is_wildcard(host) else hosts.hosts, host_key(host)))
         if is_pooled:
             keys += [(hosts.routes, f"{name}/{route}") for route in routes]
-    return list(dict.fromkeys(maps)), list(dict.fromkeys(keys))
+    return list(dict.fromkeys(keys))
 
 
 GroupOwners = dict[str, Owners]

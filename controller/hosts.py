@@ -1,8 +1,9 @@
 """Virtual hosts on a shared bind: host maps, the bind group's pool, its frontend (pure).
 
 Every bind with virtual hosts has one frontend (a "bind group") that finds the gateway of a
-request with one map lookup of its `Host` (exact names in a tree, then `*.` suffixes), so
-10,000 hosts cost what one does and no rule grows with them (issue 15). The host's map value
+request with one map lookup of its `Host` (exact names in a tree, then, for `*.` names, the
+Host without its first label, its first two…: the most specific wildcard wins), so 10,000
+hosts cost what one does and no rule grows with them (issue 15). The host's map value
 carries the whole weighted choice of its gateway: `name:t1:b1:t2:b2…`, cumulative basis-point
 thresholds and the pool backend of each route; a fixed set of rules draws `rand(10000)` and
 takes the first position whose threshold is above it. Changing it is one `set map` per host,
@@ -20,10 +21,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from controller.model import Address, Gateway, Route
+
+WILDCARD_DEPTH = 8
+"""A `*.example.com` host matches names up to this many labels deeper (`a.b.example.com`: 2):
+one exact lookup per label, most specific first, only for hosts with no exact entry."""
 
 ROUTE_POSITIONS = 8
 """Routes a pooled gateway may have: each is two rules of every request on the bind."""
@@ -130,8 +135,9 @@ def _plain(gateway: Gateway, route: Route) -> bool:
 
 
 def host_key(host: str) -> str:
-    """The key of a virtual host: the name, or the suffix `.example.com` of `*.example.com`."""
-    return host[1:] if host.startswith("*.") else host
+    """The key of a virtual host: the name, or `example.com` for `*.example.com` (in the
+    wildcards map, which is looked up with the Host's leading labels taken off)."""
+    return host[2:] if host.startswith("*.") else host
 
 
 def is_wildcard(host: str) -> bool:
@@ -163,12 +169,6 @@ def value_weights(group: str, value: str) -> dict[str, int]:
         weights[backend] = weights.get(backend, 0) + int(threshold) - previous
         previous = int(threshold)
     return weights
-
-
-def wildcard_order(entries: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """Longest suffix first: HAProxy takes the first `map_end` match in file order, so
-    `*.a.example.com` must come before `*.example.com`."""
-    return tuple(sorted(entries, key=lambda entry: (-len(entry[0]), entry[0])))
 
 
 # ---- the pool -------------------------------------------------------------------------------
@@ -260,8 +260,11 @@ def host_rules(maps: HostMaps) -> list[str]:
     return [
         f"    http-request set-var({HOST_VAR}) req.hdr(host),field(1,:),lower",
         f"    http-request set-var({VALUE_VAR}) var({HOST_VAR}),map({maps.hosts})",
-        f"    http-request set-var({VALUE_VAR}) var({HOST_VAR}),map_end({maps.wildcards})"
-        f" if !{{ var({VALUE_VAR}) -m found }}",
+        *(
+            f"    http-request set-var({VALUE_VAR}) var({HOST_VAR}),field({k},.,0),"
+            f"map({maps.wildcards}) if !{{ var({VALUE_VAR}) -m found }}"
+            for k in range(2, WILDCARD_DEPTH + 2)
+        ),
         "    http-request return status 404 content-type text/plain "
         f'string "no gateway for this host" if !{{ var({VALUE_VAR}) -m found }}',
         f"    http-request set-var({GATEWAY_VAR}) var({VALUE_VAR}),field(1,:)",
@@ -322,12 +325,8 @@ def render_group_backends(layout: GroupLayout, filled: Mapping[str, Mapping[str,
 
 
 def pool_change(before: Gateway | None, after: Gateway | None) -> bool:
-    """Whether an edit changes what a gateway takes of its bind group beyond its own entries:
-    pool backends (routes added or removed, or becoming pooled or not), or the wildcard map
-    (one map for the bind, rewritten whole)."""
-    for gateway in (before, after):
-        if gateway is not None and any(is_wildcard(h) for h in gateway.virtual_hosts):
-            return True
+    """Whether an edit changes which pool backends of its bind group a gateway takes (routes
+    added or removed, or becoming pooled or not)."""
     was, now = before is not None and pooled(before), after is not None and pooled(after)
     if was != now:
         return True

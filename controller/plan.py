@@ -25,6 +25,7 @@ from controller.compile import (
 from controller.errors import InvalidInput
 from controller.hosts import group_of_ref, value_gateway
 from controller.model import Address, Config, Gateway, gateway_acl_problems
+from controller.pools import all_maps, group_pools, rendered_pools
 from controller.render import (
     Assignment,
     RenderSettings,
@@ -106,30 +107,24 @@ def split_groups(
     maps: dict[str, dict[str, MapEntries]],
 ) -> None:
     """Give each gateway its entries of the bind groups' maps (hosts by the gateway their value
-    names, routes by their `gateway/` key), the pool backends those bind, and every bind
-    group's whole wildcard map (a change to one rewrites it)."""
-    wildcards: dict[str, MapEntries] = {}
+    names, routes by their `gateway/` key) and the pool backends those bind."""
+    present: dict[str, list[str]] = {}
     for ref, entries in observed_maps.items():
         found = group_of_ref(ref)
         if found is None:
             continue
         group, kind = found
-        if kind == "wildcards":
-            wildcards[group] = entries
+        present.setdefault(group, []).append(ref)
         for key, value in entries:
             owner = key.split("/", 1)[0] if kind == "routes" else value_gateway(value)
             mine = maps.setdefault(owner, {})
             mine[ref] = (*mine.get(ref, ()), (key, value))
             if kind == "routes" and value in observed_backends:
                 backends.setdefault(owner, {})[value] = observed_backends[value]
-    for mine in maps.values():
-        for ref in list(mine):
-            found = group_of_ref(ref)
-            if found is not None:
-                group = found[0]
-                mine[ref.removesuffix(found[1] + ".map") + "wildcards.map"] = wildcards.get(
-                    group, ()
-                )
+    for mine in maps.values():  # the maps of its bind group exist, with or without its entries
+        groups = {found[0] for ref in mine if (found := group_of_ref(ref))}
+        for ref in (ref for group in groups for ref in present[group]):
+            mine.setdefault(ref, ())
 
 
 def _pooled_maps(maps: Mapping[str, MapEntries]) -> bool:
@@ -261,8 +256,10 @@ class Plan:
     @property
     def running(self) -> Running:
         """The structure HAProxy runs once this plan is loaded."""
-        sections = {g.name: g.section.fingerprint for g in self.gateways if g.section}
-        return Running(self.settings, sections)
+        own = [g.section for g in self.gateways if g.section and not g.section.layout.pooled]
+        pools = group_pools(self.gateways)
+        binds = {name: layout.fingerprint for name, (layout, _) in pools.items()}
+        return Running(self.settings, {s.name: s.fingerprint for s in own}, binds)
 
     @property
     def bindings(self) -> dict[str, Mapping[str, str]]:
@@ -309,7 +306,9 @@ class Plan:
 
     @property
     def maps(self) -> dict[str, MapEntries]:
-        return {ref: e for g in self.gateways for ref, e in g.maps.items()}
+        """Every map file, the bind groups' with every gateway's entries."""
+        layouts = [layout for layout, _ in group_pools(self.gateways).values()]
+        return all_maps(self.gateways, layouts)
 
     @property
     def assignment(self) -> dict[str, Mapping[str, Address]]:
@@ -335,7 +334,7 @@ class Plan:
 def render_plan(plan: Plan, settings: RenderSettings) -> str:
     """The whole configuration file of a plan (slots filled as planned)."""
     filled = {g.name: filled_backends(g.section, g.assignment) for g in plan.gateways if g.section}
-    return render_config(settings, plan.sections, filled)
+    return render_config(settings, plan.sections, filled, rendered_pools(plan.gateways))
 
 
 def check_acl_policy(name: str, gateway: Gateway, settings: RenderSettings) -> None:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from controller.apply import ApplyResult, Verify
-from controller.candidates import Candidates, group_pools
+from controller.candidates import Candidates
 from controller.files import remove
 from controller.offload import offload
 from controller.plan import (
@@ -25,6 +25,7 @@ from controller.plan import (
     settings_reasons,
     structure_reasons,
 )
+from controller.pools import group_pools
 
 if TYPE_CHECKING:
     from controller.engine import Engine

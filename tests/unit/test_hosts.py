@@ -14,13 +14,14 @@ from controller.hostplan import plan_any
 from controller.hosts import (
     ROUTE_POSITIONS,
     SPARE_BACKENDS,
+    WILDCARD_DEPTH,
     GroupView,
     Owners,
     host_maps,
+    host_rules,
     host_value,
     pooled,
     value_weights,
-    wildcard_order,
 )
 from controller.model import Address, Gateway
 from controller.plan import NOTHING_RUNS, GatewayObserved, Plan, SlotState
@@ -32,6 +33,10 @@ MAPS = "/m"
 BIND = Address("127.0.0.1", 80)
 HOSTS = host_maps(BIND, MAPS)
 GROUP = HOSTS.group
+
+
+EMPTY = GatewayObserved(None, {}, {ref: () for ref in HOSTS.refs})
+"""A running bind group's maps, none of whose entries is the gateway's (its `get map`s)."""
 
 
 def gateway(name: str, **extra: Any) -> Gateway:
@@ -55,9 +60,25 @@ def test_a_host_value_carries_the_weighted_choice_and_reads_back() -> None:
     assert host_value("shop", {"a": 0}, {"a": f"{GROUP}.b1"}) == "shop"
 
 
-def test_wildcards_are_ordered_longest_suffix_first() -> None:
-    entries = [(".example.test", "a"), (".b.example.test", "b"), (".test", "c")]
-    assert [k for k, _ in wildcard_order(entries)] == [".b.example.test", ".example.test", ".test"]
+def test_a_wildcard_is_an_exact_key_looked_up_label_by_label_most_specific_first() -> None:
+    """No `map_end` list whose order decides: `x.a.example.test` tries `a.example.test`, then
+    `example.test`…, each an exact lookup of a tree, each entry changed on its own."""
+    plan = plan_any(
+        "shop",
+        gateway("shop", virtual_hosts=["*.a.example.test", "shop.test"]),
+        EMPTY,
+        MAPS,
+        SETTINGS,
+        group=running_group(),
+    )
+    assert f"add map {HOSTS.wildcards} a.example.test shop:10000:1" in [
+        c.text for c in plan.map_edits
+    ]
+    lookups = [line for line in host_rules(HOSTS) if HOSTS.wildcards in line]
+    assert len(lookups) == WILDCARD_DEPTH
+    assert [line.split("field(")[1].split(",")[0] for line in lookups] == [
+        str(k) for k in range(2, WILDCARD_DEPTH + 2)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -77,7 +98,7 @@ def test_which_gateways_use_the_shared_pool(extra: dict[str, Any], is_pooled: bo
 
 
 def test_a_new_gateway_on_a_running_bind_is_slot_fills_then_its_routes_then_its_hosts() -> None:
-    plan = plan_any("shop", gateway("shop"), NOTHING_RUNS, MAPS, SETTINGS, group=running_group())
+    plan = plan_any("shop", gateway("shop"), EMPTY, MAPS, SETTINGS, group=running_group())
     assert not plan.needs_reload
     assert plan.bindings == {"main": f"{GROUP}.b1"}
     assert [c.text for c in plan.commands[0]] == [
@@ -93,7 +114,7 @@ def test_a_new_gateway_on_a_running_bind_is_slot_fills_then_its_routes_then_its_
 
 
 def test_a_weight_change_is_one_set_map_per_host() -> None:
-    first = plan_any("shop", gateway("shop"), NOTHING_RUNS, MAPS, SETTINGS, group=running_group())
+    first = plan_any("shop", gateway("shop"), EMPTY, MAPS, SETTINGS, group=running_group())
     two = gateway(
         "shop",
         virtual_hosts=["shop.test", "www.shop.test"],
@@ -119,7 +140,7 @@ def test_pool_backends_of_other_gateways_are_not_taken() -> None:
     for index in (1, 2, 4):
         owners.bind(index, f"other{index}")
     plan = plan_any(
-        "shop", gateway("shop"), NOTHING_RUNS, MAPS, SETTINGS, group=running_group(4, owners)
+        "shop", gateway("shop"), EMPTY, MAPS, SETTINGS, group=running_group(4, owners)
     )
     assert plan.bindings == {"main": f"{GROUP}.b3"}
 
@@ -149,7 +170,7 @@ def test_a_route_that_outgrows_its_pool_backend_reloads_once_for_capacity() -> N
 
 def test_a_removed_pooled_gateway_leaves_its_hosts_first_and_closes_a_bind_it_was_last_on() -> None:
     owners = Owners()
-    added = plan_any("shop", gateway("shop"), NOTHING_RUNS, MAPS, SETTINGS, group=running_group())
+    added = plan_any("shop", gateway("shop"), EMPTY, MAPS, SETTINGS, group=running_group())
     owners.bind(1, "shop")
     seen = added.after()
     gone = plan_any("shop", None, seen, MAPS, SETTINGS, group=running_group(owners=owners))

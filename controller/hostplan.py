@@ -95,15 +95,10 @@ def _checked(plan: GatewayPlan) -> GatewayPlan:
 
 
 def was_pooled(observed: GatewayObserved) -> bool:
-    """HAProxy runs it on a bind group's pool: its routes are in a group's routes map."""
-    return (
-        observed.running is None
-        and not observed.pool
-        and any(
-            entries and (group_of_ref(ref) or ("", ""))[1] == "routes"
-            for ref, entries in observed.maps.items()
-        )
-    )
+    """HAProxy runs it on a bind group's pool: it has no section nor backends of its own,
+    but entries in a group's maps (its hosts, its routes)."""
+    shared = (entries for ref, entries in observed.maps.items() if group_of_ref(ref))
+    return observed.running is None and not observed.pool and any(shared)
 
 
 def pooled_fingerprint(bind: Address) -> str:

@@ -139,9 +139,7 @@ def test_pool_backends_of_other_gateways_are_not_taken() -> None:
     owners = Owners()
     for index in (1, 2, 4):
         owners.bind(index, f"other{index}")
-    plan = plan_any(
-        "shop", gateway("shop"), EMPTY, MAPS, SETTINGS, group=running_group(4, owners)
-    )
+    plan = plan_any("shop", gateway("shop"), EMPTY, MAPS, SETTINGS, group=running_group(4, owners))
     assert plan.bindings == {"main": f"{GROUP}.b3"}
 
 
@@ -250,3 +248,11 @@ def test_observed_slots_of_a_pooled_gateway_are_kept() -> None:
         "shop", gateway("shop"), seen, MAPS, SETTINGS, group=running_group(owners=owners)
     )
     assert plan.bindings == {"main": backend} and not plan.map_edits
+
+
+def test_a_removed_pooled_gateway_without_routes_still_leaves_its_hosts() -> None:
+    empty = gateway("shop", routes={})
+    added = plan_any("shop", empty, EMPTY, MAPS, SETTINGS, group=running_group())
+    assert [c.text for c in added.map_edits] == [f"add map {HOSTS.hosts} shop.test shop"]
+    gone = plan_any("shop", None, added.after(), MAPS, SETTINGS, group=running_group())
+    assert [c.text for c in gone.map_edits] == [f"del map {HOSTS.hosts} shop.test"]

@@ -77,6 +77,13 @@ def parse_group_backend(name: str) -> tuple[str, int] | None:
     return (match.group(1), int(match.group(2))) if match else None
 
 
+def group_index(backend: str) -> int:
+    parsed = parse_group_backend(backend)
+    if parsed is None:
+        raise ValueError(f"{backend} is not a pool backend of a bind group")
+    return parsed[1]
+
+
 def group_none_backend(group: str) -> str:
     return f"{group}._none"
 
@@ -151,7 +158,7 @@ def host_value(name: str, weights: Mapping[str, int], binding: Mapping[str, str]
     for route, points in weights.items():
         if points > 0:
             total += points
-            parts += [str(total), str(parse_group_backend(binding[route])[1])]  # type: ignore[index]
+            parts += [str(total), str(group_index(binding[route]))]
     return ":".join(parts)
 
 

@@ -17,6 +17,7 @@ from controller.hosts import (
     WILDCARD_DEPTH,
     GroupView,
     Owners,
+    group_index,
     host_maps,
     host_rules,
     host_value,
@@ -204,7 +205,7 @@ def test_a_thousand_gateways_on_one_bind_render_one_frontend_of_fixed_size() -> 
             SETTINGS,
             group=GroupView(False, {}, owners),
         )
-        owners.bind(int(plan.bindings["main"].rsplit("b", 1)[1]), f"g{i}")
+        owners.bind(group_index(plan.bindings["main"]), f"g{i}")
         plans.append(plan)
     assert group.owners is owners
     text, maps = Candidates(SETTINGS).render(plans)

@@ -6,6 +6,8 @@ others share one). The store is seeded directly (a config file holds 1,024 gatew
 most); then, in order:
 
 1. start → ready: the controller starts HAProxy on the seeded store; `/readyz` 200.
+   (with the controller's own times from its log: loading the store, then planning,
+   rendering and starting HAProxy).
 2. memory: RSS of HAProxy's master and worker, and of the controller.
 3. routing: every `--own` host requested once (each must reach its own instance), and
    `--unknown` unknown hosts (each must get the 404).
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import random
+import re
 import subprocess
 import sys
 import time
@@ -93,6 +96,16 @@ def main(argv: list[str] | None = None) -> None:
         with seeded_stack(tmp, gateways, extra=budget, ready_timeout=600) as stack:
             ready = time.perf_counter() - started
             rows.append(("seed the store + start → ready", f"{ready:.2f} s"))
+            said = stack.controller_log()
+            for what, pattern in (
+                (
+                    "of which: the controller loads the store",
+                    r"loaded \d+ gateways .* in ([0-9.]+) s",
+                ),
+                ("of which: plan, render, start HAProxy → ready", r"ready in ([0-9.]+) s"),
+            ):
+                found = re.search(pattern, said)
+                rows.append((what, f"{found.group(1)} s" if found else "?"))
             assert stack.process is not None
             master = stack.haproxy_pid()
             assert master is not None

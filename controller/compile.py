@@ -261,7 +261,7 @@ def bind_routes(name: str, gateway: Gateway, live: MapEntries, pool: Pool) -> di
     return {route: kept.get(route) or next(free) for route in gateway.routes}
 
 
-def host_entries(name: str, gateway: Gateway, hosts: HostMaps, value: str) -> dict[str, MapEntries]:
+def host_entries(gateway: Gateway, hosts: HostMaps, value: str) -> dict[str, MapEntries]:
     """A gateway's entries in its bind group's host maps: each host → `value`."""
     exact = tuple((h, value) for h in gateway.virtual_hosts if not is_wildcard(h))
     wild = tuple((host_key(h), value) for h in gateway.virtual_hosts if is_wildcard(h))
@@ -273,7 +273,7 @@ def pooled_maps(
 ) -> dict[str, MapEntries]:
     """A pooled gateway's entries: its hosts → its weighted choice, its routes → backends."""
     value = host_value(name, gateway.effective_weights(), binding)
-    maps = host_entries(name, gateway, hosts, value)
+    maps = host_entries(gateway, hosts, value)
     maps[hosts.routes] = tuple((f"{name}/{route}", b) for route, b in binding.items())
     return maps
 

@@ -51,10 +51,9 @@ class Bind:
             return
         # a gateway without hosts is alone on its bind: if one is among the others, it is first
         if not gateway.virtual_hosts or not first.hosts:
-            other = first
             raise InvalidInput.for_field(
                 f"gateways.{name}.bind",
-                f"gateways {other.name!r} and {name!r} both bind {gateway.bind}: "
+                f"gateways {first.name!r} and {name!r} both bind {gateway.bind}: "
                 "give each its virtual_hosts to share it",
             )
         if first.mode != gateway.mode:

@@ -80,7 +80,7 @@ def plan_any(
     plan = plan_gateway(name, gateway, observed, map_dir, settings, sections)
     if gateway is None or plan.section is None or plan.section.layout.hosts is None:
         return plan
-    entries = host_entries(name, gateway, plan.section.layout.hosts, name)
+    entries = host_entries(gateway, plan.section.layout.hosts, name)
     with_hosts = _checked(replace(plan, maps={**plan.maps, **entries}))
     return _edited(with_hosts, name, entries, observed, group)
 

@@ -86,7 +86,7 @@ def diff_gateway(name: str, before: Gateway | None, after: Gateway | None) -> li
     if before is None or after is None:
         # a pooled gateway joins (or leaves) its bind group live, unless it opens (or closes)
         # the bind: the plan says which
-        live = pooled(before or after)  # type: ignore[arg-type]
+        live = any(pooled(g) for g in (before, after) if g is not None)
         return [Change(name, None, "gateway", _gone(before), _gone(after), live=live)]
     return list(_gateway_fields(name, before, after)) + list(_routes(name, before, after))
 

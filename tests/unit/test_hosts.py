@@ -8,7 +8,7 @@ import pytest
 
 from controller.candidates import Candidates
 from controller.desired import BindIndex
-from controller.diff import how
+from controller.diff import diff_gateway, how
 from controller.errors import InvalidInput
 from controller.hostplan import plan_any
 from controller.hosts import (
@@ -257,3 +257,16 @@ def test_a_removed_pooled_gateway_without_routes_still_leaves_its_hosts() -> Non
     assert [c.text for c in added.map_edits] == [f"add map {HOSTS.hosts} shop.test shop"]
     gone = plan_any("shop", None, added.after(), MAPS, SETTINGS, group=running_group())
     assert [c.text for c in gone.map_edits] == [f"del map {HOSTS.hosts} shop.test"]
+
+
+def test_the_diff_says_a_host_and_a_pooled_gateway_change_live() -> None:
+    before = gateway("shop")
+    more = gateway("shop", virtual_hosts=["shop.test", "www.shop.test"])
+    [host] = diff_gateway("shop", before, more)
+    assert (host.field, host.after, host.live) == ("virtual_hosts", "www.shop.test", True)
+    [first] = diff_gateway("shop", gateway("shop", virtual_hosts=[]), before)
+    assert (first.field, first.live) == ("virtual_hosts", False)  # the bind's frontend changes
+    [added] = diff_gateway("shop", None, before)
+    assert (added.text, added.live) == ("gateway shop added", True)
+    sticky = gateway("shop", sticky="route")
+    assert diff_gateway("shop", None, sticky)[0].live is False

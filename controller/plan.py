@@ -23,9 +23,8 @@ from controller.compile import (
     routes_map_ref,
 )
 from controller.errors import InvalidInput
-from controller.hosts import group_of_ref, value_gateway
 from controller.model import Address, Config, Gateway, gateway_acl_problems
-from controller.pools import all_maps, group_pools, rendered_pools
+from controller.pools import all_maps, group_pools, rendered_pools, shared_map_owners, split_groups
 from controller.render import (
     Assignment,
     RenderSettings,
@@ -96,39 +95,8 @@ class Observed:
         sections = self.running.sections if self.running else {}
         return {
             name: GatewayObserved(sections.get(name), backends.get(name, {}), maps.get(name, {}))
-            for name in {*backends, *sections, *(n for n, m in maps.items() if _pooled_maps(m))}
+            for name in {*backends, *sections, *shared_map_owners(maps)}
         }
-
-
-def split_groups(
-    observed_backends: Mapping[str, Sequence[SlotState]],
-    observed_maps: Mapping[str, MapEntries],
-    backends: dict[str, dict[str, Sequence[SlotState]]],
-    maps: dict[str, dict[str, MapEntries]],
-) -> None:
-    """Give each gateway its entries of the bind groups' maps (hosts by the gateway their value
-    names, routes by their `gateway/` key) and the pool backends those bind."""
-    present: dict[str, list[str]] = {}
-    for ref, entries in observed_maps.items():
-        found = group_of_ref(ref)
-        if found is None:
-            continue
-        group, kind = found
-        present.setdefault(group, []).append(ref)
-        for key, value in entries:
-            owner = key.split("/", 1)[0] if kind == "routes" else value_gateway(value)
-            mine = maps.setdefault(owner, {})
-            mine[ref] = (*mine.get(ref, ()), (key, value))
-            if kind == "routes" and value in observed_backends:
-                backends.setdefault(owner, {})[value] = observed_backends[value]
-    for mine in maps.values():  # the maps of its bind group exist, with or without its entries
-        groups = {found[0] for ref in mine if (found := group_of_ref(ref))}
-        for ref in (ref for group in groups for ref in present[group]):
-            mine.setdefault(ref, ())
-
-
-def _pooled_maps(maps: Mapping[str, MapEntries]) -> bool:
-    return any(group_of_ref(ref) for ref in maps)
 
 
 def map_gateway(ref: str) -> str:

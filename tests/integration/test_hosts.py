@@ -167,6 +167,7 @@ async def test_gateways_join_and_leave_a_shared_bind_live_under_traffic(
             assert (answer.status, answer.body["method"]) == (200, "runtime"), answer.body
             reply = await asyncio.to_thread(fetch, shared.port, Req(host=host_of(name)))
             assert reply.status == 404
+        await load.wait_until(lambda report: len(report.outcomes) >= 200)  # enough to judge
     report = load.report
     report.assert_no_failures(min_requests=200)
     assert set(report.statuses()) == {200} and set(report.instances()) == {"g1"}

@@ -14,6 +14,7 @@ from typing import Literal, get_args
 
 from controller.compile import MapEntries, gateway_map_refs
 from controller.health.decide import in_service
+from controller.hosts import group_of_ref, value_gateway, value_weights
 from controller.model import Address, Gateway, Route
 from controller.plan import GatewayObserved, SlotState
 from controller.runtime.parse import ServerHealth, server_health_from_stat
@@ -143,6 +144,9 @@ def instance_state(address: Address, slots: Mapping[Address | None, SlotState]) 
 
 
 def applied_gateway(name: str, observed: GatewayObserved, map_dir: str) -> AppliedGateway:
+    pooled = applied_pooled(name, observed)
+    if pooled is not None:
+        return pooled
     refs = gateway_map_refs(name, map_dir, conditions=True, sticky=False)
     live = observed.maps.get(refs.weights)
     return AppliedGateway(
@@ -151,6 +155,27 @@ def applied_gateway(name: str, observed: GatewayObserved, map_dir: str) -> Appli
         strengths={k: int(v) for k, v in observed.maps.get(refs.strengths or "", ())},
         slots=observed.backends,
     )
+
+
+def applied_pooled(name: str, observed: GatewayObserved) -> AppliedGateway | None:
+    """A pooled gateway: its binding from its bind group's routes map, its weights from the
+    value of one of its hosts (they all hold the same); None for any other gateway."""
+    binding: dict[str, str] = {}
+    weights: dict[str, int] | None = None
+    prefix = f"{name}/"
+    for ref, entries in observed.maps.items():
+        found = group_of_ref(ref)
+        if found is None:
+            continue
+        group, kind = found
+        if kind == "routes":
+            binding.update((k.removeprefix(prefix), v) for k, v in entries if k.startswith(prefix))
+        elif weights is None:
+            mine = [v for _, v in entries if value_gateway(v) == name]
+            weights = value_weights(group, mine[0]) if mine else None
+    if not binding:
+        return None
+    return AppliedGateway(binding, weights, {}, observed.backends)
 
 
 def applied_routes(

@@ -22,13 +22,8 @@ from typing import Literal
 
 from controller.conditions import CompiledCondition, compile_condition, parse_condition
 from controller.health.decide import live_strengths, live_weights
-from controller.health.model import RoutePolicy
-from controller.health.render import (
-    ServerTimeoutMap,
-    backend_lines,
-    server_timeout_entry,
-    structural_key,
-)
+from controller.health.render import DEFAULT_POLICY, policy_lines, server_timeout_entry
+from controller.hosts import HostMaps, gateway_test, host_key, host_maps, host_value, is_wildcard
 from controller.model import BASIS_POINTS, HASH_BALANCE, Address, Gateway, Rewrite, Route
 
 MIN_SLOTS = 8
@@ -237,10 +232,15 @@ class GatewayLayout:
     conditions: tuple[ConditionRule, ...]
     backends: tuple[BackendLayout, ...]
     tls: BindTls | None = None
+    hosts: HostMaps | None = None
+    """Its bind group's maps, for a gateway with virtual hosts."""
+    pooled: bool = False
+    """Its routes use its bind group's pool backends (`controller.hosts`), not its own."""
 
     @property
-    def host_acl(self) -> str | None:
-        return f"wb_h.{self.name}" if self.virtual_hosts else None
+    def host_test(self) -> str | None:
+        """The condition that a request is for this gateway, when its bind is shared."""
+        return gateway_test(self.name) if self.virtual_hosts else None
 
     @property
     def map_refs(self) -> tuple[str, ...]:
@@ -325,6 +325,26 @@ def applied_weights(gateway: Gateway, down: frozenset[str] = frozenset()) -> dic
         return desired
     healthy = {name: 0 if name in down else 1 for name in desired}
     return live_weights(desired, healthy, gateway.on_route_down).weights
+def host_entries(gateway: Gateway, hosts: HostMaps, value: str) -> dict[str, MapEntries]:
+    """A gateway's entries in its bind group's host maps: each host → `value`."""
+    exact = tuple((h, value) for h in gateway.virtual_hosts if not is_wildcard(h))
+    wild = tuple((host_key(h), value) for h in gateway.virtual_hosts if is_wildcard(h))
+    return {hosts.hosts: exact, hosts.wildcards: wild}
+
+
+def pooled_maps(
+    name: str,
+    gateway: Gateway,
+    binding: Mapping[str, str],
+    hosts: HostMaps,
+    down: frozenset[str] = frozenset(),
+) -> dict[str, MapEntries]:
+    """A pooled gateway's entries: its hosts → its weighted choice (its routes that are
+    `down` redistributed, `applied_weights`), its routes → backends."""
+    value = host_value(name, applied_weights(gateway, down), binding)
+    maps = host_entries(gateway, hosts, value)
+    maps[hosts.routes] = tuple((f"{name}/{route}", b) for route, b in binding.items())
+    return maps
 
 
 def gateway_maps(
@@ -438,26 +458,7 @@ def gateway_layout(
         conditions=conditions,
         backends=tuple(backends),
         tls=bind_tls(name, gateway, cert_dir),
+        hosts=host_maps(gateway.bind, map_dir) if gateway.virtual_hosts else None,
     )
 
 
-DEFAULT_POLICY = RoutePolicy()
-
-
-def policy_lines(policy: RoutePolicy, mode: str, timeouts_map: str | None) -> tuple[str, ...]:
-    """A route's backend lines without its live values (`structural_key`): a change of
-    `max_connections`, `drain_timeout`, the ejection cap or (through the map) the server
-    timeout changes no line, so it needs no reload."""
-    return _policy_lines(
-        structural_key(policy, _mode(mode), server_map=timeouts_map is not None),
-        _mode(mode),
-        timeouts_map,
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _policy_lines(
-    key: RoutePolicy, mode: Literal["http", "tcp"], timeouts_map: str | None
-) -> tuple[str, ...]:
-    server_map = ServerTimeoutMap(timeouts_map) if timeouts_map else None
-    return tuple(backend_lines(key, mode, server_map))

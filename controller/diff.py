@@ -16,9 +16,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from controller.compile import DEFAULT_POLICY, parse_pool_backend, policy_lines
+from controller.compile import parse_pool_backend
 from controller.health.model import RoutePolicy
-from controller.health.render import policy_changes
+from controller.health.render import DEFAULT_POLICY, policy_changes, policy_lines
+from controller.hosts import group_of_ref, pooled
 from controller.model import Config, Gateway, Rewrite, Route, format_percent
 from controller.plan import Plan, ReloadReason
 
@@ -88,7 +89,10 @@ def diff_gateway(name: str, before: Gateway | None, after: Gateway | None) -> li
     if before == after:
         return []
     if before is None or after is None:
-        return [Change(name, None, "gateway", _gone(before), _gone(after), live=False)]
+        # a pooled gateway joins (or leaves) its bind group live, unless it opens (or closes)
+        # the bind: the plan says which
+        live = any(pooled(g) for g in (before, after) if g is not None)
+        return [Change(name, None, "gateway", _gone(before), _gone(after), live=live)]
     return list(_gateway_fields(name, before, after)) + list(_routes(name, before, after))
 
 
@@ -105,10 +109,12 @@ def _gateway_fields(name: str, before: Gateway, after: Gateway) -> Iterator[Chan
         # a live choice of the controller: the weights it applies when a route is down
         yield Change(name, None, "on_route_down", before.on_route_down, after.on_route_down, True)
     old_hosts, new_hosts = set(before.virtual_hosts), set(after.virtual_hosts)
+    # hosts are entries of the bind group's maps: live while the gateway keeps some
+    live = bool(old_hosts and new_hosts) and before.bind == after.bind
     for host in sorted(new_hosts - old_hosts):
-        yield Change(name, None, "virtual_hosts", None, host, live=False)
+        yield Change(name, None, "virtual_hosts", None, host, live=live)
     for host in sorted(old_hosts - new_hosts):
-        yield Change(name, None, "virtual_hosts", host, None, live=False)
+        yield Change(name, None, "virtual_hosts", host, None, live=live)
 
 
 def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
@@ -265,6 +271,8 @@ def reload_reason_text(reason: ReloadReason, plan: Plan, changes: Sequence[Chang
         return f"gateway {detail} is new (its frontend and backends are created)"
     if kind == "gateway-removed":
         return f"gateway {detail} is removed (its frontend and backends go)"
+    if kind == "map-missing" and (shared := group_of_ref(detail)):
+        return f"HAProxy lacks the {shared[1]} map of the bind group {shared[0]} (it is created)"
     if kind == "map-missing":
         for gateway in plan.gateways:
             maps = vars(gateway.section.layout.maps) if gateway.section else {}
@@ -274,9 +282,27 @@ def reload_reason_text(reason: ReloadReason, plan: Plan, changes: Sequence[Chang
     if kind == "route-pool":
         name, _, counts = detail.partition(": ")
         return f"gateway {name} needs another number of backends for its routes ({counts})"
+    if kind == "bind-added":
+        return (
+            f"gateway {reason.gateway} is the first with virtual hosts on its bind "
+            f"{detail.partition(' ')[2].strip('()')} (the bind's frontend and shared pool are "
+            "created; the next gateways on it are added live)"
+        )
+    if kind == "bind-pool":
+        group, _, counts = detail.partition(": ")
+        return (
+            f"gateway {reason.gateway} needs a backend of the shared pool of {group}, and {counts}"
+            " (the pool grows, with spares for the next gateways)"
+        )
+    if kind == "bind-removed":
+        return f"the last gateway leaves the bind of {detail} (its port is closed)"
     if kind == "capacity":
         backend, _, counts = detail.partition(": ")
         parsed = parse_pool_backend(backend)
+        if parsed is None and reason.gateway is not None:
+            routes = [r for r, b in plan.bindings.get(reason.gateway, {}).items() if b == backend]
+            if routes:
+                return f"route {reason.gateway}.{routes[0]} needs more server slots ({counts})"
         if parsed is not None:
             name = parsed[0]
             routes = [r for r, b in plan.bindings.get(name, {}).items() if b == backend]

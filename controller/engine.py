@@ -34,18 +34,27 @@ from controller.desired import Desired, Record
 from controller.diff import Change, diff_gateway, how
 from controller.edits import Edit, edited
 from controller.errors import Unavailable, WeighbridgeError
+from controller.hostplan import (
+    GroupOwners,
+    group_view,
+    observed_pools,
+    own_backends,
+    plan_all,
+    plan_any,
+    plan_removed,
+    scope_of,
+)
+from controller.hosts import GroupView, pool_change
 from controller.locks import Gate, KeyedLocks
 from controller.metrics import Metrics
 from controller.model import Address, Config, Gateway
 from controller.observe import Observer, Scope
 from controller.offload import BIG_SLOTS, offload
 from controller.plan import (
-    NOTHING_RUNS,
     GatewayObserved,
     GatewayPlan,
     Observed,
     Plan,
-    plan_gateway,
 )
 from controller.process import HAProxyProcess
 from controller.reloads import Reloads
@@ -122,6 +131,12 @@ class Engine:
         """Each gateway's latest plan: what HAProxy runs for it, or will after the next reload."""
         self.running: Running | None = None
         """The structure HAProxy runs (its file's fingerprints)."""
+        self.pools: dict[str, dict[int, int]] = {}
+        """Bind group → its pool backends' slots (by index), as HAProxy runs them."""
+        self.owners: GroupOwners = {}
+        """Bind group → pool backend index → the gateway whose latest plan binds it."""
+        self._plan_slots = 0
+        """The slots of every gateway's latest plan: the budget check of a write is O(1)."""
         self._gateways: KeyedLocks[str] = KeyedLocks()
         self._binds: KeyedLocks[Address] = KeyedLocks()
         self._usage: dict[str, Usage] = {}
@@ -211,28 +226,47 @@ class Engine:
         await asyncio.to_thread(self.process.write, text, maps, fresh=True)
         log.info("wrote the configuration and %d map files (%.2f s)", len(maps), _since(started))
         self.plans = {plan.name: plan for plan in plans}
+        self._reindex()
         self.running = candidates.running_of(plans)
+        self.pools = candidates.pool_slots(plans)
         self.reloads.loaded(plans)
         return plans
 
     def _plan_all(self, observed: dict[str, GatewayObserved] | None) -> list[GatewayPlan]:
-        seen = observed or {}
-        plans = [
-            plan_gateway(
-                name,
-                gateway,
-                seen.get(name, NOTHING_RUNS),
-                self.map_dir,
-                self.settings,
-                self.sections,
-                self.down.get(name, frozenset()),
-                self.resolved,
-            )
-            for name, gateway in self.desired.gateways.items()
-        ]
+        plans = plan_all(
+            self.desired.gateways,
+            observed or {},
+            self.map_dir,
+            self.settings,
+            self.sections,
+            self.running,
+            self.pools,
+            self.down,
+            self.resolved,
+        )
         for plan in plans:
             _prepare_files(plan)
         return plans
+
+    def _group(self, name: str, gateway: Gateway | None) -> GroupView:
+        """The bind group of a gateway (of its stored version, when it is removed)."""
+        on = gateway or self.desired.get(name)
+        last = gateway is None and on is not None
+        if on is not None and last:
+            last = self.desired.binds.count(on.bind) <= 1
+        return group_view(on, self.running, self.pools, self.owners, last=last)
+
+    def _reindex(self) -> None:
+        """The indexes kept in step with `plans`, rebuilt after it was replaced wholesale."""
+        self.owners = {}
+        self._plan_slots = 0
+        for plan in self.plans.values():
+            self._track(None, plan)
+
+    def _track(self, old: GatewayPlan | None, new: GatewayPlan | None) -> None:
+        """A gateway's plan replaced: who holds which pool backend, the slots planned."""
+        own_backends(self.owners, old, new)
+        self._plan_slots += (new.slots if new else 0) - (old.slots if old else 0)
 
     def big(self) -> bool:
         """Whether work over every gateway (a start, a reload's file) is worth a thread."""
@@ -246,17 +280,15 @@ class Engine:
         if observed is None:
             observed = await self.observer.everything(self.running)
         split = observed.by_gateway()
+        self.pools = observed_pools(observed.backends)
         plans = await offload(self.big(), self._plan_all, split)
-        removed = [
-            plan_gateway(name, None, seen, self.map_dir, self.settings)
-            for name, seen in split.items()
-            if name not in self.desired.records
-        ]
+        removed = plan_removed(split, self.desired.gateways, self.map_dir, self.settings)
         # a write that stored meanwhile planned its own gateway: keep its plan
         plans = [p for p in plans if self.plans.get(p.name) is known.get(p.name)]
         for name in [n for n in self.plans if n not in self.desired.records]:
             if self.plans[name] is known.get(name):
                 del self.plans[name]
+        self._reindex()
         plan = Plan((*plans, *removed), self.reloads.settings_reasons())
         running = self.running.sections if self.running else {}
         self.reloads.loaded(
@@ -324,7 +356,7 @@ class Engine:
         (a dry run's duration is the time it took to check and plan)."""
         big = self._is_big(after)
         async with self.gate.shared():
-            observed = await self.observe_gateway(name)
+            [observed] = await self.observe_gateways([name], [after])
             plan = await offload(big, self._plan, name, after, observed)
             steps = how(Plan((plan,)), changes)
             if not plan.needs_reload:
@@ -392,15 +424,24 @@ class Engine:
     ) -> GatewayPlan:
         """Plan one gateway; a write's plan must also fit the slot budget (a repair's need not:
         it only puts back what was stored)."""
+        group = self._group(name, gateway)
         down = self.down.get(name, frozenset())
-        plan = plan_gateway(
-            name, gateway, observed, self.map_dir, self.settings, self.sections, down, self.resolved
+        plan = plan_any(
+            name,
+            gateway,
+            observed,
+            self.map_dir,
+            self.settings,
+            self.sections,
+            group,
+            down,
+            self.resolved,
         )
         _prepare_files(plan)
         known = self.plans.get(name)
         mine = known.slots if known else 0
-        if check_budget and plan.slots > mine:  # only growth can go over: O(gateways) then
-            self.budget.check_slots(sum(p.slots for p in self.plans.values()) - mine + plan.slots)
+        if check_budget and plan.slots > mine:  # only growth can go over
+            self.budget.check_slots(self._plan_slots - mine + plan.slots)
         return plan
 
     async def _store(self, name: str, record: Record | None, after: Gateway | None) -> int:
@@ -432,6 +473,7 @@ class Engine:
         return back
 
     def _restore_plan(self, name: str, previous: GatewayPlan | None) -> None:
+        self._track(self.plans.get(name), previous)
         if previous is not None:
             self.plans[name] = previous
         else:
@@ -495,6 +537,7 @@ class Engine:
     # ---- what HAProxy runs ------------------------------------------------------------------
 
     def _planned(self, plan: GatewayPlan) -> None:
+        self._track(self.plans.get(plan.name), plan if plan.section is not None else None)
         if plan.section is None:
             self.plans.pop(plan.name, None)
         else:
@@ -529,23 +572,30 @@ class Engine:
         [observed] = await self.observe_gateways([name])
         return observed
 
-    async def observe_gateways(self, names: Sequence[str]) -> list[GatewayObserved]:
-        """Some gateways in one round trip: the backends and maps of each one's last plan."""
+    async def observe_gateways(
+        self, names: Sequence[str], desired: Sequence[Gateway | None] | None = None
+    ) -> list[GatewayObserved]:
+        """Some gateways in one round trip: the backends and maps of each one's last plan
+        (and the host entries of its desired version, `desired`, if given)."""
+        wanted = desired or [self.desired.get(name) for name in names]
+        scopes = [self._scope(name, gateway) for name, gateway in zip(names, wanted, strict=True)]
         try:
-            observed = await self.observer.gateways([self._scope(name) for name in names])
+            observed = await self.observer.gateways(scopes)
         except RuntimeApiError:
             self.metrics.haproxy_up(False)
             raise
         self.metrics.haproxy_up(True)
         return observed
 
-    def _scope(self, name: str) -> Scope:
+    def _scope(self, name: str, gateway: Gateway | None = None) -> Scope:
         plan = self.plans.get(name)
         running = self.running.sections.get(name) if self.running else None
+        keys = scope_of(name, plan, gateway, self.map_dir)
         if plan is None or plan.section is None:
-            return Scope(running, (), ())
+            return Scope(running, (), (), keys)
         layout = plan.section.layout
-        return Scope(running, [b.name for b in layout.backends], layout.map_refs)
+        own = () if layout.pooled else layout.map_refs
+        return Scope(running, [b.name for b in layout.backends], own, keys)
 
     async def applied(self, name: str) -> AppliedGateway:
         """The read model of one gateway, read from HAProxy now."""
@@ -743,10 +793,11 @@ class Engine:
 
 
 def _binds_moved(before: Gateway | None, after: Gateway | None) -> set[Address]:
-    """The binds whose gateways the edit changes (hosts, mode or tls), if any: a write holds
-    their locks while it checks and stores, so two writes cannot both claim one bind."""
+    """The binds whose gateways the edit changes (hosts, mode or tls), or whose shared pool
+    it draws from, if any: a write holds their locks while it checks, stores and applies, so
+    two writes cannot both claim one bind, nor one pool backend."""
     keys = [(g.bind, g.mode, g.virtual_hosts, g.tls_key) if g else None for g in (before, after)]
-    if keys[0] == keys[1]:
+    if keys[0] == keys[1] and not pool_change(before, after):
         return set()
     return {g.bind for g in (before, after) if g is not None}
 

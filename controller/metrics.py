@@ -489,7 +489,7 @@ def drift_counts(plan: Plan) -> Tally[tuple[str, DriftKind]]:
             counts[(gateway, "structure")] += 1
         return counts
     for one in plan.gateways:
-        for _ in one.map_swaps:
+        for _ in (*one.map_swaps, *one.map_edits):  # a swap, or an entry of a shared map
             counts[(one.name, "map")] += 1
         for step in (*one.fill, *one.empty):
             counts[(one.name, step.setting)] += 1

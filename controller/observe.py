@@ -23,6 +23,7 @@ from controller.runtime.parse import (
     DRAIN_MASK,
     MAINTENANCE_MASK,
     is_error_reply,
+    parse_get_map,
     parse_map,
     parse_map_list,
     parse_slot_rows,
@@ -39,6 +40,9 @@ class Scope:
     running: str | None
     backends: Sequence[str]
     maps: Sequence[str]
+    keys: Sequence[tuple[str, str]] = ()
+    """(map, key): entries of a bind group's shared maps, looked up one by one (`get map`),
+    so a gateway reads its own hosts, not the bind's thousands."""
 
 
 class Observer:
@@ -84,6 +88,7 @@ class Observer:
             for command in (
                 *(commands.show_servers_state(b) for b in scope.backends),
                 *(commands.show_map(ref) for ref in scope.maps),
+                *(commands.get_map(ref, key) for ref, key in scope.keys),
             )
         ]
         replies = iter(await self.runtime.execute_many(batch, check=False))
@@ -93,6 +98,13 @@ class Observer:
             state_text = "".join(r + "\n" for r in states if not is_error_reply(r))
             found = {ref: reply for ref in scope.maps if not is_error_reply(reply := next(replies))}
             backends, maps = _parse(state_text, found)
+            for ref, key in scope.keys:
+                reply = next(replies)
+                if is_error_reply(reply):
+                    continue  # no such map: HAProxy does not run the bind group
+                got = parse_get_map(reply)
+                entries = maps.get(ref, ())
+                maps[ref] = (*entries, got) if got is not None and got[0] == key else entries
             observed.append(GatewayObserved(scope.running, backends, maps))
         return observed
 

@@ -27,6 +27,7 @@ from controller.compile import (
 )
 from controller.errors import InvalidInput
 from controller.model import Address, Config, Gateway, gateway_acl_problems
+from controller.pools import all_maps, group_pools, rendered_pools, shared_map_owners, split_groups
 from controller.render import (
     Assignment,
     RenderSettings,
@@ -95,10 +96,11 @@ class Observed:
         maps: dict[str, dict[str, MapEntries]] = {}
         for ref, entries in self.maps.items():
             maps.setdefault(map_gateway(ref), {})[ref] = entries
+        split_groups(self.backends, self.maps, backends, maps)
         sections = self.running.sections if self.running else {}
         return {
             name: GatewayObserved(sections.get(name), backends.get(name, {}), maps.get(name, {}))
-            for name in {*backends, *sections}
+            for name in {*backends, *sections, *shared_map_owners(maps)}
         }
 
 
@@ -115,6 +117,9 @@ ReloadKind = Literal[
     "capacity",
     "map-missing",
     "structure",
+    "bind-added",
+    "bind-pool",
+    "bind-removed",
 ]
 
 
@@ -183,6 +188,9 @@ class GatewayPlan:
     empty: tuple[SlotChange, ...] = ()
     commands: tuple[tuple[Command, ...], tuple[Command, ...]] = field(default=((), ()))
     """The fill and empty steps as socket commands, built when planned."""
+    map_edits: tuple[Command, ...] = ()
+    """Entries of its bind group's shared maps to add, set or delete (`controller.hostplan`),
+    sent after the swaps and before the emptied slots."""
 
     @property
     def needs_reload(self) -> bool:
@@ -190,7 +198,9 @@ class GatewayPlan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.reload_reasons or self.fill or self.map_swaps or self.empty)
+        return not (
+            self.reload_reasons or self.fill or self.map_swaps or self.empty or self.map_edits
+        )
 
     @property
     def slots(self) -> int:
@@ -205,7 +215,9 @@ class GatewayPlan:
             weight = backend.server_weight
             filled = self.assignment.get(backend.name, {})
             backends[backend.name] = [SlotState(s, a, True, weight) for s, a in filled.items()]
-        return GatewayObserved(self.section.fingerprint, backends, self.maps)
+        # a pooled gateway has no section in HAProxy's file: its bind group has
+        running = None if self.section.layout.pooled else self.section.fingerprint
+        return GatewayObserved(running, backends, self.maps)
 
 
 @dataclass(frozen=True)
@@ -222,8 +234,10 @@ class Plan:
     @property
     def running(self) -> Running:
         """The structure HAProxy runs once this plan is loaded."""
-        sections = {g.name: g.section.fingerprint for g in self.gateways if g.section}
-        return Running(self.settings, sections)
+        own = [g.section for g in self.gateways if g.section and not g.section.layout.pooled]
+        pools = group_pools(self.gateways)
+        binds = {name: layout.fingerprint for name, (layout, _) in pools.items()}
+        return Running(self.settings, {s.name: s.fingerprint for s in own}, binds)
 
     @property
     def bindings(self) -> dict[str, Mapping[str, str]]:
@@ -261,12 +275,18 @@ class Plan:
         return tuple(swap for g in self.gateways for swap in g.map_swaps)
 
     @property
+    def map_edits(self) -> tuple[Command, ...]:
+        return tuple(edit for g in self.gateways for edit in g.map_edits)
+
+    @property
     def map_updates(self) -> tuple[str, ...]:
         return tuple(swap.ref for swap in self.map_swaps)
 
     @property
     def maps(self) -> dict[str, MapEntries]:
-        return {ref: e for g in self.gateways for ref, e in g.maps.items()}
+        """Every map file, the bind groups' with every gateway's entries."""
+        layouts = [layout for layout, _ in group_pools(self.gateways).values()]
+        return all_maps(self.gateways, layouts)
 
     @property
     def assignment(self) -> dict[str, Mapping[str, Address]]:
@@ -284,6 +304,7 @@ class Plan:
         for swap in self.map_swaps:
             entries = ", ".join(f"{k} {v}" for k, v in swap.entries) or "(empty)"
             steps.append(f"swap map {swap.ref}: {entries}")
+        steps += [c.text for c in self.map_edits]
         steps += [c.text for c in self.empty]
         return steps
 
@@ -291,7 +312,7 @@ class Plan:
 def render_plan(plan: Plan, settings: RenderSettings) -> str:
     """The whole configuration file of a plan (slots filled as planned)."""
     filled = {g.name: filled_backends(g.section, g.assignment) for g in plan.gateways if g.section}
-    return render_config(settings, plan.sections, filled)
+    return render_config(settings, plan.sections, filled, rendered_pools(plan.gateways))
 
 
 def check_acl_policy(name: str, gateway: Gateway, settings: RenderSettings) -> None:
@@ -369,9 +390,7 @@ def plan_gateway(
     for backend in layout.backends:
         route = route_of.get(backend.name)
         instances = route_instances(gateway.routes[route], resolved) if route else ()
-        slots = _plan_slots(
-            backend, instances, observed.backends.get(backend.name, ()), not reasons
-        )
+        slots = plan_slots(backend, instances, observed.backends.get(backend.name, ()), not reasons)
         assignment[backend.name] = slots.assignment
         fill += slots.fill
         empty += slots.empty
@@ -405,18 +424,14 @@ def plan_changes(
     sections: SectionCache | None = None,
 ) -> Plan:
     """Plan every desired gateway, and every gateway HAProxy runs that is no longer desired."""
+    from controller.hostplan import observed_pools, plan_all, plan_removed  # builds on this
+
     desired = gateways.gateways if isinstance(gateways, Config) else gateways
     cache = sections or SectionCache(max(64, 2 * len(desired)))
     split = observed.by_gateway()
-    plans = [
-        plan_gateway(name, gateway, split.get(name, NOTHING_RUNS), map_dir, settings, cache)
-        for name, gateway in desired.items()
-    ]
-    plans += [
-        plan_gateway(name, None, seen, map_dir, settings)
-        for name, seen in split.items()
-        if name not in desired
-    ]
+    pools = observed_pools(observed.backends)
+    plans = plan_all(desired, split, map_dir, settings, cache, observed.running, pools)
+    plans += plan_removed(split, desired, map_dir, settings)
     reasons = settings_reasons(observed.running, settings)
     return Plan(tuple(plans), reasons, settings_fingerprint(settings))
 
@@ -466,7 +481,7 @@ class _SlotPlan:
     empty: list[SlotChange] = field(default_factory=list)
 
 
-def _plan_slots(
+def plan_slots(
     backend: BackendLayout,
     desired: Sequence[Address],
     observed: Sequence[SlotState],

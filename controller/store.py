@@ -123,7 +123,6 @@ class FileStore:
             return False
         return not self.root.exists() or not any(self.root.iterdir())
 
-
     async def put(self, name: str, gateway: Gateway, expected: int) -> int:
         return await self._write(name, expected, gateway)
 

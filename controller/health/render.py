@@ -18,6 +18,7 @@ What changes live and what needs a reload (verified on 2.6.12, see docs/health.m
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -142,6 +143,26 @@ def structural_key(policy: RoutePolicy, mode: Mode, *, server_map: bool) -> Rout
             "drain_timeout": 0,
         }
     )
+
+
+DEFAULT_POLICY = RoutePolicy()
+"""A route's policy when it sets none: also that of every pool backend of a bind group."""
+
+
+def policy_lines(policy: RoutePolicy, mode: str, timeouts_map: str | None) -> tuple[str, ...]:
+    """A route's backend lines without its live values (`structural_key`): a change of
+    `max_connections`, `drain_timeout`, the ejection cap or (through the map) the server
+    timeout changes no line, so it needs no reload."""
+    kind: Mode = "tcp" if mode == "tcp" else "http"
+    return _policy_lines(
+        structural_key(policy, kind, server_map=timeouts_map is not None), kind, timeouts_map
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_lines(key: RoutePolicy, mode: Mode, timeouts_map: str | None) -> tuple[str, ...]:
+    server_map = ServerTimeoutMap(timeouts_map) if timeouts_map else None
+    return tuple(backend_lines(key, mode, server_map))
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,15 @@ def parse_map(text: str) -> list[MapEntry]:
     return entries
 
 
+_GOT = re.compile(r'found=yes, idx=[a-z]+, key="([^"]*)", value="([^"]*)"')
+
+
+def parse_get_map(text: str) -> tuple[str, str] | None:
+    """(key, value) that `get map` found, None when it found nothing."""
+    match = _GOT.search(text)
+    return (match.group(1), match.group(2)) if match else None
+
+
 @dataclass(frozen=True, slots=True)
 class MapInfo:
     """One line of `show map` without argument."""

@@ -80,8 +80,11 @@ class WrkResult:
                    int(total.group(1)), errors)
 
 
-def run_wrk(layout: str, url: str, seconds: int, connections: int) -> WrkResult:
-    command = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+def run_wrk(
+    layout: str, url: str, seconds: int, connections: int, extra: Sequence[str] = ()
+) -> WrkResult:
+    """`extra`: more wrk arguments, e.g. `-H "Connection: close"` (bench.https)."""
+    command = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
@@ -280,21 +283,33 @@ def run(args: argparse.Namespace) -> dict[str, list[Round]]:
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.gateway_throughput", description=__doc__,
+def wrk_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The options of a side-by-side wrk comparison (this one and bench.https)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="rounds per comparison (3)")
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per run (5)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured wrk seconds first (1)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
-    parser.add_argument("--servers", choices=["both", "python", "static"], default="both")
+    return parser
+
+
+def parse_wrk_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parsed and bounded; with the load and the code version before the run."""
     args = parser.parse_args(argv)
-    args.load_before, args.code_before = load_now(), code_version()
-    args.layouts = {}
     if not (1 <= args.rounds <= 20 and 1 <= args.seconds <= 60 and 1 <= args.warmup <= 60
             and 1 <= args.connections <= 256):
         parser.error("bounds: --rounds 1..20, --seconds 1..60, --warmup 1..60, "
                      "--connections 1..256")
+    args.load_before, args.code_before = load_now(), code_version()
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = wrk_parser("python -m bench.gateway_throughput", __doc__)
+    parser.add_argument("--servers", choices=["both", "python", "static"], default="both")
+    args = parse_wrk_args(parser, argv)
+    args.layouts = {}
     print(report(run(args), args))
 
 

@@ -338,6 +338,12 @@ def measure_size(size: Size, args: argparse.Namespace) -> None:
     ports = free_ports(count + args.reloads, args.port_base)
     estate = Estate(count, args.routes, args.instances, ports)
     extra = ["--sync-interval", str(args.sync_interval)] if args.sync_interval else []
+    # the estate itself may fill the default budget (1,000 × 10 × 10 is exactly 10,000
+    # routes): room for the rows that add routes and gateways, asked for by name
+    routes, instances = count * args.routes, count * args.routes * args.instances
+    extra += ["--max-routes", str(max(10_000, 2 * routes))]
+    extra += ["--max-instances", str(max(100_000, 2 * instances))]
+    extra += ["--max-slots", str(max(250_000, 4 * instances))]
     with short_tmp(root=args.tmp_root) as tmp:
         try:
             log(f"[{count}] start: {count} gateways × {args.routes} routes × {args.instances}")

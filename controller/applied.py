@@ -8,13 +8,16 @@ slots of its backend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from controller.compile import MapEntries, gateway_map_refs
+from controller.health.decide import in_service
+from controller.hosts import group_of_ref, value_gateway, value_weights
 from controller.model import Address, Gateway, Route
 from controller.plan import GatewayObserved, SlotState
+from controller.runtime.parse import ServerHealth, server_health_from_stat
 
 InstanceState = Literal["ready", "maint", "missing"]
 """Serving, parked in maintenance, or in no slot at all."""
@@ -50,6 +53,8 @@ class AppliedGateway:
     strengths: Mapping[str, int]
     """route → basis points, from the live strengths map."""
     slots: Mapping[str, Sequence[SlotState]]
+    health: Mapping[str, Sequence[ServerHealth]] = field(default_factory=dict)
+    """backend → its servers as HAProxy's checks see them (`show stat`), when read."""
 
     @property
     def weights(self) -> dict[str, int]:
@@ -77,6 +82,59 @@ class AppliedGateway:
         points = (self.backend_weights or {}).get(backend, 0) if backend else 0
         return AppliedRoute(weight_bp=points, backend=backend, instances=states)
 
+    def servers(self, route: str) -> dict[str, ServerHealth]:
+        """The health of the slots of a route's backend, by slot name."""
+        backend = self.binding.get(route, "")
+        return {server.server: server for server in self.health.get(backend, ())}
+
+    def route_health(self, route: str) -> RouteHealth:
+        return route_health(self.health.get(self.binding.get(route, ""), ()))
+
+
+@dataclass(frozen=True)
+class RouteHealth:
+    """One route's instances as HAProxy's checks see them: `healthy` of `total` (slots in
+    service: neither parked nor draining)."""
+
+    healthy: int
+    total: int
+
+    @property
+    def down(self) -> bool:
+        """Instances, none of them healthy."""
+        return self.total > 0 and self.healthy == 0
+
+
+def route_health(servers: Sequence[ServerHealth]) -> RouteHealth:
+    members = in_service(servers)
+    return RouteHealth(sum(1 for server in members if server.serving), len(members))
+
+
+def servers_by_backend(rows: Iterable[dict[str, str]]) -> dict[str, list[ServerHealth]]:
+    """`show stat` rows (of some backends) as each backend's servers, for `health`."""
+    found: dict[str, list[ServerHealth]] = {}
+    for row in rows:
+        server = server_health_from_stat(row)
+        if server is not None:
+            found.setdefault(server.backend, []).append(server)
+    return found
+
+
+def health_json(server: ServerHealth | None) -> dict[str, object] | None:
+    """An instance's health as status shows it."""
+    if server is None:
+        return None
+    return {
+        "state": server.state,
+        "checked": server.checked,
+        "check_status": server.check_status,
+        "check_code": server.check_code,
+        "last_check": server.last_check or None,
+        "consecutive_failures": server.consecutive_failures,
+        "ejected": server.ejected,
+        "sessions": server.sessions,
+    }
+
 
 def instance_state(address: Address, slots: Mapping[Address | None, SlotState]) -> InstanceState:
     slot = slots.get(address)
@@ -86,6 +144,9 @@ def instance_state(address: Address, slots: Mapping[Address | None, SlotState]) 
 
 
 def applied_gateway(name: str, observed: GatewayObserved, map_dir: str) -> AppliedGateway:
+    pooled = applied_pooled(name, observed)
+    if pooled is not None:
+        return pooled
     refs = gateway_map_refs(name, map_dir, conditions=True, sticky=False)
     live = observed.maps.get(refs.weights)
     return AppliedGateway(
@@ -94,6 +155,27 @@ def applied_gateway(name: str, observed: GatewayObserved, map_dir: str) -> Appli
         strengths={k: int(v) for k, v in observed.maps.get(refs.strengths or "", ())},
         slots=observed.backends,
     )
+
+
+def applied_pooled(name: str, observed: GatewayObserved) -> AppliedGateway | None:
+    """A pooled gateway: its binding from its bind group's routes map, its weights from the
+    value of one of its hosts (they all hold the same); None for any other gateway."""
+    binding: dict[str, str] = {}
+    weights: dict[str, int] | None = None
+    prefix = f"{name}/"
+    for ref, entries in observed.maps.items():
+        found = group_of_ref(ref)
+        if found is None:
+            continue
+        group, kind = found
+        if kind == "routes":
+            binding.update((k.removeprefix(prefix), v) for k, v in entries if k.startswith(prefix))
+        elif weights is None:
+            mine = [v for _, v in entries if value_gateway(v) == name]
+            weights = value_weights(group, mine[0]) if mine else None
+    if not binding:
+        return None
+    return AppliedGateway(binding, weights, {}, observed.backends)
 
 
 def applied_routes(

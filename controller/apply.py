@@ -67,7 +67,7 @@ Verify = Callable[[], Awaitable[tuple[ReloadReason, ...]]]
 
 def runtime_count(plans: Sequence[GatewayPlan]) -> int:
     """Socket commands the plans send (a map swap: prepare, one add per entry, commit)."""
-    count = sum(len(p.fill) + len(p.empty) for p in plans)
+    count = sum(len(p.fill) + len(p.empty) + len(p.map_edits) for p in plans)
     return count + sum(len(s.entries) + 2 for p in plans for s in p.map_swaps)
 
 
@@ -115,6 +115,9 @@ class Applier:
             await self.runtime.execute_many(fill)
         if swaps:
             await self.swapper.swap(swaps)
+        edits = [command for plan in plans for command in plan.map_edits]
+        if edits:  # entries of the bind groups' maps: after the slots they name are filled
+            await self.runtime.execute_many(edits)
         empty = [command for plan in plans for command in plan.commands[1]]
         if empty:
             await self.runtime.execute_many(empty)

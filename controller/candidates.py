@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from controller.compile import MapEntries
+from controller.hosts import group_of_ref
 from controller.model import Address
 from controller.plan import GatewayPlan
+from controller.pools import all_maps, group_pools, rendered_pools
 from controller.render import (
     Assignment,
     RenderSettings,
@@ -22,6 +24,7 @@ from controller.render import (
     Section,
     filled_backends,
     render_config,
+    running_of,
     settings_fingerprint,
 )
 
@@ -40,18 +43,20 @@ class Candidates:
         """The sections HAProxy loaded last (at a start or reload), per gateway."""
 
     def running_of(self, plans: Iterable[GatewayPlan]) -> Running:
-        sections = {p.name: p.section.fingerprint for p in plans if p.section is not None}
-        return Running(settings_fingerprint(self.settings), sections)
+        listed = list(plans)
+        sections = [p.section for p in listed if p.section is not None]
+        pools = {name: layout for name, (layout, _) in group_pools(listed).items()}
+        return running_of(self.settings, sections, pools)
 
     def render(self, plans: Sequence[GatewayPlan]) -> tuple[str, dict[str, MapEntries]]:
         """The whole file (sections as cached, slots as planned) and every map."""
         filled = {p.name: self._filled_text(p) for p in plans if p.section is not None}
         for gone in self._filled.keys() - filled.keys():
             self._filled.pop(gone, None)
-        text = render_config(
-            self.settings, (p.section for p in plans if p.section is not None), filled
-        )
-        return text, {ref: entries for p in plans for ref, entries in p.maps.items()}
+        pools = rendered_pools(plans)
+        sections = (p.section for p in plans if p.section is not None)
+        text = render_config(self.settings, sections, filled, pools)
+        return text, all_maps(plans, [layout for layout, _ in pools.values()])
 
     def whole(self, plans: Sequence[GatewayPlan]) -> Candidate:
         """The whole file, the maps of the gateways waiting for a reload, its identity."""
@@ -79,8 +84,14 @@ class Candidates:
             return None
         binds: set[Address] = set()
         names = set()
+        if running.binds.keys() - group_pools(plans).keys():
+            return None  # a bind group closes
         for plan in plans:
             if plan.section is None:
+                continue
+            if plan.section.layout.pooled:  # in its bind group, which a reload may grow
+                if plan.needs_reload:
+                    binds.add(plan.section.layout.bind)
                 continue
             names.add(plan.name)
             old = self.loaded.get(plan.name)
@@ -97,6 +108,13 @@ class Candidates:
             binds.add(old.layout.bind)
         return binds
 
+    def pool_slots(self, plans: Iterable[GatewayPlan]) -> dict[str, dict[int, int]]:
+        """Bind group → its pool backends' slots (by index), as a file of `plans` runs them."""
+        return {
+            name: dict(enumerate(layout.slots, 1))
+            for name, (layout, _) in group_pools(plans).items()
+        }
+
     def _filled_text(self, plan: GatewayPlan) -> str:
         """Rendered again only when the gateway's structure or slots changed."""
         assert plan.section is not None
@@ -109,5 +127,8 @@ class Candidates:
 
 
 def _waiting(plans: Sequence[GatewayPlan], maps: Mapping[str, MapEntries]) -> dict[str, MapEntries]:
-    """The maps of gateways waiting for a reload: not on disk yet (the others are)."""
-    return {ref: maps[ref] for p in plans if p.needs_reload for ref in p.maps}
+    """The maps of gateways waiting for a reload: not on disk yet (the others are); and the
+    bind groups' maps, which change live entry by entry without their files."""
+    waiting = {ref: maps[ref] for p in plans if p.needs_reload for ref in p.maps}
+    waiting.update((ref, entries) for ref, entries in maps.items() if group_of_ref(ref))
+    return waiting

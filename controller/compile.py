@@ -16,11 +16,14 @@ import functools
 import hashlib
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from controller.conditions import CompiledCondition, compile_condition, parse_condition
+from controller.health.decide import live_strengths, live_weights
+from controller.health.render import DEFAULT_POLICY, policy_lines, server_timeout_entry
+from controller.hosts import HostMaps, gateway_test, host_key, host_maps, host_value, is_wildcard
 from controller.model import BASIS_POINTS, HASH_BALANCE, Address, Gateway, Rewrite, Route
 
 MIN_SLOTS = 8
@@ -157,6 +160,17 @@ class BackendLayout:
     cookie: str | None = None
     """Instance stickiness: the cookie HAProxy inserts, naming the slot."""
     rules: tuple[str, ...] = ()
+    server_options: str = ""
+    """Added to every slot's server line: TLS to the instances, HTTP/2 (`Route.server_options`)."""
+    tunnel: str | None = None
+    """`timeout tunnel`: how long a WebSocket may idle (the gateway's `timeout_tunnel`)."""
+    policy: tuple[str, ...] = ()
+    """Checks, timeouts, retries, server options of its route (`health.render`), live values
+    left out: on every slot, parked ones too, so that filling a slot needs no reload."""
+    checked: bool = False
+    """Its slots have active checks: a filled slot is kept out until it passes them."""
+    drains: bool = False
+    """A removed instance drains (`state drain`) before its slot is parked."""
 
     @property
     def server_weight(self) -> int:
@@ -178,6 +192,8 @@ class GatewayMaps:
     backends: str | None = None
     order: str | None = None
     """`split: exact`: the shared bucket order (`exact_order`), written once, never swapped."""
+    timeouts: str | None = None
+    """backend → server timeout (ms) of its route: HTTP gateways where a route sets one."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +203,42 @@ class ConditionRule:
     route: str
     var: str
     compiled: CompiledCondition
+
+
+@dataclass(frozen=True)
+class BindTls:
+    """A gateway's part of its TLS bind: its crt-list (file and text) and the bind options.
+
+    The crt-list file is named by its content, so writing it ahead of a check or a reload
+    never changes a file the running HAProxy loaded (`controller.tls.files`)."""
+
+    crt_list: str
+    text: str
+    options: tuple[str, ...]
+    certificates: tuple[str, ...]
+    """The certificate files it names, default first."""
+    redirect: Address | None = None
+
+
+def certificate_file(ref: str, cert_dir: str) -> str:
+    """A certificate reference as HAProxy reads it: a store name is `<cert_dir>/<name>.pem`."""
+    return ref if ref.startswith("/") else f"{cert_dir}/{ref}.pem"
+
+
+def bind_tls(name: str, gateway: Gateway, cert_dir: str) -> BindTls | None:
+    """One line per certificate, the default first and none with an SNI filter: HAProxy
+    answers each SNI name with the certificate whose names (CN, SANs) match it."""
+    tls = gateway.tls
+    if tls is None:
+        return None
+    if not cert_dir.startswith("/"):
+        raise ValueError("TLS gateways need the state directory's certs directory")
+    files = tuple(certificate_file(ref, cert_dir) for ref in tls.ordered)
+    text = "".join(f"{path}\n" for path in files)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return BindTls(
+        f"{cert_dir}/{name}.{digest}.crt-list", text, tls.bind_options(), files, tls.redirect_http
+    )
 
 
 @dataclass(frozen=True)
@@ -203,15 +255,22 @@ class GatewayLayout:
     maps: GatewayMaps
     conditions: tuple[ConditionRule, ...]
     backends: tuple[BackendLayout, ...]
+    tls: BindTls | None = None
+    hosts: HostMaps | None = None
+    """Its bind group's maps, for a gateway with virtual hosts."""
+    pooled: bool = False
+    """Its routes use its bind group's pool backends (`controller.hosts`), not its own."""
 
     @property
-    def host_acl(self) -> str | None:
-        return f"wb_h.{self.name}" if self.virtual_hosts else None
+    def host_test(self) -> str | None:
+        """The condition that a request is for this gateway, when its bind is shared."""
+        return gateway_test(self.name) if self.virtual_hosts else None
 
     @property
     def map_refs(self) -> tuple[str, ...]:
         refs = (self.maps.weights, self.maps.routes, self.maps.strengths, self.maps.sticky)
-        return tuple(ref for ref in (*refs, self.maps.backends) if ref is not None)
+        more = (self.maps.backends, self.maps.timeouts)
+        return tuple(ref for ref in (*refs, *more) if ref is not None)
 
     @functools.cached_property
     def slots(self) -> int:
@@ -226,7 +285,13 @@ def gateway_key(name: str) -> str:
 
 
 def gateway_map_refs(
-    gateway: str, map_dir: str, *, conditions: bool, sticky: bool, exact: bool = False
+    gateway: str,
+    map_dir: str,
+    *,
+    conditions: bool,
+    sticky: bool,
+    timeouts: bool = False,
+    exact: bool = False,
 ) -> GatewayMaps:
     return GatewayMaps(
         weights=weights_map_ref(gateway, map_dir),
@@ -235,6 +300,7 @@ def gateway_map_refs(
         sticky=f"{map_dir}/{gateway}.sticky.map" if sticky else None,
         backends=f"{map_dir}/{gateway}.backends.map" if sticky else None,
         order=order_map_ref(map_dir) if exact else None,
+        timeouts=f"{map_dir}/{gateway}.timeouts.map" if timeouts else None,
     )
 
 
@@ -282,47 +348,129 @@ def bind_routes(name: str, gateway: Gateway, live: MapEntries, pool: Pool) -> di
     return {route: kept.get(route) or next(free) for route in gateway.routes}
 
 
+def applied_weights(gateway: Gateway, down: frozenset[str] = frozenset()) -> dict[str, int]:
+    """The weights HAProxy is given: the desired ones, unless routes are `down` (every
+    instance failing its checks) and the gateway redistributes their share."""
+    desired = gateway.effective_weights()
+    if not down:
+        return desired
+    healthy = {name: 0 if name in down else 1 for name in desired}
+    return live_weights(desired, healthy, gateway.on_route_down).weights
+def host_entries(gateway: Gateway, hosts: HostMaps, value: str) -> dict[str, MapEntries]:
+    """A gateway's entries in its bind group's host maps: each host → `value`."""
+    exact = tuple((h, value) for h in gateway.virtual_hosts if not is_wildcard(h))
+    wild = tuple((host_key(h), value) for h in gateway.virtual_hosts if is_wildcard(h))
+    return {hosts.hosts: exact, hosts.wildcards: wild}
+
+
+def pooled_maps(
+    name: str,
+    gateway: Gateway,
+    binding: Mapping[str, str],
+    hosts: HostMaps,
+    down: frozenset[str] = frozenset(),
+) -> dict[str, MapEntries]:
+    """A pooled gateway's entries: its hosts → its weighted choice (its routes that are
+    `down` redistributed, `applied_weights`), its routes → backends."""
+    value = host_value(name, applied_weights(gateway, down), binding)
+    maps = host_entries(gateway, hosts, value)
+    maps[hosts.routes] = tuple((f"{name}/{route}", b) for route, b in binding.items())
+    return maps
+
+
 def gateway_maps(
-    gateway: Gateway, binding: Mapping[str, str], refs: GatewayMaps
+    gateway: Gateway,
+    binding: Mapping[str, str],
+    refs: GatewayMaps,
+    down: frozenset[str] = frozenset(),
 ) -> dict[str, MapEntries]:
     """What each live map of a gateway holds; all of it can change without a reload."""
-    weights = gateway.effective_weights()
+    weights = applied_weights(gateway, down)
     maps = {
         refs.weights: weight_map(weights, binding),
         refs.routes: tuple(binding.items()),
     }
     if refs.strengths:
+        strengths = {name: route.strength for name, route in gateway.routes.items()}
+        if down:
+            healthy = {name: 0 if name in down else 1 for name in strengths}
+            strengths = live_strengths(strengths, healthy, gateway.on_route_down)
         maps[refs.strengths] = tuple(
-            (name, str(route.strength)) for name, route in gateway.routes.items() if route.condition
+            (name, str(strengths[name]))
+            for name, route in gateway.routes.items()
+            if route.condition
         )
     if refs.sticky and refs.backends:
         # a pin holds while its route takes weighted traffic: weight 0 moves pinned clients
         maps[refs.sticky] = tuple((n, binding[n]) for n, w in weights.items() if w > 0)
         maps[refs.backends] = tuple((backend, route) for route, backend in binding.items())
+    if refs.timeouts:
+        entries = (server_timeout_entry(binding[n], r) for n, r in gateway.routes.items())
+        maps[refs.timeouts] = tuple(entry for entry in entries if entry is not None)
     return maps
 
 
+Resolved = Mapping[str, Sequence[Address]]
+"""Instance name (`host:port`) → the addresses it resolved to (`controller.discovery`)."""
+
+
+def route_instances(route: Route, resolved: Resolved | None = None) -> tuple[Address, ...]:
+    """A route's addresses: its IP literals, then what its names resolved to (once each)."""
+    if not route.names or not resolved:
+        return route.instances
+    found = dict.fromkeys(route.instances)
+    for name in route.names:
+        for address in resolved.get(name, ()):
+            found.setdefault(address)
+    return tuple(found)
+
+
 def gateway_layout(
-    name: str, gateway: Gateway, binding: Mapping[str, str], pool: Pool, map_dir: str
+    name: str,
+    gateway: Gateway,
+    binding: Mapping[str, str],
+    pool: Pool,
+    map_dir: str,
+    cert_dir: str = "",
+    resolved: Resolved | None = None,
 ) -> GatewayLayout:
     """The gateway's pool (kept while it fits, grown with spares), slots and rules."""
     size = pool_capacity(len(gateway.routes), max(pool, default=0))
     route_of = {backend: route for route, backend in binding.items()}
     default = gateway.route_balance(Route())
     cookie = f"wb_i_{name}" if gateway.sticky == "instance" else None
+    timeouts = gateway.mode == "http" and any(
+        r.timeouts.server is not None for r in gateway.routes.values()
+    )
+    refs = gateway_map_refs(
+        name,
+        map_dir,
+        conditions=any(r.condition is not None for r in gateway.routes.values()),
+        sticky=gateway.sticky != "none",
+        timeouts=timeouts,
+        exact=gateway.split == "exact",
+    )
     backends = []
     for index in range(1, size + 1):
         backend = pool_backend(name, index)
         route = gateway.routes[route_of[backend]] if backend in route_of else None
+        policy = route or DEFAULT_POLICY  # a spare takes a new default route with no reload
         backends.append(
             BackendLayout(
                 name=backend,
                 gateway=name,
                 mode=gateway.mode,
                 balance=gateway.route_balance(route) if route else default,
-                slots=slot_capacity(len(route.instances) if route else 0, pool.get(index)),
+                slots=slot_capacity(
+                    len(route_instances(route, resolved)) if route else 0, pool.get(index)
+                ),
                 cookie=cookie,
                 rules=compile_rewrites(route.rewrites) if route else (),
+                server_options=route.server_options if route else "",
+                tunnel=gateway.timeout_tunnel,
+                policy=policy_lines(policy, gateway.mode, refs.timeouts),
+                checked=policy.health_check is not None,
+                drains=route is not None and route.drain_timeout > 0,
             )
         )
     key = gateway_key(name)
@@ -338,13 +486,11 @@ def gateway_layout(
         mode=gateway.mode,
         sticky=gateway.sticky,
         virtual_hosts=gateway.virtual_hosts,
-        maps=gateway_map_refs(
-            name,
-            map_dir,
-            conditions=bool(conditions),
-            sticky=gateway.sticky != "none",
-            exact=gateway.split == "exact",
-        ),
+        maps=refs,
         conditions=conditions,
         backends=tuple(backends),
+        tls=bind_tls(name, gateway, cert_dir),
+        hosts=host_maps(gateway.bind, map_dir) if gateway.virtual_hosts else None,
     )
+
+

@@ -9,11 +9,17 @@ server slots can, the ones rendered into the configuration's structure need a re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from controller.compile import parse_pool_backend
+from controller.health.model import RoutePolicy
+from controller.health.render import DEFAULT_POLICY, policy_changes, policy_lines
+from controller.hosts import group_of_ref, pooled
 from controller.model import Config, Gateway, Rewrite, Route, format_percent
 from controller.plan import Plan, ReloadReason
 
@@ -83,7 +89,10 @@ def diff_gateway(name: str, before: Gateway | None, after: Gateway | None) -> li
     if before == after:
         return []
     if before is None or after is None:
-        return [Change(name, None, "gateway", _gone(before), _gone(after), live=False)]
+        # a pooled gateway joins (or leaves) its bind group live, unless it opens (or closes)
+        # the bind: the plan says which
+        live = any(pooled(g) for g in (before, after) if g is not None)
+        return [Change(name, None, "gateway", _gone(before), _gone(after), live=live)]
     return list(_gateway_fields(name, before, after)) + list(_routes(name, before, after))
 
 
@@ -92,15 +101,20 @@ def _gone(gateway: Gateway | None) -> str | None:
 
 
 def _gateway_fields(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
-    for field in ("bind", "mode", "balance", "sticky", "split"):
+    for field in ("bind", "mode", "balance", "sticky", "split", "tls", "timeout_tunnel"):
         old, new = getattr(before, field), getattr(after, field)
         if old != new:
             yield Change(name, None, field, _text(old), _text(new), live=False)
+    if before.on_route_down != after.on_route_down:
+        # a live choice of the controller: the weights it applies when a route is down
+        yield Change(name, None, "on_route_down", before.on_route_down, after.on_route_down, True)
     old_hosts, new_hosts = set(before.virtual_hosts), set(after.virtual_hosts)
+    # hosts are entries of the bind group's maps: live while the gateway keeps some
+    live = bool(old_hosts and new_hosts) and before.bind == after.bind
     for host in sorted(new_hosts - old_hosts):
-        yield Change(name, None, "virtual_hosts", None, host, live=False)
+        yield Change(name, None, "virtual_hosts", None, host, live=live)
     for host in sorted(old_hosts - new_hosts):
-        yield Change(name, None, "virtual_hosts", host, None, live=False)
+        yield Change(name, None, "virtual_hosts", host, None, live=live)
 
 
 def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
@@ -110,6 +124,7 @@ def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
         if old is None:
             # bound to a spare pool backend through a map: live, unless it brings structure
             live = new.condition is None and not new.rewrites and new.balance is None
+            live &= _default_structure(new, after)
             yield Change(name, route, "route", None, format_percent(new_weights[route]), live)
             continue
         if old_weights[route] != new_weights[route]:
@@ -122,6 +137,7 @@ def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
                 live=True,
             )
         yield from _route_fields(name, route, old, new)
+        yield from _policy_fields(name, route, old, new, before, after)
     for route in before.routes:
         if route not in after.routes:
             yield Change(name, route, "route", format_percent(old_weights[route]), None, True)
@@ -144,6 +160,11 @@ def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Itera
         yield Change(gateway, name, "instances", None, str(address), live=True)
     for address in sorted(removed, key=str):
         yield Change(gateway, name, "instances", str(address), None, live=True)
+    old_names, new_names = set(before.names), set(after.names)
+    for host in sorted(new_names - old_names):  # resolved into slots: live
+        yield Change(gateway, name, "instances", None, host, live=True)
+    for host in sorted(old_names - new_names):
+        yield Change(gateway, name, "instances", host, None, live=True)
     if before.strength != after.strength and before.condition == after.condition:
         yield Change(
             gateway,
@@ -153,20 +174,72 @@ def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Itera
             format_percent(after.strength),
             live=True,
         )
-    for field in ("condition", "balance", "rewrites"):
+    for field in ("condition", "balance", "rewrites", "protocol", "tls"):
         old, new = getattr(before, field), getattr(after, field)
         if old != new:
             live = field in LIVE_ROUTE_FIELDS
             yield Change(gateway, name, field, _text(old), _text(new), live=live)
 
 
+def _timeouts_map(gateway: Gateway) -> bool:
+    return gateway.mode == "http" and any(
+        r.timeouts.server is not None for r in gateway.routes.values()
+    )
+
+
+def _default_structure(route: Route, gateway: Gateway) -> bool:
+    """Whether a new route's backend lines are a spare backend's (it binds with no reload)."""
+    ref = "-" if _timeouts_map(gateway) else None
+    return policy_lines(route, gateway.mode, ref) == policy_lines(DEFAULT_POLICY, gateway.mode, ref)
+
+
+def _policy_fields(
+    gateway: str, name: str, old: Route, new: Route, before: Gateway, after: Gateway
+) -> Iterator[Change]:
+    """Health, timeouts, retries and limits (issue 12), each live or not as
+    `health.render.policy_changes` says (the server timeout is live once its map exists)."""
+    old_policy = RoutePolicy.model_validate(old.model_dump(include=_POLICY_FIELDS))
+    new_policy = RoutePolicy.model_validate(new.model_dump(include=_POLICY_FIELDS))
+    if old_policy == new_policy:
+        return
+    server_map = _timeouts_map(before) and _timeouts_map(after)
+    before_flat = _flat_policy(old_policy)
+    after_flat = _flat_policy(new_policy)
+    for change in policy_changes(old_policy, new_policy, after.mode, server_map=server_map):
+        yield Change(
+            gateway,
+            name,
+            change.field,
+            _text(before_flat.get(change.field)),
+            _text(after_flat.get(change.field)),
+            live=change.live,
+        )
+
+
+_POLICY_FIELDS = set(RoutePolicy.model_fields)
+
+
+def _flat_policy(policy: RoutePolicy) -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in policy.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def _text(value: object) -> str | None:
     if value is None or value == ():
         return None
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return "; ".join(_text(v) or "" for v in value)
     if isinstance(value, Rewrite):
         return f"{value.path} if {value.condition}"
+    if isinstance(value, BaseModel):  # tls settings: what was set, compactly
+        return json.dumps(
+            value.model_dump(mode="json", exclude_defaults=True), separators=(",", ":")
+        )
     return str(value)
 
 
@@ -185,6 +258,7 @@ _MAP_WORDS = {
     "backends": "becomes sticky (its sticky maps are created)",
     "weights": "has no weight map in HAProxy (it is created)",
     "routes": "has no route map in HAProxy (it is created)",
+    "timeouts": "gets its first server timeout (its timeout map is created)",
 }
 
 
@@ -197,6 +271,8 @@ def reload_reason_text(reason: ReloadReason, plan: Plan, changes: Sequence[Chang
         return f"gateway {detail} is new (its frontend and backends are created)"
     if kind == "gateway-removed":
         return f"gateway {detail} is removed (its frontend and backends go)"
+    if kind == "map-missing" and (shared := group_of_ref(detail)):
+        return f"HAProxy lacks the {shared[1]} map of the bind group {shared[0]} (it is created)"
     if kind == "map-missing":
         for gateway in plan.gateways:
             maps = vars(gateway.section.layout.maps) if gateway.section else {}
@@ -206,9 +282,27 @@ def reload_reason_text(reason: ReloadReason, plan: Plan, changes: Sequence[Chang
     if kind == "route-pool":
         name, _, counts = detail.partition(": ")
         return f"gateway {name} needs another number of backends for its routes ({counts})"
+    if kind == "bind-added":
+        return (
+            f"gateway {reason.gateway} is the first with virtual hosts on its bind "
+            f"{detail.partition(' ')[2].strip('()')} (the bind's frontend and shared pool are "
+            "created; the next gateways on it are added live)"
+        )
+    if kind == "bind-pool":
+        group, _, counts = detail.partition(": ")
+        return (
+            f"gateway {reason.gateway} needs a backend of the shared pool of {group}, and {counts}"
+            " (the pool grows, with spares for the next gateways)"
+        )
+    if kind == "bind-removed":
+        return f"the last gateway leaves the bind of {detail} (its port is closed)"
     if kind == "capacity":
         backend, _, counts = detail.partition(": ")
         parsed = parse_pool_backend(backend)
+        if parsed is None and reason.gateway is not None:
+            routes = [r for r, b in plan.bindings.get(reason.gateway, {}).items() if b == backend]
+            if routes:
+                return f"route {reason.gateway}.{routes[0]} needs more server slots ({counts})"
         if parsed is not None:
             name = parsed[0]
             routes = [r for r, b in plan.bindings.get(name, {}).items() if b == backend]

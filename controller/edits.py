@@ -155,7 +155,8 @@ def replace_route(
     """`gateway` with some fields of route `name` changed, both validated again (errors named
     `routes.<name>.<field>` after `prefix`); the other routes are kept as they are. The route
     is taken in the config file's shape (percentages as text), its instances as parsed."""
-    current = {**route.model_dump(mode="json", exclude={"instances"}), "instances": route.instances}
+    instances = (*route.instances, *route.names)  # names are instances too, by name
+    current = {**route.model_dump(mode="json", exclude={"instances"}), "instances": instances}
     where = ".".join(p for p in (prefix, "routes", name) if p)
     updated = validated(lambda: Route.model_validate({**current, **changes}), where)
     routes = {**gateway.routes, name: updated}

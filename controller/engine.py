@@ -19,46 +19,58 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, applied_routes
 from controller.apply import Applier, ApplyResult, Loaded, Method
 from controller.budget import Budget, Usage, gateway_usage
-from controller.compile import exact_order, order_map_ref
+from controller.compile import applied_weights, exact_order, order_map_ref
 from controller.desired import Desired, Record
 from controller.diff import Change, diff_gateway, how
 from controller.edits import Edit, edited
 from controller.errors import Unavailable, WeighbridgeError
+from controller.hostplan import (
+    GroupOwners,
+    group_view,
+    observed_pools,
+    own_backends,
+    plan_all,
+    plan_any,
+    plan_removed,
+    scope_of,
+)
+from controller.hosts import GroupView, pool_change
 from controller.locks import Gate, KeyedLocks
 from controller.metrics import Metrics
 from controller.model import Address, Config, Gateway
 from controller.observe import Observer, Scope
 from controller.offload import BIG_SLOTS, offload
 from controller.plan import (
-    NOTHING_RUNS,
     GatewayObserved,
     GatewayPlan,
     Observed,
     Plan,
-    plan_gateway,
 )
 from controller.process import HAProxyProcess
 from controller.reloads import Reloads
 from controller.render import RenderSettings, Running, SectionCache
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
-from controller.store import Store
+from controller.store import Conflict, Snapshot, Store, StoreEvent
+from controller.tls.files import prepare_crt_list
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PUBLISH_CHUNK = 50
 """Gateways whose applied metrics are exported between two turns of the event loop."""
+STALE_RETRIES = 5
+"""Times a write without If-Match is tried again on a newer revision another node stored."""
 
 
 @dataclass
@@ -69,6 +81,8 @@ class EngineState:
     reloads: list[dict[str, object]] = field(default_factory=list)
     drift_repairs: Counter[str] = field(default_factory=Counter)
     haproxy_restarts: int = 0
+    store_error: str | None = None
+    """Why a shared store (etcd) cannot be reached now: HAProxy keeps serving, writes fail."""
 
 
 @dataclass(frozen=True)
@@ -107,12 +121,24 @@ class Engine:
         self.gate = Gate()
         """Runtime writes hold it shared; a reload or a restart of HAProxy, alone."""
         self.desired = Desired()
+        self.resolved: dict[str, tuple[Address, ...]] = {}
+        """Instance name → its addresses, as the DNS watch last found them."""
+        self.name_status: Callable[[str], dict[str, Any]] | None = None
+        """An instance name's resolution as status shows it (the DNS watch's report)."""
+        self.down: dict[str, frozenset[str]] = {}
+        """Per gateway, the routes whose every instance fails its checks (the health watch)."""
         self.plans: dict[str, GatewayPlan] = {}
         """Each gateway's latest plan: what HAProxy runs for it, or will after the next reload."""
         self._runs: dict[str, GatewayPlan] = {}
         """The plan HAProxy was last seen or made to run, per gateway (see `_plan_known`)."""
         self.running: Running | None = None
         """The structure HAProxy runs (its file's fingerprints)."""
+        self.pools: dict[str, dict[int, int]] = {}
+        """Bind group → its pool backends' slots (by index), as HAProxy runs them."""
+        self.owners: GroupOwners = {}
+        """Bind group → pool backend index → the gateway whose latest plan binds it."""
+        self._plan_slots = 0
+        """The slots of every gateway's latest plan: the budget check of a write is O(1)."""
         self._gateways: KeyedLocks[str] = KeyedLocks()
         self._binds: KeyedLocks[Address] = KeyedLocks()
         self._usage: dict[str, Usage] = {}
@@ -123,10 +149,12 @@ class Engine:
 
     # ---- start ------------------------------------------------------------------------------
 
-    async def start(self, seed: Config | None) -> ApplyResult:
+    async def start(self, seed: Config | None, snapshot: Snapshot | None = None) -> ApplyResult:
         """Load (or seed) the desired state, start or adopt HAProxy, converge.
 
-        Adopting, HAProxy is read (its own work, in its own process) while the store loads."""
+        Adopting, HAProxy is read (its own work, in its own process) while the store loads.
+        `snapshot`: the desired state to start from, already read (a fleet node reads it from
+        etcd, or from its last applied copy when etcd cannot be reached)."""
         started = time.perf_counter()
         order = {order_map_ref(self.map_dir): exact_order()}  # read by `split: exact`
         await asyncio.to_thread(self.process.write_maps, order)
@@ -137,7 +165,7 @@ class Engine:
                 self.running = self.observer.running_in_file()
                 reading = asyncio.create_task(self.observer.everything(self.running))
             try:
-                await self._load(seed, started)
+                await self._load(seed, started, snapshot)
             except BaseException:
                 if reading is not None:
                     reading.cancel()
@@ -158,9 +186,10 @@ class Engine:
         self.state.ready = True
         return result
 
-    async def _load(self, seed: Config | None, started: float) -> None:
+    async def _load(self, seed: Config | None, started: float, snapshot: Snapshot | None) -> None:
         """The desired state from the store, seeded from the config file if it is empty."""
-        snapshot = await self.store.snapshot()
+        if snapshot is None:
+            snapshot = await self.store.snapshot()
         if seed is not None and not snapshot.records and not snapshot.revision:
             snapshot = await self.store.seed(seed.gateways)
             log.info("seeded %d gateways from the config file", len(seed.gateways))
@@ -202,23 +231,47 @@ class Engine:
         await asyncio.to_thread(self.process.write, text, maps, fresh=True)
         log.info("wrote the configuration and %d map files (%.2f s)", len(maps), _since(started))
         self.plans = {plan.name: plan for plan in plans}
+        self._reindex()
         self.running = candidates.running_of(plans)
+        self.pools = candidates.pool_slots(plans)
         self.reloads.loaded(plans)
         return plans
 
     def _plan_all(self, observed: dict[str, GatewayObserved] | None) -> list[GatewayPlan]:
-        seen = observed or {}
-        return [
-            plan_gateway(
-                name,
-                gateway,
-                seen.get(name, NOTHING_RUNS),
-                self.map_dir,
-                self.settings,
-                self.sections,
-            )
-            for name, gateway in self.desired.gateways.items()
-        ]
+        plans = plan_all(
+            self.desired.gateways,
+            observed or {},
+            self.map_dir,
+            self.settings,
+            self.sections,
+            self.running,
+            self.pools,
+            self.down,
+            self.resolved,
+        )
+        for plan in plans:
+            _prepare_files(plan)
+        return plans
+
+    def _group(self, name: str, gateway: Gateway | None) -> GroupView:
+        """The bind group of a gateway (of its stored version, when it is removed)."""
+        on = gateway or self.desired.get(name)
+        last = gateway is None and on is not None
+        if on is not None and last:
+            last = self.desired.binds.count(on.bind) <= 1
+        return group_view(on, self.running, self.pools, self.owners, last=last)
+
+    def _reindex(self) -> None:
+        """The indexes kept in step with `plans`, rebuilt after it was replaced wholesale."""
+        self.owners = {}
+        self._plan_slots = 0
+        for plan in self.plans.values():
+            self._track(None, plan)
+
+    def _track(self, old: GatewayPlan | None, new: GatewayPlan | None) -> None:
+        """A gateway's plan replaced: who holds which pool backend, the slots planned."""
+        own_backends(self.owners, old, new)
+        self._plan_slots += (new.slots if new else 0) - (old.slots if old else 0)
 
     def big(self) -> bool:
         """Whether work over every gateway (a start, a reload's file) is worth a thread."""
@@ -232,17 +285,15 @@ class Engine:
         if observed is None:
             observed = await self.observer.everything(self.running)
         split = observed.by_gateway()
+        self.pools = observed_pools(observed.backends)
         plans = await offload(self.big(), self._plan_all, split)
-        removed = [
-            plan_gateway(name, None, seen, self.map_dir, self.settings)
-            for name, seen in split.items()
-            if name not in self.desired.records
-        ]
+        removed = plan_removed(split, self.desired.gateways, self.map_dir, self.settings)
         # a write that stored meanwhile planned its own gateway: keep its plan
         plans = [p for p in plans if self.plans.get(p.name) is known.get(p.name)]
         for name in [n for n in self.plans if n not in self.desired.records]:
             if self.plans[name] is known.get(name):
                 del self.plans[name]
+        self._reindex()
         plan = Plan((*plans, *removed), self.reloads.settings_reasons())
         running = self.running.sections if self.running else {}
         self.reloads.loaded(
@@ -269,7 +320,19 @@ class Engine:
         """Check an edit of one gateway, store it, then apply it (or join the next reload).
 
         `heavy`: the caller knows the change is big (a large body), so even computing it
-        leaves the event loop."""
+        leaves the event loop. A store shared with other nodes may hold a newer revision of
+        the gateway than this node has seen yet: an edit that named no revision (no If-Match)
+        catches up with it and is tried again on top of it."""
+        for attempt in range(1, STALE_RETRIES + 1):
+            try:
+                return await self._change(edit, dry_run, heavy)
+            except Conflict as exc:
+                if exc.current is None or edit.if_match is not None or attempt == STALE_RETRIES:
+                    raise
+                await self.follow([exc.current])
+        raise AssertionError("unreachable: the last attempt raises")
+
+    async def _change(self, edit: Edit, dry_run: bool, heavy: bool) -> ApplyResult:
         started = time.perf_counter()
         name = edit.gateway
         async with self._gateways.hold(name):
@@ -300,7 +363,7 @@ class Engine:
         async with self.gate.shared():
             plan = await offload(big, self._plan_known, name, after)
             if plan is None:
-                observed = await self.observe_gateway(name)
+                [observed] = await self.observe_gateways([name], [after])
                 plan = await offload(big, self._plan, name, after, observed)
             steps = how(Plan((plan,)), changes)
             if not plan.needs_reload:
@@ -398,11 +461,24 @@ class Engine:
     ) -> GatewayPlan:
         """Plan one gateway; a write's plan must also fit the slot budget (a repair's need not:
         it only puts back what was stored)."""
-        plan = plan_gateway(name, gateway, observed, self.map_dir, self.settings, self.sections)
+        group = self._group(name, gateway)
+        down = self.down.get(name, frozenset())
+        plan = plan_any(
+            name,
+            gateway,
+            observed,
+            self.map_dir,
+            self.settings,
+            self.sections,
+            group,
+            down,
+            self.resolved,
+        )
+        _prepare_files(plan)
         known = self.plans.get(name)
         mine = known.slots if known else 0
-        if check_budget and plan.slots > mine:  # only growth can go over: O(gateways) then
-            self.budget.check_slots(sum(p.slots for p in self.plans.values()) - mine + plan.slots)
+        if check_budget and plan.slots > mine:  # only growth can go over
+            self.budget.check_slots(self._plan_slots - mine + plan.slots)
         return plan
 
     async def _store(self, name: str, record: Record | None, after: Gateway | None) -> int:
@@ -434,6 +510,7 @@ class Engine:
         return back
 
     def _restore_plan(self, name: str, previous: GatewayPlan | None) -> None:
+        self._track(self.plans.get(name), previous)
         if previous is not None:
             self.plans[name] = previous
         else:
@@ -449,9 +526,55 @@ class Engine:
         self.metrics.set_desired(name, gateway)
         return back
 
+    # ---- changes from other nodes (a shared store) -------------------------------------------
+
+    async def follow(self, events: Sequence[StoreEvent]) -> None:
+        """Writes the store reports (other nodes', or ours seen again), in revision order:
+        they become the desired state and HAProxy converges to them, runtime first, a
+        structural change through the coalesced reload (awaited: when this returns, HAProxy
+        runs them). An event at or below the revision this node has is already applied."""
+        fresh: dict[str, StoreEvent] = {}
+        for event in events:
+            fresh[event.name] = event  # the last write of each gateway is what counts
+        if not fresh:
+            return
+        async with self._gateways.hold(*fresh):
+            moved = [_binds_moved(self.desired.get(e.name), e.gateway) for e in fresh.values()]
+            async with self._binds.hold(*set().union(*moved)):
+                changed = [e.name for e in fresh.values() if self._take(e)]
+            if not changed:
+                return
+            async with self.gate.shared():
+                _, structural = await self._apply_live(changed)
+                for plan in structural:
+                    self._planned(plan)
+            if structural:
+                await asyncio.shield(self.reloads.join())
+        self._synced()
+
+    def _take(self, event: StoreEvent) -> bool:
+        """Make one stored write the desired state; False if this node has it already (or the
+        rules between gateways refuse it: two nodes stored conflicting binds at once; the
+        log says so and this gateway stays as it was)."""
+        record = self.desired.records.get(event.name)
+        if (record.revision if record else 0) >= event.revision or (
+            record is None and event.gateway is None
+        ):
+            return False
+        try:
+            self.desired = self.desired.with_gateway(event.name, event.gateway, event.revision)
+        except WeighbridgeError as exc:
+            self.state.last_error = f"revision {event.revision} of {event.name} refused: {exc}"
+            log.error("%s", self.state.last_error)
+            return False
+        self._count(event.name, event.gateway)
+        self.metrics.set_desired(event.name, event.gateway)
+        return True
+
     # ---- what HAProxy runs ------------------------------------------------------------------
 
     def _planned(self, plan: GatewayPlan) -> None:
+        self._track(self.plans.get(plan.name), plan if plan.section is not None else None)
         if plan.section is None:
             self.plans.pop(plan.name, None)
         else:
@@ -489,10 +612,15 @@ class Engine:
         [observed] = await self.observe_gateways([name])
         return observed
 
-    async def observe_gateways(self, names: Sequence[str]) -> list[GatewayObserved]:
-        """Some gateways in one round trip: the backends and maps of each one's last plan."""
+    async def observe_gateways(
+        self, names: Sequence[str], desired: Sequence[Gateway | None] | None = None
+    ) -> list[GatewayObserved]:
+        """Some gateways in one round trip: the backends and maps of each one's last plan
+        (and the host entries of its desired version, `desired`, if given)."""
+        wanted = desired or [self.desired.get(name) for name in names]
+        scopes = [self._scope(name, gateway) for name, gateway in zip(names, wanted, strict=True)]
         try:
-            observed = await self.observer.gateways([self._scope(name) for name in names])
+            observed = await self.observer.gateways(scopes)
         except RuntimeApiError:
             self.metrics.haproxy_up(False)
             for name in names:
@@ -501,13 +629,15 @@ class Engine:
         self.metrics.haproxy_up(True)
         return observed
 
-    def _scope(self, name: str) -> Scope:
+    def _scope(self, name: str, gateway: Gateway | None = None) -> Scope:
         plan = self.plans.get(name)
         running = self.running.sections.get(name) if self.running else None
+        keys = scope_of(name, plan, gateway, self.map_dir)
         if plan is None or plan.section is None:
-            return Scope(running, (), ())
+            return Scope(running, (), (), keys)
         layout = plan.section.layout
-        return Scope(running, [b.name for b in layout.backends], layout.map_refs)
+        own = () if layout.pooled else layout.map_refs
+        return Scope(running, [b.name for b in layout.backends], own, keys)
 
     async def applied(self, name: str) -> AppliedGateway:
         """The read model of one gateway, read from HAProxy now."""
@@ -525,11 +655,11 @@ class Engine:
         async with self._gateways.hold(*free), self.gate.shared():
             return await self._converge(free, drift=True)
 
-    async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:
-        """Observe and plan `names` (their locks and the gate held by the caller), apply the
-        runtime steps at once; a structure that differs joins the next reload, unless one is
-        already coming (a write waiting for it is not drift)."""
-        started = time.perf_counter()
+    async def _apply_live(
+        self, names: Sequence[str]
+    ) -> tuple[list[GatewayPlan], list[GatewayPlan]]:
+        """Observe and plan `names` (their locks and the gate held by the caller) and apply
+        the runtime plans; returns (those, the plans that need a reload)."""
         observed = await self.observe_gateways(names)
         plans = [
             self._plan(name, self.desired.get(name), seen, check_budget=False)
@@ -539,7 +669,16 @@ class Engine:
         await self.applier.apply_runtime(runtime)
         for plan in runtime:
             self.runs(plan)
-        structural = [p for p in plans if p.needs_reload and not self.reloads.pending]
+        return runtime, [p for p in plans if p.needs_reload]
+
+    async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:
+        """Observe and plan `names` (their locks and the gate held by the caller), apply the
+        runtime steps at once; a structure that differs joins the next reload, unless one is
+        already coming (a write waiting for it is not drift)."""
+        started = time.perf_counter()
+        runtime, structural = await self._apply_live(names)
+        if self.reloads.pending:
+            structural = []
         total = Plan((*runtime, *structural))
         if drift and not total.is_empty:
             counts = self.metrics.repaired(total)
@@ -568,6 +707,53 @@ class Engine:
     def _synced(self) -> None:
         self.state.last_sync = time.time()
         self.metrics.synced(self.state.last_sync)
+
+    # ---- health ---------------------------------------------------------------------------
+
+    async def routes_down(self, name: str, down: frozenset[str]) -> bool:
+        """The health watch found these routes of a gateway with no healthy instance (or
+        healthy again): re-plan its maps (a live swap). True when something changed."""
+        if self.down.get(name, frozenset()) == down or name not in self.desired.records:
+            return False
+        async with self._gateways.hold(name), self.gate.shared():
+            before = self.down.get(name, frozenset())
+            if down:
+                self.down[name] = down
+            else:
+                self.down.pop(name, None)
+            result = await self._converge([name], drift=False)
+        gateway = self.desired.get(name)
+        how = gateway.on_route_down if gateway else "redistribute"
+        for route in sorted(down - before):
+            log.warning("%s: route %s is down (no healthy instance; %s)", name, route, how)
+        for route in sorted(before - down):
+            log.info("%s: route %s has a healthy instance again", name, route)
+        if result.steps:
+            log.info("%s: %s", name, "; ".join(result.steps))
+        return True
+
+    async def names_resolved(self, name: str, addresses: tuple[Address, ...]) -> list[str]:
+        """An instance name resolved to other addresses: fill the slots of every gateway that
+        lists it (instance changes, live). Returns those gateways."""
+        if self.resolved.get(name) == addresses:
+            return []
+        self.resolved[name] = addresses
+        users = [
+            gateway_name
+            for gateway_name, gateway in self.desired.gateways.items()
+            if any(name in route.names for route in gateway.routes.values())
+        ]
+        for gateway_name in users:
+            async with self._gateways.hold(gateway_name), self.gate.shared():
+                await self._converge([gateway_name], drift=False)
+        return users
+
+    def live_weights(self, name: str) -> dict[str, int]:
+        """The weights HAProxy is given for a gateway now (desired, or redistributed)."""
+        gateway = self.desired.get(name)
+        if gateway is None:
+            return {}
+        return applied_weights(gateway, self.down.get(name, frozenset()))
 
     # ---- HAProxy's life ---------------------------------------------------------------------
 
@@ -649,12 +835,19 @@ class Engine:
 
 
 def _binds_moved(before: Gateway | None, after: Gateway | None) -> set[Address]:
-    """The binds whose gateways the edit changes (their hosts or mode), if any: a write holds
-    their locks while it checks and stores, so two writes cannot both claim one bind."""
-    keys = [(g.bind, g.mode, g.virtual_hosts) if g else None for g in (before, after)]
-    if keys[0] == keys[1]:
+    """The binds whose gateways the edit changes (hosts, mode or tls), or whose shared pool
+    it draws from, if any: a write holds their locks while it checks, stores and applies, so
+    two writes cannot both claim one bind, nor one pool backend."""
+    keys = [(g.bind, g.mode, g.virtual_hosts, g.tls_key) if g else None for g in (before, after)]
+    if keys[0] == keys[1] and not pool_change(before, after):
         return set()
     return {g.bind for g in (before, after) if g is not None}
+
+
+def _prepare_files(plan: GatewayPlan) -> None:
+    """Files a plan's section names besides maps (TLS crt-lists), there before any check."""
+    if plan.section is not None:
+        prepare_crt_list(plan.name, plan.section.layout.tls)
 
 
 def _method(plan: GatewayPlan) -> Method:

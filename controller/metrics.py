@@ -24,7 +24,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, cast, get_args
+from typing import Literal, Protocol, cast, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -48,7 +48,9 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 Result = Literal["ok", "failed"]
 ApplyMethod = Literal["none", "runtime", "reload"]
-DriftKind = Literal["structure", "map", "server-addr", "server-weight", "server-state"]
+DriftKind = Literal[
+    "structure", "map", "server-addr", "server-weight", "server-state", "server-health"
+]
 """As the engine's own drift count: a reload, a map swap, or one server slot setting."""
 
 RESULTS: tuple[Result, ...] = get_args(Result)
@@ -196,6 +198,16 @@ def production_registry() -> CollectorRegistry:
     return registry
 
 
+class RouteHealthLike(Protocol):
+    """A route's health as the health watch counts it (`controller.health.watch`)."""
+
+    @property
+    def healthy(self) -> int: ...
+
+    @property
+    def total(self) -> int: ...
+
+
 class Metrics:
     """Every metric the controller exports; one method per event, called by the engine/API."""
 
@@ -249,6 +261,18 @@ class Metrics:
             "1 for the HAProxy backend (`proxy` in HAProxy's metrics) a route runs on.",
             (*route, "proxy"),
         )
+        self._healthy = Family(
+            "weighbridge_route_instances_healthy",
+            "gauge",
+            "Instances per route that pass HAProxy's checks (and were not ejected).",
+            route,
+        )
+        self._in_service = Family(
+            "weighbridge_route_instances_in_service",
+            "gauge",
+            "Instances per route in service (neither parked nor draining).",
+            route,
+        )
         self._table = SeriesTable(
             [
                 self._gateway_routes,
@@ -258,6 +282,8 @@ class Metrics:
                 self._instances,
                 self._backend_info,
                 self._drift,
+                self._healthy,
+                self._in_service,
             ]
         )
         registry.register(self._table)
@@ -409,6 +435,14 @@ class Metrics:
                 self._backend_info.set((gateway, route, applied.backend), 1)
             self._applied[(gateway, route)] = applied.backend
 
+    def set_route_health(self, gateway: str, routes: Mapping[str, RouteHealthLike]) -> None:
+        """Healthy and in-service instances per desired route (the health watch's pass)."""
+        for route in self._routes.get(gateway, ()):
+            health = routes.get(route)
+            if health is not None:
+                self._healthy.set((gateway, route), health.healthy)
+                self._in_service.set((gateway, route), health.total)
+
     def add_table(self, table: SeriesTable) -> None:
         """Serve another table of this registry by the fast path too (the rollouts')."""
         self._tables.append(table)
@@ -429,6 +463,8 @@ class Metrics:
             self._desired.remove((gateway, route))
             self._strength.remove((gateway, route))
             self._applied_weight.remove((gateway, route))
+            self._healthy.remove((gateway, route))
+            self._in_service.remove((gateway, route))
             for state in INSTANCE_STATES:
                 self._instances.remove((gateway, route, state))
             backend = self._applied.pop((gateway, route), None)
@@ -453,7 +489,7 @@ def drift_counts(plan: Plan) -> Tally[tuple[str, DriftKind]]:
             counts[(gateway, "structure")] += 1
         return counts
     for one in plan.gateways:
-        for _ in one.map_swaps:
+        for _ in (*one.map_swaps, *one.map_edits):  # a swap, or an entry of a shared map
             counts[(one.name, "map")] += 1
         for step in (*one.fill, *one.empty):
             counts[(one.name, step.setting)] += 1

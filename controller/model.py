@@ -22,11 +22,15 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 
 from controller.errors import shown
+from controller.health.model import OnRouteDown, RoutePolicy, mode_problems
+from controller.tls.options import Duration, RouteTls, TlsTermination
 
 BASIS_POINTS = 10_000
 """100 % in basis points: weights and strengths are exact to 0.01 %."""
@@ -174,7 +178,10 @@ def parse_address(value: Any, *, wildcard: bool = False) -> Address:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"{shown(value)}: host must be an IPv4 or IPv6 address") from None
+        raise ValueError(
+            f"{shown(value)}: host must be an IPv4 or IPv6 address (or, for an instance, a "
+            "DNS name)"
+        ) from None
     if ip.is_unspecified and not wildcard:
         raise ValueError(f"{shown(value)}: an instance needs a concrete address, not {host}")
     return Address(ip=str(ip), port=port)
@@ -186,6 +193,21 @@ def _parse_bind(value: Any) -> Address:
 
 Instance = Annotated[Address, BeforeValidator(parse_address), PlainSerializer(str, return_type=str)]
 Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, return_type=str)]
+
+
+def is_instance_name(value: object) -> bool:
+    """A `name:port` instance rather than an IP literal (whose errors `parse_address` words)."""
+    if not isinstance(value, str):
+        return False
+    host = value.rpartition(":")[0]
+    return bool(host) and not host.startswith("[") and any(c.isalpha() for c in host)
+
+
+def check_instance_name(value: Any) -> str:
+    """`api-1.internal:8080`, canonical (lower case, no final dot)."""
+    from controller.discovery.names import parse_target
+
+    return str(parse_target(value))
 
 
 def check_balance(value: Any) -> str:
@@ -247,8 +269,11 @@ class Rewrite(BaseModel):
     condition: Condition = "true"
 
 
-class Route(BaseModel):
-    """One destination of a gateway, e.g. a service version; weight None shares the rest."""
+class Route(RoutePolicy):
+    """One destination of a gateway, e.g. a service version; weight None shares the rest.
+
+    Its health checks, ejection, timeouts, retries, limits and draining are the fields of
+    `RoutePolicy` (issue 12, docs/health.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -260,6 +285,53 @@ class Route(BaseModel):
     balance: Balance | None = None
     """Overrides the gateway's algorithm for this route's instances."""
     rewrites: tuple[Rewrite, ...] = Field(default=(), max_length=16)
+    protocol: Literal["http1", "h2", "h2c"] = "http1"
+    """What HAProxy speaks to the instances: HTTP/1.1, HTTP/2 over TLS (`tls` needed), or
+    cleartext HTTP/2 (gRPC servers without TLS)."""
+    tls: RouteTls | None = None
+    """TLS to the instances, verified unless `verify: none`."""
+
+    @property
+    def server_options(self) -> str:
+        """What every server line of the route's backend adds (empty: plain HTTP/1.1)."""
+        if self.tls is not None:
+            return self.tls.server_options("h2" if self.protocol == "h2" else None)
+        return "proto h2" if self.protocol == "h2c" else ""
+    names: tuple[Annotated[str, BeforeValidator(check_instance_name)], ...] = Field(
+        default=(), max_length=256
+    )
+    """Instances given by DNS name (`api-1.internal:8080`) in `instances`: the controller
+    resolves them and fills slots with their addresses (`controller.discovery.watch`).
+    Written back into `instances` when serialised, so files and the API keep one list."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_apart(cls, data: Any) -> Any:
+        """`instances` may mix IP literals and names: valid names go to `names`; anything
+        else stays, so that `instances.<i>` names what is wrong with it."""
+        if not isinstance(data, dict) or not isinstance(data.get("instances"), list | tuple):
+            return data
+        literals, names = [], []
+        for item in data["instances"]:
+            try:
+                names.append(check_instance_name(item) if is_instance_name(item) else None)
+            except ValueError:
+                names.append(None)
+            if names[-1] is None:
+                literals.append(item)
+        found = [name for name in names if name is not None]
+        if not found:
+            return data
+        return {**data, "instances": literals, "names": [*data.get("names", ()), *found]}
+
+    @model_serializer(mode="wrap")
+    def _names_in_instances(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            names = data.pop("names", ())
+            if names:
+                data["instances"] = [*data.get("instances", ()), *names]
+        return data
 
     @property
     def strength(self) -> int:
@@ -278,7 +350,17 @@ class Route(BaseModel):
                 seen.add(address)
         if self.condition_strength is not None and self.condition is None:
             raise ValueError("condition_strength needs a condition")
+        if self.protocol == "h2" and self.tls is None:
+            raise ValueError("protocol h2 is HTTP/2 over TLS: set tls, or use h2c (cleartext)")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("an instance name is listed twice")
         return self
+
+
+class GatewayTls(TlsTermination):
+    """TLS on the gateway's bind; `redirect_http`: a plain HTTP bind that redirects to it."""
+
+    redirect_http: Bind | None = None
 
 
 class Gateway(BaseModel):
@@ -296,6 +378,20 @@ class Gateway(BaseModel):
     split: Literal["random", "exact"] = "random"
     """How the weights pick a route: a fresh draw per request, or `exact`, a deterministic
     sequence that holds every route's share in every window of requests (docs/routing.md)."""
+    tls: GatewayTls | None = None
+    """TLS termination on `bind` (http gateways): certificates chosen by SNI, ALPN h2."""
+    timeout_tunnel: Duration | None = None
+    """Idle time a WebSocket (or any tunnel) may stay silent; HAProxy's client and server
+    timeouts (30 s) when not set."""
+
+    @property
+    def tls_key(self) -> tuple[str, ...] | None:
+        """What gateways sharing a bind must agree on about TLS (not their certificates)."""
+        if self.tls is None:
+            return None
+        return (*self.tls.bind_options(), f"redirect {self.tls.redirect_http}")
+    on_route_down: OnRouteDown = "redistribute"
+    """When every instance of a route is down: its share goes to the others, or 503s."""
 
     def route_balance(self, route: Route) -> str:
         return (
@@ -303,10 +399,21 @@ class Gateway(BaseModel):
         )
 
     @model_validator(mode="after")
+    def _redirect_elsewhere(self) -> Gateway:
+        if self.tls is not None and self.tls.redirect_http == self.bind:
+            raise ValueError("tls.redirect_http must be another address than bind")
+        return self
+
+    @model_validator(mode="after")
     def _mode_rules(self) -> Gateway:
         """TCP gateways see no HTTP: refuse what would need it, naming it."""
         if self.mode != "tcp":
             return self
+        if self.tls is not None:
+            raise ValueError(
+                "tls terminates HTTPS on http gateways; a tcp gateway passes TLS through "
+                "(route it with sni conditions)"
+            )
         from controller.conditions import ConditionError, compile_condition, parse_condition
 
         if self.sticky != "none":
@@ -314,8 +421,12 @@ class Gateway(BaseModel):
         if self.virtual_hosts:
             raise ValueError("virtual_hosts need an http gateway")
         for name, route in self.routes.items():
+            for problem in mode_problems(route, self.mode, f"routes.{name}"):
+                raise ValueError(f"{problem['field']}: {problem['message']}")
             if route.rewrites:
                 raise ValueError(f"route {name!r}: rewrites need an http gateway")
+            if route.protocol != "http1":
+                raise ValueError(f"route {name!r}: protocol {route.protocol} needs http")
             if any(self.route_balance(route).startswith(b) for b in HTTP_ONLY_BALANCE):
                 raise ValueError(
                     f"route {name!r}: balance {self.route_balance(route)!r} needs http"
@@ -392,6 +503,10 @@ class Config(BaseModel):
                 )
             if other != name and self.gateways[other].mode != gateway.mode:
                 raise ValueError(f"gateways {other!r} and {name!r} share a bind but not a mode")
+            if other != name and self.gateways[other].tls_key != gateway.tls_key:
+                raise ValueError(
+                    f"gateways {other!r} and {name!r} share a bind but not its tls settings"
+                )
             seen = hosts.setdefault(gateway.bind, {})
             for host in gateway.virtual_hosts:
                 if host in seen and seen[host] != name:

@@ -19,7 +19,15 @@ from controller.plan import GatewayObserved, Observed, SlotState, map_gateway
 from controller.render import Running, read_running
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
-from controller.runtime.parse import is_error_reply, parse_map, parse_map_list, parse_slot_rows
+from controller.runtime.parse import (
+    DRAIN_MASK,
+    MAINTENANCE_MASK,
+    is_error_reply,
+    parse_get_map,
+    parse_map,
+    parse_map_list,
+    parse_slot_rows,
+)
 
 BACKEND_PREFIX = "wb."
 
@@ -32,6 +40,9 @@ class Scope:
     running: str | None
     backends: Sequence[str]
     maps: Sequence[str]
+    keys: Sequence[tuple[str, str]] = ()
+    """(map, key): entries of a bind group's shared maps, looked up one by one (`get map`),
+    so a gateway reads its own hosts, not the bind's thousands."""
 
 
 class Observer:
@@ -81,6 +92,7 @@ class Observer:
             for command in (
                 *(commands.show_servers_state(b) for b in scope.backends),
                 *(commands.show_map(ref) for ref in scope.maps),
+                *(commands.get_map(ref, key) for ref, key in scope.keys),
             )
         ]
         replies = iter(await self.runtime.execute_many(batch, check=False))
@@ -90,6 +102,13 @@ class Observer:
             state_text = "".join(r + "\n" for r in states if not is_error_reply(r))
             found = {ref: reply for ref in scope.maps if not is_error_reply(reply := next(replies))}
             backends, maps = _parse(state_text, found)
+            for ref, key in scope.keys:
+                reply = next(replies)
+                if is_error_reply(reply):
+                    continue  # no such map: HAProxy does not run the bind group
+                got = parse_get_map(reply)
+                entries = maps.get(ref, ())
+                maps[ref] = (*entries, got) if got is not None and got[0] == key else entries
             observed.append(GatewayObserved(scope.running, backends, maps))
         return observed
 
@@ -105,7 +124,8 @@ def _parse(
             address = addresses.get(key)
             if address is None:
                 address = addresses[key] = Address(row.addr, row.port)
-            slot = SlotState(row.server, address, row.serving, row.user_weight)
+            draining = bool(row.admin_state & DRAIN_MASK) and not row.admin_state & MAINTENANCE_MASK
+            slot = SlotState(row.server, address, row.serving, row.user_weight, draining)
             backends.setdefault(row.backend, []).append(slot)
     parsed = {ref: tuple((e.key, e.value) for e in parse_map(reply)) for ref, reply in maps.items()}
     return backends, parsed

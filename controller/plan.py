@@ -9,21 +9,25 @@ plans only its own gateway (`plan_gateway`); starting, adopting and tests plan t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from controller.compile import (
     BackendLayout,
     MapEntries,
+    Resolved,
     bind_routes,
     gateway_layout,
     gateway_maps,
     parse_pool_backend,
+    route_instances,
     routes_map_ref,
 )
 from controller.errors import InvalidInput
 from controller.model import Address, Config, Gateway, gateway_acl_problems
+from controller.pools import all_maps, group_pools, rendered_pools, shared_map_owners, split_groups
 from controller.render import (
     Assignment,
     RenderSettings,
@@ -47,6 +51,8 @@ class SlotState:
     address: Address | None
     serving: bool
     weight: int
+    draining: bool = False
+    """In `drain` (a removed instance finishing its sessions): not free for another one."""
 
 
 @dataclass(frozen=True)
@@ -92,10 +98,11 @@ class Observed:
         maps: dict[str, dict[str, MapEntries]] = {}
         for ref, entries in self.maps.items():
             maps.setdefault(map_gateway(ref), {})[ref] = entries
+        split_groups(self.backends, self.maps, backends, maps)
         sections = self.running.sections if self.running else {}
         return {
             name: GatewayObserved(sections.get(name), backends.get(name, {}), maps.get(name, {}))
-            for name in {*backends, *sections}
+            for name in {*backends, *sections, *shared_map_owners(maps)}
         }
 
 
@@ -112,6 +119,9 @@ ReloadKind = Literal[
     "capacity",
     "map-missing",
     "structure",
+    "bind-added",
+    "bind-pool",
+    "bind-removed",
 ]
 
 
@@ -126,7 +136,7 @@ class ReloadReason:
         return f"{self.kind}: {self.detail}"
 
 
-SlotSetting = Literal["server-addr", "server-weight", "server-state"]
+SlotSetting = Literal["server-addr", "server-weight", "server-state", "server-health"]
 
 
 @dataclass(frozen=True)
@@ -138,7 +148,10 @@ class SlotChange:
     setting: SlotSetting
     address: Address | None = None
     weight: int = 0
-    state: Literal["ready", "maint"] = "ready"
+    state: Literal["ready", "maint", "drain"] = "ready"
+    health: Literal["up", "down"] = "down"
+    """`server-health`: `down` keeps a slot that just left maintenance out until it passes
+    its checks (it would be UP at once, before its first check)."""
 
     @property
     def text(self) -> str:
@@ -151,6 +164,8 @@ class SlotChange:
             return commands.set_server_addr(self.backend, self.slot, ip, port)
         if self.setting == "server-weight":
             return commands.set_server_weight(self.backend, self.slot, self.weight)
+        if self.setting == "server-health":
+            return commands.set_server_health(self.backend, self.slot, self.health)
         return commands.set_server_state(self.backend, self.slot, self.state)
 
 
@@ -175,6 +190,9 @@ class GatewayPlan:
     empty: tuple[SlotChange, ...] = ()
     commands: tuple[tuple[Command, ...], tuple[Command, ...]] = field(default=((), ()))
     """The fill and empty steps as socket commands, built when planned."""
+    map_edits: tuple[Command, ...] = ()
+    """Entries of its bind group's shared maps to add, set or delete (`controller.hostplan`),
+    sent after the swaps and before the emptied slots."""
 
     @property
     def needs_reload(self) -> bool:
@@ -182,7 +200,9 @@ class GatewayPlan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.reload_reasons or self.fill or self.map_swaps or self.empty)
+        return not (
+            self.reload_reasons or self.fill or self.map_swaps or self.empty or self.map_edits
+        )
 
     @property
     def slots(self) -> int:
@@ -205,7 +225,9 @@ class GatewayPlan:
                 else SlotState(s, PARKED, False, weight)
                 for s in names
             ]
-        return GatewayObserved(self.section.fingerprint, backends, self.maps)
+        # a pooled gateway has no section in HAProxy's file: its bind group has
+        running = None if self.section.layout.pooled else self.section.fingerprint
+        return GatewayObserved(running, backends, self.maps)
 
 
 @dataclass(frozen=True)
@@ -222,8 +244,10 @@ class Plan:
     @property
     def running(self) -> Running:
         """The structure HAProxy runs once this plan is loaded."""
-        sections = {g.name: g.section.fingerprint for g in self.gateways if g.section}
-        return Running(self.settings, sections)
+        own = [g.section for g in self.gateways if g.section and not g.section.layout.pooled]
+        pools = group_pools(self.gateways)
+        binds = {name: layout.fingerprint for name, (layout, _) in pools.items()}
+        return Running(self.settings, {s.name: s.fingerprint for s in own}, binds)
 
     @property
     def bindings(self) -> dict[str, Mapping[str, str]]:
@@ -261,12 +285,18 @@ class Plan:
         return tuple(swap for g in self.gateways for swap in g.map_swaps)
 
     @property
+    def map_edits(self) -> tuple[Command, ...]:
+        return tuple(edit for g in self.gateways for edit in g.map_edits)
+
+    @property
     def map_updates(self) -> tuple[str, ...]:
         return tuple(swap.ref for swap in self.map_swaps)
 
     @property
     def maps(self) -> dict[str, MapEntries]:
-        return {ref: e for g in self.gateways for ref, e in g.maps.items()}
+        """Every map file, the bind groups' with every gateway's entries."""
+        layouts = [layout for layout, _ in group_pools(self.gateways).values()]
+        return all_maps(self.gateways, layouts)
 
     @property
     def assignment(self) -> dict[str, Mapping[str, Address]]:
@@ -284,6 +314,7 @@ class Plan:
         for swap in self.map_swaps:
             entries = ", ".join(f"{k} {v}" for k, v in swap.entries) or "(empty)"
             steps.append(f"swap map {swap.ref}: {entries}")
+        steps += [c.text for c in self.map_edits]
         steps += [c.text for c in self.empty]
         return steps
 
@@ -291,7 +322,7 @@ class Plan:
 def render_plan(plan: Plan, settings: RenderSettings) -> str:
     """The whole configuration file of a plan (slots filled as planned)."""
     filled = {g.name: filled_backends(g.section, g.assignment) for g in plan.gateways if g.section}
-    return render_config(settings, plan.sections, filled)
+    return render_config(settings, plan.sections, filled, rendered_pools(plan.gateways))
 
 
 def check_acl_policy(name: str, gateway: Gateway, settings: RenderSettings) -> None:
@@ -304,6 +335,26 @@ def check_acl_policy(name: str, gateway: Gateway, settings: RenderSettings) -> N
         raise InvalidInput(f"invalid {first['field']}", problems)
 
 
+def check_cert_paths(name: str, gateway: Gateway, settings: RenderSettings) -> None:
+    """PEM files named by path must lie in a directory `--allow-cert-path` allows (store
+    names and `@system-ca` always do)."""
+    named: list[tuple[str, str]] = []
+    if gateway.tls is not None:
+        refs = (*gateway.tls.certificates, gateway.tls.default)
+        named += [(f"gateways.{name}.tls.certificates", r) for r in refs if r]
+    for route_name, route in gateway.routes.items():
+        if route.tls is not None:
+            named.append((f"gateways.{name}.routes.{route_name}.tls.verify", route.tls.verify))
+    allowed = [os.path.join(os.path.normpath(d), "") for d in settings.cert_paths]
+    for where, ref in named:
+        if ref.startswith("/") and not any(os.path.normpath(ref).startswith(d) for d in allowed):
+            raise InvalidInput.for_field(
+                where,
+                "a PEM file by path needs its directory allowed with --allow-cert-path DIR; "
+                "upload certificates instead (PUT /api/v1/certificates/{name})",
+            )
+
+
 def plan_gateway(
     name: str,
     gateway: Gateway | None,
@@ -311,8 +362,14 @@ def plan_gateway(
     map_dir: str,
     settings: RenderSettings,
     sections: SectionCache | None = None,
+    down: frozenset[str] = frozenset(),
+    resolved: Resolved | None = None,
 ) -> GatewayPlan:
     """Compare one gateway's pool backends, slots and maps with what HAProxy reports.
+
+    `down`: routes whose every instance fails its checks (`controller.health.watch`): their
+    share goes to the other routes when the gateway says `on_route_down: redistribute`.
+    `resolved`: the addresses of instance names (`controller.discovery.watch`).
 
     Raises InvalidInput for a raw ACL the settings do not allow, and InvalidArgument for
     any value that could not be sent to the socket: a plan is fully checked, or none.
@@ -322,11 +379,16 @@ def plan_gateway(
         removed = (ReloadReason("gateway-removed", name, name),) if gone else ()
         return GatewayPlan(name, None, {}, {}, {}, reload_reasons=removed)
     check_acl_policy(name, gateway, settings)
+    check_cert_paths(name, gateway, settings)
     pool = observed.pool
     binding = bind_routes(name, gateway, observed.maps.get(routes_map_ref(name, map_dir), ()), pool)
-    layout = gateway_layout(name, gateway, binding, pool, map_dir)
+    layout = gateway_layout(
+        name, gateway, binding, pool, map_dir, settings.cert_dir, resolved
+    )
+    if settings.bind_host is not None:
+        layout = replace(layout, bind=Address(settings.bind_host, gateway.bind.port))
     section = (sections or SectionCache()).section(layout)
-    maps = gateway_maps(gateway, binding, layout.maps)
+    maps = gateway_maps(gateway, binding, layout.maps, down)
     # every map checked, also those a reload writes to disk: a key or value that could not
     # be a socket token must not become a line of a map file either
     swaps = {ref: MapSwap(ref, entries) for ref, entries in maps.items()}
@@ -337,10 +399,8 @@ def plan_gateway(
     empty: list[SlotChange] = []
     for backend in layout.backends:
         route = route_of.get(backend.name)
-        instances = gateway.routes[route].instances if route else ()
-        slots = _plan_slots(
-            backend, instances, observed.backends.get(backend.name, ()), not reasons
-        )
+        instances = route_instances(gateway.routes[route], resolved) if route else ()
+        slots = plan_slots(backend, instances, observed.backends.get(backend.name, ()), not reasons)
         assignment[backend.name] = slots.assignment
         fill += slots.fill
         empty += slots.empty
@@ -374,18 +434,14 @@ def plan_changes(
     sections: SectionCache | None = None,
 ) -> Plan:
     """Plan every desired gateway, and every gateway HAProxy runs that is no longer desired."""
+    from controller.hostplan import observed_pools, plan_all, plan_removed  # builds on this
+
     desired = gateways.gateways if isinstance(gateways, Config) else gateways
     cache = sections or SectionCache(max(64, 2 * len(desired)))
     split = observed.by_gateway()
-    plans = [
-        plan_gateway(name, gateway, split.get(name, NOTHING_RUNS), map_dir, settings, cache)
-        for name, gateway in desired.items()
-    ]
-    plans += [
-        plan_gateway(name, None, seen, map_dir, settings)
-        for name, seen in split.items()
-        if name not in desired
-    ]
+    pools = observed_pools(observed.backends)
+    plans = plan_all(desired, split, map_dir, settings, cache, observed.running, pools)
+    plans += plan_removed(split, desired, map_dir, settings)
     reasons = settings_reasons(observed.running, settings)
     return Plan(tuple(plans), reasons, settings_fingerprint(settings))
 
@@ -435,7 +491,7 @@ class _SlotPlan:
     empty: list[SlotChange] = field(default_factory=list)
 
 
-def _plan_slots(
+def plan_slots(
     backend: BackendLayout,
     desired: Sequence[Address],
     observed: Sequence[SlotState],
@@ -455,7 +511,12 @@ def _plan_slots(
             kept[slot.name] = address
             placed.add(address)
     names = backend.slot_names()
-    free = iter(name for name in names if name not in kept)
+    draining = {slot.name for slot in observed if slot.draining}
+    # a draining slot is the last one taken: its instance is still finishing requests
+    free = iter(
+        [n for n in names if n not in kept and n not in draining]
+        + [n for n in names if n not in kept and n in draining]
+    )
     plan = _SlotPlan(assignment=dict(kept))
     for address in desired:
         if address in placed:
@@ -476,6 +537,10 @@ def _plan_slots(
                 plan.fill.append(SlotChange(backend.name, name, "server-weight", weight=weight))
             if state is None or not state.serving or name not in kept:
                 plan.fill.append(SlotChange(backend.name, name, "server-state", state="ready"))
+                fresh = state is None or not state.draining or name not in kept
+                if backend.checked and fresh:  # in the same batch as `state ready`
+                    plan.fill.append(SlotChange(backend.name, name, "server-health"))
         elif state is not None and state.serving:
-            plan.empty.append(SlotChange(backend.name, name, "server-state", state="maint"))
+            leave: Literal["drain", "maint"] = "drain" if backend.drains else "maint"
+            plan.empty.append(SlotChange(backend.name, name, "server-state", state=leave))
     return plan

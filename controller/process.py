@@ -246,7 +246,7 @@ class HAProxyProcess:
             self.restore(snapshot)  # a map that was absent is removed again (None)
             raise
 
-    async def start(self, timeout: float = 10.0) -> None:
+    async def start(self, timeout: float = 120.0) -> None:
         """Start the master in its own session (it outlives us), its output to `haproxy.log`.
 
         Not daemonised (`-D`): the log keeps what HAProxy says at start and on each reload,
@@ -289,8 +289,11 @@ class HAProxyProcess:
             )
         finally:
             os.close(log_fd)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        # generous: a big configuration on a loaded machine takes tens of seconds to parse,
+        # and giving up would leave that HAProxy starting with nobody to manage it
+        started = time.monotonic()
+        said = started
+        while time.monotonic() < started + timeout:
             if self._master.poll() is not None:
                 raise HAProxyError(f"HAProxy did not start: {self._log_alerts(offset)}")
             try:
@@ -299,7 +302,12 @@ class HAProxyProcess:
                     return
             except RuntimeApiError:
                 pass
+            if time.monotonic() - said >= 10:
+                said = time.monotonic()
+                log.info("HAProxy is still starting (%.0f s)", said - started)
             await asyncio.sleep(0.02)  # poll interval while the master comes up
+        with contextlib.suppress(ProcessLookupError):  # not left starting with no manager
+            os.killpg(self._master.pid, signal.SIGTERM)
         raise HAProxyError(f"HAProxy started but its master did not answer within {timeout} s")
 
     def _log_alerts(self, offset: int) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ from controller.plan import (
     settings_reasons,
     structure_reasons,
 )
+from controller.pools import group_pools
 
 if TYPE_CHECKING:
     from controller.engine import Engine
@@ -116,7 +117,7 @@ class Reloads:
             self._pending = None  # changes stored from now on wait for the next reload
         for attempt in range(1, MAX_CHECK_ROUNDS + 1):
             chosen = {p.name: p for p in engine.plans.values() if p.section is not None}
-            reasons = self._reasons(chosen.values())
+            reasons = self._reasons(list(chosen.values()))
             if not reasons:
                 return ApplyResult("none", 0.0, (), engine.desired.revision)
             big = engine.big()
@@ -131,6 +132,7 @@ class Reloads:
                 await engine.applier.reload(reasons, text, maps, revision, self._verifier(plans))
                 gone = set(engine.running.sections) if engine.running else set()
                 engine.running = self.candidates.running_of(plans)
+                engine.pools = self.candidates.pool_slots(plans)
                 self.loaded(plans)
                 self._loaded(plans)
             await offload(big, self._forget, gone - set(engine.running.sections))
@@ -138,7 +140,7 @@ class Reloads:
             return ApplyResult("reload", time.perf_counter() - started, steps, revision)
         raise AssertionError("unreachable: the last round always reloads")
 
-    def _reasons(self, plans: Iterable[GatewayPlan]) -> tuple[ReloadReason, ...]:
+    def _reasons(self, plans: Sequence[GatewayPlan]) -> tuple[ReloadReason, ...]:
         names = set()
         reasons = list(self.settings_reasons())
         for plan in plans:
@@ -146,6 +148,9 @@ class Reloads:
             reasons += plan.reload_reasons
         running = self.engine.running.sections if self.engine.running else {}
         reasons += [ReloadReason("gateway-removed", n, n) for n in running if n not in names]
+        groups = self.engine.running.binds if self.engine.running else {}
+        kept = group_pools(plans)
+        reasons += [ReloadReason("bind-removed", None, g) for g in groups if g not in kept]
         initial = [r for r in reasons if r.kind == "initial"]
         return tuple(initial or reasons)
 
@@ -182,7 +187,11 @@ class Reloads:
     def _verifier(self, plans: Sequence[GatewayPlan]) -> Verify:
         """HAProxy must run each reloaded gateway's pool, slots and maps."""
         observer = self.engine.observer
-        sections = [p.section for p in plans if p.needs_reload and p.section is not None]
+        waiting = [p for p in plans if p.needs_reload and p.section is not None]
+        sections = [p.section for p in waiting if p.section and not p.section.layout.pooled]
+        pools = [
+            (p.name, p.section.layout) for p in waiting if p.section and p.section.layout.pooled
+        ]
 
         async def verify() -> tuple[ReloadReason, ...]:
             lacking: list[ReloadReason] = []
@@ -191,6 +200,13 @@ class Reloads:
                 backends = [b.name for b in layout.backends]
                 seen = await observer.gateway(section.fingerprint, backends, layout.map_refs)
                 lacking += structure_reasons(section, seen)
+            for name, layout in pools:  # its pool backends, with the slots it needs
+                seen = await observer.gateway(None, [b.name for b in layout.backends], ())
+                lacking += [
+                    ReloadReason("capacity", name, b.name)
+                    for b in layout.backends
+                    if len(seen.backends.get(b.name, ())) != b.slots
+                ]
             return tuple(lacking)
 
         return verify

@@ -26,17 +26,27 @@ from dataclasses import dataclass, field
 from controller.compile import (
     PLACEHOLDER,
     BackendLayout,
+    BindTls,
     GatewayLayout,
     MapEntries,
     frontend_name,
     no_route_backend,
 )
 from controller.errors import InvalidInput, shown
+from controller.hosts import (
+    GROUP_PREFIX,
+    GroupLayout,
+    group_name,
+    host_rules,
+    pool_choice_rules,
+    pool_use,
+)
 from controller.model import BASIS_POINTS, Address
 
 STRUCTURE_MARK = "# weighbridge-structure: "
 SETTINGS_MARK = "# weighbridge-settings: "
 GATEWAY_MARK = "# weighbridge-gateway: "
+BIND_MARK = "# weighbridge-bind: "
 ROUTE_COOKIE_PREFIX = "wb_"
 EXACT_COUNTER = 2
 """The sticky counter `split: exact` tracks (sc0 and sc1 are left to users' own rules)."""
@@ -60,6 +70,14 @@ class RenderSettings:
     timeout_server: str = "30s"
     allow_unsafe_acls: bool = False
     """Raw ACLs may read files or the environment or run code (`conditions.policy`)."""
+    cert_dir: str = ""
+    """Where store certificates and crt-lists live (`<state-dir>/certs`); not rendered."""
+    cert_paths: tuple[str, ...] = ()
+    """Directories whose PEM files gateways may name by path (`--allow-cert-path`); none by
+    default: a writer could otherwise make HAProxy load (or probe for) any file it can read."""
+    bind_host: str | None = None
+    """Every gateway bound on this address instead of its own host, same port
+    (`--bind-host`: several fleet nodes on one machine, or a host with several addresses)."""
 
 
 Filled = Mapping[str, Address]
@@ -144,7 +162,6 @@ class Section:
     """
 
     layout: GatewayLayout
-    host_lines: tuple[str, ...]
     rules: tuple[str, ...]
     uses: tuple[str, ...]
     cookie_lines: tuple[str, ...]
@@ -158,11 +175,6 @@ class Section:
 
 def render_section(layout: GatewayLayout) -> Section:
     """Render and check one gateway's lines (`UnsafeLine`), and fingerprint them."""
-    host_lines = tuple(
-        f"    acl {layout.host_acl} req.hdr(host),field(1,:),lower "
-        + (f"-m end {host[1:]}" if host.startswith("*.") else f"-m str {host}")
-        for host in layout.virtual_hosts
-    )
     rules, uses = _gateway_rules(layout)
     cookie_lines: tuple[str, ...] = ()
     if layout.maps.backends:
@@ -174,12 +186,13 @@ def render_section(layout: GatewayLayout) -> Section:
     backends = _joined(_render_backends(layout, {}))
     # its frontend's own lines (the bind among them) are checked here, before anything is
     # stored, though the file holds them only once the gateways of the bind are assembled
-    bind = f"    bind {layout.bind}"
-    frontend = _joined([bind, f"    mode {layout.mode}", *host_lines, *rules, *uses, *cookie_lines])
+    bind = bind_line([layout])
+    if layout.mode == "tcp" and any("req.ssl_sni" in line for line in rules):
+        rules.insert(0, f"    tcp-request inspect-delay {SNI_INSPECT_DELAY}")
+    redirect = redirect_frontend(layout)
+    frontend = _joined([bind, f"    mode {layout.mode}", *rules, *uses, *cookie_lines, *redirect])
     fingerprint = _fingerprint(frontend, backends)
-    return Section(
-        layout, host_lines, tuple(rules), tuple(uses), cookie_lines, backends, fingerprint
-    )
+    return Section(layout, tuple(rules), tuple(uses), cookie_lines, backends, fingerprint)
 
 
 class SectionCache:
@@ -204,11 +217,44 @@ class SectionCache:
         self.size = max(self.size, 2 * gateways)
 
 
+SNI_INSPECT_DELAY = "5s"
+"""How long a TCP gateway that routes by SNI waits for the client's TLS hello."""
+
+
+def bind_line(layouts: Sequence[GatewayLayout]) -> str:
+    """The `bind` line of a frontend: plain, or TLS with each gateway's crt-list, in gateway
+    name order: the default certificate of the gateway first by name is the bind's default
+    (whatever order gateways were created in), and the options they share."""
+    first = layouts[0]
+    tls = [layout.tls for layout in sorted(layouts, key=lambda g: g.name) if layout.tls]
+    if not tls:
+        return f"    bind {first.bind}"
+    lists = " ".join(f"crt-list {t.crt_list}" for t in tls)
+    return f"    bind {first.bind} ssl {lists} {' '.join(tls[0].options)}"
+
+
+def redirect_frontend(first: GatewayLayout) -> list[str]:
+    """A plain HTTP listener answering every request with a redirect to the TLS bind."""
+    tls: BindTls | None = first.tls
+    if tls is None or tls.redirect is None:
+        return []
+    bind = first.bind
+    port = "" if bind.port == 443 else f":{bind.port}"
+    return [
+        "",
+        f"frontend {group_name(tls.redirect).replace(GROUP_PREFIX, 'wb.redirect.', 1)}",
+        "    mode http",
+        f"    bind {tls.redirect}",
+        "    http-request redirect location "
+        f"https://%[req.hdr(host),field(1,:)]{port}%[capture.req.uri] code 301",
+    ]
+
+
 def _gateway_rules(gateway: GatewayLayout) -> tuple[list[str], list[str]]:
     """(ACLs and variable rules, `use_backend` choices in the order they are tried)."""
     rule = "http-request" if gateway.mode == "http" else "tcp-request content"
-    host = f" if {gateway.host_acl}" if gateway.host_acl else ""
-    also_host = f"{gateway.host_acl} " if gateway.host_acl else ""
+    host = f" if {gateway.host_test}" if gateway.host_test else ""
+    also_host = f"{gateway.host_test} " if gateway.host_test else ""
     fallback = no_route_backend(gateway.name)
     rules: list[str] = []
     uses: list[str] = []
@@ -286,15 +332,19 @@ def _render_backend(backend: BackendLayout, filled: Filled) -> list[str]:
     ]
     if backend.balance.startswith(("source", "uri", "url_param", "hdr(")):
         lines.append("    hash-type consistent")
+    if backend.tunnel:
+        lines.append(f"    timeout tunnel {backend.tunnel}")
     if backend.cookie:
         lines.append(f"    cookie {backend.cookie} insert indirect nocache httponly")
     lines += [f"    {rule}" for rule in backend.rules]
+    lines += [f"    {line}" for line in backend.policy]
     index = backend.name.rsplit(".", 1)[1]
     # on every slot, filled or parked: HAProxy sizes a server's hash ring points at load time
     weight = f" weight {backend.server_weight}" if backend.server_weight != 1 else ""
     for slot in backend.slot_names():
         address = filled.get(slot)
         extra = (f" cookie {index}{slot}" if backend.cookie else "") + weight
+        extra += f" {backend.server_options}" if backend.server_options else ""
         lines.append(
             f"    server {slot} {address}{extra}"
             if address
@@ -304,10 +354,11 @@ def _render_backend(backend: BackendLayout, filled: Filled) -> list[str]:
 
 
 def filled_backends(section: Section, assignment: Assignment) -> str:
-    """The section's backends with its instances in their slots, as a reload writes them.
+    """The section's backends with its instances in their slots, as a reload writes them
+    (none for a pooled gateway: its bind group renders them).
 
     Addresses are validated IP literals and ports: nothing here can break a line."""
-    if not any(assignment.values()):
+    if section.layout.pooled or not any(assignment.values()):
         return section.backends
     return "\n".join(_render_backends(section.layout, assignment))
 
@@ -315,37 +366,51 @@ def filled_backends(section: Section, assignment: Assignment) -> str:
 # ---- frontends and the whole file --------------------------------------------------------
 
 
-def shared_frontend_name(bind: Address) -> str:
-    return f"wb.bind.{bind.port}.{bind.ip.replace('.', '-').replace(':', '-')}"
-
-
 def render_frontend(group: Sequence[Section]) -> list[str]:
-    """One frontend per bind address; gateways sharing it are told apart by Host.
-
-    HAProxy runs every `http-request` rule before any `use_backend`, whatever their order,
-    so all rules come first: ACLs and variables, then the choices in their real order.
-    """
+    """One frontend per bind address: a gateway's own, or its bind group's when it has
+    virtual hosts (`render_hosted_frontend`)."""
     first = group[0].layout
-    name = frontend_name(first.name) if len(group) == 1 else shared_frontend_name(first.bind)
-    lines = [f"frontend {name}", f"    mode {first.mode}", f"    bind {first.bind}"]
+    if first.hosts is not None:
+        return render_hosted_frontend(group)
+    lines = [f"frontend {frontend_name(first.name)}", f"    mode {first.mode}", bind_line([first])]
     if first.mode == "tcp":
         lines.append("    no option idle-close-on-response")
-    host_acls = [s.layout.host_acl for s in group if s.layout.host_acl]
-    for section in group:
-        lines += section.host_lines
-    if host_acls and len(host_acls) == len(group):
-        unknown = " ".join(f"!{acl}" for acl in host_acls)
-        lines.append(
-            "    http-request return status 404 content-type text/plain "
-            f'string "no gateway for this host" if {unknown}'
-        )
+    return [*lines, *route_choice(group), *redirect_frontend(first), ""]
+
+
+def route_choice(group: Sequence[Section]) -> list[str]:
+    """The rules that choose a route, gateway by gateway. HAProxy runs every `http-request`
+    rule before any `use_backend`, whatever their order, so all rules come first: ACLs and
+    variables, then the choices in their real order."""
+    lines: list[str] = []
     for section in group:
         lines += section.rules
     for section in group:
         lines += section.uses
     for section in group:
         lines += section.cookie_lines
-    return [*lines, ""]
+    return lines
+
+
+def render_hosted_frontend(group: Sequence[Section]) -> list[str]:
+    """A bind group's frontend: the gateway from the Host (a 404 if none), the rules of the
+    gateways with their own backends, then the pooled gateways' choice from their host's
+    map value. Nothing in it grows with the number of hosts or pooled gateways."""
+    first = group[0].layout
+    assert first.hosts is not None
+    own = [s for s in group if not s.layout.pooled]
+    bind = bind_line([s.layout for s in group])
+    lines = [f"frontend {first.hosts.group}", f"    mode {first.mode}", bind]
+    lines += host_rules(first.hosts)
+    for section in own:
+        lines += section.rules
+    lines += pool_choice_rules()
+    for section in own:
+        lines += section.uses
+    lines += pool_use(first.hosts.group)
+    for section in own:
+        lines += section.cookie_lines
+    return [*lines, *redirect_frontend(first), ""]
 
 
 @dataclass(frozen=True)
@@ -357,21 +422,32 @@ class Running:
 
     settings: str
     sections: Mapping[str, str]
+    binds: Mapping[str, str] = field(default_factory=dict)
+    """Bind group → the fingerprint of its pool (`hosts.GroupLayout`). Pooled gateways have
+    no section: what they need of HAProxy is their group."""
 
     @property
     def fingerprint(self) -> str:
         """One fingerprint of the whole structure (the file's first line)."""
-        return _fingerprint(self.settings, *(f"{n} {f}" for n, f in sorted(self.sections.items())))
+        parts = (f"{n} {f}" for n, f in sorted(self.sections.items()))
+        binds = (f"{n} {f}" for n, f in sorted(self.binds.items()))
+        return _fingerprint(self.settings, *parts, *binds)
 
 
 def render_config(
-    settings: RenderSettings, sections: Iterable[Section], filled: Mapping[str, str]
+    settings: RenderSettings,
+    sections: Iterable[Section],
+    filled: Mapping[str, str],
+    pools: Mapping[str, tuple[GroupLayout, str]] | None = None,
 ) -> str:
-    """The whole file: marks, settings, a frontend per bind, each gateway's filled backends.
+    """The whole file: marks, settings, a frontend per bind, each gateway's filled backends,
+    each bind group's pool.
 
-    `filled` is each gateway's `filled_backends` (a gateway missing from it runs parked)."""
+    `filled` is each gateway's `filled_backends` (a gateway missing from it runs parked);
+    `pools` each bind group's layout and filled backends (`hosts.render_group_backends`)."""
     ordered = list(sections)
-    running = Running(settings_fingerprint(settings), {s.name: s.fingerprint for s in ordered})
+    pools = pools or {}
+    running = running_of(settings, ordered, {g: layout for g, (layout, _) in pools.items()})
     groups: dict[Address, list[Section]] = {}
     for section in ordered:
         groups.setdefault(section.layout.bind, []).append(section)
@@ -380,26 +456,41 @@ def render_config(
         f"{STRUCTURE_MARK}{running.fingerprint}",
         f"{SETTINGS_MARK}{running.settings}",
         *(f"{GATEWAY_MARK}{name} {fp}" for name, fp in running.sections.items()),
+        *(f"{BIND_MARK}{name} {fp}" for name, fp in running.binds.items()),
         settings_text(settings),
         *frontends,
-        *(filled.get(s.name, s.backends) for s in ordered),
+        *(filled.get(s.name, s.backends) for s in ordered if not s.layout.pooled),
+        *(text for _, text in pools.values()),
     ]
     return "\n".join(parts) + "\n"
+
+
+def running_of(
+    settings: RenderSettings, sections: Iterable[Section], pools: Mapping[str, GroupLayout]
+) -> Running:
+    """The structure of a file: pooled gateways are not in it, their bind groups are."""
+    own = {s.name: s.fingerprint for s in sections if not s.layout.pooled}
+    binds = {name: layout.fingerprint for name, layout in pools.items()}
+    return Running(settings_fingerprint(settings), own, binds)
 
 
 def read_running(config_text: str) -> Running | None:
     """The structure a file rendered by `render_config` holds; None for anything else."""
     settings: str | None = None
     sections: dict[str, str] = {}
+    binds: dict[str, str] = {}
     for line in config_text.split("\n"):
         if line.startswith(SETTINGS_MARK):
             settings = line.removeprefix(SETTINGS_MARK)
         elif line.startswith(GATEWAY_MARK):
             name, _, fingerprint = line.removeprefix(GATEWAY_MARK).partition(" ")
             sections[name] = fingerprint
+        elif line.startswith(BIND_MARK):
+            name, _, fingerprint = line.removeprefix(BIND_MARK).partition(" ")
+            binds[name] = fingerprint
         elif not line.startswith("#"):
             break
-    return Running(settings, sections) if settings is not None else None
+    return Running(settings, sections, binds) if settings is not None else None
 
 
 # ---- the last line of defence --------------------------------------------------------------

@@ -15,18 +15,26 @@ from pathlib import Path
 from aiohttp import web
 
 from controller.api.app import create_app
+from controller.api.certificates import add_certificate_routes
 from controller.api.connections import GUARD, ApiLimits, GuardedSite
 from controller.api.security import Access, HostPolicy, is_loopback
 from controller.api.tokens import Tokens
 from controller.apply import ApplyResult
 from controller.budget import Budget
 from controller.candidate import CheckLimits
+from controller.cli import package_version
 from controller.config_file import ConfigFileError, load_config
 from controller.desired import Desired
 from controller.diff import Change, diff_gateway
+from controller.discovery.dns import Discovery, DnsResolver
+from controller.discovery.watch import NameWatch
 from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
-from controller.errors import InvalidInput
+from controller.errors import InvalidInput, WeighbridgeError
+from controller.fleet.api import add_fleet_routes
+from controller.fleet.rollouts import add_fleet_rollouts
+from controller.fleet.run import Fleet, FleetSettings
+from controller.health.watch import HealthWatch
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
 from controller.process import HAProxyProcess
@@ -37,7 +45,10 @@ from controller.rollouts.manager import RolloutManager
 from controller.rollouts.outbound import OutboundPolicy
 from controller.runtime.client import RuntimeClient
 from controller.state_dir import StatePaths, open_state_dir
-from controller.store import FileStore
+from controller.store import FileStore, Store
+from controller.tls.manager import CertificateManager
+from controller.tls.metrics import register_certificate_metrics
+from controller.tls.store import CertificateStore
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +97,8 @@ class RunSettings:
     stop_haproxy_on_exit: bool = False
     allow_unsafe_acls: bool = False
     """Raw ACLs may read files or the environment or run code (`--allow-unsafe-acls`)."""
+    allow_cert_paths: tuple[str, ...] = ()
+    """Directories of PEM files gateways may name by path (`--allow-cert-path`)."""
     allow_outbound: tuple[str, ...] = ()
     """Where rollout webhooks and Prometheus checks may call (`--allow-outbound`); empty:
     loopback only."""
@@ -98,6 +111,15 @@ class RunSettings:
     """The config file was named (`--config`): a missing one is an error, not an empty start."""
     config_wins: bool = False
     """The config file is the desired state at start, applied as a change (`--config-wins`)."""
+    hard_stop_after: str = "30s"
+    """How long an old worker keeps its connections after a reload (`--hard-stop-after`)."""
+    fleet: FleetSettings | None = None
+    """A node of a fleet (`--store etcd://…`): the desired state lives in etcd; None: the
+    file store of this one node."""
+    bind_host: str | None = None
+    """Bind every gateway on this address, same port (`--bind-host`)."""
+    dns_servers: tuple[tuple[str, int], ...] = ()
+    """Name servers for instance names (`--dns-server`); empty: the system's."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -110,7 +132,7 @@ def state_paths(settings: RunSettings) -> StatePaths:
     )
 
 
-def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> Engine:
+def build_engine(settings: RunSettings, paths: StatePaths, store: Store) -> Engine:
     """The engine on a state directory this process has checked and locked (`open_state_dir`)."""
     process = HAProxyProcess(paths, settings.haproxy_bin, settings.check)
     runtime = RuntimeClient(str(paths.admin_socket), timeout=settings.runtime_timeout)
@@ -124,6 +146,10 @@ def build_engine(settings: RunSettings, paths: StatePaths, store: FileStore) -> 
             stats_bind=parse_address(settings.stats, wildcard=True) if settings.stats else None,
             allow_unsafe_acls=settings.allow_unsafe_acls,
             stats_page=settings.stats_page,
+            hard_stop_after=settings.hard_stop_after,
+            cert_dir=str(paths.certs),
+            cert_paths=settings.allow_cert_paths,
+            bind_host=settings.bind_host,
         ),
         settings.timing,
         Metrics(production_registry()),
@@ -233,6 +259,20 @@ async def supervise_forever(engine: Engine, interval: float) -> None:
             log.error("could not restart HAProxy: %s", exc)
 
 
+async def certificates_forever(manager: CertificateManager, interval: float) -> None:
+    """Serve every stored certificate in the version stored (a change by hand, a failed
+    push): the same check as the gateways' reconcile, for the certificates HAProxy holds."""
+    while True:
+        await asyncio.sleep(interval)  # the reconcile period, not synchronisation
+        try:
+            pushed = await manager.reconcile()
+        except (WeighbridgeError, OSError) as exc:
+            log.warning("could not check the certificates HAProxy serves: %s", exc)
+            continue
+        if pushed:
+            log.warning("certificates served in another version, pushed again: %s", pushed)
+
+
 def api_access(host: str, api: ApiSettings) -> Access:
     """The API's access rules; refuses, before anything starts, an API that anyone on the
     network could write to unless that was asked for by name."""
@@ -301,14 +341,17 @@ async def _serve(
     limits: ApiLimits,
     ready: asyncio.Event | None,
 ) -> None:
-    store = FileStore(paths.gateways, legacy=paths.desired)
-    if settings.reseed:
+    fleet = Fleet(settings.fleet, paths.root) if settings.fleet else None
+    store: Store = fleet.store if fleet else FileStore(paths.gateways, legacy=paths.desired)
+    if settings.reseed and isinstance(store, FileStore):
         store.discard()
         paths.rollouts.unlink(missing_ok=True)
     engine = build_engine(settings, paths, store)
+    first = await fleet.first_snapshot(config) if fleet else None
     gc.disable()  # start-up builds a million objects that all live: no collection meanwhile
     try:
-        result = await engine.start(config)  # the file seeds an empty store, nothing else
+        # the file seeds an empty store, nothing else (a fleet's first node seeded etcd)
+        result = await engine.start(None if fleet else config, first)
     finally:
         gc.enable()
     log.info("%s", ready_text(engine.desired, engine.state.ready, result))
@@ -316,15 +359,24 @@ async def _serve(
         await settle_config_file(engine, settings, config)
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     app = create_app(engine, access=access, limits=limits)
+    certificates = CertificateManager(CertificateStore(paths.certs), engine.runtime)
+    add_certificate_routes(app, certificates)
+    register_certificate_metrics(engine.metrics.registry, certificates.store)
     outbound = OutboundPolicy.parse(settings.allow_outbound)
-    rollouts = RolloutManager(engine, paths.root, outbound=outbound)
+    rollout_store = fleet.rollout_store() if fleet else None
+    rollouts = RolloutManager(engine, paths.root, outbound=outbound, store=rollout_store)
     add_rollout_routes(app, rollouts)
+    if fleet is not None:  # rollouts run on the one node elected for them
+        add_fleet_routes(app, fleet.start(engine, package_version()))
+        add_fleet_rollouts(app, fleet.lead_rollouts(rollouts))
     # a client that goes away cancels its write if nothing was stored yet (see Engine.change)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     site = GuardedSite(runner, settings.api_host, settings.api_port, app[GUARD])
     await site.start()
     log.info("API on http://%s:%d/api/v1", settings.api_host, settings.api_port)
+    names = NameWatch(engine, Discovery(DnsResolver(settings.dns_servers or None)))
+    engine.name_status = names.report
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -332,7 +384,10 @@ async def _serve(
     loops = [
         asyncio.create_task(reconcile_forever(engine, settings.sync_interval)),
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
-        asyncio.create_task(rollouts.run()),
+        asyncio.create_task(rollouts.run() if fleet is None else fleet.run_rollouts()),
+        asyncio.create_task(certificates_forever(certificates, settings.sync_interval or 5.0)),
+        asyncio.create_task(HealthWatch(engine).run()),
+        asyncio.create_task(names.run()),
     ]
     if ready is not None:
         ready.set()
@@ -344,6 +399,8 @@ async def _serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await runner.cleanup()
+        if fleet is not None:
+            await fleet.stop()
         await engine.runtime.close()
         if settings.stop_haproxy_on_exit:
             await engine.process.stop()

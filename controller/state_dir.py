@@ -83,6 +83,11 @@ class StatePaths:
         return self.root / "maps"
 
     @property
+    def certs(self) -> Path:
+        """Uploaded certificates (0600) and gateways' crt-lists (`controller.tls`)."""
+        return self.root / "certs"
+
+    @property
     def lock(self) -> Path:
         return self.root / LOCK_FILE
 
@@ -117,7 +122,7 @@ class StateDirLock:
 def open_state_dir(paths: StatePaths) -> StateDirLock:
     """Create or check the state directory and take its lock; refuse with a clear reason."""
     paths.check()
-    for directory in (paths.root, paths.map_dir, paths.gateways):
+    for directory in (paths.root, paths.map_dir, paths.gateways, paths.certs):
         _ensure_private_dir(directory)
         _refuse_symlinks(directory)
     return _lock(paths.lock)

@@ -7,9 +7,11 @@ backends its routes are bound to (a full `show stat` costs seconds at scale).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from controller.applied import applied_gateway, instance_state
+from controller.applied import applied_gateway, health_json, instance_state, servers_by_backend
+from controller.compile import route_instances
 from controller.desired import Record
 from controller.model import format_percent
 from controller.runtime import commands
@@ -39,15 +41,20 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
         for reply in replies
         for r in parse_stat(reply)
     }
+    applied = replace(applied, health=servers_by_backend(rows.values()))
     points = applied.backend_weights
     desired = gateway.effective_weights()
+    live = engine.live_weights(name)  # desired, or redistributed while a route is down
+    down = engine.down.get(name, frozenset())
     routes: dict[str, Any] = {}
     in_sync = points is not None
     for route_name, route in gateway.routes.items():
         backend = applied.binding.get(route_name, "")
         slots = applied.slot_of(backend)
+        servers = applied.servers(route_name)
         instances = []
-        for address in route.instances:
+        addresses = route_instances(route, engine.resolved)
+        for address in addresses:
             slot = slots.get(address)
             state = instance_state(address, slots)
             in_sync &= state == "ready"
@@ -58,16 +65,16 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
                     "slot": slot.name if slot else None,
                     "state": state,
                     "requests": _count(row, "stot") if row else 0,
+                    "health": health_json(servers.get(slot.name) if slot else None),
                 }
             )
         stray = [
-            s
-            for s in applied.slots.get(backend, ())
-            if s.serving and s.address not in route.instances
+            s for s in applied.slots.get(backend, ()) if s.serving and s.address not in addresses
         ]
         in_sync &= not stray
         applied_points = (points or {}).get(backend, 0)
-        in_sync &= applied_points == desired[route_name]
+        in_sync &= applied_points == live.get(route_name, desired[route_name])
+        route_health = applied.route_health(route_name)
         backend_row = rows.get((backend, "BACKEND"), {})
         strength = applied.strengths.get(route_name)
         routes[route_name] = {
@@ -82,11 +89,23 @@ async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str,
             "requests": _count(backend_row, "stot"),
             "responses": {f"{k}xx": _count(backend_row, f"hrsp_{k}xx") for k in range(1, 6)},
             "instances": instances,
+            "healthy": route_health.healthy,
+            "in_service": route_health.total,
+            "down": route_name in down,
         }
+        if route.names:
+            report = engine.name_status
+            routes[route_name]["names"] = [
+                report(n) if report else {"name": n, "addresses": [], "error": "not watched"}
+                for n in route.names
+            ]
     return {
         "gateway": name,
         "bind": str(gateway.bind),
         "revision": record.revision,
         "in_sync": in_sync,
+        "on_route_down": gateway.on_route_down,
+        "routes_down": sorted(down),
+        "redistributed": bool(down) and live != desired,
         "routes": routes,
     }

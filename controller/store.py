@@ -45,7 +45,14 @@ class StoreError(Unavailable):
 
 
 class Conflict(StoreError, ConflictingState):
-    """The key's revision moved since the caller read it (optimistic concurrency)."""
+    """The key's revision moved since the caller read it (optimistic concurrency).
+
+    `current`: the key as the store holds it now, when the store says (etcd does): a caller
+    that did not ask for a revision (no If-Match) catches up with it and tries again."""
+
+    def __init__(self, message: str, current: StoreEvent | None = None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,6 @@ class FileStore:
         if self.legacy is not None and self.legacy.exists():
             return False
         return not self.root.exists() or not any(self.root.iterdir())
-
 
     async def put(self, name: str, gateway: Gateway, expected: int) -> int:
         return await self._write(name, expected, gateway)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Shared set-up for the demo and the tests: HAProxy from apt when missing, a venv, the package.
+# Shared set-up for the demo and the tests: HAProxy and etcd (the fleet tests' store) from apt
+# when missing, a venv, the package.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 for pkg in "$@"; do command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} with apt-get" >&2

@@ -242,6 +242,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[ENGINE].state
     body = {"ready": state.ready, "last_sync": state.last_sync, "last_error": state.last_error}
+    if state.store_error is not None:  # HAProxy serves on: ready, but say why writes fail
+        body["store_error"] = state.store_error
     return web.json_response(body, status=200 if state.ready else 503)
 
 

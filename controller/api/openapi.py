@@ -19,9 +19,13 @@ from pydantic_core import core_schema
 
 from controller import model
 from controller.api.certificates import CERTIFICATES
+from controller.fleet.api import NODES
+from controller.health import model as health
 from controller.rollouts.spec import RolloutSpec
 
 Schema = dict[str, Any]
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_NAME_PORT = rf"{_LABEL}(?:\.{_LABEL})*\.?:[0-9]{{1,5}}"
 _ADDRESS = r"(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]):[0-9]{1,5}"
 
 
@@ -47,9 +51,10 @@ INPUT_FORMATS: dict[Callable[..., Any], Schema] = {
     },
     parser_of(model.Instance): {
         "type": "string",
-        "pattern": f"^{_ADDRESS}$",
-        "maxLength": 64,
-        "description": "IP literal and port: '10.0.0.5:8080', '[::1]:9000'",
+        "pattern": f"^(?:{_ADDRESS}|{_NAME_PORT})$",
+        "maxLength": 260,
+        "description": "IP literal and port: '10.0.0.5:8080', '[::1]:9000'; or a DNS name "
+        "and port, resolved by the controller: 'api-1.internal:8080'",
     },
     parser_of(model.Bind): {
         "type": "string",
@@ -68,6 +73,28 @@ INPUT_FORMATS: dict[Callable[..., Any], Schema] = {
         "description": "a condition, e.g. 'Firefox or has cookie beta' (docs/routing.md)",
     },
     parser_of(model.Host): {"type": "string", "maxLength": 253, "description": "a host name"},
+    parser_of(health.Duration): {
+        "type": "string",
+        "pattern": r"^[0-9]{1,7}(?:ms|s|m|h)$",
+        "description": "a duration with its unit: '500ms', '2s', '1m', '1h'",
+    },
+    parser_of(health.Percent): {
+        "anyOf": [
+            {"type": "string", "pattern": r"^(?:100|[0-9]{1,2})(?:\.[0-9]{1,2})?%$"},
+            {"type": "number", "minimum": 0, "maximum": 100},
+        ],
+        "description": "a percentage, exact to 0.01: 50, '50%'",
+    },
+    health.check_check_path: {"type": "string", "maxLength": 402, "description": "'/healthz'"},
+    health.check_check_host: {"type": "string", "maxLength": 259, "description": "a host name"},
+    health.check_expect_status: {
+        "anyOf": [{"type": "string", "maxLength": 127}, {"type": "integer"}],
+        "description": "status codes and ranges: '200-399', '200,204'",
+    },
+    health.check_retry_on: {
+        "anyOf": [{"enum": list(health.RETRY_ON)}, {"type": "integer"}],
+        "description": "a retry-on value of HAProxy 2.6",
+    },
 }
 
 
@@ -80,7 +107,10 @@ class _InputSchema(GenerateJsonSchema):
     def function_before_schema(
         self, schema: core_schema.BeforeValidatorFunctionSchema
     ) -> dict[str, Any]:
-        known = INPUT_FORMATS.get(schema["function"]["function"])
+        function = schema["function"]["function"]
+        if function is health.checks_off:  # `health_check: none`, or the check itself
+            return {"anyOf": [{"const": "none"}, self.generate_inner(schema["schema"])]}
+        known = INPUT_FORMATS.get(function)
         return dict(known) if known is not None else super().function_before_schema(schema)
 
 
@@ -271,9 +301,10 @@ def _certificate_paths(cert: Schema) -> Schema:
 
 
 @cache
-def openapi_document(certificates: bool = False) -> Schema:
+def openapi_document(certificates: bool = False, fleet: bool = False) -> Schema:
     """The whole description; built once, it depends only on the code. `certificates`: with
-    /api/v1/certificates, which an app serves once `add_certificate_routes` was called."""
+    /api/v1/certificates, which an app serves once `add_certificate_routes` was called;
+    `fleet`: with /api/v1/nodes, which a fleet node serves (docs/fleet.md)."""
     keys: list[tuple[type[BaseModel], JsonSchemaMode]] = [
         (model.Gateway, "validation"),
         (model.Gateway, "serialization"),
@@ -447,6 +478,15 @@ def openapi_document(certificates: bool = False) -> Schema:
     }
     if certificates:
         paths.update(_certificate_paths(_param("name", "path", name)))
+    if fleet:
+        paths["/api/v1/nodes"] = {
+            "get": _op(
+                "the fleet's nodes as this node sees them: applied revision, lag, live or "
+                "down (writes take ?wait=applied[&timeout=S] on a fleet node)",
+                {"200": _json({"type": "object", "required": ["node", "nodes"]})},
+                ("401", "421"),
+            )
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Weighbridge", "version": "1"},
@@ -465,7 +505,7 @@ def openapi_document(certificates: bool = False) -> Schema:
 
 
 async def get_openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(CERTIFICATES in request.app))
+    return web.json_response(openapi_document(CERTIFICATES in request.app, NODES in request.app))
 
 
 def add_openapi_route(app: web.Application) -> None:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from controller.cli.gateways import add_gateway_commands
+from controller.cli.nodes import add_node_commands
 from controller.cli.rollout import add_rollout_commands
 from controller.cli.run import add_controller_commands
 from controller.cli.vamp import add_import_commands
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_controller_commands(sub)
     add_gateway_commands(sub)
+    add_node_commands(sub)
     add_rollout_commands(sub)
     add_import_commands(sub)
     return parser

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from rich.console import Console
 
 from controller.cli.client import ApiClient, Reply, add_client_options, client_from, segment
-from controller.cli.output import print_error, print_result, status_table
+from controller.cli.output import health_table, print_error, print_result, status_table
 from controller.errors import ConflictingState, NotFound
-from controller.model import parse_address
+from controller.model import check_instance_name, is_instance_name, parse_address
 
 if TYPE_CHECKING:
     from controller.model import Config
@@ -31,9 +31,10 @@ Action = Literal["add", "remove", "set"]
 
 
 def _instance(text: str) -> str:
-    """An instance as the controller writes it back (`[::1]:80`), so edits compare equal."""
+    """An instance as the controller writes it back (`[::1]:80`, `api.internal:80`), so
+    edits compare equal."""
     try:
-        return str(parse_address(text))
+        return check_instance_name(text) if is_instance_name(text) else str(parse_address(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -196,6 +197,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.write(json.dumps(reply.body, indent=2) + "\n")
         return 0
     console.print(status_table(reply.body))
+    console.print(health_table(reply.body))
     return 0
 
 

@@ -88,8 +88,8 @@ def print_result(console: Console, body: dict[str, Any], what: str = "") -> None
 
 
 IN_SERVICE_NOTE = (
-    "in service: the instance fills a server slot HAProxy sends traffic to; whether it "
-    "answers is not checked (no health checks yet)"
+    "in service: the instance fills a server slot HAProxy sends traffic to; healthy: of "
+    "those, the ones passing HAProxy's checks"
 )
 
 
@@ -113,7 +113,7 @@ def status_table(body: dict[str, Any]) -> Table:
         caption=IN_SERVICE_NOTE,
     )
     columns = ("route", "weight", "applied", "condition", "strength", "requests", "5xx")
-    for column in (*columns, "in service"):
+    for column in (*columns, "in service", "healthy"):
         table.add_column(column, justify="left" if column in ("route", "condition") else "right")
     for name, route in body["routes"].items():
         table.add_row(
@@ -125,5 +125,35 @@ def status_table(body: dict[str, Any]) -> Table:
             str(route["requests"]),
             str(route["responses"]["5xx"]),
             _instances_cell(route["instances"]),
+            _healthy_cell(route, body.get("on_route_down", "redistribute")),
         )
+    return table
+
+
+def _healthy_cell(route: dict[str, Any], on_route_down: str) -> str:
+    cell = f"{route.get('healthy', 0)}/{route.get('in_service', 0)}"
+    if route.get("down"):
+        cell += " DOWN" + (" (share moved)" if on_route_down == "redistribute" else " (503)")
+    return cell
+
+
+def health_table(body: dict[str, Any]) -> Table:
+    """Each instance as HAProxy's checks see it: state, last check, its result."""
+    table = Table(title="instances")
+    for column in ("route", "instance", "slot", "state", "check", "last check"):
+        table.add_column(column)
+    for name, route in body["routes"].items():
+        for instance in route["instances"]:
+            health = instance.get("health") or {}
+            check = health.get("check_status") or "-"
+            if health.get("check_code"):
+                check += f" {health['check_code']}"
+            table.add_row(
+                escape(name),
+                escape(instance["address"]),
+                instance["slot"] or "-",
+                health.get("state") or instance["state"],
+                escape(check),
+                escape(health.get("last_check") or "-"),
+            )
     return table

@@ -17,9 +17,21 @@ from controller.api.tokens import READ_TOKEN_ENV, WRITE_TOKEN_ENV
 from controller.cli.client import DEFAULT_API, refuse_token_argument
 
 if TYPE_CHECKING:
+    from controller.fleet.run import FleetSettings
     from controller.service import RunSettings
 
 DEFAULT_CONFIG = "weighbridge.yaml"
+STORE_ENV = "WEIGHBRIDGE_STORE"
+
+
+def _duration(text: str) -> str:
+    """An HAProxy time for the configuration, checked whole (argparse reports the error)."""
+    from controller.tls.options import check_duration
+
+    try:
+        return check_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -74,6 +86,8 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
     )
     config = getattr(args, "config", None)
     return RunSettings(
+        fleet=fleet_settings(args),
+        bind_host=getattr(args, "bind_host", None),
         config_file=Path(config or DEFAULT_CONFIG),
         config_required=config is not None,
         config_wins=getattr(args, "config_wins", False),
@@ -90,12 +104,45 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         stats_page=args.stats_page,
         attach=attach,
         allow_unsafe_acls=args.allow_unsafe_acls,
+        allow_cert_paths=tuple(args.allow_cert_path),
         allow_outbound=tuple(getattr(args, "allow_outbound", None) or ()),
         budget=Budget(args.max_routes, args.max_instances, args.max_slots),
         check=CheckLimits(
             timeout=args.check_timeout, memory_mb=args.check_memory, env=tuple(args.haproxy_env)
         ),
+        hard_stop_after=args.hard_stop_after,
+        dns_servers=tuple(getattr(args, "dns_servers", None) or ()),
     )
+
+
+def fleet_settings(args: argparse.Namespace) -> FleetSettings | None:
+    """`--store etcd://…` (or $WEIGHBRIDGE_STORE) and `--node`: a node of a fleet."""
+    import os
+    import socket
+
+    from controller.fleet.etcd import parse_store_url
+    from controller.fleet.run import FleetSettings, check_node_name
+
+    if not hasattr(args, "store_prefix"):  # `demo`: always the file store of one node
+        return None
+    store = args.store or os.environ.get(STORE_ENV) or "file"
+    if store == "file":
+        return None
+    try:
+        etcd = parse_store_url(store, args.store_prefix)
+        node = check_node_name(args.node or socket.gethostname().lower())
+    except ValueError as exc:
+        raise SystemExit(f"--store/--node: {exc}") from None
+    return FleetSettings(etcd, node)
+
+
+def _bind_host(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not an IP address") from None
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -135,6 +182,15 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
     api_options(p)
     p.add_argument("--haproxy-bin", default="haproxy", metavar="PATH", help="the HAProxy binary")
     p.add_argument(
+        "--dns-server",
+        dest="dns_servers",
+        action="append",
+        type=host_port,
+        default=[],
+        metavar="HOST:PORT",
+        help="a name server for instance names (repeatable; default: the system's)",
+    )
+    p.add_argument(
         "--sync-period",
         "--sync-interval",
         dest="sync_interval",
@@ -150,6 +206,14 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
         default=0.2,
         metavar="SECONDS",
         help="seconds between HAProxy probes",
+    )
+    p.add_argument(
+        "--hard-stop-after",
+        type=_duration,
+        default="30s",
+        metavar="TIME",
+        help="how long an old HAProxy worker keeps the connections it had (WebSockets, "
+        "long downloads) after a reload before closing them (docs/tls.md); e.g. 30s, 10m, 1h",
     )
     p.add_argument(
         "--runtime-timeout",
@@ -217,6 +281,14 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
         default=[],
         metavar="NAME",
         help="pass this environment variable to HAProxy (none is by default); repeatable",
+    )
+    p.add_argument(
+        "--allow-cert-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="let gateways name PEM files (certificates, CA files) in DIR by path; repeatable "
+        "(none by default: certificates are uploaded through the API)",
     )
     p.add_argument(
         "--allow-unsafe-acls",
@@ -313,7 +385,36 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="where rollout webhooks and Prometheus checks may call; repeat for several "
         "(default: loopback only, 127.0.0.0/8 and ::1; docs/security.md)",
     )
+    fleet_options(p)
     p.set_defaults(func=cmd_run)
+
+
+def fleet_options(p: argparse.ArgumentParser) -> None:
+    """A node of a fleet: docs/fleet.md."""
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="where the desired state lives: 'file' (this node's state dir, the default) or "
+        f"etcd://HOST:PORT[,HOST:PORT…] for a fleet of nodes sharing it (default: ${STORE_ENV})",
+    )
+    p.add_argument(
+        "--store-prefix",
+        default="/weighbridge/",
+        metavar="PREFIX",
+        help="the etcd keys' prefix (several fleets may share one etcd)",
+    )
+    p.add_argument(
+        "--node",
+        metavar="NAME",
+        help="this node's name in the fleet (default: the host name)",
+    )
+    p.add_argument(
+        "--bind-host",
+        type=_bind_host,
+        metavar="ADDR",
+        help="bind every gateway on this address instead of its own host, same port "
+        "(several nodes on one machine, or a host with several addresses)",
+    )
 
 
 def _demo_options(p: argparse.ArgumentParser) -> None:

@@ -47,6 +47,8 @@ class RequestFacts:
     path: str = "/"
     query: str = ""
     source: IPv4Address | IPv6Address = _LOOPBACK
+    sni: str | None = None
+    """The TLS server name the client sent (None: no TLS, or no name)."""
 
     def __post_init__(self) -> None:
         if any(name.lower() == "cookie" for name, _ in self.headers):
@@ -124,6 +126,8 @@ def _atom_holds(atom: Atom, request: RequestFacts) -> bool:
             return any(n == name and v == value for n, v in request.params())
         case Kind.SOURCE:
             return in_network(request.source, value)
+        case Kind.SNI:
+            return request.sni is not None and request.sni.lower() == value.lower()
     raise AssertionError(atom.kind)  # browsers and raw ACLs are handled by the caller
 
 

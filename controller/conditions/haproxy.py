@@ -94,7 +94,7 @@ def requires_http(expr: Expr) -> bool:
     Raw ACLs count as not needing HTTP (they may test `src`, `dst_port`, `req.ssl_sni` …);
     whether they fit the mode is left to `haproxy -c` on the candidate configuration.
     """
-    return any(a.kind not in (Kind.SOURCE, Kind.RAW) for a in atoms(expr))
+    return any(a.kind not in TCP_KINDS for a in atoms(expr))
 
 
 def raw_acls(expr: Expr) -> tuple[str, ...]:
@@ -124,7 +124,7 @@ def _compile(
     check_size(expr)
     if mode == "tcp":
         for atom in atoms(expr):
-            if atom.kind not in (Kind.SOURCE, Kind.RAW):
+            if atom.kind not in TCP_KINDS:
                 shown = format_condition(atom)
                 raise ConditionError(f"short code {shown!r} needs an http gateway")
     compiler = _Compiler(var_prefix, mode, limits)
@@ -134,8 +134,13 @@ def _compile(
     return CompiledCondition(setup=(*compiler.acl_lines, *compiler.var_lines), test=_render(dnf))
 
 
-def acl_criterion(atom: Atom) -> str:
-    """What follows `acl <name>` for a positive, non-browser atom."""
+TCP_KINDS = frozenset({Kind.SOURCE, Kind.RAW, Kind.SNI})
+"""What a tcp gateway can look at: the client address, the TLS hello's SNI, raw ACLs."""
+
+
+def acl_criterion(atom: Atom, mode: Mode = "http") -> str:
+    """What follows `acl <name>` for a positive, non-browser atom. SNI is the TLS hello's
+    (`req.ssl_sni`, passed through) on tcp gateways, the terminated one's on http."""
     name, quoted = atom.name, f"'{atom.value}'"  # values hold no ' (syntax.check_text)
     match atom.kind:
         case Kind.USER_AGENT:
@@ -163,6 +168,9 @@ def acl_criterion(atom: Atom) -> str:
             return f"urlp({name}) -m str -- {quoted}"
         case Kind.SOURCE:
             return f"src {atom.value}"
+        case Kind.SNI:
+            fetch = "req.ssl_sni" if mode == "tcp" else "ssl_fc_sni"
+            return f"{fetch} -m str -i -- {quoted}"
         case Kind.RAW:
             return atom.value
     raise AssertionError(atom.kind)
@@ -193,6 +201,7 @@ def _render(dnf: Dnf) -> str:
 class _Compiler:
     def __init__(self, prefix: str, mode: Mode, limits: DnfLimits) -> None:
         self.prefix = prefix
+        self.mode = mode
         self.rule = "http-request" if mode == "http" else "tcp-request content"
         self.limits = limits
         self.acl_names: dict[Atom, str] = {}
@@ -205,7 +214,7 @@ class _Compiler:
         name = self.acl_names.get(positive)
         if name is None:
             name = self.acl_names[positive] = f"{self.prefix}_a{len(self.acl_names) + 1}"
-            self.acl_lines.append(f"acl {name} {acl_criterion(positive)}")
+            self.acl_lines.append(f"acl {name} {acl_criterion(positive, self.mode)}")
         return name
 
     def normal_form(self, expr: Expr, negate: bool) -> _Node:

@@ -17,6 +17,7 @@ Grammar (keywords ignore case; AND binds tighter than OR)::
                | "path" ("has" | "contains" | "misses" | "begins") value
                | "param" name ("==" | "=" | "is" | "!=" | "is not") value
                | ("source" | "src") ["in" | "not in"] network
+               | "sni" ("==" | "=" | "is" | "!=" | "is not") value
     user-agent:= "user-agent" | "user.agent" | "useragent"
     browser   := "Chrome" | "Firefox" | "Safari" | "Edge" | "IE"
 
@@ -81,6 +82,10 @@ _OPERATORS: dict[str, dict[str, tuple[Kind, bool]]] = {
     "host": {
         **{op: (Kind.HOST, False) for op in (*_POSITIVE, *_CONTAINS)},
         **{op: (Kind.HOST, True) for op in (*_NEGATIVE, *_VAMP_NEGATIVE)},
+    },
+    "sni": {
+        **{op: (Kind.SNI, False) for op in _POSITIVE},
+        **{op: (Kind.SNI, True) for op in _NEGATIVE},
     },
     "path": {
         **{op: (Kind.PATH, False) for op in _POSITIVE},
@@ -410,7 +415,7 @@ def _format_atom(atom: Atom) -> str:
             return atom.value
         case Kind.RAW:
             return f"< {atom.value} >"
-        case Kind.USER_AGENT | Kind.HOST | Kind.PATH:
+        case Kind.USER_AGENT | Kind.HOST | Kind.PATH | Kind.SNI:
             return f"{kind.value} {eq} {value}"
         case Kind.PATH_CONTAINS:
             return f"path {has} {value}"

@@ -78,6 +78,7 @@ class Kind(StrEnum):
     PARAM = "param"  # name: the query parameter is present
     PARAM_VALUE = "param-value"  # name, value: the query parameter equals it
     SOURCE = "source"  # value: the client address is in this network
+    SNI = "sni"  # value: the TLS server name equals it (ignoring case)
     RAW = "raw"  # value: an HAProxy ACL, passed through
 
 
@@ -208,7 +209,7 @@ class Atom:
                     f"user-agent {self.value!r} is the browser {browser}: use the browser, or "
                     f"header User-Agent has {self.value} for the substring"
                 )
-        elif kind is Kind.HOST:
+        elif kind in (Kind.HOST, Kind.SNI):
             check_host(self.value)
         elif kind is Kind.SOURCE:
             object.__setattr__(self, "value", check_network(self.value))

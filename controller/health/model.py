@@ -33,7 +33,32 @@ from pydantic import (
 )
 
 from controller.errors import shown
-from controller.model import Percent, check_host
+
+# `controller.model` builds its `Route` on `RoutePolicy`: its helpers are imported when first
+# used, not when this module loads (either module may be imported first).
+
+
+def _parse_percent(value: Any) -> int:
+    from controller.model import parse_percent
+
+    return parse_percent(value)
+
+
+def _format_percent(points: int) -> str:
+    from controller.model import format_percent
+
+    return format_percent(points)
+
+
+def check_host(value: Any) -> str:
+    from controller.model import check_host as check
+
+    return check(value)
+
+
+Percent = Annotated[
+    int, BeforeValidator(_parse_percent), PlainSerializer(_format_percent, return_type=str)
+]
 
 _DURATION_RE = re.compile(r"([0-9]{1,7})(ms|s|m|h)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
@@ -250,14 +275,19 @@ class Retries(BaseModel):
         return self
 
 
-def _checks_off(value: Any) -> Any:
+def checks_off(value: Any) -> Any:
     if value is None:
         raise ValueError("write 'none' to turn health checks off")
     return None if value == "none" else value
 
 
 def _dump_check(check: HealthCheck | None) -> Any:
-    return "none" if check is None else check.model_dump(mode="json")
+    """`none`, or the check without the HTTP fields of a connect check (they would not
+    validate back: they need a path)."""
+    if check is None:
+        return "none"
+    http_only = set() if check.http else {"method", "host", "expect_status"}
+    return check.model_dump(mode="json", exclude_none=True, exclude=http_only)
 
 
 class RoutePolicy(BaseModel):
@@ -267,7 +297,7 @@ class RoutePolicy(BaseModel):
 
     health_check: Annotated[
         HealthCheck | None,
-        BeforeValidator(_checks_off),
+        BeforeValidator(checks_off),
         PlainSerializer(_dump_check, return_type=Any),
     ] = Field(default_factory=HealthCheck)
     """Omitted: the default connect check; `none`: no checks."""

@@ -18,6 +18,7 @@ What changes live and what needs a reload (verified on 2.6.12, see docs/health.m
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,7 +36,8 @@ class ServerTimeoutMap:
     """
 
     ref: str
-    default_ms: int
+    default_ms: int | None = None
+    """None: a backend without an entry keeps its own `timeout server` (checked on 2.6.12)."""
 
 
 def _check_lines(check: HealthCheck) -> list[str]:
@@ -58,9 +60,9 @@ def _timeout_lines(
     if timeouts.queue is not None:
         lines.append(f"timeout queue {timeouts.queue}ms")
     if mode == "http" and server_map is not None:
+        default = "" if server_map.default_ms is None else f",{server_map.default_ms}"
         lines.append(
-            f"http-request set-timeout server "
-            f"be_name,map_str_int({server_map.ref},{server_map.default_ms})"
+            f"http-request set-timeout server be_name,map_str_int({server_map.ref}{default})"
         )
     elif timeouts.server is not None:
         lines.append(f"timeout server {timeouts.server}ms")
@@ -141,6 +143,26 @@ def structural_key(policy: RoutePolicy, mode: Mode, *, server_map: bool) -> Rout
             "drain_timeout": 0,
         }
     )
+
+
+DEFAULT_POLICY = RoutePolicy()
+"""A route's policy when it sets none: also that of every pool backend of a bind group."""
+
+
+def policy_lines(policy: RoutePolicy, mode: str, timeouts_map: str | None) -> tuple[str, ...]:
+    """A route's backend lines without its live values (`structural_key`): a change of
+    `max_connections`, `drain_timeout`, the ejection cap or (through the map) the server
+    timeout changes no line, so it needs no reload."""
+    kind: Mode = "tcp" if mode == "tcp" else "http"
+    return _policy_lines(
+        structural_key(policy, kind, server_map=timeouts_map is not None), kind, timeouts_map
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_lines(key: RoutePolicy, mode: Mode, timeouts_map: str | None) -> tuple[str, ...]:
+    server_map = ServerTimeoutMap(timeouts_map) if timeouts_map else None
+    return tuple(backend_lines(key, mode, server_map))
 
 
 @dataclass(frozen=True)

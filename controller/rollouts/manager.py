@@ -33,7 +33,7 @@ from controller.rollouts.state import (
     Rollout,
     command_effect,
 )
-from controller.rollouts.store import RolloutFile
+from controller.rollouts.store import RolloutFile, RolloutStore
 from controller.rollouts.view import plan_warnings, public_view
 
 if TYPE_CHECKING:
@@ -60,13 +60,15 @@ class RolloutManager:
         *,
         outbound: OutboundPolicy | None = None,
         read_back_timeout: float = 5.0,
+        store: RolloutStore | None = None,
     ):
+        """`store`: where the rollouts live (default: `<state_dir>/rollouts.json`)."""
         self.engine = engine
         self.outbound = outbound or OutboundPolicy.parse(())
-        self.file = RolloutFile(state_dir / "rollouts.json")
-        self._sequences, loaded = self.file.load()
-        self._rollouts: dict[str, Rollout] = {r.id: r for r in loaded}
-        self._prune()
+        self.file: RolloutStore = store or RolloutFile(state_dir / "rollouts.json")
+        self._sequences: dict[str, int] = {}
+        self._rollouts: dict[str, Rollout] = {}
+        self.reload()
         self._runners: dict[str, RolloutRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -85,6 +87,13 @@ class RolloutManager:
             outbound=self.outbound,
             read_back_timeout=read_back_timeout,
         )
+
+    def reload(self) -> None:
+        """Read the rollouts from the store again (a fleet node taking over the rollouts);
+        no runner may be running."""
+        self._sequences, loaded = self.file.load()
+        self._rollouts = {r.id: r for r in loaded}
+        self._prune()
 
     # ---- lifecycle --------------------------------------------------------------------
 

@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from controller.applied import RouteHealth, route_health
 from controller.edits import IfMatch, replace_route
 from controller.errors import ConflictingState, InvalidInput, Unavailable
+from controller.health.decide import in_service
 from controller.model import BASIS_POINTS, Gateway, format_percent
 from controller.rollouts.state import Rollout
 from controller.rollouts.text import weights_text
+from controller.runtime.parse import ServerHealth
 
 if TYPE_CHECKING:
     from controller.engine import Engine
@@ -126,14 +129,18 @@ class Pair:
 
     async def _read_back(self, expected: dict[str, int], strength: int | None) -> None:
         """Poll HAProxy's live maps until they show the weights (and strength)."""
-        to_route = self.rollout.spec.to_route
+        to_route, name = self.rollout.spec.to_route, self.rollout.gateway
         deadline = time.monotonic() + self.read_back_timeout
         while True:
-            applied = await self.probe.applied(self.rollout.gateway)
+            applied = await self.probe.applied(name)
             weights = applied.weights
             shown = {route: weights.get(route) for route in expected}
-            if shown == expected and (
-                strength is None or applied.strengths.get(to_route) == strength
+            # while a route is down its share may be redistributed: HAProxy shows that
+            live = self.engine.live_weights(name)
+            expected_now = {route: live.get(route, points) for route, points in expected.items()}
+            moved = to_route in self.engine.down.get(name, frozenset())
+            if shown == expected_now and (
+                strength is None or moved or applied.strengths.get(to_route) == strength
             ):
                 return
             if time.monotonic() > deadline:
@@ -153,6 +160,24 @@ class Pair:
         applied = await self.probe.applied(self.rollout.gateway)
         backend = applied.binding.get(self.rollout.spec.to_route)
         return applied.serving(backend) if backend else 0
+
+    async def to_route_servers(self) -> list[ServerHealth]:
+        """The to-route's instances (its backend's slots in service) as HAProxy checks them."""
+        servers = await self.probe.servers(await self.backend())
+        return in_service(servers)
+
+    async def health(self) -> RouteHealth:
+        """How many of the to-route's instances pass HAProxy's checks (the `min_healthy` gate)."""
+        return route_health(await self.to_route_servers())
+
+    async def instances_down(self) -> list[str]:
+        """The to-route's instances marked down (failed checks or ejected), as
+        `slot (check status)`: each one fails the evaluation at once."""
+        return [
+            f"{s.server} {s.state} ({s.check_status or 'no check'})"
+            for s in await self.to_route_servers()
+            if not s.serving
+        ]
 
     def is_ours(self) -> bool:
         """The desired state still holds the weights (and strength) this rollout last set."""

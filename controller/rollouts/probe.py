@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from controller.applied import AppliedGateway
 from controller.rollouts.checks import Counters
 from controller.runtime import commands
-from controller.runtime.parse import parse_stat
+from controller.runtime.parse import ServerHealth, parse_server_health, parse_stat
 
 if TYPE_CHECKING:
     from controller.engine import Engine
@@ -25,6 +25,13 @@ class Probe:
     async def applied(self, gateway: str) -> AppliedGateway:
         """The gateway as HAProxy applies it: the engine's one read model."""
         return await self.engine.applied(gateway)
+
+    async def servers(self, backend: str) -> list[ServerHealth]:
+        """The backend's servers as HAProxy's checks see them."""
+        reply = await self.engine.runtime.execute(
+            commands.show_proxy_stat(backend, commands.STAT_SERVER)
+        )
+        return parse_server_health(reply)
 
     async def counters(self, backend: str) -> Counters:
         reply = await self.engine.runtime.execute(

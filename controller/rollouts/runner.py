@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,9 +32,11 @@ from controller.rollouts.decide import decide
 from controller.rollouts.outbound import OutboundPolicy
 from controller.rollouts.pair import Pair, RolloutError, RouteGone, step_text
 from controller.rollouts.state import (
+    CheckResult,
     Command,
     CommandRefused,
     Ended,
+    Evaluation,
     Rollout,
     clip,
     command_effect,
@@ -257,8 +260,13 @@ class RolloutRunner:
         rollout, spec = self.rollout, self.rollout.spec
         generation = self._generation
         self.pair.check_ownership()
-        if await self.pair.ready_instances() == 0:
-            await self._block(f"route {spec.to_route} has no ready instance in HAProxy")
+        health = await self.pair.health()
+        if health.healthy < spec.min_healthy:
+            await self._block(
+                f"route {spec.to_route} has {health.healthy} of {health.total} instances "
+                f"passing HAProxy's checks; the next step needs {spec.min_healthy}",
+                retry_in=HEALTH_POLL,  # HAProxy's checks are fast: no need to wait a window
+            )
             return
         if spec.webhooks.pre_step:
             body = payload(rollout, "pre-step", rollout.step + 1)
@@ -284,13 +292,14 @@ class RolloutRunner:
         self._event("step_applying", step_text(rollout, rollout.step + 1), step=rollout.step + 1)
         await self._save()
 
-    async def _block(self, why: str) -> None:
-        """The next step waits; ask again after an interval (or sooner, on a command)."""
+    async def _block(self, why: str, retry_in: float | None = None) -> None:
+        """The next step waits; ask again after an interval, or `retry_in` (or sooner, on a
+        command)."""
         if self.rollout.blocked != why:
             self.rollout.blocked = why
             self._event("blocked", why)
             await self._save()
-        await self._wait(self.rollout.spec.interval)
+        await self._wait(min(self.rollout.spec.interval, retry_in or math.inf))
 
     async def _start_step(self) -> None:
         rollout = self.rollout
@@ -311,13 +320,24 @@ class RolloutRunner:
         if not window.is_open:
             await window.open()
             return
-        if await self._wait(window.due_in):
+        # woken every HEALTH_POLL: a to-route instance marked down fails the window at once
+        if await self._wait(min(window.due_in, HEALTH_POLL)):
             return
         self.pair.check_ownership()
-        evaluation, why_not = await window.evaluate()
-        if evaluation is None:
-            self._event("window_reset", why_not)
+        down = await self.pair.instances_down()
+        if down:
+            evaluation: Evaluation | None = instances_down_evaluation(
+                rollout, down, self.ctx.clock()
+            )
+            self._event("instances_down", ", ".join(down))
+        elif window.due_in > 0:
             return
+        else:
+            evaluation, why_not = await window.evaluate()
+            if evaluation is None:
+                self._event("window_reset", why_not)
+                return
+        assert evaluation is not None
         rollout.last_check = evaluation
         self.ctx.metrics.evaluated(rollout.gateway, evaluation.verdict)
         self._event("check", evaluation_text(evaluation.model_dump()))
@@ -335,7 +355,9 @@ class RolloutRunner:
         elif decision.action == "promote":
             await self._finish("promoted", decision.reason)
         else:
-            if decision.action == "new_window":
+            if decision.action == "new_window" and down:
+                window.close()  # its counters were not read: the next pass opens one
+            elif decision.action == "new_window":
                 window.advance()
             else:
                 window.close()
@@ -403,3 +425,29 @@ class RolloutRunner:
                 await self._checkpoint()
         except Exception as save_error:  # the store itself may be what failed
             log.error("rollout %s: cannot save: %s", self.rollout.id, save_error)
+
+
+HEALTH_POLL = 0.5
+"""Seconds between reads of the to-route's health while a window is open."""
+
+
+def instances_down_evaluation(rollout: Rollout, down: list[str], at: float) -> Evaluation:
+    """A failed evaluation, now: instances of the to-route are marked down by HAProxy."""
+    result = CheckResult(
+        name="instances_down",
+        value=float(len(down)),
+        threshold=0.0,
+        bound="max",
+        result="fail",
+        note=", ".join(down),
+    )
+    started = rollout.step_started_at or at
+    return Evaluation(
+        at=at,
+        step=rollout.step,
+        verdict="fail",
+        requests=0,
+        errors=0,
+        seconds=round(max(0.0, at - started), 3),
+        results=(result,),
+    )

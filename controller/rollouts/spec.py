@@ -248,6 +248,9 @@ class RolloutSpec(BaseModel):
     """What each window must show; "none" (asked for by name) moves on every interval."""
     rollback: RollbackPolicy = RollbackPolicy()
     webhooks: Webhooks = Webhooks()
+    min_healthy: int = Field(default=1, ge=1, le=10_000)
+    """Instances of the to-route that must pass HAProxy's checks before each step; one
+    marked down (or ejected) during analysis fails the evaluation at once."""
 
     @field_validator("interval")
     @classmethod

@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-_LABELS = {"success_rate": "success rate", "response_time": "response time"}
+_LABELS = {
+    "success_rate": "success rate",
+    "response_time": "response time",
+    "instances_down": "instances down",
+}
 
 
 def words(identifier: str) -> str:

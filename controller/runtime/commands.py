@@ -287,6 +287,32 @@ class MapSwap:
         return [*adds, commit_map(self.ref, version)]
 
 
+def get_map(ref: str, key: str) -> Command:
+    """`get map REF KEY`: HAProxy's own lookup of KEY (the first match for `map_end`)."""
+    return _make(
+        CommandKind.READ, "get", "map", validate_map_ref(ref), validate_map_token(key, "key")
+    )
+
+
+def add_map_live(ref: str, key: str, value: str) -> Command:
+    """`add map REF KEY VALUE`: one entry into the live map (a second one if KEY is there)."""
+    entry = (validate_map_token(key, "key"), validate_map_token(value, "value"))
+    return _make(CommandKind.WRITE, "add", "map", validate_map_ref(ref), *entry)
+
+
+def set_map(ref: str, key: str, value: str) -> Command:
+    """`set map REF KEY VALUE`: replace an entry's value, atomically for every request."""
+    entry = (validate_map_token(key, "key"), validate_map_token(value, "value"))
+    return _make(CommandKind.WRITE, "set", "map", validate_map_ref(ref), *entry)
+
+
+def del_map(ref: str, key: str) -> Command:
+    """`del map REF KEY`: remove an entry from the live map."""
+    return _make(
+        CommandKind.WRITE, "del", "map", validate_map_ref(ref), validate_map_token(key, "key")
+    )
+
+
 def clear_map(ref: str, version: int | None = None) -> Command:
     """`clear map [@VER] REF`: empty the live map, or a prepared version."""
     name = validate_map_ref(ref)

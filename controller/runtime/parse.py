@@ -256,6 +256,15 @@ def parse_map(text: str) -> list[MapEntry]:
     return entries
 
 
+_GOT = re.compile(r'found=yes, idx=[a-z]+, key="([^"]*)", value="([^"]*)"')
+
+
+def parse_get_map(text: str) -> tuple[str, str] | None:
+    """(key, value) that `get map` found, None when it found nothing."""
+    match = _GOT.search(text)
+    return (match.group(1), match.group(2)) if match else None
+
+
 @dataclass(frozen=True, slots=True)
 class MapInfo:
     """One line of `show map` without argument."""
@@ -497,6 +506,8 @@ class ServerHealth:
     seconds_since_change: int | None
     ejections: int
     """Passive ejections so far (`hanafail`)."""
+    max_connections: int | None = None
+    """Its connection limit (`slim`, set by `maxconn` or `set maxconn server`); None: none."""
 
     @property
     def serving(self) -> bool:
@@ -564,6 +575,7 @@ def server_health_from_stat(row: dict[str, str]) -> ServerHealth | None:
         throttle=_stat_int(row, "throttle"),
         seconds_since_change=_stat_int(row, "lastchg"),
         ejections=_stat_int(row, "hanafail") or 0,
+        max_connections=_stat_int(row, "slim"),
     )
 
 

@@ -87,3 +87,17 @@ def shop_stack(backends: BackendProcess, short_tmp: Path) -> Iterator[Stack]:
 def gateway_url(stack: Stack, gateway: str = "shop") -> str:
     response = stack.request("GET", f"/api/v1/gateways/{gateway}")
     return f"http://{response.body['bind']}/"
+
+
+@pytest.fixture(scope="module")
+def instance_pool() -> Iterator[BackendProcess]:
+    """A backend process for a module's own instances (`pool.add` / `pool.remove`)."""
+    with backend_process([BackendSpec("pool", "p0")]) as process:  # it needs one to start
+        yield process
+
+
+@pytest.fixture(scope="module")
+def empty_stack(module_tmp: Path) -> Iterator[Stack]:
+    """A controller and HAProxy with no gateway, shared by a module whose tests add theirs."""
+    with running_stack(module_tmp, {"gateways": {}}) as running:
+        yield running

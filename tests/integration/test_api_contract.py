@@ -41,7 +41,7 @@ BAD_INPUT: list[tuple[str, str, Any, int, str]] = [
     ("PUT", INST, ["127.0.0.1:9001", "127.0.0.1:9001"], 400, "twice"),
     ("PUT", INST, ["127.0.0.1"], 400, "host:port"),
     ("PUT", INST, ["127.0.0.1:70000"], 400, "port"),
-    ("PUT", INST, ["example.com:80"], 400, "IPv4 or IPv6"),
+    ("PUT", INST, ["example_com:80"], 400, "IPv4 or IPv6 address (or, for an instance, a DNS"),
     ("PUT", INST, ["127.0.0.1:80;disable server x/y"], 400, "instances.0"),
     ("PUT", INST, ["127.0.0.1:80\nshow info"], 400, "instances.0"),
     ("PUT", INST, ["127.0.0.1:80\\"], 400, "instances.0"),

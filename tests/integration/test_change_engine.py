@@ -14,6 +14,7 @@ import pytest
 
 from tests.integration.conftest import addresses, gateway_url, shop_config
 from tests.support import BackendProcess
+from tests.support.health import wait_route_healthy
 from tests.support.ports import free_port
 from tests.support.stack import Stack, pid_alive, running_stack, wait_until
 from tests.support.traffic import send
@@ -63,6 +64,7 @@ async def test_a_whole_canary_lifecycle_needs_no_reload(
                         addresses(backends, "canary")[: step // 5 + 1],
                     )
                 )
+        wait_route_healthy(stack, "shop", "canary")  # new instances serve once checked
         assert (await send(url, 200)).routes == {"canary": 200}
         gateway = ok(stack.request("GET", G))
         del gateway["routes"]["stable"]
@@ -127,7 +129,9 @@ async def test_manual_changes_are_repaired_within_one_reconcile_period(
         backend = ok(stack.request("GET", f"{G}/status"))["routes"]["stable"]["backend"]
         stack.admin(f"set server {backend}/s1 weight 0")
         stack.admin(f"disable server {backend}/s2")
-        wait_until(lambda: _slot(stack, backend, "s2")[5:7] == ["2", "0"], 2, "s2 ready again")
+        wait_until(lambda: _slot(stack, backend, "s2")[6] == "0", 2, "s2 ready again")
+        # back from maintenance, it serves once it passed its checks (issue 12)
+        wait_until(lambda: _slot(stack, backend, "s2")[5] == "2", 10, "s2 running again")
         wait_until(lambda: _slot(stack, backend, "s1")[7] == "1", 2, "s1 weight repaired")
         drift = ok(stack.request("GET", "/api/v1/controller"))["drift_repairs"]
         assert drift.get("server-weight", 0) >= 1 and drift.get("server-state", 0) >= 1

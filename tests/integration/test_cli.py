@@ -18,8 +18,10 @@ import yaml
 
 from controller.cli.client import ApiClient, Reply
 from controller.cli.gateways import edit_instances, edited
+from controller.runtime.parse import DRAIN_MASK, MAINTENANCE_MASK
 from tests.integration.conftest import addresses, gateway_url, shop_config
 from tests.support import BackendProcess
+from tests.support.health import wait_health
 from tests.support.ports import free_port
 from tests.support.stack import Stack, running_stack
 from tests.support.traffic import send
@@ -52,12 +54,14 @@ def said(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def serving(stack: Stack) -> set[str]:
-    """Addresses of the server slots HAProxy has in service (`show servers state`)."""
+    """Addresses of the server slots HAProxy has in service (`show servers state`): neither
+    parked nor draining (a new instance then waits for its checks to pass: not counted here)."""
     found = set()
     for line in stack.admin("show servers state").splitlines():
         fields = line.split()
-        # be_id be_name srv_id srv_name srv_addr srv_op_state … srv_port (column 19)
-        if len(fields) > 18 and fields[1].startswith("wb.shop.") and fields[5] == "2":
+        # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state … srv_port (19)
+        out = MAINTENANCE_MASK | DRAIN_MASK
+        if len(fields) > 18 and fields[1].startswith("wb.shop.") and not int(fields[6]) & out:
             found.add(f"{fields[4]}:{fields[18]}")
     return found
 
@@ -225,22 +229,31 @@ def test_status_shows_conditions_strengths_and_no_false_health(
     backends: BackendProcess, short_tmp: Path
 ) -> None:
     """Issue 10.8: no condition or strength column; an instance nobody listens on was
-    "1/1 ready". Health is unknown without health checks: the status says so."""
+    "1/1 ready". It is in service, but not healthy: HAProxy's checks say so (issue 12)."""
     config = shop_config(backends)
     routes = config["gateways"]["shop"]["routes"]
     routes["canary"] |= {"condition": "has cookie beta", "condition_strength": "50%"}
-    routes["ghost"] = {"weight": "0%", "instances": [f"127.0.0.1:{free_port()}"]}
+    ghost = f"127.0.0.1:{free_port()}"
+    fast = {"interval": "300ms", "timeout": "200ms", "fall": 2}
+    routes["ghost"] = {"weight": "0%", "instances": [ghost], "health_check": fast}
     routes["stable"]["weight"] = "90%"
     routes["canary"]["weight"] = "10%"
     with running_stack(short_tmp, config) as stack:
+        wait_health(stack, "shop", "ghost", ghost, "DOWN")
         status = cli(stack, "status", "shop")
     assert status.returncode == 0, status.stdout + status.stderr
     text = said(status)
-    rows = {line.split("│")[1].strip(): line for line in status.stdout.splitlines() if "│" in line}
+    rows: dict[str, str] = {}
+    for line in status.stdout.splitlines():  # the routes table first, then the instances'
+        if "│" in line:
+            rows.setdefault(line.split("│")[1].strip(), line)
     assert "has cookie beta" in rows["canary"] and "50%" in rows["canary"]
-    assert rows["ghost"].split("│")[-2].strip() == "1/1" and "ready" not in status.stdout
+    cells = [cell.strip() for cell in rows["ghost"].split("│")]
+    assert cells[-3] == "1/1" and cells[-2].startswith("0/1 DOWN"), rows["ghost"]
+    assert "ready" not in status.stdout
     assert "in service" in status.stdout.splitlines()[2]  # the column's header
-    assert "whether it answers is not checked (no health checks yet)" in text
+    assert "the ones passing HAProxy's checks" in text
+    assert "L4CON" in text  # the ghost's last check, in the instances table
     assert "condition" in text and "strength" in text
 
 

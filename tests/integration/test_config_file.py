@@ -53,7 +53,7 @@ def test_no_config_file_and_none_given_starts_from_the_store(short_tmp: Path) ->
         assert stack.request("GET", "/api/v1/gateways").body == {"gateways": {}}
         log = flat(stack.controller_log())
         assert "no config file weighbridge.yaml: the desired state is the stored one" in log
-        assert "HAProxy serves revision 1 of the desired state (0 gateways)" in log
+        assert "HAProxy serves revision 0 of the desired state (0 gateways)" in log
     finally:
         stack.stop()
 
@@ -93,7 +93,7 @@ def test_the_start_says_how_the_store_and_the_file_differ_and_config_wins_applie
         stack.stop_controller()
         stack.start_controller(path, ["--config-wins"])
         said = flat(stack.controller_log())
-        assert f"--config-wins: {path} is the desired state now (revision 4)" in said
+        assert f"--config-wins: {path} is the desired state now (revision 5)" in said
         status = stack.request("GET", f"{G}/status").body
         assert {n: r["applied_weight"] for n, r in status["routes"].items()} == {
             "stable": "90%",

@@ -17,10 +17,9 @@ from controller.discovery.dns import (
     DnsResolver,
     Resolution,
     ResolveError,
-    Target,
     allow_networks,
-    parse_target,
 )
+from controller.discovery.names import Target, parse_target
 from tests.support.dns_server import DnsServer, dns_server
 
 LOOPBACK = allow_networks("127.0.0.0/8", "::1/128")

@@ -173,7 +173,7 @@ async def test_planning_and_rendering_of_a_big_state_run_in_a_worker_thread(
 
     monkeypatch.setattr(engine_module, "BIG_SLOTS", 0)
     threads: set[str] = set()
-    for module, name in ((engine_module, "plan_gateway"), (candidates_module, "render_config")):
+    for module, name in ((engine_module, "plan_any"), (candidates_module, "render_config")):
         original = getattr(module, name)
 
         def recording(*args: Any, _original: Any = original) -> Any:

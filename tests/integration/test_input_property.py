@@ -42,6 +42,7 @@ from controller.compile import parse_pool_backend
 from controller.conditions import parse_condition, raw_acls
 from controller.engine import Engine
 from controller.errors import InvalidInput
+from controller.hosts import group_of_ref, parse_group_backend, value_gateway
 from controller.model import (
     NAME_PATTERN,
     Config,
@@ -54,7 +55,7 @@ from controller.model import (
     parse_percent,
     validation_problems,
 )
-from controller.plan import Observed, Plan, plan_changes, render_plan
+from controller.plan import Observed, Plan, ReloadReason, plan_changes, render_plan
 from controller.process import HAProxyProcess, InvalidConfig, StatePaths
 from controller.render import RenderSettings, Running
 from controller.runtime.client import RuntimeClient
@@ -416,14 +417,29 @@ def _observe(harness: Harness, config: Config, running: Running) -> Observed:
         return name in config.gateways
 
     backends = {
-        b: s for b, s in observed.backends.items() if ours((parse_pool_backend(b) or ("",))[0])
+        b: s
+        for b, s in observed.backends.items()
+        if ours((parse_pool_backend(b) or ("",))[0]) or parse_group_backend(b)
     }
     maps = {r: e for r, e in observed.maps.items() if ours(Path(r).name.split(".", 1)[0])}
+    for ref, entries in observed.maps.items():  # a bind group's: the entries of ours
+        if group_of_ref(ref):
+            maps[ref] = tuple((k, v) for k, v in entries if ours(_owner(ref, k, v)))
     return replace(observed, running=running, backends=backends, maps=maps)
 
 
+def _new_group(reason: ReloadReason) -> bool:
+    return reason.kind == "map-missing" and group_of_ref(reason.detail) is not None
+
+
+def _owner(ref: str, key: str, value: str) -> str:
+    found = group_of_ref(ref)
+    return key.split("/", 1)[0] if found and found[1] == "routes" else value_gateway(value)
+
+
 async def _apply(harness: Harness, plan: Plan) -> None:
-    """The plan's commands as built, in the engine's order: fill, swap maps, empty."""
+    """The plan's commands as built, in the engine's order: fill, swap maps, edit the shared
+    maps' entries, empty."""
     runtime = harness.engine.runtime
     await runtime.execute_many([step.command() for step in plan.fill])
     replies = await runtime.execute_many([swap.prepare() for swap in plan.map_swaps])
@@ -431,6 +447,7 @@ async def _apply(harness: Harness, plan: Plan) -> None:
     for swap, reply in zip(plan.map_swaps, replies, strict=True):
         commands += swap.commands(parse_prepared_version(reply))
     await runtime.execute_many(commands)
+    await runtime.execute_many(list(plan.map_edits))
     await runtime.execute_many([step.command() for step in plan.empty])
 
 
@@ -438,6 +455,11 @@ def _round_trip(harness: Harness, config: Config) -> None:
     renamed = _renamed(config)
     running = harness.plan(renamed).running
     plan = harness.plan(renamed, _observe(harness, renamed, running))
+    if plan.needs_reload and all(_new_group(r) for r in plan.reload_reasons):
+        # hosts on a bind HAProxy does not run: their bind group's maps are created by a
+        # reload (as the engine does), which this round trip through the socket cannot show
+        harness.counts["a bind group HAProxy does not run (a reload)"] += 1
+        return
     assert not plan.needs_reload, plan.reload_reasons
     harness.runner.run(_apply(harness, plan))
     after = _observe(harness, renamed, running)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.integration.conftest import addresses, gateway_url, shop_config
 from tests.support import BackendProcess
+from tests.support.health import wait_health
 from tests.support.stack import Stack, pid_alive, running_stack, wait_until
 from tests.support.stats import assert_share
 from tests.support.traffic import SteadyLoad, send
@@ -81,6 +82,8 @@ async def test_instances_change_live_and_removed_instance_gets_nothing(
         "PUT", "/api/v1/gateways/shop/routes/stable/instances", [*stable[1:], spare[0]]
     )
     assert response.status == 200 and response.body["method"] == "runtime", response.body
+    # a new instance serves once it passed its checks (`rise`), not before
+    wait_health(shop_stack, "shop", "stable", spare[0], "UP")
     hits_before = backends.hits()
     result = await send(url, 400)
     hits = backends.hits()
@@ -161,6 +164,8 @@ async def test_restart_repairs_what_changed_while_the_controller_was_down(
         stack.admin(f"set server {backend}/s2 weight 0")
         reloads = stack.reloads()
         stack.start_controller(short_tmp / "weighbridge.yaml")
+        # back from maintenance, s1 serves once it passed its checks again
+        wait_health(stack, "shop", "stable", addresses(backends, "stable")[0], "UP")
         result = await send(url, 400)
         assert result.instances == {"s1": 100, "s2": 100, "s3": 100, "s4": 100}
         assert stack.reloads() == reloads

@@ -80,9 +80,11 @@ async def test_a_canary_failing_every_request_is_rolled_back_with_the_defaults(
 async def test_haproxys_own_503s_count_as_failures(
     backends: BackendProcess, short_tmp: Path
 ) -> None:
-    """A canary instance nobody listens on: HAProxy answers 503 itself; rolled back."""
+    """A canary instance nobody listens on: HAProxy answers 503 itself; rolled back. (Its
+    checks are off: checked, it would be marked down and the gate would hold the rollout.)"""
     config = shop_config(backends, "100%", "0%")
-    config["gateways"]["shop"]["routes"]["canary"]["instances"] = [f"127.0.0.1:{free_port()}"]
+    canary = config["gateways"]["shop"]["routes"]["canary"]
+    canary |= {"instances": [f"127.0.0.1:{free_port()}"], "health_check": "none"}
     with running_stack(short_tmp, config) as stack:
         async with SteadyLoad(gateway_url(stack), rate=RATE, max_duration=60):
             body = spec(checks={"min_requests": 20}, strategy={"type": "canary", "steps": [50]})

@@ -32,6 +32,7 @@ import pytest
 from controller.conditions import RequestFacts, evaluate, parse_condition, raw_acls
 from tests.integration.conftest import addresses
 from tests.support import BackendProcess
+from tests.support.health import wait_health
 from tests.support.ports import free_port, free_ports
 from tests.support.stack import Stack, running_stack
 from tests.support.stats import assert_share
@@ -783,7 +784,13 @@ def sticky(backends: BackendProcess, module_tmp: Path) -> Iterator[Sticky]:
             "bind": f"127.0.0.1:{ports['pin']}",
             "sticky": "instance",
             "routes": {
-                "stable": {"weight": "100%", "instances": addresses(backends, "stable")[:3]},
+                "stable": {
+                    "weight": "100%",
+                    "instances": addresses(backends, "stable")[:3],
+                    # a draining instance keeps its pinned clients until the drain ends:
+                    # parked at once, they move at once (docs/health.md)
+                    "drain_timeout": "0s",
+                },
             },
         },
         "beta": {
@@ -885,6 +892,7 @@ async def test_sticky_instance_survives_live_instance_changes(
     assert Counter(first) == {"s1": 100, "s2": 100, "s3": 100}  # roundrobin for newcomers
 
     instances(1, 2, 3, 4)  # added live: nobody moves, newcomers get s4 too
+    wait_health(stack, "pin", "stable", stable[3], "UP")  # once it passed its checks
     await visits(url, clients, 2)
     assert [client.instances[-2:] for client in clients] == [[f, f] for f in first]
     newcomers = [Client() for _ in range(40)]

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.health import wait_health
 from tests.support.ports import free_ports
 from tests.support.stack import Stack, running_stack
 from tests.support.stats import assert_share
@@ -173,9 +174,11 @@ async def test_default_balance_is_leastconn_and_instances_change_live(tcp: TcpSt
 
     # instances change live: t1 out, t6 in; then back to t1 alone
     blue("t2", "t6")
+    wait_health(stack, "tcp", "blue", echo.address("t6"), "UP")  # new: serves once checked
     seen = await connections(tcp.port, 200)
     assert set(seen) == {"t2", "t6"}, seen
     blue("t1")
+    wait_health(stack, "tcp", "blue", echo.address("t1"), "UP")
     assert await connections(tcp.port, 100) == {"t1": 100}
     assert stack.reloads() == reloads
 

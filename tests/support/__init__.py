@@ -147,9 +147,11 @@ def backend_process(
     *,
     startup_timeout: float = 10.0,
     reply_timeout: float = 10.0,
+    host: str = "127.0.0.1",
 ) -> Iterator[BackendProcess]:
-    """Run `python -m controller.backends` with `specs`; always stops it on the way out."""
-    command = [sys.executable, "-m", "controller.backends", "--control-stdin"]
+    """Run `python -m controller.backends` with `specs` (on the loopback address `host`);
+    always stops it on the way out."""
+    command = [sys.executable, "-m", "controller.backends", "--control-stdin", "--host", host]
     for spec in specs:
         command += ["--spec", f"{spec.route}:{spec.instance}:{spec.port}"]
     # stderr is inherited, so a failing child's message lands in pytest's captured output.

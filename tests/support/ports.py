@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import random
 import socket
 import time
 
@@ -13,27 +13,49 @@ __all__ = ["free_port", "free_ports", "wait_for_port"]
 _POLL_SECONDS = 0.02
 
 
-def free_port() -> int:
-    """A port free right now on 127.0.0.1.
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out for outgoing connections (32768 by default)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
-    Another process may take it before the caller binds it; prefer binding port 0 where the
-    server can report its port, and use this only for programs that need a number up front.
-    """
+
+_LOW = 10_000
+_HIGH = max(_LOW + 1_000, _ephemeral_low())
+_given: set[int] = set()
+_pick = random.SystemRandom()  # not the global one: tests seed it, alike in every process
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A port free right now on 127.0.0.1, below the kernel's ephemeral range.
+
+    Port 0 would hand out an ephemeral port, which any process's next outgoing connection may
+    take before the caller binds it (it happened under load); below that range only another
+    explicit bind can. Prefer binding port 0 where the server can report its port, and use
+    this only for programs that need a number up front. Never the same port twice per process.
+    """
+    for _ in range(1_000):
+        port = _pick.randrange(_LOW, _HIGH)
+        if port not in _given and _bindable(port):
+            _given.add(port)
+            return port
+    raise RuntimeError(f"no free port in {_LOW}-{_HIGH} after 1,000 tries")
 
 
 def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports (all held open while picked, so none is handed out twice)."""
-    with contextlib.ExitStack() as sockets:
-        ports = []
-        for _ in range(n):
-            sock = sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
+    """`n` distinct free ports."""
+    return [free_port() for _ in range(n)]
 
 
 def wait_for_port(host: str, port: int, timeout: float = 5.0) -> None:

@@ -231,6 +231,46 @@ def _decode(raw: bytes) -> Any:
         return raw.decode(errors="replace")
 
 
+def fleet_args(
+    store: str, node: str, bind_host: str | None = None, prefix: str = "/weighbridge/"
+) -> list[str]:
+    """The options that make a controller a node of a fleet (docs/fleet.md)."""
+    bind = ["--bind-host", bind_host] if bind_host else []
+    return ["--store", store, "--store-prefix", prefix, "--node", node, *bind]
+
+
+@contextmanager
+def running_nodes(
+    tmp: Path,
+    store: str | list[str],
+    count: int,
+    config: dict[str, Any] | None = None,
+    *,
+    prefix: str = "/weighbridge/",
+) -> Iterator[list[Stack]]:
+    """`count` fleet nodes on one etcd (`store`, or one URL per node), node i binding every
+    gateway on 127.0.0.1(10+i); the first seeds etcd from `config`. All stopped on the way
+    out."""
+    nodes: list[Stack] = []
+    try:
+        for i in range(1, count + 1):
+            root = tmp / f"n{i}"
+            root.mkdir()
+            config_file = None
+            if config is not None and i == 1:
+                config_file = root / "weighbridge.yaml"
+                config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+            node = Stack(state_dir=root / "state", api_port=free_port())
+            nodes.append(node)
+            bind_host = f"127.0.0.{10 + i}"
+            url = store if isinstance(store, str) else store[i - 1]
+            node.start_controller(config_file, fleet_args(url, f"n{i}", bind_host, prefix))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
 @contextmanager
 def running_stack(
     tmp: Path,

@@ -66,17 +66,21 @@ async def send(
     headers: Mapping[str, str] | None = None,
     new_connection_each: bool = False,
     timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> TrafficResult:
-    """Send `n` GETs over at most `concurrency` keep-alive connections and count the answers."""
+    """Send `n` GETs over at most `concurrency` keep-alive connections and count the answers;
+    `tls` (and the SNI name `server_hostname`) for https URLs."""
     target = loopback_url(url)
     result = TrafficResult(sent=n)
+    secure: dict[str, Any] = {"ssl": tls, "server_hostname": server_hostname} if tls else {}
     tickets = iter(range(n))  # shared by the workers: each request is taken exactly once
 
     async def worker(session: aiohttp.ClientSession) -> None:
         for _ in tickets:
             started = time.perf_counter()
             try:
-                async with session.get(target, headers=headers) as response:
+                async with session.get(target, headers=headers, **secure) as response:
                     await response.read()
             except _SOCKET_ERRORS as exc:
                 result.errors.append(_describe(exc))

@@ -14,6 +14,8 @@ from controller.api.app import create_app
 from controller.api.certificates import add_certificate_routes
 from controller.api.openapi import openapi_document
 from controller.engine import Engine
+from controller.fleet.api import add_fleet_routes
+from controller.fleet.nodes import Nodes
 from controller.model import Config, Gateway
 from controller.rollouts.api import add_rollout_routes
 from controller.rollouts.manager import RolloutManager
@@ -37,18 +39,20 @@ def test_it_is_valid_openapi_3_1() -> None:
     schemathesis.openapi.from_dict(DOC).validate()
 
 
-@pytest.mark.parametrize("certificates", [False, True])
-def test_it_describes_every_route_and_nothing_else(certificates: bool) -> None:
+@pytest.mark.parametrize(("certificates", "fleet"), [(False, False), (True, False), (False, True)])
+def test_it_describes_every_route_and_nothing_else(certificates: bool, fleet: bool) -> None:
     app = create_app(cast(Engine, None))  # only the routes are read
     add_rollout_routes(app, cast(RolloutManager, None))
     if certificates:  # described once registered (`run` will, with the TLS wiring)
         add_certificate_routes(app, cast(CertificateManager, None))
+    if fleet:  # a fleet node (`--store etcd://…`)
+        add_fleet_routes(app, cast(Nodes, None))
     served = {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()
         if route.resource is not None and route.method != "HEAD"
     }
-    doc = openapi_document(certificates)
+    doc = openapi_document(certificates, fleet)
     schemathesis.openapi.from_dict(doc).validate()
     described = {(method, path) for path, item in doc["paths"].items() for method in item}
     served_rollout_actions = ("post", "/api/v1/rollouts/{rollout}/{action}")
@@ -87,7 +91,7 @@ def test_the_bodies_the_api_takes_are_described() -> None:
         ("/api/v1/gateways/{gateway}/weights", "patch", {"evil\n": "100%"}),
         ("/api/v1/gateways/{gateway}/weights", "patch", {"stable": "101%"}),
         ("/api/v1/gateways/{gateway}/weights", "patch", {}),
-        ("/api/v1/gateways/{gateway}/routes/{route}/instances", "put", ["example.com:80"]),
+        ("/api/v1/gateways/{gateway}/routes/{route}/instances", "put", ["example_com:80"]),
         ("/api/v1/gateways/{gateway}/routes/{route}/instances", "put", ["127.0.0.1:80\n"]),
         ("/api/v1/gateways/{gateway}/routes/{route}", "patch", {"nosuch": 1}),
         ("/api/v1/gateways/{gateway}", "put", {"bind": "127.0.0.1:80", "extra": 1}),

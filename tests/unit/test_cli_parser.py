@@ -107,8 +107,10 @@ def test_instances_takes_an_action_and_normalises_addresses() -> None:
         ["[::1]:9000", "127.0.0.1:9001"],
         True,
     )
+    named = build_parser().parse_args(["instances", "shop", "canary", "add", "API.internal:80"])
+    assert named.addresses == ["api.internal:80"]  # a name, as the controller writes it
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["instances", "shop", "canary", "add", "localhost:80"])
+        build_parser().parse_args(["instances", "shop", "canary", "add", "local_host:80"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["instances", "shop", "canary", "replace", "127.0.0.1:1"])
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from controller.discovery.dns import Target, TokenBucket, allow_networks, parse_target
+from controller.discovery.dns import TokenBucket, allow_networks
+from controller.discovery.names import Target, parse_target
 
 
 @pytest.mark.parametrize(

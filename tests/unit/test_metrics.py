@@ -306,6 +306,7 @@ def test_drift_counts_name_the_gateway_and_kind() -> None:
     assert not repair.needs_reload
     assert drift_counts(repair) == {
         ("shop", "server-state"): 1,
+        ("shop", "server-health"): 1,  # back in service: out until it passes its checks
         ("blog", "map"): 1,
     }
     metrics = fresh()

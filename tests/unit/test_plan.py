@@ -19,10 +19,15 @@ def config(
     stable: list[int],
     canary: list[int] | None,
     weights: tuple[str, str] = ("90%", "10%"),
+    stable_policy: dict[str, Any] | None = None,
     **extra: dict[str, Any],
 ) -> Config:
     routes: dict[str, Any] = {
-        "stable": {"weight": weights[0], "instances": [f"127.0.0.1:{p}" for p in stable]}
+        "stable": {
+            "weight": weights[0],
+            "instances": [f"127.0.0.1:{p}" for p in stable],
+            **(stable_policy or {}),
+        }
     }
     if canary is not None:
         routes["canary"] = {"weight": weights[1], "instances": [f"127.0.0.1:{p}" for p in canary]}
@@ -72,15 +77,17 @@ def test_weight_change_is_one_map_swap() -> None:
     assert not plan.fill and not plan.empty
 
 
-def test_added_instance_fills_a_free_slot_and_removed_one_goes_to_maintenance() -> None:
+def test_added_instance_fills_a_free_slot_and_removed_one_drains() -> None:
     plan = plan_for(config([9002, 9003], [9101]), applied(STEADY))
     assert [c.text for c in plan.fill] == [
         "set server wb.shop.b1/s1 addr 127.0.0.1 port 9003",
         "set server wb.shop.b1/s1 state ready",
+        # checked by default: out until it passes its checks (UP at once otherwise)
+        "set server wb.shop.b1/s1 health down",
     ]
     assert plan.empty == ()  # s1 was reused for the new instance
     plan = plan_for(config([9002], [9101]), applied(STEADY))
-    assert [c.text for c in plan.empty] == ["set server wb.shop.b1/s1 state maint"]
+    assert [c.text for c in plan.empty] == ["set server wb.shop.b1/s1 state drain"]
     assert plan.fill == ()
     assert plan.assignment["wb.shop.b1"] == {"s2": Address(ip="127.0.0.1", port=9002)}
 
@@ -211,3 +218,42 @@ def test_a_plan_knows_what_haproxy_reports_once_it_is_applied() -> None:
     swap = plan_gateway("shop", shifted, steady.after(parked=True), "maps", SETTINGS)
     assert not swap.needs_reload and not swap.fill and not swap.empty
     assert [s.ref for s in swap.map_swaps] == [WEIGHTS]
+
+
+def test_route_policy_decides_health_down_and_drain() -> None:
+    """`health_check: none` fills with no `health down`; `drain_timeout: 0s` parks at once."""
+    unchecked = {"health_check": "none", "drain_timeout": "0s"}
+    steady = applied(config([9001, 9002], [9101], stable_policy=unchecked))
+    plan = plan_for(config([9001, 9002, 9003], [9101], stable_policy=unchecked), steady)
+    assert not plan.needs_reload
+    assert [c.text for c in plan.fill] == [
+        "set server wb.shop.b1/s3 addr 127.0.0.1 port 9003",
+        "set server wb.shop.b1/s3 state ready",
+    ]
+    plan = plan_for(config([9001], [9101], stable_policy=unchecked), steady)
+    assert [c.text for c in plan.empty] == ["set server wb.shop.b1/s2 state maint"]
+
+
+def test_a_draining_slot_is_the_last_one_taken() -> None:
+    observed = applied(STEADY)
+    backend = "wb.shop.b1"
+    drained = [
+        SlotState(s.name, s.address, False, s.weight, draining=s.name == "s1")
+        if s.name == "s1"
+        else s
+        for s in observed.backends[backend]
+    ]
+    observed = Observed(observed.running, {**observed.backends, backend: drained}, observed.maps)
+    plan = plan_for(config([9002, 9005], [9101]), observed)
+    assert plan.assignment[backend]["s3"] == Address("127.0.0.1", 9005)
+
+
+def test_live_policy_values_need_no_reload() -> None:
+    """max_connections, drain_timeout and the ejection cap are applied by the controller."""
+    base = {"health_check": {"path": "/h"}, "outlier_ejection": {"error_limit": 3}}
+    ejection = {"error_limit": 3, "max_ejected": "25%"}
+    live = {**base, "max_connections": 7, "drain_timeout": "5s", "outlier_ejection": ejection}
+    steady = applied(config([9001], [9101], stable_policy=base))
+    assert plan_for(config([9001], [9101], stable_policy=live), steady).method == "none"
+    fewer = {**base, "retries": {"count": 1}}
+    assert plan_for(config([9001], [9101], stable_policy=fewer), steady).needs_reload

@@ -34,6 +34,7 @@ from controller.rollouts.runner import (
 )
 from controller.rollouts.spec import RolloutSpec, plan_steps
 from controller.rollouts.state import Command, Origin, Rollout
+from controller.runtime.parse import ServerHealth
 
 BACKENDS = {"stable": "wb.shop.b1", "canary": "wb.shop.b2"}
 
@@ -61,6 +62,8 @@ class FakeHAProxy:
     traffic: tuple[int, int] = (60, 0)
     """(responses, 5xx) the to-route serves between two counter reads."""
     counters: dict[str, Counters] = field(default_factory=dict)
+    canary_down: bool = False
+    """The canary's instance fails its checks."""
     pending: list[tuple[int, dict[str, int]]] = field(default_factory=list)
     applied_log: list[dict[str, int]] = field(default_factory=list)
 
@@ -81,6 +84,11 @@ class FakeEngine:
         self.haproxy = haproxy
         self.desired = Desired.of({"shop": Record(start.gateways["shop"], 1)}, 1)
         self.changes = 0
+        self.down: dict[str, frozenset[str]] = {}
+
+    def live_weights(self, name: str) -> dict[str, int]:
+        gateway = self.desired.get(name)
+        return gateway.effective_weights() if gateway else {}
 
     async def change(self, edit: Edit, *, dry_run: bool = False) -> None:
         new = edited(edit, self.desired.records.get(edit.gateway))
@@ -109,6 +117,29 @@ class FakeProbe:
             strengths={},
             slots={backend: [slot] for backend in BACKENDS.values()},
         )
+
+    async def servers(self, backend: str) -> list[ServerHealth]:
+        down = backend == BACKENDS["canary"] and self.haproxy.canary_down
+        return [
+            ServerHealth(
+                backend,
+                "s1",
+                "DOWN" if down else "UP",
+                True,
+                "L4CON" if down else "L4OK",
+                False,
+                None,
+                "",
+                3 if down else 0,
+                2,
+                3,
+                0,
+                0,
+                None,
+                1,
+                0,
+            )
+        ]
 
     async def counters(self, backend: str) -> Counters:
         old = self.haproxy.counters.get(backend, Counters(backend, 0, 0, 5))
@@ -451,3 +482,30 @@ async def test_repeated_errors_are_one_event_and_few_writes(
     assert len(errors) == 1 and errors[0].count > 100
     assert "admin socket went away" in errors[0].message
     assert len(h.saved) - writes <= 2  # the first error (and at most one checkpoint)
+
+
+async def test_the_gate_waits_for_min_healthy_instances() -> None:
+    h = harness(canary_down=True)
+    runner = h.runner(make_rollout(h))
+    async with running(runner):
+        await until(lambda: runner.rollout.blocked is not None)
+        assert "0 of 1 instances passing" in (runner.rollout.blocked or "")
+        assert runner.rollout.step == 0 and h.haproxy.applied_log == []
+        h.haproxy.canary_down = False
+        await until(lambda: runner.rollout.step >= 1)
+
+
+async def test_a_to_route_instance_down_fails_the_evaluation_at_once() -> None:
+    """With a long window (60 s), the rollback follows the instance going down, not the window."""
+    h = harness()
+    rollout = make_rollout(h, interval=60.0, checks={"success_rate": "99%", "failure_threshold": 1})
+    runner = h.runner(rollout)
+    async with running(runner):
+        await until(lambda: runner.rollout.step == 1 and runner.rollout.stage == "analysing")
+        started = time.monotonic()
+        h.haproxy.canary_down = True
+        await until(lambda: runner.rollout.phase in ("rolling_back", "rolled_back"), timeout=5)
+        assert time.monotonic() - started < 5  # one health poll, far from the 60 s window
+    assert rollout.last_check is not None and rollout.last_check.verdict == "fail"
+    assert rollout.last_check.results[0].name == "instances_down"
+    assert kinds(rollout, "instances_down") == [1]

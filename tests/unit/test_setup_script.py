@@ -19,20 +19,24 @@ def checkout(tmp: Path) -> Path:
     python.parent.mkdir(parents=True)
     python.write_text(f'#!/bin/sh\necho "$*" >> {tmp}/pip-calls\n')
     python.chmod(0o755)
-    haproxy = tmp / "bin/haproxy"  # present: setup.sh must not reach for apt
-    haproxy.parent.mkdir()
-    haproxy.write_text("#!/bin/sh\n")
-    haproxy.chmod(0o755)
+    (tmp / "bin").mkdir()
+    for program in ("haproxy", "etcd"):  # present: setup.sh must not reach for apt
+        _stand_in(tmp / "bin" / program, "")
     return tmp
 
 
-def setup(repo: Path) -> list[str]:
+def _stand_in(path: Path, body: str) -> None:
+    path.write_text(f"#!/bin/sh\n{body}")
+    path.chmod(0o755)
+
+
+def setup(repo: Path, path: str = "/usr/bin:/bin") -> list[str]:
     subprocess.run(
-        ["bash", "scripts/setup.sh"],
+        [shutil.which("bash") or "bash", "scripts/setup.sh"],
         cwd=repo,
         check=True,
         timeout=30,
-        env={"PATH": f"{repo}/bin:/usr/bin:/bin"},
+        env={"PATH": f"{repo}/bin:{path}"},
     )
     calls = repo / "pip-calls"
     return calls.read_text().splitlines() if calls.exists() else []
@@ -63,3 +67,20 @@ def test_a_failed_install_is_tried_again(tmp_path: Path) -> None:
     )
     python.write_text(f'#!/bin/sh\necho "$*" >> {repo}/pip-calls\n')
     assert setup(repo)[-1] == "-m pip install -q -e .[test]"
+
+
+def test_a_missing_etcd_is_installed_from_debian_after_an_update(tmp_path: Path) -> None:
+    """The fleet tests need a real etcd: Debian's etcd-server, the package lists updated first.
+    (apt-get and id are stand-ins recording their calls: nothing is installed.)"""
+    repo = checkout(tmp_path)
+    (repo / "bin/etcd").unlink()
+    _stand_in(repo / "bin/id", "echo 0\n")  # root: no sudo in the way
+    _stand_in(repo / "bin/apt-get", f'echo "$*" >> {repo}/apt-calls\n')
+    tools = repo / "tools"  # what setup.sh uses, without this machine's own etcd
+    tools.mkdir()
+    for tool in ("cat", "cut", "dirname", "env", "sha256sum"):
+        (tools / tool).symlink_to(shutil.which(tool) or tool)
+    setup(repo, str(tools))
+    calls = (repo / "apt-calls").read_text().splitlines()
+    assert calls[0] == "update -qq"
+    assert calls[1].startswith("install ") and calls[1].split()[-1] == "etcd-server"

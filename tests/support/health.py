@@ -1,0 +1,49 @@
+"""Instance health as the controller's status reports it (`GET …/status`), for tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support import BackendProcess
+from tests.support.stack import Stack, wait_until
+
+
+def instance_health(stack: Stack, gateway: str, route: str) -> dict[str, dict[str, Any]]:
+    """address → its `health` in the gateway's status (HAProxy's view of its checks)."""
+    body = stack.request("GET", f"/api/v1/gateways/{gateway}/status").body
+    return {i["address"]: i["health"] or {} for i in body["routes"][route]["instances"]}
+
+
+def wait_health(
+    stack: Stack, gateway: str, route: str, address: str, state: str, timeout: float = 15
+) -> None:
+    """Until HAProxy reports `state` (UP, DOWN, MAINT, DRAIN) for the instance."""
+    wait_until(
+        lambda: instance_health(stack, gateway, route).get(address, {}).get("state") == state,
+        timeout,
+        f"{address} of {gateway}.{route} to be {state}",
+        interval=0.1,
+    )
+
+
+def wait_route_healthy(stack: Stack, gateway: str, route: str, timeout: float = 15) -> None:
+    """Until every instance of the route in service passes its checks (new instances are kept
+    out until they pass `rise` checks)."""
+
+    def healthy() -> bool:
+        body = stack.request("GET", f"/api/v1/gateways/{gateway}/status").body["routes"][route]
+        return bool(body["in_service"]) and body["healthy"] == body["in_service"]
+
+    wait_until(healthy, timeout, f"every instance of {gateway}.{route} healthy", interval=0.1)
+
+
+def add_instances(pool: BackendProcess, route: str, prefix: str, n: int) -> list[str]:
+    """`n` new instances `<prefix>1…` in the pool; their addresses."""
+    return [pool.add(route, f"{prefix}{i}").address for i in range(1, n + 1)]
+
+
+def put_gateway(stack: Stack, name: str, body: dict[str, Any]) -> str:
+    """Create (or replace) a gateway; its URL."""
+    response = stack.request("PUT", f"/api/v1/gateways/{name}", body)
+    assert response.status in (200, 201), response.body
+    return f"http://{body['bind']}/"

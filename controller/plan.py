@@ -530,6 +530,10 @@ def plan_slots(
     if not with_steps:
         return plan
     weight = backend.server_weight
+    # a route that serves nothing yet (new, or every instance replaced) takes its first
+    # instances at once: holding them for their checks would answer 503 meanwhile; a dead
+    # one goes down after `fall` failed checks. Beside serving ones, new ones wait (`rise`).
+    serving = any(by_slot[n].serving for n in kept if n in by_slot)
     for name in names:
         state = by_slot.get(name)
         if name in plan.assignment:
@@ -538,7 +542,7 @@ def plan_slots(
             if state is None or not state.serving or name not in kept:
                 plan.fill.append(SlotChange(backend.name, name, "server-state", state="ready"))
                 fresh = state is None or not state.draining or name not in kept
-                if backend.checked and fresh:  # in the same batch as `state ready`
+                if backend.checked and fresh and serving:  # same batch as `state ready`
                     plan.fill.append(SlotChange(backend.name, name, "server-health"))
         elif state is not None and state.serving:
             leave: Literal["drain", "maint"] = "drain" if backend.drains else "maint"

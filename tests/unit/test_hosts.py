@@ -113,8 +113,7 @@ def test_a_new_gateway_on_a_running_bind_is_slot_fills_then_its_routes_then_its_
     assert [c.text for c in plan.commands[0]] == [
         f"set server {GROUP}.b1/s1 addr 127.0.0.2 port 80",
         f"set server {GROUP}.b1/s1 weight 1",
-        f"set server {GROUP}.b1/s1 state ready",
-        f"set server {GROUP}.b1/s1 health down",  # serves once its checks pass (rise)
+        f"set server {GROUP}.b1/s1 state ready",  # the route's first: serves at once
     ]
     assert len(plan.commands[1]) == 3  # the backend's other slots parked, whatever they held
     assert [c.text for c in plan.map_edits] == [

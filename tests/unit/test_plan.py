@@ -257,3 +257,15 @@ def test_live_policy_values_need_no_reload() -> None:
     assert plan_for(config([9001], [9101], stable_policy=live), steady).method == "none"
     fewer = {**base, "retries": {"count": 1}}
     assert plan_for(config([9001], [9101], stable_policy=fewer), steady).needs_reload
+
+
+def test_new_instances_wait_for_their_checks_only_beside_serving_ones() -> None:
+    """Beside serving instances a new one waits for `rise` checks (`health down`); a route
+    serving nothing yet takes its first instances at once rather than answer 503."""
+    steady = applied(config([9001], [], weights=("100%", "0%")))
+    added = plan_for(config([9001, 9002], [], weights=("100%", "0%")), steady)
+    assert "set server wb.shop.b1/s2 health down" in [c.text for c in added.fill]
+    fresh = plan_for(config([9001], [9101], weights=("100%", "0%")), steady)
+    texts = [c.text for c in fresh.fill if "wb.shop.b2/" in c.text]
+    assert "set server wb.shop.b2/s1 state ready" in texts
+    assert not any("health down" in t for t in texts)

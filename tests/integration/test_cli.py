@@ -23,7 +23,7 @@ from tests.integration.conftest import addresses, gateway_url, shop_config
 from tests.support import BackendProcess
 from tests.support.health import wait_health
 from tests.support.ports import free_port
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, running_stack, wait_until
 from tests.support.traffic import send
 
 pytestmark = pytest.mark.haproxy
@@ -240,6 +240,13 @@ def test_status_shows_conditions_strengths_and_no_false_health(
     routes["canary"]["weight"] = "10%"
     with running_stack(short_tmp, config) as stack:
         wait_health(stack, "shop", "ghost", ghost, "DOWN")
+        # the route is down once the health watch has looked at it (at its own pace)
+        status_path = "/api/v1/gateways/shop/status"
+        wait_until(
+            lambda: stack.request("GET", status_path).body["routes"]["ghost"]["down"],
+            30,
+            "the ghost route to be reported down",
+        )
         status = cli(stack, "status", "shop")
     assert status.returncode == 0, status.stdout + status.stderr
     text = said(status)

@@ -6,7 +6,9 @@ bash scripts/setup.sh wrk
 .venv/bin/ruff check controller tests bench
 .venv/bin/mypy
 set +e
-.venv/bin/pytest -p no:cacheprovider "$@"
+# most of the suite waits on real processes (checks, reloads, rollouts), not the CPU: three
+# workers, a test file each at a time (its module fixtures stay on one worker)
+.venv/bin/pytest -p no:cacheprovider -n "${WEIGHBRIDGE_TEST_WORKERS:-3}" --dist loadfile "$@"
 code=$?
 set -e
 if [ "$code" -eq 5 ]; then

@@ -226,8 +226,15 @@ async def test_a_deleted_gateway_ends_its_rollout_and_leaves_no_trace(stack: Sta
     assert gone.status == 404
     metrics = await asyncio.to_thread(_metrics, stack)
     assert 'gateway="shop"' not in metrics
-    document = json.loads((stack.state_dir / "rollouts.json").read_text())
-    assert document["rollouts"] == [] and document["sequences"] == {"shop": 1}
+    # the file is rewritten after the rollout leaves the list: poll it too
+    def stored() -> dict[str, object]:
+        return dict(json.loads((stack.state_dir / "rollouts.json").read_text()))
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while stored()["rollouts"]:
+        assert asyncio.get_running_loop().time() < deadline, "still in rollouts.json"
+        await asyncio.sleep(0.1)  # poll interval
+    assert stored()["sequences"] == {"shop": 1}
 
 
 def _metrics(stack: Stack) -> str:

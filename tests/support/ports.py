@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import time
@@ -22,8 +23,19 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-_LOW = 10_000
-_HIGH = max(_LOW + 1_000, _ephemeral_low())
+def _worker_slice(low: int, high: int) -> tuple[int, int]:
+    """This pytest-xdist worker's own share of the range: two workers never pick the same
+    port between one's check and its server's bind (one process: the whole range)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count < 2:
+        return low, high
+    width = (high - low) // count
+    start = low + int(worker[2:]) % count * width
+    return start, start + width
+
+
+_LOW, _HIGH = _worker_slice(10_000, max(11_000, _ephemeral_low()))
 _given: set[int] = set()
 _pick = random.SystemRandom()  # not the global one: tests seed it, alike in every process
 

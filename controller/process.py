@@ -385,10 +385,16 @@ class HAProxyProcess:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
+        if await self._gone_within(timeout):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        await self._gone_within(5.0)  # reaped, not left a zombie for whoever adopts it
+
+    async def _gone_within(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.master_alive():  # reaps our own child: a zombie is not alive
-                return
+                return True
             await asyncio.sleep(0.02)  # poll interval while the master stops its workers
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        return False

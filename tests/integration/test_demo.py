@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -81,9 +82,11 @@ def running_demo(state_dir: Path, *extra: str) -> Iterator[Demo]:
         yield demo
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C: the demo stops HAProxy and its children
+        stopped = True
         try:
-            process.wait(30)
+            process.wait(60)  # a loaded machine: HAProxy and two children to stop
         except subprocess.TimeoutExpired:
+            stopped = False
             process.kill()
             process.wait(10)
         reader.join(10)
@@ -92,10 +95,12 @@ def running_demo(state_dir: Path, *extra: str) -> Iterator[Demo]:
         if pid_file.exists():
             pid = int(pid_file.read_text().split()[0])
             if pid_alive(pid):
-                import os
-
                 os.kill(pid, signal.SIGKILL)
-                raise AssertionError("the demo left HAProxy running")
+                tail = (state_dir.parent / "demo.log").read_text()[-3000:]
+                raise AssertionError(
+                    f"the demo left HAProxy running (demo stopped by Ctrl-C: {stopped}, "
+                    f"exit {process.returncode}); its log ends:\n{tail}"
+                )
 
 
 def stale_rollouts(state_dir: Path) -> None:

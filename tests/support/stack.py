@@ -38,11 +38,14 @@ def wait_until(
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs: a zombie (exited, not yet reaped by whoever adopted it) does not."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+    return state != "Z"
 
 
 def admin_command(socket_path: Path, command: str, timeout: float = 5.0) -> str:

@@ -233,6 +233,10 @@ def bind_line(layouts: Sequence[GatewayLayout]) -> str:
     return f"    bind {first.bind} ssl {lists} {' '.join(tls[0].options)}"
 
 
+HOST_WITHOUT_PORT = "regsub(:[0-9]+$,)"
+"""A Host header's name without its port; `[::1]:8080` keeps its brackets (not `field(1,:)`)."""
+
+
 def redirect_frontend(first: GatewayLayout) -> list[str]:
     """A plain HTTP listener answering every request with a redirect to the TLS bind."""
     tls: BindTls | None = first.tls
@@ -246,7 +250,7 @@ def redirect_frontend(first: GatewayLayout) -> list[str]:
         "    mode http",
         f"    bind {tls.redirect}",
         "    http-request redirect location "
-        f"https://%[req.hdr(host),field(1,:)]{port}%[capture.req.uri] code 301",
+        f"https://%[req.hdr(host),{HOST_WITHOUT_PORT}]{port}%[capture.req.uri] code 301",
     ]
 
 

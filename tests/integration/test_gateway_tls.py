@@ -162,12 +162,14 @@ async def test_an_h2_client_gets_the_split(site: Site) -> None:
     assert_share(routes["canary"], n, 0.10, max_tolerance=0.03, label="canary over h2")
 
 
-def test_plain_http_is_redirected_to_the_tls_bind(site: Site) -> None:
-    response = httpx.get(
-        f"http://127.0.0.1:{site.redirect}/cart?x=1", headers={"Host": "a.test:80"}
-    )
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [("a.test:80", "a.test"), ("a.test", "a.test"), ("[::1]:8080", "[::1]"), ("[::1]", "[::1]")],
+)
+def test_plain_http_is_redirected_to_the_tls_bind(site: Site, host: str, name: str) -> None:
+    response = httpx.get(f"http://127.0.0.1:{site.redirect}/cart?x=1", headers={"Host": host})
     assert response.status_code == 301
-    assert response.headers["Location"] == f"https://a.test:{site.port}/cart?x=1"
+    assert response.headers["Location"] == f"https://{name}:{site.port}/cart?x=1"
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,7 @@ def test_two_gateways_on_a_tls_bind_share_one_bind_line_the_default_first_by_nam
     assert words[2:3] == ["ssl"] and bind.endswith("ssl-min-ver TLSv1.2 alpn h2,http/1.1")
     redirect = text.split("frontend wb.redirect.8080.127-0-0-1\n", 1)[1].split("\n\n")[0]
     assert "    bind 127.0.0.1:8080" in redirect
-    location = "https://%[req.hdr(host),field(1,:)]:8443%[capture.req.uri]"
+    location = "https://%[req.hdr(host),regsub(:[0-9]+$,)]:8443%[capture.req.uri]"
     assert f"http-request redirect location {location} code 301" in redirect
 
 

@@ -168,6 +168,7 @@ async def test_default_balance_is_leastconn_and_instances_change_live(tcp: TcpSt
         blue("t1")
         assert [await held.open(tcp.port) for _ in range(3)] == ["t1"] * 3
         blue("t1", "t2")
+        wait_health(stack, "tcp", "blue", echo.address("t2"), "UP")  # new: serves once checked
         assert await connections(tcp.port, 60, concurrency=1) == {"t2": 60}
     finally:
         await held.close()

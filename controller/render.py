@@ -78,6 +78,8 @@ class RenderSettings:
     bind_host: str | None = None
     """Every gateway bound on this address instead of its own host, same port
     (`--bind-host`: several fleet nodes on one machine, or a host with several addresses)."""
+    maxconn: int = 4096
+    """HAProxy's process-wide connection limit, always explicit (`controller.descriptors`)."""
 
 
 Filled = Mapping[str, Address]
@@ -107,6 +109,8 @@ def _render_global(settings: RenderSettings) -> list[str]:
         "global",
         f"    stats socket {settings.admin_socket} mode 600 level admin expose-fd listeners",
         "    noreuseport",  # a port already in use fails loudly instead of being shared
+        f"    maxconn {settings.maxconn}",
+        "    no strict-limits",  # descriptors reserved for parked slots' checks: a warning
         f"    hard-stop-after {settings.hard_stop_after}",
         f"    mworker-max-reloads {settings.max_reloads}",
         "",

@@ -24,6 +24,7 @@ from controller.budget import Budget
 from controller.candidate import CheckLimits
 from controller.cli import package_version
 from controller.config_file import ConfigFileError, load_config
+from controller.descriptors import default_maxconn, hard_descriptor_limit
 from controller.desired import Desired
 from controller.diff import Change, diff_gateway
 from controller.discovery.dns import Discovery, DnsResolver
@@ -120,6 +121,8 @@ class RunSettings:
     """Bind every gateway on this address, same port (`--bind-host`)."""
     dns_servers: tuple[tuple[str, int], ...] = ()
     """Name servers for instance names (`--dns-server`); empty: the system's."""
+    maxconn: int | None = None
+    """HAProxy's connection limit (`--maxconn`); None: from the descriptor limit."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -150,6 +153,7 @@ def build_engine(settings: RunSettings, paths: StatePaths, store: Store) -> Engi
             cert_dir=str(paths.certs),
             cert_paths=settings.allow_cert_paths,
             bind_host=settings.bind_host,
+            maxconn=settings.maxconn or default_maxconn(hard_descriptor_limit()),
         ),
         settings.timing,
         Metrics(production_registry()),

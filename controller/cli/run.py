@@ -34,6 +34,17 @@ def _duration(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _maxconn(text: str) -> int:
+    """`--maxconn`: a whole number within what HAProxy takes."""
+    from controller.descriptors import MAX_MAXCONN, MIN_MAXCONN
+
+    if not re.fullmatch(r"[0-9]{1,7}", text) or not MIN_MAXCONN <= int(text) <= MAX_MAXCONN:
+        raise argparse.ArgumentTypeError(
+            f"--maxconn must be a whole number from {MIN_MAXCONN} to {MAX_MAXCONN}"
+        )
+    return int(text)
+
+
 def host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not re.fullmatch(r"[0-9]{1,5}", port):
@@ -112,6 +123,7 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         ),
         hard_stop_after=args.hard_stop_after,
         dns_servers=tuple(getattr(args, "dns_servers", None) or ()),
+        maxconn=args.maxconn,
     )
 
 
@@ -214,6 +226,14 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
         metavar="TIME",
         help="how long an old HAProxy worker keeps the connections it had (WebSockets, "
         "long downloads) after a reload before closing them (docs/tls.md); e.g. 30s, 10m, 1h",
+    )
+    p.add_argument(
+        "--maxconn",
+        type=_maxconn,
+        default=None,
+        metavar="N",
+        help="HAProxy's process-wide connection limit (default: a quarter of the hard "
+        "file-descriptor limit; HAProxy reserves one per checked server slot, docs/health.md)",
     )
     p.add_argument(
         "--runtime-timeout",

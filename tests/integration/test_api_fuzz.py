@@ -47,7 +47,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 SECONDS = float(os.environ.get("WEIGHBRIDGE_FUZZ_SECONDS", "60"))
 EXAMPLES = int(os.environ.get("WEIGHBRIDGE_FUZZ_EXAMPLES", "800"))
 SEED = os.environ.get("WEIGHBRIDGE_FUZZ_SEED")
-MIN_CALLS = 100
+MIN_CALLS = 50
 """Fewer requests than this within the time budget: the run proves too little, it fails."""
 CLOSED_PORT = r"^http://127\.0\.0\.1:9/[a-z]{0,8}$"
 """Webhooks and Prometheus checks may only aim at the discard port on loopback."""

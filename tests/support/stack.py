@@ -186,7 +186,7 @@ class Stack:
         if wait_ready:
             self.wait_ready()
 
-    def wait_ready(self, timeout: float = 20) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:  # a loaded CI box: 20 s was short
         wait_until(self._ready, timeout, "the controller to be ready")
 
     def _ready(self) -> bool:

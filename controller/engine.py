@@ -368,6 +368,8 @@ class Engine:
                 result = await self._write(name, record, after, changes, dry_run, started)
         if not result.dry_run:
             self.metrics.write_applied(time.perf_counter() - started, result.method)
+            if result.method == "reload":  # its lock, which kept its crt-list, is released
+                self.forget_crt_lists()
         return replace(result, created=before is None and after is not None)
 
     async def _write(
@@ -515,14 +517,14 @@ class Engine:
     def forget_crt_lists(self) -> None:
         """Remove the crt-list files no plan names (after a reload or a start loaded them):
         a removed gateway's, a refused candidate's, a former content-named one. A gateway a
-        write holds may be checking a new one: its file stays."""
+        write holds may be having its new one checked: that file stays (until the next)."""
         if self.certificates is None:
             return
         named = {tls.crt_list for tls in crt_lists_of(self.plans.values())}
         stale = [
             path
             for path in stale_crt_lists(self.certificates.store.directory, named)
-            if not self._gateways.held(path.name.split(".", 1)[0])
+            if not self._gateways.held(path.name.removesuffix(".crt-list"))
         ]
         if stale:
             try:

@@ -83,6 +83,13 @@ def _first_line(reply: str) -> str:
     return lines[0] if lines else "(empty reply)"
 
 
+def _reason(reply: str) -> str:
+    """HAProxy's words after its "Inserting certificate …" progress line, if any."""
+    lines = [line for line in reply_message(reply).splitlines() if line.strip()]
+    words = [line for line in lines if not line.startswith("Inserting certificate")]
+    return " ".join(words) or "(empty reply)"
+
+
 class CertificateManager:
     """The engine-facing part: store first, then the running HAProxy, both or neither."""
 
@@ -314,12 +321,16 @@ class CertificateManager:
         commands += [del_ssl_crt_list(crt_list, cert, line) for cert, line in changes.delete]
         for cmd in commands:
             try:
-                await runtime.execute(cmd)
+                reply = await runtime.execute(cmd)
             except CommandError as exc:
-                raise ConflictingState(
-                    f"HAProxy refused to change the crt-list {crt_list}: {_first_line(exc.reply)}",
-                    [{"field": "tls.certificates", "message": "crt-list not changed"}],
-                ) from None
+                reply = exc.reply
+            else:  # an add failing while it builds the contexts says so after a plain line
+                if cmd.payload is None or ssl_commit_succeeded(reply):
+                    continue
+            raise ConflictingState(
+                f"HAProxy refused to change the crt-list {crt_list}: {_reason(reply)}",
+                [{"field": "tls.certificates", "message": "crt-list not changed"}],
+            )
 
     async def _bring_back(
         self, runtime: RuntimeClient, plan: CrtListPlan, loaded: list[str]

@@ -264,10 +264,7 @@ class CertificateManager:
             changes = crt_list_changes(desired, observed)
             if changes.default_changed:
                 return changes
-            for cert, sni in changes.add:
-                await self.runtime.execute(add_ssl_crt_list(crt_list, cert, sni))
-            for cert, line in changes.delete:
-                await self.runtime.execute(del_ssl_crt_list(crt_list, cert, line))
+            await self._edit_list(self.runtime, crt_list, changes)
         return changes
 
     # ---- gateways' crt-lists (`controller.tls.listplan`) ------------------------

@@ -241,9 +241,22 @@ def bind_tls(name: str, gateway: Gateway, cert_dir: str) -> BindTls | None:
     )
 
 
+CRT_LIST_SUFFIX = ".crt-list"
+
+
 def crt_list_file(name: str, cert_dir: str) -> str:
     """A gateway's crt-list: one stable name whatever its certificates."""
-    return f"{cert_dir}/{name}.crt-list"
+    return f"{cert_dir}/{name}{CRT_LIST_SUFFIX}"
+
+
+def crt_list_gateway(file: str, cert_dir: str) -> str | None:
+    """The gateway whose crt-list `file` is (`crt_list_file`), or None (another file, or a
+    content-named one of an older version: `<gateway>.<hash>.crt-list`)."""
+    directory, _, base = file.rpartition("/")
+    name = base.removesuffix(CRT_LIST_SUFFIX)
+    if directory != cert_dir or name == base or not name or "." in name:
+        return None
+    return name
 
 
 @dataclass(frozen=True)

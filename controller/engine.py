@@ -32,6 +32,7 @@ from controller.budget import Budget, Usage, gateway_usage
 from controller.compile import (
     applied_weights,
     crt_list_file,
+    crt_list_gateway,
     exact_order,
     order_map_ref,
 )
@@ -520,11 +521,12 @@ class Engine:
         write holds may be having its new one checked: that file stays (until the next)."""
         if self.certificates is None:
             return
+        directory = self.certificates.store.directory
         named = {tls.crt_list for tls in crt_lists_of(self.plans.values())}
         stale = [
             path
-            for path in stale_crt_lists(self.certificates.store.directory, named)
-            if not self._gateways.held(path.name.removesuffix(".crt-list"))
+            for path in stale_crt_lists(directory, named)
+            if not self._gateways.held(crt_list_gateway(str(path), str(directory)) or "")
         ]
         if stale:
             try:

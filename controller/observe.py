@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.compile import MapEntries
+from controller.compile import MapEntries, crt_list_gateway
 from controller.files import read_text
 from controller.model import Address
 from controller.offload import BIG_TEXT, offload
@@ -48,9 +48,6 @@ class Scope:
     so a gateway reads its own hosts, not the bind's thousands."""
     crt_list: str | None = None
     """Its crt-list file (a TLS gateway): its lines and the certificates HAProxy holds."""
-
-
-CRT_LIST_SUFFIX = ".crt-list"
 
 
 class Observer:
@@ -158,15 +155,6 @@ class Observer:
             else:
                 observed.append(GatewayObserved(scope.running, backends, maps))
         return observed
-
-
-def crt_list_gateway(file: str, cert_dir: str) -> str | None:
-    """The gateway whose crt-list `file` is (`<cert_dir>/<gateway>.crt-list`), or None."""
-    directory, _, base = file.rpartition("/")
-    name = base.removesuffix(CRT_LIST_SUFFIX)
-    if directory != cert_dir or name == base or not name or "." in name:
-        return None
-    return name
 
 
 def _crt_list_lines(reply: str) -> tuple[CrtListLine, ...]:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controller.compile import BindTls
+from controller.compile import CRT_LIST_SUFFIX, BindTls
 from controller.errors import InvalidInput
 from controller.files import list_files, read_text, remove, write_atomic
 from controller.tls.pem import CertificateBundle, parse_bundle
@@ -69,6 +69,7 @@ def write_crt_list(path: str, text: str) -> str | None:
 
 
 def restore_file(path: str, previous: str | None) -> None:
+    """Put back what `write_crt_list` returned: the old text, or no file."""
     if previous is None:
         remove([Path(path)])
     else:
@@ -99,6 +100,6 @@ def stale_crt_lists(cert_dir: Path, referenced: set[str]) -> list[Path]:
     files, removed gateways', refused candidates')."""
     return [
         cert_dir / name
-        for name in list_files(cert_dir, ".crt-list")
+        for name in list_files(cert_dir, CRT_LIST_SUFFIX)
         if str(cert_dir / name) not in referenced
     ]

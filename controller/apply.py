@@ -18,6 +18,7 @@ from controller.plan import GatewayPlan, ReloadReason
 from controller.process import HAProxyError, HAProxyProcess, MapFiles
 from controller.runtime.client import RuntimeClient
 from controller.swaps import MapSwapper
+from controller.tls.listplan import CrtListPlan
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,12 @@ Verify = Callable[[], Awaitable[tuple[ReloadReason, ...]]]
 def runtime_count(plans: Sequence[GatewayPlan]) -> int:
     """Socket commands the plans send (a map swap: prepare, one add per entry, commit)."""
     count = sum(len(p.fill) + len(p.empty) + len(p.map_edits) for p in plans)
+    count += sum(p.crt_list.command_count for p in plans if p.crt_list)
     return count + sum(len(s.entries) + 2 for p in plans for s in p.map_swaps)
+
+
+CrtListApplier = Callable[[Sequence[CrtListPlan]], Awaitable[None]]
+"""Applies gateways' crt-list changes (`CertificateManager.apply_lists`)."""
 
 
 class Applier:
@@ -87,6 +93,7 @@ class Applier:
         self.last_reload = 0.0
         self.loaded = Loaded(0, "")
         self.swapper = MapSwapper(runtime)
+        self.crt_lists: CrtListApplier | None = None
 
     async def apply_runtime(self, plans: Sequence[GatewayPlan]) -> None:
         """Map files first (a reload or restart must find what HAProxy will run; a disk that
@@ -104,6 +111,11 @@ class Applier:
         self.metrics.runtime_commands(count, "ok")
 
     async def _runtime(self, plans: Sequence[GatewayPlan]) -> None:
+        lists = [plan.crt_list for plan in plans if plan.crt_list is not None]
+        if lists:  # first: a certificate HAProxy refuses leaves the rest untouched
+            if self.crt_lists is None:
+                raise HAProxyError("crt-lists cannot change here: no certificates directory")
+            await self.crt_lists(lists)
         swaps = [swap for plan in plans for swap in plan.map_swaps]
         if swaps:
             # derived from the store (a cold start writes every map again): no fsync, and a

@@ -209,8 +209,9 @@ class ConditionRule:
 class BindTls:
     """A gateway's part of its TLS bind: its crt-list (file and text) and the bind options.
 
-    The crt-list file is named by its content, so writing it ahead of a check or a reload
-    never changes a file the running HAProxy loaded (`controller.tls.files`)."""
+    The crt-list file has a stable name per gateway, so a change of its certificates leaves
+    the configuration text alone: it is applied live (`controller.tls.listplan`), and the file
+    is rewritten when the change is applied (`controller.tls.files`)."""
 
     crt_list: str
     text: str
@@ -235,10 +236,27 @@ def bind_tls(name: str, gateway: Gateway, cert_dir: str) -> BindTls | None:
         raise ValueError("TLS gateways need the state directory's certs directory")
     files = tuple(certificate_file(ref, cert_dir) for ref in tls.ordered)
     text = "".join(f"{path}\n" for path in files)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return BindTls(
-        f"{cert_dir}/{name}.{digest}.crt-list", text, tls.bind_options(), files, tls.redirect_http
+        crt_list_file(name, cert_dir), text, tls.bind_options(), files, tls.redirect_http
     )
+
+
+CRT_LIST_SUFFIX = ".crt-list"
+
+
+def crt_list_file(name: str, cert_dir: str) -> str:
+    """A gateway's crt-list: one stable name whatever its certificates."""
+    return f"{cert_dir}/{name}{CRT_LIST_SUFFIX}"
+
+
+def crt_list_gateway(file: str, cert_dir: str) -> str | None:
+    """The gateway whose crt-list `file` is (`crt_list_file`), or None (another file, or a
+    content-named one of an older version: `<gateway>.<hash>.crt-list`)."""
+    directory, _, base = file.rpartition("/")
+    name = base.removesuffix(CRT_LIST_SUFFIX)
+    if directory != cert_dir or name == base or not name or "." in name:
+        return None
+    return name
 
 
 @dataclass(frozen=True)

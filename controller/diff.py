@@ -96,6 +96,15 @@ def diff_gateway(name: str, before: Gateway | None, after: Gateway | None) -> li
     return list(_gateway_fields(name, before, after)) + list(_routes(name, before, after))
 
 
+def _certificates_only(before: Gateway, after: Gateway) -> bool:
+    """Only certificates other than the default added or removed: a live crt-list change."""
+    if before.tls is None or after.tls is None:
+        return False
+    same = before.tls.default_certificate == after.tls.default_certificate
+    rest = {"certificates", "default"}
+    return same and before.tls.model_dump(exclude=rest) == after.tls.model_dump(exclude=rest)
+
+
 def _gone(gateway: Gateway | None) -> str | None:
     return None if gateway is None else str(gateway.bind)
 
@@ -104,7 +113,8 @@ def _gateway_fields(name: str, before: Gateway, after: Gateway) -> Iterator[Chan
     for field in ("bind", "mode", "balance", "sticky", "split", "tls", "timeout_tunnel"):
         old, new = getattr(before, field), getattr(after, field)
         if old != new:
-            yield Change(name, None, field, _text(old), _text(new), live=False)
+            live = field == "tls" and _certificates_only(before, after)
+            yield Change(name, None, field, _text(old), _text(new), live=live)
     if before.on_route_down != after.on_route_down:
         # a live choice of the controller: the weights it applies when a route is down
         yield Change(name, None, "on_route_down", before.on_route_down, after.on_route_down, True)

@@ -29,11 +29,18 @@ from prometheus_client import CollectorRegistry
 from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, applied_routes
 from controller.apply import Applier, ApplyResult, Loaded, Method
 from controller.budget import Budget, Usage, gateway_usage
-from controller.compile import applied_weights, exact_order, order_map_ref
+from controller.compile import (
+    applied_weights,
+    crt_list_file,
+    crt_list_gateway,
+    exact_order,
+    order_map_ref,
+)
 from controller.desired import Desired, Record
 from controller.diff import Change, diff_gateway, how
 from controller.edits import Edit, edited
 from controller.errors import Unavailable, WeighbridgeError
+from controller.files import remove
 from controller.hostplan import (
     GroupOwners,
     group_view,
@@ -62,7 +69,15 @@ from controller.render import RenderSettings, Running, SectionCache
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
 from controller.store import Conflict, Snapshot, Store, StoreEvent
-from controller.tls.files import prepare_crt_list
+from controller.tls.files import (
+    crt_lists_of,
+    prepare_crt_list,
+    stale_crt_lists,
+    tls_of,
+    write_crt_lists,
+)
+from controller.tls.manager import CertificateManager
+from controller.tls.store import CertificateStore
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +130,14 @@ class Engine:
         self.budget = budget or Budget()
         self.state = EngineState()
         self.map_dir = str(process.paths.map_dir)
-        self.observer = Observer(runtime, process.paths.config, self.map_dir)
+        self.observer = Observer(runtime, process.paths.config, self.map_dir, settings.cert_dir)
         self.applier = Applier(process, runtime, self.metrics, self.state.reloads)
+        self.certificates: CertificateManager | None = None
+        """Certificates and crt-lists changed live (one lock for every TLS transaction)."""
+        if settings.cert_dir:
+            certs = CertificateStore(Path(settings.cert_dir))
+            self.certificates = CertificateManager(certs, runtime)
+            self.applier.crt_lists = self.certificates.apply_lists
         self.sections = SectionCache()
         self.gate = Gate()
         """Runtime writes hold it shared; a reload or a restart of HAProxy, alone."""
@@ -183,6 +204,7 @@ class Engine:
         else:
             result = await self.converge_all(await reading)
         log.info("ready in %.2f s (%s)", time.perf_counter() - started, result.method)
+        self.forget_crt_lists()
         self.state.ready = True
         return result
 
@@ -228,6 +250,7 @@ class Engine:
         if check:
             await self.process.validate(text, maps, candidates.running_of(plans).fingerprint)
             log.info("HAProxy checked the configuration (%.2f s)", _since(started))
+        await asyncio.to_thread(write_crt_lists, crt_lists_of(plans))
         await asyncio.to_thread(self.process.write, text, maps, fresh=True)
         log.info("wrote the configuration and %d map files (%.2f s)", len(maps), _since(started))
         self.plans = {plan.name: plan for plan in plans}
@@ -346,6 +369,8 @@ class Engine:
                 result = await self._write(name, record, after, changes, dry_run, started)
         if not result.dry_run:
             self.metrics.write_applied(time.perf_counter() - started, result.method)
+            if result.method == "reload":  # its lock, which kept its crt-list, is released
+                self.forget_crt_lists()
         return replace(result, created=before is None and after is not None)
 
     async def _write(
@@ -365,6 +390,7 @@ class Engine:
             if plan is None:
                 [observed] = await self.observe_gateways([name], [after])
                 plan = await offload(big, self._plan, name, after, observed)
+            self._check_certificates(name, plan)
             steps = how(Plan((plan,)), changes)
             if not plan.needs_reload:
                 method = _method(plan)
@@ -447,8 +473,8 @@ class Engine:
         if known is None or self._runs.get(name) is not known or self.reloads.pending:
             return None
         plan = self._plan(name, gateway, known.after(parked=True))
-        if plan.needs_reload or plan.fill or plan.empty:
-            return None
+        if plan.needs_reload or plan.fill or plan.empty or tls_of(plan) != tls_of(known):
+            return None  # a crt-list change is planned against the list HAProxy runs
         return plan
 
     def _plan(
@@ -480,6 +506,35 @@ class Engine:
         if check_budget and plan.slots > mine:  # only growth can go over
             self.budget.check_slots(self._plan_slots - mine + plan.slots)
         return plan
+
+    def _check_certificates(self, name: str, plan: GatewayPlan) -> None:
+        """A certificate a write adds that HAProxy does not hold must be loadable (a PEM
+        bundle that fits its CLI buffer): 400/413 naming the field before anything is stored."""
+        if plan.crt_list is None or self.certificates is None:
+            return
+        for cert in plan.crt_list.load:
+            self.certificates.loadable(cert, f"gateways.{name}.tls.certificates")
+
+    def forget_crt_lists(self) -> None:
+        """Remove the crt-list files no plan names (after a reload or a start loaded them):
+        a removed gateway's, a refused candidate's, a former content-named one. A gateway a
+        write holds may be having its new one checked: that file stays (until the next)."""
+        if self.certificates is None:
+            return
+        directory = self.certificates.store.directory
+        named = {tls.crt_list for tls in crt_lists_of(self.plans.values())}
+        stale = [
+            path
+            for path in stale_crt_lists(directory, named)
+            if not self._gateways.held(crt_list_gateway(str(path), str(directory)) or "")
+        ]
+        if stale:
+            try:
+                remove(stale)
+            except OSError as exc:
+                log.warning("could not remove unused crt-lists: %s", exc)
+            else:
+                log.info("removed %d unused crt-list files", len(stale))
 
     async def _store(self, name: str, record: Record | None, after: Gateway | None) -> int:
         """The store write; from here on the change is applied to completion."""
@@ -633,11 +688,13 @@ class Engine:
         plan = self.plans.get(name)
         running = self.running.sections.get(name) if self.running else None
         keys = scope_of(name, plan, gateway, self.map_dir)
+        tls = gateway.tls if gateway is not None else None
+        crt_list = crt_list_file(name, self.settings.cert_dir) if tls is not None else None
         if plan is None or plan.section is None:
-            return Scope(running, (), (), keys)
+            return Scope(running, (), (), keys, crt_list)
         layout = plan.section.layout
         own = () if layout.pooled else layout.map_refs
-        return Scope(running, [b.name for b in layout.backends], own, keys)
+        return Scope(running, [b.name for b in layout.backends], own, keys, crt_list)
 
     async def applied(self, name: str) -> AppliedGateway:
         """The read model of one gateway, read from HAProxy now."""

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.compile import MapEntries
+from controller.compile import MapEntries, crt_list_gateway
 from controller.files import read_text
 from controller.model import Address
 from controller.offload import BIG_TEXT, offload
@@ -22,11 +22,14 @@ from controller.runtime.client import RuntimeClient
 from controller.runtime.parse import (
     DRAIN_MASK,
     MAINTENANCE_MASK,
+    CrtListLine,
     is_error_reply,
+    parse_crt_list,
     parse_get_map,
     parse_map,
     parse_map_list,
     parse_slot_rows,
+    parse_ssl_cert_list,
 )
 
 BACKEND_PREFIX = "wb."
@@ -43,13 +46,18 @@ class Scope:
     keys: Sequence[tuple[str, str]] = ()
     """(map, key): entries of a bind group's shared maps, looked up one by one (`get map`),
     so a gateway reads its own hosts, not the bind's thousands."""
+    crt_list: str | None = None
+    """Its crt-list file (a TLS gateway): its lines and the certificates HAProxy holds."""
 
 
 class Observer:
-    def __init__(self, runtime: RuntimeClient, config: Path, map_dir: str) -> None:
+    def __init__(
+        self, runtime: RuntimeClient, config: Path, map_dir: str, cert_dir: str = ""
+    ) -> None:
         self.runtime = runtime
         self.config = config
         self.map_dir = map_dir
+        self.cert_dir = cert_dir
 
     def running_in_file(self) -> Running | None:
         """The structure of the configuration file on disk (the one HAProxy loaded, when the
@@ -74,7 +82,31 @@ class Observer:
         big = len(state_text) > BIG_TEXT
         found = dict(zip(refs, replies, strict=True))
         backends, maps = await offload(big, _parse, state_text, found)
-        return Observed(running, backends, maps)
+        crt_lists, certificates = await self._crt_lists()
+        return Observed(running, backends, maps, crt_lists, certificates)
+
+    async def _crt_lists(
+        self,
+    ) -> tuple[dict[str, tuple[CrtListLine, ...]] | None, frozenset[str]]:
+        """Gateway → the lines of its crt-list (`<cert_dir>/<gateway>.crt-list`), and the
+        certificates HAProxy holds; None without a certificates' directory."""
+        if not self.cert_dir:
+            return None, frozenset()
+        listing, certs = await self.runtime.execute_many(
+            [commands.show_ssl_crt_list(), commands.show_ssl_cert()]
+        )
+        files = [
+            line.strip()
+            for line in listing.splitlines()
+            if crt_list_gateway(line.strip(), self.cert_dir) is not None
+        ]
+        replies = await self.runtime.execute_many([commands.show_ssl_crt_list(f) for f in files])
+        lists = {
+            name: _crt_list_lines(reply)
+            for file, reply in zip(files, replies, strict=True)
+            if (name := crt_list_gateway(file, self.cert_dir)) is not None
+        }
+        return lists, frozenset(parse_ssl_cert_list(certs).files)
 
     async def gateway(
         self, running: str | None, backends: Sequence[str], maps: Sequence[str]
@@ -93,9 +125,15 @@ class Observer:
                 *(commands.show_servers_state(b) for b in scope.backends),
                 *(commands.show_map(ref) for ref in scope.maps),
                 *(commands.get_map(ref, key) for ref, key in scope.keys),
+                *([commands.show_ssl_crt_list(scope.crt_list)] if scope.crt_list else []),
             )
         ]
-        replies = iter(await self.runtime.execute_many(batch, check=False))
+        tls = any(scope.crt_list for scope in scopes)
+        if tls:
+            batch.append(commands.show_ssl_cert())
+        replies_list = await self.runtime.execute_many(batch, check=False)
+        certificates = frozenset(parse_ssl_cert_list(replies_list[-1]).files) if tls else None
+        replies = iter(replies_list)
         observed = []
         for scope in scopes:
             states = [next(replies) for _ in scope.backends]
@@ -109,8 +147,21 @@ class Observer:
                 got = parse_get_map(reply)
                 entries = maps.get(ref, ())
                 maps[ref] = (*entries, got) if got is not None and got[0] == key else entries
-            observed.append(GatewayObserved(scope.running, backends, maps))
+            if scope.crt_list and certificates is not None:
+                lines = _crt_list_lines(next(replies))
+                observed.append(
+                    GatewayObserved(scope.running, backends, maps, lines, certificates)
+                )
+            else:
+                observed.append(GatewayObserved(scope.running, backends, maps))
         return observed
+
+
+def _crt_list_lines(reply: str) -> tuple[CrtListLine, ...]:
+    """`show ssl crt-list -n FILE`; an error (no such list) is no line."""
+    if is_error_reply(reply) or not reply.lstrip().startswith("#"):
+        return ()
+    return tuple(parse_crt_list(reply))
 
 
 def _parse(

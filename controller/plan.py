@@ -40,6 +40,8 @@ from controller.render import (
 )
 from controller.runtime import commands
 from controller.runtime.commands import Command, MapSwap
+from controller.runtime.parse import CrtListLine
+from controller.tls.listplan import CrtListPlan, plan_crt_list
 
 
 @dataclass(slots=True)
@@ -63,6 +65,11 @@ class GatewayObserved:
     running: str | None
     backends: Mapping[str, Sequence[SlotState]]
     maps: Mapping[str, MapEntries]
+    crt_list: tuple[CrtListLine, ...] | None = None
+    """Its crt-list's lines as HAProxy runs them (empty: HAProxy has no such list); None when
+    not read."""
+    certificates: frozenset[str] = frozenset()
+    """The certificate files HAProxy holds (`show ssl cert`), read with `crt_list`."""
 
     @property
     def pool(self) -> dict[int, int]:
@@ -87,6 +94,10 @@ class Observed:
     running: Running | None
     backends: Mapping[str, Sequence[SlotState]]
     maps: Mapping[str, MapEntries]
+    crt_lists: Mapping[str, tuple[CrtListLine, ...]] | None = None
+    """Gateway → its crt-list's lines (the lists HAProxy runs in the certificates' directory);
+    None when not read."""
+    certificates: frozenset[str] = frozenset()
 
     def by_gateway(self) -> dict[str, GatewayObserved]:
         """Split per gateway (by backend and map names), in one pass."""
@@ -101,7 +112,13 @@ class Observed:
         split_groups(self.backends, self.maps, backends, maps)
         sections = self.running.sections if self.running else {}
         return {
-            name: GatewayObserved(sections.get(name), backends.get(name, {}), maps.get(name, {}))
+            name: GatewayObserved(
+                sections.get(name),
+                backends.get(name, {}),
+                maps.get(name, {}),
+                None if self.crt_lists is None else self.crt_lists.get(name, ()),
+                self.certificates,
+            )
             for name in {*backends, *sections, *shared_map_owners(maps)}
         }
 
@@ -193,6 +210,8 @@ class GatewayPlan:
     map_edits: tuple[Command, ...] = ()
     """Entries of its bind group's shared maps to add, set or delete (`controller.hostplan`),
     sent after the swaps and before the emptied slots."""
+    crt_list: CrtListPlan | None = None
+    """Its certificates added to or removed from its crt-list, live (`controller.tls`)."""
 
     @property
     def needs_reload(self) -> bool:
@@ -201,7 +220,12 @@ class GatewayPlan:
     @property
     def is_empty(self) -> bool:
         return not (
-            self.reload_reasons or self.fill or self.map_swaps or self.empty or self.map_edits
+            self.reload_reasons
+            or self.fill
+            or self.map_swaps
+            or self.empty
+            or self.map_edits
+            or (self.crt_list is not None and not self.crt_list.empty)
         )
 
     @property
@@ -310,7 +334,8 @@ class Plan:
         """Readable steps, in the order they are applied."""
         if self.needs_reload:
             return [f"reload ({reason})" for reason in self.reload_reasons]
-        steps = [c.text for c in self.fill]
+        steps = [step for g in self.gateways if g.crt_list for step in g.crt_list.describe()]
+        steps += [c.text for c in self.fill]
         for swap in self.map_swaps:
             entries = ", ".join(f"{k} {v}" for k, v in swap.entries) or "(empty)"
             steps.append(f"swap map {swap.ref}: {entries}")
@@ -393,6 +418,12 @@ def plan_gateway(
     # be a socket token must not become a line of a map file either
     swaps = {ref: MapSwap(ref, entries) for ref, entries in maps.items()}
     reasons = structure_reasons(section, observed)
+    crt_list = None
+    if not reasons and layout.tls is not None and observed.crt_list is not None:
+        crt_list = plan_crt_list(layout.tls, observed.crt_list, observed.certificates)
+        if crt_list.changes.default_changed:
+            detail = f"{name}: its default certificate (the first line of its crt-list)"
+            reasons = (ReloadReason("structure", name, detail),)
     route_of = {backend: route for route, backend in binding.items()}
     assignment: dict[str, dict[str, Address]] = {}
     fill: list[SlotChange] = []
@@ -423,6 +454,7 @@ def plan_gateway(
         map_swaps=updates,
         empty=tuple(empty),
         commands=built,
+        crt_list=crt_list if crt_list is not None and not crt_list.empty else None,
     )
 
 

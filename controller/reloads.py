@@ -26,6 +26,7 @@ from controller.plan import (
     structure_reasons,
 )
 from controller.pools import group_pools
+from controller.tls.files import crt_lists_of, restore_crt_lists, write_crt_lists
 
 if TYPE_CHECKING:
     from controller.engine import Engine
@@ -129,13 +130,21 @@ class Reloads:
                 plans = current or list(chosen.values())
                 text, maps, _ = await offload(big, self.candidates.whole, plans)
                 revision = engine.desired.revision
-                await engine.applier.reload(reasons, text, maps, revision, self._verifier(plans))
+                # each crt-list with its gateway's desired lines, as the file loads them
+                lists = await asyncio.to_thread(write_crt_lists, crt_lists_of(plans))
+                try:
+                    verify = self._verifier(plans)
+                    await engine.applier.reload(reasons, text, maps, revision, verify)
+                except BaseException:
+                    await asyncio.to_thread(restore_crt_lists, lists)
+                    raise
                 gone = set(engine.running.sections) if engine.running else set()
                 engine.running = self.candidates.running_of(plans)
                 engine.pools = self.candidates.pool_slots(plans)
                 self.loaded(plans)
                 self._loaded(plans)
             await offload(big, self._forget, gone - set(engine.running.sections))
+            engine.forget_crt_lists()
             steps = tuple(f"reload ({r})" for r in reasons)
             return ApplyResult("reload", time.perf_counter() - started, steps, revision)
         raise AssertionError("unreachable: the last round always reloads")

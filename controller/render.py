@@ -162,7 +162,8 @@ class Section:
     """A gateway's part of the configuration, every slot parked; equal layouts, equal sections.
 
     `fingerprint` covers everything only a reload can change: its backends, its rules in the
-    frontend of its bind. Weights, strengths and instances are not in it: they are live.
+    frontend of its bind, its default certificate. Weights, strengths, instances and the
+    other certificates of its crt-list are not in it: they are live.
     """
 
     layout: GatewayLayout
@@ -195,7 +196,9 @@ def render_section(layout: GatewayLayout) -> Section:
         rules.insert(0, f"    tcp-request inspect-delay {SNI_INSPECT_DELAY}")
     redirect = redirect_frontend(layout)
     frontend = _joined([bind, f"    mode {layout.mode}", *rules, *uses, *cookie_lines, *redirect])
-    fingerprint = _fingerprint(frontend, backends)
+    # a crt-list's other lines change live; its default (first) line only with a reload
+    default = layout.tls.certificates[:1] if layout.tls else ()
+    fingerprint = _fingerprint(frontend, backends, *default)
     return Section(layout, tuple(rules), tuple(uses), cookie_lines, backends, fingerprint)
 
 

@@ -363,7 +363,10 @@ async def _serve(
         await settle_config_file(engine, settings, config)
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     app = create_app(engine, access=access, limits=limits)
-    certificates = CertificateManager(CertificateStore(paths.certs), engine.runtime)
+    # the engine's: crt-list changes and uploads share one lock for TLS transactions
+    certificates = engine.certificates or CertificateManager(
+        CertificateStore(paths.certs), engine.runtime
+    )
     add_certificate_routes(app, certificates)
     register_certificate_metrics(engine.metrics.registry, certificates.store)
     outbound = OutboundPolicy.parse(settings.allow_outbound)

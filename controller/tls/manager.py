@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from controller.errors import ConflictingState, InvalidInput, TooLarge
@@ -54,6 +55,8 @@ from controller.runtime.parse import (
     ssl_transaction_owner,
 )
 from controller.tls.crtlist import CrtList, CrtListChanges, crt_list_changes
+from controller.tls.files import read_certificate, restore_file, write_crt_list
+from controller.tls.listplan import CrtListPlan
 from controller.tls.pem import CertificateBundle, CertificateInfo
 from controller.tls.store import CertificateStore
 
@@ -80,6 +83,13 @@ def _first_line(reply: str) -> str:
     return lines[0] if lines else "(empty reply)"
 
 
+def _reason(reply: str) -> str:
+    """HAProxy's words after its "Inserting certificate …" progress line, if any."""
+    lines = [line for line in reply_message(reply).splitlines() if line.strip()]
+    words = [line for line in lines if not line.startswith("Inserting certificate")]
+    return " ".join(words) or "(empty reply)"
+
+
 class CertificateManager:
     """The engine-facing part: store first, then the running HAProxy, both or neither."""
 
@@ -99,7 +109,9 @@ class CertificateManager:
 
     def payloads(self, name: str, bundle: CertificateBundle) -> list[Command]:
         """The `set ssl cert` commands for `bundle`: one if it fits the CLI buffer, else two."""
-        path = str(self.store.path(name))
+        return self._payloads_at(str(self.store.path(name)), bundle)
+
+    def _payloads_at(self, path: str, bundle: CertificateBundle) -> list[Command]:
         whole = set_ssl_cert(path, bundle.pem.rstrip("\n"))
         if fits_cli_buffer(whole, self.bufsize):
             return [whole]
@@ -252,8 +264,87 @@ class CertificateManager:
             changes = crt_list_changes(desired, observed)
             if changes.default_changed:
                 return changes
-            for cert, sni in changes.add:
-                await self.runtime.execute(add_ssl_crt_list(crt_list, cert, sni))
-            for cert, line in changes.delete:
-                await self.runtime.execute(del_ssl_crt_list(crt_list, cert, line))
+            await self._edit_list(self.runtime, crt_list, changes)
         return changes
+
+    # ---- gateways' crt-lists (`controller.tls.listplan`) ------------------------
+
+    def loadable(self, path: str, field: str) -> list[Command]:
+        """The commands that load the certificate file `path` into HAProxy: InvalidInput
+        (naming `field`) or TooLarge if it could not be, before anything is stored."""
+        bundle = read_certificate(path, field)
+        return self._payloads_at(path, bundle)
+
+    async def apply_lists(self, plans: Sequence[CrtListPlan]) -> None:
+        """Bring gateways' crt-lists to their planned content, file and live list.
+
+        Under the certificate lock, and with the certificates HAProxy holds read again: a
+        certificate another list dropped meanwhile is loaded again, not assumed. A failure
+        brings that list back to the lines it had (added lines deleted, deleted ones added
+        back, certificates it loaded forgotten) and its file to its old text, and is raised.
+        """
+        if self.runtime is None or not plans:
+            return
+        async with self._lock:
+            for plan in plans:
+                await self._apply_list(self.runtime, plan)
+
+    async def _apply_list(self, runtime: RuntimeClient, plan: CrtListPlan) -> None:
+        previous = write_crt_list(plan.crt_list, plan.text)
+        loaded: list[str] = []
+        try:
+            listing = await self._abort_open("left open")
+            for cert in dict.fromkeys(cert for cert, _ in plan.changes.add):
+                if cert not in listing.files:
+                    bundle = read_certificate(cert, "tls.certificates")
+                    await self._push(cert, bundle, self._payloads_at(cert, bundle))
+                    loaded.append(cert)
+            await self._edit_list(runtime, plan.crt_list, plan.changes)
+        except BaseException:
+            restore_file(plan.crt_list, previous)
+            try:
+                await self._bring_back(runtime, plan, loaded)
+            except (RuntimeApiError, ConflictingState) as exc:  # the first error is the news
+                log.error("crt-list %s not brought back: %s", plan.crt_list, exc)
+            raise
+        await self._unload(runtime, plan.unload)
+
+    async def _edit_list(
+        self, runtime: RuntimeClient, crt_list: str, changes: CrtListChanges
+    ) -> None:
+        """Adds first (a name is answered at every moment), then deletes, each by its line
+        number (2.6.12 keeps an entry's number: a deletion renumbers nothing)."""
+        commands = [add_ssl_crt_list(crt_list, cert, sni) for cert, sni in changes.add]
+        commands += [del_ssl_crt_list(crt_list, cert, line) for cert, line in changes.delete]
+        for cmd in commands:
+            try:
+                reply = await runtime.execute(cmd)
+            except CommandError as exc:
+                reply = exc.reply
+            else:  # an add failing while it builds the contexts says so after a plain line
+                if cmd.payload is None or ssl_commit_succeeded(reply):
+                    continue
+            raise ConflictingState(
+                f"HAProxy refused to change the crt-list {crt_list}: {_reason(reply)}",
+                [{"field": "tls.certificates", "message": "crt-list not changed"}],
+            )
+
+    async def _bring_back(
+        self, runtime: RuntimeClient, plan: CrtListPlan, loaded: list[str]
+    ) -> None:
+        live = parse_crt_list(await runtime.execute(show_ssl_crt_list(plan.crt_list)))
+        back = crt_list_changes(CrtList.of_lines(plan.before), live)
+        if not back.default_changed:
+            await self._edit_list(runtime, plan.crt_list, back)
+        await self._unload(runtime, loaded)
+
+    async def _unload(self, runtime: RuntimeClient, certificates: Sequence[str]) -> None:
+        """`del ssl cert` for each certificate no crt-list uses any more (best effort: an
+        unused certificate HAProxy keeps only costs memory, and goes at the next reload)."""
+        for cert in certificates:
+            try:
+                details = parse_ssl_cert(await runtime.execute(show_ssl_cert(cert)))
+                if details.status == "Unused":
+                    await runtime.execute(del_ssl_cert(cert))
+            except (CommandError, ValueError) as exc:
+                log.warning("certificate %s left loaded in HAProxy: %s", cert, exc)

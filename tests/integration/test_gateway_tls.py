@@ -20,11 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
 
 from tests.integration.conftest import addresses
 from tests.support import BackendProcess
-from tests.support.certs import Authority, Issued
+from tests.support.certs import Authority, Issued, served_serial
 from tests.support.ports import free_port
 from tests.support.stack import Stack, running_stack
 from tests.support.stats import assert_share
@@ -53,16 +52,7 @@ class Site:
 
     async def served_serial(self, sni: str | None) -> int:
         """The serial of the certificate a fresh handshake gets (not verified: any name)."""
-        context = self.trust()
-        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        _, writer = await asyncio.open_connection(
-            "127.0.0.1", self.port, ssl=context, server_hostname=sni
-        )
-        try:
-            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-        finally:
-            writer.transport.abort()
-        return int(x509.load_der_x509_certificate(der).serial_number)
+        return await served_serial(self.port, sni)
 
     def serial(self, name: str) -> int:
         return int(self.issued[name].cert.serial_number)

@@ -30,11 +30,13 @@ from controller.api.certificates import add_certificate_routes
 from controller.api.connections import LIMITS, ApiLimits
 from controller.api.errors import translator
 from controller.api.security import ACCESS, Access, HostPolicy, access_middleware
+from controller.errors import ConflictingState, InvalidInput
 from controller.runtime import commands as c
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import TransientError
-from controller.runtime.parse import parse_proc, parse_ssl_cert_list
-from controller.tls.crtlist import CrtList, render_crt_list
+from controller.runtime.parse import parse_crt_list, parse_proc, parse_ssl_cert_list
+from controller.tls.crtlist import CrtList, CrtListChanges, render_crt_list
+from controller.tls.listplan import CrtListPlan
 from controller.tls.manager import CertificateManager
 from controller.tls.pem import parse_bundle
 from controller.tls.store import CertificateStore
@@ -119,6 +121,9 @@ class Site:
         finally:
             writer.transport.abort()  # no close_notify exchange: only the handshake matters
         return f"{x509.load_der_x509_certificate(der).serial_number:X}"
+
+    def stored_list(self) -> str:
+        return Path(self.crt_list).read_text()
 
     def stored(self, name: str) -> str | None:
         path = Path(self.path(name))
@@ -410,3 +415,49 @@ async def test_unreachable_haproxy_changes_nothing(
     with pytest.raises(TransientError):  # the API answers 503
         await manager.install("a", parse_bundle(ca.issue("a.test").pem))
     assert store.read("a").info.serial == issued["a"].serial
+
+
+def _live_lines(site: Site) -> str:
+    return admin_command(Path(site.haproxy.admin), f"show ssl crt-list -n {site.crt_list}")
+
+
+async def test_a_list_change_failing_midway_leaves_the_previous_list(site: Site) -> None:
+    """`apply_lists` on a real HAProxy: the certificate is loaded and its line added, then a
+    deletion HAProxy refuses: the added line is deleted again, the loaded certificate
+    forgotten, the file put back, no transaction left open; 409 with HAProxy's words."""
+    before, file_before, reloads = _live_lines(site), site.stored_list(), site.reloads()
+    leaf = site.ca.issue("c.test")
+    site.store.put("c", parse_bundle(leaf.pem))  # on disk only: HAProxy does not hold it
+    c_path = site.path("c")
+    observed = parse_crt_list(before)
+    desired = site.desired(**{"c.test": "c"})
+    changes = CrtListChanges(((c_path, "c.test"),), ((site.path("a"), 99),), False)
+    plan = CrtListPlan(
+        site.crt_list,
+        desired,
+        tuple((line.cert, line.filters) for line in observed),
+        changes,
+        load=(c_path,),
+    )
+    with pytest.raises(ConflictingState) as caught:
+        await site.manager.apply_lists([plan])
+    assert "crt-list" in caught.value.message  # 409: the API maps ConflictingState
+    assert _live_lines(site) == before
+    assert c_path not in admin_command(Path(site.haproxy.admin), "show ssl cert")
+    assert site.stored_list() == file_before
+    assert site.open_transactions() == ()
+    default = site.issued["main"].serial
+    assert await site.served_serial("c.test", verify=False) == default
+    assert site.reloads() == reloads
+
+    # one certificate loaded, the next one unreadable: the first is forgotten again
+    d_path = str(Path(c_path).with_name("missing.pem"))
+    loads = CrtListChanges(((c_path, "c.test"), (d_path, "d.test")), (), False)
+    plan = CrtListPlan(site.crt_list, desired, plan.before, loads, load=(c_path, d_path))
+    with pytest.raises(InvalidInput) as refused:
+        await site.manager.apply_lists([plan])
+    assert refused.value.problems[0]["field"] == "tls.certificates"
+    assert _live_lines(site) == before
+    assert c_path not in admin_command(Path(site.haproxy.admin), "show ssl cert")
+    assert site.open_transactions() == ()
+    site.store.delete("c")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import ssl
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -117,3 +119,18 @@ class Authority:
             .sign(self.issuer_key, hashes.SHA256())
         )
         return Issued(cert, leaf_key, list(self.chain))
+
+
+async def served_serial(port: int, sni: str | None) -> int:
+    """The serial of the certificate a fresh TLS handshake on 127.0.0.1:`port` gets for `sni`
+    (not verified: any name, any issuer)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname=sni
+    )
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.transport.abort()  # no close_notify exchange: only the handshake matters
+    return int(x509.load_der_x509_certificate(der).serial_number)

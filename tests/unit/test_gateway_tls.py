@@ -16,7 +16,7 @@ from controller.desired import Desired
 from controller.errors import InvalidInput
 from controller.model import Config, Gateway, validation_problems
 from controller.plan import Observed, plan_changes, render_plan
-from controller.render import RenderSettings
+from controller.render import RenderSettings, Section
 
 CERTS = "/state/certs"
 SETTINGS = RenderSettings(admin_socket="/state/admin.sock", cert_dir=CERTS, cert_paths=("/pki",))
@@ -154,21 +154,25 @@ def test_two_gateways_on_a_tls_bind_share_one_bind_line_the_default_first_by_nam
     assert f"http-request redirect location {location} code 301" in redirect
 
 
-def test_a_crt_list_is_named_by_its_content() -> None:
-    def layout_of(certificates: list[str]) -> tuple[str, str]:
-        config = Config.model_validate(
-            {"gateways": {"g": gateway(tls={"certificates": certificates})}}
-        )
+def test_a_crt_list_has_one_name_and_only_its_default_is_structure() -> None:
+    def section_of(certificates: list[str], default: str | None = None) -> Section:
+        tls: dict[str, object] = {"certificates": certificates}
+        if default:
+            tls["default"] = default
+        config = Config.model_validate({"gateways": {"g": gateway(tls=tls)}})
         plan = plan_changes(config, NOTHING, "/state/maps", SETTINGS)
-        section = plan.sections[0]
-        assert section.layout.tls is not None
-        return section.layout.tls.crt_list, section.layout.tls.text
+        return plan.sections[0]
 
-    first, text = layout_of(["a", "/pki/b.pem"])
-    assert text == f"{CERTS}/a.pem\n/pki/b.pem\n"
-    again, _ = layout_of(["a", "/pki/b.pem"])
-    other, other_text = layout_of(["/pki/b.pem", "a"])
-    assert first == again and other != first and other_text.startswith("/pki/b.pem\n")
+    first = section_of(["a", "/pki/b.pem"])
+    assert first.layout.tls is not None
+    assert first.layout.tls.crt_list == f"{CERTS}/g.crt-list"
+    assert first.layout.tls.text == f"{CERTS}/a.pem\n/pki/b.pem\n"
+    more = section_of(["a", "/pki/b.pem", "c"])
+    fewer = section_of(["a"])
+    assert more.layout.tls is not None and more.layout.tls.crt_list == first.layout.tls.crt_list
+    # the other certificates change live: same structure; the default only with a reload
+    assert first.fingerprint == more.fingerprint == fewer.fingerprint
+    assert section_of(["a", "/pki/b.pem"], "/pki/b.pem").fingerprint != first.fingerprint
 
 
 def test_shared_binds_must_agree_on_tls() -> None:

@@ -211,6 +211,7 @@ async def test_a_new_default_reloads_and_unused_crt_lists_are_removed(site: Site
     assert not legacy.exists(), "a crt-list nothing names is removed after the reload"
     assert (site.certs / "moved.crt-list").exists() and (site.certs / "first.pem").exists()
 
+    site.put("kept", site.gateway(free_port(), ["first"]))
     response = site.stack.request("DELETE", "/api/v1/gateways/moved")
     assert response.status == 200, response.body
     wait_until(
@@ -218,7 +219,7 @@ async def test_a_new_default_reloads_and_unused_crt_lists_are_removed(site: Site
         10,
         "the removed gateway's crt-list to go",
     )
-    assert (site.certs / "added.crt-list").exists()  # another gateway's: still named
+    assert (site.certs / "kept.crt-list").exists()  # another gateway's: still named
 
 
 async def test_a_restarted_controller_adopts_the_live_list_and_repairs_drift(

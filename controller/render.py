@@ -107,6 +107,9 @@ def _render_global(settings: RenderSettings) -> list[str]:
         "global",
         f"    stats socket {settings.admin_socket} mode 600 level admin expose-fd listeners",
         "    noreuseport",  # a port already in use fails loudly instead of being shared
+        # every slot carries `check`, and HAProxy counts an FD per checked server: at
+        # 100,000 slots it asks for more than a usual hard limit and 2.6 would not start
+        "    no strict-limits",
         f"    hard-stop-after {settings.hard_stop_after}",
         f"    mworker-max-reloads {settings.max_reloads}",
         "",

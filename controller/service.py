@@ -347,6 +347,8 @@ async def _serve(
         store.discard()
         paths.rollouts.unlink(missing_ok=True)
     engine = build_engine(settings, paths, store)
+    health = HealthWatch(engine)
+    health.remember()  # routes down and drains from before a restart, before the first plan
     first = await fleet.first_snapshot(config) if fleet else None
     gc.disable()  # start-up builds a million objects that all live: no collection meanwhile
     try:
@@ -386,7 +388,7 @@ async def _serve(
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
         asyncio.create_task(rollouts.run() if fleet is None else fleet.run_rollouts()),
         asyncio.create_task(certificates_forever(certificates, settings.sync_interval or 5.0)),
-        asyncio.create_task(HealthWatch(engine).run()),
+        asyncio.create_task(health.run()),
         asyncio.create_task(names.run()),
     ]
     if ready is not None:

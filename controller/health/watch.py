@@ -14,8 +14,15 @@ pipelined round trip) and then, level-based:
   (`on_route_down: redistribute`, a live map swap), and comes back with them;
 - exports healthy/total instances per route.
 
-Gateways are visited a slice at a time (`reconcile.schedule`): every gateway within
-`period`, at most `PER_SECOND` of them a second.
+Which gateways to visit, so that the cost is that of what changed (issue 11), not of every
+server: HAProxy's log says which backends had a server change state (`events`), looked at
+every `TICK`; gateways with a draining slot are visited every second; a gateway whose plan or
+desired state changed, and after a reload every gateway with a connection limit, at the next
+tick. A slow sweep visits every gateway anyway (`SWEEP_PER_SECOND` a second, or `PER_SECOND`
+when HAProxy's log is not ours to read: attached mode), in case a line was missed.
+
+What it knows that HAProxy does not say back (routes down, drain start times) is kept in
+`<state-dir>/health.json` (`memory`) for a restarted controller.
 """
 
 from __future__ import annotations
@@ -23,34 +30,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from controller.applied import RouteHealth, route_health
+from controller.health import memory
 from controller.health.decide import drain_progress, refused_ejections
+from controller.health.events import LogTail, changed_backends
+from controller.health.stat import parse_servers
 from controller.model import Gateway
-from controller.reconcile import WorkQueue, schedule
+from controller.reconcile import WorkQueue
 from controller.runtime import commands
 from controller.runtime.commands import Command
-from controller.runtime.parse import ServerHealth, is_error_reply, parse_server_health
+from controller.runtime.parse import ServerHealth, is_error_reply
 
 if TYPE_CHECKING:
+    from controller.apply import Loaded
     from controller.engine import Engine
     from controller.plan import GatewayPlan
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PERIOD = 1.0
-"""Seconds within which every gateway is visited (small states); see `HealthWatch.period`."""
+TICK = 0.2
+"""Seconds between looks at HAProxy's log: bounds how long after HAProxy takes a route's last
+instance out the watch moves its share (plus one gateway's read and map swap)."""
+DRAIN_EVERY = 1.0
+"""Seconds between visits of a gateway with a draining slot (sessions end without a line)."""
+NOTICE_EVERY = 1.0
+"""Seconds between looks at which gateways' plans or desired states changed (sooner when a
+line names a backend not known yet, or after a reload)."""
 PER_SECOND = 10
-"""Gateways read per second at most. A visit (a `show stat` per pool backend, parsed) costs
-about 5 ms of the controller's CPU for a gateway of 10 routes × 10 instances (measured with
-`bench.scale --sizes 100`: idle CPU 3.8 % of a core without the watch, 17 % at 25 visits a
-second, 24 % at 100). Above 10 gateways a round takes longer than a second: 10 s at 100,
-100 s at 1,000. HAProxy's own checks still take a failed instance out at once; this pace
-bounds how soon a whole route's share moves, an ejection beyond the cap is put back, a drain
-ends, a `maxconn` is put back after a reload."""
+"""Gateways swept a second without HAProxy's log (attached mode). A visit (a `show stat` per
+backend, parsed) costs about 3 ms of the controller's CPU for 10 routes × 10 instances."""
+SWEEP_PER_SECOND = 3
+"""Gateways swept a second when HAProxy's log says what changed: the sweep only repairs a
+missed line (every gateway within 333 s at 1,000 gateways, ~1 % of a core)."""
+CHUNK = 50
+"""Gateways read in one round trip."""
 
 
 def routes_health(
@@ -106,28 +123,115 @@ def plan_pass(
 
 
 class HealthWatch:
-    """Visits every gateway HAProxy runs, a slice at a time (see the module's docstring)."""
+    """Visits the gateways whose servers changed (see the module's docstring)."""
 
-    def __init__(self, engine: Engine, period: float = DEFAULT_PERIOD) -> None:
+    def __init__(self, engine: Engine, period: float = 1.0) -> None:
         self.engine = engine
         self.period = period
-        self._draining: dict[str, dict[tuple[str, str], float]] = {}
-        """Per gateway, when each of its draining slots was first seen draining."""
+        """Seconds within which the sweep visits every gateway, at least."""
+        paths = engine.process.paths
+        self.events = None if paths.attached else LogTail(paths.log)
+        self.file = paths.root / memory.FILE
+        self._draining: memory.Drains = {}
+        """Per gateway, when each of its draining slots was first seen draining (wall clock)."""
         self._queue = WorkQueue()
+        self._due: set[str] = set()
+        """Gateways to visit at the next tick."""
+        self._seen: dict[str, tuple[GatewayPlan, Gateway | None, Hashable]] = {}
+        """Each gateway's plan, desired state and `health_key` as last noticed."""
+        self._owner: dict[str, str] = {}
+        """Backend → the gateway whose plan has it."""
+        self._loaded: Loaded | None = None
+        self._remembered = ""
+        self._swept: float | None = None
+        self._credit = 0.0
+        """Gateways the sweep owes (fractions carried to the next tick)."""
+        self._drained = 0.0
+        self._noticed = -NOTICE_EVERY
+
+    def remember(self) -> None:
+        """Routes down and drains as the last controller left them (`memory`): call before
+        the engine's first plan, so a restart gives no share back to a route still down."""
+        found = memory.load(self.file)
+        self.engine.down.update({g: r for g, r in found.down.items() if r})
+        self._draining = found.draining
+        self._remembered = found.as_json()
+        if found.down:
+            log.info("routes down before the restart: %s", found.as_json())
 
     async def run(self) -> None:
+        """Every gateway is visited at the first tick (nothing seen yet), then as they change."""
         while True:
-            gateways = len(self.engine.desired.records)
-            period = max(self.period, gateways / PER_SECOND)
-            tick, count = schedule(period, gateways)
-            await asyncio.sleep(tick)  # the watch's pace, not synchronisation
-            names = self._queue.take(self.engine, count)
+            await asyncio.sleep(TICK)  # the watch's pace, not synchronisation
             try:
-                await self.visit(names)
+                await self.tick(time.monotonic())
             except Exception as exc:  # HAProxy away or reloading: the next tick retries
                 log.debug("health watch: %s", exc)
 
+    async def tick(self, now: float) -> None:
+        """One look: what changed since the last one, then the visits it calls for."""
+        lines = self.events.read() if self.events else None
+        backends = changed_backends(lines or "")
+        if (
+            now - self._noticed >= NOTICE_EVERY
+            or self.engine.applier.loaded is not self._loaded
+            or not backends.issubset(self._owner)
+        ):
+            self._noticed = now
+            self._notice_plans()
+        self._due.update(self._owner[b] for b in backends if b in self._owner)
+        if now - self._drained >= DRAIN_EVERY:
+            self._drained = now
+            self._due.update(name for name, slots in self._draining.items() if slots)
+        pace = PER_SECOND if lines is None else SWEEP_PER_SECOND
+        gateways = len(self.engine.desired.records)
+        if self._swept is not None:  # the sweep: every gateway within `period`, at most `pace`
+            self._credit += (now - self._swept) * min(pace, gateways / self.period)
+        self._swept = now
+        sweep = int(self._credit)
+        self._credit -= sweep
+        if sweep:
+            self._due.update(self._queue.take(self.engine, sweep))
+        due = sorted(self._due)
+        for start in range(0, len(due), CHUNK):
+            chunk = due[start : start + CHUNK]
+            await self.visit(chunk)
+            self._due.difference_update(chunk)  # what a failure leaves is due at the next tick
+        await self._keep()
+
+    def _notice_plans(self) -> None:
+        """Gateways to visit because they changed: new, another plan with other backends,
+        other instances or health settings (not a weight change: nothing to read), a reload
+        that dropped live `maxconn` values; gateways gone are forgotten."""
+        engine = self.engine
+        reloaded = engine.applier.loaded is not self._loaded
+        self._loaded = engine.applier.loaded
+        for name, plan in engine.plans.items():
+            gateway = engine.desired.get(name)
+            seen = self._seen.get(name)
+            if seen is not None and seen[0] is plan and seen[1] is gateway:
+                if reloaded and gateway is not None and _limits_connections(gateway):
+                    self._due.add(name)  # a reload starts slots without their live `maxconn`
+                continue
+            key = health_key(gateway)
+            if seen is None or seen[2] != key or _backends(seen[0]) != _backends(plan):
+                self._due.add(name)
+                self._index(name, seen[0] if seen else None, plan)
+            self._seen[name] = (plan, gateway, key)
+        for name in [n for n in self._seen if n not in engine.plans]:
+            self._index(name, self._seen.pop(name)[0], None)
+            self._draining.pop(name, None)
+            engine.down.pop(name, None)
+
+    def _index(self, name: str, old: GatewayPlan | None, new: GatewayPlan | None) -> None:
+        for backend in _backends(old) if old else ():
+            if self._owner.get(backend) == name:
+                del self._owner[backend]
+        for backend in _backends(new) if new else ():
+            self._owner[backend] = name
+
     async def visit(self, names: Sequence[str]) -> None:
+        """Read the servers of these gateways (one round trip) and act on what they show."""
         engine = self.engine
         ready = [
             (name, plan, gateway)
@@ -137,15 +241,9 @@ class HealthWatch:
             and not plan.needs_reload
             and (gateway := engine.desired.get(name)) is not None
         ]
-        for name in [n for n in self._draining if n not in engine.desired.records]:
-            self._draining.pop(name, None)
-            engine.down.pop(name, None)
         if not ready:
             return
-        backends = [
-            [b.name for b in plan.section.layout.backends] if plan.section else []
-            for _, plan, _ in ready
-        ]
+        backends = [_backends(plan) for _, plan, _ in ready]
         replies = iter(
             await engine.runtime.execute_many(
                 [
@@ -161,7 +259,7 @@ class HealthWatch:
             for backend in backend_names:
                 reply = next(replies)
                 if not is_error_reply(reply):
-                    servers[backend] = parse_server_health(reply)
+                    servers[backend] = parse_servers(reply)
             await self._apply(name, gateway, plan, servers)
 
     async def _apply(
@@ -173,7 +271,9 @@ class HealthWatch:
     ) -> None:
         engine = self.engine
         draining = self._draining.setdefault(name, {})
-        found = plan_pass(gateway, plan, servers, draining, time.monotonic())
+        found = plan_pass(gateway, plan, servers, draining, time.time())
+        if not draining:
+            del self._draining[name]
         if found.commands:
             await engine.runtime.execute_many(found.commands, check=False)
         for slot in found.parked:
@@ -185,3 +285,34 @@ class HealthWatch:
         engine.metrics.set_route_health(name, found.health)
         down = frozenset(route for route, health in found.health.items() if health.down)
         await engine.routes_down(name, down)
+
+    async def _keep(self) -> None:
+        """Write `health.json` when what it holds changed (rarely: a route down or up, a
+        drain started or ended)."""
+        remembered = memory.Remembered(
+            dict(self.engine.down), {g: dict(s) for g, s in self._draining.items()}
+        )
+        text = remembered.as_json()
+        if text != self._remembered:
+            await asyncio.to_thread(memory.save, self.file, remembered)
+            self._remembered = text
+
+
+def _backends(plan: GatewayPlan) -> list[str]:
+    return [b.name for b in plan.section.layout.backends] if plan.section else []
+
+
+def health_key(gateway: Gateway | None) -> Hashable:
+    """What of a gateway the watch acts on: a change of anything else (weights) needs no
+    visit."""
+    if gateway is None:
+        return None
+    return tuple(
+        (name, r.instances, r.names, r.health_check, r.outlier_ejection, r.max_connections,
+         r.drain_timeout)
+        for name, r in gateway.routes.items()
+    )  # fmt: skip
+
+
+def _limits_connections(gateway: Gateway) -> bool:
+    return any(route.max_connections is not None for route in gateway.routes.values())

@@ -120,6 +120,9 @@ class RunSettings:
     """Bind every gateway on this address, same port (`--bind-host`)."""
     dns_servers: tuple[tuple[str, int], ...] = ()
     """Name servers for instance names (`--dns-server`); empty: the system's."""
+    health_watch: bool = True
+    """False (`--no-health-watch`): no route-down redistribution, ejection cap, drain end or
+    live `maxconn`; only for measuring what the watch costs (`bench.health`)."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -388,7 +391,7 @@ async def _serve(
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
         asyncio.create_task(rollouts.run() if fleet is None else fleet.run_rollouts()),
         asyncio.create_task(certificates_forever(certificates, settings.sync_interval or 5.0)),
-        asyncio.create_task(health.run()),
+        *([asyncio.create_task(health.run())] if settings.health_watch else []),
         asyncio.create_task(names.run()),
     ]
     if ready is not None:

@@ -67,7 +67,7 @@ SWEEP_PER_SECOND = 3
 """Gateways swept a second when HAProxy's log says what changed: the sweep only repairs a
 missed line (every gateway within 333 s at 1,000 gateways, ~1 % of a core)."""
 CHUNK = 50
-"""Gateways read in one round trip."""
+"""Gateways read in one round trip; at most this many a tick besides the urgent ones."""
 
 
 def routes_health(
@@ -135,8 +135,11 @@ class HealthWatch:
         self._draining: memory.Drains = {}
         """Per gateway, when each of its draining slots was first seen draining (wall clock)."""
         self._queue = WorkQueue()
+        self._urgent: set[str] = set()
+        """Gateways to visit at the next tick: HAProxy's log named them, or they drain."""
         self._due: set[str] = set()
-        """Gateways to visit at the next tick."""
+        """Gateways to visit soon (changed, reloaded, swept): `CHUNK` a tick after the
+        urgent ones, so that a first look at thousands never delays a route going down."""
         self._seen: dict[str, tuple[GatewayPlan, Gateway | None, Hashable]] = {}
         """Each gateway's plan, desired state and `health_key` as last noticed."""
         self._owner: dict[str, str] = {}
@@ -179,10 +182,10 @@ class HealthWatch:
         ):
             self._noticed = now
             self._notice_plans()
-        self._due.update(self._owner[b] for b in backends if b in self._owner)
+        self._urgent.update(self._owner[b] for b in backends if b in self._owner)
         if now - self._drained >= DRAIN_EVERY:
             self._drained = now
-            self._due.update(name for name, slots in self._draining.items() if slots)
+            self._urgent.update(name for name, slots in self._draining.items() if slots)
         pace = PER_SECOND if lines is None else SWEEP_PER_SECOND
         gateways = len(self.engine.desired.records)
         if self._swept is not None:  # the sweep: every gateway within `period`, at most `pace`
@@ -192,11 +195,14 @@ class HealthWatch:
         self._credit -= sweep
         if sweep:
             self._due.update(self._queue.take(self.engine, sweep))
-        due = sorted(self._due)
-        for start in range(0, len(due), CHUNK):
-            chunk = due[start : start + CHUNK]
+        urgent = sorted(self._urgent)
+        for start in range(0, len(urgent), CHUNK):
+            chunk = urgent[start : start + CHUNK]
             await self.visit(chunk)
-            self._due.difference_update(chunk)  # what a failure leaves is due at the next tick
+            self._urgent.difference_update(chunk)  # a failure leaves the rest for the next tick
+        chunk = sorted(self._due - set(urgent))[:CHUNK]
+        await self.visit(chunk)
+        self._due.difference_update(chunk, urgent)
         await self._keep()
 
     def _notice_plans(self) -> None:

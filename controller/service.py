@@ -34,6 +34,7 @@ from controller.errors import InvalidInput, WeighbridgeError
 from controller.fleet.api import add_fleet_routes
 from controller.fleet.rollouts import add_fleet_rollouts
 from controller.fleet.run import Fleet, FleetSettings
+from controller.health import memory as health_memory
 from controller.health.watch import HealthWatch
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
@@ -349,6 +350,7 @@ async def _serve(
     if settings.reseed and isinstance(store, FileStore):
         store.discard()
         paths.rollouts.unlink(missing_ok=True)
+        (paths.root / health_memory.FILE).unlink(missing_ok=True)
     engine = build_engine(settings, paths, store)
     health = HealthWatch(engine)
     health.remember()  # routes down and drains from before a restart, before the first plan

@@ -144,7 +144,8 @@ class HealthWatch:
         """Each gateway's plan, desired state and `health_key` as last noticed."""
         self._owner: dict[str, str] = {}
         """Backend → the gateway whose plan has it."""
-        self._loaded: Loaded | None = None
+        self._loaded: tuple[Loaded, int] | None = None
+        """What HAProxy last loaded and its restarts: another value, its slots start anew."""
         self._remembered = ""
         self._swept: float | None = None
         self._credit = 0.0
@@ -177,7 +178,7 @@ class HealthWatch:
         backends = changed_backends(lines or "")
         if (
             now - self._noticed >= NOTICE_EVERY
-            or self.engine.applier.loaded is not self._loaded
+            or self._restarted()
             or not backends.issubset(self._owner)
         ):
             self._noticed = now
@@ -210,8 +211,8 @@ class HealthWatch:
         other instances or health settings (not a weight change: nothing to read), a reload
         that dropped live `maxconn` values; gateways gone are forgotten."""
         engine = self.engine
-        reloaded = engine.applier.loaded is not self._loaded
-        self._loaded = engine.applier.loaded
+        reloaded = self._restarted()
+        self._loaded = (engine.applier.loaded, engine.state.haproxy_restarts)
         for name, plan in engine.plans.items():
             gateway = engine.desired.get(name)
             seen = self._seen.get(name)
@@ -228,6 +229,12 @@ class HealthWatch:
             self._index(name, self._seen.pop(name)[0], None)
             self._draining.pop(name, None)
             engine.down.pop(name, None)
+
+    def _restarted(self) -> bool:
+        """HAProxy reloaded or restarted since the last notice (a new `Loaded` each time)."""
+        loaded, restarts = self._loaded or (None, None)
+        engine = self.engine
+        return engine.applier.loaded is not loaded or engine.state.haproxy_restarts != restarts
 
     def _index(self, name: str, old: GatewayPlan | None, new: GatewayPlan | None) -> None:
         for backend in _backends(old) if old else ():

@@ -66,6 +66,7 @@ class Engine:
         paths: Any = type("Paths", (), {"root": root, "log": log, "attached": False})
         self.process: Any = type("Process", (), {"paths": paths})
         self.applier: Any = type("Applier", (), {"loaded": object()})
+        self.state: Any = type("State", (), {"haproxy_restarts": 0})
         self.metrics: Any = type("Metrics", (), {"set_route_health": lambda *_: None})
         for name in self.desired.gateways:
             self.replan(name)

@@ -16,9 +16,10 @@ pipelined round trip) and then, level-based:
 
 Which gateways to visit, so that the cost is that of what changed (issue 11), not of every
 server: HAProxy's log says which backends had a server change state (`events`), looked at
-every `TICK`; gateways with a draining slot are visited every second; a gateway whose plan or
-desired state changed, and after a reload every gateway with a connection limit, at the next
-tick. A slow sweep visits every gateway anyway (`SWEEP_PER_SECOND` a second, or `PER_SECOND`
+every `TICK`, and those gateways are visited first; gateways with a draining slot every
+second; soon after (`CHUNK` a tick) a new gateway, one whose instances, health settings or
+backends changed (not its weights), and after a reload or a restart of HAProxy every gateway
+with a connection limit. A slow sweep visits every gateway anyway (`SWEEP_PER_SECOND` a second, or `PER_SECOND`
 when HAProxy's log is not ours to read: attached mode), in case a line was missed.
 
 What it knows that HAProxy does not say back (routes down, drain start times) is kept in

@@ -19,7 +19,7 @@ checks rather than the controller). Every row is repeated `--repeats` times:
 
 Ratios: each row at N gateways / at the first size, and idle CPU with / without the watch.
 Run: `.venv/bin/python -m bench.health [--sizes 1,1000] [--repeats 5] [--idle-seconds 20]
-[--port-base 23000]`; Markdown on stdout, progress on stderr; every process is stopped.
+[--port-base 5500]`; Markdown on stdout, progress on stderr; every process is stopped.
 """
 
 from __future__ import annotations
@@ -216,7 +216,8 @@ def rollback_rows(base: str, shop: Shop, pool: Backends, repeats: int) -> dict[s
     return rows
 
 
-def idle_cpu(pid: int, seconds: float) -> float:
+def idle_cpu(pid: int, seconds: float, settle: float) -> float:
+    time.sleep(settle)  # a controller just started finishes its first rounds first
     cpu, started = cpu_seconds(pid), time.monotonic()
     time.sleep(seconds)  # the measuring window
     return (cpu_seconds(pid) - cpu) / (time.monotonic() - started) * 100
@@ -243,12 +244,12 @@ def measure(count: int, pool: Backends, args: argparse.Namespace) -> dict[str, l
                 log(f"[{count}] canary failing checks → rolled back")
                 rows.update(rollback_rows(stack.api, shop, pool, args.repeats))
                 log(f"[{count}] idle CPU, watch on")
-                rows["idle_on"] = [idle_cpu(stack.pid, args.idle_seconds)]
+                rows["idle_on"] = [idle_cpu(stack.pid, args.idle_seconds, args.settle)]
                 stats = stack.stats
             log(f"[{count}] idle CPU, watch off (a controller adopting the same HAProxy)")
             with controller(tmp, None, extra_args=[*extra, "--no-health-watch"], stats=stats,
                             startup_timeout=args.startup_timeout) as off:  # fmt: skip
-                rows["idle_off"] = [idle_cpu(off.pid, args.idle_seconds)]
+                rows["idle_off"] = [idle_cpu(off.pid, args.idle_seconds, args.settle)]
         finally:
             stop_pidfile(tmp / "state" / "haproxy.pid")
     return rows
@@ -303,7 +304,9 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=10, help="filler instances (10)")
     parser.add_argument("--repeats", type=int, default=5, help="per row (5)")
     parser.add_argument("--idle-seconds", type=float, default=20.0, help="(20)")
-    parser.add_argument("--port-base", type=int, default=23000, help="first bind port (23000)")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds before (10)")
+    # below 10,000: the tests pick theirs in 10,000-32,767 (tests/support/ports.py)
+    parser.add_argument("--port-base", type=int, default=5500, help="first bind port (5500)")
     parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds (600)")
     parser.add_argument("--tmp-root", default="/tmp")
     args = parser.parse_args()

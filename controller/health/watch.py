@@ -1,8 +1,8 @@
 """The controller's half of instance health: what HAProxy's checks cannot do by themselves.
 
 HAProxy checks every slot and takes a failing instance out of its backend on its own. A pass
-of the watch reads one gateway's servers (`show stat <backend> 4 -1` per pool backend, one
-pipelined round trip) and then, level-based:
+of the watch reads one gateway's servers (`show servers state <backend>` per backend, one
+pipelined round trip; see `stat`) and then, level-based:
 
 - puts back passive ejections beyond a route's `outlier_ejection.max_ejected`
   (`set server … health up`; `decide.refused_ejections`);
@@ -19,8 +19,10 @@ server: HAProxy's log says which backends had a server change state (`events`), 
 every `TICK`, and those gateways are visited first; gateways with a draining slot every
 second; soon after (`CHUNK` a tick) a new gateway, one whose instances, health settings or
 backends changed (not its weights), and after a reload or a restart of HAProxy every gateway
-with a connection limit. A slow sweep visits every gateway anyway (`SWEEP_PER_SECOND` a second, or `PER_SECOND`
-when HAProxy's log is not ours to read: attached mode), in case a line was missed.
+with a connection limit. A slow sweep visits every gateway anyway (`SWEEP_PER_SECOND` a
+second, or `PER_SECOND` when HAProxy's log is not ours to read: attached mode), in case a
+line was missed. A visit reads `show servers state` per backend, and `show stat` (which
+costs HAProxy a walk over every proxy) only where sessions or `maxconn` matter (`stat`).
 
 What it knows that HAProxy does not say back (routes down, drain start times) is kept in
 `<state-dir>/health.json` (`memory`) for a restarted controller.
@@ -39,7 +41,7 @@ from controller.applied import RouteHealth, route_health
 from controller.health import memory
 from controller.health.decide import drain_progress, refused_ejections
 from controller.health.events import LogTail, changed_backends
-from controller.health.stat import parse_servers
+from controller.health.stat import parse_servers, servers_from_state
 from controller.model import Gateway
 from controller.reconcile import WorkQueue
 from controller.runtime import commands
@@ -62,8 +64,9 @@ NOTICE_EVERY = 1.0
 """Seconds between looks at which gateways' plans or desired states changed (sooner when a
 line names a backend not known yet, or after a reload)."""
 PER_SECOND = 10
-"""Gateways swept a second without HAProxy's log (attached mode). A visit (a `show stat` per
-backend, parsed) costs about 3 ms of the controller's CPU for 10 routes × 10 instances."""
+"""Gateways swept a second without HAProxy's log (attached mode). A visit (`show servers
+state` per backend, parsed) costs 1–2 ms of the controller's CPU for 10 routes × 10
+instances, 0.2 ms of HAProxy's a backend."""
 SWEEP_PER_SECOND = 3
 """Gateways swept a second when HAProxy's log says what changed: the sweep only repairs a
 missed line (every gateway within 333 s at 1,000 gateways, ~1 % of a core)."""
@@ -94,16 +97,19 @@ def plan_pass(
     servers: Mapping[str, Sequence[ServerHealth]],
     draining_since: dict[tuple[str, str], float],
     now: float,
+    *,
+    limits: bool = True,
 ) -> Pass:
     """The commands of one visit (pure but for `draining_since`, the drain start times it
-    keeps: the first pass that sees a slot draining starts its clock)."""
+    keeps: the first pass that sees a slot draining starts its clock). `limits`: the
+    servers' `maxconn` was read (`show stat`), so it is checked."""
     result = Pass()
     route_of = {backend: route for route, backend in plan.bindings.items()}
     for backend, members in servers.items():
         route = gateway.routes.get(route_of.get(backend, ""))
         limit = (route.max_connections if route else None) or 0
         for server in members:
-            if (server.max_connections or 0) != limit:
+            if limits and (server.max_connections or 0) != limit:
                 result.commands.append(commands.set_server_maxconn(backend, server.server, limit))
             key = (backend, server.server)
             if server.state != "DRAIN":
@@ -145,6 +151,8 @@ class HealthWatch:
         """Each gateway's plan, desired state and `health_key` as last noticed."""
         self._owner: dict[str, str] = {}
         """Backend → the gateway whose plan has it."""
+        self._limits: set[str] = set()
+        """Gateways whose slots' `maxconn` must be read and checked at their next visit."""
         self._loaded: tuple[Loaded, int] | None = None
         """What HAProxy last loaded and its restarts: another value, its slots start anew."""
         self._remembered = ""
@@ -218,13 +226,16 @@ class HealthWatch:
             gateway = engine.desired.get(name)
             seen = self._seen.get(name)
             if seen is not None and seen[0] is plan and seen[1] is gateway:
-                if reloaded and gateway is not None and _limits_connections(gateway):
+                if reloaded and _limits_connections(gateway):
                     self._due.add(name)  # a reload starts slots without their live `maxconn`
+                    self._limits.add(name)
                 continue
             key = health_key(gateway)
             if seen is None or seen[2] != key or _backends(seen[0]) != _backends(plan):
                 self._due.add(name)
                 self._index(name, seen[0] if seen else None, plan)
+                if _limits_connections(gateway) or (seen and _limits_connections(seen[1])):
+                    self._limits.add(name)
             self._seen[name] = (plan, gateway, key)
         for name in [n for n in self._seen if n not in engine.plans]:
             self._index(name, self._seen.pop(name)[0], None)
@@ -258,23 +269,33 @@ class HealthWatch:
         if not ready:
             return
         backends = [_backends(plan) for _, plan, _ in ready]
-        replies = iter(
-            await engine.runtime.execute_many(
-                [
-                    commands.show_proxy_stat(backend, commands.STAT_SERVER)
-                    for names_ in backends
-                    for backend in names_
-                ],
-                check=False,
-            )
+        every = [backend for names_ in backends for backend in names_]
+        replies = await engine.runtime.execute_many(
+            [commands.show_servers_state(backend) for backend in every], check=False
         )
-        for (name, plan, gateway), backend_names in zip(ready, backends, strict=True):
-            servers = {}
-            for backend in backend_names:
-                reply = next(replies)
+        found = {
+            backend: servers_from_state(reply)
+            for backend, reply in zip(every, replies, strict=True)
+            if not is_error_reply(reply)
+        }
+        detail = [
+            backend
+            for (name, _, _), names_ in zip(ready, backends, strict=True)
+            for backend in names_
+            if name in self._limits or any(s.state == "DRAIN" for s in found.get(backend, ()))
+        ]
+        if detail:  # sessions, queue and `maxconn`: only `show stat` says them
+            replies = await engine.runtime.execute_many(
+                [commands.show_proxy_stat(b, commands.STAT_SERVER) for b in detail], check=False
+            )
+            for backend, reply in zip(detail, replies, strict=True):
                 if not is_error_reply(reply):
-                    servers[backend] = parse_servers(reply)
-            await self._apply(name, gateway, plan, servers)
+                    found[backend] = parse_servers(reply)
+        for (name, plan, gateway), names_ in zip(ready, backends, strict=True):
+            servers = {backend: found[backend] for backend in names_ if backend in found}
+            limits = name in self._limits
+            await self._apply(name, gateway, plan, servers, limits)
+            self._limits.discard(name)
 
     async def _apply(
         self,
@@ -282,10 +303,11 @@ class HealthWatch:
         gateway: Gateway,
         plan: GatewayPlan,
         servers: Mapping[str, Sequence[ServerHealth]],
+        limits: bool,
     ) -> None:
         engine = self.engine
         draining = self._draining.setdefault(name, {})
-        found = plan_pass(gateway, plan, servers, draining, time.time())
+        found = plan_pass(gateway, plan, servers, draining, time.time(), limits=limits)
         if not draining:
             del self._draining[name]
         if found.commands:
@@ -328,5 +350,7 @@ def health_key(gateway: Gateway | None) -> Hashable:
     )  # fmt: skip
 
 
-def _limits_connections(gateway: Gateway) -> bool:
-    return any(route.max_connections is not None for route in gateway.routes.values())
+def _limits_connections(gateway: Gateway | None) -> bool:
+    return gateway is not None and any(
+        route.max_connections is not None for route in gateway.routes.values()
+    )

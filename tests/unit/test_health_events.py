@@ -10,7 +10,7 @@ import pytest
 
 from controller.health import memory
 from controller.health.events import LogTail, changed_backends
-from controller.health.stat import parse_servers
+from controller.health.stat import parse_servers, servers_from_state
 from controller.runtime.parse import parse_server_health
 
 DATA = Path(__file__).parent.parent / "data" / "health"
@@ -93,3 +93,21 @@ def test_a_file_of_another_shape_is_left_out_and_never_echoed(
     path.write_text("SECRET-TOKEN not json")
     assert memory.load(path) == memory.Remembered()
     assert "SECRET-TOKEN" not in caplog.text and "health.json" in caplog.text
+
+
+def test_servers_state_gives_what_show_stat_gives_the_watch() -> None:
+    """Captured together from one backend of 2.6.12 (UP, parked, ejected, draining, refused,
+    `disable health`, `health stopping`): state, ejection and the time since the change."""
+    by_stat = {h.server: h for h in parse_server_health((DATA / "show_stat_26.csv").read_text())}
+    state = (DATA / "servers_state_26.txt").read_text()
+    by_state = {h.server: h for h in servers_from_state(state)}
+    assert by_state.keys() == by_stat.keys()
+    for name, health in by_state.items():
+        expected = by_stat[name]
+        assert (health.state, health.serving, health.ejected) == (
+            expected.state,
+            expected.serving,
+            expected.ejected,
+        ), name
+        assert health.check_status == expected.check_status or not expected.checked, name
+    assert servers_from_state("1\n") == [] and servers_from_state("Can't find backend.\n") == []

@@ -19,14 +19,19 @@ from controller.render import RenderSettings
 from controller.runtime.commands import Command
 
 SETTINGS = RenderSettings(admin_socket="/x/admin.sock")
-STAT = "# pxname,svname,status,type\n{backend},s1,UP,2\n"
+STATE = (
+    "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "
+    "srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health "
+    "srv_check_state\n3 {backend} 1 s1 127.0.0.1 2 0 1 1 5 15 3 4 6\n"
+)
+STAT = "# pxname,svname,status,type,slim\n{backend},s1,UP,2,\n"
 
 
-def gateway(index: int, weight: str = "90%", port: int = 9001) -> Gateway:
+def gateway(index: int, weight: str = "90%", port: int = 9001, **policy: Any) -> Gateway:
     config = {
         "bind": f"127.0.0.1:{8000 + index}",
         "routes": {
-            "stable": {"weight": weight, "instances": [f"127.0.0.1:{port}"]},
+            "stable": {"weight": weight, "instances": [f"127.0.0.1:{port}"], **policy},
             "canary": {"instances": ["127.0.0.1:9101"]},
         },
     }
@@ -48,12 +53,23 @@ class Desired:
 @dataclass
 class Runtime:
     read: list[str] = field(default_factory=list)
-    """Backends read with `show stat`."""
+    """Backends read with `show servers state`."""
+    stat: list[str] = field(default_factory=list)
+    """Backends read with `show stat` (a walk over every proxy for HAProxy)."""
 
     async def execute_many(self, commands: list[Command], check: bool = True) -> list[str]:
-        backends = [c.text.split()[2] for c in commands if c.text.startswith("show stat")]
-        self.read += backends
-        return [STAT.format(backend=b) for b in backends]
+        replies = []
+        for command in commands:
+            words = command.text.split()
+            if words[:3] == ["show", "servers", "state"]:
+                self.read.append(words[3])
+                replies.append(STATE.format(backend=words[3]))
+            elif words[:2] == ["show", "stat"]:
+                self.stat.append(words[2])
+                replies.append(STAT.format(backend=words[2]))
+            else:
+                replies.append("")
+        return replies
 
 
 class Engine:
@@ -125,3 +141,23 @@ async def test_a_log_line_reads_its_gateway_and_a_weight_change_reads_nothing(
     assert engine.gateways_read() == {"g9"}
     await health.tick(106.0)
     assert engine.gateways_read() == set()
+    assert engine.runtime.stat == []  # nothing drains, no connection limit: no `show stat`
+
+
+async def test_connection_limits_are_read_once_per_change_or_reload(engine: Engine) -> None:
+    engine.desired.gateways["g3"] = gateway(3, max_connections=5)
+    engine.replan("g3")
+    health = HealthWatch(engine)  # type: ignore[arg-type]
+    health.period = 1e9
+    for tick in range(4):
+        await health.tick(100.0 + tick * watch.TICK)
+    backend = engine.plans["g3"].bindings["stable"]
+    assert backend in engine.runtime.stat and {b.split(".")[1] for b in engine.runtime.stat} == {
+        "g3"
+    }
+    engine.runtime.stat.clear()
+    await health.tick(102.0)
+    assert engine.runtime.stat == []
+    engine.applier.loaded = object()  # a reload: slots start without their live `maxconn`
+    await health.tick(104.0)
+    assert {b.split(".")[1] for b in engine.runtime.stat} == {"g3"}

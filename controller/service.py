@@ -35,6 +35,7 @@ from controller.errors import InvalidInput, WeighbridgeError
 from controller.fleet.api import add_fleet_routes
 from controller.fleet.rollouts import add_fleet_rollouts
 from controller.fleet.run import Fleet, FleetSettings
+from controller.health import memory as health_memory
 from controller.health.watch import HealthWatch
 from controller.metrics import Metrics, production_registry
 from controller.model import Config, parse_address
@@ -123,6 +124,9 @@ class RunSettings:
     """Name servers for instance names (`--dns-server`); empty: the system's."""
     maxconn: int | None = None
     """HAProxy's connection limit (`--maxconn`); None: from the descriptor limit."""
+    health_watch: bool = True
+    """False (`--no-health-watch`): no route-down redistribution, ejection cap, drain end or
+    live `maxconn`; only for measuring what the watch costs (`bench.health`)."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -350,7 +354,10 @@ async def _serve(
     if settings.reseed and isinstance(store, FileStore):
         store.discard()
         paths.rollouts.unlink(missing_ok=True)
+        (paths.root / health_memory.FILE).unlink(missing_ok=True)
     engine = build_engine(settings, paths, store)
+    health = HealthWatch(engine)
+    health.remember()  # routes down and drains from before a restart, before the first plan
     first = await fleet.first_snapshot(config) if fleet else None
     gc.disable()  # start-up builds a million objects that all live: no collection meanwhile
     try:
@@ -393,7 +400,7 @@ async def _serve(
         asyncio.create_task(supervise_forever(engine, settings.supervise_interval)),
         asyncio.create_task(rollouts.run() if fleet is None else fleet.run_rollouts()),
         asyncio.create_task(certificates_forever(certificates, settings.sync_interval or 5.0)),
-        asyncio.create_task(HealthWatch(engine).run()),
+        *([asyncio.create_task(health.run())] if settings.health_watch else []),
         asyncio.create_task(names.run()),
     ]
     if ready is not None:

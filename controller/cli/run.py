@@ -124,6 +124,7 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         hard_stop_after=args.hard_stop_after,
         dns_servers=tuple(getattr(args, "dns_servers", None) or ()),
         maxconn=args.maxconn,
+        health_watch=not getattr(args, "no_health_watch", False),
     )
 
 
@@ -201,6 +202,11 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
         default=[],
         metavar="HOST:PORT",
         help="a name server for instance names (repeatable; default: the system's)",
+    )
+    p.add_argument(
+        "--no-health-watch",
+        action="store_true",
+        help="no health watch: a dead route keeps its share (to measure the watch's cost)",
     )
     p.add_argument(
         "--sync-period",

@@ -1,8 +1,8 @@
 """The controller's half of instance health: what HAProxy's checks cannot do by themselves.
 
 HAProxy checks every slot and takes a failing instance out of its backend on its own. A pass
-of the watch reads one gateway's servers (`show stat <backend> 4 -1` per pool backend, one
-pipelined round trip) and then, level-based:
+of the watch reads one gateway's servers (`show servers state <backend>` per backend, one
+pipelined round trip; see `stat`) and then, level-based:
 
 - puts back passive ejections beyond a route's `outlier_ejection.max_ejected`
   (`set server … health up`; `decide.refused_ejections`);
@@ -14,8 +14,18 @@ pipelined round trip) and then, level-based:
   (`on_route_down: redistribute`, a live map swap), and comes back with them;
 - exports healthy/total instances per route.
 
-Gateways are visited a slice at a time (`reconcile.schedule`): every gateway within
-`period`, at most `PER_SECOND` of them a second.
+Which gateways to visit, so that the cost is that of what changed (issue 11), not of every
+server: HAProxy's log says which backends had a server change state (`events`), looked at
+every `TICK`, and those gateways are visited first; gateways with a draining slot every
+second; soon after (`CHUNK` a tick) a new gateway, one whose instances, health settings or
+backends changed (not its weights), and after a reload or a restart of HAProxy every gateway
+with a connection limit. A slow sweep visits every gateway anyway (`SWEEP_PER_SECOND` a
+second, or `PER_SECOND` when HAProxy's log is not ours to read: attached mode), in case a
+line was missed. A visit reads `show servers state` per backend, and `show stat` (which
+costs HAProxy a walk over every proxy) only where sessions or `maxconn` matter (`stat`).
+
+What it knows that HAProxy does not say back (routes down, drain start times) is kept in
+`<state-dir>/health.json` (`memory`) for a restarted controller.
 """
 
 from __future__ import annotations
@@ -23,34 +33,46 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from controller.applied import RouteHealth, route_health
+from controller.health import memory
 from controller.health.decide import drain_progress, refused_ejections
+from controller.health.events import LogTail, changed_backends
+from controller.health.stat import parse_servers, servers_from_state
 from controller.model import Gateway
-from controller.reconcile import WorkQueue, schedule
+from controller.reconcile import WorkQueue
 from controller.runtime import commands
 from controller.runtime.commands import Command
-from controller.runtime.parse import ServerHealth, is_error_reply, parse_server_health
+from controller.runtime.parse import ServerHealth, is_error_reply
 
 if TYPE_CHECKING:
+    from controller.apply import Loaded
     from controller.engine import Engine
     from controller.plan import GatewayPlan
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PERIOD = 1.0
-"""Seconds within which every gateway is visited (small states); see `HealthWatch.period`."""
+TICK = 0.2
+"""Seconds between looks at HAProxy's log: bounds how long after HAProxy takes a route's last
+instance out the watch moves its share (plus one gateway's read and map swap)."""
+DRAIN_EVERY = 1.0
+"""Seconds between visits of a gateway with a draining slot (sessions end without a line)."""
+NOTICE_EVERY = 1.0
+"""Seconds between looks at which gateways' plans or desired states changed (sooner when a
+line names a backend not known yet, or after a reload)."""
 PER_SECOND = 10
-"""Gateways read per second at most. A visit (a `show stat` per pool backend, parsed) costs
-about 5 ms of the controller's CPU for a gateway of 10 routes × 10 instances (measured with
-`bench.scale --sizes 100`: idle CPU 3.8 % of a core without the watch, 17 % at 25 visits a
-second, 24 % at 100). Above 10 gateways a round takes longer than a second: 10 s at 100,
-100 s at 1,000. HAProxy's own checks still take a failed instance out at once; this pace
-bounds how soon a whole route's share moves, an ejection beyond the cap is put back, a drain
-ends, a `maxconn` is put back after a reload."""
+"""Gateways swept a second without HAProxy's log (attached mode). A visit (`show servers
+state` per backend, parsed) costs 1–2 ms of the controller's CPU for 10 routes × 10
+instances, 0.2 ms of HAProxy's a backend."""
+SWEEP_PER_SECOND = 1
+"""Gateways swept a second when HAProxy's log says what changed: the sweep only repairs a
+missed line (every gateway within 17 min at 1,000 gateways; at 3 a second the watch cost
+1.2 points of idle CPU there, measured with `bench.health`)."""
+CHUNK = 50
+"""Gateways read in one round trip; at most this many a tick besides the urgent ones."""
 
 
 def routes_health(
@@ -76,16 +98,19 @@ def plan_pass(
     servers: Mapping[str, Sequence[ServerHealth]],
     draining_since: dict[tuple[str, str], float],
     now: float,
+    *,
+    limits: bool = True,
 ) -> Pass:
     """The commands of one visit (pure but for `draining_since`, the drain start times it
-    keeps: the first pass that sees a slot draining starts its clock)."""
+    keeps: the first pass that sees a slot draining starts its clock). `limits`: the
+    servers' `maxconn` was read (`show stat`), so it is checked."""
     result = Pass()
     route_of = {backend: route for route, backend in plan.bindings.items()}
     for backend, members in servers.items():
         route = gateway.routes.get(route_of.get(backend, ""))
         limit = (route.max_connections if route else None) or 0
         for server in members:
-            if (server.max_connections or 0) != limit:
+            if limits and (server.max_connections or 0) != limit:
                 result.commands.append(commands.set_server_maxconn(backend, server.server, limit))
             key = (backend, server.server)
             if server.state != "DRAIN":
@@ -106,28 +131,133 @@ def plan_pass(
 
 
 class HealthWatch:
-    """Visits every gateway HAProxy runs, a slice at a time (see the module's docstring)."""
+    """Visits the gateways whose servers changed (see the module's docstring)."""
 
-    def __init__(self, engine: Engine, period: float = DEFAULT_PERIOD) -> None:
+    def __init__(self, engine: Engine, period: float = 1.0) -> None:
         self.engine = engine
         self.period = period
-        self._draining: dict[str, dict[tuple[str, str], float]] = {}
-        """Per gateway, when each of its draining slots was first seen draining."""
+        """Seconds within which the sweep visits every gateway, at least."""
+        paths = engine.process.paths
+        self.events = None if paths.attached else LogTail(paths.log)
+        self.file = paths.root / memory.FILE
+        self._draining: memory.Drains = {}
+        """Per gateway, when each of its draining slots was first seen draining (wall clock)."""
         self._queue = WorkQueue()
+        self._urgent: set[str] = set()
+        """Gateways to visit at the next tick: HAProxy's log named them, or they drain."""
+        self._due: set[str] = set()
+        """Gateways to visit soon (changed, reloaded, swept): `CHUNK` a tick after the
+        urgent ones, so that a first look at thousands never delays a route going down."""
+        self._seen: dict[str, tuple[GatewayPlan, Gateway | None, Hashable]] = {}
+        """Each gateway's plan, desired state and `health_key` as last noticed."""
+        self._owner: dict[str, str] = {}
+        """Backend → the gateway whose plan has it."""
+        self._limits: set[str] = set()
+        """Gateways whose slots' `maxconn` must be read and checked at their next visit."""
+        self._loaded: tuple[Loaded, int] | None = None
+        """What HAProxy last loaded and its restarts: another value, its slots start anew."""
+        self._remembered = ""
+        self._swept: float | None = None
+        self._credit = 0.0
+        """Gateways the sweep owes (fractions carried to the next tick)."""
+        self._drained = 0.0
+        self._noticed = -NOTICE_EVERY
+
+    def remember(self) -> None:
+        """Routes down and drains as the last controller left them (`memory`): call before
+        the engine's first plan, so a restart gives no share back to a route still down."""
+        found = memory.load(self.file)
+        self.engine.down.update({g: r for g, r in found.down.items() if r})
+        self._draining = found.draining
+        self._remembered = found.as_json()
+        if found.down:
+            log.info("routes down before the restart: %s", found.as_json())
 
     async def run(self) -> None:
+        """Every gateway is visited at the first tick (nothing seen yet), then as they change."""
         while True:
-            gateways = len(self.engine.desired.records)
-            period = max(self.period, gateways / PER_SECOND)
-            tick, count = schedule(period, gateways)
-            await asyncio.sleep(tick)  # the watch's pace, not synchronisation
-            names = self._queue.take(self.engine, count)
+            await asyncio.sleep(TICK)  # the watch's pace, not synchronisation
             try:
-                await self.visit(names)
+                await self.tick(time.monotonic())
             except Exception as exc:  # HAProxy away or reloading: the next tick retries
                 log.debug("health watch: %s", exc)
 
+    async def tick(self, now: float) -> None:
+        """One look: what changed since the last one, then the visits it calls for."""
+        lines = self.events.read() if self.events else None
+        backends = changed_backends(lines or "")
+        if (
+            now - self._noticed >= NOTICE_EVERY
+            or self._restarted()
+            or not backends.issubset(self._owner)
+        ):
+            self._noticed = now
+            self._notice_plans()
+        self._urgent.update(self._owner[b] for b in backends if b in self._owner)
+        if now - self._drained >= DRAIN_EVERY:
+            self._drained = now
+            self._urgent.update(name for name, slots in self._draining.items() if slots)
+        pace = PER_SECOND if lines is None else SWEEP_PER_SECOND
+        gateways = len(self.engine.desired.records)
+        if self._swept is not None:  # the sweep: every gateway within `period`, at most `pace`
+            self._credit += (now - self._swept) * min(pace, gateways / self.period)
+        self._swept = now
+        sweep = int(self._credit)
+        self._credit -= sweep
+        if sweep:
+            self._due.update(self._queue.take(self.engine, sweep))
+        urgent = sorted(self._urgent)
+        for start in range(0, len(urgent), CHUNK):
+            chunk = urgent[start : start + CHUNK]
+            await self.visit(chunk)
+            self._urgent.difference_update(chunk)  # a failure leaves the rest for the next tick
+        chunk = sorted(self._due - set(urgent))[:CHUNK]
+        await self.visit(chunk)
+        self._due.difference_update(chunk, urgent)
+        await self._keep()
+
+    def _notice_plans(self) -> None:
+        """Gateways to visit because they changed: new, another plan with other backends,
+        other instances or health settings (not a weight change: nothing to read), a reload
+        that dropped live `maxconn` values; gateways gone are forgotten."""
+        engine = self.engine
+        reloaded = self._restarted()
+        self._loaded = (engine.applier.loaded, engine.state.haproxy_restarts)
+        for name, plan in engine.plans.items():
+            gateway = engine.desired.get(name)
+            seen = self._seen.get(name)
+            if seen is not None and seen[0] is plan and seen[1] is gateway:
+                if reloaded and _limits_connections(gateway):
+                    self._due.add(name)  # a reload starts slots without their live `maxconn`
+                    self._limits.add(name)
+                continue
+            key = health_key(gateway)
+            if seen is None or seen[2] != key or _backends(seen[0]) != _backends(plan):
+                self._due.add(name)
+                self._index(name, seen[0] if seen else None, plan)
+                if _limits_connections(gateway) or (seen and _limits_connections(seen[1])):
+                    self._limits.add(name)
+            self._seen[name] = (plan, gateway, key)
+        for name in [n for n in self._seen if n not in engine.plans]:
+            self._index(name, self._seen.pop(name)[0], None)
+            self._draining.pop(name, None)
+            engine.down.pop(name, None)
+
+    def _restarted(self) -> bool:
+        """HAProxy reloaded or restarted since the last notice (a new `Loaded` each time)."""
+        loaded, restarts = self._loaded or (None, None)
+        engine = self.engine
+        return engine.applier.loaded is not loaded or engine.state.haproxy_restarts != restarts
+
+    def _index(self, name: str, old: GatewayPlan | None, new: GatewayPlan | None) -> None:
+        for backend in _backends(old) if old else ():
+            if self._owner.get(backend) == name:
+                del self._owner[backend]
+        for backend in _backends(new) if new else ():
+            self._owner[backend] = name
+
     async def visit(self, names: Sequence[str]) -> None:
+        """Read the servers of these gateways (one round trip) and act on what they show."""
         engine = self.engine
         ready = [
             (name, plan, gateway)
@@ -137,32 +267,36 @@ class HealthWatch:
             and not plan.needs_reload
             and (gateway := engine.desired.get(name)) is not None
         ]
-        for name in [n for n in self._draining if n not in engine.desired.records]:
-            self._draining.pop(name, None)
-            engine.down.pop(name, None)
         if not ready:
             return
-        backends = [
-            [b.name for b in plan.section.layout.backends] if plan.section else []
-            for _, plan, _ in ready
-        ]
-        replies = iter(
-            await engine.runtime.execute_many(
-                [
-                    commands.show_proxy_stat(backend, commands.STAT_SERVER)
-                    for names_ in backends
-                    for backend in names_
-                ],
-                check=False,
-            )
+        backends = [_backends(plan) for _, plan, _ in ready]
+        every = [backend for names_ in backends for backend in names_]
+        replies = await engine.runtime.execute_many(
+            [commands.show_servers_state(backend) for backend in every], check=False
         )
-        for (name, plan, gateway), backend_names in zip(ready, backends, strict=True):
-            servers = {}
-            for backend in backend_names:
-                reply = next(replies)
+        found = {
+            backend: servers_from_state(reply)
+            for backend, reply in zip(every, replies, strict=True)
+            if not is_error_reply(reply)
+        }
+        detail = [
+            backend
+            for (name, _, _), names_ in zip(ready, backends, strict=True)
+            for backend in names_
+            if name in self._limits or any(s.state == "DRAIN" for s in found.get(backend, ()))
+        ]
+        if detail:  # sessions, queue and `maxconn`: only `show stat` says them
+            replies = await engine.runtime.execute_many(
+                [commands.show_proxy_stat(b, commands.STAT_SERVER) for b in detail], check=False
+            )
+            for backend, reply in zip(detail, replies, strict=True):
                 if not is_error_reply(reply):
-                    servers[backend] = parse_server_health(reply)
-            await self._apply(name, gateway, plan, servers)
+                    found[backend] = parse_servers(reply)
+        for (name, plan, gateway), names_ in zip(ready, backends, strict=True):
+            servers = {backend: found[backend] for backend in names_ if backend in found}
+            limits = name in self._limits
+            await self._apply(name, gateway, plan, servers, limits)
+            self._limits.discard(name)
 
     async def _apply(
         self,
@@ -170,10 +304,13 @@ class HealthWatch:
         gateway: Gateway,
         plan: GatewayPlan,
         servers: Mapping[str, Sequence[ServerHealth]],
+        limits: bool,
     ) -> None:
         engine = self.engine
         draining = self._draining.setdefault(name, {})
-        found = plan_pass(gateway, plan, servers, draining, time.monotonic())
+        found = plan_pass(gateway, plan, servers, draining, time.time(), limits=limits)
+        if not draining:
+            del self._draining[name]
         if found.commands:
             await engine.runtime.execute_many(found.commands, check=False)
         for slot in found.parked:
@@ -185,3 +322,36 @@ class HealthWatch:
         engine.metrics.set_route_health(name, found.health)
         down = frozenset(route for route, health in found.health.items() if health.down)
         await engine.routes_down(name, down)
+
+    async def _keep(self) -> None:
+        """Write `health.json` when what it holds changed (rarely: a route down or up, a
+        drain started or ended)."""
+        remembered = memory.Remembered(
+            dict(self.engine.down), {g: dict(s) for g, s in self._draining.items()}
+        )
+        text = remembered.as_json()
+        if text != self._remembered:
+            await asyncio.to_thread(memory.save, self.file, remembered)
+            self._remembered = text
+
+
+def _backends(plan: GatewayPlan) -> list[str]:
+    return [b.name for b in plan.section.layout.backends] if plan.section else []
+
+
+def health_key(gateway: Gateway | None) -> Hashable:
+    """What of a gateway the watch acts on: a change of anything else (weights) needs no
+    visit."""
+    if gateway is None:
+        return None
+    return tuple(
+        (name, r.instances, r.names, r.health_check, r.outlier_ejection, r.max_connections,
+         r.drain_timeout)
+        for name, r in gateway.routes.items()
+    )  # fmt: skip
+
+
+def _limits_connections(gateway: Gateway | None) -> bool:
+    return gateway is not None and any(
+        route.max_connections is not None for route in gateway.routes.values()
+    )

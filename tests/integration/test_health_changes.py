@@ -20,9 +20,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controller.runtime.parse import FMAINT, parse_servers_state, parse_stat
+from controller.runtime.parse import FMAINT, parse_servers_state
 from tests.support import BackendProcess
-from tests.support.health import add_instances, put_gateway, wait_health
+from tests.support.health import (
+    add_instances,
+    backend_of,
+    put_gateway,
+    server_rows,
+    wait_health,
+)
 from tests.support.ports import free_port
 from tests.support.stack import Stack, wait_until
 from tests.support.traffic import SteadyLoad, send
@@ -43,18 +49,6 @@ def patch_route(
     assert response.status == 200, response.body
     body: dict[str, Any] = response.body
     return body
-
-
-def backend_of(stack: Stack, gateway: str, route: str) -> str:
-    status = stack.request("GET", f"/api/v1/gateways/{gateway}/status").body
-    backend: str = status["routes"][route]["backend"]
-    return backend
-
-
-def server_rows(stack: Stack, backend: str) -> dict[str, dict[str, str]]:
-    """`show stat` rows of a backend's servers by address (what HAProxy applies)."""
-    rows = parse_stat(stack.admin(f"show stat {backend} 4 -1"))
-    return {row["addr"]: row for row in rows if row.get("svname") not in ("BACKEND", None)}
 
 
 async def api(stack: Stack, method: str, path: str, body: Any = None) -> Any:

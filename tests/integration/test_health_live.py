@@ -179,7 +179,7 @@ async def test_a_route_with_every_instance_down_gives_its_share_away_or_fails(
         await load.wait_until(
             lambda r: len(r.outcomes) >= 100 + sum(1 for o in r.outcomes if o.sent_at < moved)
         )
-        revived = time.monotonic()
+        revived = time.monotonic()  # from here the canary may get its share back at once
         for name, port in ports.items():
             await in_thread(instance_pool.add, "canary", name, port)
         await in_thread(

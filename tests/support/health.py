@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.runtime.parse import parse_stat
 from tests.support import BackendProcess
 from tests.support.stack import Stack, wait_until
 
@@ -47,3 +48,15 @@ def put_gateway(stack: Stack, name: str, body: dict[str, Any]) -> str:
     response = stack.request("PUT", f"/api/v1/gateways/{name}", body)
     assert response.status in (200, 201), response.body
     return f"http://{body['bind']}/"
+
+
+def backend_of(stack: Stack, gateway: str, route: str) -> str:
+    status = stack.request("GET", f"/api/v1/gateways/{gateway}/status").body
+    backend: str = status["routes"][route]["backend"]
+    return backend
+
+
+def server_rows(stack: Stack, backend: str) -> dict[str, dict[str, str]]:
+    """`show stat` rows of a backend's servers by address (what HAProxy applies)."""
+    rows = parse_stat(stack.admin(f"show stat {backend} 4 -1"))
+    return {row["addr"]: row for row in rows if row.get("svname") not in ("BACKEND", None)}

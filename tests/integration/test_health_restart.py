@@ -1,0 +1,158 @@
+"""Issue 12 across a controller restart, on a real HAProxy that keeps serving meanwhile: a route
+found down gets no share back from the new controller's first plan, and a drain keeps the
+start it had (both kept in `<state-dir>/health.json`); HAProxy's log drives the watch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import BackendProcess
+from tests.support.health import add_instances, backend_of, server_rows
+from tests.support.ports import free_port
+from tests.support.stack import Stack, running_stack, wait_until
+from tests.support.traffic import SteadyLoad
+
+pytestmark = [
+    pytest.mark.haproxy,
+    pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed"),
+]
+
+# lenient on a loaded machine: a slow answer must not take the stable route down too
+CHECK = {"path": "/health", "interval": "1s", "timeout": "1s", "fall": 3, "rise": 2}
+
+
+@pytest.fixture
+def stack(short_tmp: Path) -> Iterator[Stack]:
+    with running_stack(short_tmp, {"gateways": {}}) as running:
+        yield running
+
+
+def applied(stack: Stack, gateway: str) -> dict[str, str]:
+    """Each route's weight as HAProxy's live map has it (the status reads it back)."""
+    body = stack.request("GET", f"/api/v1/gateways/{gateway}/status").body
+    return {name: route["applied_weight"] for name, route in body["routes"].items()}
+
+
+def put(stack: Stack, name: str, body: dict[str, Any]) -> None:
+    response = stack.request("PUT", f"/api/v1/gateways/{name}", body)
+    assert response.status in (200, 201), response.body
+
+
+def remembered(stack: Stack) -> dict[str, Any]:
+    path = stack.state_dir / "health.json"
+    found: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    return found
+
+
+def restart(stack: Stack) -> None:
+    """A new controller on the same state dir, adopting the HAProxy that kept serving."""
+    stack.stop_controller()
+    stack.start_controller(stack.state_dir.parent / "weighbridge.yaml")
+
+
+async def test_a_route_down_gets_no_share_back_from_a_restarted_controller(
+    stack: Stack, instance_pool: BackendProcess
+) -> None:
+    stable = add_instances(instance_pool, "stable", "hs", 2)
+    canary = add_instances(instance_pool, "canary", "hc", 2)
+    bind = f"127.0.0.1:{free_port()}"
+    put(
+        stack,
+        "split",
+        {
+            "bind": bind,
+            "routes": {
+                "stable": {"weight": "90%", "instances": stable, "health_check": CHECK},
+                "canary": {"weight": "10%", "instances": canary, "health_check": CHECK},
+            },
+        },
+    )
+    reloads = stack.reloads()
+    for name in ("hc1", "hc2"):
+        instance_pool.remove(name)
+    moved = {"stable": "100%", "canary": "0%"}
+    wait_until(lambda: applied(stack, "split") == moved, 10, "the canary's share moved")
+    wait_until(
+        lambda: remembered(stack).get("routes_down") == {"split": ["canary"]}, 5, "kept on disk"
+    )
+    async with SteadyLoad(f"http://{bind}/", rate=100, max_duration=60) as load:
+        await load.wait_until(lambda r: len(r.outcomes) >= 30)
+        await asyncio.to_thread(restart, stack)
+        # the new controller's first plan already had the canary down: nothing moved back,
+        # not even until its watch looked (a share given back answers 503 from no server)
+        assert applied(stack, "split") == moved
+        ready = time.monotonic()
+        await load.wait_until(lambda r: sum(r.routes(sent_after=ready).values()) >= 200)
+    report = load.report
+    assert [o for o in report.outcomes if o.failed] == [], report.describe_failures()
+    assert report.routes().get("canary", 0) == 0
+    # the restarted controller's watch works: the canary comes back
+    for name, address in zip(("hc1", "hc2"), canary, strict=True):
+        instance_pool.add("canary", name, int(address.rsplit(":", 1)[1]))
+    wait_until(lambda: applied(stack, "split") == {"stable": "90%", "canary": "10%"}, 10, "back")
+    wait_until(lambda: not remembered(stack).get("routes_down"), 5, "forgotten on disk")
+    assert stack.reloads() == reloads
+
+
+async def test_a_drain_keeps_its_start_across_a_restart(
+    stack: Stack, instance_pool: BackendProcess
+) -> None:
+    """A slot draining with a request in flight (drain_timeout 60 s): the new controller
+    parks it by the start kept on disk. The start is set an hour back while no controller
+    runs: a controller that started the drain's clock anew would wait 60 s more."""
+    addresses = add_instances(instance_pool, "drain", "hd", 2)
+    bind = f"127.0.0.1:{free_port()}"
+    route = {"instances": addresses, "drain_timeout": "60s"}
+    put(stack, "drain", {"bind": bind, "routes": {"api": route}})
+    backend = backend_of(stack, "drain", "api")
+    instance_pool.set_behaviour("hd1", latency=30.0)  # keeps the drain from ending by itself
+    before = instance_pool.hits().get("hd1", 0)
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> None:
+            async with session.get(f"http://{bind}/") as response:
+                await response.read()
+
+        in_flight = [asyncio.create_task(one()) for _ in range(2)]  # roundrobin: one each
+        try:
+            await asyncio.to_thread(
+                wait_until, lambda: instance_pool.hits().get("hd1", 0) > before, 5, "on hd1"
+            )
+            response = stack.request(
+                "PUT", "/api/v1/gateways/drain/routes/api/instances", [addresses[1]]
+            )
+            assert response.body["method"] == "runtime", response.body
+            hd1 = addresses[0]
+            assert server_rows(stack, backend)[hd1]["status"].startswith("DRAIN")
+            await asyncio.to_thread(
+                wait_until, lambda: remembered(stack).get("draining", {}).get("drain"), 5, "kept"
+            )
+            await asyncio.to_thread(stack.stop_controller)
+            kept = remembered(stack)  # no controller runs: the file is edited as if the
+            # drain had started an hour ago
+            [(slot, started)] = kept["draining"]["drain"].items()
+            assert abs(started - time.time()) < 30, kept
+            kept["draining"]["drain"][slot] = started - 3600
+            (stack.state_dir / "health.json").write_text(json.dumps(kept))
+            await asyncio.to_thread(restart, stack)  # (stopping again is a no-op)
+
+            def parked() -> bool:
+                return server_rows(stack, backend)[hd1]["status"] == "MAINT"
+
+            await asyncio.to_thread(wait_until, parked, 15, "parked by the kept deadline")
+            assert not in_flight[0].done() or not in_flight[1].done(), "parked by its deadline"
+            assert "drained, parked" in stack.controller_log()
+        finally:
+            instance_pool.set_behaviour("hd1", latency=0.0)
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)

@@ -329,3 +329,27 @@ async def test_map_swaps_take_one_round_trip_once_the_version_is_known(haproxy: 
         await client.execute(c.prepare_map(ref))  # someone else's prepare
         assert await swap_to("be_b") == 3
         assert await swap_to("be_app") == 1
+
+
+async def test_reads_and_writes_go_through_their_own_sessions(haproxy: HAProxy) -> None:
+    """Concurrent batches: writes on one session in the callers' order, reads beside them on
+    up to two more, every reply framed to its own command (issue 11)."""
+    async with RuntimeClient(haproxy.admin) as client:
+        writes = [[c.set_server_weight("be_b", "s1", w)] for w in range(1, 21)]
+        reads = [[c.show_servers_state("be_b"), c.show_proxy_stat("be_b", c.STAT_SERVER)]] * 20
+        results = await asyncio.gather(
+            *(client.execute_many(batch) for pair in zip(writes, reads) for batch in pair)
+        )
+        for replies in results[0::2]:
+            assert replies == [""]
+        for state, stat in results[1::2]:
+            [server] = parse_servers_state(state)
+            assert (server.server, server.initial_weight) == ("s1", 1)
+            assert server.user_weight in range(1, 21)
+            assert [row["svname"] for row in parse_stat(stat)] == ["s1"]
+        # the writes ran in order: the last one made stays
+        [last] = parse_servers_state(await client.execute(c.show_servers_state("be_b")))
+        assert last.user_weight == 20
+        sessions = await asyncio.to_thread(_raw, haproxy.admin, "show sess")
+        ours = [line for line in sessions.splitlines() if "fe=GLOBAL" in line]
+        assert len(ours) == 1 + 3  # this look, the write session and two read sessions

@@ -337,9 +337,8 @@ async def test_reads_and_writes_go_through_their_own_sessions(haproxy: HAProxy) 
     async with RuntimeClient(haproxy.admin) as client:
         writes = [[c.set_server_weight("be_b", "s1", w)] for w in range(1, 21)]
         reads = [[c.show_servers_state("be_b"), c.show_proxy_stat("be_b", c.STAT_SERVER)]] * 20
-        results = await asyncio.gather(
-            *(client.execute_many(batch) for pair in zip(writes, reads) for batch in pair)
-        )
+        batches = [batch for pair in zip(writes, reads, strict=True) for batch in pair]
+        results = await asyncio.gather(*(client.execute_many(batch) for batch in batches))
         for replies in results[0::2]:
             assert replies == [""]
         for state, stat in results[1::2]:

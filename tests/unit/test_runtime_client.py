@@ -281,12 +281,13 @@ async def test_concurrent_writes_share_one_session_in_order() -> None:
 async def test_a_read_held_up_in_haproxy_holds_up_no_write_and_no_other_read() -> None:
     """The health watch's long read must not delay a weight change nor a status read: each
     goes through a session of its own (issue 11)."""
-    slow = asyncio.Event()
+    slow, first = asyncio.Event(), asyncio.Event()
 
     class Held(FakeServer):
         async def connect(self) -> Stream:
             session = await super().connect()
-            if len(self.sessions) == 1:  # the first session's replies wait for `slow`
+            if len(self.sessions) == 1:
+                first.set()  # the first session's replies wait for `slow`
                 original = session.read
 
                 async def read() -> bytes:
@@ -299,8 +300,7 @@ async def test_a_read_held_up_in_haproxy_holds_up_no_write_and_no_other_read() -
     server = Held()
     async with RuntimeClient("fake", connector=server.connect) as client:
         held = asyncio.create_task(client.execute_many([c.show_stat(-1, c.STAT_SERVER)]))
-        while not server.sessions:
-            await asyncio.sleep(0)
+        await first.wait()
         write = await asyncio.wait_for(client.execute(c.set_server_weight("be", "s1", 3)), 5)
         read = await asyncio.wait_for(client.execute(c.show_backend()), 5)
         assert (write, read) == ("", "")

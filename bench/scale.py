@@ -359,6 +359,8 @@ def measure_size(size: Size, args: argparse.Namespace) -> None:
                 size.rows.append(Row("adopt → ready (s)", [stack.ready_seconds],
                                      note=f"master reloads during adopt: {moved}"))
                 measure_running(Bench(stack, estate, args), size.rows)
+            if "reloads" not in args.rows:
+                return
             config = tmp / "state" / "haproxy.cfg"
             log(f"[{count}] HAProxy alone on the final configuration")
             check = check_times(config, args.reloads)
@@ -376,23 +378,32 @@ def measure_size(size: Size, args: argparse.Namespace) -> None:
             size.load_after, size.wall_s = load_now(), time.perf_counter() - wall
 
 
+ROWS = ("patch", "concurrent", "instances", "routes", "reloads", "status", "pages", "metrics",
+        "idle", "memory")
+"""The rows `--rows` may pick, in the order they are measured."""
+
+
 def measure_running(bench: Bench, rows: list[Row]) -> None:
     """Every row against the running controller, appended as it is measured."""
     args = bench.args
-    steps: list[Callable[[], Row | Sequence[Row]]] = [
-        lambda: bench.loop("PATCH weights, sequential", args.changes, bench.patch_weights),
-        bench.concurrent_patches,
-        lambda: bench.loop("PUT instances (one replaced)", args.samples, bench.put_instances),
-        bench.route_edits,
-        bench.new_gateways,
-        lambda: bench.loop("GET one gateway's status", args.samples, bench.status),
-        bench.pages,
-        bench.metrics,
-        bench.idle_cpu,
-        bench.memory_and_slots,
-    ]
+    steps: dict[str, Callable[[], Row | Sequence[Row]]] = {
+        "patch": lambda: bench.loop("PATCH weights, sequential", args.changes,
+                                    bench.patch_weights),
+        "concurrent": bench.concurrent_patches,
+        "instances": lambda: bench.loop("PUT instances (one replaced)", args.samples,
+                                        bench.put_instances),
+        "routes": bench.route_edits,
+        "reloads": bench.new_gateways,
+        "status": lambda: bench.loop("GET one gateway's status", args.samples, bench.status),
+        "pages": bench.pages,
+        "metrics": bench.metrics,
+        "idle": bench.idle_cpu,
+        "memory": bench.memory_and_slots,
+    }
     try:
-        for step in steps:
+        for key, step in steps.items():
+            if key not in args.rows:
+                continue
             done = step()
             rows += [done] if isinstance(done, Row) else done
     finally:
@@ -431,6 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tmp-root", default="/tmp")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--profile", metavar="DIR", help="py-spy raw stacks of the controller")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"rows measured after start and adopt ({','.join(ROWS)})")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: sizes 10,20, 20 changes, 10 s budgets, 3 s idle")
     args = parser.parse_args(argv)
@@ -439,6 +452,9 @@ def main(argv: list[str] | None = None) -> None:
         args.reads = 3
         args.reloads, args.budget, args.idle_seconds = 2, 10.0, 3.0
     args.sizes = args.sizes or "10,100,1000"
+    args.rows = args.rows.split(",")
+    if not set(args.rows) <= set(ROWS):
+        parser.error(f"--rows: some of {','.join(ROWS)}")
     sizes = [int(n) for n in args.sizes.split(",")]
     if not all(1 <= n <= 5000 for n in sizes) or not 2 <= args.routes <= 100:
         parser.error("bounds: sizes 1..5000 gateways, 2..100 routes")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from controller.runtime.errors import InvalidArgument
@@ -252,6 +253,31 @@ def add_map_entry(ref: str, version: int, key: str, value: str) -> Command:
     return _make(CommandKind.WRITE, "add", "map", f"@{number}", name, entry_key, entry_value)
 
 
+MAP_PAYLOAD_BYTES = 8192
+"""Bytes of entries in one `add map` payload: with its command well inside `tune.bufsize`
+(a bigger payload is dropped whole, silently, on 2.6)."""
+
+
+def add_map_entries(
+    ref: str, version: int, entries: Sequence[tuple[str, str]]
+) -> list[Command]:
+    """`add map @VER REF <<` with the entries as payload lines, a command per
+    `MAP_PAYLOAD_BYTES`. HAProxy finds REF by walking its list of every map (0.5-1 ms at
+    10,000 maps, measured on 2.6.12), once per command: one command for a whole map, not
+    one per entry, keeps a swap's cost flat as maps are added (issue 15)."""
+    text = _make(CommandKind.WRITE, "add", "map", f"@{_version(version)}", validate_map_ref(ref))
+    chunks: list[list[str]] = []
+    size = MAP_PAYLOAD_BYTES
+    for key, value in entries:
+        line = f"{validate_map_token(key, 'key')} {validate_map_token(value, 'value')}"
+        if size + len(line) + 1 > MAP_PAYLOAD_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(line)
+        size += len(line) + 1
+    return [Command(text.text, CommandKind.WRITE, _SEAL, payload="\n".join(c)) for c in chunks]
+
+
 def commit_map(ref: str, version: int) -> Command:
     """`commit map @VER REF`: atomically swap the prepared version in."""
     name = validate_map_ref(ref)
@@ -282,9 +308,8 @@ class MapSwap:
         return prepare_map(self.ref)
 
     def commands(self, version: int) -> list[Command]:
-        """`add map @VER` for every entry, then `commit map @VER`."""
-        adds = [add_map_entry(self.ref, version, key, value) for key, value in self.entries]
-        return [*adds, commit_map(self.ref, version)]
+        """`add map @VER` with the entries as payload, then `commit map @VER`."""
+        return [*add_map_entries(self.ref, version, self.entries), commit_map(self.ref, version)]
 
 
 def get_map(ref: str, key: str) -> Command:

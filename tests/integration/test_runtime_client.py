@@ -352,3 +352,23 @@ async def test_reads_and_writes_go_through_their_own_sessions(haproxy: HAProxy) 
         sessions = await asyncio.to_thread(_raw, haproxy.admin, "show sess")
         ours = [line for line in sessions.splitlines() if "fe=GLOBAL" in line]
         assert len(ours) == 1 + 3  # this look, the write session and two read sessions
+
+
+async def test_a_swap_sends_a_map_s_entries_as_payloads_whatever_its_size(
+    haproxy: HAProxy,
+) -> None:
+    """A swap is prepare, `add map` with the entries as payload (several when they do not
+    fit one), commit: HAProxy serves exactly the new entries, small map or big."""
+    ref = "maps/pick.map"
+    async with RuntimeClient(haproxy.admin) as client:
+        swapper = MapSwapper(client)
+        big = tuple((f"host-{i:04d}.example", "be_app") for i in range(3000)) + (("x", "be_b"),)
+        assert len(c.MapSwap(ref, big).commands(1)) > 2  # several payloads and the commit
+        for entries in (big, (("x", "be_b"), ("y", "be_app")), big[:1], big):
+            await swapper.swap([c.MapSwap(ref, entries)])
+            shown = parse_map(await client.execute(c.show_map(ref)))
+            assert [(e.key, e.value) for e in shown] == list(entries)
+        assert await http_get(haproxy.fe_port, pick="x") == "b"
+        assert await http_get(haproxy.fe_port, pick="host-0042.example") == (
+            "HTTP/1.1 503 Service Unavailable"  # be_app's slots are parked
+        )

@@ -362,7 +362,7 @@ async def test_a_swap_sends_a_map_s_entries_as_payloads_whatever_its_size(
     ref = "maps/pick.map"
     async with RuntimeClient(haproxy.admin) as client:
         swapper = MapSwapper(client)
-        big = tuple((f"host-{i:04d}.example", "be_app") for i in range(3000)) + (("x", "be_b"),)
+        big = (*((f"host-{i:04d}.example", "be_app") for i in range(3000)), ("x", "be_b"))
         assert len(c.MapSwap(ref, big).commands(1)) > 2  # several payloads and the commit
         for entries in (big, (("x", "be_b"), ("y", "be_app")), big[:1], big):
             await swapper.swap([c.MapSwap(ref, entries)])

@@ -28,6 +28,7 @@ Run: `.venv/bin/python -m bench.scale [--sizes 10,100,1000] [--quick] [--profile
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import random
 import shutil
@@ -36,6 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +137,14 @@ class Bench:
         self.api = ApiClient(stack.api_port, timeout=self.timeout)
         self.rng = random.Random(args.seed + len(estate.names))
         self.last_bytes = 0
+        self._haproxy_cpu = float("nan")
 
     def loop(self, name: str, wanted: int, op: Callable[[], tuple[float, str]]) -> Row:
         """`op` up to `wanted` times within the budget; it returns (seconds, how applied)."""
         samples: list[float] = []
         methods: Counter[str] = Counter()
+        workers = [w.pid for w in master_proc(self.stack).workers]
+        busy, wall = sum(cpu_seconds(w) for w in workers), time.monotonic()
         cpu = cpu_seconds(self.stack.pid)
         deadline = time.monotonic() + self.args.budget
         failure = ""
@@ -153,6 +158,9 @@ class Bench:
             samples.append(seconds * 1000)
             methods[method] += 1
         cpu = cpu_seconds(self.stack.pid) - cpu
+        with contextlib.suppress(OSError):  # a worker replaced meanwhile: no figure
+            busy = sum(cpu_seconds(w) for w in workers) - busy
+            self._haproxy_cpu = 100 * busy / max(time.monotonic() - wall, 1e-9)
         return self._row(name, samples, wanted, methods, cpu, failure)
 
     def _row(
@@ -272,6 +280,23 @@ class Bench:
 
     def status(self) -> tuple[float, str]:
         return self.get(f"{API}/{self.rng.choice(self.estate.names)}/status")
+
+    def haproxy_cli(self, command: str) -> Callable[[], tuple[float, str]]:
+        """One Runtime API command on a connection of its own, timed: how soon HAProxy
+        answers the CLI at all while it runs this estate (its checks, its other clients)."""
+        name = self.rng.choice(self.estate.names)
+        text = command.format(backend=f"wb.{name}.b0")
+
+        def once() -> tuple[float, str]:
+            started = time.perf_counter()
+            admin_command(self.stack.admin_socket, text)
+            return time.perf_counter() - started, ""
+
+        return once
+
+    def haproxy_busy(self) -> str:
+        """HAProxy's worker CPU (% of a core) over the last `loop`, for its note."""
+        return f"HAProxy worker CPU {self._haproxy_cpu:.0f} % of a core"
 
     def pages(self) -> Row:
         """Walk /gateways with `?limit=100&after=`; an unpaginated answer says so in the note."""
@@ -394,7 +419,15 @@ def measure_running(bench: Bench, rows: list[Row]) -> None:
                                         bench.put_instances),
         "routes": bench.route_edits,
         "reloads": bench.new_gateways,
-        "status": lambda: bench.loop("GET one gateway's status", args.samples, bench.status),
+        "status": lambda: [
+            bench.loop("GET one gateway's status", args.samples, bench.status),
+            replace(bench.loop("HAProxy alone: `show stat <backend> 3 -1`", args.samples,
+                               bench.haproxy_cli("show stat {backend} 3 -1")),
+                    note=bench.haproxy_busy()),
+            replace(bench.loop("HAProxy alone: `show servers state <backend>`", args.samples,
+                               bench.haproxy_cli("show servers state {backend}")),
+                    note=bench.haproxy_busy()),
+        ],
         "pages": bench.pages,
         "metrics": bench.metrics,
         "idle": bench.idle_cpu,

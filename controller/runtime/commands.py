@@ -262,9 +262,9 @@ def add_map_entries(
     ref: str, version: int, entries: Sequence[tuple[str, str]]
 ) -> list[Command]:
     """`add map @VER REF <<` with the entries as payload lines, a command per
-    `MAP_PAYLOAD_BYTES`. HAProxy finds REF by walking its list of every map (0.5-1 ms at
-    10,000 maps, measured on 2.6.12), once per command: one command for a whole map, not
-    one per entry, keeps a swap's cost flat as maps are added (issue 15)."""
+    `MAP_PAYLOAD_BYTES`. HAProxy finds REF by walking its list of every map, once per
+    command (a swap of the 5,000th of 10,000 maps: 0.6 ms, of the first: 0.08 ms, measured
+    on 2.6.12): one command for a whole map, not one per entry (issue 15)."""
     text = _make(CommandKind.WRITE, "add", "map", f"@{_version(version)}", validate_map_ref(ref))
     chunks: list[list[str]] = []
     size = MAP_PAYLOAD_BYTES

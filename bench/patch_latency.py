@@ -285,8 +285,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"- `show map` polls: {results.polls} ({results.polls / max(n + args.warmup, 1):.1f}"
         " per change, one persistent prompt session)",
         f"- round trips over 10 ms: {len(slow)} / {n}" + (f" (worst: {worst})" if slow else ""),
-        f"- state dir under {args.tmp_root} (the controller fsyncs desired.json and the map file"
-        " on every change)",
+        f"- state dir under {args.tmp_root} (the controller fsyncs the gateway's record, file and"
+        " directory, on every change)",
         f"- controller reconcile period: {args.sync_interval or 'default (5 s)'}",
         f"- wall time: {results.wall_seconds:.1f} s ({n / results.wall_seconds:.0f} changes/s)",
         f"- goal p99 ≤ 10 ms: round trip p99 {rtt99:.2f} ms "

@@ -295,7 +295,8 @@ class Bench:
         return once
 
     def haproxy_busy(self) -> str:
-        """HAProxy's worker CPU (% of a core) over the last `loop`, for its note."""
+        """HAProxy's worker CPU (% of a core) over the last `loop`, for its note (coarse for a
+        short row: /proc counts CPU time in ticks of 10 ms)."""
         return f"HAProxy worker CPU {self._haproxy_cpu:.0f} % of a core"
 
     def pages(self) -> Row:

@@ -68,7 +68,7 @@ Verify = Callable[[], Awaitable[tuple[ReloadReason, ...]]]
 def runtime_count(plans: Sequence[GatewayPlan]) -> int:
     """Socket commands the plans send (a map swap: prepare, its entries, commit)."""
     count = sum(len(p.fill) + len(p.empty) + len(p.map_edits) for p in plans)
-    return count + sum(len(s.commands(1)) + 1 for p in plans for s in p.map_swaps)
+    return count + sum(s.command_count for p in plans for s in p.map_swaps)
 
 
 class Applier:

@@ -266,16 +266,21 @@ def add_map_entries(
     command (a swap of the 5,000th of 10,000 maps: 0.6 ms, of the first: 0.08 ms, measured
     on 2.6.12): one command for a whole map, not one per entry (issue 15)."""
     text = _make(CommandKind.WRITE, "add", "map", f"@{_version(version)}", validate_map_ref(ref))
+    lines = [f"{validate_map_token(k, 'key')} {validate_map_token(v, 'value')}" for k, v in entries]
+    return [Command(text.text, CommandKind.WRITE, _SEAL, payload=p) for p in _payloads(lines)]
+
+
+def _payloads(lines: Sequence[str]) -> list[str]:
+    """Lines joined into payloads of at most `MAP_PAYLOAD_BYTES` each."""
     chunks: list[list[str]] = []
     size = MAP_PAYLOAD_BYTES
-    for key, value in entries:
-        line = f"{validate_map_token(key, 'key')} {validate_map_token(value, 'value')}"
+    for line in lines:
         if size + len(line) + 1 > MAP_PAYLOAD_BYTES:
             chunks.append([])
             size = 0
         chunks[-1].append(line)
         size += len(line) + 1
-    return [Command(text.text, CommandKind.WRITE, _SEAL, payload="\n".join(c)) for c in chunks]
+    return ["\n".join(chunk) for chunk in chunks]
 
 
 def commit_map(ref: str, version: int) -> Command:
@@ -306,6 +311,11 @@ class MapSwap:
 
     def prepare(self) -> Command:
         return prepare_map(self.ref)
+
+    @property
+    def command_count(self) -> int:
+        """Commands the swap sends: `prepare`, its payloads, `commit` (counted, not built)."""
+        return 2 + len(_payloads([f"{key} {value}" for key, value in self.entries]))
 
     def commands(self, version: int) -> list[Command]:
         """`add map @VER` with the entries as payload, then `commit map @VER`."""

@@ -490,8 +490,9 @@ def test_map_swap_builds_its_commands_for_the_version() -> None:
 
 def test_a_big_map_swap_splits_its_entries_into_payloads_that_fit_haproxy_s_buffer() -> None:
     entries = tuple((f"{i}:{i}", f"wb.shop.backend-with-a-long-name-{i}") for i in range(2000))
-    adds = MapSwap("/m/shop.map", entries).commands(3)[:-1]
-    assert len(adds) > 1
+    swap = MapSwap("/m/shop.map", entries)
+    adds = swap.commands(3)[:-1]
+    assert len(adds) > 1 and swap.command_count == len(adds) + 2
     assert all(len(c.wire) <= CLI_BUFFER // 2 + 64 for c in adds)
     lines = [line for c in adds for line in (c.payload or "").split("\n")]
     assert lines == [f"{key} {value}" for key, value in entries]

@@ -35,6 +35,7 @@ from bench.common import (
     controller,
     demo_backends,
     free_port,
+    free_ports,
     load_now,
     log,
     machine_lines,
@@ -42,6 +43,7 @@ from bench.common import (
     short_tmp,
     summary,
 )
+from bench.peer_proxies import CONFIG_FILE_GATEWAYS, seed_store
 from controller.model import parse_percent
 
 GATEWAY = "shop"
@@ -272,7 +274,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"{results.connections_total} in the whole run (warm-up included)"
     )
     lines = [
-        f"## PATCH → applied latency ({n} changes, visible polled {args.visible})",
+        f"## PATCH → applied latency ({n} changes, visible polled {args.visible}, "
+        f"{args.gateways} gateways)",
         "",
         table,
         "",
@@ -282,8 +285,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         f"- `show map` polls: {results.polls} ({results.polls / max(n + args.warmup, 1):.1f}"
         " per change, one persistent prompt session)",
         f"- round trips over 10 ms: {len(slow)} / {n}" + (f" (worst: {worst})" if slow else ""),
-        f"- state dir under {args.tmp_root} (the controller fsyncs desired.json and the map file"
-        " on every change)",
+        f"- state dir under {args.tmp_root} (the controller fsyncs the gateway's record, file and"
+        " directory, on every change)",
         f"- controller reconcile period: {args.sync_interval or 'default (5 s)'}",
         f"- wall time: {results.wall_seconds:.1f} s ({n / results.wall_seconds:.0f} changes/s)",
         f"- goal p99 ≤ 10 ms: round trip p99 {rtt99:.2f} ms "
@@ -305,11 +308,28 @@ def profiler(out: str | None) -> list[str]:
     return [spy, "record", "--nonblocking", "-r", "500", "-f", "raw", "-o", out, "--"]
 
 
+def others(count: int, first_port: int, instances: dict[str, str]) -> dict[str, Any]:
+    """`count` more gateways beside `shop` (two routes, an instance each, each on its own
+    bind: bench.peers' shape of a service), to see whether a change of `shop` stays flat."""
+    ports = free_ports(count, first_port) if count else []
+    return {
+        f"s{i:05d}": {
+            "bind": f"127.0.0.1:{port}",
+            "routes": {
+                route: {"weight": "90%" if route == "stable" else "10%",
+                        "instances": [instances[route]]}
+                for route in ROUTES
+            },
+        }
+        for i, port in enumerate(ports)
+    }
+
+
 def run(args: argparse.Namespace) -> Results:
     specs = [f"{route}:{prefix}{i}" for route, (prefix, n) in ROUTES.items()
              for i in range(1, n + 1)]
     with short_tmp(root=args.tmp_root) as tmp, demo_backends(specs) as backends:
-        config = {"gateways": {GATEWAY: {
+        gateways = {GATEWAY: {
             "bind": f"127.0.0.1:{free_port()}",
             "routes": {
                 route: {
@@ -318,9 +338,17 @@ def run(args: argparse.Namespace) -> Results:
                 }
                 for route in ROUTES
             },
-        }}}
+        }}
+        first = {route: next(b.address for b in backends if b.route == route) for route in ROUTES}
+        gateways.update(others(args.gateways - 1, args.port_base, first))
+        config: dict[str, Any] = {"gateways": gateways}
+        if len(gateways) > CONFIG_FILE_GATEWAYS:
+            seed_store(tmp / "state", gateways)
+            config = {"gateways": {}}  # the store wins at start
         extra = [] if args.sync_interval is None else ["--sync-interval", str(args.sync_interval)]
-        with controller(tmp, config, extra_args=extra, wrapper=profiler(args.profile)) as stack:
+        extra += ["--max-routes", str(max(10_000, 4 * len(gateways)))]
+        with controller(tmp, config, extra_args=extra, wrapper=profiler(args.profile),
+                        startup_timeout=600.0) as stack:
             log(f"controller ready on {stack.api}; {args.warmup} warm-up + {args.changes} changes")
             return asyncio.run(measure(stack, args.changes, args.warmup, args.visible))
 
@@ -336,12 +364,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the state dir goes (/tmp; /dev/shm shows the cost of fsync)")
     parser.add_argument("--profile", metavar="FILE", default=None,
                         help="py-spy's raw stacks of the controller, for bench.stacks")
+    parser.add_argument("--gateways", type=int, default=1,
+                        help="gateways in all: `shop` and services beside it (1)")
+    parser.add_argument("--port-base", type=int, default=24000,
+                        help="first bind port of the other gateways (24000)")
     parser.add_argument("--sync-interval", type=float, default=None,
                         help="the controller's reconcile period in s (default: its own, 5)")
     args = parser.parse_args(argv)
     args.load_before, args.code_before = load_now(), code_version()
     if not 1 <= args.changes <= 100_000 or not 0 <= args.warmup <= 10_000:
         parser.error("--changes must be 1..100000 and --warmup 0..10000")
+    if not 1 <= args.gateways <= 5_000:
+        parser.error("--gateways must be 1..5000")
     print(report(run(args), args))
 
 

@@ -28,6 +28,7 @@ Run: `.venv/bin/python -m bench.scale [--sizes 10,100,1000] [--quick] [--profile
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import random
 import shutil
@@ -36,6 +37,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,11 +137,14 @@ class Bench:
         self.api = ApiClient(stack.api_port, timeout=self.timeout)
         self.rng = random.Random(args.seed + len(estate.names))
         self.last_bytes = 0
+        self._haproxy_cpu = float("nan")
 
     def loop(self, name: str, wanted: int, op: Callable[[], tuple[float, str]]) -> Row:
         """`op` up to `wanted` times within the budget; it returns (seconds, how applied)."""
         samples: list[float] = []
         methods: Counter[str] = Counter()
+        workers = [w.pid for w in master_proc(self.stack).workers]
+        busy, wall = sum(cpu_seconds(w) for w in workers), time.monotonic()
         cpu = cpu_seconds(self.stack.pid)
         deadline = time.monotonic() + self.args.budget
         failure = ""
@@ -153,6 +158,9 @@ class Bench:
             samples.append(seconds * 1000)
             methods[method] += 1
         cpu = cpu_seconds(self.stack.pid) - cpu
+        with contextlib.suppress(OSError):  # a worker replaced meanwhile: no figure
+            busy = sum(cpu_seconds(w) for w in workers) - busy
+            self._haproxy_cpu = 100 * busy / max(time.monotonic() - wall, 1e-9)
         return self._row(name, samples, wanted, methods, cpu, failure)
 
     def _row(
@@ -273,6 +281,24 @@ class Bench:
     def status(self) -> tuple[float, str]:
         return self.get(f"{API}/{self.rng.choice(self.estate.names)}/status")
 
+    def haproxy_cli(self, command: str) -> Callable[[], tuple[float, str]]:
+        """One Runtime API command on a connection of its own, timed: how soon HAProxy
+        answers the CLI at all while it runs this estate (its checks, its other clients)."""
+        name = self.rng.choice(self.estate.names)
+        text = command.format(backend=f"wb.{name}.b0")
+
+        def once() -> tuple[float, str]:
+            started = time.perf_counter()
+            admin_command(self.stack.admin_socket, text)
+            return time.perf_counter() - started, ""
+
+        return once
+
+    def haproxy_busy(self) -> str:
+        """HAProxy's worker CPU (% of a core) over the last `loop`, for its note (coarse for a
+        short row: /proc counts CPU time in ticks of 10 ms)."""
+        return f"HAProxy worker CPU {self._haproxy_cpu:.0f} % of a core"
+
     def pages(self) -> Row:
         """Walk /gateways with `?limit=100&after=`; an unpaginated answer says so in the note."""
         after = ""
@@ -359,6 +385,8 @@ def measure_size(size: Size, args: argparse.Namespace) -> None:
                 size.rows.append(Row("adopt → ready (s)", [stack.ready_seconds],
                                      note=f"master reloads during adopt: {moved}"))
                 measure_running(Bench(stack, estate, args), size.rows)
+            if "reloads" not in args.rows:
+                return
             config = tmp / "state" / "haproxy.cfg"
             log(f"[{count}] HAProxy alone on the final configuration")
             check = check_times(config, args.reloads)
@@ -376,23 +404,40 @@ def measure_size(size: Size, args: argparse.Namespace) -> None:
             size.load_after, size.wall_s = load_now(), time.perf_counter() - wall
 
 
+ROWS = ("patch", "concurrent", "instances", "routes", "reloads", "status", "pages", "metrics",
+        "idle", "memory")
+"""The rows `--rows` may pick, in the order they are measured."""
+
+
 def measure_running(bench: Bench, rows: list[Row]) -> None:
     """Every row against the running controller, appended as it is measured."""
     args = bench.args
-    steps: list[Callable[[], Row | Sequence[Row]]] = [
-        lambda: bench.loop("PATCH weights, sequential", args.changes, bench.patch_weights),
-        bench.concurrent_patches,
-        lambda: bench.loop("PUT instances (one replaced)", args.samples, bench.put_instances),
-        bench.route_edits,
-        bench.new_gateways,
-        lambda: bench.loop("GET one gateway's status", args.samples, bench.status),
-        bench.pages,
-        bench.metrics,
-        bench.idle_cpu,
-        bench.memory_and_slots,
-    ]
+    steps: dict[str, Callable[[], Row | Sequence[Row]]] = {
+        "patch": lambda: bench.loop("PATCH weights, sequential", args.changes,
+                                    bench.patch_weights),
+        "concurrent": bench.concurrent_patches,
+        "instances": lambda: bench.loop("PUT instances (one replaced)", args.samples,
+                                        bench.put_instances),
+        "routes": bench.route_edits,
+        "reloads": bench.new_gateways,
+        "status": lambda: [
+            bench.loop("GET one gateway's status", args.samples, bench.status),
+            replace(bench.loop("HAProxy alone: `show stat <backend> 3 -1`", args.samples,
+                               bench.haproxy_cli("show stat {backend} 3 -1")),
+                    note=bench.haproxy_busy()),
+            replace(bench.loop("HAProxy alone: `show servers state <backend>`", args.samples,
+                               bench.haproxy_cli("show servers state {backend}")),
+                    note=bench.haproxy_busy()),
+        ],
+        "pages": bench.pages,
+        "metrics": bench.metrics,
+        "idle": bench.idle_cpu,
+        "memory": bench.memory_and_slots,
+    }
     try:
-        for step in steps:
+        for key, step in steps.items():
+            if key not in args.rows:
+                continue
             done = step()
             rows += [done] if isinstance(done, Row) else done
     finally:
@@ -431,6 +476,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tmp-root", default="/tmp")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--profile", metavar="DIR", help="py-spy raw stacks of the controller")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"rows measured after start and adopt ({','.join(ROWS)})")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: sizes 10,20, 20 changes, 10 s budgets, 3 s idle")
     args = parser.parse_args(argv)
@@ -439,6 +486,9 @@ def main(argv: list[str] | None = None) -> None:
         args.reads = 3
         args.reloads, args.budget, args.idle_seconds = 2, 10.0, 3.0
     args.sizes = args.sizes or "10,100,1000"
+    args.rows = args.rows.split(",")
+    if not set(args.rows) <= set(ROWS):
+        parser.error(f"--rows: some of {','.join(ROWS)}")
     sizes = [int(n) for n in args.sizes.split(",")]
     if not all(1 <= n <= 5000 for n in sizes) or not 2 <= args.routes <= 100:
         parser.error("bounds: sizes 1..5000 gateways, 2..100 routes")

@@ -67,10 +67,10 @@ Verify = Callable[[], Awaitable[tuple[ReloadReason, ...]]]
 
 
 def runtime_count(plans: Sequence[GatewayPlan]) -> int:
-    """Socket commands the plans send (a map swap: prepare, one add per entry, commit)."""
+    """Socket commands the plans send (a map swap: prepare, its entries, commit)."""
     count = sum(len(p.fill) + len(p.empty) + len(p.map_edits) for p in plans)
     count += sum(p.crt_list.command_count for p in plans if p.crt_list)
-    return count + sum(len(s.entries) + 2 for p in plans for s in p.map_swaps)
+    return count + sum(s.command_count for p in plans for s in p.map_swaps)
 
 
 CrtListApplier = Callable[[Sequence[CrtListPlan]], Awaitable[None]]

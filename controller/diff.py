@@ -208,6 +208,8 @@ def _policy_fields(
 ) -> Iterator[Change]:
     """Health, timeouts, retries and limits (issue 12), each live or not as
     `health.render.policy_changes` says (the server timeout is live once its map exists)."""
+    if all(getattr(old, f) == getattr(new, f) for f in _POLICY_FIELDS):
+        return  # the usual case (a weight, an instance): no policy built twice to compare
     old_policy = RoutePolicy.model_validate(old.model_dump(include=_POLICY_FIELDS))
     new_policy = RoutePolicy.model_validate(new.model_dump(include=_POLICY_FIELDS))
     if old_policy == new_policy:

@@ -37,7 +37,7 @@ from controller.compile import (
     order_map_ref,
 )
 from controller.desired import Desired, Record
-from controller.diff import Change, diff_gateway, how
+from controller.diff import diff_gateway, how
 from controller.edits import Edit, edited
 from controller.errors import Unavailable, WeighbridgeError
 from controller.files import remove
@@ -365,8 +365,7 @@ class Engine:
             async with self._binds.hold(*_binds_moved(before, after)):
                 self.desired.check(name, after)
                 self._check_budget(name, after)
-                changes = tuple(diff_gateway(name, before, after))
-                result = await self._write(name, record, after, changes, dry_run, started)
+                result = await self._write(name, record, after, dry_run, started)
         if not result.dry_run:
             self.metrics.write_applied(time.perf_counter() - started, result.method)
             if result.method == "reload":  # its lock, which kept its crt-list, is released
@@ -378,29 +377,36 @@ class Engine:
         name: str,
         record: Record | None,
         after: Gateway | None,
-        changes: tuple[Change, ...],
         dry_run: bool,
         started: float,
     ) -> ApplyResult:
         """Plan and apply one gateway's edit; `steps` say how, a reload's reasons in words
-        (a dry run's duration is the time it took to check and plan)."""
+        (a dry run's duration is the time it took to check and plan). A runtime change is
+        described once HAProxy has it: the words cost as much as the plan, and the traffic
+        need not wait for them."""
         big = self._is_big(after)
+        before = record.gateway if record else None
         async with self.gate.shared():
             plan = await offload(big, self._plan_known, name, after)
             if plan is None:
                 [observed] = await self.observe_gateways([name], [after])
                 plan = await offload(big, self._plan, name, after, observed)
             self._check_certificates(name, plan)
-            steps = how(Plan((plan,)), changes)
             if not plan.needs_reload:
                 method = _method(plan)
                 if dry_run:
+                    changes = tuple(diff_gateway(name, before, after))
+                    steps = how(Plan((plan,)), changes)
                     return ApplyResult(
                         method, _since(started), steps, self.desired.revision, True, changes=changes
                     )
                 revision = await _finish(self._commit_runtime(name, record, after, plan))
+                changes = tuple(diff_gateway(name, before, after))
+                steps = how(Plan((plan,)), changes)
                 return ApplyResult(method, _since(started), steps, revision, changes=changes)
         # structural: checked by HAProxy with no shared lock held, then stored and reloaded
+        changes = tuple(diff_gateway(name, before, after))
+        steps = how(Plan((plan,)), changes)
         await self.reloads.check(plan)
         if dry_run:
             return ApplyResult(

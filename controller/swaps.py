@@ -49,12 +49,15 @@ class MapSwapper:
             return False
         known = [self.versions[s.ref] for s in swaps]
         batch: list[Command] = []
+        sizes: list[int] = []
         for swap, version in zip(swaps, known, strict=True):
-            batch += [swap.prepare(), *swap.commands(version + 1)]
+            commands = [swap.prepare(), *swap.commands(version + 1)]
+            batch += commands
+            sizes.append(len(commands))
         replies = iter(await self._run(batch, check=False))
         held = True
-        for swap, version in zip(swaps, known, strict=True):
-            prepared, *rest = (next(replies) for _ in range(len(swap.entries) + 2))
+        for swap, version, size in zip(swaps, known, sizes, strict=True):
+            prepared, *rest = (next(replies) for _ in range(size))
             try:
                 self.versions[swap.ref] = parse_prepared_version(prepared)
             except ValueError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from controller.runtime.errors import InvalidArgument
@@ -252,6 +253,36 @@ def add_map_entry(ref: str, version: int, key: str, value: str) -> Command:
     return _make(CommandKind.WRITE, "add", "map", f"@{number}", name, entry_key, entry_value)
 
 
+MAP_PAYLOAD_BYTES = 8192
+"""Bytes of entries in one `add map` payload: with its command well inside `tune.bufsize`
+(a bigger payload is dropped whole, silently, on 2.6)."""
+
+
+def add_map_entries(
+    ref: str, version: int, entries: Sequence[tuple[str, str]]
+) -> list[Command]:
+    """`add map @VER REF <<` with the entries as payload lines, a command per
+    `MAP_PAYLOAD_BYTES`. HAProxy finds REF by walking its list of every map, once per
+    command (a swap of the 5,000th of 10,000 maps: 0.6 ms, of the first: 0.08 ms, measured
+    on 2.6.12): one command for a whole map, not one per entry (issue 15)."""
+    text = _make(CommandKind.WRITE, "add", "map", f"@{_version(version)}", validate_map_ref(ref))
+    lines = [f"{validate_map_token(k, 'key')} {validate_map_token(v, 'value')}" for k, v in entries]
+    return [Command(text.text, CommandKind.WRITE, _SEAL, payload=p) for p in _payloads(lines)]
+
+
+def _payloads(lines: Sequence[str]) -> list[str]:
+    """Lines joined into payloads of at most `MAP_PAYLOAD_BYTES` each."""
+    chunks: list[list[str]] = []
+    size = MAP_PAYLOAD_BYTES
+    for line in lines:
+        if size + len(line) + 1 > MAP_PAYLOAD_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(line)
+        size += len(line) + 1
+    return ["\n".join(chunk) for chunk in chunks]
+
+
 def commit_map(ref: str, version: int) -> Command:
     """`commit map @VER REF`: atomically swap the prepared version in."""
     name = validate_map_ref(ref)
@@ -281,10 +312,14 @@ class MapSwap:
     def prepare(self) -> Command:
         return prepare_map(self.ref)
 
+    @property
+    def command_count(self) -> int:
+        """Commands the swap sends: `prepare`, its payloads, `commit` (counted, not built)."""
+        return 2 + len(_payloads([f"{key} {value}" for key, value in self.entries]))
+
     def commands(self, version: int) -> list[Command]:
-        """`add map @VER` for every entry, then `commit map @VER`."""
-        adds = [add_map_entry(self.ref, version, key, value) for key, value in self.entries]
-        return [*adds, commit_map(self.ref, version)]
+        """`add map @VER` with the entries as payload, then `commit map @VER`."""
+        return [*add_map_entries(self.ref, version, self.entries), commit_map(self.ref, version)]
 
 
 def get_map(ref: str, key: str) -> Command:

@@ -104,10 +104,15 @@ def reloads(haproxy: HAProxyProcess) -> int:
 
 
 def run(haproxy: HAProxyProcess, *commands: c.Command) -> list[str]:
-    """Commands built by `controller.runtime.commands`, on one line (one batch)."""
-    reply = haproxy.command(";".join(cmd.text for cmd in commands))
-    assert not is_error_reply(reply), reply
-    return [reply]
+    """Commands built by `controller.runtime.commands`, on one line (one batch); a command
+    with a payload (a map swap's entries) goes on its own, as it is sent on the wire."""
+    if all(cmd.payload is None for cmd in commands):
+        replies = [haproxy.command(";".join(cmd.text for cmd in commands))]
+    else:
+        replies = [haproxy.command(cmd.wire) for cmd in commands]
+    for reply in replies:
+        assert not is_error_reply(reply), reply
+    return replies
 
 
 def fill(backend: str, slot: str, port: int) -> list[c.Command]:

@@ -329,3 +329,46 @@ async def test_map_swaps_take_one_round_trip_once_the_version_is_known(haproxy: 
         await client.execute(c.prepare_map(ref))  # someone else's prepare
         assert await swap_to("be_b") == 3
         assert await swap_to("be_app") == 1
+
+
+async def test_reads_and_writes_go_through_their_own_sessions(haproxy: HAProxy) -> None:
+    """Concurrent batches: writes on one session in the callers' order, reads beside them on
+    up to two more, every reply framed to its own command (issue 11)."""
+    async with RuntimeClient(haproxy.admin) as client:
+        writes = [[c.set_server_weight("be_b", "s1", w)] for w in range(1, 21)]
+        reads = [[c.show_servers_state("be_b"), c.show_proxy_stat("be_b", c.STAT_SERVER)]] * 20
+        batches = [batch for pair in zip(writes, reads, strict=True) for batch in pair]
+        results = await asyncio.gather(*(client.execute_many(batch) for batch in batches))
+        for replies in results[0::2]:
+            assert replies == [""]
+        for state, stat in results[1::2]:
+            [server] = parse_servers_state(state)
+            assert (server.server, server.initial_weight) == ("s1", 1)
+            assert server.user_weight in range(1, 21)
+            assert [row["svname"] for row in parse_stat(stat)] == ["s1"]
+        # the writes ran in order: the last one made stays
+        [last] = parse_servers_state(await client.execute(c.show_servers_state("be_b")))
+        assert last.user_weight == 20
+        sessions = await asyncio.to_thread(_raw, haproxy.admin, "show sess")
+        ours = [line for line in sessions.splitlines() if "fe=GLOBAL" in line]
+        assert len(ours) == 1 + 3  # this look, the write session and two read sessions
+
+
+async def test_a_swap_sends_a_map_s_entries_as_payloads_whatever_its_size(
+    haproxy: HAProxy,
+) -> None:
+    """A swap is prepare, `add map` with the entries as payload (several when they do not
+    fit one), commit: HAProxy serves exactly the new entries, small map or big."""
+    ref = "maps/pick.map"
+    async with RuntimeClient(haproxy.admin) as client:
+        swapper = MapSwapper(client)
+        big = (*((f"host-{i:04d}.example", "be_app") for i in range(3000)), ("x", "be_b"))
+        assert len(c.MapSwap(ref, big).commands(1)) > 2  # several payloads and the commit
+        for entries in (big, (("x", "be_b"), ("y", "be_app")), big[:1], big):
+            await swapper.swap([c.MapSwap(ref, entries)])
+            shown = parse_map(await client.execute(c.show_map(ref)))
+            assert [(e.key, e.value) for e in shown] == list(entries)
+        assert await http_get(haproxy.fe_port, pick="x") == "b"
+        assert await http_get(haproxy.fe_port, pick="host-0042.example") == (
+            "HTTP/1.1 503 Service Unavailable"  # be_app's slots are parked
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,24 @@ async def test_status_reads_its_own_gateway_only(
     recorder = Recorder(engine, monkeypatch)
     status = await gateway_status(engine, TARGET, engine.desired.records[TARGET])
     assert status["in_sync"] is True
+    assert recorder.gateways_touched() == {TARGET}, recorder.commands
+
+
+async def test_status_reads_the_backends_haproxy_binds_when_the_plan_names_others(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status reads the stats of the backends the last plan binds beside the gateway's maps;
+    if HAProxy binds a route elsewhere (drift), that backend is read too, and only it."""
+    plan = engine.plans[TARGET]
+    canary = plan.bindings["canary"]
+    stale = {route: backend for route, backend in plan.bindings.items() if route != "canary"}
+    monkeypatch.setitem(engine.plans, TARGET, replace(plan, bindings=stale))
+    recorder = Recorder(engine, monkeypatch)
+    status = await gateway_status(engine, TARGET, engine.desired.records[TARGET])
+    assert status["routes"]["canary"]["backend"] == canary
+    assert status["in_sync"] is True
+    stats = [text.split()[2] for text in recorder.commands if text.startswith("show stat ")]
+    assert sorted(stats) == sorted(plan.bindings.values())  # each bound backend, once
     assert recorder.gateways_touched() == {TARGET}, recorder.commands
 
 

@@ -35,7 +35,7 @@ from controller.model import (
 )
 from controller.plan import Observed, plan_changes
 from controller.render import RenderSettings, UnsafeLine, render_section
-from controller.runtime.commands import MapSwap
+from controller.runtime.commands import CLI_BUFFER, MapSwap
 from controller.runtime.errors import InvalidArgument
 
 SETTINGS = RenderSettings(admin_socket="/x/admin.sock")
@@ -477,13 +477,25 @@ def test_map_swap_checks_its_map(ref: str) -> None:
 def test_map_swap_builds_its_commands_for_the_version() -> None:
     swap = MapSwap("/m/shop.map", (("0:8999", "wb.shop.b1"), ("9000:9999", "wb.shop.b2")))
     assert swap.prepare().text == "prepare map /m/shop.map"
-    assert [c.text for c in swap.commands(7)] == [
-        "add map @7 /m/shop.map 0:8999 wb.shop.b1",
-        "add map @7 /m/shop.map 9000:9999 wb.shop.b2",
+    assert [c.wire for c in swap.commands(7)] == [
+        "add map @7 /m/shop.map <<\n0:8999 wb.shop.b1\n9000:9999 wb.shop.b2\n",
         "commit map @7 /m/shop.map",
+    ]
+    assert [c.text for c in MapSwap("/m/shop.map", ()).commands(7)] == [
+        "commit map @7 /m/shop.map"
     ]
     with pytest.raises(InvalidArgument):
         swap.commands(-1)
+
+
+def test_a_big_map_swap_splits_its_entries_into_payloads_that_fit_haproxy_s_buffer() -> None:
+    entries = tuple((f"{i}:{i}", f"wb.shop.backend-with-a-long-name-{i}") for i in range(2000))
+    swap = MapSwap("/m/shop.map", entries)
+    adds = swap.commands(3)[:-1]
+    assert len(adds) > 1 and swap.command_count == len(adds) + 2
+    assert all(len(c.wire) <= CLI_BUFFER // 2 + 64 for c in adds)
+    lines = [line for c in adds for line in (c.payload or "").split("\n")]
+    assert lines == [f"{key} {value}" for key, value in entries]
 
 
 def test_plan_refuses_a_route_name_that_bypassed_the_model() -> None:

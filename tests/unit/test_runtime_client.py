@@ -205,7 +205,7 @@ async def test_sessions_idle_too_long_are_replaced() -> None:
 async def test_connection_closed_while_idle_is_replaced_before_writing() -> None:
     server = FakeServer()
     async with RuntimeClient("fake", connector=server.connect) as client:
-        await client.execute(c.show_backend())
+        await client.execute(c.set_server_weight("be", "s0", 1))
         server.sessions[0].close_from_peer()  # the old worker exited
         assert await client.execute(c.set_server_weight("be", "s1", 1)) == ""
         assert len(server.sessions) == 2
@@ -263,7 +263,51 @@ async def test_concurrent_callers_do_not_interleave() -> None:
         results = await asyncio.gather(*(client.execute_many(batch) for batch in batches))
     for batch, replies in zip(batches, results, strict=True):
         assert replies == [cmd.text for cmd in batch]
+    assert len(server.sessions) == 2  # reads: at most `read_sessions` (2) at once
+
+
+async def test_concurrent_writes_share_one_session_in_order() -> None:
+    server = FakeServer(lambda line: line if line.startswith("set server") else "", chunk=3)
+    async with RuntimeClient("fake", connector=server.connect, check_worker=False) as client:
+        batches = [[c.set_server_weight("be", f"s{i}", j) for j in range(20)] for i in range(10)]
+        results = await asyncio.gather(*(client.execute_many(batch) for batch in batches))
+    for batch, replies in zip(batches, results, strict=True):
+        assert replies == [cmd.text for cmd in batch]
     assert len(server.sessions) == 1
+    sent = [line for line in server.lines if line.startswith("set server")]
+    assert sent == [cmd.text for batch in batches for cmd in batch]  # in the callers' order
+
+
+async def test_a_read_held_up_in_haproxy_holds_up_no_write_and_no_other_read() -> None:
+    """The health watch's long read must not delay a weight change nor a status read: each
+    goes through a session of its own (issue 11)."""
+    slow, first = asyncio.Event(), asyncio.Event()
+
+    class Held(FakeServer):
+        async def connect(self) -> Stream:
+            session = await super().connect()
+            if len(self.sessions) == 1:
+                first.set()  # the first session's replies wait for `slow`
+                original = session.read
+
+                async def read() -> bytes:
+                    await slow.wait()
+                    return await original()
+
+                session.read = read  # type: ignore[method-assign]
+            return session
+
+    server = Held()
+    async with RuntimeClient("fake", connector=server.connect) as client:
+        held = asyncio.create_task(client.execute_many([c.show_stat(-1, c.STAT_SERVER)]))
+        await first.wait()
+        write = await asyncio.wait_for(client.execute(c.set_server_weight("be", "s1", 3)), 5)
+        read = await asyncio.wait_for(client.execute(c.show_backend()), 5)
+        assert (write, read) == ("", "")
+        assert not held.done()
+        slow.set()
+        assert await held == [""]
+    assert len(server.sessions) == 3  # the held read, the write, the second read
 
 
 async def test_master_commands_go_only_to_the_master() -> None:

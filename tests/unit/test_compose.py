@@ -23,7 +23,7 @@ from controller.config_file import load_config
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests/data/compose-spec/compose-spec.json"
 # Where images we do not build listen by default (their documented ports).
-IMAGE_PORTS = {"prom/prometheus": {9090}, "grafana/grafana": {3000}}
+IMAGE_PORTS = {"prom/prometheus": {9090}, "grafana/grafana": {3000}, "quay.io/coreos/etcd": {2379}}
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,15 @@ def port_of(address: str) -> int:
 def listeners(compose: dict[str, Any]) -> dict[str, set[int]]:
     """Ports each service's network namespace listens on, from the files that configure them."""
     stack = services(compose)
-    controller = flags(stack["controller"]["command"])
-    config = load_config(repo_file(stack["controller"], controller["config"]))
     ports: dict[str, set[int]] = {name: set() for name in stack}
-    ports["controller"].add(port_of(controller["api"]))
-    # HAProxy binds the gateways and the exporter from the configuration the controller writes
-    ports["haproxy"] |= {gateway.bind.port for gateway in config.gateways.values()}
-    ports["haproxy"].add(port_of(controller["stats"]))
+    for name, haproxy in controllers(compose).items():
+        controller = flags(stack[name]["command"])
+        config = load_config(repo_file(stack[name], controller["config"]))
+        ports[name].add(port_of(controller["api"]))
+        # HAProxy binds the gateways and the exporter from the configuration the controller
+        # writes
+        ports[haproxy] |= {gateway.bind.port for gateway in config.gateways.values()}
+        ports[haproxy].add(port_of(controller["stats"]))
     for name, service in stack.items():
         for image, defaults in IMAGE_PORTS.items():
             if service.get("image", "").startswith(image + ":"):
@@ -108,6 +110,25 @@ def listeners(compose: dict[str, Any]) -> dict[str, set[int]]:
             ports[owner] |= ports[name]
             ports[name] = ports[owner]
     return ports
+
+
+def controllers(compose: dict[str, Any]) -> dict[str, str]:
+    """Each `weighbridge run` service and the HAProxy service it drives (the one that mounts
+    its state volume: the single-node stack's pair, and a fleet node's)."""
+    stack = services(compose)
+    pairs = {}
+    for name, service in stack.items():
+        if service.get("command", [])[:2] != ["weighbridge", "run"]:
+            continue
+        state = resolve(service, flags(service["command"])["state-dir"])[0].source
+        [haproxy] = [
+            other
+            for other, candidate in stack.items()
+            if candidate.get("image", "").startswith("haproxy:")
+            and state in {m.source for m in mounts(candidate)}
+        ]
+        pairs[name] = haproxy
+    return pairs
 
 
 def specs(service: dict[str, Any]) -> Iterator[str]:

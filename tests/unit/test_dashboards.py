@@ -16,6 +16,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.fleet.follow import FleetMetrics
 from controller.metrics import Metrics
 from controller.rollouts.metrics import RolloutMetrics
 from controller.tls.metrics import register_certificate_metrics
@@ -181,6 +182,7 @@ def test_controller_metrics_queried_are_exported(dashboard: dict[str, Any], tmp_
     exported = set()
     metrics = Metrics(CollectorRegistry())
     RolloutMetrics(metrics.registry)  # what `weighbridge run` adds to the same registry
+    FleetMetrics(metrics.registry, "n1")  # and, on a fleet node, `--store etcd://…`
     store = CertificateStore(tmp_path / "certs")  # certificates: a series per stored one
     store.put("shop", parse_bundle(Authority().issue("shop.example").pem))
     register_certificate_metrics(metrics.registry, store)

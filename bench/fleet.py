@@ -13,8 +13,9 @@ file store (the default), each weight change (a new split every time) records:
    once every live node reported the revision applied in etcd), no pollers running.
 
 Beside the latencies, the CPU each series cost per write: a controller's (mean over the
-nodes), all HAProxy processes', etcd's and this benchmark's own (its pollers and HTTP client):
-on 2 shared cores the sum is what bounds the latency.
+nodes; also above its idle rate, measured over 5 s before the writes), all HAProxy processes',
+etcd's and this benchmark's own (its pollers and HTTP client): on 2 shared cores the sum is
+what bounds the latency.
 
 Run: `.venv/bin/python -m bench.fleet [--writes 500] [--sizes 1,4,16] [--before REF]
 [--poll-every S] [--profile DIR] [--port-base N]`; prints Markdown. `--before REF` also runs
@@ -60,6 +61,8 @@ from tests.support.etcd import Cluster, etcd_cluster
 
 ORDER = ["stable", "canary"]
 TIMEOUT = 10.0
+IDLE_SECONDS = 5.0
+"""The window before the writes in which the idle CPU of the fleet is measured."""
 
 
 def config(backends: list[Any], port: int) -> dict[str, Any]:
@@ -72,6 +75,7 @@ def config(backends: list[Any], port: int) -> dict[str, Any]:
 
 @dataclass
 class Variant:
+    slug: str
     label: str
     source: Path | None
     """A checkout's directory to run the controller from (None: this one)."""
@@ -87,17 +91,30 @@ class CpuMeter:
             "etcd": [m.process.pid for m in etcd.members if m.process] if etcd else [],
         }
         self.start = self._now()
+        self.started = time.perf_counter()
 
     def _now(self) -> dict[str, float]:
         now = {group: sum(_cpu(pid) for pid in pids) for group, pids in self.groups.items()}
         now["bench"] = time.process_time()
         return now
 
-    def per_write(self, writes: int) -> dict[str, float]:
-        """CPU ms per write since the start; `controller` per node."""
+    def _used(self) -> dict[str, float]:
+        """CPU ms of each group since the start; `controller` per node."""
         end = self._now()
-        result = {g: (end[g] - self.start[g]) * 1000 / writes for g in end}
-        result["controller"] /= max(len(self.groups["controller"]), 1)
+        used = {g: (end[g] - self.start[g]) * 1000 for g in end}
+        used["controller"] /= max(len(self.groups["controller"]), 1)
+        return used
+
+    def per_second(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.started
+        return {g: ms / elapsed for g, ms in self._used().items()}
+
+    def per_write(self, writes: int, idle: dict[str, float]) -> dict[str, float]:
+        """CPU ms per write since the start, and a controller's above its idle rate."""
+        elapsed = time.perf_counter() - self.started
+        result = {g: ms / writes for g, ms in self._used().items()}
+        result["controller_net"] = result["controller"] - idle["controller"] * elapsed / writes
+        result["controller_idle"] = idle["controller"] / 10  # ms/s → % of a core
         return result
 
 
@@ -126,6 +143,9 @@ async def measure(
     rtt: list[float] = []
     waited: list[float] = []
     async with aiohttp.ClientSession() as session:
+        quiet = CpuMeter(nodes, etcd)
+        await asyncio.sleep(IDLE_SECONDS)  # the window measured: the fleet's CPU when idle
+        idle = quiet.per_second()
         meter = CpuMeter(nodes, etcd)
         for i in range(writes):
             stable, canary = split_for(i)
@@ -150,7 +170,7 @@ async def measure(
             answered = await request
             everywhere.append(max(seen) - started)
             rtt.append(answered - started)
-        cpu = meter.per_write(writes)
+        cpu = meter.per_write(writes, idle)
         for w in watchers:
             await w.close()
         cpu_waited: dict[str, float] = {}
@@ -167,7 +187,7 @@ async def measure(
                     if response.status != 200 or answer["applied"]["lagging"]:
                         raise RuntimeError(f"wait=applied: {response.status} {answer}")
                 waited.append(time.perf_counter() - started)
-            cpu_waited = meter.per_write(writes)
+            cpu_waited = meter.per_write(writes, idle)
     return {
         "everywhere": everywhere,
         "rtt": rtt,
@@ -193,9 +213,9 @@ def run_size(
             extra = []
             if etcd is not None:
                 extra = ["--store", etcd.url, "--node", f"n{i}", "--bind-host", f"127.0.0.{10 + i}"]
-            workdir = tmp / f"{kind}-{size}-{variant.label}-n{i}"
+            workdir = tmp / f"{kind}-{size}-{variant.slug}-n{i}"
             workdir.mkdir()
-            spy = f"{args.profile}/{kind}-{size}-{variant.label}-n{i}.txt"
+            spy = f"{args.profile}/{kind}-{size}-{variant.slug}-n{i}.txt"
             wrapper = profiler(spy) if args.profile and i == min(2, size) else []
             nodes.append(
                 stack.enter_context(
@@ -233,7 +253,8 @@ def row(label: str, values: list[float]) -> list[str]:
 
 
 def cpu_row(label: str, cpu: dict[str, float]) -> list[str]:
-    return [label, *(f"{cpu[g]:.2f}" for g in ("controller", "haproxy", "etcd", "bench"))]
+    groups = ("controller", "controller_net", "controller_idle", "haproxy", "etcd", "bench")
+    return [label, *(f"{cpu[g]:.2f}" for g in groups)]
 
 
 def main() -> None:
@@ -260,9 +281,11 @@ def main() -> None:
     specs = [f"stable:s{i}" for i in range(1, 5)] + [f"canary:c{i}" for i in range(1, 9)]
     rows, cpu_rows = [], []
     with short_tmp() as tmp, demo_backends(specs) as backends:
-        variants = [Variant("now", None)]
+        variants = [Variant("now", "now", None)]
         if args.before:
-            variants.insert(0, Variant(f"before ({args.before})", extract(args.before, tmp / "b")))
+            variants.insert(
+                0, Variant("before", f"before ({args.before})", extract(args.before, tmp / "b"))
+            )
         file_store = run_size(tmp, backends, 1, args, None, variants[-1])
         rows.append(row("file store, 1 node: PATCH round trip", file_store["rtt"]))
         rows.append(row("file store, 1 node: PATCH → visible", file_store["everywhere"]))
@@ -282,7 +305,16 @@ def main() -> None:
     print()
     print(
         markdown_table(
-            ["CPU ms per write", "a controller", "all HAProxy", "etcd", "bench"], cpu_rows
+            [
+                "CPU ms per write",
+                "a controller",
+                "a controller above idle",
+                "a controller idle (% of a core)",
+                "all HAProxy",
+                "etcd",
+                "bench",
+            ],
+            cpu_rows,
         )
     )
     print()

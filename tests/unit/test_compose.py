@@ -19,6 +19,7 @@ import yaml
 from controller.backends import BackendSpec
 from controller.cli import build_parser
 from controller.config_file import load_config
+from controller.model import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests/data/compose-spec/compose-spec.json"
@@ -254,14 +255,18 @@ def test_haproxy_and_the_controller_share_files_and_sockets(compose: dict[str, A
         assert not resolve(controller, socket)[0].bind
 
 
-def test_demo_services_serve_the_configured_instances(compose: dict[str, Any]) -> None:
+def demo_instances(
+    compose: dict[str, Any], controller: str, haproxy: str
+) -> tuple[set[tuple[str, int]], set[tuple[str, int]], Config]:
+    """(route, port) the demo services in `haproxy`'s namespace serve, those `controller`'s
+    config file names, and that config."""
     stack = services(compose)
-    args = build_parser().parse_args(stack["controller"]["command"][1:])
-    config = load_config(repo_file(stack["controller"], args.config))
+    args = build_parser().parse_args(stack[controller]["command"][1:])
+    config = load_config(repo_file(stack[controller], args.config))
     served = {
         (spec.route, spec.port)
         for service in stack.values()
-        if service.get("network_mode") == "service:haproxy"
+        if service.get("network_mode") == f"service:{haproxy}"
         and "controller.backends" in service["command"]
         for spec in map(BackendSpec.parse, specs(service))
     }
@@ -271,6 +276,12 @@ def test_demo_services_serve_the_configured_instances(compose: dict[str, Any]) -
         for route_name, route in gateway.routes.items()
         for instance in route.instances
     }
+    return served, wanted, config
+
+
+def test_demo_services_serve_the_configured_instances(compose: dict[str, Any]) -> None:
+    stack = services(compose)
+    served, wanted, config = demo_instances(compose, "controller", "haproxy")
     assert served == wanted
     assert all(
         instance.ip == "127.0.0.1"

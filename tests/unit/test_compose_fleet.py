@@ -16,8 +16,8 @@ from controller.config_file import load_config
 from controller.fleet.etcd import parse_store_url
 from controller.fleet.run import check_node_name
 from tests.unit.test_compose import (
-    BackendSpec,
     controllers,
+    demo_instances,
     flags,
     listeners,
     load,
@@ -25,7 +25,6 @@ from tests.unit.test_compose import (
     repo_file,
     resolve,
     services,
-    specs,
 )
 
 FLEET = "fleet"
@@ -107,21 +106,7 @@ def test_each_node_drives_its_own_haproxy(compose: dict[str, Any]) -> None:
 def test_each_node_serves_the_configured_instances(compose: dict[str, Any]) -> None:
     stack = services(compose)
     for name, haproxy in nodes(compose).items():
-        args = build_parser().parse_args(stack[name]["command"][1:])
-        config = load_config(repo_file(stack[name], args.config))
-        served = {
-            (spec.route, spec.port)
-            for service in stack.values()
-            if service.get("network_mode") == f"service:{haproxy}"
-            and "controller.backends" in service["command"]
-            for spec in map(BackendSpec.parse, specs(service))
-        }
-        wanted = {
-            (route_name, instance.port)
-            for gateway in config.gateways.values()
-            for route_name, route in gateway.routes.items()
-            for instance in route.instances
-        }
+        served, wanted, _ = demo_instances(compose, name, haproxy)
         assert served == wanted, haproxy
         traffic = [
             s

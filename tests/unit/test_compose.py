@@ -295,17 +295,22 @@ def test_demo_services_serve_the_configured_instances(compose: dict[str, Any]) -
     assert port_of(url.rstrip("/").removeprefix("http://")) in listeners(compose)["haproxy"]
 
 
-def test_prometheus_scrapes_the_stack(compose: dict[str, Any]) -> None:
-    stack = services(compose)
-    prometheus = stack["prometheus"]
+def scrape_jobs(prometheus: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Prometheus service's scrape jobs by name (its rule files exist)."""
     config = yaml.safe_load(
         repo_file(prometheus, flags(prometheus["command"])["config.file"]).read_text()
     )
     for rule_file in config["rule_files"]:
         repo_file(prometheus, rule_file)
-    ports = listeners(compose)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == {"weighbridge", "haproxy"}
+    return jobs
+
+
+def test_prometheus_scrapes_the_stack(compose: dict[str, Any]) -> None:
+    stack = services(compose)
+    jobs = scrape_jobs(stack["prometheus"])
+    ports = listeners(compose)
     for job in jobs.values():
         for target in job["static_configs"][0]["targets"]:
             service, port = target.split(":")

@@ -18,12 +18,12 @@ from controller.fleet.run import check_node_name
 from tests.unit.test_compose import (
     controllers,
     demo_instances,
-    flags,
     listeners,
     load,
     mounts,
     repo_file,
     resolve,
+    scrape_jobs,
     services,
 )
 
@@ -119,14 +119,8 @@ def test_each_node_serves_the_configured_instances(compose: dict[str, Any]) -> N
 def test_prometheus_scrapes_every_node_under_its_name(compose: dict[str, Any]) -> None:
     stack = services(compose)
     [prometheus] = [s for s in fleet(compose).values() if "prometheus" in s.get("image", "")]
-    config = yaml.safe_load(
-        repo_file(prometheus, flags(prometheus["command"])["config.file"]).read_text()
-    )
-    for rule_file in config["rule_files"]:
-        repo_file(prometheus, rule_file)
+    jobs = scrape_jobs(prometheus)
     ports = listeners(compose)
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"weighbridge", "haproxy"}
     instances: dict[str, dict[str, str]] = {}
     for job_name, job in jobs.items():
         for group in job["static_configs"]:

@@ -31,9 +31,11 @@ LEASE_TTL = 5
 REFRESH = 1.0
 """Seconds between keep-alives (and status writes when nothing changed), and between two
 listings of the node table while nobody waits."""
-LINGER = 10.0
-"""Seconds the node table stays watched after the last wait for "applied" (a stream of
-waiting writes keeps one watch)."""
+LINGER = 1.0
+"""Seconds the node table stays watched after the last wait for "applied": a stream of
+waiting writes to one node keeps one watch, while waits spread over every node in turn do not
+keep every node watching (N² again). A wait that starts the watch lists the table first,
+while the other nodes apply the write."""
 
 
 @dataclass

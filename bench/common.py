@@ -331,13 +331,16 @@ def controller(
     keep_haproxy: bool = False,
     wrapper: Sequence[str] = (),
     stats: str = "",
+    source: Path | None = None,
 ) -> Iterator[Controller]:
     """Seed a config file, run the controller on `workdir/state`, stop it and its HAProxy.
 
     `config=None` reuses the config file already there; `keep_haproxy` leaves HAProxy
     serving for the next controller to adopt (its caller must `stop_pidfile` it in the end);
     `wrapper` runs the controller under another program, e.g. `py-spy record ... --`;
-    `stats` is the previous controller's, for a restart that must not change the structure.
+    `stats` is the previous controller's, for a restart that must not change the structure;
+    `source`: another checkout's `controller` package to run (its directory), e.g. the old
+    code for a before/after comparison in one run.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "weighbridge.yaml"
@@ -362,6 +365,7 @@ def controller(
         ],
         stdout=log_file,
         stderr=subprocess.STDOUT,
+        cwd=source,
     )
     inner: int | None = None
     try:

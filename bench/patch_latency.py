@@ -137,14 +137,19 @@ class MapWatcher:
         wanted: frozenset[str],
         deadline: float,
         request: asyncio.Task[Any] | None = None,
+        every: float = 0.0,
     ) -> float:
         """perf_counter() of the first reply showing `wanted`; TimeoutError past `deadline`.
 
-        `request`: the PATCH in flight; if it fails, its error is raised at once.
+        `request`: the PATCH in flight; if it fails, its error is raised at once. `every`:
+        seconds between two polls (0: back to back; a paced poller leaves the CPU to what it
+        measures, at the cost of that much resolution).
         """
         while True:
             if applied(await self.show(), wanted):
                 return time.perf_counter()
+            if every:
+                await asyncio.sleep(every)
             if request is not None and request.done() and request.exception() is not None:
                 await request  # raises the request's own error
             if time.perf_counter() > deadline:

@@ -606,7 +606,7 @@ class Engine:
             if not changed:
                 return
             async with self.gate.shared():
-                _, structural = await self._apply_live(changed)
+                _, structural = await self._apply_live(changed, trust_known=True)
                 for plan in structural:
                     self._planned(plan)
             if structural:
@@ -719,14 +719,23 @@ class Engine:
             return await self._converge(free, drift=True)
 
     async def _apply_live(
-        self, names: Sequence[str]
+        self, names: Sequence[str], *, trust_known: bool = False
     ) -> tuple[list[GatewayPlan], list[GatewayPlan]]:
         """Observe and plan `names` (their locks and the gate held by the caller) and apply
-        the runtime plans; returns (those, the plans that need a reload)."""
-        observed = await self.observe_gateways(names)
+        the runtime plans; returns (those, the plans that need a reload). `trust_known`: a
+        gateway whose last plan HAProxy runs and whose change only swaps maps is planned
+        without looking, as a write is (`_plan_known`; a fleet node following etcd)."""
+        known = {}
+        if trust_known:
+            known = {n: self._plan_known(n, self.desired.get(n)) for n in names}
+        unknown = [n for n in names if known.get(n) is None]
+        observed = {}
+        if unknown:
+            observed = dict(zip(unknown, await self.observe_gateways(unknown), strict=True))
         plans = [
-            self._plan(name, self.desired.get(name), seen, check_budget=False)
-            for name, seen in zip(names, observed, strict=True)
+            known.get(name)
+            or self._plan(name, self.desired.get(name), observed[name], check_budget=False)
+            for name in names
         ]
         runtime = [p for p in plans if not p.needs_reload]
         await self.applier.apply_runtime(runtime)

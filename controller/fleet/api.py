@@ -64,7 +64,7 @@ async def wait_applied(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODES].view())
+    return web.json_response(await request.app[NODES].current_view())
 
 
 def add_fleet_routes(app: web.Application, nodes: Nodes) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controller.desired import Record
 from controller.engine import Engine
@@ -47,8 +47,7 @@ class FollowState:
 
 
 class FleetMetrics:
-    def __init__(self, engine: Engine, node: str) -> None:
-        registry = engine.metrics.registry
+    def __init__(self, registry: CollectorRegistry, node: str) -> None:
         self.node = node
         self.applied = Gauge(
             "weighbridge_node_applied_revision",

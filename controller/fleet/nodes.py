@@ -2,8 +2,11 @@
 
 `<prefix>nodes/<name>` holds what a node reports (its version, the revision its HAProxy runs,
 HAProxy's state, its last error); the key lives on a lease the node keeps alive, so a node that
-dies vanishes from the table within the lease's TTL. Every node watches the other nodes' keys:
-`?wait=applied` waits until each live node reports a revision at least the write's.
+dies vanishes from the table within the lease's TTL. `?wait=applied` waits until each live node
+reports a revision at least the write's: the node it waits on watches the other nodes' keys
+from then on (for LINGER seconds after the last wait), and otherwise lists them every REFRESH
+seconds. Watching always would cost every node an event per node per write: N² events across
+a fleet, the largest share of a write's cost at 16 nodes (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ log = logging.getLogger(__name__)
 LEASE_TTL = 5
 """Seconds a node's key outlives its last keep-alive: how soon a dead node leaves the table."""
 REFRESH = 1.0
-"""Seconds between keep-alives (and status writes when nothing changed)."""
+"""Seconds between keep-alives (and status writes when nothing changed), and between two
+listings of the node table while nobody waits."""
+LINGER = 1.0
+"""Seconds the node table stays watched after the last wait for "applied": a stream of
+waiting writes to one node keeps one watch, while waits spread over every node in turn do not
+keep every node watching (N² again). A wait that starts the watch lists the table first,
+while the other nodes apply the write."""
 
 
 @dataclass
@@ -75,6 +84,12 @@ class Nodes:
         """Why etcd cannot be reached now (None: it can)."""
         self._changed = asyncio.Condition()
         self._lease = 0
+        self._waiting = 0
+        self._wanted_until = 0.0
+        self._wanted = asyncio.Event()
+        """Set when a wait starts: the table's loop starts watching."""
+        self.watching = False
+        """The table follows a watch (it is current); False: listed every REFRESH seconds."""
 
     @property
     def lease(self) -> int:
@@ -145,27 +160,60 @@ class Nodes:
     # ---- every node's key -------------------------------------------------------------------
 
     async def watch_forever(self) -> None:
-        """The table of nodes: listed, then watched (listed again when the watch fails)."""
-        prefix = self.prefix.encode()
+        """The table of nodes: listed every REFRESH seconds, or listed and then watched while
+        waits want it current (listed again when the watch fails)."""
         while True:
             try:
-                found, revision = await self.etcd.list_prefix(prefix)
-                now = {kv.key.decode(errors="replace"): kv.value for kv in found}
-                for name in [n for n in self.table if self.prefix + n not in now]:
-                    self._gone(name)
-                for key, value in now.items():
-                    self._seen(key, value)
-                await self._notify()
-                async for kv in self.etcd.watch(prefix, revision):
-                    key = kv.key.decode(errors="replace")
-                    if kv.deleted:
-                        self._gone(key.removeprefix(self.prefix))
-                    else:
-                        self._seen(key, kv.value)
-                    await self._notify()
+                revision = await self.refresh()
+                if self._wants_watch():
+                    await self._watch_while_wanted(revision)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wanted.wait(), REFRESH)
             except StoreError as exc:
                 log.debug("node table: %s", exc)
                 await asyncio.sleep(REFRESH)  # etcd is away: try listing again later
+            finally:
+                self.watching = False
+
+    async def refresh(self) -> int:
+        """List every node's key into the table; the revision listed at."""
+        found, revision = await self.etcd.list_prefix(self.prefix.encode())
+        now = {kv.key.decode(errors="replace"): kv.value for kv in found}
+        for name in [n for n in self.table if self.prefix + n not in now]:
+            self._gone(name)
+        for key, value in now.items():
+            self._seen(key, value)
+        await self._notify()
+        return revision
+
+    def _wants_watch(self) -> bool:
+        self._wanted.clear()
+        return self._waiting > 0 or time.monotonic() < self._wanted_until
+
+    async def _watch_while_wanted(self, revision: int) -> None:
+        """Follow the node keys from `revision` until no wait wanted it for LINGER seconds."""
+        watch = asyncio.create_task(self._follow(revision))
+        self.watching = True
+        await self._notify()
+        try:
+            while not watch.done() and self._wants_watch():
+                left = max(self._wanted_until - time.monotonic(), 0.1)
+                await asyncio.wait([watch], timeout=left)
+            if watch.done():
+                watch.result()  # its StoreError: list again
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+
+    async def _follow(self, revision: int) -> None:
+        async for kv in self.etcd.watch(self.prefix.encode(), revision):
+            key = kv.key.decode(errors="replace")
+            if kv.deleted:
+                self._gone(key.removeprefix(self.prefix))
+            else:
+                self._seen(key, kv.value)
+            await self._notify()
 
     def _seen(self, key: str, value: bytes) -> None:
         name = key.removeprefix(self.prefix)
@@ -198,12 +246,25 @@ class Nodes:
     async def wait_applied(self, revision: int, timeout: float) -> list[str]:
         """Wait until every live node runs `revision` or later; the nodes still lagging
         when `timeout` passed (empty: all applied)."""
+        self._waiting += 1
+        self._wanted.set()
         try:
             async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(lambda: not self.lagging(revision))
+                await self._changed.wait_for(lambda: self.watching and not self.lagging(revision))
         except TimeoutError:
             pass
+        finally:
+            self._waiting -= 1
+            self._wanted_until = time.monotonic() + LINGER
         return self.lagging(revision)
+
+    async def current_view(self) -> dict[str, Any]:
+        """`view()` with the table listed now unless it is watched (as listed last when etcd
+        cannot be reached)."""
+        if not self.watching:
+            with contextlib.suppress(StoreError):
+                await self.refresh()
+        return self.view()
 
     def view(self) -> dict[str, Any]:
         revision = max(self.state.store_revision, self.state.applied)

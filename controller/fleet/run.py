@@ -94,7 +94,7 @@ class Fleet:
 
     def start(self, engine: Engine, version: str) -> Nodes:
         """The loops, once the engine runs the first snapshot."""
-        metrics = FleetMetrics(engine, self.settings.node)
+        metrics = FleetMetrics(engine.metrics.registry, self.settings.node)
         self.follower = Follower(engine, self.store, self.copy, metrics, self.state)
         self.nodes = Nodes(engine, self.etcd, self.settings.node, version, self.follower, metrics)
         if self.state.from_copy:

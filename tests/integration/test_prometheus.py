@@ -117,7 +117,8 @@ def scrape_config(stack: Stack, rules: Path) -> dict[str, Any]:
     config["rule_files"] = [str(rules)]
     targets = {"weighbridge": stack.api_port, "haproxy": stack.stats_port}
     for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [f"127.0.0.1:{targets[job['job_name']]}"]}]
+        [group] = job["static_configs"]  # its labels stay: `instance` names the node
+        group["targets"] = [f"127.0.0.1:{targets[job['job_name']]}"]
     return config
 
 
@@ -176,6 +177,10 @@ def fill(expr: str, window: str, variables: dict[str, str]) -> str:
 ROLLOUT_ROW = "Rollout"
 """Its panels and the `Rollout steps` annotation need a rollout: tests/integration/
 test_rollouts.py evaluates them during one; this scenario runs none."""
+FLEET_ROW = "Fleet"
+"""Its panels need a fleet (etcd): tests/integration/test_prometheus_fleet.py evaluates them."""
+NODE = "weighbridge"
+"""The `instance` label deploy/prometheus.yml gives the single node's two targets."""
 TLS_ROW = "TLS certificates"
 """Its panel needs a stored certificate; gateways take none until the TLS wiring lands
 (tests/integration/test_tls_metrics.py evaluates the expression with promtool)."""
@@ -291,16 +296,20 @@ def test_every_dashboard_query_answers_and_shows_the_split(
         boards = dashboards()
         assert set(boards) == {"overview", "canary"}
         views = {
-            "overview": [{"gateway": "(blog|shop)"}, {"gateway": "shop"}],
+            "overview": [
+                {"node": NODE, "gateway": "(blog|shop)"},
+                {"node": NODE, "gateway": "shop"},
+            ],
             "canary": [
-                {"gateway": "shop", "route": "canary"},
-                {"gateway": "shop", "route": "(canary|stable)"},
+                {"node": NODE, "gateway": "shop", "route": "canary"},
+                {"node": NODE, "gateway": "shop", "route": "(canary|stable)"},
             ],
         }
         empty = []
         for name, board in boards.items():
             for variables in views[name]:
-                for label, expr in panel_queries(board, skip_rows=[ROLLOUT_ROW, TLS_ROW]):
+                skip = [ROLLOUT_ROW, TLS_ROW, FLEET_ROW]
+                for label, expr in panel_queries(board, skip_rows=skip):
                     if not prometheus.query(fill(expr, window, variables), at):
                         empty.append(f"{name} {variables}: {label}: {expr}")
         assert not empty, "queries without data:\n" + "\n".join(empty)
@@ -335,7 +344,11 @@ def test_every_dashboard_query_answers_and_shows_the_split(
                 inner = fill(variable["query"], window, variables).removeprefix("label_values(")
                 selector, label = (part.strip() for part in inner.removesuffix(")").rsplit(",", 1))
                 values = prometheus.get(f"/api/v1/label/{label}/values", **{"match[]": selector})
-                wanted = {"gateway": {"shop", "blog"}, "route": {"stable", "canary"}}[label]
+                wanted = {
+                    "instance": {NODE},
+                    "gateway": {"shop", "blog"},
+                    "route": {"stable", "canary"},
+                }[label]
                 assert set(values) == wanted, variable["name"]
 
         # the counters moved as they should

@@ -537,6 +537,7 @@ async def test_the_dashboard_rollout_row_answers_during_a_rollout_with_a_prometh
     stack: Stack, short_tmp: Path
 ) -> None:
     from tests.integration.test_prometheus import (
+        NODE,
         ROLLOUT_ROW,
         dashboards,
         fill,
@@ -579,7 +580,9 @@ async def test_the_dashboard_rollout_row_answers_during_a_rollout_with_a_prometh
         empty = [
             f"{label}: {expr}"
             for label, expr in queries
-            if not prometheus.query(fill(expr, window, {"gateway": "shop", "route": "canary"}), at)
+            if not prometheus.query(
+                fill(expr, window, {"node": NODE, "gateway": "shop", "route": "canary"}), at
+            )
         ]
         assert not empty, "Rollout row queries without data:\n" + "\n".join(empty)
         steps = prometheus.query(

@@ -19,11 +19,12 @@ import yaml
 from controller.backends import BackendSpec
 from controller.cli import build_parser
 from controller.config_file import load_config
+from controller.model import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests/data/compose-spec/compose-spec.json"
 # Where images we do not build listen by default (their documented ports).
-IMAGE_PORTS = {"prom/prometheus": {9090}, "grafana/grafana": {3000}}
+IMAGE_PORTS = {"prom/prometheus": {9090}, "grafana/grafana": {3000}, "quay.io/coreos/etcd": {2379}}
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,15 @@ def port_of(address: str) -> int:
 def listeners(compose: dict[str, Any]) -> dict[str, set[int]]:
     """Ports each service's network namespace listens on, from the files that configure them."""
     stack = services(compose)
-    controller = flags(stack["controller"]["command"])
-    config = load_config(repo_file(stack["controller"], controller["config"]))
     ports: dict[str, set[int]] = {name: set() for name in stack}
-    ports["controller"].add(port_of(controller["api"]))
-    # HAProxy binds the gateways and the exporter from the configuration the controller writes
-    ports["haproxy"] |= {gateway.bind.port for gateway in config.gateways.values()}
-    ports["haproxy"].add(port_of(controller["stats"]))
+    for name, haproxy in controllers(compose).items():
+        controller = flags(stack[name]["command"])
+        config = load_config(repo_file(stack[name], controller["config"]))
+        ports[name].add(port_of(controller["api"]))
+        # HAProxy binds the gateways and the exporter from the configuration the controller
+        # writes
+        ports[haproxy] |= {gateway.bind.port for gateway in config.gateways.values()}
+        ports[haproxy].add(port_of(controller["stats"]))
     for name, service in stack.items():
         for image, defaults in IMAGE_PORTS.items():
             if service.get("image", "").startswith(image + ":"):
@@ -108,6 +111,25 @@ def listeners(compose: dict[str, Any]) -> dict[str, set[int]]:
             ports[owner] |= ports[name]
             ports[name] = ports[owner]
     return ports
+
+
+def controllers(compose: dict[str, Any]) -> dict[str, str]:
+    """Each `weighbridge run` service and the HAProxy service it drives (the one that mounts
+    its state volume: the single-node stack's pair, and a fleet node's)."""
+    stack = services(compose)
+    pairs = {}
+    for name, service in stack.items():
+        if service.get("command", [])[:2] != ["weighbridge", "run"]:
+            continue
+        state = resolve(service, flags(service["command"])["state-dir"])[0].source
+        [haproxy] = [
+            other
+            for other, candidate in stack.items()
+            if candidate.get("image", "").startswith("haproxy:")
+            and state in {m.source for m in mounts(candidate)}
+        ]
+        pairs[name] = haproxy
+    return pairs
 
 
 def specs(service: dict[str, Any]) -> Iterator[str]:
@@ -233,14 +255,18 @@ def test_haproxy_and_the_controller_share_files_and_sockets(compose: dict[str, A
         assert not resolve(controller, socket)[0].bind
 
 
-def test_demo_services_serve_the_configured_instances(compose: dict[str, Any]) -> None:
+def demo_instances(
+    compose: dict[str, Any], controller: str, haproxy: str
+) -> tuple[set[tuple[str, int]], set[tuple[str, int]], Config]:
+    """(route, port) the demo services in `haproxy`'s namespace serve, those `controller`'s
+    config file names, and that config."""
     stack = services(compose)
-    args = build_parser().parse_args(stack["controller"]["command"][1:])
-    config = load_config(repo_file(stack["controller"], args.config))
+    args = build_parser().parse_args(stack[controller]["command"][1:])
+    config = load_config(repo_file(stack[controller], args.config))
     served = {
         (spec.route, spec.port)
         for service in stack.values()
-        if service.get("network_mode") == "service:haproxy"
+        if service.get("network_mode") == f"service:{haproxy}"
         and "controller.backends" in service["command"]
         for spec in map(BackendSpec.parse, specs(service))
     }
@@ -250,6 +276,12 @@ def test_demo_services_serve_the_configured_instances(compose: dict[str, Any]) -
         for route_name, route in gateway.routes.items()
         for instance in route.instances
     }
+    return served, wanted, config
+
+
+def test_demo_services_serve_the_configured_instances(compose: dict[str, Any]) -> None:
+    stack = services(compose)
+    served, wanted, config = demo_instances(compose, "controller", "haproxy")
     assert served == wanted
     assert all(
         instance.ip == "127.0.0.1"
@@ -263,17 +295,22 @@ def test_demo_services_serve_the_configured_instances(compose: dict[str, Any]) -
     assert port_of(url.rstrip("/").removeprefix("http://")) in listeners(compose)["haproxy"]
 
 
-def test_prometheus_scrapes_the_stack(compose: dict[str, Any]) -> None:
-    stack = services(compose)
-    prometheus = stack["prometheus"]
+def scrape_jobs(prometheus: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Prometheus service's scrape jobs by name (its rule files exist)."""
     config = yaml.safe_load(
         repo_file(prometheus, flags(prometheus["command"])["config.file"]).read_text()
     )
     for rule_file in config["rule_files"]:
         repo_file(prometheus, rule_file)
-    ports = listeners(compose)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == {"weighbridge", "haproxy"}
+    return jobs
+
+
+def test_prometheus_scrapes_the_stack(compose: dict[str, Any]) -> None:
+    stack = services(compose)
+    jobs = scrape_jobs(stack["prometheus"])
+    ports = listeners(compose)
     for job in jobs.values():
         for target in job["static_configs"][0]["targets"]:
             service, port = target.split(":")

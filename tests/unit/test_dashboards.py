@@ -16,6 +16,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.fleet.follow import FleetMetrics
 from controller.metrics import Metrics
 from controller.rollouts.metrics import RolloutMetrics
 from controller.tls.metrics import register_certificate_metrics
@@ -181,6 +182,7 @@ def test_controller_metrics_queried_are_exported(dashboard: dict[str, Any], tmp_
     exported = set()
     metrics = Metrics(CollectorRegistry())
     RolloutMetrics(metrics.registry)  # what `weighbridge run` adds to the same registry
+    FleetMetrics(metrics.registry, "n1")  # and, on a fleet node, `--store etcd://…`
     store = CertificateStore(tmp_path / "certs")  # certificates: a series per stored one
     store.put("shop", parse_bundle(Authority().issue("shop.example").pem))
     register_certificate_metrics(metrics.registry, store)
@@ -206,3 +208,64 @@ def test_provisioning_files() -> None:
     assert providers["apiVersion"] == 1
     [provider] = providers["providers"]
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
+
+
+SELECTOR = re.compile(r"\b((?:weighbridge|haproxy)_[a-z0-9_]+)\b(?![(:])(\{[^}]*\})?")
+
+
+def test_every_panel_filters_by_node(dashboard: dict[str, Any]) -> None:
+    """Every series a panel reads is filtered by the `node` variable (a node's two targets
+    share `instance`), and HAProxy's backends join the controller's routes per node: the same
+    backend names exist on every node of a fleet. The Fleet row reads the node table itself
+    (every node exports every node's applied revision, labelled `node`)."""
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["node"]["query"] == "label_values(weighbridge_ready, instance)"
+    assert variables["node"]["multi"] and variables["node"]["includeAll"]
+    fleet = {id(p) for p in fleet_row(dashboard)}
+    found = [
+        (p["title"], t["expr"])
+        for p in panels(dashboard)
+        if id(p) not in fleet
+        for t in p.get("targets", [])
+    ]
+    found += [(a["name"], a["expr"]) for a in dashboard["annotations"]["list"] if "expr" in a]
+    found += [
+        (v["name"], v["query"])
+        for v in variables.values()
+        if v["type"] == "query" and v is not variables["node"]
+    ]
+    for title, expr in found:
+        for metric, labels in SELECTOR.findall(expr):
+            assert 'instance=~"$node"' in labels, f"{title}: {metric} is not filtered by node"
+        assert "on (proxy)" not in expr, f"{title}: join on (instance, proxy)"
+
+
+def fleet_row(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """The panels of the overview's Fleet row (after its row panel, up to the next row)."""
+    found, inside = [], False
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            inside = panel["title"] == "Fleet"
+            found += panel.get("panels", []) if inside else []
+        elif inside:
+            found.append(panel)
+    return found
+
+
+def test_the_overview_has_a_fleet_row() -> None:
+    overview = load(ROOT / "grafana/dashboards/overview.json")
+    titles = {p["title"] for p in fleet_row(overview)}
+    assert titles == {
+        "Nodes up",
+        "Applied revision per node vs store revision",
+        "Lag per node (revisions)",
+        "Store reconnects and re-lists",
+    }
+    exprs = " ".join(t["expr"] for p in fleet_row(overview) for t in p["targets"])
+    for metric in (
+        "weighbridge_node_applied_revision",
+        "weighbridge_store_revision",
+        "weighbridge_store_reconnects_total",
+        "weighbridge_store_relists_total",
+    ):
+        assert metric in exprs

@@ -38,9 +38,19 @@ def stack() -> Iterator[Stack]:
         "gateways": {
             "shop": {
                 "bind": f"127.0.0.1:{free_port()}",
+                # nothing listens there: without checks, no route goes down and moves the
+                # map between two snapshots (the state compared must change only by requests)
                 "routes": {
-                    "stable": {"weight": "90%", "instances": ["127.0.0.1:9001"]},
-                    "canary": {"weight": "10%", "instances": ["127.0.0.1:9101"]},
+                    "stable": {
+                        "weight": "90%",
+                        "instances": ["127.0.0.1:9001"],
+                        "health_check": "none",
+                    },
+                    "canary": {
+                        "weight": "10%",
+                        "instances": ["127.0.0.1:9101"],
+                        "health_check": "none",
+                    },
                 },
             }
         }

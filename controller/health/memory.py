@@ -30,6 +30,18 @@ class Remembered:
     down: dict[str, frozenset[str]] = field(default_factory=dict)
     draining: Drains = field(default_factory=dict)
 
+    @classmethod
+    def copy_of(
+        cls,
+        down: Mapping[str, frozenset[str]],
+        draining: Mapping[str, Mapping[tuple[str, str], float]],
+    ) -> Remembered:
+        """A copy without empty entries, compared with the next one as plain dicts."""
+        return cls(
+            {g: r for g, r in down.items() if r},
+            {g: dict(s) for g, s in draining.items() if s},
+        )
+
     def as_json(self) -> str:
         return json.dumps(
             {

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -80,6 +80,28 @@ def routes_health(
 ) -> dict[str, RouteHealth]:
     """Healthy/total instances of each route of the gateway, from its backends' servers."""
     return {r: route_health(servers.get(bindings.get(r, ""), ())) for r in gateway.routes}
+
+
+PASSED = frozenset({"L4OK", "L6OK", "L7OK", "L7OKC"})
+"""Check results that prove an instance answers (`check_status`)."""
+
+
+def unproven(
+    routes: Iterable[str],
+    bindings: Mapping[str, str],
+    servers: Mapping[str, Sequence[ServerHealth]],
+) -> frozenset[str]:
+    """Of routes that were down, those none of whose instances has passed a check since:
+    a new worker (a reload) starts every server UP before its first check, so without this
+    a dead route got its share back for `fall` checks and answered 503s meanwhile."""
+    return frozenset(
+        route
+        for route in routes
+        if not any(
+            s.state == "UP" and (not s.checked or s.check_status in PASSED)
+            for s in servers.get(bindings.get(route, ""), ())
+        )
+    )
 
 
 @dataclass
@@ -323,6 +345,7 @@ class HealthWatch:
             )
         engine.metrics.set_route_health(name, found.health)
         down = frozenset(route for route, health in found.health.items() if health.down)
+        down |= unproven(engine.down.get(name, frozenset()) - down, plan.bindings, servers)
         await engine.routes_down(name, down)
 
     async def _keep(self) -> None:

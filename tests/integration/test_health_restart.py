@@ -156,3 +156,43 @@ async def test_a_drain_keeps_its_start_across_a_restart(
             for task in in_flight:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+async def test_a_reload_gives_a_dead_route_no_share_back(
+    stack: Stack, instance_pool: BackendProcess
+) -> None:
+    """A reload starts every server UP in the new worker, before its first check: the route
+    stays down until one of its instances passes a check there (it got its share back for
+    half a second and 5 requests answered 503 before)."""
+    stable = add_instances(instance_pool, "stable", "rs", 2)
+    canary = add_instances(instance_pool, "canary", "rc", 2)
+    bind = f"127.0.0.1:{free_port()}"
+    routes = {
+        "stable": {"weight": "90%", "instances": stable, "health_check": CHECK},
+        "canary": {"weight": "10%", "instances": canary, "health_check": CHECK},
+    }
+    put(stack, "split", {"bind": bind, "routes": routes})
+    for name in ("rc1", "rc2"):
+        instance_pool.remove(name)
+    moved = {"stable": "100%", "canary": "0%"}
+    wait_until(lambda: applied(stack, "split") == moved, 15, "the canary's share moved")
+    reloads = stack.reloads()
+    seen: list[dict[str, str]] = []
+    async with SteadyLoad(f"http://{bind}/", rate=100, max_duration=60) as load:
+        await load.wait_until(lambda r: len(r.outcomes) >= 30)
+        other = {"bind": f"127.0.0.1:{free_port()}", "routes": {"a": {"instances": stable[:1]}}}
+        await asyncio.to_thread(put, stack, "other", other)
+        assert stack.reloads() > reloads
+
+        def checked_down() -> bool:  # the new worker's own checks found the canary dead
+            seen.append(applied(stack, "split"))
+            rows = server_rows(stack, backend_of(stack, "split", "canary"))
+            return all(rows[a]["status"].startswith("DOWN") for a in canary)
+
+        await asyncio.to_thread(wait_until, checked_down, 20, "the new worker's checks")
+        done = time.monotonic()
+        await load.wait_until(lambda r: sum(r.routes(sent_after=done).values()) >= 50)
+    assert seen and all(view == moved for view in seen), seen
+    report = load.report
+    assert [o for o in report.outcomes if o.failed] == [], report.describe_failures()
+    assert report.routes().get("canary", 0) == 0

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from controller.compile import applied_weights
-from controller.health.watch import Pass, plan_pass
+from controller.health.watch import Pass, plan_pass, unproven
 from controller.model import Config, Route
 from controller.plan import NOTHING_RUNS, plan_gateway
 from controller.render import RenderSettings
@@ -105,3 +105,19 @@ def test_names_are_instances_kept_apart_and_written_back() -> None:
     dumped = route.model_dump(mode="json")
     assert dumped["instances"] == ["127.0.0.1:80", "api.internal:8080"]
     assert Route.model_validate(dumped) == route
+
+
+def test_a_route_that_was_down_stays_down_until_an_instance_passes_a_check() -> None:
+    bindings = {"canary": "wb.shop.b1"}
+
+    def still_down(*servers: ServerHealth) -> bool:
+        return unproven(["canary"], bindings, {"wb.shop.b1": list(servers)}) == {"canary"}
+
+    # a new worker: UP before any check, or after a failed one that has not reached `fall`
+    assert still_down(server("s1", check_status="INI"), server("s2", check_status=None))
+    assert still_down(server("s1", check_status="L4CON"), server("s2", "DOWN"))
+    assert still_down()  # its backend not read: nothing proves it
+    # a passed check (or no checks at all: HAProxy counts the server UP) brings it back
+    assert not still_down(server("s1", check_status="L7OK"), server("s2", check_status="INI"))
+    assert not still_down(server("s1", checked=False, check_status=None))
+    assert not still_down(server("s1", "DOWN"), server("s2", check_status="L4OK"))

@@ -191,9 +191,9 @@ class HealthWatch:
         """Routes down and drains as the last controller left them (`memory`): call before
         the engine's first plan, so a restart gives no share back to a route still down."""
         found = memory.load(self.file)
-        self.engine.down.update({g: r for g, r in found.down.items() if r})
-        self._draining = found.draining
         self._remembered = memory.Remembered.copy_of(found.down, found.draining)
+        self.engine.down.update(self._remembered.down)
+        self._draining = found.draining
         if found.down:
             log.info("routes down before the restart: %s", found.as_json())
 

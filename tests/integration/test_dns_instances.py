@@ -86,6 +86,12 @@ async def test_a_name_resolves_into_slots_changes_live_and_survives_nxdomain(
             await serves({"n2"}, "the new address")
             dns.records[NAME] = (1, ["127.0.0.2", "127.0.0.3"])  # every A record
             await serves({"n1", "n2"}, "both addresses")
+            both = [f"127.0.0.2:{port}", f"127.0.0.3:{port}"]
+            await until(  # the last answer before the outage holds both (once: only .3)
+                lambda: sorted(status()["routes"]["api"]["names"][0]["addresses"]) == both,
+                10,
+                "both addresses resolved",
+            )
 
             del dns.records[NAME]  # NXDOMAIN: the last addresses stay
             await until(
@@ -95,10 +101,7 @@ async def test_a_name_resolves_into_slots_changes_live_and_survives_nxdomain(
             )
             view = (await asyncio.to_thread(status))["routes"]["api"]
             assert view["names"][0]["stale"] is True
-            assert sorted(view["names"][0]["addresses"]) == [
-                f"127.0.0.2:{port}",
-                f"127.0.0.3:{port}",
-            ]
+            assert sorted(view["names"][0]["addresses"]) == both
             assert await served() == {"n1", "n2"}
             assert (await asyncio.to_thread(stack.reloads)) == reloads
             assert "instance name" in stack.controller_log()

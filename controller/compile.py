@@ -22,7 +22,7 @@ from typing import Literal
 
 from controller.conditions import CompiledCondition, compile_condition, parse_condition
 from controller.health.decide import live_strengths, live_weights
-from controller.health.render import DEFAULT_POLICY, policy_lines, server_timeout_entry
+from controller.health.render import policy_lines, server_timeout_entry, spare_policy
 from controller.hosts import HostMaps, gateway_test, host_key, host_maps, host_value, is_wildcard
 from controller.model import BASIS_POINTS, HASH_BALANCE, Address, Gateway, Rewrite, Route
 
@@ -468,11 +468,12 @@ def gateway_layout(
         timeouts=timeouts,
         exact=gateway.split == "exact",
     )
+    spare = spare_policy(tuple(gateway.routes.values()))
     backends = []
     for index in range(1, size + 1):
         backend = pool_backend(name, index)
         route = gateway.routes[route_of[backend]] if backend in route_of else None
-        policy = route or DEFAULT_POLICY  # a spare takes a new default route with no reload
+        policy = route or spare  # a spare takes a new route like its siblings with no reload
         backends.append(
             BackendLayout(
                 name=backend,

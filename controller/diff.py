@@ -18,7 +18,13 @@ from pydantic import BaseModel
 
 from controller.compile import parse_pool_backend
 from controller.health.model import RoutePolicy
-from controller.health.render import DEFAULT_POLICY, policy_changes, policy_lines
+from controller.health.render import (
+    POLICY_FIELDS,
+    policy_changes,
+    policy_lines,
+    same_policy,
+    spare_policy,
+)
 from controller.hosts import group_of_ref, pooled
 from controller.model import Config, Gateway, Rewrite, Route, format_percent
 from controller.plan import Plan, ReloadReason
@@ -134,7 +140,7 @@ def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
         if old is None:
             # bound to a spare pool backend through a map: live, unless it brings structure
             live = new.condition is None and not new.rewrites and new.balance is None
-            live &= _default_structure(new, after)
+            live &= _spare_structure(new, before, after)
             yield Change(name, route, "route", None, format_percent(new_weights[route]), live)
             continue
         if old_weights[route] != new_weights[route]:
@@ -150,7 +156,8 @@ def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
         yield from _policy_fields(name, route, old, new, before, after)
     for route in before.routes:
         if route not in after.routes:
-            yield Change(name, route, "route", format_percent(old_weights[route]), None, True)
+            live = _spare_structure(before.routes[route], before, after)
+            yield Change(name, route, "route", format_percent(old_weights[route]), None, live)
 
 
 def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Iterator[Change]:
@@ -197,10 +204,16 @@ def _timeouts_map(gateway: Gateway) -> bool:
     )
 
 
-def _default_structure(route: Route, gateway: Gateway) -> bool:
-    """Whether a new route's backend lines are a spare backend's (it binds with no reload)."""
-    ref = "-" if _timeouts_map(gateway) else None
-    return policy_lines(route, gateway.mode, ref) == policy_lines(DEFAULT_POLICY, gateway.mode, ref)
+def _spare_lines(gateway: Gateway, ref: str | None) -> tuple[str, ...]:
+    return policy_lines(spare_policy(tuple(gateway.routes.values())), gateway.mode, ref)
+
+
+def _spare_structure(route: Route, before: Gateway, after: Gateway) -> bool:
+    """Whether a route added or removed has the backend lines of a spare backend, before and
+    after (`health.render.spare_policy`): it binds or leaves its backend with no reload."""
+    ref = "-" if _timeouts_map(after) else None
+    spare = _spare_lines(before, ref)
+    return policy_lines(route, after.mode, ref) == spare == _spare_lines(after, ref)
 
 
 def _policy_fields(
@@ -208,10 +221,10 @@ def _policy_fields(
 ) -> Iterator[Change]:
     """Health, timeouts, retries and limits (issue 12), each live or not as
     `health.render.policy_changes` says (the server timeout is live once its map exists)."""
-    if all(getattr(old, f) == getattr(new, f) for f in _POLICY_FIELDS):
+    if same_policy(old, new):
         return  # the usual case (a weight, an instance): no policy built twice to compare
-    old_policy = RoutePolicy.model_validate(old.model_dump(include=_POLICY_FIELDS))
-    new_policy = RoutePolicy.model_validate(new.model_dump(include=_POLICY_FIELDS))
+    old_policy = RoutePolicy.model_validate(old.model_dump(include=set(POLICY_FIELDS)))
+    new_policy = RoutePolicy.model_validate(new.model_dump(include=set(POLICY_FIELDS)))
     if old_policy == new_policy:
         return
     server_map = _timeouts_map(before) and _timeouts_map(after)
@@ -226,9 +239,6 @@ def _policy_fields(
             _text(after_flat.get(change.field)),
             live=change.live,
         )
-
-
-_POLICY_FIELDS = set(RoutePolicy.model_fields)
 
 
 def _flat_policy(policy: RoutePolicy) -> dict[str, object]:

@@ -24,8 +24,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from controller.health.model import RoutePolicy
-from controller.health.render import DEFAULT_POLICY, policy_lines
+from controller.health.render import DEFAULT_POLICY, policy_lines, same_policy
 from controller.model import Address, Gateway, Route
 
 WILDCARD_DEPTH = 8
@@ -148,11 +147,10 @@ def _plain(gateway: Gateway, route: Route) -> bool:
         and gateway.route_balance(route) == POOL_BALANCE
         and not route.server_options
         and not route.names
-        and all(getattr(route, f) == getattr(DEFAULT_POLICY, f) for f in POLICY_FIELDS)
+        and same_policy(route, DEFAULT_POLICY)
     )
 
 
-POLICY_FIELDS = tuple(RoutePolicy.model_fields)
 POOL_POLICY = policy_lines(DEFAULT_POLICY, "http", None)
 """The backend lines of every pool backend: a pooled route's policy is the default one."""
 

@@ -19,6 +19,7 @@ What changes live and what needs a reload (verified on 2.6.12, see docs/health.m
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -147,6 +148,21 @@ def structural_key(policy: RoutePolicy, mode: Mode, *, server_map: bool) -> Rout
 
 DEFAULT_POLICY = RoutePolicy()
 """A route's policy when it sets none: also that of every pool backend of a bind group."""
+
+POLICY_FIELDS = tuple(RoutePolicy.model_fields)
+
+
+def same_policy(one: RoutePolicy, other: RoutePolicy) -> bool:
+    return all(getattr(one, field) == getattr(other, field) for field in POLICY_FIELDS)
+
+
+def spare_policy(routes: Sequence[RoutePolicy]) -> RoutePolicy:
+    """The policy a gateway's spare backends are rendered with: the one all its routes share,
+    so that a route added like its siblings (all with `health_check: none`, or the same check
+    path) binds a spare with no reload; the default one when they differ or there are none."""
+    if routes and all(same_policy(route, routes[0]) for route in routes[1:]):
+        return routes[0]
+    return DEFAULT_POLICY
 
 
 def policy_lines(policy: RoutePolicy, mode: str, timeouts_map: str | None) -> tuple[str, ...]:

@@ -195,3 +195,43 @@ async def test_new_gateway_is_a_guarded_reload_and_delete_removes_it(
     assert response.status == 200 and response.body["method"] == "reload"
     after = await send(f"http://127.0.0.1:{port}/", 5, timeout=2)
     assert len(after.errors) == 5  # nothing listens there any more
+
+
+async def test_a_route_added_like_its_siblings_binds_a_spare_with_no_reload(
+    backends: BackendProcess, short_tmp: Path
+) -> None:
+    """Spare backends take the policy all routes share (here no checks): a route added or
+    removed with it is live; one with another policy (the default checks) reloads."""
+    config = shop_config(backends, stable="100%", canary="0%")
+    shop = config["gateways"]["shop"]
+    for route in shop["routes"].values():
+        route["health_check"] = "none"
+    with running_stack(short_tmp, config) as stack:
+        reloads = stack.reloads()
+        body = dict(
+            shop,
+            routes={
+                **shop["routes"],
+                "beta": {
+                    "weight": "0%",
+                    "instances": addresses(backends, "spare")[:2],
+                    "health_check": "none",
+                },
+            },
+        )
+        body["routes"]["stable"] = dict(body["routes"]["stable"], weight="0%")
+        body["routes"]["beta"]["weight"] = "100%"
+        response = stack.request("PUT", "/api/v1/gateways/shop", body)
+        assert response.status == 200 and response.body["method"] == "runtime", response.body
+        assert (await send(gateway_url(stack), 200)).routes == {"spare": 200}
+        del body["routes"]["beta"]
+        body["routes"]["stable"]["weight"] = "100%"
+        response = stack.request("PUT", "/api/v1/gateways/shop", body)
+        assert response.status == 200 and response.body["method"] == "runtime", response.body
+        assert (await send(gateway_url(stack), 200)).routes == {"stable": 200}
+        assert stack.reloads() == reloads
+        # a route with the default checks does not fit the spares rendered without them
+        body["routes"]["checked"] = {"weight": "0%", "instances": addresses(backends, "spare")[:1]}
+        response = stack.request("PUT", "/api/v1/gateways/shop", body)
+        assert response.status == 200 and response.body["method"] == "reload", response.body
+        wait_until(lambda: stack.reloads() == reloads + 1, 10, "one reload")

@@ -153,3 +153,30 @@ def test_many_instance_changes_of_a_route_are_one_counted_change() -> None:
     assert [c.text for c in changes] == [
         "shop.canary: instances 1 → 200 (200 added, 1 removed)"
     ]
+
+
+UNCHECKED = {name: {**route, "health_check": "none"} for name, route in BASE.items()}
+MIXED = {**BASE, "stable": UNCHECKED["stable"]}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "live"),
+    [
+        # spares take the policy every route shares: one added or removed like them is live
+        (UNCHECKED, {**UNCHECKED, "beta": {"weight": "0%", "health_check": "none"}}, True),
+        (BASE, {**BASE, "beta": {"weight": "0%"}}, True),
+        ({**UNCHECKED, "beta": {"weight": "0%", "health_check": "none"}}, UNCHECKED, True),
+        # one that differs does not fit them, and the spares change when the routes stop
+        # (or start) sharing one policy
+        (UNCHECKED, {**UNCHECKED, "beta": {"weight": "0%"}}, False),
+        (MIXED, {"stable": {**MIXED["stable"], "weight": "100%"}}, False),
+        ({**BASE, "beta": {"weight": "0%", "health_check": "none"}}, BASE, False),
+    ],
+)
+def test_a_route_is_live_when_it_fits_the_spares_and_the_plan_agrees(
+    before: dict[str, Any], after: dict[str, Any], live: bool
+) -> None:
+    changes = [c for c in diff_configs(config(**before), config(**after)) if c.field == "route"]
+    assert [c.live for c in changes] == [live]
+    reloads = [r for r in reasons_in_words(config(**before), config(**after)) if "reload" in r]
+    assert bool(reloads) is not live, reloads

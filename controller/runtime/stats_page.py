@@ -10,48 +10,40 @@ them all. It is still a walk over every proxy (HAProxy skips the others by name)
 The scope is a case-insensitive *substring* of at most `SCOPE_MAX` characters (HAProxy cuts
 longer ones, and shows everything if the text holds a character outside its own name
 alphabet), so it may select more proxies than asked: callers keep only the rows they name
-exactly (`rows`). The listener (`controller.render.status_listener`) is a unix socket in the
-state directory, mode 0600, with no admin actions.
+exactly (`controller.status`). The listener (`controller.render.status_listener`) is a unix
+socket in the state directory, mode 0600, with no admin actions.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
 
 import aiohttp
 from yarl import URL
 
 from controller.runtime.errors import InvalidArgument, TransientError
-from controller.runtime.parse import parse_stat
 
 SCOPE_MAX = 20
 """HAProxy keeps this many characters of `scope=` (STAT_SCOPE_TXT_MAXLEN, 2.6 to 3.x)."""
 SCOPE_PATTERN = re.compile(rf"[A-Za-z0-9_.:-]{{1,{SCOPE_MAX}}}")
 """Characters HAProxy accepts in a scope (its `invalid_char` alphabet), and no URL syntax."""
 
-Row = dict[str, str]
+
+def _checked(scope: str, given: object) -> str:
+    if not isinstance(scope, str) or not SCOPE_PATTERN.fullmatch(scope):
+        raise InvalidArgument("scope", f"must be 1-{SCOPE_MAX} of [A-Za-z0-9_.:-]", given)
+    return scope
 
 
 def scope_for(prefix: str) -> str:
     """The scope text that selects every proxy whose name starts with `prefix` (and maybe a
     few more: a substring, cut to `SCOPE_MAX`)."""
-    scope = prefix[:SCOPE_MAX]
-    if not SCOPE_PATTERN.fullmatch(scope):
-        raise InvalidArgument("scope", f"must be 1-{SCOPE_MAX} of [A-Za-z0-9_.:-]", prefix)
-    return scope
+    return _checked(prefix[:SCOPE_MAX], prefix)
 
 
 def page_path(uri: str, scope: str) -> str:
     """The CSV page of the proxies a scope selects (no auto-refresh header)."""
-    if not SCOPE_PATTERN.fullmatch(scope):
-        raise InvalidArgument("scope", f"must be 1-{SCOPE_MAX} of [A-Za-z0-9_.:-]", scope)
-    return f"{uri};csv;norefresh?scope={scope}"
-
-
-def rows_of(text: str, proxies: Collection[str]) -> list[Row]:
-    """The CSV rows (frontend, backend and server lines) of exactly these proxies."""
-    return [row for row in parse_stat(text) if row.get("pxname") in proxies]
+    return f"{uri};csv;norefresh?scope={_checked(scope, scope)}"
 
 
 class StatsPage:
@@ -79,7 +71,3 @@ class StatsPage:
                 return await response.text()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransientError(f"stats page at {self.path}: {exc}") from exc
-
-    async def rows(self, scope: str, proxies: Collection[str]) -> list[Row]:
-        """The rows of exactly `proxies`, read with `scope` (which must select them all)."""
-        return rows_of(await self.text(scope), proxies)

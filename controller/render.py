@@ -49,9 +49,9 @@ GATEWAY_MARK = "# weighbridge-gateway: "
 BIND_MARK = "# weighbridge-bind: "
 ROUTE_COOKIE_PREFIX = "wb_"
 EXACT_COUNTER = 2
+"""The sticky counter `split: exact` tracks (sc0 and sc1 are left to users' own rules)."""
 STATUS_URI = "/wb-stats"
 """Where the private status listener serves the stats page (`status_listener`)."""
-"""The sticky counter `split: exact` tracks (sc0 and sc1 are left to users' own rules)."""
 
 
 @dataclass(frozen=True)

@@ -48,16 +48,17 @@ def _count(row: Mapping[str, str], column: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
-async def _stats(engine: Engine, name: str, backends: Iterable[str]) -> Rows:
+async def _stats(engine: Engine, name: str, backends: Iterable[str], *, page: bool = True) -> Rows:
     """Stats rows (backend and servers) by (proxy, server): of every pool backend of the
-    gateway in one read of HAProxy's stats page, and of `backends` it did not cover (a bind
-    group's, or all of them without the page) by one `show stat` each."""
+    gateway in one read of HAProxy's stats page (unless `page` is False: it was read), and of
+    `backends` it did not cover (a bind group's, or all of them without the page) by one
+    `show stat` each."""
     rows: list[Row] = []
-    page = engine.stats_page
-    if page is not None and any(parse_pool_backend(b) for b in backends):
+    stats_page = engine.stats_page if page else None
+    if stats_page is not None and any(parse_pool_backend(b) for b in backends):
         prefix = f"{frontend_name(name)}."
         try:
-            text = await page.text(scope_for(prefix))
+            text = await stats_page.text(scope_for(prefix))
         except TransientError:  # no listener yet (a HAProxy an older version started)
             log.debug("stats page unreadable, reading %s by show stat", name, exc_info=True)
         else:
@@ -80,8 +81,8 @@ def _owner(proxy: str) -> str | None:
 async def _read(engine: Engine, name: str, gateway: Gateway) -> tuple[AppliedGateway, Rows]:
     """The gateway's backends and maps, and the stats of the backends its routes are bound
     to: both at once (two reads in flight), the stats of the backends the last plan binds;
-    a binding HAProxy has moved meanwhile (drift) is read again, unless the first read
-    already held it."""
+    a binding HAProxy has moved meanwhile (drift) is read again by `show stat`, unless the
+    first read already held it."""
     plan = engine.plans.get(name)
     planned = [plan.bindings[r] for r in gateway.routes if plan and r in plan.bindings]
     observed, rows = await asyncio.gather(
@@ -91,7 +92,7 @@ async def _read(engine: Engine, name: str, gateway: Gateway) -> tuple[AppliedGat
     bound = [applied.binding[r] for r in gateway.routes if r in applied.binding]
     read = {*planned, *(proxy for proxy, _ in rows)}
     if missing := [b for b in bound if b not in read]:
-        rows |= await _stats(engine, name, missing)
+        rows |= await _stats(engine, name, missing, page=False)
     return applied, rows
 
 

@@ -28,6 +28,7 @@ Run: `.venv/bin/python -m bench.scale [--sizes 10,100,1000] [--quick] [--profile
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import random
@@ -64,7 +65,9 @@ from bench.common import (
     stop_pidfile,
 )
 from bench.scale_report import Row, Size, comparison, size_table
+from controller.render import STATUS_URI
 from controller.runtime.parse import parse_servers_state
+from controller.runtime.stats_page import StatsPage, scope_for
 
 API = "/api/v1/gateways"
 CLIENTS = 8
@@ -300,6 +303,15 @@ class Bench:
 
         return once
 
+    def haproxy_page(self) -> tuple[float, str]:
+        """One read of the stats page scoped to a gateway (what a status reads for its
+        counters), on the controller's private socket, timed."""
+        name = self.rng.choice(self.estate.names)
+        page = StatsPage(str(self.stack.state_dir / "haproxy-status.sock"), STATUS_URI)
+        started = time.perf_counter()
+        asyncio.run(page.text(scope_for(f"wb.{name}.")))
+        return time.perf_counter() - started, ""
+
     def haproxy_busy(self) -> str:
         """HAProxy's worker CPU (% of a core) over the last `loop`, for its note (coarse for a
         short row: /proc counts CPU time in ticks of 10 ms)."""
@@ -433,6 +445,9 @@ def measure_running(bench: Bench, rows: list[Row]) -> None:
                     note=bench.haproxy_busy()),
             replace(bench.loop("HAProxy alone: `show servers state <backend>`", args.samples,
                                bench.haproxy_cli("show servers state {backend}")),
+                    note=bench.haproxy_busy()),
+            replace(bench.loop("HAProxy alone: stats page, one gateway's scope", args.samples,
+                               bench.haproxy_page),
                     note=bench.haproxy_busy()),
         ],
         "pages": bench.pages,

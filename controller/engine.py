@@ -65,9 +65,10 @@ from controller.plan import (
 )
 from controller.process import HAProxyProcess
 from controller.reloads import Reloads
-from controller.render import RenderSettings, Running, SectionCache
+from controller.render import STATUS_URI, RenderSettings, Running, SectionCache
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
+from controller.runtime.stats_page import StatsPage
 from controller.store import Conflict, Snapshot, Store, StoreEvent
 from controller.tls.files import (
     crt_lists_of,
@@ -131,6 +132,12 @@ class Engine:
         self.state = EngineState()
         self.map_dir = str(process.paths.map_dir)
         self.observer = Observer(runtime, process.paths.config, self.map_dir, settings.cert_dir)
+        self.stats_page = (
+            StatsPage(settings.status_socket, STATUS_URI, timeout=runtime.timeout)
+            if settings.status_socket
+            else None
+        )
+        """Many backends' counters in one read (`status`); None: `show stat` per backend."""
         self.applier = Applier(process, runtime, self.metrics, self.state.reloads)
         self.certificates: CertificateManager | None = None
         """Certificates and crt-lists changed live (one lock for every TLS transaction)."""

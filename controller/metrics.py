@@ -72,8 +72,9 @@ class Family:
     """One gauge or counter family whose series keep their exposition line between scrapes.
 
     Every family here is per gateway (its first label): the lines of each gateway are joined
-    once and kept until one of them changes, so a scrape joins a chunk per gateway instead of
-    formatting or joining every line (issue 11)."""
+    once and kept until one of them changes, and so is the family's whole text, so a scrape
+    of an unchanged family costs nothing and one with a changed gateway joins a chunk per
+    gateway instead of formatting or joining every line (issue 11)."""
 
     name: str
     """The sample name as exposed (counters end in `_total`)."""
@@ -83,6 +84,12 @@ class Family:
     series: dict[str, dict[tuple[str, ...], tuple[float, str]]] = field(default_factory=dict)
     """gateway → labels → (value, line)."""
     _chunks: dict[str, str] = field(default_factory=dict)
+    _data: bytes | None = field(default=None, repr=False)
+    """The whole family's exposition text, until a series changes."""
+
+    def _changed(self, gateway: str) -> None:
+        self._chunks.pop(gateway, None)
+        self._data = None
 
     def set(self, labels: tuple[str, ...], value: float) -> None:
         lines = self.series.get(labels[0])
@@ -93,7 +100,7 @@ class Family:
             # Label names sorted, values escaped and formatted exactly as generate_latest does.
             text = ",".join(f'{self.labelnames[i]}="{_escape(labels[i])}"' for i in self._order)
             lines[labels] = (value, f"{self.name}{{{text}}} {_format_value(value)}\n")
-            self._chunks.pop(labels[0], None)
+            self._changed(labels[0])
 
     @functools.cached_property
     def _order(self) -> list[int]:
@@ -108,20 +115,24 @@ class Family:
 
     def drop(self, gateway: str) -> None:
         """Every series of one gateway."""
-        self.series.pop(gateway, None)
-        self._chunks.pop(gateway, None)
+        if self.series.pop(gateway, None) is not None:
+            self._changed(gateway)
 
     def remove(self, labels: tuple[str, ...]) -> None:
         lines = self.series.get(labels[0])
         if lines is not None and lines.pop(labels, None) is not None:
-            self._chunks.pop(labels[0], None)
+            self._changed(labels[0])
             if not lines:
                 del self.series[labels[0]]
 
-    def text(self) -> str:
-        doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        head = f"# HELP {self.name} {doc}\n# TYPE {self.name} {self.kind}\n"
-        return head + "".join(self._chunk(gateway) for gateway in self.series)
+    def data(self) -> bytes:
+        """The exposition text of the family, rebuilt only after one of its series changed."""
+        if self._data is None:
+            doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
+            head = f"# HELP {self.name} {doc}\n# TYPE {self.name} {self.kind}\n"
+            text = head + "".join(self._chunk(gateway) for gateway in self.series)
+            self._data = text.encode()
+        return self._data
 
     def _chunk(self, gateway: str) -> str:
         chunk = self._chunks.get(gateway)
@@ -153,7 +164,8 @@ class SeriesTable:
     """A registry collector for many label series, with a fast path for `Metrics.render`.
 
     Other readers of the registry (tests, `generate_latest`) see ordinary metric families;
-    `render` skips them in the registry pass and appends `text()`, the same lines ready-made.
+    `render` skips them in the registry pass and appends each family's `data()`, the same
+    lines ready-made.
     """
 
     def __init__(self, families: Iterable[Family]) -> None:
@@ -181,10 +193,6 @@ class SeriesTable:
             yield
         finally:
             self._local.skip = False
-
-    def text(self) -> str:
-        self.refresh()
-        return "".join(family.text() for family in self)
 
     def __iter__(self) -> Iterator[Family]:
         return iter(self.families)
@@ -453,7 +461,9 @@ class Metrics:
             for table in self._tables:
                 stack.enter_context(table.skipped())
             events = generate_latest(self.registry)
-        return events + "".join(table.text() for table in self._tables).encode()
+        for table in self._tables:
+            table.refresh()
+        return b"".join([events, *(family.data() for table in self._tables for family in table)])
 
     def _forget(self, gateway: str, routes: tuple[str, ...], *, gone: bool) -> None:
         kept = set(routes)

@@ -50,6 +50,8 @@ BIND_MARK = "# weighbridge-bind: "
 ROUTE_COOKIE_PREFIX = "wb_"
 EXACT_COUNTER = 2
 """The sticky counter `split: exact` tracks (sc0 and sc1 are left to users' own rules)."""
+STATUS_URI = "/wb-stats"
+"""Where the private status listener serves the stats page (`status_listener`)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class RenderSettings:
     (`--bind-host`: several fleet nodes on one machine, or a host with several addresses)."""
     maxconn: int = 4096
     """HAProxy's process-wide connection limit, always explicit (`controller.descriptors`)."""
+    status_socket: str | None = None
+    """A private unix socket (in the state directory, mode 0600) where HAProxy serves its stats
+    page as CSV for the controller's own reads (`controller.runtime.stats_page`)."""
 
 
 Filled = Mapping[str, Address]
@@ -146,8 +151,25 @@ def _render_stats(settings: RenderSettings) -> list[str]:
     ]
 
 
+def status_listener(settings: RenderSettings) -> list[str]:
+    """The stats page on a unix socket only the controller's user can open: one read gives
+    the counters of all of a gateway's backends (`controller.runtime.stats_page`). No admin
+    actions, no legends, no listener beyond the socket."""
+    if settings.status_socket is None:
+        return []
+    return [
+        "listen wb-status",
+        f"    bind unix@{settings.status_socket} mode 600",
+        "    stats enable",
+        f"    stats uri {STATUS_URI}",
+        "",
+    ]
+
+
 def settings_text(settings: RenderSettings) -> str:
-    return _joined([*_render_global(settings), *_render_stats(settings)])
+    return _joined(
+        [*_render_global(settings), *_render_stats(settings), *status_listener(settings)]
+    )
 
 
 def settings_fingerprint(settings: RenderSettings) -> str:

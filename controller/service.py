@@ -158,6 +158,7 @@ def build_engine(settings: RunSettings, paths: StatePaths, store: Store) -> Engi
             cert_paths=settings.allow_cert_paths,
             bind_host=settings.bind_host,
             maxconn=settings.maxconn or default_maxconn(hard_descriptor_limit()),
+            status_socket=str(paths.status_socket),
         ),
         settings.timing,
         Metrics(production_registry()),

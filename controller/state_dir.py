@@ -57,6 +57,11 @@ class StatePaths:
         return self.user_admin_socket or self.root / "haproxy-admin.sock"
 
     @property
+    def status_socket(self) -> Path:
+        """HAProxy's stats page for the controller's own reads (`render.status_listener`)."""
+        return self.root / "haproxy-status.sock"
+
+    @property
     def pidfile(self) -> Path:
         return self.root / "haproxy.pid"
 

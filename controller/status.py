@@ -1,17 +1,19 @@
 """Per-gateway status: desired weights next to what HAProxy reports it applies and serves.
 
-It reads its own gateway only: the gateway's backends and maps, and the stats of the
-backends its routes are bound to (a full `show stat` costs seconds at scale). Even filtered,
-`show stat <backend>` walks every proxy and server of HAProxy (2.6.12: ~0.2 µs a server,
-27 ms at 120,000 servers, against 0.08 ms for `show servers state <backend>`): that walk,
-one per route, is what a status costs HAProxy at scale (docs/benchmarks.md). The reads go on
-read sessions of their own, beside the health watch's and the writes'
-(`controller.runtime.client`).
+It reads its own gateway only: the gateway's backends and maps (`show servers state
+<backend>` and `show map` find their object directly), and the counters of the backends its
+routes are bound to. Counters come from `show stat`, which walks every proxy of HAProxy even
+when filtered by one (2.6.12: 4.5–8 ms at 12,000 proxies): one walk per route was what a
+status cost HAProxy at scale. So the counters of all the gateway's pool backends come from one
+read of HAProxy's stats page on a private socket, scoped to the gateway's name prefix (one
+walk; `controller.runtime.stats_page`); `show stat` per backend remains for backends outside
+that prefix (a bind group's) and for a HAProxy started without the page (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -23,15 +25,19 @@ from controller.applied import (
     instance_state,
     servers_by_backend,
 )
-from controller.compile import route_instances
+from controller.compile import frontend_name, parse_pool_backend, route_instances
 from controller.desired import Record
 from controller.model import Gateway, format_percent
 from controller.runtime import commands
+from controller.runtime.errors import TransientError
 from controller.runtime.parse import parse_stat
+from controller.runtime.stats_page import scope_for
 
 if TYPE_CHECKING:
     from controller.engine import Engine
 
+
+log = logging.getLogger(__name__)
 
 Row = dict[str, str]
 Rows = dict[tuple[str, str], Row]
@@ -42,26 +48,51 @@ def _count(row: Mapping[str, str], column: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
-async def _stats(engine: Engine, backends: Iterable[str]) -> Rows:
-    """`show stat` rows of some backends (and their servers), by (proxy, server)."""
-    kinds = commands.STAT_BACKEND | commands.STAT_SERVER
-    replies = await engine.runtime.execute_many(
-        [commands.show_proxy_stat(b, kinds) for b in backends]
-    )
-    return {(r.get("pxname", ""), r.get("svname", "")): r for t in replies for r in parse_stat(t)}
+async def _stats(engine: Engine, name: str, backends: Iterable[str], *, page: bool = True) -> Rows:
+    """Stats rows (backend and servers) by (proxy, server): of every pool backend of the
+    gateway in one read of HAProxy's stats page (unless `page` is False: it was read), and of
+    `backends` it did not cover (a bind group's, or all of them without the page) by one
+    `show stat` each."""
+    rows: list[Row] = []
+    stats_page = engine.stats_page if page else None
+    if stats_page is not None and any(parse_pool_backend(b) for b in backends):
+        prefix = f"{frontend_name(name)}."
+        try:
+            text = await stats_page.text(scope_for(prefix))
+        except TransientError:  # no listener yet (a HAProxy an older version started)
+            log.debug("stats page unreadable, reading %s by show stat", name, exc_info=True)
+        else:
+            rows = [r for r in parse_stat(text) if _owner(r.get("pxname", "")) == name]
+    read = {r.get("pxname") for r in rows}
+    if rest := [b for b in backends if b not in read]:
+        kinds = commands.STAT_BACKEND | commands.STAT_SERVER
+        replies = await engine.runtime.execute_many(
+            [commands.show_proxy_stat(b, kinds) for b in rest]
+        )
+        rows += [r for t in replies for r in parse_stat(t)]
+    return {(r.get("pxname", ""), r.get("svname", "")): r for r in rows}
+
+
+def _owner(proxy: str) -> str | None:
+    parsed = parse_pool_backend(proxy)
+    return parsed[0] if parsed else None
 
 
 async def _read(engine: Engine, name: str, gateway: Gateway) -> tuple[AppliedGateway, Rows]:
     """The gateway's backends and maps, and the stats of the backends its routes are bound
-    to: both at once (two read sessions), the stats of the backends the last plan binds;
-    a binding HAProxy has moved meanwhile (drift) is read again."""
+    to: both at once (two reads in flight), the stats of the backends the last plan binds;
+    a binding HAProxy has moved meanwhile (drift) is read again by `show stat`, unless the
+    first read already held it."""
     plan = engine.plans.get(name)
     planned = [plan.bindings[r] for r in gateway.routes if plan and r in plan.bindings]
-    observed, rows = await asyncio.gather(engine.observe_gateway(name), _stats(engine, planned))
+    observed, rows = await asyncio.gather(
+        engine.observe_gateway(name), _stats(engine, name, planned)
+    )
     applied = applied_gateway(name, observed, engine.map_dir)
     bound = [applied.binding[r] for r in gateway.routes if r in applied.binding]
-    if missing := [b for b in bound if b not in planned]:
-        rows |= await _stats(engine, missing)
+    read = {*planned, *(proxy for proxy, _ in rows)}
+    if missing := [b for b in bound if b not in read]:
+        rows |= await _stats(engine, name, missing, page=False)
     return applied, rows
 
 

@@ -32,6 +32,7 @@ from controller.render import RenderSettings
 from controller.runtime.client import RuntimeClient
 from controller.runtime.commands import Command, del_map, get_map
 from controller.state_dir import StatePaths, open_state_dir
+from controller.status import gateway_status
 from controller.store import FileStore
 from tests.support import BackendProcess, backend_process
 from tests.support.hosts import host_of, hosted_gateway, seeded_stack
@@ -240,7 +241,7 @@ async def engine(module_tmp: Path) -> AsyncIterator[Engine]:
         store,
         HAProxyProcess(paths),
         RuntimeClient(str(paths.admin_socket)),
-        RenderSettings(str(paths.admin_socket)),
+        RenderSettings(str(paths.admin_socket), status_socket=str(paths.status_socket)),
         metrics=Metrics(CollectorRegistry()),
     )
     try:
@@ -313,6 +314,23 @@ async def test_a_write_to_a_pooled_gateway_reads_and_writes_only_its_own_entries
     sent.clear()
     assert (await engine.change(SetWeights("fresh", {"main": 10000}))).method == "none"
     assert not touched(sent, "fresh", fresh)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_pooled_gateways_status_reads_its_own_group_backends_only(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled gateway's backends are its bind group's (no `wb.<gateway>.` prefix for the
+    stats page to scope): its counters come from `show stat` of its own bound backends."""
+    sent = recording(engine, monkeypatch)
+    mine = set(engine.plans["p42"].bindings.values())
+    status = await gateway_status(engine, "p42", engine.desired.records["p42"])
+    assert status["in_sync"] is True
+    assert {route["backend"] for route in status["routes"].values()} == mine
+    stats = sorted(text.split()[2] for text in sent if text.startswith("show stat "))
+    assert stats == sorted(mine)
+    others = [t for t in sent if not t.startswith("show stat ")]
+    assert not touched(others, "p42", mine), touched(others, "p42", mine)
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -29,6 +29,7 @@ from controller.process import HAProxyProcess
 from controller.render import RenderSettings
 from controller.runtime.client import RuntimeClient
 from controller.runtime.commands import Command
+from controller.runtime.parse import parse_stat
 from controller.state_dir import StatePaths, open_state_dir
 from controller.status import gateway_status
 from controller.store import FileStore
@@ -61,7 +62,7 @@ def engine_on(paths: StatePaths) -> Engine:
         FileStore(paths.gateways),
         HAProxyProcess(paths),
         RuntimeClient(str(paths.admin_socket)),
-        RenderSettings(str(paths.admin_socket)),
+        RenderSettings(str(paths.admin_socket), status_socket=str(paths.status_socket)),
         metrics=Metrics(CollectorRegistry()),
     )
 
@@ -114,6 +115,23 @@ class Recorder:
             else:
                 touched.add(f"? {text}")
         return touched
+
+
+class PageRecorder:
+    """Every read of HAProxy's stats page: its scope, and the proxies HAProxy answered with."""
+
+    def __init__(self, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads: list[tuple[str, set[str]]] = []
+        page = engine.stats_page
+        assert page is not None
+        original = page.text
+
+        async def recording(scope: str) -> str:
+            text = await original(scope)
+            self.reads.append((scope, {row["pxname"] for row in parse_stat(text)}))
+            return text
+
+        monkeypatch.setattr(page, "text", recording)
 
 
 def _owner(backend: str | None) -> str:
@@ -170,21 +188,54 @@ async def test_a_runtime_write_costs_its_own_gateway_only(
 async def test_status_reads_its_own_gateway_only(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A status reads its gateway's slots and maps on the Runtime API, and the counters of all
+    its backends in one read of the stats page whose answer holds that gateway's proxies only:
+    no `show stat` (a walk over every proxy) per route."""
     recorder = Recorder(engine, monkeypatch)
+    pages = PageRecorder(engine, monkeypatch)
     status = await gateway_status(engine, TARGET, engine.desired.records[TARGET])
     assert status["in_sync"] is True
     assert recorder.gateways_touched() == {TARGET}, recorder.commands
+    assert not [text for text in recorder.commands if text.startswith("show stat ")]
+    [(scope, proxies)] = pages.reads
+    assert scope == f"wb.{TARGET}."
+    bound = {route["backend"] for route in status["routes"].values()}
+    assert bound <= proxies, (bound, proxies)
+    assert all(proxy.startswith(f"wb.{TARGET}.") for proxy in proxies), proxies  # none other
 
 
 async def test_status_reads_the_backends_haproxy_binds_when_the_plan_names_others(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Status reads the stats of the backends the last plan binds beside the gateway's maps;
-    if HAProxy binds a route elsewhere (drift), that backend is read too, and only it."""
+    if HAProxy binds a route elsewhere (drift), the page's read already holds that backend,
+    and no second read is made."""
     plan = engine.plans[TARGET]
     canary = plan.bindings["canary"]
     stale = {route: backend for route, backend in plan.bindings.items() if route != "canary"}
     monkeypatch.setitem(engine.plans, TARGET, replace(plan, bindings=stale))
+    recorder = Recorder(engine, monkeypatch)
+    pages = PageRecorder(engine, monkeypatch)
+    status = await gateway_status(engine, TARGET, engine.desired.records[TARGET])
+    assert status["routes"]["canary"]["backend"] == canary
+    assert status["in_sync"] is True
+    assert not [text for text in recorder.commands if text.startswith("show stat ")]
+    assert len(pages.reads) == 1
+    assert recorder.gateways_touched() == {TARGET}, recorder.commands
+
+
+async def test_status_without_the_stats_page_reads_each_bound_backend(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A HAProxy without the page (started by an older version, until its next reload): the
+    counters come from one `show stat` per backend the routes are bound to, drift included."""
+    plan = engine.plans[TARGET]
+    canary = plan.bindings["canary"]
+    stale = {route: backend for route, backend in plan.bindings.items() if route != "canary"}
+    monkeypatch.setitem(engine.plans, TARGET, replace(plan, bindings=stale))
+    page = engine.stats_page
+    assert page is not None
+    monkeypatch.setattr(page, "path", str(engine.process.paths.root / "absent.sock"))
     recorder = Recorder(engine, monkeypatch)
     status = await gateway_status(engine, TARGET, engine.desired.records[TARGET])
     assert status["routes"]["canary"]["backend"] == canary

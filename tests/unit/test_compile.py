@@ -21,7 +21,7 @@ from controller.compile import (
 )
 from controller.model import BASIS_POINTS, Config, Gateway
 from controller.plan import Observed, plan_changes, render_plan
-from controller.render import RenderSettings, read_running
+from controller.render import STATUS_URI, RenderSettings, read_running
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "shop.cfg"
 SETTINGS = RenderSettings(admin_socket="/var/lib/weighbridge/haproxy-admin.sock")
@@ -145,3 +145,19 @@ def test_stats_frontend_only_when_asked() -> None:
     with_stats = RenderSettings(admin_socket="/x", stats_bind=parse_address("127.0.0.1:8404"))
     text = render_plan(plan, with_stats)
     assert "bind 127.0.0.1:8404" in text and "prometheus-exporter" in text
+
+
+def test_the_status_listener_is_a_private_unix_socket_with_the_page_only() -> None:
+    """Rendered only when the shell names a socket; a unix bind (mode 600), the stats page,
+    and nothing that acts on HAProxy (no `stats admin`) or listens on the network."""
+    plan = plan_changes(shop(), NOTHING, "maps", SETTINGS)
+    assert "wb-status" not in render_plan(plan, SETTINGS)
+    private = RenderSettings(admin_socket="/s/admin.sock", status_socket="/s/status.sock")
+    text = render_plan(plan, private)
+    section = text[text.index("listen wb-status") :].split("\n\n")[0].splitlines()
+    assert section == [
+        "listen wb-status",
+        "    bind unix@/s/status.sock mode 600",
+        "    stats enable",
+        f"    stats uri {STATUS_URI}",
+    ]

@@ -142,6 +142,30 @@ def test_render_says_what_the_library_would_say() -> None:
     ) == pytest.approx(0.9)
 
 
+def test_each_scrape_shows_the_changes_since_the_last_one() -> None:
+    """Families keep their text between scrapes: one gateway changed, one deleted and one
+    added in between, the next scrape still says exactly what the library says."""
+    metrics = fresh()
+    cfg = config(shop=SHOP, blog=BLOG)
+    desire(metrics, cfg)
+    observe(metrics, cfg, in_sync(cfg)[1])
+    first = metrics.render()
+    assert metrics.render() == first
+    shop = gateway(8080, stable=("40%", 2), canary=("60%", 1))
+    after = config(shop=shop, wiki=gateway(8082, main=("100%", 2)))
+    desire(metrics, after, cfg)
+    observe(metrics, after, in_sync(after)[1])
+    assert sorted(metrics.render().splitlines()) == sorted(
+        generate_latest(metrics.registry).splitlines()
+    )
+    assert (
+        value(metrics, "weighbridge_route_weight_desired_ratio", gateway="shop", route="canary")
+        == 0.6
+    )
+    assert series_with(metrics, "gateway", "blog") == []
+    assert series_with(metrics, "gateway", "wiki")
+
+
 def test_desired_and_applied_weights_and_instances() -> None:
     metrics = fresh()
     cfg = config(shop=SHOP)

@@ -1,0 +1,177 @@
+"""Server state across reloads through the real controller (`controller.server_state`): a new
+worker starts each server the reload keeps as the old worker last saw it, the others fresh.
+
+The dead instance is a closed port (connections refused); what reaches it in the new worker is
+read from that worker's own counters (`show stat`: sessions, connect errors, retries)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import BackendProcess
+from tests.support.health import (
+    add_instances,
+    backend_of,
+    put_gateway,
+    server_rows,
+    wait_health,
+    wait_route_healthy,
+)
+from tests.support.ports import free_port
+from tests.support.stack import Stack, wait_until
+from tests.support.traffic import send
+
+pytestmark = [
+    pytest.mark.haproxy,
+    pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed"),
+]
+
+CHECK = {"path": "/health", "interval": "1s", "timeout": "1s", "fall": 3, "rise": 2}
+DOWN, UP = "0", "2"
+REACHED = ("stot", "econ", "wretr", "wredis")
+"""`show stat` counters of a server that a request tried: sessions, connect errors, retries."""
+
+
+def dead_address(pool: BackendProcess, name: str) -> str:
+    """A loopback port nothing listens on any more (connections refused)."""
+    address = pool.add("dead", name).address
+    pool.remove(name)
+    return address
+
+
+def slots(stack: Stack, backend: str) -> dict[str, list[str]]:
+    """The backend's slots' `show servers state` rows by `address:port` and by slot name."""
+    rows = [r.split() for r in stack.admin(f"show servers state {backend}").splitlines()[2:]]
+    rows = [r for r in rows if len(r) > 18]
+    return {**{f"{r[4]}:{r[18]}": r for r in rows}, **{r[3]: r for r in rows}}
+
+
+def worker_pid(stack: Stack) -> str:
+    info = stack.admin("show info").splitlines()
+    return next(line.split(":", 1)[1].strip() for line in info if line.startswith("Pid:"))
+
+
+def reload_with(stack: Stack, name: str, gateway: dict[str, Any]) -> None:
+    """Replace the gateway by a version that needs a reload; back when the new worker runs."""
+    reloads, pid = stack.reloads(), worker_pid(stack)
+    response = stack.request("PUT", f"/api/v1/gateways/{name}", gateway)
+    assert response.status == 200, response.body
+    assert response.body["method"] == "reload", response.body
+    assert stack.reloads() > reloads and worker_pid(stack) != pid
+
+
+async def test_a_dead_instance_of_an_up_route_gets_no_connection_from_the_new_worker(
+    empty_stack: Stack, instance_pool: BackendProcess
+) -> None:
+    stack = empty_stack
+    live = add_instances(instance_pool, "api", "sa", 2)
+    dead = dead_address(instance_pool, "sad")
+    bind = f"127.0.0.1:{free_port()}"
+    gateway: dict[str, Any] = {
+        "bind": bind,
+        "routes": {"api": {"instances": [dead, *live], "health_check": CHECK}},
+    }
+    url = put_gateway(stack, "carry", gateway)
+    wait_health(stack, "carry", "api", dead, "DOWN")
+    backend = backend_of(stack, "carry", "api")
+    slot = slots(stack, backend)[dead][3]
+    log = stack.state_dir / "haproxy.log"
+    offset = log.stat().st_size
+    gateway["routes"]["api"]["balance"] = "leastconn"  # structural: a reload
+    reload_with(stack, "carry", gateway)
+    assert slots(stack, backend)[dead][5] == DOWN
+    # DOWN from the state file, not from a failed check (a connection refused takes a server
+    # started UP down at its first check, within `interval`: it got traffic until then)
+    said = log.read_bytes()[offset:].decode(errors="replace")
+    assert f"Server {backend}/{slot} is DOWN, changed from server-state after a reload" in said
+    result = await send(url, 60, concurrency=4, new_connection_each=True)
+    assert result.errors == [] and result.statuses == {200: 60}, result
+    row = server_rows(stack, backend)[dead]
+    assert {key: row[key] for key in REACHED} == dict.fromkeys(REACHED, "0"), row
+    assert sum(int(server_rows(stack, backend)[a]["stot"]) for a in live) >= 60
+
+
+async def test_a_slot_given_another_address_in_the_reload_starts_fresh(
+    empty_stack: Stack, instance_pool: BackendProcess
+) -> None:
+    """The dead instance's slot goes to a live one in the same reload: it must neither keep
+    the DOWN state nor (HAProxy's pitfall) the old port."""
+    stack = empty_stack
+    dead = dead_address(instance_pool, "sbd")
+    live = add_instances(instance_pool, "api", "sb", 2)
+    bind = f"127.0.0.1:{free_port()}"
+    route = {"instances": [dead, live[0]], "health_check": CHECK, "drain_timeout": "0s"}
+    url = put_gateway(stack, "moved", {"bind": bind, "routes": {"api": route}})
+    wait_health(stack, "moved", "api", dead, "DOWN")
+    backend = backend_of(stack, "moved", "api")
+    slot = slots(stack, backend)[dead][3]
+    route = {**route, "instances": [live[1], live[0]], "balance": "leastconn"}
+    reload_with(stack, "moved", {"bind": bind, "routes": {"api": route}})
+    row = slots(stack, backend)[live[1]]
+    assert (row[3], row[5]) == (slot, UP), row  # its slot, fresh (UP before its first check)
+    before = instance_pool.hits().get("sb2", 0)
+    result = await send(url, 40, concurrency=4, new_connection_each=True)
+    assert result.statuses == {200: 40}, result
+    assert instance_pool.hits().get("sb2", 0) > before
+
+
+async def test_a_draining_slot_is_parked_in_the_new_worker(
+    empty_stack: Stack, instance_pool: BackendProcess
+) -> None:
+    """A removed instance drains (a request in flight); a reload meanwhile parks its slot:
+    its state is not carried back to serving, and the new worker sends it nothing."""
+    stack = empty_stack
+    live = add_instances(instance_pool, "api", "sc", 3)
+    bind = f"127.0.0.1:{free_port()}"
+    route: dict[str, Any] = {"instances": live, "health_check": CHECK, "drain_timeout": "60s"}
+    url = put_gateway(stack, "drained", {"bind": bind, "routes": {"api": route}})
+    wait_route_healthy(stack, "drained", "api")
+    backend = backend_of(stack, "drained", "api")
+    instance_pool.set_behaviour("sc3", latency=30.0)  # keeps the drain from ending
+    before = instance_pool.hits().get("sc3", 0)
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> None:
+            async with session.get(url) as response:
+                await response.read()
+
+        in_flight = [asyncio.create_task(one()) for _ in range(3)]  # roundrobin: one each
+        try:
+            await asyncio.to_thread(
+                wait_until, lambda: instance_pool.hits().get("sc3", 0) > before, 5, "on sc3"
+            )
+            response = stack.request(
+                "PUT", "/api/v1/gateways/drained/routes/api/instances", live[:2]
+            )
+            assert response.body["method"] == "runtime", response.body
+            assert server_rows(stack, backend)[live[2]]["status"].startswith("DRAIN")
+            slot = slots(stack, backend)[live[2]][3]
+            route = {**route, "instances": live[:2], "balance": "leastconn"}
+            await asyncio.to_thread(
+                reload_with, stack, "drained", {"bind": bind, "routes": {"api": route}}
+            )
+            parked = "127.0.0.1:1"  # the placeholder address of a parked slot, in maintenance
+            assert live[2] not in slots(stack, backend)
+            row = slots(stack, backend)[slot]
+            assert (f"{row[4]}:{row[18]}", row[6] != "0") == (parked, True), row
+            during = instance_pool.hits().get("sc3", 0)
+            result = await send(url, 30, concurrency=4, new_connection_each=True)
+            assert result.statuses == {200: 30}, result
+            assert instance_pool.hits().get("sc3", 0) == during
+        finally:
+            instance_pool.set_behaviour("sc3", latency=0.0)
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+def test_no_state_file_is_left_between_reloads(empty_stack: Stack) -> None:
+    """It is read at the reload; a later start of HAProxy must not load stale states."""
+    assert not (empty_stack.state_dir / "server-state").exists()
+    config = (empty_stack.state_dir / "haproxy.cfg").read_text()
+    assert f"server-state-file {empty_stack.state_dir}/server-state\n" in config

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from controller.process import HAProxyProcess, InvalidConfig
+from controller.render import RenderSettings, settings_text
+from controller.state_dir import StatePaths, open_state_dir
 from tests.support import BackendProcess
 from tests.support.health import (
     add_instances,
@@ -23,7 +27,7 @@ from tests.support.health import (
     wait_route_healthy,
 )
 from tests.support.ports import free_port
-from tests.support.stack import Stack, wait_until
+from tests.support.stack import Stack, admin_command, wait_until
 from tests.support.traffic import send
 
 pytestmark = [
@@ -52,8 +56,7 @@ def slots(stack: Stack, backend: str) -> dict[str, list[str]]:
 
 
 def worker_pid(stack: Stack) -> str:
-    info = stack.admin("show info").splitlines()
-    return next(line.split(":", 1)[1].strip() for line in info if line.startswith("Pid:"))
+    return admin_pid(stack.admin_socket)
 
 
 def reload_with(stack: Stack, name: str, gateway: dict[str, Any]) -> None:
@@ -175,3 +178,34 @@ def test_no_state_file_is_left_between_reloads(empty_stack: Stack) -> None:
     assert not (empty_stack.state_dir / "server-state").exists()
     config = (empty_stack.state_dir / "haproxy.cfg").read_text()
     assert f"server-state-file {empty_stack.state_dir}/server-state\n" in config
+
+
+async def test_a_refused_reload_keeps_the_old_worker_and_its_file(
+    short_tmp: Path, instance_pool: BackendProcess
+) -> None:
+    """HAProxy refuses the new file at the reload (not at `haproxy -c`): the old worker keeps
+    serving, the last-known-good file is put back, and no state file is left behind."""
+    paths = StatePaths(short_tmp / "state")
+    open_state_dir(paths).release()
+    settings = RenderSettings(str(paths.admin_socket), server_state_file=str(paths.server_state))
+    live = add_instances(instance_pool, "api", "sr", 1)[0]
+    good = settings_text(settings) + f"\nbackend be\n    server s1 {live} check\n"
+    process = HAProxyProcess(paths)
+    await asyncio.to_thread(paths.config.write_text, good)
+    await process.start()
+    try:
+        pid = admin_pid(paths.admin_socket)
+        dump = admin_command(paths.admin_socket, "show servers state")
+        with pytest.raises(InvalidConfig):
+            await process.guarded_reload(good + "    no-such-keyword\n", {}, dump)
+        assert paths.config.read_text() == good
+        assert not paths.server_state.exists()
+        assert admin_pid(paths.admin_socket) == pid  # the old worker, still serving
+        assert "UP" in admin_command(paths.admin_socket, "show stat be 4 -1")
+    finally:
+        await process.stop()
+
+
+def admin_pid(socket: Path) -> str:
+    info = admin_command(socket, "show info").splitlines()
+    return next(line.split(":", 1)[1].strip() for line in info if line.startswith("Pid:"))

@@ -129,6 +129,12 @@ def test_the_state_file_is_private(tmp_path: Path) -> None:
     assert (found.kept, found.dropped) == (1, 0)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text().startswith("1\n")
+    victim = tmp_path / "victim"
+    victim.write_text("kept")
+    path.unlink()
+    path.symlink_to(victim)  # planted: replaced, never written through
+    write_state_file(path, dump(line("s1", "127.0.0.1", 8001)), OLD, OLD)
+    assert not path.is_symlink() and victim.read_text() == "kept"
 
 
 def test_rendered_only_in_our_own_global() -> None:

@@ -2,7 +2,8 @@
 new configuration (pure, but for `write_state_file`).
 
 A new worker starts every server UP, before its first check: a dead instance took traffic
-(retried elsewhere, so latency and retries) until `fall` checks failed. HAProxy's remedy is a
+(retried elsewhere, so latency and retries) until the new worker's first check of it failed,
+up to `interval` after the reload (HAProxy spreads first checks). HAProxy's remedy is a
 `server-state-file` read at startup (`load-server-state-from-file global`), written from
 `show servers state` right before the reload. Read on HAProxy 2.6.12 and in
 `src/server_state.c` (2.6 to 3.x), a line matched by backend and server name restores:

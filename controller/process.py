@@ -246,17 +246,22 @@ class HAProxyProcess:
                 with _disk(f"write {self.paths.last_known_good}"):
                     await asyncio.to_thread(write_atomic, self.paths.last_known_good, previous)
                 if servers_state is not None:
-                    with _disk(f"write {self.paths.server_state}"):
-                        await asyncio.to_thread(
-                            write_state_file, self.paths.server_state, servers_state, previous,
-                            config,
-                        )  # fmt: skip
+                    await self._write_server_state(servers_state, previous, config)
             await asyncio.to_thread(self.write, config, maps)
             await self.reload()
         except BaseException:
             self.restore(snapshot)  # a map that was absent is removed again (None)
             raise
         finally:  # read by the new worker (or refused with its file): no later start reads it
+            self._forget_server_state()
+
+    async def _write_server_state(self, dump: str, previous: str, config: str) -> None:
+        """Best effort: without the file the new worker starts its servers as configured."""
+        try:
+            path = self.paths.server_state
+            await asyncio.to_thread(write_state_file, path, dump, previous, config)
+        except Exception as exc:  # a bug or a full disk here is no reason to refuse the reload
+            log.warning("server states not carried over this reload: %s", exc)
             self._forget_server_state()
 
     def _forget_server_state(self) -> None:

@@ -7,7 +7,9 @@ read from that worker's own counters (`show stat`: sessions, connect errors, ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -180,20 +182,32 @@ def test_no_state_file_is_left_between_reloads(empty_stack: Stack) -> None:
     assert f"server-state-file {empty_stack.state_dir}/server-state\n" in config
 
 
-async def test_a_refused_reload_keeps_the_old_worker_and_its_file(
-    short_tmp: Path, instance_pool: BackendProcess
-) -> None:
-    """HAProxy refuses the new file at the reload (not at `haproxy -c`): the old worker keeps
-    serving, the last-known-good file is put back, and no state file is left behind."""
-    paths = StatePaths(short_tmp / "state")
+@contextlib.asynccontextmanager
+async def own_haproxy(
+    root: Path, pool: BackendProcess
+) -> AsyncIterator[tuple[HAProxyProcess, StatePaths, str]]:
+    """HAProxy run by `controller.process` on a state dir of its own, a server-state file
+    configured: (the process, its paths, the configuration it runs). Stopped on the way out."""
+    paths = StatePaths(root / "state")
     open_state_dir(paths).release()
     settings = RenderSettings(str(paths.admin_socket), server_state_file=str(paths.server_state))
-    live = add_instances(instance_pool, "api", "sr", 1)[0]
+    live = pool.add("api", f"sr{len(pool.backends)}").address
     good = settings_text(settings) + f"\nbackend be\n    server s1 {live} check\n"
     process = HAProxyProcess(paths)
     await asyncio.to_thread(paths.config.write_text, good)
     await process.start()
     try:
+        yield process, paths, good
+    finally:
+        await process.stop()
+
+
+async def test_a_refused_reload_keeps_the_old_worker_and_its_file(
+    short_tmp: Path, instance_pool: BackendProcess
+) -> None:
+    """HAProxy refuses the new file at the reload (not at `haproxy -c`): the old worker keeps
+    serving, the last-known-good file is put back, and no state file is left behind."""
+    async with own_haproxy(short_tmp, instance_pool) as (process, paths, good):
         pid = admin_pid(paths.admin_socket)
         dump = admin_command(paths.admin_socket, "show servers state")
         with pytest.raises(InvalidConfig):
@@ -202,8 +216,20 @@ async def test_a_refused_reload_keeps_the_old_worker_and_its_file(
         assert not paths.server_state.exists()
         assert admin_pid(paths.admin_socket) == pid  # the old worker, still serving
         assert "UP" in admin_command(paths.admin_socket, "show stat be 4 -1")
-    finally:
-        await process.stop()
+
+
+async def test_a_state_file_that_cannot_be_written_does_not_stop_the_reload(
+    short_tmp: Path, instance_pool: BackendProcess
+) -> None:
+    async with own_haproxy(short_tmp, instance_pool) as (process, paths, good):
+        pid = admin_pid(paths.admin_socket)
+        paths.server_state.mkdir()  # the rename onto it fails
+        dump = admin_command(paths.admin_socket, "show servers state")
+        await process.guarded_reload(good.replace("    server s1", "    server s9"), {}, dump)
+        # the old worker may answer on the socket a moment longer
+        wait_until(lambda: admin_pid(paths.admin_socket) != pid, 10, "the new worker")
+        assert "s9" in admin_command(paths.admin_socket, "show servers state be")
+        assert paths.server_state.is_dir()  # left as it was found: not ours to remove
 
 
 def admin_pid(socket: Path) -> str:

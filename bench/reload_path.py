@@ -360,6 +360,7 @@ def measure_size(n: int, changes: int, args: argparse.Namespace) -> SizeResult:
             "--stats",
             stats,
             *(["--sync-interval", str(args.sync_interval)] if args.sync_interval else []),
+            *(["--no-server-state"] if args.no_server_state else []),
         ]
         with controller(
             tmp, config, extra_args=extra, startup_timeout=args.startup_timeout
@@ -487,6 +488,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--sync-interval", type=float, default=None, help="reconcile period (controller's: 5 s)"
+    )
+    parser.add_argument(
+        "--no-server-state",
+        action="store_true",
+        help="the controller's --no-server-state: what carrying server states costs a reload",
     )
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]

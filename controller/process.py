@@ -35,6 +35,7 @@ from controller.render import render_map
 from controller.runtime.client import OUT_OF_DESCRIPTORS
 from controller.runtime.errors import CannotLook, CommandError, RuntimeApiError
 from controller.runtime.master import MasterClient
+from controller.server_state import write_state_file
 from controller.state_dir import StatePaths
 
 log = logging.getLogger(__name__)
@@ -224,10 +225,14 @@ class HAProxyProcess:
             except OSError as exc:
                 log.error("could not put %s back: %s", path, exc.strerror or exc)
 
-    async def guarded_reload(self, config: str, maps: MapFiles) -> None:
+    async def guarded_reload(
+        self, config: str, maps: MapFiles, servers_state: str | None = None
+    ) -> None:
         """Write a validated candidate and reload; on failure put the last-known-good back.
 
-        `maps` are the map files that change (the others already hold what HAProxy runs)."""
+        `maps` are the map files that change (the others already hold what HAProxy runs).
+        `servers_state`: the running worker's `show servers state`, carried to the new one
+        where the new file keeps a server as it was (`controller.server_state`)."""
         if not await self.is_running():
             await asyncio.to_thread(self.write, config, maps)
             await self.start()
@@ -240,11 +245,30 @@ class HAProxyProcess:
                 # replaces whatever is at .lkg (a planted symlink too), never writes through it
                 with _disk(f"write {self.paths.last_known_good}"):
                     await asyncio.to_thread(write_atomic, self.paths.last_known_good, previous)
+                if servers_state is not None:
+                    await self._write_server_state(servers_state, previous, config)
             await asyncio.to_thread(self.write, config, maps)
             await self.reload()
         except BaseException:
             self.restore(snapshot)  # a map that was absent is removed again (None)
             raise
+        finally:  # read by the new worker (or refused with its file): no later start reads it
+            self._forget_server_state()
+
+    async def _write_server_state(self, dump: str, previous: str, config: str) -> None:
+        """Best effort: without the file the new worker starts its servers as configured."""
+        try:
+            path = self.paths.server_state
+            await asyncio.to_thread(write_state_file, path, dump, previous, config)
+        except Exception as exc:  # a bug or a full disk here is no reason to refuse the reload
+            log.warning("server states not carried over this reload: %s", exc)
+            self._forget_server_state()
+
+    def _forget_server_state(self) -> None:
+        try:
+            self.paths.server_state.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", self.paths.server_state, exc.strerror or exc)
 
     async def start(self, timeout: float = 120.0) -> None:
         """Start the master in its own session (it outlives us), its output to `haproxy.log`.
@@ -265,6 +289,7 @@ class HAProxyProcess:
             )
         # unlink, not overwrite: HAProxy writes its pidfile through whatever is there
         self.paths.master_socket.unlink(missing_ok=True)
+        self._forget_server_state()  # a fresh start knows nothing of a former worker's servers
         self.paths.pidfile.unlink(missing_ok=True)
         with _disk(f"open {self.paths.log}"):
             log_fd = open_append(self.paths.log)

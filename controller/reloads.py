@@ -26,6 +26,7 @@ from controller.plan import (
     structure_reasons,
 )
 from controller.pools import group_pools
+from controller.render import state_file_of
 from controller.tls.files import crt_lists_of, restore_crt_lists, write_crt_lists
 
 if TYPE_CHECKING:
@@ -134,7 +135,8 @@ class Reloads:
                 lists = await asyncio.to_thread(write_crt_lists, crt_lists_of(plans))
                 try:
                     verify = self._verifier(plans)
-                    await engine.applier.reload(reasons, text, maps, revision, verify)
+                    carry = state_file_of(engine.settings) is not None
+                    await engine.applier.reload(reasons, text, maps, revision, verify, carry=carry)
                 except BaseException:
                     await asyncio.to_thread(restore_crt_lists, lists)
                     raise

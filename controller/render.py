@@ -85,6 +85,9 @@ class RenderSettings:
     status_socket: str | None = None
     """A private unix socket (in the state directory, mode 0600) where HAProxy serves its stats
     page as CSV for the controller's own reads (`controller.runtime.stats_page`)."""
+    server_state_file: str | None = None
+    """Where a new worker reads the old one's server states (`controller.server_state`);
+    None: every reload starts servers UP. Only in our own `global` (not attached)."""
 
 
 Filled = Mapping[str, Address]
@@ -110,6 +113,9 @@ def _fingerprint(*parts: str) -> str:
 
 def _render_global(settings: RenderSettings) -> list[str]:
     """Attached to a user's HAProxy, their `global` rules; our `defaults` cover only ours."""
+    path = state_file_of(settings)
+    state_file = [f"    server-state-file {path}"] if path else []
+    load_state = ["    load-server-state-from-file global"] if path else []
     own_global = [
         "global",
         f"    stats socket {settings.admin_socket} mode 600 level admin expose-fd listeners",
@@ -118,11 +124,13 @@ def _render_global(settings: RenderSettings) -> list[str]:
         "    no strict-limits",  # descriptors reserved for parked slots' checks: a warning
         f"    hard-stop-after {settings.hard_stop_after}",
         f"    mworker-max-reloads {settings.max_reloads}",
+        *state_file,
         "",
     ]
     return [
         *([] if settings.attached else own_global),
         "defaults",
+        *load_state,
         "    mode http",
         f"    timeout connect {settings.timeout_connect}",
         f"    timeout client {settings.timeout_client}",
@@ -133,6 +141,12 @@ def _render_global(settings: RenderSettings) -> list[str]:
         "    retries 3",
         "",
     ]
+
+
+def state_file_of(settings: RenderSettings) -> str | None:
+    """The server-state file HAProxy loads at each reload: never attached (the `global`
+    section is the user's)."""
+    return None if settings.attached else settings.server_state_file
 
 
 def _render_stats(settings: RenderSettings) -> list[str]:

@@ -127,6 +127,9 @@ class RunSettings:
     health_watch: bool = True
     """False (`--no-health-watch`): no route-down redistribution, ejection cap, drain end or
     live `maxconn`; only for measuring what the watch costs (`bench.health`)."""
+    server_state: bool = True
+    """Carry each server's state across reloads (`controller.server_state`); False
+    (`--no-server-state`): a new worker starts its servers UP."""
 
 
 def state_paths(settings: RunSettings) -> StatePaths:
@@ -159,6 +162,7 @@ def build_engine(settings: RunSettings, paths: StatePaths, store: Store) -> Engi
             bind_host=settings.bind_host,
             maxconn=settings.maxconn or default_maxconn(hard_descriptor_limit()),
             status_socket=str(paths.status_socket),
+            server_state_file=str(paths.server_state) if settings.server_state else None,
         ),
         settings.timing,
         Metrics(production_registry()),

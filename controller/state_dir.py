@@ -70,6 +70,12 @@ class StatePaths:
         return self.root / "haproxy.log"
 
     @property
+    def server_state(self) -> Path:
+        """The old worker's server states for the next one (`controller.server_state`):
+        present only during a reload."""
+        return self.root / "server-state"
+
+    @property
     def gateways(self) -> Path:
         """The desired state: one record per gateway (`controller.store`)."""
         return self.root / "gateways"

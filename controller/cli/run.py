@@ -125,6 +125,7 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         dns_servers=tuple(getattr(args, "dns_servers", None) or ()),
         maxconn=args.maxconn,
         health_watch=not getattr(args, "no_health_watch", False),
+        server_state=not getattr(args, "no_server_state", False),
     )
 
 
@@ -207,6 +208,12 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
         "--no-health-watch",
         action="store_true",
         help="no health watch: a dead route keeps its share (to measure the watch's cost)",
+    )
+    p.add_argument(
+        "--no-server-state",
+        action="store_true",
+        help="a reload starts every server UP, before its first check, instead of as the "
+        "old worker last saw it (to measure what the server-state file saves)",
     )
     p.add_argument(
         "--sync-period",

@@ -91,9 +91,11 @@ def unproven(
     bindings: Mapping[str, str],
     servers: Mapping[str, Sequence[ServerHealth]],
 ) -> frozenset[str]:
-    """Of routes that were down, those none of whose instances has passed a check since:
-    a new worker (a reload) starts every server UP before its first check, so without this
-    a dead route got its share back for `fall` checks and answered 503s meanwhile."""
+    """Of routes that were down, those none of whose instances has passed a check since.
+    A reload carries a server's state to the new worker (`controller.server_state`), but
+    not always: a server whose address or checks changed, every server after HAProxy
+    restarted or in attach mode starts UP before its first check; without this a dead route
+    got its share back until then and answered 503s meanwhile."""
     return frozenset(
         route
         for route in routes

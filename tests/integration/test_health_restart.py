@@ -158,21 +158,26 @@ async def test_a_drain_keeps_its_start_across_a_restart(
             await asyncio.gather(*in_flight, return_exceptions=True)
 
 
+@pytest.mark.parametrize("change", ["another gateway", "the canary's checks"])
 async def test_a_reload_gives_a_dead_route_no_share_back(
-    stack: Stack, instance_pool: BackendProcess
+    stack: Stack, instance_pool: BackendProcess, change: str
 ) -> None:
-    """A reload starts every server UP in the new worker, before its first check: the route
-    stays down until one of its instances passes a check there (it got its share back for
-    half a second and 5 requests answered 503 before)."""
-    stable = add_instances(instance_pool, "stable", "rs", 2)
-    canary = add_instances(instance_pool, "canary", "rc", 2)
+    """A reload that adds another gateway carries the canary's DOWN state to the new worker
+    (`controller.server_state`). One that changes the canary's checks does not (a state
+    measured by another check says nothing): the new worker starts its servers UP before
+    their first check, and the route stays down until one of its instances passes a check
+    there (`health.watch.unproven`; without it the share came back for half a second and 5
+    requests answered 503)."""
+    prefix = "rs" if change == "another gateway" else "ts"
+    stable = add_instances(instance_pool, "stable", prefix, 2)
+    canary = add_instances(instance_pool, "canary", f"{prefix}c", 2)
     bind = f"127.0.0.1:{free_port()}"
     routes = {
         "stable": {"weight": "90%", "instances": stable, "health_check": CHECK},
         "canary": {"weight": "10%", "instances": canary, "health_check": CHECK},
     }
     put(stack, "split", {"bind": bind, "routes": routes})
-    for name in ("rc1", "rc2"):
+    for name in (f"{prefix}c1", f"{prefix}c2"):
         instance_pool.remove(name)
     moved = {"stable": "100%", "canary": "0%"}
     wait_until(lambda: applied(stack, "split") == moved, 15, "the canary's share moved")
@@ -180,8 +185,13 @@ async def test_a_reload_gives_a_dead_route_no_share_back(
     seen: list[dict[str, str]] = []
     async with SteadyLoad(f"http://{bind}/", rate=100, max_duration=60) as load:
         await load.wait_until(lambda r: len(r.outcomes) >= 30)
-        other = {"bind": f"127.0.0.1:{free_port()}", "routes": {"a": {"instances": stable[:1]}}}
-        await asyncio.to_thread(put, stack, "other", other)
+        if change == "another gateway":
+            routes_ = {"a": {"instances": stable[:1]}}
+            other = {"bind": f"127.0.0.1:{free_port()}", "routes": routes_}
+            await asyncio.to_thread(put, stack, "other", other)
+        else:
+            routes["canary"]["health_check"] = {**CHECK, "fall": 4}
+            await asyncio.to_thread(put, stack, "split", {"bind": bind, "routes": routes})
         assert stack.reloads() > reloads
 
         def checked_down() -> bool:  # the new worker's own checks found the canary dead

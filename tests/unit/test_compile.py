@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,9 @@ def test_pool_backend_names_round_trip() -> None:
 
 
 def test_rendered_config_matches_golden_file() -> None:
-    plan = plan_changes(shop(), NOTHING, "/var/lib/weighbridge/maps", SETTINGS)
-    text = render_plan(plan, SETTINGS)
+    settings = replace(SETTINGS, server_state_file="/var/lib/weighbridge/server-state")
+    plan = plan_changes(shop(), NOTHING, "/var/lib/weighbridge/maps", settings)
+    text = render_plan(plan, settings)
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()

@@ -184,6 +184,11 @@ class Journal:
         self._fd = None
 
     @property
+    def active(self) -> Path:
+        """The segment appended to (or the last one, when none is open)."""
+        return self._path()
+
+    @property
     def appended(self) -> int:
         return self._appended
 

@@ -90,8 +90,11 @@ def decode(data: bytes, where: str) -> list[Entry]:
             raise JournalCorrupt(
                 f"{where}: a damaged entry at byte {position} is followed by valid ones"
             )
-        log.warning("%s: ignoring a torn last entry (%d bytes, never acknowledged)",
-                    where, len(data) - position)
+        log.warning(
+            "%s: ignoring a torn last entry (%d bytes, never acknowledged)",
+            where,
+            len(data) - position,
+        )
     return entries
 
 

@@ -13,7 +13,6 @@ from typing import Literal
 
 from controller.diff import Change
 from controller.metrics import Metrics
-from controller.offload import offload
 from controller.plan import GatewayPlan, ReloadReason
 from controller.process import HAProxyError, HAProxyProcess, MapFiles
 from controller.runtime.client import RuntimeClient
@@ -21,9 +20,6 @@ from controller.swaps import MapSwapper
 from controller.tls.listplan import CrtListPlan
 
 log = logging.getLogger(__name__)
-
-MANY_MAPS = 16
-"""Map files above which their writing leaves the event loop."""
 
 Method = Literal["none", "runtime", "reload"]
 KEPT_RELOADS = 50
@@ -138,8 +134,11 @@ class Applier:
 
     async def write_maps(self, files: MapFiles) -> None:
         """Map files as HAProxy runs them: derived from the store (a start writes them all
-        again), so no fsync; a few small files are written on the event loop."""
-        await offload(len(files) > MANY_MAPS, self.process.write_maps, files, durable=False)
+        again), so no fsync. In a thread even for one file: replacing a file by a rename
+        makes ext4 start writing it out (0.25 ms p50, 5 ms p99 here), which on the event loop
+        held back the store's answer and every other request (measured: a write's round trip
+        4.7 vs 7.9 ms p50 under load)."""
+        await asyncio.to_thread(self.process.write_maps, files, durable=False)
 
     def forget_map_versions(self) -> None:
         """A new worker (a reload, a restart) counts map versions from scratch."""

@@ -229,7 +229,7 @@ class FileStore:
             self._fold_sealed()  # segments sealed meanwhile
 
     async def settle(self) -> None:
-        """Wait for the fold in progress (tests, and a clean stop)."""
+        """Wait for the fold in progress (tests)."""
         while self._folding is not None:
             await asyncio.gather(asyncio.shield(self._folding), return_exceptions=True)
 

@@ -21,6 +21,14 @@ def gateway(port: int) -> Gateway:
     return Gateway.model_validate({"bind": f"127.0.0.1:{port}"})
 
 
+@pytest.fixture
+async def store(tmp_path: Path) -> FileStore:
+    """A store that holds gateway `a` at revision 1 (in its journal)."""
+    opened = FileStore(tmp_path / "gateways")
+    await opened.put("a", gateway(1), 0)
+    return opened
+
+
 def segments(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name.startswith("journal."))
 
@@ -31,10 +39,8 @@ async def ports(root: Path) -> tuple[dict[str, int], int]:
     return {n: r.gateway.bind.port for n, r in snapshot.records.items()}, snapshot.revision
 
 
-async def test_a_restart_replays_the_journal(tmp_path: Path) -> None:
-    root = tmp_path / "gateways"
-    store = FileStore(root)
-    await store.put("a", gateway(1), 0)
+async def test_a_restart_replays_the_journal(store: FileStore) -> None:
+    root = store.root
     await store.put("b", gateway(2), 0)
     await store.put("a", gateway(3), 1)
     await store.delete("b", 2)
@@ -52,12 +58,10 @@ async def test_a_restart_replays_the_journal(tmp_path: Path) -> None:
 
 
 async def test_a_torn_last_entry_is_ignored(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    store: FileStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A crash in the middle of an append leaves part of a line: it was never acknowledged."""
-    root = tmp_path / "gateways"
-    store = FileStore(root)
-    await store.put("a", gateway(1), 0)
+    root = store.root
     await store.put("b", gateway(2), 0)
     segment = root / "journal.00000001"
     whole = encode("a", 3, gateway(3).model_dump(mode="json"))
@@ -72,10 +76,8 @@ async def test_a_torn_last_entry_is_ignored(
     assert await again.put("a", gateway(4), 1) == 3
 
 
-async def test_a_checksum_that_fails_on_the_last_entry_is_a_torn_write(tmp_path: Path) -> None:
-    root = tmp_path / "gateways"
-    store = FileStore(root)
-    await store.put("a", gateway(1), 0)
+async def test_a_checksum_that_fails_on_the_last_entry_is_a_torn_write(store: FileStore) -> None:
+    root = store.root
     await store.put("a", gateway(2), 1)
     segment = root / "journal.00000001"
     data = bytearray(segment.read_bytes())
@@ -84,12 +86,10 @@ async def test_a_checksum_that_fails_on_the_last_entry_is_a_torn_write(tmp_path:
     assert await ports(root) == ({"a": 1}, 1)
 
 
-async def test_a_damaged_entry_before_good_ones_refuses_to_load(tmp_path: Path) -> None:
+async def test_a_damaged_entry_before_good_ones_refuses_to_load(store: FileStore) -> None:
     """Not a torn write (later entries were acknowledged after it): refusing is safer than
     starting without an acknowledged write."""
-    root = tmp_path / "gateways"
-    store = FileStore(root)
-    await store.put("a", gateway(1), 0)
+    root = store.root
     await store.put("a", gateway(2), 1)
     segment = root / "journal.00000001"
     data = bytearray(segment.read_bytes())
@@ -126,13 +126,11 @@ async def test_sealed_segments_are_folded_into_the_files(tmp_path: Path) -> None
 
 
 async def test_a_fold_interrupted_midway_is_folded_again_to_the_same_state(
-    tmp_path: Path,
+    store: FileStore, tmp_path: Path
 ) -> None:
     """A crash after some record files were replaced but before the segment was removed: the
     segment is replayed over them at start (and folded again), to the same state."""
-    root = tmp_path / "gateways"
-    store = FileStore(root)
-    await store.put("a", gateway(1), 0)
+    root = store.root
     await store.put("b", gateway(2), 0)
     await store.put("a", gateway(3), 1)
     await store.delete("b", 2)
@@ -163,11 +161,9 @@ async def test_a_record_file_superseded_by_the_journal_is_not_read(tmp_path: Pat
 
 
 async def test_a_failed_sync_fails_the_write_and_the_next_goes_to_a_new_segment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "gateways"
-    store = FileStore(root)
-    await store.put("a", gateway(1), 0)
+    root = store.root
     real = os.fdatasync
     failures = [OSError(5, "Input/output error")]
 
@@ -185,13 +181,11 @@ async def test_a_failed_sync_fails_the_write_and_the_next_goes_to_a_new_segment(
 
 
 async def test_a_failed_append_fails_the_write_and_its_torn_part_stays_last(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A disk that is full mid-line: that segment ends torn and is never appended to again,
     so the torn part is its last (ignored at start), not a damaged entry before good ones."""
-    root = tmp_path / "gateways"
-    store = FileStore(root)
-    await store.put("a", gateway(1), 0)
+    root = store.root
     real = os.write
 
     def short(fd: int, data: bytes) -> int:

@@ -127,6 +127,9 @@ class Journal:
         """A segment was created since the last sync: the directory needs one too."""
         self._appended = 0
         self._synced = 0
+        self._failed = 0
+        """Appends up to this one are failed: a sync of their segment failed after them (its
+        pages may be lost, and a later sync may not say so)."""
         self._flush: asyncio.Future[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.sealed: list[Path] = []
@@ -199,6 +202,8 @@ class Journal:
         """Return once the append `ticket` is on disk; OSError if the sync that covered it
         failed (the append may or may not be there after a crash: it is unacknowledged)."""
         while self._synced < ticket:
+            if ticket <= self._failed:
+                raise OSError("a sync of the journal failed since this write was appended")
             if self._flush is None:
                 self._flush = asyncio.ensure_future(self._sync())
             await asyncio.shield(self._flush)
@@ -214,7 +219,8 @@ class Journal:
         try:
             await loop.run_in_executor(self._executor, self._sync_files, closing, new_entry, fd)
         except OSError:
-            self.seal()  # what the failed sync covered may be lost: start a new segment
+            self._failed = self._appended  # what the failed sync covered may be lost,
+            self.seal()  # and whatever followed it there: start a new segment
             raise
         else:
             self._synced = max(self._synced, target)

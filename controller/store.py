@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REVISION_FILE = "revision"
-"""The global revision, written on deletes: the highest record may be gone, the revision must
-never go back (an ETag must not come back with other contents)."""
+"""The global revision, written when the journal is folded: the highest record may be gone (a
+delete), the revision must never go back (an ETag must not come back with other contents)."""
 _KEPT_EVENTS = 4096
 """Events `watch` can replay; the file store has one process, so it needs few."""
 
@@ -250,8 +250,9 @@ class FileStore:
             if entry.gateway is None:
                 remove([path, backup])
             else:
-                write_atomic(path, _record_json(entry.gateway, entry.revision), mode=0o600,
-                             backup=backup)
+                write_atomic(
+                    path, _record_json(entry.gateway, entry.revision), mode=0o600, backup=backup
+                )
         if top > self._stored_revision():
             write_atomic(self.root / REVISION_FILE, f"{top}\n", mode=0o600)
         remove(segments)
@@ -356,11 +357,14 @@ def _record_json(gateway: dict[str, Any], revision: int) -> str:
 def _journal_record(entry: Entry) -> Record:
     try:
         check_name(entry.name)
+    except ValueError:
+        raise StoreError("the store's journal holds a record of an invalid gateway name") from None
+    try:
         return Record(Gateway.model_validate(entry.gateway), entry.revision)
-    except (ValueError, ValidationError) as exc:
+    except ValidationError as exc:
         reason = str(exc).splitlines()[0][:200]
         raise StoreError(
-            f"the store's journal holds an invalid record of {entry.name[:64]!r} ({reason})"
+            f"the store's journal holds an invalid record of gateway {entry.name} ({reason})"
         ) from exc
 
 

@@ -105,7 +105,7 @@ async def test_an_entry_with_a_good_checksum_and_an_invalid_gateway_is_an_error(
     root = tmp_path / "gateways"
     root.mkdir()
     (root / "journal.00000001").write_bytes(encode("a", 1, {"bind": "nowhere"}))
-    with pytest.raises(StoreError, match="invalid record of 'a'"):
+    with pytest.raises(StoreError, match="invalid record of gateway a"):
         await FileStore(root).snapshot()
 
 

@@ -41,6 +41,11 @@ SEGMENT_BOUND = 1 << 20
 1,700 writes of a two-route gateway)."""
 
 
+_SYNCS = ThreadPoolExecutor(1, thread_name_prefix="journal")
+"""The thread journals sync in (one per process: a store is one per state directory, and the
+thread starts at the first sync)."""
+
+
 class JournalCorrupt(ValueError):
     """A bad line followed by good ones: not a torn tail."""
 
@@ -112,8 +117,8 @@ def sequence_of(name: str) -> int | None:
 
 
 class Journal:
-    """Appends on the event loop (so the file is in revision order), syncs in a thread of its
-    own; `durable` waits until a sync that began after the append has completed."""
+    """Appends on the event loop (so the file is in revision order), syncs in the journals'
+    thread (`_SYNCS`); `durable` waits until a sync that began after the append has completed."""
 
     def __init__(self, directory: Path, bound: int = SEGMENT_BOUND) -> None:
         self.directory = directory
@@ -131,7 +136,6 @@ class Journal:
         """Appends up to this one are failed: a sync of their segment failed after them (its
         pages may be lost, and a later sync may not say so)."""
         self._flush: asyncio.Future[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
         self.sealed: list[Path] = []
         """Segments no longer appended to, oldest first: the store folds them into its files."""
 
@@ -213,11 +217,9 @@ class Journal:
         closing, self._unsynced = self._unsynced, []
         new_entry, self._new_entry = self._new_entry, False
         fd = self._fd
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, self._sync_files, closing, new_entry, fd)
+            await loop.run_in_executor(_SYNCS, self._sync_files, closing, new_entry, fd)
         except OSError:
             self._failed = self._appended  # what the failed sync covered may be lost,
             self.seal()  # and whatever followed it there: start a new segment

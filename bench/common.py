@@ -74,12 +74,14 @@ def free_port() -> int:
 
 
 def free_ports(count: int, base: int) -> list[int]:
-    """`count` ports from `base` up (below the ephemeral range) free right now on 127.0.0.1."""
+    """`count` ports from `base` up free right now on 127.0.0.1 (a base below the ephemeral
+    range is safest; above it, e.g. clear of tests that pick ports below it, an outgoing
+    connection may take one before it is bound: the bench then fails, it does not mismeasure)."""
     ports: list[int] = []
     port = base
     while len(ports) < count:
-        if port > 32767:
-            raise RuntimeError(f"not enough free ports between {base} and 32767")
+        if port > 65535:
+            raise RuntimeError(f"not enough free ports between {base} and 65535")
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))

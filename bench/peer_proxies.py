@@ -96,8 +96,8 @@ class Responders:
 
 
 @contextmanager
-def responders(workdir: Path, threads: int) -> Iterator[Responders]:
-    ports = dict(zip(ROUTES, free_ports(len(ROUTES), 21000), strict=True))
+def responders(workdir: Path, threads: int, port_base: int = 21000) -> Iterator[Responders]:
+    ports = dict(zip(ROUTES, free_ports(len(ROUTES), port_base), strict=True))
     listeners = "".join(
         f"frontend {route}\n    bind 127.0.0.1:{port}\n"
         f'    http-request return status 200 content-type text/plain hdr X-Route {route} '
@@ -166,9 +166,9 @@ def gateway_name(service: int) -> str:
 @contextmanager
 def weighbridge(
     workdir: Path, back: Responders, services: int, *, exact: bool = False,
-    startup_timeout: float = 600.0,
+    startup_timeout: float = 600.0, port_base: int = 22000,
 ) -> Iterator[Weighbridge]:
-    ports = free_ports(services + int(exact), 22000)
+    ports = free_ports(services + int(exact), port_base)
     names = [gateway_name(i) for i in range(services)] + (["x0"] if exact else [])
     gateways = {
         name: {

@@ -199,10 +199,12 @@ def lost_per_change(proxy: Proxy, seconds: int, changes: int) -> float:
 # --------------------------------------------------------------------------- the run
 
 
-def proxies(tmp: Path, back: Responders, services: int, threads: int,
+def proxies(tmp: Path, back: Responders, services: int, args: argparse.Namespace,
             exact: bool = False) -> dict[str, Callable[[], AbstractContextManager[Proxy]]]:
+    threads, base = args.threads, args.port_base + 1000
     return {
-        "Weighbridge": lambda: weighbridge(tmp / f"wb{services}", back, services, exact=exact),
+        "Weighbridge": lambda: weighbridge(tmp / f"wb{services}", back, services, exact=exact,
+                                           port_base=base),
         "Caddy": lambda: caddy(tmp / f"caddy{services}", back, services, threads),
         "NGINX": lambda: nginx(tmp / f"nginx{services}", back, services, threads),
     }
@@ -217,7 +219,7 @@ def measure_one_service(tmp: Path, back: Responders, args: argparse.Namespace,
                         results: Results) -> None:
     """Rows 1-4 and 6 at one service, all three proxies running at once (idle when not
     measured), rounds alternating."""
-    starters = proxies(tmp, back, 1, args.threads, exact=True)
+    starters = proxies(tmp, back, 1, args, exact=True)
     with ExitStack() as stack:
         running: dict[str, Proxy] = {n: stack.enter_context(starters[n]()) for n in PEERS}
         for proxy in running.values():
@@ -258,7 +260,7 @@ def measure_scale(tmp: Path, back: Responders, args: argparse.Namespace,
                   results: Results) -> None:
     """Row 5 and memory at N services: one proxy at a time (5,000 services each)."""
     for size in args.scale:
-        starters = proxies(tmp, back, size, args.threads)
+        starters = proxies(tmp, back, size, args)
         for name in PEERS:
             with starters[name]() as proxy:
                 middle = size // 2
@@ -370,21 +372,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale-warmup", type=int, default=10,
                         help="unmeasured switches first at each size (10): a controller "
                         "that just said ready still publishes its metrics for a few seconds")
+    parser.add_argument("--port-base", type=int, default=21000,
+                        help="the responders' first port; Weighbridge's binds from +1000 "
+                             "(21000; above 47000 on a machine that runs tests: they pick "
+                             "ports in 10000-32767)")
     parser.add_argument("--threads", type=int, default=0,
                         help="Caddy's and NGINX's (default: HAProxy's own, one per CPU)")
     args = parser.parse_args(argv)
     args.scale = [int(s) for s in args.scale.split(",") if s]
     if not (1 <= args.rounds <= 10 and 1 <= args.seconds <= 60 and 2 <= args.changes <= 500
             and 1 <= args.load_changes <= 100 and all(1 <= s <= 10_000 for s in args.scale)
-            and 0 <= args.scale_warmup <= 100):
-        parser.error("out of bounds: rounds 1-10, seconds 1-60, changes 2-500, scale ≤ 10,000")
+            and 0 <= args.scale_warmup <= 100
+            and 1024 <= args.port_base <= 65535 - 1001 - max(args.scale, default=1)):
+        parser.error("out of bounds: rounds 1-10, seconds 1-60, changes 2-500, scale ≤ 10,000, "
+                     "port base 1024 to 64534 less the largest scale")
     args.threads = args.threads or len(os.sched_getaffinity(0))
     args.load_before, args.code_before = load_now(), code_version()
     exit_on_sigterm()
     ensure_nginx()
     ensure_caddy()
     results = Results()
-    with short_tmp("wb-peers-") as tmp, responders(tmp / "responders", 1) as back:
+    with short_tmp("wb-peers-") as tmp, responders(tmp / "responders", 1,
+                                                  args.port_base) as back:
         measure_one_service(tmp, back, args, results)
         measure_scale(tmp, back, args, results)
     print(report(results, args))

@@ -30,6 +30,7 @@ from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, ap
 from controller.apply import Applier, ApplyResult, Loaded, Method
 from controller.budget import Budget, Usage, gateway_usage
 from controller.compile import (
+    MapEntries,
     applied_weights,
     crt_list_file,
     crt_list_gateway,
@@ -51,7 +52,7 @@ from controller.hostplan import (
     plan_removed,
     scope_of,
 )
-from controller.hosts import GroupView, pool_change
+from controller.hosts import GroupView, group_of_ref, pool_change
 from controller.locks import Gate, KeyedLocks
 from controller.metrics import Metrics
 from controller.model import Address, Config, Gateway
@@ -320,6 +321,7 @@ class Engine:
         removed = plan_removed(split, self.desired.gateways, self.map_dir, self.settings)
         # a write that stored meanwhile planned its own gateway: keep its plan
         plans = [p for p in plans if self.plans.get(p.name) is known.get(p.name)]
+        await self._write_own_maps(plans, known)
         for name in [n for n in self.plans if n not in self.desired.records]:
             if self.plans[name] is known.get(name):
                 del self.plans[name]
@@ -343,6 +345,18 @@ class Engine:
         return ApplyResult(plan.method, _since(started), steps, self.desired.revision)
 
     # ---- writes -----------------------------------------------------------------------------
+
+    async def _write_own_maps(
+        self, plans: Sequence[GatewayPlan], known: dict[str, GatewayPlan]
+    ) -> None:
+        """Every gateway's own map files as stored, before anything is applied (adopting, or
+        HAProxy back): a crash between a write's swap and its file, or after a file written for
+        a swap that never came, left a file apart from what is stored, and a reload loads the
+        files. Alone at the gate: no write is between its swap and its file; a plan a write
+        replaced meanwhile is that write's to write."""
+        async with self.gate.exclusive():
+            current = [p for p in plans if self.plans.get(p.name) is known.get(p.name)]
+            await self.applier.write_maps(_own_maps(current))
 
     async def change(
         self, edit: Edit, *, dry_run: bool = False, heavy: bool = False
@@ -435,13 +449,10 @@ class Engine:
         durable. If HAProxy refuses, the record is put back; if the store fails, HAProxy is
         brought back to the stored gateway: either way nothing stays half-applied."""
         storing = asyncio.ensure_future(self._store(name, record, after))
-        maps = [Path(swap.ref) for swap in plan.map_swaps]
-        snapshot = self.process.snapshot(maps) if maps else {}
         try:
-            await self.applier.apply_runtime([plan])
+            await self.applier.apply_runtime([plan])  # a map file only after its swap
         except (WeighbridgeError, OSError) as exc:
             self._runs.pop(name, None)
-            self.process.restore(snapshot)
             try:
                 revision = await storing
             except WeighbridgeError:
@@ -921,6 +932,16 @@ def _binds_moved(before: Gateway | None, after: Gateway | None) -> set[Address]:
     if keys[0] == keys[1] and not pool_change(before, after):
         return set()
     return {g.bind for g in (before, after) if g is not None}
+
+
+def _own_maps(plans: Sequence[GatewayPlan]) -> dict[str, MapEntries]:
+    """Each gateway's own map files (a bind group's shared maps are written whole by reloads)."""
+    return {
+        ref: entries
+        for plan in plans
+        for ref, entries in plan.maps.items()
+        if group_of_ref(ref) is None
+    }
 
 
 def _prepare_files(plan: GatewayPlan) -> None:

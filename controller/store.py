@@ -4,9 +4,12 @@ The interface is narrow and per key, so that a networked store (etcd) implements
 each write names one gateway and the revision it expects, and gets the new global revision,
 which also becomes that gateway's revision (its ETag).
 
-The file store keeps `<state-dir>/gateways/<name>.json` (`{"revision": r, "gateway": …}`): a
-write touches and fsyncs only its gateway's file. It is the only writer of its directory (the
-state directory's lock sees to that), so revisions are known without reading.
+The file store keeps `<state-dir>/gateways/<name>.json` (`{"revision": r, "gateway": …}`) and
+a journal beside them (`controller.journal`): a write appends its gateway's record to the
+journal and waits for one `fdatasync`, whatever the number of gateways; sealed journal segments
+are folded into the record files in the background, and a start replays what is left of the
+journal over them. It is the only writer of its directory (the state directory's lock sees to
+that), so revisions are known without reading.
 """
 
 from __future__ import annotations
@@ -26,16 +29,23 @@ from pydantic import ValidationError
 from controller.desired import Record
 from controller.errors import ConflictingState, Unavailable
 from controller.files import fsync_directory, read_text, remove, write_atomic, write_many
+from controller.journal import (
+    SEGMENT_BOUND,
+    Entry,
+    Journal,
+    JournalCorrupt,
+    encode,
+    read_segment,
+)
 from controller.locks import KeyedLocks
 from controller.model import Config, Gateway, check_name
-from controller.offload import BIG_TEXT, offload
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REVISION_FILE = "revision"
-"""The global revision, written on deletes: the highest record may be gone, the revision must
-never go back (an ETag must not come back with other contents)."""
+"""The global revision, written when the journal is folded: the highest record may be gone (a
+delete), the revision must never go back (an ETag must not come back with other contents)."""
 _KEPT_EVENTS = 4096
 """Events `watch` can replay; the file store has one process, so it needs few."""
 
@@ -88,16 +98,21 @@ class Store(Protocol):
 
 
 class FileStore:
-    """One JSON file per gateway, replaced atomically and fsynced; the file it replaces stays
-    as `<name>.json.bak` (a hard link). A record found corrupt at start is read from that copy
-    (the previous revision of that gateway), and the log says so.
+    """A journal of writes over one JSON file per gateway. A write is acknowledged once its
+    journal entry is on disk. Folding the journal replaces a record file atomically; the file
+    it replaces stays as `<name>.json.bak` (a hard link). A record file found corrupt at start
+    is read from that copy (the previous folded revision of that gateway), and the log says so,
+    unless the journal holds a later version of the gateway (then the file is not read).
 
     `legacy` is the single-file store of earlier versions (`desired.json`): migrated once.
+    `bound`: the journal segment's size after which it is folded into the files.
     """
 
-    def __init__(self, root: Path, legacy: Path | None = None) -> None:
+    def __init__(self, root: Path, legacy: Path | None = None, bound: int = SEGMENT_BOUND) -> None:
         self.root = root
         self.legacy = legacy
+        self.journal = Journal(root, bound)
+        self._folding: asyncio.Task[None] | None = None
         self._revisions: dict[str, int] | None = None
         self._revision = 0
         self._keys: KeyedLocks[str] = KeyedLocks()
@@ -139,16 +154,17 @@ class FileStore:
                 raise Conflict(f"gateway {name} is not stored")
             self._revision += 1  # taken before any await: concurrent writes get their own
             revision = self._revision
+            dumped = None if gateway is None else gateway.model_dump(mode="json")
             try:
-                if gateway is None:
-                    await asyncio.to_thread(self._remove, name, revision)
-                    del revisions[name]
-                else:
-                    text = _record_text(gateway, revision)
-                    await offload(len(text) > BIG_TEXT, self._store, name, text)
-                    revisions[name] = revision
+                # appended before any await: the journal is in revision order
+                await self.journal.durable(self.journal.append(encode(name, revision, dumped)))
             except OSError as exc:
                 raise StoreError(f"cannot write gateway {name}: {exc.strerror or exc}") from exc
+            if gateway is None:
+                del revisions[name]
+            else:
+                revisions[name] = revision
+        self._fold_sealed()
         self._events.append(StoreEvent(name, gateway, revision))
         self._published += 1
         while len(self._events) > _KEPT_EVENTS:
@@ -186,14 +202,60 @@ class FileStore:
         os.replace(staging, self.root)
         fsync_directory(self.root.parent)
 
-    def _store(self, name: str, text: str) -> None:
-        path = self.path(name)
-        write_atomic(path, text, mode=0o600, backup=path.with_name(path.name + ".bak"))
+    # ---- folding the journal into the record files ---------------------------------------
 
-    def _remove(self, name: str, revision: int) -> None:
-        write_atomic(self.root / REVISION_FILE, f"{revision}\n", mode=0o600)
-        path = self.path(name)
-        remove([path, path.with_name(path.name + ".bak")])
+    def _fold_sealed(self) -> None:
+        """Fold sealed journal segments into the files, in the background, one fold at a time
+        (the writer only: a store opened to read never changes the directory)."""
+        if not self.journal.sealed or self._folding is not None:
+            return
+        self._folding = asyncio.create_task(self._fold())
+        self._folding.add_done_callback(self._folded)
+
+    async def _fold(self) -> None:
+        sealed = list(self.journal.sealed)
+        await self.journal.durable(self.journal.appended)  # what is folded is on disk already
+        await asyncio.to_thread(self._fold_segments, sealed)
+        self.journal.sealed = [p for p in self.journal.sealed if p not in sealed]
+
+    def _folded(self, task: asyncio.Task[None]) -> None:
+        self._folding = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:  # the journal keeps the writes: the next seal tries again
+            log.warning("could not fold the store's journal into its files: %s", error)
+        else:
+            self._fold_sealed()  # segments sealed meanwhile
+
+    async def settle(self) -> None:
+        """Wait for the fold in progress (tests)."""
+        while self._folding is not None:
+            await asyncio.gather(asyncio.shield(self._folding), return_exceptions=True)
+
+    def _fold_segments(self, segments: list[Path]) -> None:
+        """Each gateway's latest entry in `segments` becomes its record file (removed if it was
+        deleted), the revision file keeps the highest revision, then the segments go. Crash
+        midway: the segments are still there and are folded (or replayed) again, to the same
+        result."""
+        latest: dict[str, Entry] = {}
+        for segment in segments:
+            for entry in read_segment(segment):
+                latest[entry.name] = entry
+        top = max((e.revision for e in latest.values()), default=0)
+        for name, entry in latest.items():
+            check_name(name)
+            path = self.path(name)
+            backup = path.with_name(path.name + ".bak")
+            if entry.gateway is None:
+                remove([path, backup])
+            else:
+                write_atomic(
+                    path, _record_json(entry.gateway, entry.revision), mode=0o600, backup=backup
+                )
+        if top > self._stored_revision():
+            write_atomic(self.root / REVISION_FILE, f"{top}\n", mode=0o600)
+        remove(segments)
 
     async def _known(self) -> dict[str, int]:
         if self._revisions is None:
@@ -222,6 +284,7 @@ class FileStore:
 
     def discard(self) -> None:
         """Forget the stored state: the next start seeds from the config file."""
+        self.journal.close()
         if self.root.exists():
             remove(sorted(p for p in self.root.iterdir() if not p.is_dir()))
         if self.legacy is not None:
@@ -235,11 +298,15 @@ class FileStore:
         self.root.mkdir(mode=0o700, exist_ok=True)
         if self.legacy is not None and self.legacy.exists() and not any(self.root.iterdir()):
             return self._migrate(self.legacy)
+        try:
+            journal = {entry.name: entry for entry in self.journal.replay()}
+        except JournalCorrupt as exc:
+            raise StoreError(f"the store's journal is damaged: {exc}") from exc
         records: dict[str, Record] = {}
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
             name, dot, suffix = entry.name.partition(".")
-            if suffix != "json" or not dot:
-                continue
+            if suffix != "json" or not dot or name in journal:
+                continue  # a gateway in the journal: its file holds an older version
             try:
                 check_name(name)
             except ValueError:
@@ -247,6 +314,10 @@ class FileStore:
                 continue
             records[name] = _load(Path(entry.path), _record, "gateway record")
         revision = max((r.revision for r in records.values()), default=0)
+        for name, latest in journal.items():
+            revision = max(revision, latest.revision)
+            if latest.gateway is not None:
+                records[name] = _journal_record(latest)
         return Snapshot(records, max(revision, self._stored_revision()))
 
     def _stored_revision(self) -> int:
@@ -276,7 +347,25 @@ class FileStore:
 
 
 def _record_text(gateway: Gateway, revision: int) -> str:
-    return json.dumps({"revision": revision, "gateway": gateway.model_dump(mode="json")}) + "\n"
+    return _record_json(gateway.model_dump(mode="json"), revision)
+
+
+def _record_json(gateway: dict[str, Any], revision: int) -> str:
+    return json.dumps({"revision": revision, "gateway": gateway}) + "\n"
+
+
+def _journal_record(entry: Entry) -> Record:
+    try:
+        check_name(entry.name)
+    except ValueError:
+        raise StoreError("the store's journal holds a record of an invalid gateway name") from None
+    try:
+        return Record(Gateway.model_validate(entry.gateway), entry.revision)
+    except ValidationError as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise StoreError(
+            f"the store's journal holds an invalid record of gateway {entry.name} ({reason})"
+        ) from exc
 
 
 def _record(data: dict[str, Any]) -> Record:

@@ -1,5 +1,6 @@
-"""The file store: a record per gateway, compare-and-swap per key, atomic on disk, watchable,
-a global revision that never goes back, and a one-time migration of `desired.json`."""
+"""The file store: a record per gateway (written through a journal, see
+test_store_journal.py), compare-and-swap per key, atomic on disk, watchable, a global revision
+that never goes back, and a one-time migration of `desired.json`."""
 
 from __future__ import annotations
 
@@ -35,10 +36,11 @@ async def test_compare_and_swap_per_key_moves_the_global_revision(tmp_path: Path
         "a": (gateway(3), 3),
         "b": (gateway(2), 2),
     }
-    assert (tmp_path / "gateways" / "a.json").stat().st_mode & 0o777 == 0o600
+    assert [p.stat().st_mode & 0o777 for p in (tmp_path / "gateways").iterdir()] == [0o600]
 
 
-async def test_a_write_touches_only_its_gateways_file(tmp_path: Path) -> None:
+async def test_a_write_appends_to_the_journal_only(tmp_path: Path) -> None:
+    """Whatever the number of gateways, a write changes one file (issue 11), the journal."""
     store = FileStore(tmp_path / "gateways")
     for i, name in enumerate(("a", "b", "c"), 1):
         await store.put(name, gateway(i), 0)
@@ -46,20 +48,36 @@ async def test_a_write_touches_only_its_gateways_file(tmp_path: Path) -> None:
     await store.put("b", gateway(9), 2)
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "gateways").iterdir()}
     changed = {name for name in after if before.get(name) != after[name]}
-    assert changed == {"b.json", "b.json.bak"}
+    assert changed == {"journal.00000001"}
+
+
+async def test_folded_records_are_files_of_their_own(tmp_path: Path) -> None:
+    """Once the journal is folded, each gateway is its own file, private to the owner."""
+    store = FileStore(tmp_path / "gateways", bound=1)  # every write seals its segment
+    await store.put("a", gateway(1), 0)
+    await store.put("b", gateway(2), 0)
+    await store.settle()
+    files = {p.name: p for p in (tmp_path / "gateways").iterdir()}
+    assert set(files) == {"a.json", "b.json", "revision"}
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in files.values())
+    assert json.loads(files["b.json"].read_text())["revision"] == 2
 
 
 async def test_deleting_the_latest_gateway_never_takes_the_revision_back(tmp_path: Path) -> None:
     """An ETag must not come back with other contents: the revision survives the record."""
-    store = FileStore(tmp_path / "gateways")
-    await store.put("a", gateway(1), 0)
-    await store.put("b", gateway(2), 0)
-    assert await store.delete("b", 2) == 3
-    with pytest.raises(Conflict):
-        await store.delete("b", 2)
-    again = FileStore(tmp_path / "gateways")
-    assert (await again.snapshot()).revision == 3
-    assert await again.put("b", gateway(2), 0) == 4
+    for bound in (1 << 20, 1):  # in the journal, and folded into the files
+        root = tmp_path / str(bound)
+        store = FileStore(root, bound=bound)
+        await store.put("a", gateway(1), 0)
+        await store.put("b", gateway(2), 0)
+        assert await store.delete("b", 2) == 3
+        with pytest.raises(Conflict):
+            await store.delete("b", 2)
+        await store.settle()
+        again = FileStore(root)
+        snapshot = await again.snapshot()
+        assert snapshot.revision == 3 and list(snapshot.records) == ["a"]
+        assert await again.put("b", gateway(2), 0) == 4
 
 
 async def test_a_crash_mid_write_leaves_the_old_record(tmp_path: Path) -> None:
@@ -85,19 +103,22 @@ async def test_a_corrupt_record_falls_back_to_its_previous_version(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = tmp_path / "gateways"
-    store = FileStore(root)
+    store = FileStore(root, bound=1)  # each write folded into its file
     await store.put("a", gateway(1), 0)
+    await store.settle()
     await store.put("b", gateway(2), 0)
+    await store.settle()
     await store.put("a", gateway(3), 1)
+    await store.settle()
     path = root / "a.json"
     path.write_text(path.read_text()[:30])  # truncated
     again = FileStore(root)
     snapshot = await again.snapshot()
     assert snapshot.records["a"].gateway == gateway(1)  # the copy: the revision before
     assert snapshot.records["a"].revision == 1
-    assert snapshot.revision == 2
+    assert snapshot.revision == 3  # the revision file: an ETag is never handed out twice
     assert "starting from its copy" in caplog.text and "a.json.bak" in caplog.text
-    assert await again.put("a", gateway(4), 1) == 3  # and writes go on from there
+    assert await again.put("a", gateway(4), 1) == 4  # and writes go on from there
 
 
 async def test_watch_sees_each_write_after_a_revision(tmp_path: Path) -> None:

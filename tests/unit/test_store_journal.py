@@ -1,0 +1,223 @@
+"""The file store's journal on real files: replay at start, a torn last entry ignored, a damaged
+one refused, folding into the record files (and a fold interrupted midway), failed syncs, and
+writes sharing one sync."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from controller.journal import encode
+from controller.model import Gateway
+from controller.store import FileStore, StoreError
+
+
+def gateway(port: int) -> Gateway:
+    return Gateway.model_validate({"bind": f"127.0.0.1:{port}"})
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> FileStore:
+    """A store that holds gateway `a` at revision 1 (in its journal)."""
+    opened = FileStore(tmp_path / "gateways")
+    await opened.put("a", gateway(1), 0)
+    return opened
+
+
+def segments(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("journal."))
+
+
+async def ports(root: Path) -> tuple[dict[str, int], int]:
+    """What a fresh store finds: each gateway's port, and the global revision."""
+    snapshot = await FileStore(root).snapshot()
+    return {n: r.gateway.bind.port for n, r in snapshot.records.items()}, snapshot.revision
+
+
+async def test_a_restart_replays_the_journal(store: FileStore) -> None:
+    root = store.root
+    await store.put("b", gateway(2), 0)
+    await store.put("a", gateway(3), 1)
+    await store.delete("b", 2)
+    assert segments(root) == ["journal.00000001"]
+    assert not (root / "a.json").exists()  # nothing folded yet: the journal alone has it
+    assert await ports(root) == ({"a": 3}, 4)
+    again = FileStore(root)
+    await again.snapshot()
+    assert await again.put("b", gateway(5), 0) == 5  # a new segment after a start
+    assert segments(root)[-1] == "journal.00000002"
+    await again.settle()  # the replayed segment is folded once the store writes
+    assert segments(root) == ["journal.00000002"]
+    assert json.loads((root / "a.json").read_text())["revision"] == 3
+    assert await ports(root) == ({"a": 3, "b": 5}, 5)
+
+
+async def test_a_torn_last_entry_is_ignored(
+    store: FileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash in the middle of an append leaves part of a line: it was never acknowledged."""
+    root = store.root
+    await store.put("b", gateway(2), 0)
+    segment = root / "journal.00000001"
+    whole = encode("a", 3, gateway(3).model_dump(mode="json"))
+    for torn in (whole[: len(whole) // 2], whole[:-1], b"\0" * 64):
+        with segment.open("ab") as handle:
+            handle.write(torn)
+        assert await ports(root) == ({"a": 1, "b": 2}, 2)
+        segment.write_bytes(segment.read_bytes()[: -len(torn)])
+    assert "torn last entry" in caplog.text
+    again = FileStore(root)
+    await again.snapshot()
+    assert await again.put("a", gateway(4), 1) == 3
+
+
+async def test_a_checksum_that_fails_on_the_last_entry_is_a_torn_write(store: FileStore) -> None:
+    root = store.root
+    await store.put("a", gateway(2), 1)
+    segment = root / "journal.00000001"
+    data = bytearray(segment.read_bytes())
+    data[-5] ^= 0x01  # inside the last line's JSON: same length, other bytes
+    segment.write_bytes(bytes(data))
+    assert await ports(root) == ({"a": 1}, 1)
+
+
+async def test_a_damaged_entry_before_good_ones_refuses_to_load(store: FileStore) -> None:
+    """Not a torn write (later entries were acknowledged after it): refusing is safer than
+    starting without an acknowledged write."""
+    root = store.root
+    await store.put("a", gateway(2), 1)
+    segment = root / "journal.00000001"
+    data = bytearray(segment.read_bytes())
+    data[20] ^= 0x01  # the first line
+    segment.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="journal is damaged"):
+        await FileStore(root).snapshot()
+
+
+async def test_an_entry_with_a_good_checksum_and_an_invalid_gateway_is_an_error(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "gateways"
+    root.mkdir()
+    (root / "journal.00000001").write_bytes(encode("a", 1, {"bind": "nowhere"}))
+    with pytest.raises(StoreError, match="invalid record of gateway a"):
+        await FileStore(root).snapshot()
+
+
+async def test_sealed_segments_are_folded_into_the_files(tmp_path: Path) -> None:
+    root = tmp_path / "gateways"
+    line = len(encode("a", 1, gateway(1).model_dump(mode="json")))
+    store = FileStore(root, bound=3 * line)  # a segment holds three writes
+    for i in range(1, 8):
+        await store.put(f"g{i % 3}", gateway(i), 0 if i <= 3 else i - 3)
+    await store.delete("g0", 6)
+    await store.settle()
+    assert segments(root) == ["journal.00000003"]  # two sealed, folded; the third active
+    files = sorted(p.name for p in root.iterdir() if p.suffix == ".json")
+    assert files == ["g0.json", "g1.json", "g2.json"]  # the delete is still in the journal
+    assert json.loads((root / "g1.json").read_text())["revision"] == 4
+    assert json.loads((root / "g1.json.bak").read_text())["revision"] == 1
+    assert await ports(root) == ({"g1": 7, "g2": 5}, 8)
+
+
+async def test_a_fold_interrupted_midway_is_folded_again_to_the_same_state(
+    store: FileStore, tmp_path: Path
+) -> None:
+    """A crash after some record files were replaced but before the segment was removed: the
+    segment is replayed over them at start (and folded again), to the same state."""
+    root = store.root
+    await store.put("b", gateway(2), 0)
+    await store.put("a", gateway(3), 1)
+    await store.delete("b", 2)
+    kept = tmp_path / "kept"
+    shutil.copy(root / "journal.00000001", kept)
+    store.journal.seal()
+    await store.put("c", gateway(6), 0)
+    await store.settle()
+    assert segments(root) == ["journal.00000002"]
+    shutil.copy(kept, root / "journal.00000001")  # as if the fold had stopped short of it
+    assert await ports(root) == ({"a": 3, "c": 6}, 5)
+    again = FileStore(root)
+    await again.snapshot()
+    assert await again.put("a", gateway(7), 3) == 6
+    await again.settle()
+    assert await ports(root) == ({"a": 7, "c": 6}, 6)
+
+
+async def test_a_record_file_superseded_by_the_journal_is_not_read(tmp_path: Path) -> None:
+    root = tmp_path / "gateways"
+    store = FileStore(root, bound=1)
+    await store.put("a", gateway(1), 0)
+    await store.settle()
+    store.journal.bound = 1 << 20  # the next write stays in the journal
+    await store.put("a", gateway(2), 1)
+    (root / "a.json").write_text('{"revision": 1, "gat')  # damaged, and older
+    assert await ports(root) == ({"a": 2}, 2)
+
+
+async def test_a_failed_sync_fails_the_write_and_the_next_goes_to_a_new_segment(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = store.root
+    real = os.fdatasync
+    failures = [OSError(5, "Input/output error")]
+
+    def failing(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real(fd)
+
+    monkeypatch.setattr("controller.journal.os.fdatasync", failing)
+    with pytest.raises(StoreError, match="Input/output error"):
+        await store.put("a", gateway(2), 1)
+    assert await store.put("a", gateway(3), 1) == 3  # the failed write was not acknowledged
+    assert segments(root) == ["journal.00000001", "journal.00000002"]
+    assert await ports(root) == ({"a": 3}, 3)
+
+
+async def test_a_failed_append_fails_the_write_and_its_torn_part_stays_last(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that is full mid-line: that segment ends torn and is never appended to again,
+    so the torn part is its last (ignored at start), not a damaged entry before good ones."""
+    root = store.root
+    real = os.write
+
+    def short(fd: int, data: bytes) -> int:
+        return real(fd, data[:10])
+
+    monkeypatch.setattr("controller.journal.os.write", short)
+    with pytest.raises(StoreError, match="short write"):
+        await store.put("a", gateway(2), 1)
+    monkeypatch.setattr("controller.journal.os.write", real)
+    assert await store.put("a", gateway(3), 1) == 3
+    assert segments(root) == ["journal.00000001", "journal.00000002"]
+    assert await ports(root) == ({"a": 3}, 3)
+
+
+async def test_concurrent_writes_share_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes waiting at once are made durable by one sync (group commit): fewer syncs than
+    writes, and each write is acknowledged only after a sync that began after its append."""
+    root = tmp_path / "gateways"
+    store = FileStore(root)
+    await store.snapshot()
+    syncs: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        syncs.append(store.journal.appended)  # appends made before this sync began
+        real(fd)
+
+    monkeypatch.setattr("controller.journal.os.fdatasync", counting)
+    revisions = await asyncio.gather(*(store.put(f"g{i}", gateway(i + 1), 0) for i in range(50)))
+    assert sorted(revisions) == list(range(1, 51))
+    assert 1 <= len(syncs) < 50
+    assert syncs[-1] == 50
+    assert (await ports(root))[1] == 50

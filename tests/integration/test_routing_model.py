@@ -670,7 +670,8 @@ async def test_leastconn_favours_the_idle_instance(
         assert response.status == 200 and response.body["method"] in ("runtime", "none")
 
     await asyncio.to_thread(instances, spare[0])
-    backends.set_behaviour("x1", latency=2.5)
+    # long enough that the held requests outlast the 50 below on a loaded CI box
+    backends.set_behaviour("x1", latency=8.0)
     held: list[asyncio.Task[Any]] = []
     try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
@@ -685,6 +686,8 @@ async def test_leastconn_favours_the_idle_instance(
                 lambda: backends.hits().get("x1", 0) >= before + 3, 5, "3 requests held on x1"
             )
             await asyncio.to_thread(instances, spare[0], spare[1])
+            # an added slot takes traffic once its check passed: until then x1 is the only one
+            await asyncio.to_thread(wait_health, balancing.stack, "lc", "spare", spare[1], "UP")
             result = await send(url, 50, concurrency=1)
             assert result.instances == {"x2": 50}
             assert not any(task.done() for task in held), "a held request ended too early"

@@ -197,8 +197,8 @@ Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, ret
 
 def is_instance_name(value: object) -> bool:
     """A `name:port` instance rather than an IP literal (whose errors `parse_address` words)."""
-    if not isinstance(value, str):
-        return False
+    if not isinstance(value, str) or _CANONICAL_IPV4_PORT.fullmatch(value):
+        return False  # the common case, without a look at every character (issue 11)
     host = value.rpartition(":")[0]
     return bool(host) and not host.startswith("[") and any(c.isalpha() for c in host)
 

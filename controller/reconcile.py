@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 MIN_PERIOD = 5.0
 SECONDS_PER_ROUTE = 0.006
 """Default period per route: 10,000 routes are all visited within a minute."""
-MIN_TICK = 0.05
+MIN_TICK = 0.25
 """Seconds between slices at most this often: small slices keep each tick short (a write
 waits for at most one gateway's visit), more often would cost wake-ups."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from sys import intern
 
 from controller.compile import MapEntries, crt_list_gateway
 from controller.files import read_text
@@ -176,7 +177,8 @@ def _parse(
             if address is None:
                 address = addresses[key] = Address(row.addr, row.port)
             draining = bool(row.admin_state & DRAIN_MASK) and not row.admin_state & MAINTENANCE_MASK
-            slot = SlotState(row.server, address, row.serving, row.user_weight, draining)
+            # one string per slot name (`s1`…), not one per slot: plans keep them
+            slot = SlotState(intern(row.server), address, row.serving, row.user_weight, draining)
             backends.setdefault(row.backend, []).append(slot)
     parsed = {ref: tuple((e.key, e.value) for e in parse_map(reply)) for ref, reply in maps.items()}
     return backends, parsed

@@ -379,8 +379,10 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
         max_connections=connection_limit(settings.api.limits.max_connections),
     )
     lock = open_state_dir(paths)
+    parsed = [config] if config is not None else []
+    del config  # `_serve` drops it once settled: 100,000 instances are tens of MB
     try:
-        await _serve(settings, paths, config, access, limits, ready, (digest, seen))
+        await _serve(settings, paths, parsed, access, limits, ready, (digest, seen))
     finally:
         lock.release()
 
@@ -388,12 +390,13 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
 async def _serve(
     settings: RunSettings,
     paths: StatePaths,
-    config: Config | None,
+    parsed: list[Config],
     access: Access,
     limits: ApiLimits,
     ready: asyncio.Event | None,
     file: tuple[str | None, ConfigSeen | None] = (None, None),
 ) -> None:
+    config = parsed.pop() if parsed else None
     fleet = Fleet(settings.fleet, paths.root) if settings.fleet else None
     store: Store = fleet.store if fleet else FileStore(paths.gateways, legacy=paths.desired)
     if settings.reseed and isinstance(store, FileStore):
@@ -416,6 +419,7 @@ async def _serve(
         equal = await settle_config_file(engine, settings, config)
         if digest is not None and not fleet:
             write_seen(paths.root, ConfigSeen(digest, engine.desired.revision if equal else -1))
+        config = None  # the store holds what counts now
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     app = create_app(engine, access=access, limits=limits)
     # the engine's: crt-list changes and uploads share one lock for TLS transactions

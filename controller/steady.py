@@ -1,14 +1,16 @@
-"""Visits that find nothing to do, remembered so that the next one need not plan again.
+"""Visits that find HAProxy as the last plan left it: nothing to plan again.
 
 The reconcile visits every gateway once per period (issue 11: 1,000 gateways a minute, idle).
 Planning a gateway is a pure function of its desired version, what HAProxy reports for it,
-its routes down, the structure HAProxy runs and the plan it runs; a visit whose plan had no
-step remembers those inputs. The next visit still reads HAProxy (drift is found and repaired
-as before): only when it reports exactly the same, and none of the other inputs moved (each
-is the same object, or an equal set), is the plan known to be empty again, and neither the
-plan nor the metrics of what it applies are recomputed. Whatever differs is planned, so drift
-is repaired and counted as before. Gateways in a bind group (virtual hosts on a shared bind)
-are always planned: their plan also depends on the other gateways of the group.
+its routes down and (for some) its bind group and resolved names. When a visit reads exactly
+what the plan HAProxy runs says it reports once applied (`GatewayPlan.after`), and none of the
+other inputs moved since that plan was made, planning again would find nothing to do (the
+planner is level-based: planning its own result is empty, as a write that plans without
+looking relies on, `Engine._plan_known`). Then neither the plan nor the metrics of what it
+applies are recomputed; HAProxy is still read at every visit, so whatever differs is planned,
+repaired and counted as drift as before. Gateways on a shared bind (their plan depends on the
+others of the group) and gateways with instance names (resolved by the DNS watch) are always
+planned.
 """
 
 from __future__ import annotations
@@ -20,55 +22,55 @@ if TYPE_CHECKING:
     from controller.engine import Engine
     from controller.model import Gateway
     from controller.plan import GatewayObserved, GatewayPlan
-    from controller.render import Running
 
 
 @dataclass(frozen=True, slots=True)
-class Seen:
-    """What a visit with nothing to do planned from."""
+class Inputs:
+    """What a plan was made from besides HAProxy's report."""
 
     plan: GatewayPlan
     gateway: Gateway
-    observed: GatewayObserved
     down: frozenset[str]
-    running: Running | None
 
 
 class Steady:
     def __init__(self) -> None:
-        self._seen: dict[str, Seen] = {}
+        self._made: dict[str, Inputs] = {}
         self.skipped = 0
         """Visits that needed no plan (tests count them)."""
 
     def holds(self, engine: Engine, name: str, observed: GatewayObserved | None) -> bool:
-        """Whether `observed` is what the last empty plan of `name` was made from, with every
-        other input unchanged (then planning again would find nothing to do either)."""
-        seen = self._seen.get(name)
-        if seen is None or observed is None:
+        """Whether HAProxy reports for `name` what the plan it runs left, and that plan was
+        made from the gateway's current desired version and routes down."""
+        made = self._made.get(name)
+        if made is None or observed is None:
             return False
         plan = engine.plans.get(name)
         held = (
-            plan is seen.plan
+            plan is made.plan
             and engine.runs_now(name) is plan
-            and engine.desired.get(name) is seen.gateway
-            and engine.running is seen.running
-            and engine.down.get(name, frozenset()) == seen.down
-            and observed == seen.observed
+            and engine.desired.get(name) is made.gateway
+            and engine.down.get(name, frozenset()) == made.down
+            and observed == plan.after(parked=True)
         )
         if held:
             self.skipped += 1
         else:
-            del self._seen[name]
+            del self._made[name]
         return held
 
     def found(self, engine: Engine, plan: GatewayPlan, observed: GatewayObserved | None) -> None:
-        """A visit planned `plan` from `observed` (None: without reading) and applied it."""
+        """A visit planned `plan` from what it read (`observed`; None: without reading) and
+        HAProxy runs it now."""
         gateway = engine.desired.get(plan.name)
-        if observed is None or not plan.is_empty or gateway is None or gateway.virtual_hosts:
-            self._seen.pop(plan.name, None)
+        if (
+            observed is None
+            or plan.needs_reload
+            or gateway is None
+            or gateway.virtual_hosts
+            or any(route.names for route in gateway.routes.values())
+        ):
+            self._made.pop(plan.name, None)
             return
         down = engine.down.get(plan.name, frozenset())
-        self._seen[plan.name] = Seen(plan, gateway, observed, down, engine.running)
-
-    def forget(self, name: str) -> None:
-        self._seen.pop(name, None)
+        self._made[plan.name] = Inputs(plan, gateway, down)

@@ -333,6 +333,7 @@ class Engine:
         await self.applier.apply_runtime(plan.gateways)
         for gateway_plan in plans:
             self._planned(gateway_plan)
+            self.steady.found(self, gateway_plan, split.get(gateway_plan.name))
         self._publish(plans)
         self._synced()
         steps = tuple(plan.describe())

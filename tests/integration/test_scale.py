@@ -294,7 +294,7 @@ async def test_a_visit_that_finds_what_the_plan_left_plans_nothing_and_drift_is_
     again = engine_on(paths)
     try:
         await asyncio.wait_for(again.start(None), 60)
-        await again.visit([TARGET])  # plans, and remembers what it planned from
+        await again.visit([TARGET])  # HAProxy runs what the adopt (or this visit) planned
         planned: list[str] = []
         plan_one = again._plan
 

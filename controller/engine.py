@@ -169,7 +169,8 @@ class Engine:
         self._publishing: asyncio.Task[None] | None = None
         self.reloads = Reloads(self)
         self.steady = Steady()
-        """Gateways whose last visit found nothing to do, and what it saw (`controller.steady`)."""
+        """What each gateway's plan HAProxy runs was made from: a visit that finds HAProxy as
+        that plan left it plans nothing again (`controller.steady`)."""
 
     # ---- start ------------------------------------------------------------------------------
 

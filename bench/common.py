@@ -74,14 +74,15 @@ def free_port() -> int:
 
 
 def free_ports(count: int, base: int) -> list[int]:
-    """`count` ports from `base` up free right now on 127.0.0.1 (a base below the ephemeral
-    range is safest; above it, e.g. clear of tests that pick ports below it, an outgoing
-    connection may take one before it is bound: the bench then fails, it does not mismeasure)."""
+    """`count` ports from `base` up, free right now on 127.0.0.1 and outside the kernel's
+    ephemeral range (below it, or above it: from 61000 by default, where neither outgoing
+    connections nor the tests' `free_port` pick)."""
+    low, high = _ephemeral_range()
     ports: list[int] = []
     port = base
     while len(ports) < count:
-        if port > 65535:
-            raise RuntimeError(f"not enough free ports between {base} and 65535")
+        if low <= port <= high or port > 65535:
+            raise RuntimeError(f"not enough free ports from {base} outside {low}-{high}")
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -91,6 +92,15 @@ def free_ports(count: int, base: int) -> list[int]:
                 ports.append(port)
         port += 1
     return ports
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            low, high = ranges.read().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def port_open(port: int) -> bool:

@@ -345,6 +345,7 @@ class Bench:
         return row
 
     def idle_cpu(self) -> Row:
+        time.sleep(self.args.idle_settle)  # the rows' aftermath (health, reloads) ends first
         cpu, started = cpu_seconds(self.stack.pid), time.monotonic()
         time.sleep(self.args.idle_seconds)  # the measuring window
         share = (cpu_seconds(self.stack.pid) - cpu) / (time.monotonic() - started) * 100
@@ -490,6 +491,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-route-instances", type=int, default=2, help="(2)")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per row (60)")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="(60)")
+    parser.add_argument("--idle-settle", type=float, default=0.0,
+                        help="seconds waited before the idle window (0)")
     parser.add_argument("--reload-pause", type=float, default=0.6, help="seconds (0.6)")
     parser.add_argument("--sync-interval", type=float, help="controller's (default: its own)")
     parser.add_argument("--startup-timeout", type=float, default=900.0, help="seconds (900)")

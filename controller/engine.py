@@ -70,6 +70,7 @@ from controller.render import STATUS_URI, RenderSettings, Running, SectionCache
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
 from controller.runtime.stats_page import StatsPage
+from controller.steady import Steady
 from controller.store import Conflict, Snapshot, Store, StoreEvent
 from controller.tls.files import (
     crt_lists_of,
@@ -175,6 +176,9 @@ class Engine:
         self._cannot_look = False
         self._publishing: asyncio.Task[None] | None = None
         self.reloads = Reloads(self)
+        self.steady = Steady()
+        """What each gateway's plan HAProxy runs was made from: a visit that finds HAProxy as
+        that plan left it plans nothing again (`controller.steady`)."""
 
     # ---- start ------------------------------------------------------------------------------
 
@@ -339,6 +343,7 @@ class Engine:
         await self.applier.apply_runtime(plan.gateways)
         for gateway_plan in plans:
             self._planned(gateway_plan)
+            self.steady.found(self, gateway_plan, split.get(gateway_plan.name))
         self._publish(plans)
         self._synced()
         steps = tuple(plan.describe())
@@ -668,6 +673,10 @@ class Engine:
             self._runs[plan.name] = plan
             self.metrics.set_applied(plan.name, self.applied_of(plan))
 
+    def runs_now(self, name: str) -> GatewayPlan | None:
+        """The plan HAProxy was last seen or made to run for a gateway (None: not known)."""
+        return self._runs.get(name)
+
     def _publish(self, plans: Sequence[GatewayPlan]) -> None:
         """Export what a whole convergence applied, a chunk at a time after it (a thousand
         gateways take half a second): a plan a write replaced meanwhile is skipped."""
@@ -754,11 +763,13 @@ class Engine:
             known.get(name)
             or self._plan(name, self.desired.get(name), observed[name], check_budget=False)
             for name in names
+            if not self.steady.holds(self, name, observed.get(name))
         ]
         runtime = [p for p in plans if not p.needs_reload]
         await self.applier.apply_runtime(runtime)
         for plan in runtime:
             self.runs(plan)
+            self.steady.found(self, plan, observed.get(plan.name))
         return runtime, [p for p in plans if p.needs_reload]
 
     async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:

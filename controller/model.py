@@ -165,7 +165,7 @@ def parse_address(value: Any, *, wildcard: bool = False) -> Address:
         ip, port = canonical.groups()
         number = int(port)  # ASCII digits, at most five: the pattern says so
         if (wildcard or ip != "0.0.0.0") and 1 <= number <= 65535:
-            return Address(ip, number)
+            return Address(ip, _PORTS.setdefault(number, number))
     if not value.isascii() or not value.isprintable() or " " in value or len(value) > 64:
         raise ValueError(f"{shown(value)} is not a valid host:port")
     host, port_text = _split_host_port(value)
@@ -187,6 +187,10 @@ def parse_address(value: Any, *, wildcard: bool = False) -> Address:
     return Address(ip=str(ip), port=port)
 
 
+_PORTS: dict[int, int] = {}
+"""One int object per port number (at most 65,535): 100,000 instances on a few ports."""
+
+
 def _parse_bind(value: Any) -> Address:
     return parse_address(value, wildcard=True)
 
@@ -197,8 +201,8 @@ Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, ret
 
 def is_instance_name(value: object) -> bool:
     """A `name:port` instance rather than an IP literal (whose errors `parse_address` words)."""
-    if not isinstance(value, str):
-        return False
+    if not isinstance(value, str) or _CANONICAL_IPV4_PORT.fullmatch(value):
+        return False  # the common case, without a look at every character (issue 11)
     host = value.rpartition(":")[0]
     return bool(host) and not host.startswith("[") and any(c.isalpha() for c in host)
 

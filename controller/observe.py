@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from sys import intern
 
 from controller.compile import MapEntries, crt_list_gateway
 from controller.files import read_text
@@ -33,6 +34,10 @@ from controller.runtime.parse import (
 )
 
 BACKEND_PREFIX = "wb."
+BULK_READ_TIMEOUT = 60.0
+"""Seconds for a start's reads of everything (10 MB of `show servers state` and 2,000 maps
+at 1,000 gateways): on a busy machine they outlast one command's timeout (5 s), and an
+adopting controller failed on it; a HAProxy that does not answer is still given up on."""
 
 
 @dataclass(frozen=True)
@@ -71,14 +76,16 @@ class Observer:
         """Every backend and map of ours, in two round trips; parsed off the event loop when
         big (100,000 slots take a second)."""
         state_text, map_list = await self.runtime.execute_many(
-            [commands.show_servers_state(), commands.show_map()]
+            [commands.show_servers_state(), commands.show_map()], timeout=BULK_READ_TIMEOUT
         )
         refs = [
             f.file
             for f in parse_map_list(map_list)
             if f.file.startswith(self.map_dir) and map_gateway(f.file)  # not the shared order
         ]
-        replies = await self.runtime.execute_many([commands.show_map(r) for r in refs])
+        replies = await self.runtime.execute_many(
+            [commands.show_map(r) for r in refs], timeout=BULK_READ_TIMEOUT
+        )
         big = len(state_text) > BIG_TEXT
         found = dict(zip(refs, replies, strict=True))
         backends, maps = await offload(big, _parse, state_text, found)
@@ -176,7 +183,8 @@ def _parse(
             if address is None:
                 address = addresses[key] = Address(row.addr, row.port)
             draining = bool(row.admin_state & DRAIN_MASK) and not row.admin_state & MAINTENANCE_MASK
-            slot = SlotState(row.server, address, row.serving, row.user_weight, draining)
+            # one string per slot name (`s1`…), not one per slot: plans keep them
+            slot = SlotState(intern(row.server), address, row.serving, row.user_weight, draining)
             backends.setdefault(row.backend, []).append(slot)
     parsed = {ref: tuple((e.key, e.value) for e in parse_map(reply)) for ref, reply in maps.items()}
     return backends, parsed

@@ -23,7 +23,14 @@ from controller.apply import ApplyResult
 from controller.budget import Budget
 from controller.candidate import CheckLimits
 from controller.cli import package_version
-from controller.config_file import ConfigFileError, load_config
+from controller.config_file import (
+    ConfigFileError,
+    ConfigSeen,
+    config_digest,
+    load_config,
+    read_seen,
+    write_seen,
+)
 from controller.descriptors import default_maxconn, hard_descriptor_limit
 from controller.desired import Desired
 from controller.diff import Change, diff_gateway
@@ -186,10 +193,11 @@ def read_config_file(settings: RunSettings) -> Config | None:
     return load_config(path, allow_unsafe_acls=settings.allow_unsafe_acls)
 
 
-async def settle_config_file(engine: Engine, settings: RunSettings, config: Config) -> None:
+async def settle_config_file(engine: Engine, settings: RunSettings, config: Config) -> bool:
     """At start, the file seeded an empty store; if the store held another state, it wins
     and the log says what differs and how to apply the file, unless `--config-wins` makes
-    the file the desired state (a change per gateway: live where HAProxy can take it live)."""
+    the file the desired state (a change per gateway: live where HAProxy can take it live).
+    True when the store holds what the file says (now)."""
     desired = engine.desired
     names = [*config.gateways, *(n for n in desired.names if n not in config.gateways)]
     changes = [
@@ -198,7 +206,7 @@ async def settle_config_file(engine: Engine, settings: RunSettings, config: Conf
         for change in diff_gateway(name, desired.get(name), config.gateways.get(name))
     ]
     if not changes:
-        return
+        return True
     path = settings.config_file
     if settings.config_wins:
         edits: list[Edit] = [
@@ -214,8 +222,42 @@ async def settle_config_file(engine: Engine, settings: RunSettings, config: Conf
             "by a reload" if "reload" in methods else "live (runtime commands, no reload)",
             "; ".join(change.text for change in changes),
         )
-        return
+        return True
     log.warning("%s", store_differs_text(settings, desired.revision, changes))
+    return False
+
+
+def config_seen(settings: RunSettings, paths: StatePaths) -> tuple[str | None, ConfigSeen | None]:
+    """The config file's digest, and what the last start found of the same file (None when
+    it must be parsed now: another file, a fresh or a shared store, `--config-wins`,
+    `--reseed`). The file store must hold records: an empty one is seeded from the file."""
+    digest = config_digest(
+        settings.config_file,
+        allow_unsafe_acls=settings.allow_unsafe_acls,
+        version=package_version(),
+    )
+    if digest is None or settings.fleet or settings.config_wins or settings.reseed:
+        return digest, None
+    seen = read_seen(paths.root)
+    if seen is None or seen.digest != digest or not any(paths.gateways.glob("*.json")):
+        return digest, None
+    return digest, seen
+
+
+async def settle_seen_config(
+    engine: Engine, settings: RunSettings, paths: StatePaths, seen: ConfigSeen
+) -> None:
+    """A config file the last start validated, not parsed at this one: if the store moved
+    since, say what differs as `settle_config_file` does, after the start (off its path)."""
+    if engine.desired.revision == seen.revision:
+        return
+    try:
+        config = await asyncio.to_thread(read_config_file, settings)
+    except ConfigFileError as exc:  # changed since its digest was taken: said, not fatal
+        log.error("%s", exc)
+        return
+    if config is not None:
+        await settle_config_file(engine, settings, config)
 
 
 def store_differs_text(settings: RunSettings, revision: int, changes: list[Change]) -> str:
@@ -333,15 +375,19 @@ def run(settings: RunSettings) -> None:
 
 async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> None:
     access = api_access(settings.api_host, settings.api)  # refused before anything starts
-    config = read_config_file(settings)  # so is a config file that is missing or invalid
+    paths = state_paths(settings)
+    digest, seen = config_seen(settings, paths)  # the same file as last time: valid
+    # so is a config file that is missing or invalid
+    config = None if seen else read_config_file(settings)
     limits = replace(
         settings.api.limits,
         max_connections=connection_limit(settings.api.limits.max_connections),
     )
-    paths = state_paths(settings)
     lock = open_state_dir(paths)
+    parsed = [config] if config is not None else []
+    del config  # `_serve` drops it once settled: 100,000 instances are tens of MB
     try:
-        await _serve(settings, paths, config, access, limits, ready)
+        await _serve(settings, paths, parsed, access, limits, ready, (digest, seen))
     finally:
         lock.release()
 
@@ -349,11 +395,13 @@ async def serve(settings: RunSettings, ready: asyncio.Event | None = None) -> No
 async def _serve(
     settings: RunSettings,
     paths: StatePaths,
-    config: Config | None,
+    parsed: list[Config],
     access: Access,
     limits: ApiLimits,
     ready: asyncio.Event | None,
+    file: tuple[str | None, ConfigSeen | None] = (None, None),
 ) -> None:
+    config = parsed.pop() if parsed else None
     fleet = Fleet(settings.fleet, paths.root) if settings.fleet else None
     store: Store = fleet.store if fleet else FileStore(paths.gateways, legacy=paths.desired)
     if settings.reseed and isinstance(store, FileStore):
@@ -371,8 +419,12 @@ async def _serve(
     finally:
         gc.enable()
     log.info("%s", ready_text(engine.desired, engine.state.ready, result))
+    digest, seen = file
     if config is not None:
-        await settle_config_file(engine, settings, config)
+        equal = await settle_config_file(engine, settings, config)
+        if digest is not None and not fleet:
+            write_seen(paths.root, ConfigSeen(digest, engine.desired.revision if equal else -1))
+        config = None  # the store holds what counts now
     gc.freeze()  # start-up objects live forever: keep them out of full collections (pauses)
     app = create_app(engine, access=access, limits=limits)
     # the engine's: crt-list changes and uploads share one lock for TLS transactions
@@ -407,6 +459,7 @@ async def _serve(
         asyncio.create_task(certificates_forever(certificates, settings.sync_interval or 5.0)),
         *([asyncio.create_task(health.run())] if settings.health_watch else []),
         asyncio.create_task(names.run()),
+        *([asyncio.create_task(settle_seen_config(engine, settings, paths, seen))] if seen else []),
     ]
     if ready is not None:
         ready.set()

@@ -326,7 +326,20 @@ class RoutePolicy(BaseModel):
             )
         if self.max_queue is not None and self.max_connections is None:
             raise ValueError("max_queue needs max_connections")
+        for name in _SHARED_FIELDS:  # frozen values: equal ones can be one object
+            value = self.__dict__[name]
+            if value is not None:
+                self.__dict__[name] = _SHARED.setdefault(value, value)
+        if len(_SHARED) > _SHARED_MAX:
+            _SHARED.clear()
         return self
+
+
+_SHARED_FIELDS = ("health_check", "timeouts", "retries")
+_SHARED: dict[BaseModel, BaseModel] = {}
+"""One object per distinct value of these frozen settings: 10,000 routes with the default
+check hold one `HealthCheck`, not 10,000 (tens of MB at that size, issue 11)."""
+_SHARED_MAX = 1024
 
 
 OnRouteDown = Literal["redistribute", "fail"]

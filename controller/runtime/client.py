@@ -225,11 +225,14 @@ class RuntimeClient:
         """Run one command; raises CommandError if HAProxy reports an error."""
         return (await self.execute_many([cmd]))[0]
 
-    async def execute_many(self, cmds: Sequence[Command], *, check: bool = True) -> list[str]:
+    async def execute_many(
+        self, cmds: Sequence[Command], *, check: bool = True, timeout: float | None = None
+    ) -> list[str]:
         """Run commands in one round trip; replies in command order.
 
         With `check`, the first error reply raises CommandError (the other
         commands were still executed: HAProxy runs each line on its own).
+        `timeout`: seconds for this round trip instead of the client's (a bulk read).
         """
         for cmd in cmds:
             if not isinstance(cmd, Command) or cmd.kind is CommandKind.MASTER:
@@ -241,7 +244,7 @@ class RuntimeClient:
         session.waiting += 1
         try:
             async with session.lock:
-                replies = await self._run(session, cmds)
+                replies = await self._run(session, cmds, timeout or self.timeout)
         finally:
             session.waiting -= 1
         if check:
@@ -261,15 +264,15 @@ class RuntimeClient:
             return self._reads[-1]
         return min(self._reads, key=lambda s: s.waiting)
 
-    async def _run(self, session: _Session, cmds: Sequence[Command]) -> list[str]:
+    async def _run(self, session: _Session, cmds: Sequence[Command], timeout: float) -> list[str]:
         resendable = all(cmd.idempotent for cmd in cmds)
         for attempt in (1, 2):
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(timeout):
                     replies, stopping = await self._round_trip(session, cmds)
             except TimeoutError as exc:
                 session.discard()
-                raise TransientError(f"no reply from {self.path} in {self.timeout}s") from exc
+                raise TransientError(f"no reply from {self.path} in {timeout}s") from exc
             except (OSError, ConnectionLost) as exc:
                 session.discard()
                 # Safe to try again if the batch never left, or only reads did.

@@ -301,3 +301,91 @@ def _reloads(engine: Engine) -> int:
         if len(parts) >= 3 and parts[1] == "master":
             return int(parts[2])
     raise AssertionError("show proc has no master line")
+
+
+async def test_an_adopting_controller_reads_haproxy_in_batches_and_repairs_drift(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart reads every gateway of HAProxy in a few batched round trips (not one per
+    gateway, nor a filtered read per backend), reloads nothing, and still puts back what was
+    changed by hand while no controller ran."""
+    paths = engine.process.paths
+    plan = engine.plans[TARGET]
+    backend = plan.bindings["stable"]
+    slot = sorted(plan.assignment[backend])[0]
+    weight = _weight(paths, backend, slot)
+    await engine.runtime.close()
+    admin_command(paths.admin_socket, f"set server {backend}/{slot} weight {weight + 7}")
+    reloads = _reloads(engine)
+    again = engine_on(paths)
+    batches: list[list[str]] = []
+    original = again.runtime.execute_many
+
+    async def recording(cmds: Sequence[Command], **kwargs: Any) -> list[str]:
+        batches.append([c.text for c in cmds])
+        return await original(cmds, **kwargs)
+
+    monkeypatch.setattr(again.runtime, "execute_many", recording)
+    try:
+        result = await asyncio.wait_for(again.start(None), 60)
+        assert result.method == "runtime", result.steps[:5]
+        assert _reloads(again) == reloads
+        assert _weight(paths, backend, slot) == weight
+        reads = [b for b in batches if any(t.startswith("show ") for t in b)]
+        assert len(reads) <= 3, [b[:2] for b in reads]  # state + map list, then every map
+        texts = [text for batch in batches for text in batch]
+        assert texts.count("show servers state") == 1
+        assert not [t for t in texts if t.startswith("show servers state ")]
+        assert len([t for t in texts if t.startswith("show map ")]) >= 2 * GATEWAYS
+    finally:
+        await again.runtime.close()
+
+
+async def test_a_visit_that_finds_what_the_plan_left_plans_nothing_and_drift_is_repaired(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconcile reads HAProxy at every visit, but plans again only when HAProxy reports
+    something other than what the plan it runs left: then it repairs it and counts it."""
+    paths = engine.process.paths
+    await engine.runtime.close()
+    again = engine_on(paths)
+    try:
+        await asyncio.wait_for(again.start(None), 60)
+        await again.visit([TARGET])  # HAProxy runs what the adopt (or this visit) planned
+        planned: list[str] = []
+        plan_one = again._plan
+
+        def counting(name: str, *args: Any, **kwargs: Any) -> Any:
+            planned.append(name)
+            return plan_one(name, *args, **kwargs)
+
+        monkeypatch.setattr(again, "_plan", counting)
+        skipped = again.steady.skipped
+        recorder = Recorder(again, monkeypatch)
+        result = await again.visit([TARGET])
+        assert result is not None and result.method == "none"
+        assert planned == [] and again.steady.skipped == skipped + 1
+        assert recorder.gateways_touched() == {TARGET}  # HAProxy was read all the same
+
+        plan = again.plans[TARGET]
+        backend = plan.bindings["canary"]
+        slot = sorted(plan.assignment[backend])[0]
+        weight = _weight(paths, backend, slot)
+        admin_command(paths.admin_socket, f"set server {backend}/{slot} weight {weight + 5}")
+        drift = again.state.drift_repairs["server-weight"]
+        result = await again.visit([TARGET])
+        assert result is not None and result.method == "runtime"
+        assert planned == [TARGET]
+        assert _weight(paths, backend, slot) == weight
+        assert again.state.drift_repairs["server-weight"] == drift + 1
+    finally:
+        await again.runtime.close()
+
+
+def _weight(paths: StatePaths, backend: str, slot: str) -> int:
+    """A slot's user weight as `show servers state` reports it."""
+    for line in admin_command(paths.admin_socket, f"show servers state {backend}").splitlines():
+        parts = line.split()
+        if len(parts) > 7 and parts[3] == slot:
+            return int(parts[7])
+    raise AssertionError(f"no slot {slot} in {backend}")

@@ -250,6 +250,16 @@ async def test_timeout_and_refused_connections_are_transient() -> None:
     await client.close()
 
 
+async def test_a_bulk_read_may_be_given_its_own_timeout() -> None:
+    """A start reads everything at once; it may wait longer than one command would."""
+    server = FakeServer()
+    server.hang = True
+    client = RuntimeClient("fake", connector=server.connect, timeout=5.0)
+    with pytest.raises(TransientError, match=r"no reply from fake in 0\.05s"):
+        await client.execute_many([c.show_backend()], timeout=0.05)
+    await client.close()
+
+
 async def test_socket_errors_are_transient() -> None:
     client = RuntimeClient("/nonexistent/weighbridge.sock")
     with pytest.raises(TransientError):

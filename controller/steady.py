@@ -1,0 +1,76 @@
+"""Visits that find HAProxy as the last plan left it: nothing to plan again.
+
+The reconcile visits every gateway once per period (issue 11: 1,000 gateways a minute, idle).
+Planning a gateway is a pure function of its desired version, what HAProxy reports for it,
+its routes down and (for some) its bind group and resolved names. When a visit reads exactly
+what the plan HAProxy runs says it reports once applied (`GatewayPlan.after`), and none of the
+other inputs moved since that plan was made, planning again would find nothing to do (the
+planner is level-based: planning its own result is empty, as a write that plans without
+looking relies on, `Engine._plan_known`). Then neither the plan nor the metrics of what it
+applies are recomputed; HAProxy is still read at every visit, so whatever differs is planned,
+repaired and counted as drift as before. Gateways on a shared bind (their plan depends on the
+others of the group) and gateways with instance names (resolved by the DNS watch) are always
+planned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.engine import Engine
+    from controller.model import Gateway
+    from controller.plan import GatewayObserved, GatewayPlan
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What a plan was made from besides HAProxy's report."""
+
+    plan: GatewayPlan
+    gateway: Gateway
+    down: frozenset[str]
+
+
+class Steady:
+    def __init__(self) -> None:
+        self._made: dict[str, Inputs] = {}
+        self.skipped = 0
+        """Visits that needed no plan (tests count them)."""
+
+    def holds(self, engine: Engine, name: str, observed: GatewayObserved | None) -> bool:
+        """Whether HAProxy reports for `name` what the plan it runs left, and that plan was
+        made from the gateway's current desired version and routes down."""
+        made = self._made.get(name)
+        if made is None or observed is None:
+            return False
+        plan = engine.plans.get(name)
+        held = (
+            plan is made.plan
+            and engine.runs_now(name) is plan
+            and engine.desired.get(name) is made.gateway
+            and engine.down.get(name, frozenset()) == made.down
+            and observed == plan.after(parked=True)
+        )
+        if held:
+            self.skipped += 1
+        else:
+            del self._made[name]
+        return held
+
+    def found(self, engine: Engine, plan: GatewayPlan, observed: GatewayObserved | None) -> None:
+        """A visit planned `plan` from what it read (`observed`; None: without reading) and
+        HAProxy runs it now."""
+        gateway = engine.desired.get(plan.name)
+        if (
+            observed is None
+            or plan.needs_reload
+            or gateway is None
+            or gateway.virtual_hosts
+            or any(route.names for route in gateway.routes.values())
+        ):
+            self._made.pop(plan.name, None)
+            return
+        down = engine.down.get(plan.name, frozenset())
+        self._made[plan.name] = Inputs(plan, gateway, down)

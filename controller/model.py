@@ -454,6 +454,17 @@ class Gateway(BaseModel):
             )
         return self
 
+    def as_json(self) -> dict[str, Any]:
+        """The gateway as the API answers it and the CLI sends it: unset fields left out, but
+        `health_check: none` kept. Its value is None, which `exclude_none` drops, and a
+        gateway without the field validates back with the default check: a GET → PUT round
+        trip turned checks back on."""
+        body = self.model_dump(mode="json", exclude_none=True)
+        for name, route in self.routes.items():
+            if route.health_check is None:
+                body["routes"][name]["health_check"] = "none"
+        return body
+
     def effective_weights(self) -> dict[str, int]:
         """Basis points per route; undeclared routes share the rest, the last one the remainder."""
         declared = sum(r.weight for r in self.routes.values() if r.weight is not None)

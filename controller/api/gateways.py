@@ -83,10 +83,6 @@ def _applied(result: ApplyResult, *, etagged: bool = True) -> web.Response:
     return response
 
 
-def _dump(gateway: Gateway) -> dict[str, Any]:
-    return gateway.model_dump(mode="json", exclude_none=True)
-
-
 def _object_body(body: Any, field: str, what: str) -> dict[str, Any]:
     if not isinstance(body, dict) or not body:
         raise InvalidInput(
@@ -119,13 +115,13 @@ async def list_gateways(request: web.Request) -> web.Response:
     page = _page(request)
     if page is None:
         gateways = desired.gateways
-        return web.json_response({"gateways": {n: _dump(g) for n, g in gateways.items()}})
+        return web.json_response({"gateways": {n: g.as_json() for n, g in gateways.items()}})
     limit, after = page
     names = desired.after(after, limit + 1)
     more = len(names) > limit
     names = names[:limit]
     body = {
-        "gateways": {name: _dump(desired.records[name].gateway) for name in names},
+        "gateways": {name: desired.records[name].gateway.as_json() for name in names},
         "next": names[-1] if more else None,
     }
     return web.json_response(body)
@@ -133,7 +129,7 @@ async def list_gateways(request: web.Request) -> web.Response:
 
 async def get_gateway(request: web.Request) -> web.Response:
     record = _record(request.app[ENGINE], _name(request, "gateway"))
-    return web.json_response(_dump(record.gateway), headers={"ETag": etag(record.revision)})
+    return web.json_response(record.gateway.as_json(), headers={"ETag": etag(record.revision)})
 
 
 async def put_gateway(request: web.Request) -> web.Response:

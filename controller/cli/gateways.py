@@ -82,7 +82,7 @@ def put_gateways(client: ApiClient, console: Console, config: Config, dry_run: b
     """PUT every gateway of `config`; how many the controller refused."""
     failed = 0
     for name, gateway in config.gateways.items():
-        body = gateway.model_dump(mode="json", exclude_none=True)
+        body = gateway.as_json()
         reply = client.call("PUT", f"/gateways/{segment(name)}", body, dry_run=dry_run)
         failed += _report(console, f"gateway {name}", reply)
     return failed

@@ -208,6 +208,11 @@ async def test_a_route_added_like_its_siblings_binds_a_spare_with_no_reload(
         route["health_check"] = "none"
     with running_stack(short_tmp, config) as stack:
         reloads = stack.reloads()
+        # what GET answers PUTs back unchanged (it dropped `health_check: none`: checks on)
+        current = stack.request("GET", "/api/v1/gateways/shop").body
+        assert current["routes"]["stable"]["health_check"] == "none"
+        response = stack.request("PUT", "/api/v1/gateways/shop", current)
+        assert response.status == 200 and response.body["method"] == "none", response.body
         body = dict(
             shop,
             routes={

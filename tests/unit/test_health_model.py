@@ -16,6 +16,7 @@ from controller.health.model import (
     mode_problems,
     parse_duration,
 )
+from controller.model import Gateway
 
 
 def test_defaults_are_a_tcp_connect_check_and_conn_failure_retries() -> None:
@@ -171,3 +172,30 @@ def test_tcp_gateways_refuse_http_only_fields() -> None:
         "routes.r.retries.on",
     ]
     assert mode_problems(RoutePolicy(), "tcp", "r") == []
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"health_check": "none"},
+        {"health_check": "none", "timeouts": {"server": "5s"}},
+        {"health_check": {"path": "/health", "interval": "1s"}},
+        {"outlier_ejection": {"error_limit": 5}},
+        {},
+    ],
+)
+def test_a_gateway_read_back_as_json_validates_to_the_same_gateway(
+    policy: dict[str, Any],
+) -> None:
+    """What GET answers (and `apply` sends) must PUT back unchanged: `health_check: none`
+    was dropped with the unset fields, and came back as the default check."""
+    gateway = Gateway.model_validate(
+        {
+            "bind": "127.0.0.1:8080",
+            "routes": {
+                "stable": {"weight": "90%", "instances": ["127.0.0.1:9001"], **policy},
+                "canary": {"instances": ["127.0.0.1:9002"]},
+            },
+        }
+    )
+    assert Gateway.model_validate(gateway.as_json()) == gateway

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from controller import heap
 from controller.api.app import create_app
 from controller.api.certificates import add_certificate_routes
 from controller.api.connections import GUARD, ApiLimits, GuardedSite
@@ -459,6 +460,7 @@ async def _serve(
         asyncio.create_task(certificates_forever(certificates, settings.sync_interval or 5.0)),
         *([asyncio.create_task(health.run())] if settings.health_watch else []),
         asyncio.create_task(names.run()),
+        asyncio.create_task(heap.tend_forever()),
         *([asyncio.create_task(settle_seen_config(engine, settings, paths, seen))] if seen else []),
     ]
     if ready is not None:

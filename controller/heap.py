@@ -1,0 +1,57 @@
+"""The controller's heap: long-lived state kept out of the collector's full passes.
+
+A full (generation 2) collection walks every container object the collector tracks: at
+1,000 gateways × 10 routes × 10 instances that is the desired state, the plans and the
+health state, and one pass stops the event loop for ~85 ms (measured, `gc.collect()` on
+the validated estate and its plan alone). Python runs such a pass whenever enough objects
+have survived since the last one, so it lands in the middle of a weight change now and then:
+that pause was the p99 of every write at scale (docs/benchmarks.md). `gc.freeze()` moves
+every object alive at that moment into a permanent generation that collections skip; doing
+it every few seconds keeps what a collection walks down to what is new.
+
+What freezing keeps is freed by reference counting as usual; only garbage *cycles* among
+frozen objects wait. `tend_forever` gives those back once in a long while with one full
+collection (one pause, logged with its length).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+FREEZE_EVERY = 10.0
+"""Seconds between freezes: what survives this long is most likely long-lived state."""
+COLLECT_EVERY = 3600.0
+"""Seconds between full collections of the frozen objects (their garbage cycles)."""
+
+
+def collect_all() -> float:
+    """One full collection over every object, frozen ones included; then freeze again.
+    Returns the pause in seconds."""
+    started = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    return time.perf_counter() - started
+
+
+async def tend_forever(
+    freeze_every: float = FREEZE_EVERY, collect_every: float = COLLECT_EVERY
+) -> None:
+    """Freeze what lived through the last interval; now and then collect everything once."""
+    collected = time.monotonic()
+    while True:
+        await asyncio.sleep(freeze_every)  # a period, not a wait for some condition
+        if time.monotonic() - collected >= collect_every:
+            pause = collect_all()
+            collected = time.monotonic()
+            log.info(
+                "full collection of the heap: %.0f ms, %d objects frozen again",
+                pause * 1000, gc.get_freeze_count(),
+            )  # fmt: skip
+        else:
+            gc.freeze()

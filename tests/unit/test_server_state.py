@@ -100,10 +100,24 @@ def test_a_backend_whose_checks_changed_starts_fresh() -> None:
 def test_the_new_file_wins_over_runtime_admin_state_and_weight() -> None:
     """A slot the new file fills is ready with its configured weight, whatever a runtime
     `state maint|drain` or `weight` said (HAProxy would keep them)."""
-    rows = kept(dump(line("s1", "127.0.0.1", 8001, op=2, admin=1, weight=7)), OLD, OLD)
-    assert [(r[5], r[6], r[7], r[8]) for r in rows] == [("2", "0", "1", "1")]
-    rows = kept(dump(line("s1", "127.0.0.1", 8001, op=2, admin=8)), OLD, OLD)
+    rows = kept(dump(line("s1", "127.0.0.1", 8001, op=0, admin=1, weight=7)), OLD, OLD)
+    assert [(r[5], r[6], r[7], r[8]) for r in rows] == [("0", "0", "1", "1")]
+    rows = kept(dump(line("s1", "127.0.0.1", 8001, op=0, admin=8)), OLD, OLD)
     assert rows[0][6] == "0"
+
+
+def test_running_servers_and_parked_slots_are_not_carried() -> None:
+    """A running server starts the same without its row (ready, configured weight), and an
+    empty slot has nothing to carry: neither is read from either file."""
+    state = dump(line("s1", "127.0.0.1", 8001, op=2), line("s2", "127.0.0.1", 1, op=0, admin=4))
+    found = carried(state, read_backends(OLD), read_backends(OLD))
+    assert (found.kept, found.dropped) == (0, 0)
+
+
+def test_only_the_backends_of_servers_not_running_are_read() -> None:
+    backends = read_backends(OLD)
+    carried(dump(line("s1", "127.0.0.1", 8001, op=2)), backends, backends)
+    assert backends.get("other") is not None and "be" not in backends._read
 
 
 def test_ipv6_addresses_compare_as_addresses() -> None:

@@ -283,7 +283,9 @@ class HealthWatch:
             self._owner[backend] = name
 
     async def visit(self, names: Sequence[str]) -> None:
-        """Read the servers of these gateways (one round trip) and act on what they show."""
+        """Read the servers of these gateways and act on what they show. One round trip
+        and parse per gateway: a chunk's in one batch (~100 ms at 50 gateways) held up every
+        write's own reads in the seconds after a start at 1,000 gateways."""
         engine = self.engine
         ready = [
             (name, plan, gateway)
@@ -296,15 +298,14 @@ class HealthWatch:
         if not ready:
             return
         backends = [_backends(plan) for _, plan, _ in ready]
-        every = [backend for names_ in backends for backend in names_]
-        replies = await engine.runtime.execute_many(
-            [commands.show_servers_state(backend) for backend in every], check=False
-        )
-        found = {
-            backend: servers_from_state(reply)
-            for backend, reply in zip(every, replies, strict=True)
-            if not is_error_reply(reply)
-        }
+        found: dict[str, list[ServerHealth]] = {}
+        for names_ in backends:  # a round trip per gateway: a write's own reads wait for one
+            replies = await engine.runtime.execute_many(
+                [commands.show_servers_state(backend) for backend in names_], check=False
+            )
+            for backend, reply in zip(names_, replies, strict=True):
+                if not is_error_reply(reply):
+                    found[backend] = servers_from_state(reply)
         detail = [
             backend
             for (name, _, _), names_ in zip(ready, backends, strict=True)
@@ -323,6 +324,7 @@ class HealthWatch:
             limits = name in self._limits
             await self._apply(name, gateway, plan, servers, limits)
             self._limits.discard(name)
+            await asyncio.sleep(0)  # a write waits for one gateway's plan, not a chunk's
 
     async def _apply(
         self,

@@ -379,6 +379,10 @@ async def test_drain_finishes_the_request_in_flight_sends_no_new_one_then_parks(
             result = await send(f"http://127.0.0.1:{fe}/", 30)
             assert result.instances == {"i4": 30}, result.instances
             assert await slow == (200, "i3")
+            # HAProxy counts the session until it has closed it, a moment after the answer
+            await asyncio.to_thread(
+                wait_until, lambda: health(h)["s1"].sessions == 0, 5, "the session closed"
+            )
             idle = health(h)["s1"]
             assert idle.check_status == "L4OK"  # a draining server is still checked
             progress = drain_progress(started, time.monotonic(), idle, 30_000)

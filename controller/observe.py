@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from sys import intern
 
-from controller.compile import MapEntries, crt_list_gateway
+from controller.compile import MapEntries, crt_list_gateway, routes_map_ref
 from controller.files import read_text
 from controller.model import Address
 from controller.offload import BIG_TEXT, offload
@@ -91,6 +91,19 @@ class Observer:
         backends, maps = await offload(big, _parse, state_text, found)
         crt_lists, certificates = await self._crt_lists()
         return Observed(running, backends, maps, crt_lists, certificates)
+
+    async def routes_maps(self, names: Sequence[str]) -> dict[str, MapEntries]:
+        """Each gateway's routes map (route → pool backend) as HAProxy holds it, in one round
+        trip; a map HAProxy does not have is absent (an adopt's structural check)."""
+        refs = [routes_map_ref(name, self.map_dir) for name in names]
+        replies = await self.runtime.execute_many(
+            [commands.show_map(ref) for ref in refs], check=False, timeout=BULK_READ_TIMEOUT
+        )
+        return {
+            name: tuple((e.key, e.value) for e in parse_map(reply))
+            for name, reply in zip(names, replies, strict=True)
+            if not is_error_reply(reply)
+        }
 
     async def _crt_lists(
         self,

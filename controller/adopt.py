@@ -18,8 +18,9 @@ written as stored). Until a gateway is verified:
 - a reload waits until all are verified: it renders every gateway from its plan;
 - the health watch does not look at it yet (it watches planned gateways); HAProxy's own
   checks keep running, and routes remembered down before the restart are planned with it.
-Bind groups (virtual hosts) and TLS gateways depend on state outside their section (a group's
-owners, a crt-list's default line): an estate with any is read and planned whole before ready.
+Bind groups (virtual hosts), TLS gateways and instance names depend on state outside their
+section (a group's owners, a crt-list's default line, names not yet resolved at a start): an
+estate with any of them is read and planned whole before ready, as before.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 from controller.compile import MapEntries, Resolved, parse_pool_backend
 from controller.errors import WeighbridgeError
 from controller.model import Gateway
-from controller.plan import check_acl_policy, gateway_section
+from controller.plan import check_acl_policy, check_cert_paths, gateway_section
 from controller.render import RenderSettings, Running, Section, SectionCache, settings_fingerprint
 
 if TYPE_CHECKING:
@@ -106,12 +107,15 @@ def adoptable(
     for name, gateway in desired.items():
         if gateway.virtual_hosts or gateway.tls is not None:
             return f"{name} has virtual hosts or TLS"
+        if any(route.names for route in gateway.routes.values()):
+            return f"{name} has instance names (resolved after the start)"
         pool = found.pools.get(name)
         if not pool:
             return f"{name} has no backends in its file"
         routes = found.routes.get(name, ())
         try:
             check_acl_policy(name, gateway, settings)
+            check_cert_paths(name, gateway, settings)
             _, section = gateway_section(
                 name, gateway, routes, pool, map_dir, settings, sections, resolved
             )

@@ -394,13 +394,21 @@ async def test_a_write_to_an_adopted_gateway_not_yet_verified_applies_on_what_ha
         backend, slot = _filled_slot(paths, [b.name for b in section.layout.backends])
         weight = _weight(paths, backend, slot)
         admin_command(paths.admin_socket, f"set server {backend}/{slot} weight {weight + 3}")
+        other = again.unverified.names()[0]
+        status = await gateway_status(again, other, again.desired.records[other])
+        assert status["in_sync"] is True  # read by the section HAProxy runs for it
+        runs = again.unverified.section(other)
+        assert runs is not None
+        assert {r["backend"] for r in status["routes"].values()} <= {
+            b.name for b in runs.layout.backends
+        }
         drift = again.state.drift_repairs["server-weight"]
         result = await again.change(SetWeights(target, {"stable": 2000, "canary": 8000}))
         assert result.method == "runtime", result
         assert (await again.applied(target)).weights == {"stable": 2000, "canary": 8000}
         assert _weight(paths, backend, slot) == weight
         assert again.state.drift_repairs["server-weight"] == drift + 1
-        assert target not in again.unverified
+        assert target not in again.unverified and other in again.unverified
         assert len(again.unverified) == len(again.desired.records) - 1
         release.set()
         await asyncio.wait_for(again.unverified.wait(), 60)

@@ -134,7 +134,7 @@ class Engine:
         self.budget = budget or Budget()
         self.state = EngineState()
         self.map_dir = str(process.paths.map_dir)
-        self.observer = Observer(runtime, process.paths.config, self.map_dir, settings.cert_dir)
+        self.observer = Observer(runtime, self.map_dir, settings.cert_dir)
         self.stats_page = (
             StatsPage(settings.status_socket, STATUS_URI, timeout=runtime.timeout)
             if settings.status_socket
@@ -178,11 +178,11 @@ class Engine:
         self._publishing: asyncio.Task[None] | None = None
         self.reloads = Reloads(self)
         self.steady = Steady()
+        """What each gateway's plan HAProxy runs was made from: a visit that finds HAProxy as
+        that plan left it plans nothing again (`controller.steady`)."""
         self.unverified = Unverified()
         """Gateways adopted on their structure, not yet visited (`controller.adopt`)."""
         self._verifying: asyncio.Task[None] | None = None
-        """What each gateway's plan HAProxy runs was made from: a visit that finds HAProxy as
-        that plan left it plans nothing again (`controller.steady`)."""
 
     # ---- start ------------------------------------------------------------------------------
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from sys import intern
 
 from controller.compile import MapEntries, crt_list_gateway, routes_map_ref
-from controller.files import read_text
 from controller.model import Address
 from controller.offload import BIG_TEXT, offload
 from controller.plan import GatewayObserved, Observed, SlotState, map_gateway
-from controller.render import Running, read_running
+from controller.render import Running
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
 from controller.runtime.parse import (
@@ -56,21 +54,10 @@ class Scope:
 
 
 class Observer:
-    def __init__(
-        self, runtime: RuntimeClient, config: Path, map_dir: str, cert_dir: str = ""
-    ) -> None:
+    def __init__(self, runtime: RuntimeClient, map_dir: str, cert_dir: str = "") -> None:
         self.runtime = runtime
-        self.config = config
         self.map_dir = map_dir
         self.cert_dir = cert_dir
-
-    def running_in_file(self) -> Running | None:
-        """The structure of the configuration file on disk (the one HAProxy loaded, when the
-        controller starts and adopts it)."""
-        try:
-            return read_running(read_text(self.config))
-        except FileNotFoundError:
-            return None
 
     async def everything(self, running: Running | None) -> Observed:
         """Every backend and map of ours, in two round trips; parsed off the event loop when

@@ -73,6 +73,19 @@ def file_pools(text: str) -> dict[str, dict[int, int]]:
     return pools
 
 
+def file_refuses(running: Running | None, settings: RenderSettings) -> str | None:
+    """Why the file HAProxy loaded cannot be adopted on its structure whatever the store
+    holds (known before the store is loaded: the whole read can start at once); None if it
+    may be."""
+    if running is None:
+        return "HAProxy runs no configuration of ours"
+    if running.settings != settings_fingerprint(settings):
+        return "the controller's settings differ"
+    if running.binds:
+        return "it runs bind groups (virtual hosts)"
+    return None
+
+
 @dataclass(frozen=True)
 class Structure:
     """What HAProxy runs, as far as its structure goes (read without its slots' rows)."""
@@ -95,12 +108,9 @@ def adoptable(
     """Each gateway's section, when HAProxy runs exactly the structure the store wants (then
     no reload can be needed, only live steps); else why not, in words."""
     running = found.running
-    if running is None:
-        return "HAProxy runs no configuration of ours"
-    if running.settings != settings_fingerprint(settings):
-        return "the controller's settings differ"
-    if running.binds:
-        return "it runs bind groups (virtual hosts)"
+    if (reason := file_refuses(running, settings)) is not None:
+        return reason
+    assert running is not None  # `file_refuses` says why not
     if running.sections.keys() != desired.keys():
         return "its gateways are not the stored ones"
     adopted: dict[str, Section] = {}

@@ -26,7 +26,14 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from controller.adopt import Structure, Unverified, adoptable, file_pools, verify_adopted
+from controller.adopt import (
+    Structure,
+    Unverified,
+    adoptable,
+    file_pools,
+    file_refuses,
+    verify_adopted,
+)
 from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, applied_routes
 from controller.apply import Applier, ApplyResult, Loaded, Method
 from controller.budget import Budget, Usage, gateway_usage
@@ -196,7 +203,7 @@ class Engine:
         order = {order_map_ref(self.map_dir): exact_order()}  # read by `split: exact`
         await asyncio.to_thread(self.process.write_maps, order)
         async with self.gate.exclusive():
-            reading: asyncio.Task[Structure] | None = None
+            reading: asyncio.Task[Structure | Observed] | None = None
             if await self.process.is_running() or await self._answers_soon():
                 log.info("adopting the HAProxy at %s", self.process.paths.master_socket)
                 reading = asyncio.create_task(self._read_structure())
@@ -223,25 +230,31 @@ class Engine:
         self.state.ready = True
         return result
 
-    async def _read_structure(self) -> Structure:
+    async def _read_structure(self) -> Structure | Observed:
         """The structure HAProxy runs: the file it loaded (fingerprints, pools) and its routes
-        maps, read while the store loads (`controller.adopt`)."""
+        maps, read while the store loads (`controller.adopt`); everything HAProxy runs if the
+        file alone says it cannot be adopted on its structure."""
         try:
             text = await asyncio.to_thread(read_text, self.process.paths.config)
         except FileNotFoundError:
-            return Structure(None, {}, {})
+            text = ""
         running = read_running(text)
+        if (reason := file_refuses(running, self.settings)) is not None:
+            log.info("adopting: %s; reading and planning every gateway before ready", reason)
+            return await self.observer.everything(running)
         pools = await offload(len(text) > BIG_TEXT, file_pools, text)
         del text
         routes = await self.observer.routes_maps(list(running.sections) if running else [])
         return Structure(running, pools, routes)
 
-    async def _adopt(self, found: Structure) -> ApplyResult:
+    async def _adopt(self, found: Structure | Observed) -> ApplyResult:
         """Ready once HAProxy runs the stored structure, each gateway verified right after
         (`controller.adopt`); otherwise everything is read and planned first, as a
         convergence does (and a reload loads what differs)."""
         started = time.perf_counter()
         self.running = found.running
+        if isinstance(found, Observed):
+            return await self.converge_all(found)
         adopted = await offload(
             self.big(),
             adoptable,

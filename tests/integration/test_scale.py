@@ -479,6 +479,52 @@ def _serving(paths: StatePaths, backend: str, slot: str) -> bool:
     raise AssertionError(f"no slot {slot} in {backend}")
 
 
+async def test_a_structural_write_before_every_gateway_is_verified_reloads_them_all(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload renders every gateway from its plan: one asked for while adopted gateways
+    are still to be verified waits for them, then loads the whole estate with the change."""
+    paths = engine.process.paths
+    await engine.runtime.close()
+    again = engine_on(paths)
+    release = asyncio.Event()
+    visit = again.visit
+
+    async def held_back(names: Sequence[str]) -> Any:
+        await release.wait()  # the background verification waits until the write is stored
+        return await visit(names)
+
+    monkeypatch.setattr(again, "visit", held_back)
+    checking = asyncio.Event()
+    check = again.reloads.check
+
+    async def noted(plan: Any) -> None:
+        checking.set()
+        await check(plan)
+
+    monkeypatch.setattr(again.reloads, "check", noted)
+    reloads = _reloads(engine)
+    try:
+        await asyncio.wait_for(again.start(None), 60)
+        target = again.unverified.names()[-1]
+        edit = EditRoute(target, "canary", {"condition": "has header X-Beta"})
+        writing = asyncio.create_task(again.change(edit))
+        await asyncio.wait_for(checking.wait(), 30)  # the write asks for HAProxy's check
+        assert target not in again.unverified and len(again.unverified) > 0
+        assert not writing.done()
+        release.set()
+        result = await asyncio.wait_for(writing, 120)
+        assert result.method == "reload"
+        assert len(again.unverified) == 0
+        assert _reloads(again) == reloads + 1
+        assert again.running is not None
+        assert set(again.running.sections) == set(again.desired.records)  # none left out
+        assert "X-Beta" in paths.config.read_text()
+    finally:
+        release.set()
+        await _stop(again)
+
+
 async def test_an_adopt_whose_structure_differs_plans_everything_before_ready(
     engine: Engine, module_tmp: Path
 ) -> None:

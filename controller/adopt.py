@@ -45,8 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SLICE = 50
-"""Gateways verified per visit: one round trip and a few tens of ms of planning, so a write
-to one of them waits for little, and a write to any other gateway not at all."""
+"""Gateways verified per visit: one round trip and their planning (~0.2 s at 1,000 gateways
+× 10 × 10 while HAProxy runs its checks), so a write to one of them waits for little, and a
+write to any other gateway not at all."""
 BUSY_PAUSE = 0.05
 """Seconds before looking again when every gateway left is held by a write (which verifies
 it itself), and before the first retry of a visit that failed."""

@@ -26,6 +26,14 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
+from controller.adopt import (
+    Structure,
+    Unverified,
+    adoptable,
+    file_pools,
+    file_refuses,
+    verify_adopted,
+)
 from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, applied_routes
 from controller.apply import Applier, ApplyResult, Loaded, Method
 from controller.budget import Budget, Usage, gateway_usage
@@ -41,7 +49,7 @@ from controller.desired import Desired, Record
 from controller.diff import diff_gateway, how
 from controller.edits import Edit, edited
 from controller.errors import Unavailable, WeighbridgeError
-from controller.files import remove
+from controller.files import read_text, remove
 from controller.hostplan import (
     GroupOwners,
     group_view,
@@ -57,7 +65,7 @@ from controller.locks import Gate, KeyedLocks
 from controller.metrics import Metrics
 from controller.model import Address, Config, Gateway
 from controller.observe import Observer, Scope
-from controller.offload import BIG_SLOTS, offload
+from controller.offload import BIG_SLOTS, BIG_TEXT, offload
 from controller.plan import (
     GatewayObserved,
     GatewayPlan,
@@ -66,7 +74,7 @@ from controller.plan import (
 )
 from controller.process import HAProxyProcess
 from controller.reloads import Reloads
-from controller.render import STATUS_URI, RenderSettings, Running, SectionCache
+from controller.render import STATUS_URI, RenderSettings, Running, SectionCache, read_running
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
 from controller.runtime.stats_page import StatsPage
@@ -133,7 +141,7 @@ class Engine:
         self.budget = budget or Budget()
         self.state = EngineState()
         self.map_dir = str(process.paths.map_dir)
-        self.observer = Observer(runtime, process.paths.config, self.map_dir, settings.cert_dir)
+        self.observer = Observer(runtime, self.map_dir, settings.cert_dir)
         self.stats_page = (
             StatsPage(settings.status_socket, STATUS_URI, timeout=runtime.timeout)
             if settings.status_socket
@@ -179,6 +187,9 @@ class Engine:
         self.steady = Steady()
         """What each gateway's plan HAProxy runs was made from: a visit that finds HAProxy as
         that plan left it plans nothing again (`controller.steady`)."""
+        self.unverified = Unverified()
+        """Gateways adopted on their structure, not yet visited (`controller.adopt`)."""
+        self._verifying: asyncio.Task[None] | None = None
 
     # ---- start ------------------------------------------------------------------------------
 
@@ -192,11 +203,10 @@ class Engine:
         order = {order_map_ref(self.map_dir): exact_order()}  # read by `split: exact`
         await asyncio.to_thread(self.process.write_maps, order)
         async with self.gate.exclusive():
-            reading: asyncio.Task[Observed] | None = None
+            reading: asyncio.Task[Structure | Observed] | None = None
             if await self.process.is_running() or await self._answers_soon():
                 log.info("adopting the HAProxy at %s", self.process.paths.master_socket)
-                self.running = self.observer.running_in_file()
-                reading = asyncio.create_task(self.observer.everything(self.running))
+                reading = asyncio.create_task(self._read_structure())
             try:
                 await self._load(seed, started, snapshot)
             except BaseException:
@@ -214,11 +224,60 @@ class Engine:
         if reading is None:  # it runs what was just written: the reconcile reads it back
             result = ApplyResult("none", 0.0, (), self.desired.revision)
         else:
-            result = await self.converge_all(await reading)
+            result = await self._adopt(await reading)
         log.info("ready in %.2f s (%s)", time.perf_counter() - started, result.method)
         self.forget_crt_lists()
         self.state.ready = True
         return result
+
+    async def _read_structure(self) -> Structure | Observed:
+        """The structure HAProxy runs: the file it loaded (fingerprints, pools) and its routes
+        maps, read while the store loads (`controller.adopt`); everything HAProxy runs if the
+        file alone says it cannot be adopted on its structure."""
+        try:
+            text = await asyncio.to_thread(read_text, self.process.paths.config)
+        except FileNotFoundError:
+            text = ""
+        running = read_running(text)
+        if (reason := file_refuses(running, self.settings)) is not None:
+            log.info("adopting: %s; reading and planning every gateway before ready", reason)
+            return await self.observer.everything(running)
+        pools = await offload(len(text) > BIG_TEXT, file_pools, text)
+        del text
+        routes = await self.observer.routes_maps(list(running.sections) if running else [])
+        return Structure(running, pools, routes)
+
+    async def _adopt(self, found: Structure | Observed) -> ApplyResult:
+        """Ready once HAProxy runs the stored structure, each gateway verified right after
+        (`controller.adopt`); otherwise everything is read and planned first, as a
+        convergence does (and a reload loads what differs)."""
+        started = time.perf_counter()
+        self.running = found.running
+        if isinstance(found, Observed):
+            return await self.converge_all(found)
+        adopted = await offload(
+            self.big(),
+            adoptable,
+            self.desired.gateways,
+            found,
+            self.map_dir,
+            self.settings,
+            self.sections,
+            self.resolved,
+        )
+        if isinstance(adopted, str):
+            log.info("adopting: %s; reading and planning every gateway before ready", adopted)
+            return await self.converge_all()
+        self.unverified.adopt(adopted)
+        self.reloads.candidates.loaded = dict(adopted)
+        self._verifying = asyncio.create_task(verify_adopted(self))
+        log.info(
+            "HAProxy runs the stored structure of %d gateways (checked in %.2f s): each is "
+            "verified after ready",
+            len(adopted),
+            _since(started),
+        )
+        return ApplyResult("none", _since(started), (), self.desired.revision)
 
     async def _load(self, seed: Config | None, started: float, snapshot: Snapshot | None) -> None:
         """The desired state from the store, seeded from the config file if it is empty."""
@@ -266,6 +325,7 @@ class Engine:
         await asyncio.to_thread(self.process.write, text, maps, fresh=True)
         log.info("wrote the configuration and %d map files (%.2f s)", len(maps), _since(started))
         self.plans = {plan.name: plan for plan in plans}
+        self.unverified.clear()
         self._reindex()
         self.running = candidates.running_of(plans)
         self.pools = candidates.pool_slots(plans)
@@ -339,11 +399,13 @@ class Engine:
         if plan.needs_reload:
             for gateway_plan in plans:
                 self._planned(gateway_plan)
+            self.unverified.clear()
             return await self.reloads.join()
         await self.applier.apply_runtime(plan.gateways)
         for gateway_plan in plans:
             self._planned(gateway_plan)
             self.steady.found(self, gateway_plan, split.get(gateway_plan.name))
+        self.unverified.clear()
         self._publish(plans)
         self._synced()
         steps = tuple(plan.describe())
@@ -385,6 +447,9 @@ class Engine:
         started = time.perf_counter()
         name = edit.gateway
         async with self._gateways.hold(name):
+            if name in self.unverified:  # adopted, not yet verified: drift first, as drift
+                async with self.gate.shared():
+                    await self._visit_held([name])
             record = self.desired.records.get(name)
             before = record.gateway if record else None
             after = await offload(heavy, edited, edit, record)
@@ -723,9 +788,11 @@ class Engine:
         keys = scope_of(name, plan, gateway, self.map_dir)
         tls = gateway.tls if gateway is not None else None
         crt_list = crt_list_file(name, self.settings.cert_dir) if tls is not None else None
-        if plan is None or plan.section is None:
+        # not planned yet: the section HAProxy runs for it, if adopted (`controller.adopt`)
+        section = plan.section if plan is not None else self.unverified.section(name)
+        if section is None:
             return Scope(running, (), (), keys, crt_list)
-        layout = plan.section.layout
+        layout = section.layout
         own = () if layout.pooled else layout.map_refs
         return Scope(running, [b.name for b in layout.backends], own, keys, crt_list)
 
@@ -743,7 +810,19 @@ class Engine:
         if not free:
             return None
         async with self._gateways.hold(*free), self.gate.shared():
-            return await self._converge(free, drift=True)
+            return await self._visit_held(free)
+
+    async def _visit_held(self, names: Sequence[str]) -> ApplyResult:
+        """`visit` with the gateways' locks and the gate held. An adopted gateway visited for
+        the first time is verified: its map files are written as now planned (a crash between
+        a swap and its file left one apart), and it is read by its plan from then on."""
+        result = await self._converge(names, drift=True)
+        adopted = [name for name in names if name in self.unverified]
+        if adopted:
+            plans = [plan for name in adopted if (plan := self.plans.get(name)) is not None]
+            await self.applier.write_maps(_own_maps(plans))
+            self.unverified.verified(adopted)
+        return result
 
     async def _apply_live(
         self, names: Sequence[str], *, trust_known: bool = False
@@ -778,6 +857,9 @@ class Engine:
         already coming (a write waiting for it is not drift)."""
         started = time.perf_counter()
         runtime, structural = await self._apply_live(names)
+        for plan in structural:
+            if plan.name not in self.plans:  # adopted: the coming reload must render it too
+                self._planned(plan)
         if self.reloads.pending:
             structural = []
         total = Plan((*runtime, *structural))

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from sys import intern
 
-from controller.compile import MapEntries, crt_list_gateway
-from controller.files import read_text
+from controller.compile import MapEntries, crt_list_gateway, routes_map_ref
 from controller.model import Address
 from controller.offload import BIG_TEXT, offload
 from controller.plan import GatewayObserved, Observed, SlotState, map_gateway
-from controller.render import Running, read_running
+from controller.render import Running
 from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
 from controller.runtime.parse import (
@@ -56,21 +54,10 @@ class Scope:
 
 
 class Observer:
-    def __init__(
-        self, runtime: RuntimeClient, config: Path, map_dir: str, cert_dir: str = ""
-    ) -> None:
+    def __init__(self, runtime: RuntimeClient, map_dir: str, cert_dir: str = "") -> None:
         self.runtime = runtime
-        self.config = config
         self.map_dir = map_dir
         self.cert_dir = cert_dir
-
-    def running_in_file(self) -> Running | None:
-        """The structure of the configuration file on disk (the one HAProxy loaded, when the
-        controller starts and adopts it)."""
-        try:
-            return read_running(read_text(self.config))
-        except FileNotFoundError:
-            return None
 
     async def everything(self, running: Running | None) -> Observed:
         """Every backend and map of ours, in two round trips; parsed off the event loop when
@@ -91,6 +78,19 @@ class Observer:
         backends, maps = await offload(big, _parse, state_text, found)
         crt_lists, certificates = await self._crt_lists()
         return Observed(running, backends, maps, crt_lists, certificates)
+
+    async def routes_maps(self, names: Sequence[str]) -> dict[str, MapEntries]:
+        """Each gateway's routes map (route → pool backend) as HAProxy holds it, in one round
+        trip; a map HAProxy does not have is absent (an adopt's structural check)."""
+        refs = [routes_map_ref(name, self.map_dir) for name in names]
+        replies = await self.runtime.execute_many(
+            [commands.show_map(ref) for ref in refs], check=False, timeout=BULK_READ_TIMEOUT
+        )
+        return {
+            name: tuple((e.key, e.value) for e in parse_map(reply))
+            for name, reply in zip(names, replies, strict=True)
+            if not is_error_reply(reply)
+        }
 
     async def _crt_lists(
         self,

@@ -380,6 +380,26 @@ def check_cert_paths(name: str, gateway: Gateway, settings: RenderSettings) -> N
             )
 
 
+def gateway_section(
+    name: str,
+    gateway: Gateway,
+    routes: MapEntries,
+    pool: Mapping[int, int],
+    map_dir: str,
+    settings: RenderSettings,
+    sections: SectionCache | None = None,
+    resolved: Resolved | None = None,
+) -> tuple[dict[str, str], Section]:
+    """The gateway's binding (route → pool backend) and section, laid out on the pool HAProxy
+    runs (pool index → slots) and the routes map it holds (`routes`): what a plan checks
+    against HAProxy's fingerprint, and what an adopt checks first (`controller.adopt`)."""
+    binding = bind_routes(name, gateway, routes, pool)
+    layout = gateway_layout(name, gateway, binding, pool, map_dir, settings.cert_dir, resolved)
+    if settings.bind_host is not None:
+        layout = replace(layout, bind=Address(settings.bind_host, gateway.bind.port))
+    return binding, (sections or SectionCache()).section(layout)
+
+
 def plan_gateway(
     name: str,
     gateway: Gateway | None,
@@ -405,14 +425,11 @@ def plan_gateway(
         return GatewayPlan(name, None, {}, {}, {}, reload_reasons=removed)
     check_acl_policy(name, gateway, settings)
     check_cert_paths(name, gateway, settings)
-    pool = observed.pool
-    binding = bind_routes(name, gateway, observed.maps.get(routes_map_ref(name, map_dir), ()), pool)
-    layout = gateway_layout(
-        name, gateway, binding, pool, map_dir, settings.cert_dir, resolved
+    routes = observed.maps.get(routes_map_ref(name, map_dir), ())
+    binding, section = gateway_section(
+        name, gateway, routes, observed.pool, map_dir, settings, sections, resolved
     )
-    if settings.bind_host is not None:
-        layout = replace(layout, bind=Address(settings.bind_host, gateway.bind.port))
-    section = (sections or SectionCache()).section(layout)
+    layout = section.layout
     maps = gateway_maps(gateway, binding, layout.maps, down)
     # every map checked, also those a reload writes to disk: a key or value that could not
     # be a socket token must not become a line of a map file either

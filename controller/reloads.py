@@ -56,7 +56,9 @@ class Reloads:
     async def check(self, plan: GatewayPlan) -> None:
         """Have HAProxy check the configuration with this gateway's new structure: the part
         it touches (see `controller.candidates`). Checks are remembered by structure: the
-        reload that loads it does not check it again."""
+        reload that loads it does not check it again. After an adopt, once every gateway
+        has a plan (`controller.adopt`): the candidate holds them all."""
+        await self.engine.unverified.wait()
         await self._check(self._with(plan))
 
     async def _check(self, plans: Sequence[GatewayPlan]) -> None:
@@ -115,6 +117,7 @@ class Reloads:
     async def _run(self, done: asyncio.Future[ApplyResult]) -> ApplyResult:
         engine = self.engine
         started = time.perf_counter()
+        await engine.unverified.wait()  # adopted gateways planned: it renders them all
         if self._pending is done:
             self._pending = None  # changes stored from now on wait for the next reload
         for attempt in range(1, MAX_CHECK_ROUNDS + 1):

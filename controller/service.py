@@ -35,8 +35,6 @@ from controller.config_file import (
 from controller.descriptors import default_maxconn, hard_descriptor_limit
 from controller.desired import Desired
 from controller.diff import Change, diff_gateway
-from controller.discovery.dns import Discovery, DnsResolver
-from controller.discovery.watch import NameWatch
 from controller.edits import DeleteGateway, Edit, PutGateway
 from controller.engine import Engine, Timing
 from controller.errors import InvalidInput, WeighbridgeError
@@ -447,6 +445,10 @@ async def _serve(
     site = GuardedSite(runner, settings.api_host, settings.api_port, app[GUARD])
     await site.start()
     log.info("API on http://%s:%d/api/v1", settings.api_host, settings.api_port)
+    # imported once the API answers: dnspython is not needed to be ready (issue 11: adopt)
+    from controller.discovery.dns import Discovery, DnsResolver
+    from controller.discovery.watch import NameWatch
+
     names = NameWatch(engine, Discovery(DnsResolver(settings.dns_servers or None)))
     engine.name_status = names.report
     stop = asyncio.Event()

@@ -153,7 +153,11 @@ POLICY_FIELDS = tuple(RoutePolicy.model_fields)
 
 
 def same_policy(one: RoutePolicy, other: RoutePolicy) -> bool:
-    return all(getattr(one, field) == getattr(other, field) for field in POLICY_FIELDS)
+    # equal values are mostly one object (the store shares them): identity first, it is free
+    return all(
+        (mine := getattr(one, field)) is (theirs := getattr(other, field)) or mine == theirs
+        for field in POLICY_FIELDS
+    )
 
 
 def spare_policy(routes: Sequence[RoutePolicy]) -> RoutePolicy:
@@ -168,11 +172,31 @@ def spare_policy(routes: Sequence[RoutePolicy]) -> RoutePolicy:
 def policy_lines(policy: RoutePolicy, mode: str, timeouts_map: str | None) -> tuple[str, ...]:
     """A route's backend lines without its live values (`structural_key`): a change of
     `max_connections`, `drain_timeout`, the ejection cap or (through the map) the server
-    timeout changes no line, so it needs no reload."""
+    timeout changes no line, so it needs no reload.
+
+    Remembered by the identity of the policy's values (a start lays out 11,000 backends
+    whose routes share a handful of value objects; a copy and a hash of each route's policy
+    took half of an adopt's structural check). The entry keeps the values it is keyed by
+    alive, so their identities cannot be reused by other objects."""
     kind: Mode = "tcp" if mode == "tcp" else "http"
-    return _policy_lines(
+    values = tuple(getattr(policy, field) for field in POLICY_FIELDS)
+    key = (tuple(map(id, values)), kind, timeouts_map)
+    found = _BY_IDENTITY.get(key)
+    if found is not None:
+        return found[1]
+    lines = _policy_lines(
         structural_key(policy, kind, server_map=timeouts_map is not None), kind, timeouts_map
     )
+    if len(_BY_IDENTITY) >= IDENTITY_ENTRIES:
+        _BY_IDENTITY.clear()
+    _BY_IDENTITY[key] = (values, lines)
+    return lines
+
+
+IDENTITY_ENTRIES = 4096
+_BY_IDENTITY: dict[
+    tuple[tuple[int, ...], Mode, str | None], tuple[tuple[object, ...], tuple[str, ...]]
+] = {}
 
 
 @functools.lru_cache(maxsize=4096)

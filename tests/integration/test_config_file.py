@@ -15,7 +15,7 @@ import yaml
 from tests.integration.conftest import shop_config
 from tests.support import BackendProcess
 from tests.support.ports import free_port
-from tests.support.stack import Stack, running_stack
+from tests.support.stack import Stack, running_stack, wait_until
 
 pytestmark = pytest.mark.haproxy
 G = "/api/v1/gateways/shop"
@@ -74,11 +74,11 @@ def test_the_start_says_how_the_store_and_the_file_differ_and_config_wins_applie
         # the same file again: the store wins, and the start says what differs and what to do
         stack.stop_controller()
         stack.start_controller(short_tmp / "weighbridge.yaml")
-        said = flat(stack.controller_log())
         path, api = short_tmp / "weighbridge.yaml", f"127.0.0.1:{stack.api_port}"
-        assert (
-            f"the stored desired state (revision 3) differs from {path}, and the store wins"
-        ) in said
+        differs = f"the stored desired state (revision 3) differs from {path}, and the store wins"
+        # a file the last start validated is compared with the store after ready, off its path
+        wait_until(lambda: differs in flat(stack.controller_log()), 30, "the comparison")
+        said = flat(stack.controller_log())
         assert (
             "Applying the file would change gateway shop (shop.stable: weight 50% → 90%; "
             "shop.canary: weight 50% → 10%), remove gateway extra"

@@ -291,8 +291,10 @@ async def test_a_restart_adopts_haproxy_without_a_reload(engine: Engine) -> None
         assert again.process.master_pid() == master
         assert _reloads(again) == reloads
         assert len(again.desired.records) == GATEWAYS + 1
+        await asyncio.wait_for(again.unverified.wait(), 60)
+        assert _reloads(again) == reloads
     finally:
-        await again.runtime.close()
+        await _stop(again)
 
 
 def _reloads(engine: Engine) -> int:
@@ -303,20 +305,27 @@ def _reloads(engine: Engine) -> int:
     raise AssertionError("show proc has no master line")
 
 
-async def test_an_adopting_controller_reads_haproxy_in_batches_and_repairs_drift(
+async def test_an_adopting_controller_is_ready_on_the_structure_then_repairs_drift(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A restart reads every gateway of HAProxy in a few batched round trips (not one per
-    gateway, nor a filtered read per backend), reloads nothing, and still puts back what was
-    changed by hand while no controller ran."""
+    """HAProxy runs the stored structure: a restart is ready before any gateway is verified
+    (no bulk read of every slot: the routes maps in one batch), then visits every gateway in
+    slices, and what was changed by hand while no controller ran is put back and counted as
+    drift; HAProxy is never reloaded."""
     paths = engine.process.paths
-    plan = engine.plans[TARGET]
-    backend = plan.bindings["stable"]
-    slot = sorted(plan.assignment[backend])[0]
+    weighted = engine.plans[TARGET]
+    backend = weighted.bindings["stable"]
+    slot = sorted(weighted.assignment[backend])[0]
     weight = _weight(paths, backend, slot)
+    other = engine.plans["g3"]
+    parked_backend = other.bindings["canary"]
+    parked_slot = sorted(other.assignment[parked_backend])[0]
     await engine.runtime.close()
     admin_command(paths.admin_socket, f"set server {backend}/{slot} weight {weight + 7}")
+    admin_command(paths.admin_socket, f"set server {parked_backend}/{parked_slot} state maint")
+    assert _serving(paths, parked_backend, parked_slot) is False
     reloads = _reloads(engine)
+    master = engine.process.master_pid()
     again = engine_on(paths)
     batches: list[list[str]] = []
     original = again.runtime.execute_many
@@ -326,19 +335,88 @@ async def test_an_adopting_controller_reads_haproxy_in_batches_and_repairs_drift
         return await original(cmds, **kwargs)
 
     monkeypatch.setattr(again.runtime, "execute_many", recording)
+    visits: list[tuple[bool, int, int]] = []
+    visit = again.visit
+
+    async def watched(names: Sequence[str]) -> Any:
+        visits.append((again.state.ready, len(again.unverified), len(batches)))
+        return await visit(names)
+
+    monkeypatch.setattr(again, "visit", watched)
     try:
         result = await asyncio.wait_for(again.start(None), 60)
-        assert result.method == "runtime", result.steps[:5]
-        assert _reloads(again) == reloads
+        assert result.method == "none", result.steps[:5]
+        assert again.state.ready
+        await asyncio.wait_for(again.unverified.wait(), 60)
+        ready, unverified, read = visits[0]
+        assert (ready, unverified) == (True, len(again.desired.records))  # none verified yet
+        start_reads = [text for batch in batches[:read] for text in batch]
+        assert "show servers state" not in start_reads  # no bulk read of every slot
+        routes = [t for t in start_reads if t.startswith("show map ") and ".routes.map" in t]
+        assert len(routes) == len(again.desired.records)  # each gateway's binding, one batch
+        assert len(visits) >= len(again.desired.records) / 50  # in slices
+        assert set(again.plans) == set(again.desired.records)
+        assert all(again.runs_now(name) is again.plans[name] for name in again.plans)
         assert _weight(paths, backend, slot) == weight
-        reads = [b for b in batches if any(t.startswith("show ") for t in b)]
-        assert len(reads) <= 3, [b[:2] for b in reads]  # state + map list, then every map
-        texts = [text for batch in batches for text in batch]
-        assert texts.count("show servers state") == 1
-        assert not [t for t in texts if t.startswith("show servers state ")]
-        assert len([t for t in texts if t.startswith("show map ")]) >= 2 * GATEWAYS
+        assert _serving(paths, parked_backend, parked_slot) is True
+        assert again.state.drift_repairs["server-weight"] >= 1
+        assert again.state.drift_repairs["server-state"] >= 1
+        assert again.process.master_pid() == master
+        assert _reloads(again) == reloads
     finally:
-        await again.runtime.close()
+        await _stop(again)
+
+
+async def test_a_write_to_an_adopted_gateway_not_yet_verified_applies_on_what_haproxy_runs(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after ready, before the background visits reach it, a write to a gateway first
+    verifies it (observes its backends and maps, repairs and counts its drift), then applies
+    its edit live; the other gateways are still to be verified, and nothing reloads."""
+    paths = engine.process.paths
+    await engine.runtime.close()
+    again = engine_on(paths)
+    release = asyncio.Event()
+    visit = again.visit
+
+    async def held_back(names: Sequence[str]) -> Any:
+        await release.wait()  # the background verification waits: the write comes first
+        return await visit(names)
+
+    monkeypatch.setattr(again, "visit", held_back)
+    reloads = _reloads(engine)
+    try:
+        await asyncio.wait_for(again.start(None), 60)
+        target = again.unverified.names()[-1]
+        assert len(again.unverified) == len(again.desired.records)
+        section = again.unverified.section(target)
+        assert section is not None
+        backend, slot = _filled_slot(paths, [b.name for b in section.layout.backends])
+        weight = _weight(paths, backend, slot)
+        admin_command(paths.admin_socket, f"set server {backend}/{slot} weight {weight + 3}")
+        other = again.unverified.names()[0]
+        status = await gateway_status(again, other, again.desired.records[other])
+        assert status["in_sync"] is True  # read by the section HAProxy runs for it
+        runs = again.unverified.section(other)
+        assert runs is not None
+        assert {r["backend"] for r in status["routes"].values()} <= {
+            b.name for b in runs.layout.backends
+        }
+        drift = again.state.drift_repairs["server-weight"]
+        result = await again.change(SetWeights(target, {"stable": 2000, "canary": 8000}))
+        assert result.method == "runtime", result
+        assert (await again.applied(target)).weights == {"stable": 2000, "canary": 8000}
+        assert _weight(paths, backend, slot) == weight
+        assert again.state.drift_repairs["server-weight"] == drift + 1
+        assert target not in again.unverified and other in again.unverified
+        assert len(again.unverified) == len(again.desired.records) - 1
+        release.set()
+        await asyncio.wait_for(again.unverified.wait(), 60)
+        assert (await again.applied(target)).weights == {"stable": 2000, "canary": 8000}
+        assert _reloads(again) == reloads
+    finally:
+        release.set()
+        await _stop(again)
 
 
 async def test_a_visit_that_finds_what_the_plan_left_plans_nothing_and_drift_is_repaired(
@@ -351,6 +429,7 @@ async def test_a_visit_that_finds_what_the_plan_left_plans_nothing_and_drift_is_
     again = engine_on(paths)
     try:
         await asyncio.wait_for(again.start(None), 60)
+        await asyncio.wait_for(again.unverified.wait(), 60)  # every gateway visited once
         await again.visit([TARGET])  # HAProxy runs what the adopt (or this visit) planned
         planned: list[str] = []
         plan_one = again._plan
@@ -379,7 +458,7 @@ async def test_a_visit_that_finds_what_the_plan_left_plans_nothing_and_drift_is_
         assert _weight(paths, backend, slot) == weight
         assert again.state.drift_repairs["server-weight"] == drift + 1
     finally:
-        await again.runtime.close()
+        await _stop(again)
 
 
 def _weight(paths: StatePaths, backend: str, slot: str) -> int:
@@ -389,3 +468,105 @@ def _weight(paths: StatePaths, backend: str, slot: str) -> int:
         if len(parts) > 7 and parts[3] == slot:
             return int(parts[7])
     raise AssertionError(f"no slot {slot} in {backend}")
+
+
+def _serving(paths: StatePaths, backend: str, slot: str) -> bool:
+    """Whether a slot is out of maintenance (`srv_admin_state` without its forced bit)."""
+    for line in admin_command(paths.admin_socket, f"show servers state {backend}").splitlines():
+        parts = line.split()
+        if len(parts) > 7 and parts[3] == slot:
+            return not int(parts[6]) & 0x01
+    raise AssertionError(f"no slot {slot} in {backend}")
+
+
+async def test_a_structural_write_before_every_gateway_is_verified_reloads_them_all(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload renders every gateway from its plan: one asked for while adopted gateways
+    are still to be verified waits for them, then loads the whole estate with the change."""
+    paths = engine.process.paths
+    await engine.runtime.close()
+    again = engine_on(paths)
+    release = asyncio.Event()
+    visit = again.visit
+
+    async def held_back(names: Sequence[str]) -> Any:
+        await release.wait()  # the background verification waits until the write is stored
+        return await visit(names)
+
+    monkeypatch.setattr(again, "visit", held_back)
+    checking = asyncio.Event()
+    check = again.reloads.check
+
+    async def noted(plan: Any) -> None:
+        checking.set()
+        await check(plan)
+
+    monkeypatch.setattr(again.reloads, "check", noted)
+    reloads = _reloads(engine)
+    try:
+        await asyncio.wait_for(again.start(None), 60)
+        target = again.unverified.names()[-1]
+        edit = EditRoute(target, "canary", {"condition": "has header X-Beta"})
+        writing = asyncio.create_task(again.change(edit))
+        await asyncio.wait_for(checking.wait(), 30)  # the write asks for HAProxy's check
+        assert target not in again.unverified and len(again.unverified) > 0
+        assert not writing.done()
+        release.set()
+        result = await asyncio.wait_for(writing, 120)
+        assert result.method == "reload"
+        assert len(again.unverified) == 0
+        assert _reloads(again) == reloads + 1
+        assert again.running is not None
+        assert set(again.running.sections) == set(again.desired.records)  # none left out
+        assert "X-Beta" in paths.config.read_text()
+    finally:
+        release.set()
+        await _stop(again)
+
+
+async def test_an_adopt_whose_structure_differs_plans_everything_before_ready(
+    engine: Engine, module_tmp: Path
+) -> None:
+    """The store changed a gateway's structure while no controller ran (another bind): the
+    restart is not ready on the structure; it reads and plans every gateway first and the
+    coming reload loads the change. Last of the module: it leaves HAProxy reloaded."""
+    paths = engine.process.paths
+    await engine.runtime.close()
+    store = FileStore(paths.gateways)  # the store as the last controller left it
+    record = (await store.snapshot()).records["g5"]
+    [port] = free_ports(1)
+    await store.put("g5", gateway(5, port), record.revision)
+    store.journal.close()
+    reloads = _reloads(engine)
+    again = engine_on(paths)
+    try:
+        result = await asyncio.wait_for(again.start(None), 60)
+        assert result.method == "reload", result.steps[:5]
+        assert len(again.unverified) == 0
+        assert set(again.plans) == set(again.desired.records)
+        assert _reloads(again) == reloads + 1
+        assert again.plans["g5"].section is not None
+        assert again.plans["g5"].section.layout.bind.port == port
+    finally:
+        await _stop(again)
+
+
+def _filled_slot(paths: StatePaths, backends: Sequence[str]) -> tuple[str, str]:
+    """The first slot holding an instance (not parked on 127.0.0.1) among these backends."""
+    for backend in backends:
+        for line in admin_command(paths.admin_socket, f"show servers state {backend}").splitlines():
+            parts = line.split()
+            if len(parts) > 7 and parts[0].isdigit() and parts[4] != "127.0.0.1":
+                return backend, parts[3]
+    raise AssertionError(f"no filled slot in {backends}")
+
+
+async def _stop(engine: Engine) -> None:
+    """A restarted engine of a test: its verification of adopted gateways stopped (it would
+    go on visiting HAProxy for a later test), its Runtime API sessions closed."""
+    verifying = engine._verifying
+    if verifying is not None:
+        verifying.cancel()
+        await asyncio.gather(verifying, return_exceptions=True)
+    await engine.runtime.close()

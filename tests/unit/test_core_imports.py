@@ -32,3 +32,13 @@ def test_the_pure_core_imports_no_io_module() -> None:
         loaded = loaded_after_import(module)
         assert module in loaded
         assert not loaded & set(SHELL), f"{module} pulls in {sorted(loaded & set(SHELL))}"
+
+
+def test_the_run_command_loads_nothing_it_needs_only_after_ready() -> None:
+    """What `weighbridge run` imports before it answers ready (issue 11: an adopt in ≤ 3 s):
+    no test library, and the DNS resolver only once the API is up."""
+    loaded = loaded_after_import("controller.cli, controller.service")
+    assert "controller.service" in loaded
+    assert not {"hypothesis", "pytest", "dns"} & loaded, sorted(
+        {"hypothesis", "pytest", "dns"} & loaded
+    )

@@ -170,7 +170,8 @@ def _probe_jobs(conn: Connection) -> None:
     CONFIRM answers in a row come from that route; reply the time of the first of them."""
     while (job := conn.recv()) is not None:
         port, host, want, started = job
-        first, run, reply = 0.0, 0, None
+        first, run = 0.0, 0
+        reply: float | str | None = None
         while reply is None:
             answer = probe_route(port, host)
             now = time.perf_counter()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+import controller.plan
 from controller.edits import PutGateway, SetWeights
 from controller.engine import Engine
 from controller.metrics import Metrics
@@ -237,8 +238,6 @@ async def test_a_weight_change_does_not_make_the_gateway_s_layout_again(
     """Once HAProxy runs the gateway's last plan, a new split is planned from that plan
     (`controller.reweigh`): no layout, section or slots computed again; HAProxy's map shows
     it. A change of anything else (instances here) is planned in full."""
-    import controller.plan
-
     layouts: list[str] = []
     gateway_layout = controller.plan.gateway_layout
 

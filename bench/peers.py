@@ -169,6 +169,8 @@ def _probe_jobs(conn: Connection) -> None:
     """The prober's process: for each job (port, host, route wanted, start), probe until
     CONFIRM answers in a row come from that route; reply the time of the first of them."""
     while (job := conn.recv()) is not None:
+        if job == "abort":
+            continue  # came after the job it was for had finished
         port, host, want, started = job
         first, run = 0.0, 0
         reply: float | str | None = None

@@ -13,6 +13,8 @@ measures, in alternating rounds (the order rotates every round):
    switch is the arrival of the first of `CONFIRM` answers in a row from the new route. The
    resolution is one probe (a fresh connection and a request: ~0.2-0.5 ms here), the same for
    every proxy. Also the time until the change was acknowledged (API answer, reload command).
+   The prober runs in a process of its own (`Prober`): beside the change in one process, the
+   GIL delayed the timing of the answer.
 4. requests lost per change under load: `wrk -t1 -c50` for `--seconds` while `--load-changes`
    changes (90/10 ↔ 10/90) are spread over it; socket errors + non-2xx, divided by changes.
 5. one change at 500 and 5,000 services (two routes each): change → switched as in 3 on the
@@ -30,7 +32,9 @@ into the venv (the `bench` extra). Every process it starts is stopped, even on C
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -40,6 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bench.changes_under_load import Phase
@@ -121,48 +126,108 @@ def split_share(port: int, host: str, requests: int = 10_000) -> float:
     return routes["canary"] / requests
 
 
-def switch(proxy: Proxy, service: int, to_canary: bool) -> tuple[float, float]:
-    """(seconds until traffic switched, seconds until the change was acknowledged)."""
-    port, host = proxy.target(service)
-    want = "canary" if to_canary else "stable"
-    weights = (0, 100) if to_canary else (100, 0)
-    failed: list[BaseException] = []
-    acked = [0.0]
-    started = time.perf_counter()
+class Prober:
+    """Probes in a process of its own, while this one sends the change and times its answer.
 
-    def change() -> None:
-        try:
-            proxy.set_weights(service, *weights)
-            acked[0] = time.perf_counter() - started
-        except BaseException as exc:  # reported by the prober's thread
-            failed.append(exc)
+    The prober used to be this process's main thread beside a thread sending the change: both
+    need the GIL, so the answer's arrival was timed late by up to a GIL switch interval
+    (5 ms) whenever the busy prober held it (measured with Weighbridge: 3.7-6.5 ms p50 beside
+    a prober thread, 2.6-4.1 ms beside a prober process, 2.5-3.5 ms alone), for every proxy.
+    Both processes read the same clock (`perf_counter` is CLOCK_MONOTONIC on Linux)."""
 
-    changer = threading.Thread(target=change)
-    changer.start()
-    first, run = 0.0, 0
-    try:
-        while run < CONFIRM:
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_probe_jobs, args=(child,), daemon=True)
+        self._process.start()
+        child.close()
+
+    def start(self, port: int, host: str, want: str, started: float) -> None:
+        self._conn.send((port, host, want, started))
+
+    def result(self) -> float:
+        """perf_counter() of the first of CONFIRM answers in a row from the new route."""
+        found = self._conn.recv()
+        if isinstance(found, str):
+            raise TimeoutError(found)
+        return float(found)
+
+    def abort(self) -> None:
+        self._conn.send("abort")
+        self._conn.recv()  # its reply to the job it was on
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+def _probe_jobs(conn: Connection) -> None:
+    """The prober's process: for each job (port, host, route wanted, start), probe until
+    CONFIRM answers in a row come from that route; reply the time of the first of them."""
+    while (job := conn.recv()) is not None:
+        if job == "abort":
+            continue  # came after the job it was for had finished
+        port, host, want, started = job
+        first, run = 0.0, 0
+        reply: float | str | None = None
+        while reply is None:
             answer = probe_route(port, host)
-            now = time.perf_counter() - started
+            now = time.perf_counter()
             if answer == want:
                 first, run = (first if run else now), run + 1
             else:
                 run = 0
-            if failed:
-                raise RuntimeError(f"{proxy.name}: the change failed: {failed[0]}")
-            if now > SWITCH_TIMEOUT:
-                raise TimeoutError(f"{proxy.name}: traffic did not switch in {SWITCH_TIMEOUT} s")
+            if run >= CONFIRM:
+                reply = first
+            elif now - started > SWITCH_TIMEOUT:
+                reply = f"traffic did not switch to {want} in {SWITCH_TIMEOUT} s"
+            elif conn.poll():
+                conn.recv()  # aborted: the change failed
+                reply = "aborted"
+        conn.send(reply)
+
+
+@contextlib.contextmanager
+def prober() -> Iterator[Prober]:
+    probe = Prober()
+    try:
+        yield probe
     finally:
-        changer.join()
-    return first, acked[0]
+        probe.close()
 
 
-def switches(proxy: Proxy, service: int, count: int) -> tuple[list[float], list[float]]:
+def switch(proxy: Proxy, service: int, to_canary: bool, probe: Prober) -> tuple[float, float]:
+    """(seconds until traffic switched, seconds until the change was acknowledged)."""
+    port, host = proxy.target(service)
+    want = "canary" if to_canary else "stable"
+    weights = (0, 100) if to_canary else (100, 0)
+    started = time.perf_counter()
+    probe.start(port, host, want, started)
+    try:
+        proxy.set_weights(service, *weights)
+    except BaseException:
+        probe.abort()
+        raise
+    acked = time.perf_counter() - started
+    try:
+        first = probe.result()
+    except TimeoutError as exc:
+        raise TimeoutError(f"{proxy.name}: {exc}") from None
+    return first - started, acked
+
+
+def switches(
+    proxy: Proxy, service: int, count: int, probe: Prober
+) -> tuple[list[float], list[float]]:
     proxy.set_weights(service, 100, 0)
     wait_serving(proxy, service, "stable")
     times, acks = [], []
     for i in range(count):
-        switched, acked = switch(proxy, service, to_canary=i % 2 == 0)
+        switched, acked = switch(proxy, service, i % 2 == 0, probe)
         times.append(switched)
         acks.append(acked)
     proxy.set_weights(service, 90, 10)
@@ -222,6 +287,7 @@ def measure_one_service(tmp: Path, back: Responders, args: argparse.Namespace,
     starters = proxies(tmp, back, 1, args, exact=True)
     with ExitStack() as stack:
         running: dict[str, Proxy] = {n: stack.enter_context(starters[n]()) for n in PEERS}
+        probe = stack.enter_context(prober())
         for proxy in running.values():
             wait_serving(proxy, 0)
         wb = running["Weighbridge"]
@@ -241,7 +307,7 @@ def measure_one_service(tmp: Path, back: Responders, args: argparse.Namespace,
             log(f"split: {name} canary {results.split[name]:.2%}")
         for r in range(args.rounds):
             for name in rotated(PEERS, r):
-                times, acks = switches(running[name], 0, args.changes)
+                times, acks = switches(running[name], 0, args.changes, probe)
                 results.switched.setdefault(name, []).extend(times)
                 results.acked.setdefault(name, []).extend(acks)
                 results.switch_rounds.setdefault(name, []).append(statistics.median(times))
@@ -262,11 +328,11 @@ def measure_scale(tmp: Path, back: Responders, args: argparse.Namespace,
     for size in args.scale:
         starters = proxies(tmp, back, size, args)
         for name in PEERS:
-            with starters[name]() as proxy:
+            with starters[name]() as proxy, prober() as probe:
                 middle = size // 2
                 wait_serving(proxy, middle)
-                switches(proxy, middle, args.scale_warmup)  # past the start's own work
-                times, _ = switches(proxy, middle, args.scale_changes)
+                switches(proxy, middle, args.scale_warmup, probe)  # past the start's own work
+                times, _ = switches(proxy, middle, args.scale_changes, probe)
                 results.scale[(name, size)] = times
                 results.memory[(name, size)] = processes_pss(proxy.pids())
                 if isinstance(proxy, Weighbridge):

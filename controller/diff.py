@@ -28,6 +28,7 @@ from controller.health.render import (
 from controller.hosts import group_of_ref, pooled
 from controller.model import Config, Gateway, Rewrite, Route, format_percent
 from controller.plan import Plan, ReloadReason
+from controller.reweigh import route_maps_only
 
 LIVE_ROUTE_FIELDS = frozenset({"weight", "instances", "condition_strength"})
 """Route fields held in maps and slots: changed through the Runtime API, no reload."""
@@ -152,6 +153,9 @@ def _routes(name: str, before: Gateway, after: Gateway) -> Iterator[Change]:
                 format_percent(new_weights[route]),
                 live=True,
             )
+        if route_maps_only(old, new):  # a weight or a strength: nothing else to compare
+            yield from _strength(name, route, old, new)
+            continue
         yield from _route_fields(name, route, old, new)
         yield from _policy_fields(name, route, old, new, before, after)
     for route in before.routes:
@@ -182,6 +186,15 @@ def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Itera
         yield Change(gateway, name, "instances", None, host, live=True)
     for host in sorted(old_names - new_names):
         yield Change(gateway, name, "instances", host, None, live=True)
+    yield from _strength(gateway, name, before, after)
+    for field in ("condition", "balance", "rewrites", "protocol", "tls"):
+        old, new = getattr(before, field), getattr(after, field)
+        if old != new:
+            live = field in LIVE_ROUTE_FIELDS
+            yield Change(gateway, name, field, _text(old), _text(new), live=live)
+
+
+def _strength(gateway: str, name: str, before: Route, after: Route) -> Iterator[Change]:
     if before.strength != after.strength and before.condition == after.condition:
         yield Change(
             gateway,
@@ -191,11 +204,6 @@ def _route_fields(gateway: str, name: str, before: Route, after: Route) -> Itera
             format_percent(after.strength),
             live=True,
         )
-    for field in ("condition", "balance", "rewrites", "protocol", "tls"):
-        old, new = getattr(before, field), getattr(after, field)
-        if old != new:
-            live = field in LIVE_ROUTE_FIELDS
-            yield Change(gateway, name, field, _text(old), _text(new), live=live)
 
 
 def _timeouts_map(gateway: Gateway) -> bool:

@@ -75,6 +75,7 @@ from controller.plan import (
 from controller.process import HAProxyProcess
 from controller.reloads import Reloads
 from controller.render import STATUS_URI, RenderSettings, Running, SectionCache, read_running
+from controller.reweigh import reweigh
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
 from controller.runtime.stats_page import StatsPage
@@ -566,9 +567,24 @@ class Engine:
         known = self.plans.get(name)
         if known is None or self._runs.get(name) is not known or self.reloads.pending:
             return None
-        plan = self._plan(name, gateway, known.after(parked=True))
+        plan = self._reweigh(name, gateway, known) or self._plan(
+            name, gateway, known.after(parked=True)
+        )
         if plan.needs_reload or plan.fill or plan.empty or tls_of(plan) != tls_of(known):
             return None  # a crt-list change is planned against the list HAProxy runs
+        return plan
+
+    def _reweigh(
+        self, name: str, gateway: Gateway | None, known: GatewayPlan
+    ) -> GatewayPlan | None:
+        """A change of weights alone, planned from the plan HAProxy runs (the same plan as
+        `_plan` against `known.after(parked=True)`, without its layout and slots made again:
+        `controller.reweigh`); None when it is not such a change."""
+        if gateway is None:
+            return None
+        plan = reweigh(known, gateway, self.down.get(name, frozenset()))
+        if plan is not None:
+            _prepare_files(plan)  # its certificates must still be there, as `_plan` checks
         return plan
 
     def _plan(

@@ -212,6 +212,9 @@ class GatewayPlan:
     sent after the swaps and before the emptied slots."""
     crt_list: CrtListPlan | None = None
     """Its certificates added to or removed from its crt-list, live (`controller.tls`)."""
+    made_from: Gateway | None = field(default=None, compare=False, repr=False)
+    """The desired gateway it was planned from, if planned by `plan_gateway`: a change of
+    its weights alone is planned from this plan (`controller.reweigh`)."""
 
     @property
     def needs_reload(self) -> bool:
@@ -452,7 +455,9 @@ def plan_gateway(
         assignment[backend.name] = slots.assignment
         fill += slots.fill
         empty += slots.empty
-    plan = GatewayPlan(name, section, binding, assignment, maps, reload_reasons=reasons)
+    plan = GatewayPlan(
+        name, section, binding, assignment, maps, reload_reasons=reasons, made_from=gateway
+    )
     if reasons:
         return plan
     updates = tuple(
@@ -472,6 +477,7 @@ def plan_gateway(
         empty=tuple(empty),
         commands=built,
         crt_list=crt_list if crt_list is not None and not crt_list.empty else None,
+        made_from=gateway,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+import controller.plan
 from controller.edits import PutGateway, SetWeights
 from controller.engine import Engine
 from controller.metrics import Metrics
@@ -229,6 +230,36 @@ async def test_a_weight_change_needs_no_look_when_haproxy_runs_the_last_plan(
     }})
     assert (await engine.change(PutGateway("shop", fewer))).method == "runtime"
     assert any(text.startswith("show servers state") for batch in sent for text in batch)
+
+
+async def test_a_weight_change_does_not_make_the_gateway_s_layout_again(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once HAProxy runs the gateway's last plan, a new split is planned from that plan
+    (`controller.reweigh`): no layout, section or slots computed again; HAProxy's map shows
+    it. A change of anything else (instances here) is planned in full."""
+    layouts: list[str] = []
+    gateway_layout = controller.plan.gateway_layout
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        layouts.append(name)
+        return gateway_layout(name, *args, **kwargs)
+
+    monkeypatch.setattr(controller.plan, "gateway_layout", counted)
+    await engine.change(weights("shop", "20", "80"))  # its plan is now one HAProxy runs
+    layouts.clear()
+    for stable in ("35", "65", "5"):
+        result = await engine.change(weights("shop", stable, str(100 - int(stable))))
+        assert result.method == "runtime"
+        assert f"0:{int(stable) * 100 - 1} wb.shop.b" in live_map(engine, "shop")
+        assert [c.field for c in result.changes] == ["weight", "weight"]
+    assert layouts == []
+    shop = engine.desired.gateways["shop"]
+    stable = shop.routes["stable"]
+    stable = stable.model_copy(update={"instances": stable.instances[:1]})
+    result = await engine.change(PutGateway("shop", shop.replaced(routes={**shop.routes,
+                                                                         "stable": stable})))
+    assert result.method == "runtime" and set(layouts) == {"shop"}
 
 
 async def test_a_store_that_fails_after_the_swap_leaves_haproxy_as_stored(

@@ -7,7 +7,13 @@ import json
 import subprocess
 import sys
 
-PURE = ["controller.model", "controller.compile", "controller.render", "controller.plan"]
+PURE = [
+    "controller.model",
+    "controller.compile",
+    "controller.render",
+    "controller.plan",
+    "controller.reweigh",
+]
 SHELL = [
     "asyncio",
     "aiohttp",

@@ -367,6 +367,24 @@ async def test_an_adopting_controller_is_ready_on_the_structure_then_repairs_dri
         await _stop(again)
 
 
+async def _verification_held_back(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Engine, asyncio.Event]:
+    """A second engine on the first one's HAProxy whose background verification of the
+    adopted gateways waits for the event: what a test does meanwhile comes first."""
+    await engine.runtime.close()
+    again = engine_on(engine.process.paths)
+    release = asyncio.Event()
+    visit = again.visit
+
+    async def held_back(names: Sequence[str]) -> Any:
+        await release.wait()
+        return await visit(names)
+
+    monkeypatch.setattr(again, "visit", held_back)
+    return again, release
+
+
 async def test_a_write_to_an_adopted_gateway_not_yet_verified_applies_on_what_haproxy_runs(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -374,16 +392,7 @@ async def test_a_write_to_an_adopted_gateway_not_yet_verified_applies_on_what_ha
     verifies it (observes its backends and maps, repairs and counts its drift), then applies
     its edit live; the other gateways are still to be verified, and nothing reloads."""
     paths = engine.process.paths
-    await engine.runtime.close()
-    again = engine_on(paths)
-    release = asyncio.Event()
-    visit = again.visit
-
-    async def held_back(names: Sequence[str]) -> Any:
-        await release.wait()  # the background verification waits: the write comes first
-        return await visit(names)
-
-    monkeypatch.setattr(again, "visit", held_back)
+    again, release = await _verification_held_back(engine, monkeypatch)
     reloads = _reloads(engine)
     try:
         await asyncio.wait_for(again.start(None), 60)
@@ -485,16 +494,7 @@ async def test_a_structural_write_before_every_gateway_is_verified_reloads_them_
     """A reload renders every gateway from its plan: one asked for while adopted gateways
     are still to be verified waits for them, then loads the whole estate with the change."""
     paths = engine.process.paths
-    await engine.runtime.close()
-    again = engine_on(paths)
-    release = asyncio.Event()
-    visit = again.visit
-
-    async def held_back(names: Sequence[str]) -> Any:
-        await release.wait()  # the background verification waits until the write is stored
-        return await visit(names)
-
-    monkeypatch.setattr(again, "visit", held_back)
+    again, release = await _verification_held_back(engine, monkeypatch)
     checking = asyncio.Event()
     check = again.reloads.check
 

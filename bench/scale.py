@@ -6,7 +6,8 @@ listens on (nothing is sent to them: this measures the control path). Per size, 
 
 1. start → ready: the controller seeded with the estate starts HAProxy; `/readyz` 200.
 2. adopt → ready: that controller stopped, a new one started on the same state dir adopts the
-   running HAProxy (the master's `show proc` reload counter must not move).
+   running HAProxy (the master's `show proc` reload counter must not move); then how long
+   after ready it has verified every adopted gateway (the rows below start after that).
 3. writes through the API as clients make them (JSON, keep-alive, no token on loopback):
    PATCH weights (a random whole split of a random gateway), sequential and with 8 concurrent
    clients; PUT instances (one instance of a random route replaced); a route added (weight 0,
@@ -63,6 +64,7 @@ from bench.common import (
     short_tmp,
     status_mib,
     stop_pidfile,
+    wait_until,
 )
 from bench.scale_report import Row, Size, comparison, size_table
 from controller.render import STATUS_URI
@@ -376,6 +378,20 @@ def cut_short(row: Row) -> str:
     return "; ".join(part for part in row.note.split("; ") if part.startswith("**"))
 
 
+def verified_after(stack: Controller, budget: float) -> float:
+    """Seconds from now until the controller has read and compared every adopted gateway
+    (`controller.adopt`): the rows after it measure the steady state, not that window."""
+    api, started = ApiClient(stack.api_port), time.monotonic()
+    try:
+        wait_until(
+            lambda: api.ok("GET", "/api/v1/controller")[0].get("unverified_gateways", 0) == 0,
+            budget, "every adopted gateway verified",
+        )  # fmt: skip
+    finally:
+        api.close()
+    return time.monotonic() - started
+
+
 def measure_size(size: Size, args: argparse.Namespace) -> None:
     """Fill `size.rows` as each row is measured (a failure keeps the rows before it)."""
     count, size.load_before = size.gateways, load_now()
@@ -403,6 +419,8 @@ def measure_size(size: Size, args: argparse.Namespace) -> None:
                 moved = master_proc(stack).reloads - reloads
                 size.rows.append(Row("adopt → ready (s)", [stack.ready_seconds],
                                      note=f"master reloads during adopt: {moved}"))
+                size.rows.append(Row("adopt: every gateway verified, after ready (s)",
+                                     [verified_after(stack, args.budget)]))
                 measure_running(Bench(stack, estate, args), size.rows)
             if "reloads" not in args.rows:
                 return

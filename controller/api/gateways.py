@@ -215,6 +215,8 @@ async def get_controller(request: web.Request) -> web.Response:
             "reloads": state.reloads,
             "drift_repairs": dict(state.drift_repairs),
             "haproxy_restarts": state.haproxy_restarts,
+            # adopted on their structure, still to be read and compared (`controller.adopt`)
+            "unverified_gateways": len(engine.unverified),
             "api_connections": {
                 "open": guard.open_connections,
                 **dataclasses.asdict(guard.counts),

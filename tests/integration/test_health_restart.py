@@ -95,6 +95,11 @@ async def test_a_route_down_gets_no_share_back_from_a_restarted_controller(
     report = load.report
     assert [o for o in report.outcomes if o.failed] == [], report.describe_failures()
     assert report.routes().get("canary", 0) == 0
+    wait_until(
+        lambda: stack.request("GET", "/api/v1/controller").body["unverified_gateways"] == 0,
+        30,
+        "every adopted gateway verified (the watch looks at verified ones)",
+    )
     # the restarted controller's watch works: the canary comes back
     for name, address in zip(("hc1", "hc2"), canary, strict=True):
         instance_pool.add("canary", name, int(address.rsplit(":", 1)[1]))

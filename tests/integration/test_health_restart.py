@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.support import BackendProcess
-from tests.support.health import add_instances, backend_of, server_rows
+from tests.support.health import add_instances, backend_of, requests_held_on, server_rows
 from tests.support.ports import free_port
 from tests.support.stack import Stack, running_stack, wait_until
 from tests.support.traffic import SteadyLoad
@@ -119,48 +118,32 @@ async def test_a_drain_keeps_its_start_across_a_restart(
     route = {"instances": addresses, "drain_timeout": "60s"}
     put(stack, "drain", {"bind": bind, "routes": {"api": route}})
     backend = backend_of(stack, "drain", "api")
-    instance_pool.set_behaviour("hd1", latency=30.0)  # keeps the drain from ending by itself
-    before = instance_pool.hits().get("hd1", 0)
-    async with aiohttp.ClientSession() as session:
+    # two requests, roundrobin: one each; hd1's is held, so its drain cannot end by itself
+    async with requests_held_on(instance_pool, "hd1", f"http://{bind}/", 2) as in_flight:
+        response = stack.request(
+            "PUT", "/api/v1/gateways/drain/routes/api/instances", [addresses[1]]
+        )
+        assert response.body["method"] == "runtime", response.body
+        hd1 = addresses[0]
+        assert server_rows(stack, backend)[hd1]["status"].startswith("DRAIN")
+        await asyncio.to_thread(
+            wait_until, lambda: remembered(stack).get("draining", {}).get("drain"), 5, "kept"
+        )
+        await asyncio.to_thread(stack.stop_controller)
+        kept = remembered(stack)  # no controller runs: the file is edited as if the
+        # drain had started an hour ago
+        [(slot, started)] = kept["draining"]["drain"].items()
+        assert abs(started - time.time()) < 30, kept
+        kept["draining"]["drain"][slot] = started - 3600
+        (stack.state_dir / "health.json").write_text(json.dumps(kept))
+        await asyncio.to_thread(restart, stack)  # (stopping again is a no-op)
 
-        async def one() -> None:
-            async with session.get(f"http://{bind}/") as response:
-                await response.read()
+        def parked() -> bool:
+            return server_rows(stack, backend)[hd1]["status"] == "MAINT"
 
-        in_flight = [asyncio.create_task(one()) for _ in range(2)]  # roundrobin: one each
-        try:
-            await asyncio.to_thread(
-                wait_until, lambda: instance_pool.hits().get("hd1", 0) > before, 5, "on hd1"
-            )
-            response = stack.request(
-                "PUT", "/api/v1/gateways/drain/routes/api/instances", [addresses[1]]
-            )
-            assert response.body["method"] == "runtime", response.body
-            hd1 = addresses[0]
-            assert server_rows(stack, backend)[hd1]["status"].startswith("DRAIN")
-            await asyncio.to_thread(
-                wait_until, lambda: remembered(stack).get("draining", {}).get("drain"), 5, "kept"
-            )
-            await asyncio.to_thread(stack.stop_controller)
-            kept = remembered(stack)  # no controller runs: the file is edited as if the
-            # drain had started an hour ago
-            [(slot, started)] = kept["draining"]["drain"].items()
-            assert abs(started - time.time()) < 30, kept
-            kept["draining"]["drain"][slot] = started - 3600
-            (stack.state_dir / "health.json").write_text(json.dumps(kept))
-            await asyncio.to_thread(restart, stack)  # (stopping again is a no-op)
-
-            def parked() -> bool:
-                return server_rows(stack, backend)[hd1]["status"] == "MAINT"
-
-            await asyncio.to_thread(wait_until, parked, 15, "parked by the kept deadline")
-            assert not in_flight[0].done() or not in_flight[1].done(), "parked by its deadline"
-            assert "drained, parked" in stack.controller_log()
-        finally:
-            instance_pool.set_behaviour("hd1", latency=0.0)
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+        await asyncio.to_thread(wait_until, parked, 15, "parked by the kept deadline")
+        assert not in_flight[0].done() or not in_flight[1].done(), "parked by its deadline"
+        assert "drained, parked" in stack.controller_log()
 
 
 @pytest.mark.parametrize("change", ["another gateway", "the canary's checks"])

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from controller.process import HAProxyProcess, InvalidConfig
@@ -24,6 +23,7 @@ from tests.support.health import (
     add_instances,
     backend_of,
     put_gateway,
+    requests_held_on,
     server_rows,
     wait_health,
     wait_route_healthy,
@@ -137,42 +137,24 @@ async def test_a_draining_slot_is_parked_in_the_new_worker(
     url = put_gateway(stack, "drained", {"bind": bind, "routes": {"api": route}})
     wait_route_healthy(stack, "drained", "api")
     backend = backend_of(stack, "drained", "api")
-    instance_pool.set_behaviour("sc3", latency=30.0)  # keeps the drain from ending
-    before = instance_pool.hits().get("sc3", 0)
-    async with aiohttp.ClientSession() as session:
-
-        async def one() -> None:
-            async with session.get(url) as response:
-                await response.read()
-
-        in_flight = [asyncio.create_task(one()) for _ in range(3)]  # roundrobin: one each
-        try:
-            await asyncio.to_thread(
-                wait_until, lambda: instance_pool.hits().get("sc3", 0) > before, 5, "on sc3"
-            )
-            response = stack.request(
-                "PUT", "/api/v1/gateways/drained/routes/api/instances", live[:2]
-            )
-            assert response.body["method"] == "runtime", response.body
-            assert server_rows(stack, backend)[live[2]]["status"].startswith("DRAIN")
-            slot = slots(stack, backend)[live[2]][3]
-            route = {**route, "instances": live[:2], "balance": "leastconn"}
-            await asyncio.to_thread(
-                reload_with, stack, "drained", {"bind": bind, "routes": {"api": route}}
-            )
-            parked = "127.0.0.1:1"  # the placeholder address of a parked slot, in maintenance
-            assert live[2] not in slots(stack, backend)
-            row = slots(stack, backend)[slot]
-            assert (f"{row[4]}:{row[18]}", row[6] != "0") == (parked, True), row
-            during = instance_pool.hits().get("sc3", 0)
-            result = await send(url, 30, concurrency=4, new_connection_each=True)
-            assert result.statuses == {200: 30}, result
-            assert instance_pool.hits().get("sc3", 0) == during
-        finally:
-            instance_pool.set_behaviour("sc3", latency=0.0)
-            for task in in_flight:
-                task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+    # three requests, roundrobin: one each; sc3's is held, so its drain cannot end by itself
+    async with requests_held_on(instance_pool, "sc3", url, 3):
+        response = stack.request("PUT", "/api/v1/gateways/drained/routes/api/instances", live[:2])
+        assert response.body["method"] == "runtime", response.body
+        assert server_rows(stack, backend)[live[2]]["status"].startswith("DRAIN")
+        slot = slots(stack, backend)[live[2]][3]
+        route = {**route, "instances": live[:2], "balance": "leastconn"}
+        await asyncio.to_thread(
+            reload_with, stack, "drained", {"bind": bind, "routes": {"api": route}}
+        )
+        parked = "127.0.0.1:1"  # the placeholder address of a parked slot, in maintenance
+        assert live[2] not in slots(stack, backend)
+        row = slots(stack, backend)[slot]
+        assert (f"{row[4]}:{row[18]}", row[6] != "0") == (parked, True), row
+        during = instance_pool.hits().get("sc3", 0)
+        result = await send(url, 30, concurrency=4, new_connection_each=True)
+        assert result.statuses == {200: 30}, result
+        assert instance_pool.hits().get("sc3", 0) == during
 
 
 def test_no_state_file_is_left_between_reloads(empty_stack: Stack) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
+
+import aiohttp
 
 from controller.runtime.parse import parse_stat
 from tests.support import BackendProcess
@@ -60,3 +65,33 @@ def server_rows(stack: Stack, backend: str) -> dict[str, dict[str, str]]:
     """`show stat` rows of a backend's servers by address (what HAProxy applies)."""
     rows = parse_stat(stack.admin(f"show stat {backend} 4 -1"))
     return {row["addr"]: row for row in rows if row.get("svname") not in ("BACKEND", None)}
+
+
+@contextlib.asynccontextmanager
+async def requests_held_on(
+    pool: BackendProcess, instance: str, url: str, requests: int
+) -> AsyncIterator[list[asyncio.Task[None]]]:
+    """`requests` GETs to `url` in flight, one at least answered slowly (30 s) by `instance`:
+    a drain of it that cannot end by itself. On exit its latency is reset and the requests
+    are cancelled."""
+    pool.set_behaviour(instance, latency=30.0)
+    before = pool.hits().get(instance, 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> None:
+                async with session.get(url) as response:
+                    await response.read()
+
+            in_flight = [asyncio.create_task(one()) for _ in range(requests)]
+            try:
+                await asyncio.to_thread(
+                    wait_until, lambda: pool.hits().get(instance, 0) > before, 5, f"on {instance}"
+                )
+                yield in_flight
+            finally:
+                for task in in_flight:
+                    task.cancel()
+                await asyncio.gather(*in_flight, return_exceptions=True)
+    finally:
+        pool.set_behaviour(instance, latency=0.0)

@@ -99,26 +99,54 @@ def remove(paths: list[Path], *, durable: bool = True) -> int:
 
 
 def write_many(directory: Path, texts: Mapping[str, str], *, mode: int = 0o644) -> None:
-    """Many new files in one directory, made durable together (one `syncfs`, else an fsync
-    each), then the directory: for a directory nothing reads yet (the caller renames it into
-    place). A thousand fsyncs took 2 s here, one syncfs a tenth of that."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    """Many new files in one directory, made durable together, then the directory: for a
+    directory nothing reads yet (the caller renames it into place)."""
     with _directory(directory) as dir_fd:
-        written = []
-        for name, text in texts.items():
-            fd = os.open(name, flags, mode, dir_fd=dir_fd)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                os.fchmod(handle.fileno(), mode)
-            written.append(name)
-        if not _syncfs(dir_fd):
-            for name in written:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        _write_durable(dir_fd, texts, mode)
         os.fsync(dir_fd)
+
+
+def replace_many(
+    directory: Path, texts: Mapping[str, str], *, mode: int = 0o644, backup: str | None = None
+) -> None:
+    """`write_atomic` for many files of one directory at once: every temp file made durable
+    together, then each renamed over its file (the file it replaces kept as `<name><backup>`
+    by a hard link), then one fsync of the directory. Two fsyncs a file competed for the disk
+    with every write's own sync when the store folded hundreds of records at once."""
+    temps = {name: f".{name}.{secrets.token_hex(6)}" for name in texts}
+    with _directory(directory) as dir_fd:
+        try:
+            _write_durable(dir_fd, {temps[name]: text for name, text in texts.items()}, mode)
+            for name, temp in temps.items():
+                if backup is not None:
+                    _link_previous(name, name + backup, dir_fd)
+                os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            for temp in temps.values():
+                with contextlib.suppress(OSError):
+                    os.unlink(temp, dir_fd=dir_fd)
+            raise
+        os.fsync(dir_fd)
+
+
+def _write_durable(dir_fd: int, texts: Mapping[str, str], mode: int) -> None:
+    """New files (none may exist) made durable together: one `syncfs`, else an fsync each. A
+    thousand fsyncs took 2 s here, one syncfs a tenth of that."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    written = []
+    for name, text in texts.items():
+        fd = os.open(name, flags, mode, dir_fd=dir_fd)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            written.append(name)
+            handle.write(text)
+            os.fchmod(handle.fileno(), mode)
+    if not _syncfs(dir_fd):
+        for name in written:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _syncfs(fd: int) -> bool:

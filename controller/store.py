@@ -28,7 +28,14 @@ from pydantic import ValidationError
 
 from controller.desired import Record
 from controller.errors import ConflictingState, Unavailable
-from controller.files import fsync_directory, read_text, remove, write_atomic, write_many
+from controller.files import (
+    fsync_directory,
+    read_text,
+    remove,
+    replace_many,
+    write_atomic,
+    write_many,
+)
 from controller.journal import (
     SEGMENT_BOUND,
     Entry,
@@ -48,6 +55,14 @@ REVISION_FILE = "revision"
 delete), the revision must never go back (an ETag must not come back with other contents)."""
 _KEPT_EVENTS = 4096
 """Events `watch` can replay; the file store has one process, so it needs few."""
+BACKUP = ".bak"
+"""Suffix of a record file's previous version (read if the record is found corrupt)."""
+FOLD_QUIET = 0.5
+"""Seconds without a write before sealed segments are folded: a fold writes hundreds of record
+files, whose syncs made every write's own `fdatasync` wait behind them (issue 11's p99)."""
+MAX_SEALED = 8
+"""Sealed segments folded at once however busy the writes (a start replays at most this many
+segments' worth, ~8 MB, beyond the active one)."""
 
 
 class StoreError(Unavailable):
@@ -113,6 +128,9 @@ class FileStore:
         self.legacy = legacy
         self.journal = Journal(root, bound)
         self._folding: asyncio.Task[None] | None = None
+        self._fold_timer: asyncio.TimerHandle | None = None
+        self._last_write = 0.0
+        """When the last write was appended (the loop's clock): folds wait for a pause."""
         self._revisions: dict[str, int] | None = None
         self._revision = 0
         self._keys: KeyedLocks[str] = KeyedLocks()
@@ -157,7 +175,9 @@ class FileStore:
             dumped = None if gateway is None else gateway.model_dump(mode="json")
             try:
                 # appended before any await: the journal is in revision order
-                await self.journal.durable(self.journal.append(encode(name, revision, dumped)))
+                ticket = self.journal.append(encode(name, revision, dumped))
+                self._last_write = asyncio.get_running_loop().time()
+                await self.journal.durable(ticket)
             except OSError as exc:
                 raise StoreError(f"cannot write gateway {name}: {exc.strerror or exc}") from exc
             if gateway is None:
@@ -206,11 +226,25 @@ class FileStore:
 
     def _fold_sealed(self) -> None:
         """Fold sealed journal segments into the files, in the background, one fold at a time
-        (the writer only: a store opened to read never changes the directory)."""
+        (the writer only: a store opened to read never changes the directory), once writes
+        pause for `FOLD_QUIET` or `MAX_SEALED` segments wait."""
         if not self.journal.sealed or self._folding is not None:
             return
+        loop = asyncio.get_running_loop()
+        quiet = self._last_write + FOLD_QUIET - loop.time()
+        if quiet > 0 and len(self.journal.sealed) < MAX_SEALED:
+            if self._fold_timer is None:
+                self._fold_timer = loop.call_later(quiet, self._fold_later)
+            return
+        if self._fold_timer is not None:
+            self._fold_timer.cancel()
+            self._fold_timer = None
         self._folding = asyncio.create_task(self._fold())
         self._folding.add_done_callback(self._folded)
+
+    def _fold_later(self) -> None:
+        self._fold_timer = None
+        self._fold_sealed()
 
     async def _fold(self) -> None:
         sealed = list(self.journal.sealed)
@@ -229,7 +263,9 @@ class FileStore:
             self._fold_sealed()  # segments sealed meanwhile
 
     async def settle(self) -> None:
-        """Wait for the fold in progress (tests)."""
+        """Fold what is sealed now, without waiting for writes to pause (tests, a stop)."""
+        self._last_write = -FOLD_QUIET
+        self._fold_sealed()
         while self._folding is not None:
             await asyncio.gather(asyncio.shield(self._folding), return_exceptions=True)
 
@@ -243,16 +279,16 @@ class FileStore:
             for entry in read_segment(segment):
                 latest[entry.name] = entry
         top = max((e.revision for e in latest.values()), default=0)
+        texts: dict[str, str] = {}
         for name, entry in latest.items():
             check_name(name)
             path = self.path(name)
-            backup = path.with_name(path.name + ".bak")
             if entry.gateway is None:
-                remove([path, backup])
+                remove([path, path.with_name(path.name + BACKUP)])
             else:
-                write_atomic(
-                    path, _record_json(entry.gateway, entry.revision), mode=0o600, backup=backup
-                )
+                texts[path.name] = _record_json(entry.gateway, entry.revision)
+        if texts:
+            replace_many(self.root, texts, mode=0o600, backup=BACKUP)
         if top > self._stored_revision():
             write_atomic(self.root / REVISION_FILE, f"{top}\n", mode=0o600)
         remove(segments)
@@ -288,7 +324,7 @@ class FileStore:
         if self.root.exists():
             remove(sorted(p for p in self.root.iterdir() if not p.is_dir()))
         if self.legacy is not None:
-            remove([self.legacy, self.legacy.with_name(self.legacy.name + ".bak")])
+            remove([self.legacy, self.legacy.with_name(self.legacy.name + BACKUP)])
         self._revisions = None
         self._revision = 0
 
@@ -382,7 +418,7 @@ def _load(path: Path, parse: Callable[[dict[str, Any]], T], what: str) -> T:
     try:
         return _parse(path, parse, what)
     except StoreError as exc:
-        backup = path.with_name(path.name + ".bak")
+        backup = path.with_name(path.name + BACKUP)
         try:
             loaded = _parse(backup, parse, what)
         except (FileNotFoundError, StoreError):

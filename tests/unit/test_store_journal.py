@@ -8,13 +8,15 @@ import asyncio
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from controller import store as store_module
 from controller.journal import encode
 from controller.model import Gateway
-from controller.store import FileStore, StoreError
+from controller.store import MAX_SEALED, FileStore, StoreError
 
 
 def gateway(port: int) -> Gateway:
@@ -114,6 +116,8 @@ async def test_sealed_segments_are_folded_into_the_files(tmp_path: Path) -> None
     line = len(encode("a", 1, gateway(1).model_dump(mode="json")))
     store = FileStore(root, bound=3 * line)  # a segment holds three writes
     for i in range(1, 8):
+        if i == 4:
+            await store.settle()  # the first segment folded: its files become the backups
         await store.put(f"g{i % 3}", gateway(i), 0 if i <= 3 else i - 3)
     await store.delete("g0", 6)
     await store.settle()
@@ -221,3 +225,35 @@ async def test_concurrent_writes_share_syncs(
     assert 1 <= len(syncs) < 50
     assert syncs[-1] == 50
     assert (await ports(root))[1] == 50
+
+
+async def test_segments_fold_once_writes_pause_or_too_many_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold's record files are not written while writes keep coming (their syncs delayed
+    every write's own), unless `MAX_SEALED` segments wait; a pause folds them."""
+    root = tmp_path / "gateways"
+    store = FileStore(root, bound=1)  # every write seals its segment
+    monkeypatch.setattr(store_module, "FOLD_QUIET", 3600.0)
+    for i in range(1, MAX_SEALED):
+        await store.put(f"g{i}", gateway(i), 0)
+    assert len(segments(root)) == MAX_SEALED - 1  # writes have not paused: nothing folded
+    assert not list(root.glob("*.json"))
+    await store.put("last", gateway(99), 0)  # the MAX_SEALED-th sealed segment: fold now
+    await wait_for(lambda: not segments(root))
+    assert len(list(root.glob("*.json"))) == MAX_SEALED
+    monkeypatch.setattr(store_module, "FOLD_QUIET", 0.05)
+    await store.put("g1", gateway(7), 1)
+    await wait_for(lambda: not segments(root))  # folded once writes paused
+    assert json.loads((root / "g1.json").read_text())["revision"] == MAX_SEALED + 1
+    assert json.loads((root / "g1.json.bak").read_text())["revision"] == 1
+    assert await ports(root) == ({**{f"g{i}": i for i in range(1, MAX_SEALED)}, "last": 99,
+                                  "g1": 7}, MAX_SEALED + 1)  # fmt: skip
+
+
+async def wait_for(condition: Callable[[], bool], deadline: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not condition():
+        assert loop.time() < end, "not within the deadline"
+        await asyncio.sleep(0.01)  # polling, not synchronisation

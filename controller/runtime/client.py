@@ -25,7 +25,7 @@ from controller.runtime.errors import (
     InvalidArgument,
     TransientError,
 )
-from controller.runtime.parse import is_error_reply, parse_info, strip_payload_prompts
+from controller.runtime.parse import is_error_reply, strip_payload_prompts, worker_stopping
 
 _READ_SIZE = 65536
 _SESSION_SETUP = b"prompt\nset severity-output number\n"
@@ -310,8 +310,7 @@ class RuntimeClient:
         session.last_used = asyncio.get_running_loop().time()
         if not self.check_worker:
             return replies, False
-        info = parse_info(replies.pop())
-        return replies, info.get("Stopping", "0") not in ("0", "")
+        return replies, worker_stopping(replies.pop())
 
     async def _connected(self, session: _Session) -> Stream:
         if session.stream is not None:

@@ -338,6 +338,19 @@ def parse_info(text: str) -> dict[str, str]:
     return info
 
 
+def worker_stopping(text: str) -> bool:
+    """Whether a `show info` reply says the worker is stopping (a reload's old one). Only
+    that line is looked for: the client asks after every round trip, and parsing every line
+    cost 23 µs of the ~1 ms a weight change takes."""
+    at = text.find("Stopping:")
+    while at > 0 and text[at - 1] != "\n":  # a line of its own, not the end of another name
+        at = text.find("Stopping:", at + 1)
+    if at < 0:
+        return False
+    end = text.find("\n", at)
+    return text[at + len("Stopping:") : end if end >= 0 else None].strip() not in ("0", "")
+
+
 def parse_backends(text: str) -> list[str]:
     """Parse `show backend` (`# name` then one name per line)."""
     return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from controller.runtime.parse import (
     CMAINT,
@@ -21,6 +23,7 @@ from controller.runtime.parse import (
     reply_message,
     reply_severity,
     uptime_seconds,
+    worker_stopping,
 )
 
 SERVERS_STATE_26 = """1
@@ -284,3 +287,20 @@ def test_slot_rows_read_what_the_full_parse_reads(text: str) -> None:
     ]
     fast = [(*row, row.serving) for row in parse_slot_rows(text)]
     assert fast == full
+
+
+_INFO_LINE = st.tuples(
+    st.sampled_from(["Name", "Pid", "Stopping", "XStopping", "Stopping2", "Uptime"]),
+    st.sampled_from([":", ": ", " "]),
+    st.sampled_from(["0", "1", "", " 1 ", "HAProxy"]),
+)
+
+
+@given(st.lists(_INFO_LINE, max_size=8, unique_by=lambda line: line[0]), st.booleans())
+def test_worker_stopping_reads_the_stopping_line_as_parse_info_does(
+    lines: list[tuple[str, str, str]], trailing_newline: bool
+) -> None:
+    """(Each name once, as HAProxy writes them.)"""
+    text = "\n".join(map("".join, lines)) + ("\n" if trailing_newline else "")
+    expected = parse_info(text).get("Stopping", "0") not in ("0", "")
+    assert worker_stopping(text) == expected

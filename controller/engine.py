@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -166,6 +166,9 @@ class Engine:
         """An instance name's resolution as status shows it (the DNS watch's report)."""
         self.down: dict[str, frozenset[str]] = {}
         """Per gateway, the routes whose every instance fails its checks (the health watch)."""
+        self.servers_read: Callable[[str, Mapping[str, str]], None] | None = None
+        """Told a gateway's `show servers state` replies when a visit read them and changed
+        nothing of it (the health watch, which then need not ask HAProxy the same again)."""
         self.plans: dict[str, GatewayPlan] = {}
         """Each gateway's latest plan: what HAProxy runs for it, or will after the next reload."""
         self._runs: dict[str, GatewayPlan] = {}
@@ -865,6 +868,11 @@ class Engine:
         for plan in runtime:
             self.runs(plan)
             self.steady.found(self, plan, observed.get(plan.name))
+        if self.servers_read is not None:
+            changed = {p.name for p in plans if not p.is_empty}
+            for name, found in observed.items():
+                if name not in changed:  # HAProxy still runs what was read
+                    self.servers_read(name, found.server_replies)
         return runtime, [p for p in plans if p.needs_reload]
 
     async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:

@@ -143,8 +143,12 @@ class Observer:
         replies = iter(replies_list)
         observed = []
         for scope in scopes:
-            states = [next(replies) for _ in scope.backends]
-            state_text = "".join(r + "\n" for r in states if not is_error_reply(r))
+            states = {
+                backend: reply
+                for backend in scope.backends
+                if not is_error_reply(reply := next(replies))
+            }
+            state_text = "".join(r + "\n" for r in states.values())
             found = {ref: reply for ref in scope.maps if not is_error_reply(reply := next(replies))}
             backends, maps = _parse(state_text, found)
             for ref, key in scope.keys:
@@ -157,10 +161,14 @@ class Observer:
             if scope.crt_list and certificates is not None:
                 lines = _crt_list_lines(next(replies))
                 observed.append(
-                    GatewayObserved(scope.running, backends, maps, lines, certificates)
+                    GatewayObserved(
+                        scope.running, backends, maps, lines, certificates, server_replies=states
+                    )
                 )
             else:
-                observed.append(GatewayObserved(scope.running, backends, maps))
+                observed.append(
+                    GatewayObserved(scope.running, backends, maps, server_replies=states)
+                )
         return observed
 
 

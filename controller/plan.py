@@ -70,6 +70,9 @@ class GatewayObserved:
     not read."""
     certificates: frozenset[str] = frozenset()
     """The certificate files HAProxy holds (`show ssl cert`), read with `crt_list`."""
+    server_replies: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """Backend → the `show servers state` reply its slots were read from (what the health
+    watch reads too: handed to it, `HealthWatch.handed`); not part of what HAProxy runs."""
 
     @property
     def pool(self) -> dict[int, int]:

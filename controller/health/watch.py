@@ -73,6 +73,9 @@ missed line (every gateway within 17 min at 1,000 gateways; at 3 a second the wa
 1.2 points of idle CPU there, measured with `bench.health`)."""
 CHUNK = 50
 """Gateways read in one round trip; at most this many a tick besides the urgent ones."""
+FRESH = 10.0
+"""Seconds a reading the engine handed over (`HealthWatch.handed`) stands in for the watch's
+own, unless HAProxy's log named one of its backends since."""
 
 
 def routes_health(
@@ -188,6 +191,8 @@ class HealthWatch:
         """Gateways the sweep owes (fractions carried to the next tick)."""
         self._drained = 0.0
         self._noticed = -NOTICE_EVERY
+        self._handed: dict[str, tuple[float, GatewayPlan | None, Mapping[str, str]]] = {}
+        """Gateway → when the engine read its servers, its plan then, the replies (`handed`)."""
 
     def remember(self) -> None:
         """Routes down and drains as the last controller left them (`memory`): call before
@@ -201,6 +206,8 @@ class HealthWatch:
 
     async def run(self) -> None:
         """Every gateway is visited at the first tick (nothing seen yet), then as they change."""
+        if self.events is not None:  # a reading can be known stale only from the log
+            self.engine.servers_read = self.handed
         while True:
             await asyncio.sleep(TICK)  # the watch's pace, not synchronisation
             try:
@@ -212,13 +219,17 @@ class HealthWatch:
         """One look: what changed since the last one, then the visits it calls for."""
         lines = self.events.read() if self.events else None
         backends = changed_backends(lines or "")
-        if (
-            now - self._noticed >= NOTICE_EVERY
-            or self._restarted()
-            or not backends.issubset(self._owner)
-        ):
+        restarted = self._restarted()
+        if restarted and self._loaded is not None:
+            self._handed.clear()  # what the former worker said
+        if now - self._noticed >= NOTICE_EVERY or restarted or not backends.issubset(self._owner):
             self._noticed = now
             self._notice_plans()
+        for backend in backends:  # its servers changed since they were read
+            self._handed.pop(self._owner.get(backend, ""), None)
+        if self._handed:
+            fresh = time.monotonic() - FRESH
+            self._handed = {n: h for n, h in self._handed.items() if h[0] > fresh}
         self._urgent.update(self._owner[b] for b in backends if b in self._owner)
         if now - self._drained >= DRAIN_EVERY:
             self._drained = now
@@ -299,10 +310,12 @@ class HealthWatch:
             return
         backends = [_backends(plan) for _, plan, _ in ready]
         found: dict[str, list[ServerHealth]] = {}
-        for names_ in backends:  # a round trip per gateway: a write's own reads wait for one
-            replies = await engine.runtime.execute_many(
-                [commands.show_servers_state(backend) for backend in names_], check=False
-            )
+        for (name, _, _), names_ in zip(ready, backends, strict=True):
+            replies = self._reading(name, names_)
+            if replies is None:  # a round trip per gateway: a write's own reads wait for one
+                replies = await engine.runtime.execute_many(
+                    [commands.show_servers_state(backend) for backend in names_], check=False
+                )
             for backend, reply in zip(names_, replies, strict=True):
                 if not is_error_reply(reply):
                     found[backend] = servers_from_state(reply)
@@ -325,6 +338,28 @@ class HealthWatch:
             await self._apply(name, gateway, plan, servers, limits)
             self._limits.discard(name)
             await asyncio.sleep(0)  # a write waits for one gateway's plan, not a chunk's
+
+    def handed(self, name: str, replies: Mapping[str, str]) -> None:
+        """The engine's visit of `name` read its servers (`show servers state` per backend):
+        kept for the watch's next visit of it, if one is coming (a gateway not looked at yet,
+        or due). After an adopt at 1,000 gateways the watch asked HAProxy again for every
+        server its verification had just read: seconds of HAProxy's time, beside every
+        write's."""
+        if name in self._due or name not in self._seen:
+            self._handed[name] = (time.monotonic(), self.engine.plans.get(name), replies)
+
+    def _reading(self, name: str, backends: Sequence[str]) -> list[str] | None:
+        """The replies handed over for these backends of `name`, if all are there and still
+        say what HAProxy runs: the gateway has the plan it had then (a write since may have
+        moved its slots) and HAProxy's log named none of its backends since (`tick`); None:
+        ask HAProxy."""
+        handed = self._handed.pop(name, None)
+        if handed is None:
+            return None
+        when, plan, replies = handed
+        if when <= time.monotonic() - FRESH or self.engine.plans.get(name) is not plan:
+            return None
+        return [replies[b] for b in backends] if all(b in replies for b in backends) else None
 
     async def _apply(
         self,

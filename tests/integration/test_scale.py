@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -343,6 +343,8 @@ async def test_an_adopting_controller_is_ready_on_the_structure_then_repairs_dri
         return await visit(names)
 
     monkeypatch.setattr(again, "visit", watched)
+    handed: dict[str, Mapping[str, str]] = {}
+    again.servers_read = handed.__setitem__  # as the health watch takes them
     try:
         result = await asyncio.wait_for(again.start(None), 60)
         assert result.method == "none", result.steps[:5]
@@ -363,6 +365,12 @@ async def test_an_adopting_controller_is_ready_on_the_structure_then_repairs_dri
         assert again.state.drift_repairs["server-state"] >= 1
         assert again.process.master_pid() == master
         assert _reloads(again) == reloads
+        # what the verification read, for the health watch: each gateway it left as it was
+        assert set(handed) == set(again.desired.records) - {TARGET, "g3"}
+        for name, replies in handed.items():
+            backends = [b.name for b in again.plans[name].section.layout.backends]  # type: ignore[union-attr]
+            assert sorted(replies) == sorted(backends)
+            assert all(f"{b} " in replies[b] for b in backends)  # its own rows
     finally:
         await _stop(again)
 

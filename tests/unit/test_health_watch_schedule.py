@@ -161,3 +161,56 @@ async def test_connection_limits_are_read_once_per_change_or_reload(engine: Engi
     engine.applier.loaded = object()  # a reload: slots start without their live `maxconn`
     await health.tick(104.0)
     assert {b.split(".")[1] for b in engine.runtime.stat} == {"g3"}
+
+
+def replies_of(engine: Engine, name: str, state: str = STATE) -> dict[str, str]:
+    """`show servers state` replies of the gateway's backends, as the engine's visit got them."""
+    section = engine.plans[name].section
+    assert section is not None
+    return {b.name: state.format(backend=b.name) for b in section.layout.backends}
+
+
+async def test_a_first_look_parses_what_the_engines_visit_read_unless_it_may_be_stale(
+    engine: Engine,
+) -> None:
+    """After an adopt the verification has just read every gateway's servers: the watch's
+    first look uses that, unless HAProxy's log named a backend since, the gateway's plan
+    changed since (a write moved its slots) or a backend is missing."""
+    downs: dict[str, frozenset[str]] = {}
+
+    async def routes_down(name: str, down: frozenset[str]) -> bool:
+        downs[name] = down
+        return False
+
+    engine.routes_down = routes_down  # type: ignore[method-assign]
+    health = HealthWatch(engine)  # type: ignore[arg-type]
+    health.period = 1e9  # no sweep: every read is a first look
+    down_state = STATE.replace("127.0.0.1 2 0", "127.0.0.1 0 0")  # operational state: DOWN
+    for index in range(60):
+        health.handed(f"g{index}", replies_of(engine, f"g{index}", down_state))
+    engine.replan("g2")  # another plan since the reading
+    partial = replies_of(engine, "g3", down_state)
+    partial.pop(next(iter(partial)))
+    health.handed("g3", partial)  # a backend missing
+    await health.tick(100.0)  # a first chunk (names in order: g9… come last)
+    backend = engine.plans["g9"].bindings["canary"]
+    with engine.process.paths.log.open("a") as log:
+        log.write(f"[WARNING]  (9) : Server {backend}/s1 is DOWN, reason: Layer4 timeout.\n")
+    for tick in range(1, 3):
+        await health.tick(100.0 + tick * watch.TICK)
+    expected = {f"g{i}" for i in range(60, 120)} | {"g2", "g3", "g9"}
+    assert engine.gateways_read() == expected
+    assert set(downs) == set(engine.desired.gateways)  # every gateway looked at once
+    handed_used = {f"g{i}" for i in range(60)} - {"g2", "g3", "g9"}
+    assert all(downs[name] == {"stable", "canary"} for name in handed_used)  # from the reading
+    assert all(not downs[name] for name in expected)  # HAProxy's own answer: UP
+
+
+async def test_a_reading_is_kept_only_for_a_look_to_come(engine: Engine) -> None:
+    health = HealthWatch(engine)  # type: ignore[arg-type]
+    health.period = 1e9
+    for tick in range(3):
+        await health.tick(100.0 + tick * watch.TICK)
+    engine.gateways_read()
+    health.handed("g5", replies_of(engine, "g5"))  # seen, nothing due: not kept
+    assert not health._handed

@@ -30,7 +30,7 @@ from controller.desired import Record
 from controller.model import Gateway, format_percent
 from controller.runtime import commands
 from controller.runtime.errors import TransientError
-from controller.runtime.parse import parse_stat
+from controller.runtime.parse import SERVER_HEALTH_COLUMNS, parse_stat
 from controller.runtime.stats_page import scope_for
 
 if TYPE_CHECKING:
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 Row = dict[str, str]
 Rows = dict[tuple[str, str], Row]
+
+
+COLUMNS = SERVER_HEALTH_COLUMNS | {"stot", *(f"hrsp_{k}xx" for k in range(1, 6))}
+"""The `show stat` columns a status reads."""
 
 
 def _count(row: Mapping[str, str], column: str) -> int:
@@ -62,14 +66,14 @@ async def _stats(engine: Engine, name: str, backends: Iterable[str], *, page: bo
         except TransientError:  # no listener yet (a HAProxy an older version started)
             log.debug("stats page unreadable, reading %s by show stat", name, exc_info=True)
         else:
-            rows = [r for r in parse_stat(text) if _owner(r.get("pxname", "")) == name]
+            rows = [r for r in parse_stat(text, COLUMNS) if _owner(r.get("pxname", "")) == name]
     read = {r.get("pxname") for r in rows}
     if rest := [b for b in backends if b not in read]:
         kinds = commands.STAT_BACKEND | commands.STAT_SERVER
         replies = await engine.runtime.execute_many(
             [commands.show_proxy_stat(b, kinds) for b in rest]
         )
-        rows += [r for t in replies for r in parse_stat(t)]
+        rows += [r for t in replies for r in parse_stat(t, COLUMNS)]
     return {(r.get("pxname", ""), r.get("svname", "")): r for r in rows}
 
 

@@ -482,10 +482,15 @@ class Engine:
         big = self._is_big(after)
         before = record.gateway if record else None
         async with self.gate.shared():
-            plan = await offload(big, self._plan_known, name, after)
-            if plan is None:
+            assumed = await offload(big, self._plan_assumed, name, after)
+            if assumed is not None and self._swaps_only(name, assumed[0]):
+                plan = assumed[0]
+            else:  # slots change: planned on what HAProxy reports
                 [observed] = await self.observe_gateways([name], [after])
-                plan = await offload(big, self._plan, name, after, observed)
+                if assumed is not None and _alone(after) and observed == assumed[1]:
+                    plan = assumed[0]  # it reports what was assumed: the same plan
+                else:
+                    plan = await offload(big, self._plan, name, after, observed)
             self._check_certificates(name, plan)
             if not plan.needs_reload:
                 method = _method(plan)
@@ -567,15 +572,26 @@ class Engine:
         looking: None (observe first) unless the last plan is one HAProxy runs and the new
         plan only swaps maps. A swap replaces a whole map, so it holds whatever the map had
         become; drift in the slots is the reconcile's to repair (`visit`)."""
+        assumed = self._plan_assumed(name, gateway)
+        return assumed[0] if assumed is not None and self._swaps_only(name, assumed[0]) else None
+
+    def _plan_assumed(
+        self, name: str, gateway: Gateway | None
+    ) -> tuple[GatewayPlan, GatewayObserved] | None:
+        """The plan of `gateway` against what the plan HAProxy runs left it reporting
+        (`GatewayPlan.after`), and that report; None when HAProxy is not known to run the
+        last plan (not applied yet, a reload coming)."""
         known = self.plans.get(name)
         if known is None or self._runs.get(name) is not known or self.reloads.pending:
             return None
-        plan = self._reweigh(name, gateway, known) or self._plan(
-            name, gateway, known.after(parked=True)
-        )
-        if plan.needs_reload or plan.fill or plan.empty or tls_of(plan) != tls_of(known):
-            return None  # a crt-list change is planned against the list HAProxy runs
-        return plan
+        assumed = known.after(parked=True)
+        return self._reweigh(name, gateway, known) or self._plan(name, gateway, assumed), assumed
+
+    def _swaps_only(self, name: str, plan: GatewayPlan) -> bool:
+        """Whether the plan only swaps maps (of the crt-list HAProxy runs)."""
+        if plan.needs_reload or plan.fill or plan.empty:
+            return False
+        return tls_of(plan) == tls_of(self.plans[name])  # planned against the list it runs
 
     def _reweigh(
         self, name: str, gateway: Gateway | None, known: GatewayPlan
@@ -1039,6 +1055,16 @@ class Engine:
 
     def _is_big(self, gateway: Gateway | None) -> bool:
         return gateway is not None and gateway_usage(gateway).slots > BIG_SLOTS
+
+
+def _alone(gateway: Gateway | None) -> bool:
+    """A gateway whose plan depends on nothing but itself and HAProxy's report: no bind group
+    (virtual hosts), no instance names (resolved meanwhile by the DNS watch)."""
+    return (
+        gateway is not None
+        and not gateway.virtual_hosts
+        and not any(route.names for route in gateway.routes.values())
+    )
 
 
 def _binds_moved(before: Gateway | None, after: Gateway | None) -> set[Address]:

@@ -191,6 +191,43 @@ async def test_a_runtime_write_costs_its_own_gateway_only(
     assert rendered == []  # a live change renders nothing
 
 
+async def test_an_instances_write_plans_once_unless_haproxy_drifted(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that moves slots reads its gateway first; when HAProxy reports what the last
+    plan left, the plan made against that (before reading) stands: planned once. When it
+    reports something else, the write is planned on the report, and repairs it. (Instances
+    are added only: a removed one drains, which HAProxy reports until the watch parks it.)"""
+    paths = engine.process.paths
+    name = "g42"  # no other test writes it
+    planned: list[str] = []
+    plan_one = engine._plan
+
+    def counting(gateway: str, *args: Any, **kwargs: Any) -> Any:
+        planned.append(gateway)
+        return plan_one(gateway, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_plan", counting)
+    recorder = Recorder(engine, monkeypatch)
+    stable = tuple(f"127.1.42.{i}:8080" for i in range(1, 5))  # one added to the three
+    result = await engine.change(SetInstances(name, "stable", stable))
+    assert result.method == "runtime", result
+    assert planned == [name]
+    assert any(c.startswith("show servers state ") for c in recorder.commands)  # it looked
+
+    plan = engine.plans[name]
+    backend = plan.bindings["stable"]
+    slot = sorted(plan.assignment[backend])[0]
+    weight = _weight(paths, backend, slot)
+    admin_command(paths.admin_socket, f"set server {backend}/{slot} weight {weight + 5}")
+    planned.clear()
+    canary = tuple(f"127.1.42.{i}:8080" for i in range(11, 15))
+    result = await engine.change(SetInstances(name, "canary", canary))
+    assert result.method == "runtime", result
+    assert planned == [name, name]  # assumed, then on what HAProxy reported
+    assert _weight(paths, backend, slot) == weight
+
+
 async def test_status_reads_its_own_gateway_only(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

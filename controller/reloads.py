@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from controller.apply import ApplyResult, Verify
 from controller.candidates import Candidates
+from controller.carry import StateCarry
 from controller.files import remove
 from controller.offload import offload
 from controller.plan import (
@@ -103,18 +104,31 @@ class Reloads:
             engine.timing.debounce,
             engine.applier.last_reload + engine.timing.min_reload_interval - time.monotonic(),
         )
-        await asyncio.sleep(wait)  # a debounce window, not synchronisation
+        carry = self._carry()
         try:
-            result = await self._run(done)
+            await asyncio.sleep(wait)  # a debounce window, not synchronisation
+            result = await self._run(done, carry)
         except Exception as exc:
             done.set_exception(exc)
         else:
             done.set_result(result)
         finally:
+            if carry is not None:
+                carry.stop()
             if self._pending is done:
                 self._pending = None
 
-    async def _run(self, done: asyncio.Future[ApplyResult]) -> ApplyResult:
+    def _carry(self) -> StateCarry | None:
+        """Server states for the new worker, their first read begun now (`controller.carry`)."""
+        if state_file_of(self.engine.settings) is None:
+            return None
+        carry = StateCarry(self.engine.applier.runtime, self.engine.process.paths.log)
+        carry.start()
+        return carry
+
+    async def _run(
+        self, done: asyncio.Future[ApplyResult], carry: StateCarry | None
+    ) -> ApplyResult:
         engine = self.engine
         started = time.perf_counter()
         await engine.unverified.wait()  # adopted gateways planned: it renders them all
@@ -138,7 +152,6 @@ class Reloads:
                 lists = await asyncio.to_thread(write_crt_lists, crt_lists_of(plans))
                 try:
                     verify = self._verifier(plans)
-                    carry = state_file_of(engine.settings) is not None
                     await engine.applier.reload(reasons, text, maps, revision, verify, carry=carry)
                 except BaseException:
                     await asyncio.to_thread(restore_crt_lists, lists)

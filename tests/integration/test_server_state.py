@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from controller.carry import StateCarry
 from controller.process import HAProxyProcess, InvalidConfig
 from controller.render import RenderSettings, settings_text
+from controller.runtime.client import RuntimeClient
 from controller.state_dir import StatePaths, open_state_dir
 from tests.support import BackendProcess
 from tests.support.health import (
@@ -166,15 +168,18 @@ def test_no_state_file_is_left_between_reloads(empty_stack: Stack) -> None:
 
 @contextlib.asynccontextmanager
 async def own_haproxy(
-    root: Path, pool: BackendProcess
+    root: Path, pool: BackendProcess, backends: str | None = None
 ) -> AsyncIterator[tuple[HAProxyProcess, StatePaths, str]]:
     """HAProxy run by `controller.process` on a state dir of its own, a server-state file
-    configured: (the process, its paths, the configuration it runs). Stopped on the way out."""
+    configured: (the process, its paths, the configuration it runs). Stopped on the way out.
+    `backends`: its backends (else `be`, one live server checked)."""
     paths = StatePaths(root / "state")
     open_state_dir(paths).release()
     settings = RenderSettings(str(paths.admin_socket), server_state_file=str(paths.server_state))
-    live = pool.add("api", f"sr{len(pool.backends)}").address
-    good = settings_text(settings) + f"\nbackend be\n    server s1 {live} check\n"
+    if backends is None:
+        live = pool.add("api", f"sr{len(pool.backends)}").address
+        backends = f"backend be\n    server s1 {live} check\n"
+    good = settings_text(settings) + "\n" + backends
     process = HAProxyProcess(paths)
     await asyncio.to_thread(paths.config.write_text, good)
     await process.start()
@@ -217,3 +222,77 @@ async def test_a_state_file_that_cannot_be_written_does_not_stop_the_reload(
 def admin_pid(socket: Path) -> str:
     info = admin_command(socket, "show info").splitlines()
     return next(line.split(":", 1)[1].strip() for line in info if line.startswith("Pid:"))
+
+
+FAST_CHECKS = "    default-server check inter 200ms fall 2 rise 2\n"
+
+
+def op_states(socket: Path, backend: str) -> dict[str, str]:
+    """`srv_op_state` by server name (0 stopped, 2 running)."""
+    rows = admin_command(socket, f"show servers state {backend}").splitlines()[2:]
+    return {r.split()[3]: r.split()[5] for r in rows if len(r.split()) > 18}
+
+
+async def test_states_carried_are_read_again_right_before_the_reload(
+    short_tmp: Path, instance_pool: BackendProcess
+) -> None:
+    """A reload reads every server's state early, then again, with its gate closed, only the
+    backends that had a server not running or that HAProxy's log names since
+    (`controller.carry`). Between the two: a server DOWN at the first read comes UP (it must
+    not be carried DOWN), and a server UP at the first read goes DOWN (it must be)."""
+    coming = free_port()  # nothing listens yet: DOWN
+    dead = dead_address(instance_pool, "sed")
+    going = instance_pool.add("api", "seg").address
+    backends = (
+        f"backend wb.t.b1\n{FAST_CHECKS}    server s1 127.0.0.1:{coming}\n"
+        f"    server s2 {dead}\n"
+        f"backend wb.t.b2\n{FAST_CHECKS}    server s1 {going}\n"
+        f"backend wb.t.b3\n{FAST_CHECKS}    server s1 {instance_pool.add('api', 'seu').address}\n"
+    )
+    async with own_haproxy(short_tmp, instance_pool, backends) as (process, paths, good):
+        socket = paths.admin_socket
+        await asyncio.to_thread(
+            wait_until,
+            lambda: (
+                (op_states(socket, "wb.t.b1"), op_states(socket, "wb.t.b2"))
+                == ({"s1": DOWN, "s2": DOWN}, {"s1": UP})
+            ),
+            15,
+            "b1's servers DOWN, b2's UP",
+        )
+        async with RuntimeClient(str(socket)) as runtime:
+            carry = StateCarry(runtime, paths.log)
+            carry.start()
+            assert await carry.first_read() == {"wb.t.b1"}
+            instance_pool.add("api", "sec", port=coming)
+            instance_pool.remove("seg")
+            await asyncio.to_thread(
+                wait_until,
+                lambda: (
+                    (op_states(socket, "wb.t.b1")["s1"], op_states(socket, "wb.t.b2"))
+                    == (UP, {"s1": DOWN})
+                ),
+                15,
+                "b1/s1 UP and b2/s1 DOWN",
+            )
+            dump = await carry.rows()
+            whole = await StateCarry(runtime, None).rows()  # no log to follow: all, now
+        assert dump is not None and whole is not None
+        rows = [row.split()[1:4:2] for row in dump.splitlines()[2:]]
+        assert rows == [["wb.t.b1", "s1"], ["wb.t.b1", "s2"], ["wb.t.b2", "s1"]]
+        assert ["wb.t.b3", "s1"] in [row.split()[1:4:2] for row in whole.splitlines()[2:]]
+        offset = paths.log.stat().st_size
+        await process.guarded_reload(
+            good.replace("backend wb.t.b1\n", "backend wb.t.b1\n    balance first\n"), {}, dump
+        )
+        said = "changed from server-state after a reload"
+
+        def loaded() -> str:
+            return paths.log.read_bytes()[offset:].decode(errors="replace")
+
+        await asyncio.to_thread(
+            wait_until, lambda: f"wb.t.b2/s1 is DOWN, {said}" in loaded(), 10, "b2/s1 carried"
+        )
+        assert f"wb.t.b1/s2 is DOWN, {said}" in loaded()
+        assert "wb.t.b1/s1 is DOWN" not in loaded()
+        assert op_states(socket, "wb.t.b1")["s1"] == UP

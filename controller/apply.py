@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from controller.carry import StateCarry
+from controller.carry import ServerStates
 from controller.diff import Change
 from controller.metrics import Metrics
 from controller.plan import GatewayPlan, ReloadReason
@@ -153,7 +153,7 @@ class Applier:
         revision: int,
         verify: Verify,
         *,
-        carry: StateCarry | None = None,
+        carry: ServerStates | None = None,
     ) -> float:
         """Write the (checked) files, reload, wait until HAProxy runs what was written;
         returns the seconds it took. `carry`: the configuration loads a server-state file,

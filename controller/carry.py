@@ -1,22 +1,27 @@
 """The server states a reload carries to the new worker, read mostly before its gate closes.
 
-`show servers state` of every server is 10 MB at 1,000 gateways (128,000 slots); reading it
-and finding the few servers that are not running cost 0.5–1 s of every reload, with the
-gate closed (runtime writes waiting) and on the API's round trip. So a reload reads it as
-soon as it is scheduled, beside its debounce and its render, only to learn which backends
-have a server that is not running. Right before the reload, with the gate closed, it reads
-those backends again, and those HAProxy's log named since the first read began
-(`controller.health.events`): the rows it carries are as fresh as a whole read at that
-point. A server that came UP meanwhile reads UP and is not carried (carried DOWN, it would
-get no traffic until its `rise` checks passed); one that went down meanwhile is in a
-backend the log names. When the log cannot be read, or says a lot (a storm), or the first
-read failed, everything is read again with the gate closed, as before.
+`show servers state` of every server is 10 MB at 1,000 gateways (128,000 slots); HAProxy
+takes ~0.4 s to write it, and finding the few servers that are not running ~0.1 s more:
+paid at every reload, with the gate closed (runtime writes waiting), it made a new
+gateway's round trip 1.55× HAProxy's own reload. So the reloads keep which backends have a
+server that is not running, and follow HAProxy's log, which names every backend where a
+server changes state (`controller.health.events`). Right before a reload, with the gate
+closed, only those backends are read again: the rows carried are as fresh as a whole read
+at that point. A server that came UP since is read UP and not carried (carried DOWN, it
+would get no traffic until its `rise` checks passed); one that went down since is in a
+backend the log names.
+
+Everything is read again, before the gate closes, by the first reload and once the last
+whole read is `SWEEP` seconds old (a log line missed costs at most that); and with the
+gate closed when the log cannot be read or says a lot (a storm), or that read failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from pathlib import Path
 
 from controller.health.events import READ_AT_MOST, LogTail, changed_backends
@@ -29,55 +34,50 @@ from controller.server_state import merged, not_running_backends
 
 log = logging.getLogger(__name__)
 
+SWEEP = 60.0
+"""Seconds after a whole read that a reload reads everything again (before its gate)."""
 MAX_LOG_READ = 16 * READ_AT_MOST
-"""Bytes of HAProxy's log since the first read above which everything is read again."""
+"""Bytes of HAProxy's log since the last look above which everything is read again."""
 
 
-class StateCarry:
-    """One reload's reads of the running worker's server states (`start`, then `rows`)."""
+class ServerStates:
+    """The running worker's server states, as the reloads need them: `start` when a reload
+    is scheduled, `rows` right before it, with the gate closed."""
 
-    def __init__(self, runtime: RuntimeClient, log_path: Path | None) -> None:
+    def __init__(self, runtime: RuntimeClient, log_path: Path) -> None:
         self.runtime = runtime
-        self._tail = LogTail(log_path) if log_path is not None else None
-        self._early: asyncio.Task[set[str] | None] | None = None
+        self.log_path = log_path
+        self._tail = LogTail(log_path)
+        self._known: set[str] | None = None
+        """Backends with a server not running at the last read (None: not known)."""
+        self._read_at = -math.inf
+        """When the last whole read began (`time.monotonic`)."""
+        self._whole: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Begin the first read (before the gate closes). The log is followed from here, so
-        a change logged while HAProxy writes the dump is read again too."""
-        if self._tail is not None:
-            self._tail.read()  # its first read only finds the end
-        self._early = asyncio.create_task(self._not_running())
-
-    def stop(self) -> None:
-        """The reload is over (or did not happen): the first read, if still going, is not
-        needed any more."""
-        if self._early is None:
+        """A reload is coming: read everything now, beside its debounce and its render, if
+        the backends to read again are not known or the last whole read is old."""
+        if self._whole is not None and not self._whole.done():
             return
-        if not self._early.done():
-            self._early.cancel()
-        elif not self._early.cancelled():
-            self._early.exception()  # retrieved: a failure here was already logged
-        self._early = None
+        if self._known is not None and time.monotonic() - self._read_at < SWEEP:
+            return
+        self._whole = asyncio.create_task(self._read_whole())
 
     async def first_read(self) -> set[str] | None:
-        """The backends the first read found a server not running in; None if it failed
-        (or was not started)."""
-        if self._early is None:
-            return None
-        try:
-            return await self._early
-        except Exception as exc:  # a bug here is no reason to refuse the reload
-            log.warning("server states read before the reload: %s", exc)
-            return None
+        """Wait for the whole read `start` began, if any: the backends with a server not
+        running (None: not known)."""
+        if self._whole is not None:
+            await asyncio.shield(self._whole)
+        return self._known
 
     async def rows(self) -> str | None:
         """The running worker's `show servers state` rows a reload may carry: call it with
         the gate closed, right before the reload. None: HAProxy cannot say (not running)."""
-        early = await self.first_read()
+        known = await self.first_read()
         logged = self._logged()
-        if early is None or logged is None:
-            return await self._dump()
-        names = sorted(early | logged)
+        if known is None or logged is None:
+            return await self._dump_whole()
+        names = sorted(known | logged)
         if not names:
             return merged(())
         try:
@@ -89,30 +89,23 @@ class StateCarry:
         except RuntimeApiError as exc:
             log.info("no server states to carry over the reload: %s", exc)
             return None
+        fresh = merged(replies)
+        self._known = not_running_backends(fresh)
         log.info("server states read again before the reload: %d backends", len(names))
-        return merged(replies)
+        return fresh
 
-    async def _not_running(self) -> set[str] | None:
-        dump = await self._dump()
-        if dump is None:
-            return None
-        return await offload(len(dump) > BIG_TEXT, not_running_backends, dump)
+    async def _read_whole(self) -> None:
+        try:
+            await self._dump_whole()
+        except Exception as exc:  # a bug here is no reason to refuse a reload
+            log.warning("server states not read before the reload: %s", exc)
 
-    def _logged(self) -> set[str] | None:
-        """Backends the log names since `start`; None if it cannot tell."""
-        if self._tail is None:
-            return None
-        text, size = [], 0
-        while chunk := self._tail.read():
-            text.append(chunk)
-            size += len(chunk)
-            if size > MAX_LOG_READ:
-                return None
-        if chunk is None:
-            return None
-        return changed_backends("".join(text))
-
-    async def _dump(self) -> str | None:
+    async def _dump_whole(self) -> str | None:
+        """Every server's state; the log is followed from just before it is read."""
+        if self._known is None:
+            self._tail = LogTail(self.log_path)  # lines older than this read add nothing
+            self._tail.read()  # its first read finds the end
+        started = time.monotonic()
         try:
             [dump] = await self.runtime.execute_many(
                 [commands.show_servers_state()], timeout=BULK_READ_TIMEOUT
@@ -120,4 +113,20 @@ class StateCarry:
         except RuntimeApiError as exc:
             log.info("no server states to carry over the reload: %s", exc)
             return None
+        self._known = await offload(len(dump) > BIG_TEXT, not_running_backends, dump)
+        self._read_at = started
         return dump
+
+    def _logged(self) -> set[str] | None:
+        """Backends the log named since the last look; None if it cannot tell."""
+        text, size = [], 0
+        while chunk := self._tail.read():
+            text.append(chunk)
+            size += len(chunk)
+            if size > MAX_LOG_READ:
+                self._known = None  # follow it again from the whole read that comes next
+                return None
+        if chunk is None:
+            self._known = None
+            return None
+        return changed_backends("".join(text))

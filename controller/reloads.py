@@ -2,7 +2,8 @@
 
 Structural changes arriving close together share one reload, which loads whatever is desired
 when it runs. It closes the engine's gate (runtime writes wait) only while it writes the files,
-reloads and confirms the new worker; the `haproxy -c` of its candidate runs before, gate open.
+reloads and confirms the new worker; the `haproxy -c` of its candidate runs before, gate open,
+and so does the whole read of server states when one is due (`controller.carry`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from controller.apply import ApplyResult, Verify
 from controller.candidates import Candidates
-from controller.carry import StateCarry
+from controller.carry import ServerStates
 from controller.files import remove
 from controller.offload import offload
 from controller.plan import (
@@ -46,6 +47,7 @@ class Reloads:
         self.candidates = Candidates(engine.settings)
         self._pending: asyncio.Future[ApplyResult] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._states: ServerStates | None = None
 
     # ---- checks -----------------------------------------------------------------------------
 
@@ -113,21 +115,21 @@ class Reloads:
         else:
             done.set_result(result)
         finally:
-            if carry is not None:
-                carry.stop()
             if self._pending is done:
                 self._pending = None
 
-    def _carry(self) -> StateCarry | None:
-        """Server states for the new worker, their first read begun now (`controller.carry`)."""
+    def _carry(self) -> ServerStates | None:
+        """The server states the new worker loads, read from now on (`controller.carry`)."""
         if state_file_of(self.engine.settings) is None:
             return None
-        carry = StateCarry(self.engine.applier.runtime, self.engine.process.paths.log)
-        carry.start()
-        return carry
+        if self._states is None:
+            engine = self.engine
+            self._states = ServerStates(engine.applier.runtime, engine.process.paths.log)
+        self._states.start()
+        return self._states
 
     async def _run(
-        self, done: asyncio.Future[ApplyResult], carry: StateCarry | None
+        self, done: asyncio.Future[ApplyResult], carry: ServerStates | None
     ) -> ApplyResult:
         engine = self.engine
         started = time.perf_counter()

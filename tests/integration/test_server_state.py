@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from controller.carry import StateCarry
+from controller.carry import ServerStates
 from controller.process import HAProxyProcess, InvalidConfig
 from controller.render import RenderSettings, settings_text
 from controller.runtime.client import RuntimeClient
@@ -225,74 +225,92 @@ def admin_pid(socket: Path) -> str:
 
 
 FAST_CHECKS = "    default-server check inter 200ms fall 2 rise 2\n"
+FROM_FILE = "changed from server-state after a reload"
 
 
-def op_states(socket: Path, backend: str) -> dict[str, str]:
-    """`srv_op_state` by server name (0 stopped, 2 running)."""
-    rows = admin_command(socket, f"show servers state {backend}").splitlines()[2:]
-    return {r.split()[3]: r.split()[5] for r in rows if len(r.split()) > 18}
+def op_states(socket: Path) -> dict[str, str]:
+    """`srv_op_state` (0 stopped, 2 running) by `backend/server`, of our backends."""
+    rows = [r.split() for r in admin_command(socket, "show servers state").splitlines()[2:]]
+    return {f"{r[1]}/{r[3]}": r[5] for r in rows if len(r) > 18 and r[1].startswith("wb.")}
 
 
-async def test_states_carried_are_read_again_right_before_the_reload(
+async def wait_states(socket: Path, wanted: dict[str, str]) -> None:
+    def reached() -> bool:
+        states = op_states(socket)
+        return all(states.get(server) == op for server, op in wanted.items())
+
+    await asyncio.to_thread(wait_until, reached, 15, f"servers {wanted}")
+
+
+def servers_of(dump: str | None) -> dict[str, str]:
+    assert dump is not None
+    rows = [row.split() for row in dump.splitlines()[2:]]
+    return {f"{r[1]}/{r[3]}": r[5] for r in rows}
+
+
+async def reload_carrying(
+    process: HAProxyProcess, paths: StatePaths, config: str, dump: str | None
+) -> str:
+    """Reload with `dump` as the old worker's states; what the new worker logged of them."""
+    offset = paths.log.stat().st_size
+    pid = admin_pid(paths.admin_socket)
+    await process.guarded_reload(config, {}, dump)
+    await asyncio.to_thread(
+        wait_until, lambda: admin_pid(paths.admin_socket) != pid, 10, "the new worker"
+    )
+    return paths.log.read_bytes()[offset:].decode(errors="replace")
+
+
+async def test_states_carried_are_read_again_right_before_each_reload(
     short_tmp: Path, instance_pool: BackendProcess
 ) -> None:
-    """A reload reads every server's state early, then again, with its gate closed, only the
-    backends that had a server not running or that HAProxy's log names since
-    (`controller.carry`). Between the two: a server DOWN at the first read comes UP (it must
-    not be carried DOWN), and a server UP at the first read goes DOWN (it must be)."""
+    """Reloads know which backends have a server not running (a whole read, then each
+    reload's own reads) and follow HAProxy's log (`controller.carry`); right before each
+    reload, gate closed, they read those backends again. Between the reads servers come UP
+    (they must not be carried DOWN) and go DOWN (they must be), in backends known or not."""
     coming = free_port()  # nothing listens yet: DOWN
     dead = dead_address(instance_pool, "sed")
-    going = instance_pool.add("api", "seg").address
+    going = instance_pool.add("api", "seg")
+    steady = instance_pool.add("api", "seu")
     backends = (
         f"backend wb.t.b1\n{FAST_CHECKS}    server s1 127.0.0.1:{coming}\n"
         f"    server s2 {dead}\n"
-        f"backend wb.t.b2\n{FAST_CHECKS}    server s1 {going}\n"
-        f"backend wb.t.b3\n{FAST_CHECKS}    server s1 {instance_pool.add('api', 'seu').address}\n"
+        f"backend wb.t.b2\n{FAST_CHECKS}    server s1 {going.address}\n"
+        f"backend wb.t.b3\n{FAST_CHECKS}    server s1 {steady.address}\n"
     )
+    b1s1, b1s2, b2s1, b3s1 = "wb.t.b1/s1", "wb.t.b1/s2", "wb.t.b2/s1", "wb.t.b3/s1"
     async with own_haproxy(short_tmp, instance_pool, backends) as (process, paths, good):
         socket = paths.admin_socket
-        await asyncio.to_thread(
-            wait_until,
-            lambda: (
-                (op_states(socket, "wb.t.b1"), op_states(socket, "wb.t.b2"))
-                == ({"s1": DOWN, "s2": DOWN}, {"s1": UP})
-            ),
-            15,
-            "b1's servers DOWN, b2's UP",
-        )
+        await wait_states(socket, {b1s1: DOWN, b1s2: DOWN, b2s1: UP, b3s1: UP})
         async with RuntimeClient(str(socket)) as runtime:
-            carry = StateCarry(runtime, paths.log)
-            carry.start()
-            assert await carry.first_read() == {"wb.t.b1"}
+            states = ServerStates(runtime, paths.log)
+            states.start()
+            assert await states.first_read() == {"wb.t.b1"}
             instance_pool.add("api", "sec", port=coming)
             instance_pool.remove("seg")
-            await asyncio.to_thread(
-                wait_until,
-                lambda: (
-                    (op_states(socket, "wb.t.b1")["s1"], op_states(socket, "wb.t.b2"))
-                    == (UP, {"s1": DOWN})
-                ),
-                15,
-                "b1/s1 UP and b2/s1 DOWN",
-            )
-            dump = await carry.rows()
-            whole = await StateCarry(runtime, None).rows()  # no log to follow: all, now
-        assert dump is not None and whole is not None
-        rows = [row.split()[1:4:2] for row in dump.splitlines()[2:]]
-        assert rows == [["wb.t.b1", "s1"], ["wb.t.b1", "s2"], ["wb.t.b2", "s1"]]
-        assert ["wb.t.b3", "s1"] in [row.split()[1:4:2] for row in whole.splitlines()[2:]]
-        offset = paths.log.stat().st_size
-        await process.guarded_reload(
-            good.replace("backend wb.t.b1\n", "backend wb.t.b1\n    balance first\n"), {}, dump
-        )
-        said = "changed from server-state after a reload"
+            await wait_states(socket, {b1s1: UP, b2s1: DOWN})
+            dump = await states.rows()
+            whole = await ServerStates(runtime, paths.log).rows()  # nothing known: all, now
+        assert servers_of(dump) == {b1s1: UP, b1s2: DOWN, b2s1: DOWN}
+        assert b3s1 in servers_of(whole)
+        said = await reload_carrying(process, paths, good + "# again\n", dump)
+        assert f"{b1s2} is DOWN, {FROM_FILE}" in said and f"{b2s1} is DOWN, {FROM_FILE}" in said
+        assert f"{b1s1} is DOWN" not in said
+        assert op_states(socket)[b1s1] == UP
 
-        def loaded() -> str:
-            return paths.log.read_bytes()[offset:].decode(errors="replace")
-
-        await asyncio.to_thread(
-            wait_until, lambda: f"wb.t.b2/s1 is DOWN, {said}" in loaded(), 10, "b2/s1 carried"
-        )
-        assert f"wb.t.b1/s2 is DOWN, {said}" in loaded()
-        assert "wb.t.b1/s1 is DOWN" not in loaded()
-        assert op_states(socket, "wb.t.b1")["s1"] == UP
+        # the next reload, soon after: no whole read; b2's server back, b1's and b3's gone
+        instance_pool.add("api", "seg", port=going.port)
+        instance_pool.remove("sec")
+        instance_pool.remove("seu")
+        await wait_states(socket, {b1s1: DOWN, b2s1: UP, b3s1: DOWN})
+        async with RuntimeClient(str(socket)) as runtime:
+            states.runtime = runtime  # the controller's client outlives reloads; this one not
+            read = states._whole
+            states.start()
+            assert states._whole is read  # the whole read is recent: none begun
+            dump = await states.rows()
+        assert servers_of(dump) == {b1s1: DOWN, b1s2: DOWN, b2s1: UP, b3s1: DOWN}
+        said = await reload_carrying(process, paths, good, dump)
+        assert f"{b1s1} is DOWN, {FROM_FILE}" in said and f"{b3s1} is DOWN, {FROM_FILE}" in said
+        assert f"{b2s1} is DOWN" not in said
+        assert op_states(socket)[b2s1] == UP

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 SWEEP = 60.0
 """Seconds after a whole read that a reload reads everything again (before its gate)."""
+BIG_BACKENDS = 100
+"""Backends read again above which their rows are merged and scanned in a thread."""
 MAX_LOG_READ = 16 * READ_AT_MOST
 """Bytes of HAProxy's log since the last look above which everything is read again."""
 
@@ -86,7 +88,8 @@ class ServerStates:
         known = await self.first_read()
         if self._read_log is not None:
             await asyncio.shield(self._read_log)
-        logged = self._take_named()  # with what was written since, gate closed
+        # with what was written since (a thread: the next reload's `start` may be reading)
+        logged = await asyncio.to_thread(self._take_named)
         if known is None or logged is None:
             self._known = None  # follow the log again from the whole read that comes next
             return await self._dump_whole()
@@ -102,8 +105,9 @@ class ServerStates:
         except RuntimeApiError as exc:
             log.info("no server states to carry over the reload: %s", exc)
             return None
-        fresh = merged(replies)
-        self._known = not_running_backends(fresh)
+        big = len(names) > BIG_BACKENDS
+        fresh = await offload(big, merged, replies)
+        self._known = await offload(big, not_running_backends, fresh)
         log.info("server states read again before the reload: %d backends", len(names))
         return fresh
 
@@ -151,6 +155,13 @@ class ServerStates:
         return named
 
     def _read_named(self) -> None:
+        try:
+            self._read_log_lines()
+        except Exception as exc:  # a bug here is no reason to refuse a reload: read all
+            log.warning("HAProxy's log not followed: %s", exc)
+            self._named = None
+
+    def _read_log_lines(self) -> None:
         size = 0
         chunk: str | None = ""
         while self._named is not None and (chunk := self._tail.read()):

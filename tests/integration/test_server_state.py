@@ -291,8 +291,12 @@ async def test_states_carried_are_read_again_right_before_each_reload(
             await wait_states(socket, {b1s1: UP, b2s1: DOWN})
             dump = await states.rows()
             whole = await ServerStates(runtime, paths.log).rows()  # nothing known: all, now
+            blind = ServerStates(runtime, short_tmp / "no-log")
+            blind.start()
+            assert await blind.first_read() == {"wb.t.b1", "wb.t.b2"}
+            unfollowed = await blind.rows()  # no log to follow: all, now
         assert servers_of(dump) == {b1s1: UP, b1s2: DOWN, b2s1: DOWN}
-        assert b3s1 in servers_of(whole)
+        assert b3s1 in servers_of(whole) and b3s1 in servers_of(unfollowed)
         said = await reload_carrying(process, paths, good + "# again\n", dump)
         assert f"{b1s2} is DOWN, {FROM_FILE}" in said and f"{b2s1} is DOWN, {FROM_FILE}" in said
         assert f"{b1s1} is DOWN" not in said

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from controller.carry import ServerStates
 from controller.diff import Change
 from controller.metrics import Metrics
 from controller.plan import GatewayPlan, ReloadReason
 from controller.process import HAProxyError, HAProxyProcess, MapFiles
-from controller.runtime import commands
 from controller.runtime.client import RuntimeClient
-from controller.runtime.errors import RuntimeApiError
 from controller.swaps import MapSwapper
 from controller.tls.listplan import CrtListPlan
 
@@ -154,16 +153,16 @@ class Applier:
         revision: int,
         verify: Verify,
         *,
-        carry: bool = False,
+        carry: ServerStates | None = None,
     ) -> float:
         """Write the (checked) files, reload, wait until HAProxy runs what was written;
         returns the seconds it took. `carry`: the configuration loads a server-state file,
-        written from the running worker right before."""
+        written from the running worker's states read right before."""
         started = time.perf_counter()
         record: dict[str, object] = {"reasons": _summary(reasons), "at": time.time()}
         self.forget_map_versions()
         try:
-            dump = await self._servers_state() if carry else None
+            dump = await carry.rows() if carry else None
             await self.process.guarded_reload(text, maps, dump)
             self.loaded = Loaded(revision, f"reload with revision {revision}")
             await self._verify_reload(verify)
@@ -183,15 +182,6 @@ class Applier:
             del self.reloads[:-KEPT_RELOADS]
             log.info("reload %s", record)
         return seconds
-
-    async def _servers_state(self) -> str | None:
-        """The running worker's `show servers state`; None if it cannot say (not running):
-        the new worker then starts its servers as configured."""
-        try:
-            return await self.runtime.execute(commands.show_servers_state())
-        except RuntimeApiError as exc:
-            log.info("no server states to carry over the reload: %s", exc)
-            return None
 
     async def _verify_reload(self, verify: Verify, timeout: float = 2.0) -> None:
         """The new worker must run the new structure (an attached HAProxy might not load it).

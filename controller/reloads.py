@@ -2,7 +2,8 @@
 
 Structural changes arriving close together share one reload, which loads whatever is desired
 when it runs. It closes the engine's gate (runtime writes wait) only while it writes the files,
-reloads and confirms the new worker; the `haproxy -c` of its candidate runs before, gate open.
+reloads and confirms the new worker; the `haproxy -c` of its candidate runs before, gate open,
+and so does the whole read of server states when one is due (`controller.carry`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from controller.apply import ApplyResult, Verify
 from controller.candidates import Candidates
+from controller.carry import ServerStates
 from controller.files import remove
 from controller.offload import offload
 from controller.plan import (
@@ -45,6 +47,7 @@ class Reloads:
         self.candidates = Candidates(engine.settings)
         self._pending: asyncio.Future[ApplyResult] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._states: ServerStates | None = None
 
     # ---- checks -----------------------------------------------------------------------------
 
@@ -103,9 +106,10 @@ class Reloads:
             engine.timing.debounce,
             engine.applier.last_reload + engine.timing.min_reload_interval - time.monotonic(),
         )
-        await asyncio.sleep(wait)  # a debounce window, not synchronisation
+        carry = self._carry()
         try:
-            result = await self._run(done)
+            await asyncio.sleep(wait)  # a debounce window, not synchronisation
+            result = await self._run(done, carry)
         except Exception as exc:
             done.set_exception(exc)
         else:
@@ -114,7 +118,19 @@ class Reloads:
             if self._pending is done:
                 self._pending = None
 
-    async def _run(self, done: asyncio.Future[ApplyResult]) -> ApplyResult:
+    def _carry(self) -> ServerStates | None:
+        """The server states the new worker loads, read from now on (`controller.carry`)."""
+        if state_file_of(self.engine.settings) is None:
+            return None
+        if self._states is None:
+            engine = self.engine
+            self._states = ServerStates(engine.applier.runtime, engine.process.paths.log)
+        self._states.start()
+        return self._states
+
+    async def _run(
+        self, done: asyncio.Future[ApplyResult], carry: ServerStates | None
+    ) -> ApplyResult:
         engine = self.engine
         started = time.perf_counter()
         await engine.unverified.wait()  # adopted gateways planned: it renders them all
@@ -138,7 +154,6 @@ class Reloads:
                 lists = await asyncio.to_thread(write_crt_lists, crt_lists_of(plans))
                 try:
                     verify = self._verifier(plans)
-                    carry = state_file_of(engine.settings) is not None
                     await engine.applier.reload(reasons, text, maps, revision, verify, carry=carry)
                 except BaseException:
                     await asyncio.to_thread(restore_crt_lists, lists)

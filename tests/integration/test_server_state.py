@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from controller.carry import ServerStates
 from controller.process import HAProxyProcess, InvalidConfig
 from controller.render import RenderSettings, settings_text
+from controller.runtime.client import RuntimeClient
 from controller.state_dir import StatePaths, open_state_dir
 from tests.support import BackendProcess
 from tests.support.health import (
@@ -166,15 +168,18 @@ def test_no_state_file_is_left_between_reloads(empty_stack: Stack) -> None:
 
 @contextlib.asynccontextmanager
 async def own_haproxy(
-    root: Path, pool: BackendProcess
+    root: Path, pool: BackendProcess, backends: str | None = None
 ) -> AsyncIterator[tuple[HAProxyProcess, StatePaths, str]]:
     """HAProxy run by `controller.process` on a state dir of its own, a server-state file
-    configured: (the process, its paths, the configuration it runs). Stopped on the way out."""
+    configured: (the process, its paths, the configuration it runs). Stopped on the way out.
+    `backends`: its backends (else `be`, one live server checked)."""
     paths = StatePaths(root / "state")
     open_state_dir(paths).release()
     settings = RenderSettings(str(paths.admin_socket), server_state_file=str(paths.server_state))
-    live = pool.add("api", f"sr{len(pool.backends)}").address
-    good = settings_text(settings) + f"\nbackend be\n    server s1 {live} check\n"
+    if backends is None:
+        live = pool.add("api", f"sr{len(pool.backends)}").address
+        backends = f"backend be\n    server s1 {live} check\n"
+    good = settings_text(settings) + "\n" + backends
     process = HAProxyProcess(paths)
     await asyncio.to_thread(paths.config.write_text, good)
     await process.start()
@@ -217,3 +222,99 @@ async def test_a_state_file_that_cannot_be_written_does_not_stop_the_reload(
 def admin_pid(socket: Path) -> str:
     info = admin_command(socket, "show info").splitlines()
     return next(line.split(":", 1)[1].strip() for line in info if line.startswith("Pid:"))
+
+
+FAST_CHECKS = "    default-server check inter 200ms fall 2 rise 2\n"
+FROM_FILE = "changed from server-state after a reload"
+
+
+def op_states(socket: Path) -> dict[str, str]:
+    """`srv_op_state` (0 stopped, 2 running) by `backend/server`, of our backends."""
+    rows = [r.split() for r in admin_command(socket, "show servers state").splitlines()[2:]]
+    return {f"{r[1]}/{r[3]}": r[5] for r in rows if len(r) > 18 and r[1].startswith("wb.")}
+
+
+async def wait_states(socket: Path, wanted: dict[str, str]) -> None:
+    def reached() -> bool:
+        states = op_states(socket)
+        return all(states.get(server) == op for server, op in wanted.items())
+
+    await asyncio.to_thread(wait_until, reached, 15, f"servers {wanted}")
+
+
+def servers_of(dump: str | None) -> dict[str, str]:
+    assert dump is not None
+    rows = [row.split() for row in dump.splitlines()[2:]]
+    return {f"{r[1]}/{r[3]}": r[5] for r in rows}
+
+
+async def reload_carrying(
+    process: HAProxyProcess, paths: StatePaths, config: str, dump: str | None
+) -> str:
+    """Reload with `dump` as the old worker's states; what the new worker logged of them."""
+    offset = paths.log.stat().st_size
+    pid = admin_pid(paths.admin_socket)
+    await process.guarded_reload(config, {}, dump)
+    await asyncio.to_thread(
+        wait_until, lambda: admin_pid(paths.admin_socket) != pid, 10, "the new worker"
+    )
+    return paths.log.read_bytes()[offset:].decode(errors="replace")
+
+
+async def test_states_carried_are_read_again_right_before_each_reload(
+    short_tmp: Path, instance_pool: BackendProcess
+) -> None:
+    """Reloads know which backends have a server not running (a whole read, then each
+    reload's own reads) and follow HAProxy's log (`controller.carry`); right before each
+    reload, gate closed, they read those backends again. Between the reads servers come UP
+    (they must not be carried DOWN) and go DOWN (they must be), in backends known or not."""
+    coming = free_port()  # nothing listens yet: DOWN
+    dead = dead_address(instance_pool, "sed")
+    going = instance_pool.add("api", "seg")
+    steady = instance_pool.add("api", "seu")
+    backends = (
+        f"backend wb.t.b1\n{FAST_CHECKS}    server s1 127.0.0.1:{coming}\n"
+        f"    server s2 {dead}\n"
+        f"backend wb.t.b2\n{FAST_CHECKS}    server s1 {going.address}\n"
+        f"backend wb.t.b3\n{FAST_CHECKS}    server s1 {steady.address}\n"
+    )
+    b1s1, b1s2, b2s1, b3s1 = "wb.t.b1/s1", "wb.t.b1/s2", "wb.t.b2/s1", "wb.t.b3/s1"
+    async with own_haproxy(short_tmp, instance_pool, backends) as (process, paths, good):
+        socket = paths.admin_socket
+        await wait_states(socket, {b1s1: DOWN, b1s2: DOWN, b2s1: UP, b3s1: UP})
+        async with RuntimeClient(str(socket)) as runtime:
+            states = ServerStates(runtime, paths.log)
+            states.start()
+            assert await states.first_read() == {"wb.t.b1"}
+            instance_pool.add("api", "sec", port=coming)
+            instance_pool.remove("seg")
+            await wait_states(socket, {b1s1: UP, b2s1: DOWN})
+            dump = await states.rows()
+            whole = await ServerStates(runtime, paths.log).rows()  # nothing known: all, now
+            blind = ServerStates(runtime, short_tmp / "no-log")
+            blind.start()
+            assert await blind.first_read() == {"wb.t.b1", "wb.t.b2"}
+            unfollowed = await blind.rows()  # no log to follow: all, now
+        assert servers_of(dump) == {b1s1: UP, b1s2: DOWN, b2s1: DOWN}
+        assert b3s1 in servers_of(whole) and b3s1 in servers_of(unfollowed)
+        said = await reload_carrying(process, paths, good + "# again\n", dump)
+        assert f"{b1s2} is DOWN, {FROM_FILE}" in said and f"{b2s1} is DOWN, {FROM_FILE}" in said
+        assert f"{b1s1} is DOWN" not in said
+        assert op_states(socket)[b1s1] == UP
+
+        # the next reload, soon after: no whole read; b2's server back, b1's and b3's gone
+        instance_pool.add("api", "seg", port=going.port)
+        instance_pool.remove("sec")
+        instance_pool.remove("seu")
+        await wait_states(socket, {b1s1: DOWN, b2s1: UP, b3s1: DOWN})
+        async with RuntimeClient(str(socket)) as runtime:
+            states.runtime = runtime  # the controller's client outlives reloads; this one not
+            read = states._whole
+            states.start()
+            assert states._whole is read  # the whole read is recent: none begun
+            dump = await states.rows()
+        assert servers_of(dump) == {b1s1: DOWN, b1s2: DOWN, b2s1: UP, b3s1: DOWN}
+        said = await reload_carrying(process, paths, good, dump)
+        assert f"{b1s1} is DOWN, {FROM_FILE}" in said and f"{b3s1} is DOWN, {FROM_FILE}" in said
+        assert f"{b2s1} is DOWN" not in said
+        assert op_states(socket)[b2s1] == UP

@@ -7,7 +7,13 @@ import stat
 from pathlib import Path
 
 from controller.render import RenderSettings, settings_text
-from controller.server_state import carried, read_backends, write_state_file
+from controller.server_state import (
+    carried,
+    merged,
+    not_running_backends,
+    read_backends,
+    write_state_file,
+)
 
 HEADER = (
     "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "
@@ -118,6 +124,46 @@ def test_only_the_backends_of_servers_not_running_are_read() -> None:
     backends = read_backends(OLD)
     carried(dump(line("s1", "127.0.0.1", 8001, op=2)), backends, backends)
     assert backends.get("other") is not None and "be" not in backends._read
+
+
+def test_a_file_with_every_server_running_reads_neither_configuration() -> None:
+    old, new = read_backends(OLD), read_backends(OLD)
+    found = carried(dump(line("s1", "127.0.0.1", 8001, op=2)), old, new)
+    assert found.kept == 0 and old._starts is None and new._starts is None
+
+
+def in_other(row: str) -> str:
+    """The row as a server of backend `other` (id 3)."""
+    return row.replace("2 be ", "3 other ", 1)
+
+
+def test_the_backends_read_again_before_a_reload_are_those_with_a_server_not_running() -> None:
+    """Stopped (0), starting (1) and stopping (3) servers; not running ones (2), nor parked
+    slots (in maintenance at the placeholder address 127.0.0.1:1)."""
+    state = dump(
+        line("s1", "127.0.0.1", 8001, op=2),
+        line("s2", "127.0.0.1", 1, op=0, admin=4),
+        in_other(line("s1", "127.0.0.1", 8001, op=0)),
+    )
+    assert not_running_backends(state) == {"other"}
+    for op in (0, 1, 3):
+        assert not_running_backends(dump(line("s1", "127.0.0.1", 1001, op=op))) == {"be"}
+    assert not_running_backends(dump(line("s1", "127.0.0.1", 8001, op=2))) == set()
+    assert not_running_backends(dump()) == set()
+
+
+def test_per_backend_replies_merge_into_the_dump_those_backends_have_in_a_whole_one() -> None:
+    """What a reload carries from the backends read again is what it would carry from a
+    whole dump of that moment: the same rows, one header, errors (a backend gone) no rows."""
+    be_rows = [line("s1", "127.0.0.1", 8001, op=0), line("s2", "127.0.0.1", 1, op=0, admin=4)]
+    other = in_other(line("s1", "127.0.0.1", 9, op=0))
+    whole = dump(*be_rows, other)
+    replies = [dump(*be_rows), "[3]: Can't find backend.", dump(other)]
+    assert merged(replies) == whole
+    new = OLD.replace("balance roundrobin", "balance leastconn")
+    assert kept(merged(replies), OLD, new) == kept(whole, OLD, new) != []
+    assert merged([]) == "1\n"
+    assert carried(merged([]), read_backends(OLD), read_backends(new)).text == "1\n"
 
 
 def test_ipv6_addresses_compare_as_addresses() -> None:

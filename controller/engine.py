@@ -579,10 +579,11 @@ class Engine:
     ) -> GatewayPlan | None:
         """A change of weights alone, planned from the plan HAProxy runs (the same plan as
         `_plan` against `known.after(parked=True)`, without its layout and slots made again:
-        `controller.reweigh`); None when it is not such a change."""
+        `controller.reweigh`, pooled gateways too); None when it is not such a change."""
         if gateway is None:
             return None
-        plan = reweigh(known, gateway, self.down.get(name, frozenset()))
+        group = self._group(name, gateway)
+        plan = reweigh(known, gateway, self.down.get(name, frozenset()), group)
         if plan is not None:
             _prepare_files(plan)  # its certificates must still be there, as `_plan` checks
         return plan

@@ -115,28 +115,41 @@ def _reweigh_pooled(
 ) -> GatewayPlan | None:
     """A pooled gateway's new entries (its hosts' values) on the pool backends it holds, when
     the full plan would keep them as they are (see the module); else None."""
-    layout = section.layout
-    hosts = layout.hosts
-    if hosts is None or not group.running or list(known.bindings) != list(gateway.routes):
+    hosts = section.layout.hosts
+    if hosts is None or not group_keeps(known, group):
         return None
-    slots = {backend.name: backend.slots for backend in layout.backends}
-    held: set[int] = set()
-    for backend in known.bindings.values():
-        parsed = parse_group_backend(backend)
-        if (
-            parsed is None
-            or parsed[0] != hosts.group
-            or parsed[1] in held
-            or group.slots.get(parsed[1]) != slots.get(backend)
-            or group.owners.get(parsed[1]) not in (None, known.name)
-        ):
-            return None
-        held.add(parsed[1])
     maps = pooled_maps(known.name, gateway, known.bindings, hosts, down)
     plan = GatewayPlan(
         known.name, section, known.bindings, known.assignment, maps, made_from=gateway
     )
     return checked_entries(with_edits(plan, known.name, maps, _as_run(known), group))
+
+
+def group_keeps(plan: GatewayPlan, group: GroupView) -> bool:
+    """Whether a pooled gateway planned again on its bind group as HAProxy runs it (`group`),
+    from what `plan` left and with the same routes, keeps `plan`'s pool backends and layout:
+    the group runs, each route's backend is in its pool with the slots `plan` laid out and no
+    other gateway holds it, and the routes are bound in route order (as `hostplan._bind`
+    lists kept ones). O(the gateway's routes)."""
+    section, made_from = plan.section, plan.made_from
+    if section is None or section.layout.hosts is None or made_from is None or not group.running:
+        return False
+    if list(plan.bindings) != list(made_from.routes):
+        return False
+    slots = {backend.name: backend.slots for backend in section.layout.backends}
+    held: set[int] = set()
+    for backend in plan.bindings.values():
+        parsed = parse_group_backend(backend)
+        if (
+            parsed is None
+            or parsed[0] != section.layout.hosts.group
+            or parsed[1] in held
+            or group.slots.get(parsed[1]) != slots.get(backend)
+            or group.owners.get(parsed[1]) not in (None, plan.name)
+        ):
+            return False
+        held.add(parsed[1])
+    return True
 
 
 def _as_run(known: GatewayPlan) -> GatewayObserved:

@@ -393,3 +393,35 @@ async def test_a_pooled_gateway_s_new_split_is_planned_from_its_last_plan(
     changed = gateway.replaced(routes={**gateway.routes, "canary": more})
     assert (await engine.change(PutGateway("weighed", changed))).method == "runtime"
     assert planned and set(planned) == {"weighed"}
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_visit_plans_a_pooled_gateway_again_only_once_haproxy_moved(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`controller.steady` on a bind group: a visit that reads a pooled gateway as its plan
+    left it, on a group that keeps its pool backends, plans nothing again; a lost entry is
+    planned and repaired."""
+    await engine.visit(["p7"])  # planned (or found steady since the start)
+    planned: list[str] = []
+    plan_pooled = controller.hostplan.plan_pooled
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        planned.append(name)
+        return plan_pooled(name, *args, **kwargs)
+
+    monkeypatch.setattr(controller.hostplan, "plan_pooled", counted)
+    sent = recording(engine, monkeypatch)
+    skipped = engine.steady.skipped
+    result = await engine.visit(["p7"])
+    assert result is not None and result.method == "none"
+    assert planned == [] and engine.steady.skipped == skipped + 1
+    assert any(text.startswith("get map") for text in sent)  # HAProxy was read all the same
+    plan = engine.plans["p7"]
+    assert plan.section is not None and plan.section.layout.hosts is not None
+    await engine.runtime.execute_many([del_map(plan.section.layout.hosts.hosts, host_of("p7"))])
+    result = await engine.visit(["p7"])
+    assert result is not None and result.method == "runtime" and planned == ["p7"]
+    [reply] = await engine.runtime.execute_many([get_map(plan.section.layout.hosts.hosts,
+                                                         host_of("p7"))])
+    assert 'value="p7:10000:' in reply

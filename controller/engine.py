@@ -79,7 +79,7 @@ from controller.reweigh import reweigh
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
 from controller.runtime.stats_page import StatsPage
-from controller.steady import Steady
+from controller.steady import Steady, as_left
 from controller.store import Conflict, Snapshot, Store, StoreEvent
 from controller.tls.files import (
     crt_lists_of,
@@ -856,8 +856,7 @@ class Engine:
         if unknown:
             observed = dict(zip(unknown, await self.observe_gateways(unknown), strict=True))
         plans = [
-            known.get(name)
-            or self._plan(name, self.desired.get(name), observed[name], check_budget=False)
+            known.get(name) or self._plan_read(name, observed[name])
             for name in names
             if not self.steady.holds(self, name, observed.get(name))
         ]
@@ -867,6 +866,19 @@ class Engine:
             self.runs(plan)
             self.steady.found(self, plan, observed.get(plan.name))
         return runtime, [p for p in plans if p.needs_reload]
+
+    def _plan_read(self, name: str, observed: GatewayObserved) -> GatewayPlan:
+        """Plan a gateway against what was read of it: when HAProxy reports what its last
+        plan left (`steady.as_left`), from that plan as a write does (`_reweigh`: the same
+        plan, without its layout and slots made again; the first visits after a start at
+        10,000 hosts planned every one in full), else in full."""
+        gateway = self.desired.get(name)
+        last = self.plans.get(name)
+        if last is not None and as_left(observed, last):
+            plan = self._reweigh(name, gateway, last)
+            if plan is not None:
+                return plan
+        return self._plan(name, gateway, observed, check_budget=False)
 
     async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:
         """Observe and plan `names` (their locks and the gate held by the caller), apply the

@@ -59,7 +59,7 @@ class Steady:
             and engine.runs_now(name) is plan
             and engine.desired.get(name) is made.gateway
             and engine.down.get(name, frozenset()) == made.down
-            and _as_left(observed, plan)
+            and as_left(observed, plan)
             and (
                 plan.section is None
                 or not plan.section.layout.pooled
@@ -90,7 +90,7 @@ class Steady:
         self._made[plan.name] = Inputs(plan, gateway, down)
 
 
-def _as_left(observed: GatewayObserved, plan: GatewayPlan) -> bool:
+def as_left(observed: GatewayObserved, plan: GatewayPlan) -> bool:
     """Whether HAProxy reports what `plan` left. A bind group's map is read key by key
     (`observe.Scope.keys`): one the gateway has no key in (its wildcards, without wildcard
     hosts) is not in the report, which plans as the empty one the plan lists."""

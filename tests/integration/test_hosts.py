@@ -399,10 +399,10 @@ async def test_a_pooled_gateway_s_new_split_is_planned_from_its_last_plan(
 async def test_a_visit_plans_a_pooled_gateway_again_only_once_haproxy_moved(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`controller.steady` on a bind group: a visit that reads a pooled gateway as its plan
-    left it, on a group that keeps its pool backends, plans nothing again; a lost entry is
-    planned and repaired."""
-    await engine.visit(["p7"])  # planned (or found steady since the start)
+    """A visit that reads a pooled gateway as its last plan left it plans from that plan
+    (`Engine._plan_read`: no pool backend bound, no slot planned again), and once it found
+    it so, plans nothing again while the group keeps its pool backends (`controller.steady`);
+    a lost entry is planned in full and repaired."""
     planned: list[str] = []
     plan_pooled = controller.hostplan.plan_pooled
 
@@ -411,8 +411,12 @@ async def test_a_visit_plans_a_pooled_gateway_again_only_once_haproxy_moved(
         return plan_pooled(name, *args, **kwargs)
 
     monkeypatch.setattr(controller.hostplan, "plan_pooled", counted)
-    sent = recording(engine, monkeypatch)
+    await engine.change(SetWeights("p7", {"main": 10_000}))  # a new plan: not found steady
     skipped = engine.steady.skipped
+    result = await engine.visit(["p7"])
+    assert result is not None and result.method == "none"
+    assert planned == [] and engine.steady.skipped == skipped
+    sent = recording(engine, monkeypatch)
     result = await engine.visit(["p7"])
     assert result is not None and result.method == "none"
     assert planned == [] and engine.steady.skipped == skipped + 1

@@ -26,9 +26,10 @@ from controller.hosts import (
     pooled,
 )
 from controller.model import BASIS_POINTS, Gateway
-from controller.plan import NOTHING_RUNS, GatewayPlan, plan_gateway
+from controller.plan import NOTHING_RUNS, GatewayObserved, GatewayPlan, plan_gateway
 from controller.render import RenderSettings, SectionCache
 from controller.reweigh import group_keeps, maps_only, reweigh
+from controller.steady import as_left
 
 SETTINGS = RenderSettings(admin_socket="/x/admin.sock")
 MAP_DIR = "/m"
@@ -151,6 +152,13 @@ def full_plan(
                     group=group, down=down)
 
 
+def as_reported(left: GatewayObserved) -> GatewayObserved:
+    """`left` as a visit reads it: a bind group's maps key by key, so one the gateway has no
+    key in is not in the report (`observe.Scope.keys`)."""
+    return replace(left, maps={ref: entries for ref, entries in left.maps.items()
+                               if entries or group_of_ref(ref) is None})
+
+
 def loaded_in_group(
     name: str, gateway: Gateway, down: frozenset[str], group: GroupView
 ) -> tuple[GatewayPlan, GroupView]:
@@ -208,9 +216,7 @@ def test_a_change_of_weights_in_a_bind_group_planned_from_the_last_plan_is_the_f
     # what `controller.steady` relies on: planned again from what it left, as HAProxy reports
     # it (a group's map the gateway has no key in is not listed), nothing changes
     left = known.after(parked=True)
-    reported = replace(left, maps={ref: entries for ref, entries in left.maps.items()
-                                   if entries or group_of_ref(ref) is None})
-    for seen in (left, reported):
+    for seen in (left, as_reported(left)):
         again = plan_any("shop", before, seen, MAP_DIR, SETTINGS, SectionCache(), group=group,
                          down=down)
         assert again.is_empty
@@ -222,6 +228,11 @@ def test_a_change_of_weights_in_a_bind_group_planned_from_the_last_plan_is_the_f
         fast = reweigh(known, after, down, group)
         full = full_plan("shop", after, known, down, group)
         assert fast is not None and fast == full
+        # a visit that reads what `known` left plans from it too (`Engine._plan_read`)
+        read = as_reported(known.after(parked=True))
+        assert as_left(read, known)
+        assert fast == plan_any("shop", after, read, MAP_DIR, SETTINGS, SectionCache(),
+                                group=group, down=down)
         assert fast.made_from is after and full.made_from is after
         assert not fast.needs_reload and not fast.fill and not fast.empty
         if pooled(after):  # its weights are entries of the group's maps, not maps of its own

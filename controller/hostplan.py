@@ -307,10 +307,12 @@ def scope_of(
     from its last `plan`, and as desired): its own hosts and pooled routes, key by key. Its
     own maps it reads whole, as any gateway."""
     sides: list[tuple[Address, tuple[str, ...], bool, tuple[str, ...]]] = []
+    same = False  # the plan was made from `gateway` on its bind: the same keys (not `pooled`)
     if plan is not None and plan.section is not None:
         layout = plan.section.layout
         sides.append((layout.bind, layout.virtual_hosts, layout.pooled, tuple(plan.bindings)))
-    if gateway is not None and gateway.virtual_hosts:
+        same = plan.made_from is gateway and gateway is not None and layout.bind == gateway.bind
+    if gateway is not None and gateway.virtual_hosts and not same:
         sides.append((gateway.bind, gateway.virtual_hosts, pooled(gateway), tuple(gateway.routes)))
     keys: list[tuple[str, str]] = []
     for bind, virtual_hosts, is_pooled, routes in sides:

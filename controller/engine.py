@@ -855,11 +855,12 @@ class Engine:
         observed = {}
         if unknown:
             observed = dict(zip(unknown, await self.observe_gateways(unknown), strict=True))
-        plans = [
-            known.get(name) or self._plan_read(name, observed[name])
-            for name in names
-            if not self.steady.holds(self, name, observed.get(name))
-        ]
+        plans = []
+        for name in names:
+            if not self.steady.holds(self, name, observed.get(name)):
+                plans.append(known.get(name) or self._plan_read(name, observed[name]))
+            if len(names) > 1:  # a write waits for one gateway's plan, not a whole slice's
+                await asyncio.sleep(0)
         runtime = [p for p in plans if not p.needs_reload]
         await self.applier.apply_runtime(runtime)
         for plan in runtime:

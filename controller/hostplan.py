@@ -262,7 +262,8 @@ def with_edits(
     group: GroupView,
 ) -> GatewayPlan:
     """The plan with the edits that bring its own entries of the group's maps to `desired`
-    (none while it waits for a reload: the reload writes the map files)."""
+    (none while it waits for a reload: the reload writes the map files). Of `observed` it
+    reads the maps only (`reweigh` passes the ones a last plan left)."""
     if plan.needs_reload:
         return plan
     missing = [ref for ref, entries in desired.items() if entries and ref not in observed.maps]

@@ -9,10 +9,12 @@ planner is level-based: planning its own result is empty, as a write that plans 
 looking relies on, `Engine._plan_known`). Then neither the plan nor the metrics of what it
 applies are recomputed; HAProxy is still read at every visit, so whatever differs is planned,
 repaired and counted as drift as before. Gateways with instance names (resolved by the DNS
-watch) are always planned. A pooled gateway's plan also depends on its bind group as HAProxy
-runs it: it holds while the group keeps its pool backends as the plan laid them out
-(`reweigh.group_keeps`: at 10,000 hosts on one bind, planning every visited gateway again took
-the reconcile's slices ~10 ms of the event loop each, which a write then waited for).
+watch) are always planned. A gateway on a shared bind with backends of its own reads only its
+own keys of the group's maps, so it is steady as any gateway. A pooled gateway's plan also
+depends on its bind group as HAProxy runs it: it holds while the group keeps its pool backends
+as the plan laid them out (`reweigh.group_keeps`; at 10,000 hosts on one bind, planning every
+visited gateway again held the event loop 5-10 ms per reconcile slice, which a write then
+waited for).
 """
 
 from __future__ import annotations

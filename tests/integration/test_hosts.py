@@ -348,6 +348,19 @@ async def test_a_lost_host_entry_is_repaired_as_drift(engine: Engine) -> None:
     assert 'value="p3:10000:' in reply
 
 
+def pooled_plans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The gateways planned in full as pooled (`hostplan.plan_pooled`) from now on."""
+    planned: list[str] = []
+    plan_pooled = controller.hostplan.plan_pooled
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        planned.append(name)
+        return plan_pooled(name, *args, **kwargs)
+
+    monkeypatch.setattr(controller.hostplan, "plan_pooled", counted)
+    return planned
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_pooled_gateway_s_new_split_is_planned_from_its_last_plan(
     engine: Engine, instances: BackendProcess, monkeypatch: pytest.MonkeyPatch
@@ -365,14 +378,7 @@ async def test_a_pooled_gateway_s_new_split_is_planned_from_its_last_plan(
         {"bind": f"127.0.0.1:{port}", "virtual_hosts": ["weighed.test"], "routes": routes}
     )
     assert (await engine.change(PutGateway("weighed", spec))).method == "runtime"
-    planned: list[str] = []
-    plan_pooled = controller.hostplan.plan_pooled
-
-    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
-        planned.append(name)
-        return plan_pooled(name, *args, **kwargs)
-
-    monkeypatch.setattr(controller.hostplan, "plan_pooled", counted)
+    planned = pooled_plans(monkeypatch)
     sent = recording(engine, monkeypatch)
     for stable, serving in ((0, "cond-b"), (10_000, "cond-a"), (0, "cond-b")):
         sent.clear()
@@ -403,14 +409,7 @@ async def test_a_visit_plans_a_pooled_gateway_again_only_once_haproxy_moved(
     (`Engine._plan_read`: no pool backend bound, no slot planned again), and once it found
     it so, plans nothing again while the group keeps its pool backends (`controller.steady`);
     a lost entry is planned in full and repaired."""
-    planned: list[str] = []
-    plan_pooled = controller.hostplan.plan_pooled
-
-    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
-        planned.append(name)
-        return plan_pooled(name, *args, **kwargs)
-
-    monkeypatch.setattr(controller.hostplan, "plan_pooled", counted)
+    planned = pooled_plans(monkeypatch)
     await engine.change(SetWeights("p7", {"main": 10_000}))  # a new plan: not found steady
     skipped = engine.steady.skipped
     result = await engine.visit(["p7"])

@@ -18,15 +18,19 @@ most); then, in order:
    routes of a gateway added for it): the write's round trip.
 6. `haproxy -c` on the final configuration: its time and peak RSS.
 
-Run: `.venv/bin/python -m bench.hosts [--gateways 10000] [--add 100]`.
+Run: `.venv/bin/python -m bench.hosts [--gateways 10000] [--add 100] [--port-base 61000]
+[--profile FILE]`; `--profile` records the controller with py-spy (raw stacks for
+`bench.stacks`, e.g. `--under patch_weights`).
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +40,7 @@ from bench.common import (
     ApiClient,
     children_of,
     code_version,
+    free_ports,
     load_now,
     log,
     machine_lines,
@@ -43,10 +48,10 @@ from bench.common import (
     short_tmp,
     status_mib,
 )
+from bench.patch_latency import profiler
 from controller.backends import BackendSpec
 from tests.support import backend_process
 from tests.support.hosts import host_of, hosted_gateway, seeded_stack
-from tests.support.ports import free_port
 
 
 def request(port: int, host: str) -> tuple[int, str | None]:
@@ -71,6 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unknown", type=int, default=50)
     parser.add_argument("--add", type=int, default=100)
     parser.add_argument("--weight-changes", type=int, default=100)
+    parser.add_argument("--port-base", type=int, default=61000,
+                        help="the bind's port: the first free one from here (61000)")
+    parser.add_argument("--profile", metavar="FILE", default=None,
+                        help="py-spy's raw stacks of the controller, written when it stops")
+    parser.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument of `controller run` (repeat), e.g. "
+                        "--controller-arg=--no-health-watch")
     args = parser.parse_args(argv)
     load_before, code = load_now(), code_version()
     rng = random.Random(15)
@@ -80,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     specs += [BackendSpec("main", f"new{j}") for j in range(args.add)]
     rows: list[tuple[str, str]] = []
     with backend_process(specs, startup_timeout=60) as backends, short_tmp("wb-h-") as tmp:
-        port = free_port()
+        [port] = free_ports(1, args.port_base)
 
         def at(instance: str) -> str:
             return f"127.0.0.1:{backends.port(instance)}"
@@ -90,10 +102,12 @@ def main(argv: list[str] | None = None) -> None:
             f"g{i}": hosted_gateway(f"g{i}", port, at(instance_of.get(i, "shared")))
             for i in range(args.gateways)
         }
-        budget = ["--max-routes", str(2 * (args.gateways + args.add) + 10)]
+        budget = ["--max-routes", str(2 * (args.gateways + args.add) + 10), *args.controller_arg]
         log(f"seeding {args.gateways} gateways on 127.0.0.1:{port}")
         started = time.perf_counter()
-        with seeded_stack(tmp, gateways, extra=budget, ready_timeout=600) as stack:
+        with seeded_stack(
+            tmp, gateways, extra=budget, ready_timeout=600, wrapper=profiler(args.profile)
+        ) as stack:
             ready = time.perf_counter() - started
             rows.append(("seed the store + start → ready", f"{ready:.2f} s"))
             said = stack.controller_log()
@@ -113,7 +127,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(("HAProxy master RSS", f"{status_mib(master):.0f} MiB"))
             for worker in workers:
                 rows.append(("HAProxy worker RSS", f"{status_mib(worker):.0f} MiB"))
-            rows.append(("controller RSS", f"{status_mib(stack.process.pid):.0f} MiB"))
+            # under py-spy, the controller is its child
+            inner = children_of(stack.process.pid)[0] if args.profile else stack.process.pid
+            rows.append(("controller RSS", f"{status_mib(inner):.0f} MiB"))
             reloads = stack.reloads()
 
             wrong = [i for i in own if request(port, host_of(f"g{i}"))[1] != instance_of[i]]
@@ -175,16 +191,20 @@ def main(argv: list[str] | None = None) -> None:
             }
             api.ok("PUT", "/api/v1/gateways/split", split)
             patches: list[float] = []
+            spent: list[float] = []
             for k in range(args.weight_changes):
                 weights = {"main": "50%", "canary": "50%"} if k % 2 else {"main": "100%"}
                 body, seconds = api.ok("PATCH", "/api/v1/gateways/split/weights", weights)
                 patches.append(seconds)
-            rows.append(
-                (
-                    f"{args.weight_changes} weight changes of one pooled gateway, p50 / p99",
-                    f"{ms(percentile(patches, 50))} / {ms(percentile(patches, 99))}",
+                spent.append(float(body["duration_ms"]) / 1000)
+            for what, times in (("", patches), (": the controller's own (`duration_ms`)", spent)):
+                rows.append(
+                    (
+                        f"{args.weight_changes} weight changes of one pooled gateway{what}, "
+                        "p50 / p99",
+                        f"{ms(percentile(times, 50))} / {ms(percentile(times, 99))}",
+                    )
                 )
-            )
             rows.append(("reloads during 3–5 (master `show proc`)", str(stack.reloads() - reloads)))
             api.close()
             config = Path(stack.state_dir / "haproxy.cfg")
@@ -205,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
                     f"(exit {check.returncode}; {config.read_text().count(chr(10))} lines)",
                 )
             )
+            if args.profile:  # py-spy writes its file once the controller exits, not if it
+                os.kill(inner, signal.SIGTERM)  # is signalled itself
+                stack.process.wait(60)
     print(f"\n## Virtual hosts on one bind: {args.gateways} gateways (bench/hosts.py)\n")
     print("| measure | value |\n|---|---|")
     for name, value in rows:

@@ -79,7 +79,7 @@ from controller.reweigh import reweigh
 from controller.runtime.client import RuntimeClient
 from controller.runtime.errors import CannotLook, RuntimeApiError
 from controller.runtime.stats_page import StatsPage
-from controller.steady import Steady
+from controller.steady import Steady, as_left
 from controller.store import Conflict, Snapshot, Store, StoreEvent
 from controller.tls.files import (
     crt_lists_of,
@@ -598,10 +598,11 @@ class Engine:
     ) -> GatewayPlan | None:
         """A change of weights alone, planned from the plan HAProxy runs (the same plan as
         `_plan` against `known.after(parked=True)`, without its layout and slots made again:
-        `controller.reweigh`); None when it is not such a change."""
+        `controller.reweigh`, pooled gateways too); None when it is not such a change."""
         if gateway is None:
             return None
-        plan = reweigh(known, gateway, self.down.get(name, frozenset()))
+        group = self._group(name, gateway)
+        plan = reweigh(known, gateway, self.down.get(name, frozenset()), group)
         if plan is not None:
             _prepare_files(plan)  # its certificates must still be there, as `_plan` checks
         return plan
@@ -873,12 +874,12 @@ class Engine:
         observed = {}
         if unknown:
             observed = dict(zip(unknown, await self.observe_gateways(unknown), strict=True))
-        plans = [
-            known.get(name)
-            or self._plan(name, self.desired.get(name), observed[name], check_budget=False)
-            for name in names
-            if not self.steady.holds(self, name, observed.get(name))
-        ]
+        plans = []
+        for name in names:
+            if not self.steady.holds(self, name, observed.get(name)):
+                plans.append(known.get(name) or self._plan_read(name, observed[name]))
+            if len(names) > 1:  # a write waits for one gateway's plan, not a whole slice's
+                await asyncio.sleep(0)
         runtime = [p for p in plans if not p.needs_reload]
         await self.applier.apply_runtime(runtime)
         for plan in runtime:
@@ -890,6 +891,19 @@ class Engine:
                 if name not in changed:  # HAProxy still runs what was read
                     self.servers_read(name, found.server_replies)
         return runtime, [p for p in plans if p.needs_reload]
+
+    def _plan_read(self, name: str, observed: GatewayObserved) -> GatewayPlan:
+        """Plan a gateway against what was read of it: when HAProxy reports what its last
+        plan left (`steady.as_left`), from that plan as a write does (`_reweigh`: the same
+        plan, without its layout and slots made again; the first visits after a start at
+        10,000 hosts planned every one in full), else in full."""
+        gateway = self.desired.get(name)
+        last = self.plans.get(name)
+        if last is not None and as_left(observed, last):
+            plan = self._reweigh(name, gateway, last)
+            if plan is not None:
+                return plan
+        return self._plan(name, gateway, observed, check_budget=False)
 
     async def _converge(self, names: Sequence[str], *, drift: bool) -> ApplyResult:
         """Observe and plan `names` (their locks and the gate held by the caller), apply the

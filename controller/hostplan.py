@@ -77,21 +77,21 @@ def plan_any(
     `down` and `resolved` as for `plan_gateway`."""
     if gateway is not None and pooled(gateway):
         check_acl_policy(name, gateway, settings)
-        return _checked(plan_pooled(name, gateway, observed, map_dir, group, down))
+        return checked_entries(plan_pooled(name, gateway, observed, map_dir, group, down))
     if gateway is None and was_pooled(observed):
         empty = [step for b, slots in observed.backends.items() for step in _park(b, slots)]
         commands = ((), tuple(step.command() for step in empty))
         gone = GatewayPlan(name, None, {}, {}, {}, empty=tuple(empty), commands=commands)
-        return _edited(gone, name, {}, observed, group)
+        return with_edits(gone, name, {}, observed, group)
     plan = plan_gateway(name, gateway, observed, map_dir, settings, sections, down, resolved)
     if gateway is None or plan.section is None or plan.section.layout.hosts is None:
         return plan
     entries = host_entries(gateway, plan.section.layout.hosts, name)
-    with_hosts = _checked(replace(plan, maps={**plan.maps, **entries}))
-    return _edited(with_hosts, name, entries, observed, group)
+    with_hosts = checked_entries(replace(plan, maps={**plan.maps, **entries}))
+    return with_edits(with_hosts, name, entries, observed, group)
 
 
-def _checked(plan: GatewayPlan) -> GatewayPlan:
+def checked_entries(plan: GatewayPlan) -> GatewayPlan:
     """Every entry of the bind group's maps must be a socket token (InvalidArgument if not),
     also those a reload writes to disk: the same check as any map swap's."""
     for ref, entries in plan.maps.items():
@@ -187,7 +187,9 @@ def plan_pooled(
         assignment[backend.name] = steps.assignment
         fill += steps.fill
         empty += steps.empty
-    plan = GatewayPlan(name, section, binding, assignment, maps, reload_reasons=tuple(reasons))
+    plan = GatewayPlan(
+        name, section, binding, assignment, maps, reload_reasons=tuple(reasons), made_from=gateway
+    )
     if reasons:
         return plan
     for gone, seen_slots in observed.backends.items():  # routes gone: park their slots
@@ -195,7 +197,7 @@ def plan_pooled(
             empty += _park(gone, seen_slots)
     built = (tuple(c.command() for c in fill), tuple(c.command() for c in empty))
     done = replace(plan, fill=tuple(fill), empty=tuple(empty), commands=built)
-    return _edited(done, name, maps, observed, group)
+    return with_edits(done, name, maps, observed, group)
 
 
 def _bind(
@@ -252,7 +254,7 @@ def _park(backend: str, slots: Sequence[SlotState]) -> list[SlotChange]:
     return [SlotChange(backend, s.name, "server-state", state="maint") for s in slots if s.serving]
 
 
-def _edited(
+def with_edits(
     plan: GatewayPlan,
     name: str,
     desired: Mapping[str, MapEntries],
@@ -260,7 +262,8 @@ def _edited(
     group: GroupView,
 ) -> GatewayPlan:
     """The plan with the edits that bring its own entries of the group's maps to `desired`
-    (none while it waits for a reload: the reload writes the map files)."""
+    (none while it waits for a reload: the reload writes the map files). Of `observed` it
+    reads the maps only (`reweigh` passes the ones a last plan left)."""
     if plan.needs_reload:
         return plan
     missing = [ref for ref, entries in desired.items() if entries and ref not in observed.maps]
@@ -305,10 +308,12 @@ def scope_of(
     from its last `plan`, and as desired): its own hosts and pooled routes, key by key. Its
     own maps it reads whole, as any gateway."""
     sides: list[tuple[Address, tuple[str, ...], bool, tuple[str, ...]]] = []
+    same = False  # the plan was made from `gateway` on its bind: the same keys (not `pooled`)
     if plan is not None and plan.section is not None:
         layout = plan.section.layout
         sides.append((layout.bind, layout.virtual_hosts, layout.pooled, tuple(plan.bindings)))
-    if gateway is not None and gateway.virtual_hosts:
+        same = plan.made_from is gateway and gateway is not None and layout.bind == gateway.bind
+    if gateway is not None and gateway.virtual_hosts and not same:
         sides.append((gateway.bind, gateway.virtual_hosts, pooled(gateway), tuple(gateway.routes)))
     keys: list[tuple[str, str]] = []
     for bind, virtual_hosts, is_pooled, routes in sides:

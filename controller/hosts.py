@@ -18,6 +18,7 @@ a test of the gateway name the map found.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import re
@@ -113,12 +114,18 @@ def host_maps(bind: Address, map_dir: str) -> HostMaps:
 def group_of_ref(ref: str) -> tuple[str, str] | None:
     """(group, kind) of a bind group's map file: kind is hosts, wildcards or routes."""
     name = ref.rsplit("/", 1)[-1]
+    return _group_of_file(name) if name.startswith("_bind.") else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _group_of_file(name: str) -> tuple[str, str] | None:
+    """Cached: a write or a visit asks it of its bind group's three maps a dozen times."""
     for kind, suffix in (
         ("hosts", HOSTS_SUFFIX),
         ("wildcards", WILDCARDS_SUFFIX),
         ("routes", ROUTES_SUFFIX),
     ):
-        if name.startswith("_bind.") and name.endswith(suffix):
+        if name.endswith(suffix):
             return "wb." + name[1 : -len(suffix)], kind
     return None
 

@@ -216,8 +216,9 @@ class GatewayPlan:
     crt_list: CrtListPlan | None = None
     """Its certificates added to or removed from its crt-list, live (`controller.tls`)."""
     made_from: Gateway | None = field(default=None, compare=False, repr=False)
-    """The desired gateway it was planned from, if planned by `plan_gateway`: a change of
-    its weights alone is planned from this plan (`controller.reweigh`)."""
+    """The desired gateway it was planned from, if planned by `plan_gateway` or
+    `hostplan.plan_pooled`: a change of its weights alone is planned from this plan
+    (`controller.reweigh`)."""
 
     @property
     def needs_reload(self) -> bool:

@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
+import controller.hostplan
 from controller.backends import BackendSpec
 from controller.edits import PutGateway, SetWeights
 from controller.engine import Engine
@@ -345,3 +346,85 @@ async def test_a_lost_host_entry_is_repaired_as_drift(engine: Engine) -> None:
     assert engine.state.drift_repairs["map"] == before + 1
     [reply] = await engine.runtime.execute_many([get_map(hosts, host_of("p3"))])
     assert 'value="p3:10000:' in reply
+
+
+def pooled_plans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The gateways planned in full as pooled (`hostplan.plan_pooled`) from now on."""
+    planned: list[str] = []
+    plan_pooled = controller.hostplan.plan_pooled
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        planned.append(name)
+        return plan_pooled(name, *args, **kwargs)
+
+    monkeypatch.setattr(controller.hostplan, "plan_pooled", counted)
+    return planned
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_pooled_gateway_s_new_split_is_planned_from_its_last_plan(
+    engine: Engine, instances: BackendProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`controller.reweigh` on a bind group: a weight change of a pooled gateway that HAProxy
+    runs as last planned is its host's new value, one `set map` and nothing read first (no
+    pool backend bound, no slot planned again); traffic follows it. An instance change is
+    planned in full."""
+    port = engine.desired.gateways["p0"].bind.port
+    routes = {
+        "stable": {"weight": "100%", "instances": [f"127.0.0.1:{instances.port('cond-a')}"]},
+        "canary": {"weight": "0%", "instances": [f"127.0.0.1:{instances.port('cond-b')}"]},
+    }
+    spec = Gateway.model_validate(
+        {"bind": f"127.0.0.1:{port}", "virtual_hosts": ["weighed.test"], "routes": routes}
+    )
+    assert (await engine.change(PutGateway("weighed", spec))).method == "runtime"
+    planned = pooled_plans(monkeypatch)
+    sent = recording(engine, monkeypatch)
+    for stable, serving in ((0, "cond-b"), (10_000, "cond-a"), (0, "cond-b")):
+        sent.clear()
+        split = SetWeights("weighed", {"stable": stable, "canary": 10_000 - stable})
+        result = await engine.change(split)
+        assert result.method == "runtime"
+        [edit] = sent  # its host's entry in the group's hosts map
+        assert edit.split()[:2] == ["set", "map"] and edit.split()[3] == "weighed.test"
+        assert (group_of_ref(edit.split()[2]) or ("", ""))[1] == "hosts"
+        served = {fetch(port, Req(host="weighed.test")).instance for _ in range(20)}
+        assert served == {serving}
+    assert planned == []
+    gateway = engine.desired.get("weighed")
+    assert gateway is not None
+    canary = gateway.routes["canary"]
+    more = canary.model_copy(update={"instances": (*canary.instances, *gateway.routes[
+        "stable"].instances)})
+    changed = gateway.replaced(routes={**gateway.routes, "canary": more})
+    assert (await engine.change(PutGateway("weighed", changed))).method == "runtime"
+    assert planned and set(planned) == {"weighed"}
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_visit_plans_a_pooled_gateway_again_only_once_haproxy_moved(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A visit that reads a pooled gateway as its last plan left it plans from that plan
+    (`Engine._plan_read`: no pool backend bound, no slot planned again), and once it found
+    it so, plans nothing again while the group keeps its pool backends (`controller.steady`);
+    a lost entry is planned in full and repaired."""
+    planned = pooled_plans(monkeypatch)
+    await engine.change(SetWeights("p7", {"main": 10_000}))  # a new plan: not found steady
+    skipped = engine.steady.skipped
+    result = await engine.visit(["p7"])
+    assert result is not None and result.method == "none"
+    assert planned == [] and engine.steady.skipped == skipped
+    sent = recording(engine, monkeypatch)
+    result = await engine.visit(["p7"])
+    assert result is not None and result.method == "none"
+    assert planned == [] and engine.steady.skipped == skipped + 1
+    assert any(text.startswith("get map") for text in sent)  # HAProxy was read all the same
+    plan = engine.plans["p7"]
+    assert plan.section is not None and plan.section.layout.hosts is not None
+    await engine.runtime.execute_many([del_map(plan.section.layout.hosts.hosts, host_of("p7"))])
+    result = await engine.visit(["p7"])
+    assert result is not None and result.method == "runtime" and planned == ["p7"]
+    [reply] = await engine.runtime.execute_many([get_map(plan.section.layout.hosts.hosts,
+                                                         host_of("p7"))])
+    assert 'value="p7:10000:' in reply

@@ -52,10 +52,11 @@ def seeded_stack(
     *,
     extra: list[str] | None = None,
     ready_timeout: float = 120.0,
+    wrapper: list[str] | None = None,
 ) -> Iterator[Stack]:
     """A controller (and its HAProxy) started on a store seeded with `gateways`; both are
-    stopped on exit, even when the test failed."""
-    stack = Stack(state_dir=tmp / "state", api_port=free_port())
+    stopped on exit, even when the test failed. `wrapper`: as `Stack.wrapper` (py-spy)."""
+    stack = Stack(state_dir=tmp / "state", api_port=free_port(), wrapper=wrapper or [])
     seed_store(stack.state_dir, gateways)
     try:
         stack.start_controller(None, extra, wait_ready=False)

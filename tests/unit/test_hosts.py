@@ -10,7 +10,7 @@ from controller.candidates import Candidates
 from controller.desired import BindIndex
 from controller.diff import diff_gateway, how
 from controller.errors import InvalidInput
-from controller.hostplan import plan_any
+from controller.hostplan import plan_any, scope_of
 from controller.hosts import (
     ROUTE_POSITIONS,
     SPARE_BACKENDS,
@@ -278,3 +278,28 @@ def test_the_diff_says_a_host_and_a_pooled_gateway_change_live() -> None:
     assert (added.text, added.live) == ("gateway shop added", True)
     sticky = gateway("shop", sticky="route")
     assert diff_gateway("shop", None, sticky)[0].live is False
+
+
+@pytest.mark.parametrize("extra", [{}, {"sticky": "route"}], ids=["pooled", "own-backends"])
+def test_a_write_reads_the_same_keys_when_the_plan_was_made_from_its_gateway(
+    extra: dict[str, Any],
+) -> None:
+    """`scope_of` skips the desired side when the plan was made from that very gateway: the
+    keys it reads are those of both sides."""
+    gateway = Gateway.model_validate(
+        {
+            "bind": str(BIND),
+            "virtual_hosts": ["a.test", "*.b.test"],
+            "routes": {"main": {"weight": "60%", "instances": ["127.0.0.1:9001"]},
+                       "next": {"weight": "40%", "instances": ["127.0.0.1:9002"]}},
+            **extra,
+        }
+    )
+    plan = plan_any("a", gateway, EMPTY, MAPS, SETTINGS, group=GroupView(True, {1: 4, 2: 4}))
+    assert plan.made_from is gateway
+    equal = gateway.model_copy()  # the same values, another object: both sides are read
+    assert equal is not gateway and equal == gateway
+    assert scope_of("a", plan, gateway, MAPS) == scope_of("a", plan, equal, MAPS)
+    assert (HOSTS.wildcards, "b.test") in scope_of("a", plan, gateway, MAPS)
+    moved = gateway.replaced(virtual_hosts=("a.test", "c.test"))  # a write's new host is read
+    assert (HOSTS.hosts, "c.test") in scope_of("a", plan, moved, MAPS)

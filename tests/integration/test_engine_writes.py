@@ -25,6 +25,7 @@ from controller.runtime.client import RuntimeClient
 from controller.runtime.commands import Command
 from controller.state_dir import StatePaths, open_state_dir
 from controller.store import FileStore
+from tests.support.calls import gateways_passed
 from tests.support.ports import free_port
 from tests.support.stack import admin_command
 
@@ -238,14 +239,7 @@ async def test_a_weight_change_does_not_make_the_gateway_s_layout_again(
     """Once HAProxy runs the gateway's last plan, a new split is planned from that plan
     (`controller.reweigh`): no layout, section or slots computed again; HAProxy's map shows
     it. A change of anything else (instances here) is planned in full."""
-    layouts: list[str] = []
-    gateway_layout = controller.plan.gateway_layout
-
-    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
-        layouts.append(name)
-        return gateway_layout(name, *args, **kwargs)
-
-    monkeypatch.setattr(controller.plan, "gateway_layout", counted)
+    layouts = gateways_passed(monkeypatch, controller.plan, "gateway_layout")
     await engine.change(weights("shop", "20", "80"))  # its plan is now one HAProxy runs
     layouts.clear()
     for stable in ("35", "65", "5"):

@@ -36,6 +36,7 @@ from controller.state_dir import StatePaths, open_state_dir
 from controller.status import gateway_status
 from controller.store import FileStore
 from tests.support import BackendProcess, backend_process
+from tests.support.calls import gateways_passed
 from tests.support.hosts import host_of, hosted_gateway, seeded_stack
 from tests.support.ports import free_port
 from tests.support.stack import Stack
@@ -350,15 +351,7 @@ async def test_a_lost_host_entry_is_repaired_as_drift(engine: Engine) -> None:
 
 def pooled_plans(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The gateways planned in full as pooled (`hostplan.plan_pooled`) from now on."""
-    planned: list[str] = []
-    plan_pooled = controller.hostplan.plan_pooled
-
-    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
-        planned.append(name)
-        return plan_pooled(name, *args, **kwargs)
-
-    monkeypatch.setattr(controller.hostplan, "plan_pooled", counted)
-    return planned
+    return gateways_passed(monkeypatch, controller.hostplan, "plan_pooled")
 
 
 @pytest.mark.asyncio(loop_scope="module")

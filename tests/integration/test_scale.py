@@ -33,6 +33,7 @@ from controller.runtime.parse import parse_stat
 from controller.state_dir import StatePaths, open_state_dir
 from controller.status import gateway_status
 from controller.store import FileStore
+from tests.support.calls import gateways_passed
 from tests.support.ports import free_ports
 from tests.support.stack import admin_command
 
@@ -200,14 +201,7 @@ async def test_an_instances_write_plans_once_unless_haproxy_drifted(
     are added only: a removed one drains, which HAProxy reports until the watch parks it.)"""
     paths = engine.process.paths
     name = "g42"  # no other test writes it
-    planned: list[str] = []
-    plan_one = engine._plan
-
-    def counting(gateway: str, *args: Any, **kwargs: Any) -> Any:
-        planned.append(gateway)
-        return plan_one(gateway, *args, **kwargs)
-
-    monkeypatch.setattr(engine, "_plan", counting)
+    planned = gateways_passed(monkeypatch, engine, "_plan")
     recorder = Recorder(engine, monkeypatch)
     stable = tuple(f"127.1.42.{i}:8080" for i in range(1, 5))  # one added to the three
     result = await engine.change(SetInstances(name, "stable", stable))
@@ -485,14 +479,7 @@ async def test_a_visit_that_finds_what_the_plan_left_plans_nothing_and_drift_is_
         await asyncio.wait_for(again.start(None), 60)
         await asyncio.wait_for(again.unverified.wait(), 60)  # every gateway visited once
         await again.visit([TARGET])  # HAProxy runs what the adopt (or this visit) planned
-        planned: list[str] = []
-        plan_one = again._plan
-
-        def counting(name: str, *args: Any, **kwargs: Any) -> Any:
-            planned.append(name)
-            return plan_one(name, *args, **kwargs)
-
-        monkeypatch.setattr(again, "_plan", counting)
+        planned = gateways_passed(monkeypatch, again, "_plan")
         skipped = again.steady.skipped
         recorder = Recorder(again, monkeypatch)
         result = await again.visit([TARGET])

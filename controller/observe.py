@@ -7,6 +7,7 @@ adopting read everything at once (`show servers state` and every map of ours).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from sys import intern
@@ -141,8 +142,10 @@ class Observer:
         replies_list = await self.runtime.execute_many(batch, check=False)
         certificates = frozenset(parse_ssl_cert_list(replies_list[-1]).files) if tls else None
         replies = iter(replies_list)
-        observed = []
+        observed: list[GatewayObserved] = []
         for scope in scopes:
+            if observed:  # a slice of 50 gateways took 15-30 ms to parse in one go
+                await asyncio.sleep(0)
             states = {
                 backend: reply
                 for backend in scope.backends

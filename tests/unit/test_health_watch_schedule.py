@@ -107,7 +107,10 @@ def engine(tmp_path: Path) -> Engine:
     return Engine(tmp_path, 120)
 
 
-async def test_a_first_look_at_every_gateway_goes_a_chunk_a_tick(engine: Engine) -> None:
+async def test_a_first_look_at_every_gateway_goes_a_chunk_a_tick(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch, "DUE_BUDGET", 3600.0)  # a loaded machine: the chunk, whole
     health = HealthWatch(engine)  # type: ignore[arg-type]
     seen: set[str] = set()
     for tick in range(3):
@@ -214,3 +217,22 @@ async def test_a_reading_is_kept_only_for_a_look_to_come(engine: Engine) -> None
     engine.gateways_read()
     health.handed("g5", replies_of(engine, "g5"))  # seen, nothing due: not kept
     assert not health._handed
+
+
+async def test_gateways_due_are_visited_within_a_time_budget_a_tick(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first look at thousands of gateways takes at most `DUE_BUDGET` of each tick (the
+    writes' event loop), `STEP` gateways at least; a gateway HAProxy's log names is visited at
+    once all the same."""
+    monkeypatch.setattr(watch, "DUE_BUDGET", 0.0)
+    health = HealthWatch(engine)  # type: ignore[arg-type]
+    health.period = 1e9  # no sweep
+    await health.tick(100.0)
+    assert len(engine.gateways_read()) == watch.STEP
+    backend = engine.plans["g99"].bindings["canary"]
+    with engine.process.paths.log.open("a") as log:
+        log.write(f"[WARNING]  (9) : Server {backend}/s1 is DOWN, reason: Layer4 timeout.\n")
+    await health.tick(100.2)
+    read = engine.gateways_read()
+    assert "g99" in read and len(read) == watch.STEP + 1

@@ -421,6 +421,9 @@ def measure_size(size: Size, args: argparse.Namespace) -> None:
                                      note=f"master reloads during adopt: {moved}"))
                 size.rows.append(Row("adopt: every gateway verified, after ready (s)",
                                      [verified_after(stack, args.budget)]))
+                if args.settle:  # the restart's aftermath (first looks) ends first
+                    log(f"[{count}] waiting {args.settle:g} s after every gateway was verified")
+                    time.sleep(args.settle)
                 measure_running(Bench(stack, estate, args), size.rows)
             if "reloads" not in args.rows:
                 return
@@ -511,6 +514,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="(60)")
     parser.add_argument("--idle-settle", type=float, default=0.0,
                         help="seconds waited before the idle window (0)")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds waited after the adopt's verification, before the rows: "
+                             "0 measures the writes right after a restart (0)")
     parser.add_argument("--reload-pause", type=float, default=0.6, help="seconds (0.6)")
     parser.add_argument("--sync-interval", type=float, help="controller's (default: its own)")
     parser.add_argument("--startup-timeout", type=float, default=900.0, help="seconds (900)")

@@ -12,14 +12,22 @@ it every few seconds keeps what a collection walks down to what is new.
 What freezing keeps is freed by reference counting as usual; only garbage *cycles* among
 frozen objects wait. `tend_forever` gives those back once in a long while with one full
 collection (one pause, logged with its length).
+
+Memory freed is not always given back to the system: glibc keeps freed blocks for the
+process. After a reload at 1,000 gateways (a 10 MB `show servers state` read, the whole
+configuration rendered) the controller stayed ~110 MB above its steady size; `trim` hands
+such blocks back (`malloc_trim`, in a thread: ~5 ms the first time, microseconds after).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import gc
 import logging
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +35,25 @@ FREEZE_EVERY = 10.0
 """Seconds between freezes: what survives this long is most likely long-lived state."""
 COLLECT_EVERY = 3600.0
 """Seconds between full collections of the frozen objects (their garbage cycles)."""
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        function: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return function
+
+
+def trim() -> bool:
+    """Give the memory the C allocator holds free back to the system (glibc); False where
+    there is no such call. Blocking: call it in a thread (ctypes lets go of the GIL)."""
+    function = _malloc_trim()
+    if function is None:
+        return False
+    function(0)
+    return True
 
 
 def collect_all() -> float:
@@ -55,3 +82,4 @@ async def tend_forever(
             )  # fmt: skip
         else:
             gc.freeze()
+        await asyncio.to_thread(trim)

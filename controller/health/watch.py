@@ -17,12 +17,13 @@ pipelined round trip; see `stat`) and then, level-based:
 Which gateways to visit, so that the cost is that of what changed (issue 11), not of every
 server: HAProxy's log says which backends had a server change state (`events`), looked at
 every `TICK`, and those gateways are visited first; gateways with a draining slot every
-second; soon after (`CHUNK` a tick) a new gateway, one whose instances, health settings or
-backends changed (not its weights), and after a reload or a restart of HAProxy every gateway
-with a connection limit. A slow sweep visits every gateway anyway (`SWEEP_PER_SECOND` a
-second, or `PER_SECOND` when HAProxy's log is not ours to read: attached mode), in case a
-line was missed. A visit reads `show servers state` per backend, and `show stat` (which
-costs HAProxy a walk over every proxy) only where sessions or `maxconn` matter (`stat`).
+second; soon after (up to `CHUNK` a tick, within `DUE_BUDGET`) a new gateway, one whose
+instances, health settings or backends changed (not its weights), and after a reload or a
+restart of HAProxy every gateway with a connection limit. A slow sweep visits every gateway
+anyway (`SWEEP_PER_SECOND` a second, or `PER_SECOND` when HAProxy's log is not ours to read:
+attached mode), in case a line was missed. A visit reads `show servers state` per backend,
+and `show stat` (which costs HAProxy a walk over every proxy) only where sessions or
+`maxconn` matter (`stat`).
 
 What it knows that HAProxy does not say back (routes down, drain start times) is kept in
 `<state-dir>/health.json` (`memory`) for a restarted controller.
@@ -179,8 +180,9 @@ class HealthWatch:
         self._urgent: set[str] = set()
         """Gateways to visit at the next tick: HAProxy's log named them, or they drain."""
         self._due: set[str] = set()
-        """Gateways to visit soon (changed, reloaded, swept): `CHUNK` a tick after the
-        urgent ones, so that a first look at thousands never delays a route going down."""
+        """Gateways to visit soon (changed, reloaded, swept): up to `CHUNK` a tick after the
+        urgent ones, within `DUE_BUDGET`, so that a first look at thousands never delays a
+        route going down, nor the writes."""
         self._seen: dict[str, tuple[GatewayPlan, Gateway | None, Hashable]] = {}
         """Each gateway's plan, desired state and `health_key` as last noticed."""
         self._owner: dict[str, str] = {}

@@ -118,7 +118,7 @@ def adoptable(
     for name, gateway in desired.items():
         if gateway.virtual_hosts or gateway.tls is not None:
             return f"{name} has virtual hosts or TLS"
-        if any(route.names for route in gateway.routes.values()):
+        if gateway.has_names:
             return f"{name} has instance names (resolved after the start)"
         pool = found.pools.get(name)
         if not pool:

@@ -1076,11 +1076,7 @@ class Engine:
 def _alone(gateway: Gateway | None) -> bool:
     """A gateway whose plan depends on nothing but itself and HAProxy's report: no bind group
     (virtual hosts), no instance names (resolved meanwhile by the DNS watch)."""
-    return (
-        gateway is not None
-        and not gateway.virtual_hosts
-        and not any(route.names for route in gateway.routes.values())
-    )
+    return gateway is not None and not gateway.virtual_hosts and not gateway.has_names
 
 
 def _binds_moved(before: Gateway | None, after: Gateway | None) -> set[Address]:

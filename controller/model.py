@@ -465,6 +465,12 @@ class Gateway(BaseModel):
                 body["routes"][name]["health_check"] = "none"
         return body
 
+    @property
+    def has_names(self) -> bool:
+        """Whether a route lists instance names: its slots follow what the DNS watch resolves,
+        not the gateway alone."""
+        return any(route.names for route in self.routes.values())
+
     def effective_weights(self) -> dict[str, int]:
         """Basis points per route; undeclared routes share the rest, the last one the remainder."""
         declared = sum(r.weight for r in self.routes.values() if r.weight is not None)

@@ -79,7 +79,7 @@ def reweigh(
     made_from, section = known.made_from, known.section
     if made_from is None or section is None:
         return None
-    if any(route.names for route in gateway.routes.values()):
+    if gateway.has_names:
         return None  # its slots follow what the names resolve to now
     if not maps_only(made_from, gateway):
         return None

@@ -84,7 +84,7 @@ class Steady:
             observed is None
             or plan.needs_reload
             or gateway is None
-            or any(route.names for route in gateway.routes.values())
+            or gateway.has_names
         ):
             self._made.pop(plan.name, None)
             return

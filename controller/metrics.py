@@ -17,11 +17,12 @@ code are `Literal`s, so that a typo fails type-checking instead of adding a seri
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import threading
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast, get_args
@@ -62,6 +63,9 @@ RELOAD_KINDS: tuple[ReloadKind, ...] = get_args(ReloadKind)
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 APPLY_BUCKETS = (*API_BUCKETS, 30.0)
 RELOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+WARM_CHUNK = 20
+"""Gateways' chunks made between two turns of the loop when a scrape finds them stale."""
 
 _format_value = cast(Callable[[float], str], floatToGoString)
 """The library's own number format (`+Inf`, Go-style exponents), so both paths agree."""
@@ -137,6 +141,16 @@ class Family:
             text = head + "".join(self._chunk(gateway) for gateway in self.series)
             self._data = text.encode()
         return self._data
+
+    def stale(self) -> list[str]:
+        """Gateways whose chunk a scrape would have to make again."""
+        return [gateway for gateway in self.series if gateway not in self._chunks]
+
+    def warm(self, gateways: Iterable[str]) -> None:
+        """Make the chunks of these gateways now (of those it still has)."""
+        for gateway in gateways:
+            if gateway in self.series:
+                self._chunk(gateway)
 
     def _chunk(self, gateway: str) -> str:
         chunk = self._chunks.get(gateway)
@@ -458,6 +472,23 @@ class Metrics:
     def add_table(self, table: SeriesTable) -> None:
         """Serve another table of this registry by the fast path too (the rollouts')."""
         self._tables.append(table)
+
+    async def render_soon(self, give_way: Callable[[], Awaitable[None]] | None = None) -> bytes:
+        """`render`, after making the stale gateways' chunks `WARM_CHUNK` at a time, awaiting
+        `give_way` between two (default: one turn of the event loop). The first scrape after
+        a start or after changes to many gateways formats every changed line (~0.3 s at
+        1,000 gateways × 10 × 10): in one go, writes waited for all of it, and even a turn
+        between chunks left a write, which needs a few dozen turns, waiting for most of it
+        (`Foreground.give_way` lets it finish first). A gateway changed meanwhile is made
+        again by `render` itself."""
+        for table in self._tables:
+            table.refresh()  # series derived when scraped exist before they are warmed
+            for family in table:
+                stale = family.stale()
+                for start in range(0, len(stale), WARM_CHUNK):
+                    family.warm(stale[start : start + WARM_CHUNK])
+                    await (give_way() if give_way else asyncio.sleep(0))
+        return self.render()
 
     def render(self) -> bytes:
         """The exposition text for `GET /metrics` (content type `CONTENT_TYPE`)."""

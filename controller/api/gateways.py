@@ -224,7 +224,7 @@ async def get_controller(request: web.Request) -> web.Response:
 async def get_metrics(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     engine.metrics.ready(engine.state.ready)
-    response = web.Response(body=engine.metrics.render())
+    response = web.Response(body=await engine.metrics.render_soon(engine.foreground.give_way))
     response.headers["Content-Type"] = CONTENT_TYPE
     return response
 

@@ -3,6 +3,7 @@ events move the counters they should, and the fast /metrics path says what the l
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import replace
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller import metrics as metrics_module
 from controller.applied import INSTANCE_STATES, AppliedRoute, applied_routes
 from controller.metrics import DRIFT_KINDS, RELOAD_KINDS, Metrics, drift_counts
 from controller.model import Config
@@ -164,6 +166,42 @@ def test_each_scrape_shows_the_changes_since_the_last_one() -> None:
     )
     assert series_with(metrics, "gateway", "blog") == []
     assert series_with(metrics, "gateway", "wiki")
+
+
+async def test_a_scrape_makes_stale_gateways_between_turns_of_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many gateways changed: their lines are made a few gateways at a time, other tasks run
+    in between, and a gateway changed meanwhile is said as it is at the end."""
+    monkeypatch.setattr(metrics_module, "WARM_CHUNK", 2)
+    metrics = fresh()
+    cfg = config(
+        **{f"g{i}": gateway(8100 + i, main=("100%", 2), canary=("0%", 1)) for i in range(12)}
+    )
+    desire(metrics, cfg)
+    observe(metrics, cfg, in_sync(cfg)[1])
+    turns = 0
+    split = gateway(8111, main=("50%", 2), canary=("50%", 1))
+    changed = config(**{**cfg.model_dump(mode="json")["gateways"], "g11": split})
+
+    async def meanwhile() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            if turns == 3:
+                desire(metrics, changed, cfg)
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(meanwhile())
+    try:
+        text = await metrics.render_soon()
+    finally:
+        other.cancel()
+    assert turns >= 6  # 12 gateways, 2 a turn, in each family with lines
+    assert text == metrics.render()
+    assert sorted(text.splitlines()) == sorted(generate_latest(metrics.registry).splitlines())
+    canary = {"gateway": "g11", "route": "canary"}
+    assert value(metrics, "weighbridge_route_weight_desired_ratio", **canary) == 0.5
 
 
 def test_desired_and_applied_weights_and_instances() -> None:

@@ -24,12 +24,13 @@ import asyncio
 import json
 import logging
 import os
+import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from controller.files import fsync_directory, list_files, open_append, read_text
 
@@ -78,20 +79,59 @@ def _entry(line: bytes) -> Entry | None:
         return None
 
 
-def decode(data: bytes, where: str) -> list[Entry]:
-    """The entries of one segment; a torn tail is ignored (and logged)."""
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    """An entry as a fold needs it: the gateway's JSON text as written, not parsed (a fold of
+    eight segments parsed 8 MiB of JSON in its thread, and the event loop waited for the GIL:
+    writes at 1,000 gateways slowed to 30-130 ms for a second, docs/benchmarks.md)."""
+
+    name: str
+    revision: int
+    gateway: str
+    """The gateway's JSON text: an object, or `null` (deleted)."""
+
+
+_RAW_HEAD = re.compile(rb'\{"name": "([a-z0-9_-]{1,63})", "revision": ([0-9]+), "gateway": ')
+"""The head of a line as `encode` writes it (json.dumps' own separators, in key order)."""
+
+
+def _raw_entry(line: bytes) -> RawEntry | None:
+    """The raw entry of one line, None if it is torn or damaged; a line not laid out as
+    `encode` writes it is parsed whole."""
+    checksum, _, body = line.partition(b" ")
+    try:
+        if len(checksum) != 8 or int(checksum, 16) != zlib.crc32(body):
+            return None
+    except ValueError:
+        return None
+    head = _RAW_HEAD.match(body)
+    if head is not None and body.endswith(b"}"):
+        gateway = body[head.end() : -1]
+        if gateway == b"null" or gateway.startswith(b"{"):
+            return RawEntry(head[1].decode(), int(head[2]), gateway.decode())
+    if (entry := _entry(line)) is None:
+        return None
+    return RawEntry(entry.name, entry.revision, json.dumps(entry.gateway))
+
+
+E = TypeVar("E")
+
+
+def decode(data: bytes, where: str, parse: Callable[[bytes], E | None]) -> list[E]:
+    """The entries of one segment, each line parsed by `parse`; a torn tail is ignored (and
+    logged)."""
     entries = []
     position = 0
     while position < len(data):
         end = data.find(b"\n", position)
-        entry = _entry(data[position:end]) if end >= 0 else None
+        entry = parse(data[position:end]) if end >= 0 else None
         if entry is None:
             break
         entries.append(entry)
         position = end + 1
     if position < len(data):
         rest = data[position:].split(b"\n")
-        if any(_entry(line) is not None for line in rest[1:]):
+        if any(parse(line) is not None for line in rest[1:]):
             raise JournalCorrupt(
                 f"{where}: a damaged entry at byte {position} is followed by valid ones"
             )
@@ -104,11 +144,20 @@ def decode(data: bytes, where: str) -> list[Entry]:
 
 
 def read_segment(path: Path) -> list[Entry]:
+    return _read(path, _entry)
+
+
+def read_raw_segment(path: Path) -> list[RawEntry]:
+    """A segment's entries as a fold needs them (`RawEntry`)."""
+    return _read(path, _raw_entry)
+
+
+def _read(path: Path, parse: Callable[[bytes], E | None]) -> list[E]:
     try:
         data = read_text(path).encode()  # ASCII as written (a damaged byte fails its checksum)
     except FileNotFoundError:
         return []  # folded meanwhile (a snapshot of a running store): the files have it
-    return decode(data, str(path))
+    return decode(data, str(path), parse)
 
 
 def sequence_of(name: str) -> int | None:

@@ -41,8 +41,9 @@ from controller.journal import (
     Entry,
     Journal,
     JournalCorrupt,
+    RawEntry,
     encode,
-    read_segment,
+    read_raw_segment,
 )
 from controller.locks import KeyedLocks
 from controller.model import Config, Gateway, check_name
@@ -274,19 +275,19 @@ class FileStore:
         deleted), the revision file keeps the highest revision, then the segments go. Crash
         midway: the segments are still there and are folded (or replayed) again, to the same
         result."""
-        latest: dict[str, Entry] = {}
+        latest: dict[str, RawEntry] = {}
         for segment in segments:
-            for entry in read_segment(segment):
+            for entry in read_raw_segment(segment):  # not parsed: the loop needs the GIL
                 latest[entry.name] = entry
         top = max((e.revision for e in latest.values()), default=0)
         texts: dict[str, str] = {}
         for name, entry in latest.items():
             check_name(name)
             path = self.path(name)
-            if entry.gateway is None:
+            if entry.gateway == "null":
                 remove([path, path.with_name(path.name + BACKUP)])
             else:
-                texts[path.name] = _record_json(entry.gateway, entry.revision)
+                texts[path.name] = _record_of(entry.revision, entry.gateway)
         if texts:
             replace_many(self.root, texts, mode=0o600, backup=BACKUP)
         if top > self._stored_revision():
@@ -383,11 +384,13 @@ class FileStore:
 
 
 def _record_text(gateway: Gateway, revision: int) -> str:
-    return _record_json(gateway.model_dump(mode="json"), revision)
+    return _record_of(revision, json.dumps(gateway.model_dump(mode="json")))
 
 
-def _record_json(gateway: dict[str, Any], revision: int) -> str:
-    return json.dumps({"revision": revision, "gateway": gateway}) + "\n"
+def _record_of(revision: int, gateway: str) -> str:
+    """A record file's text, the gateway given as JSON text (the same bytes as json.dumps of
+    the whole record)."""
+    return f'{{"revision": {revision}, "gateway": {gateway}}}\n'
 
 
 def _journal_record(entry: Entry) -> Record:

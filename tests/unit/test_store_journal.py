@@ -8,13 +8,14 @@ import asyncio
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from controller import store as store_module
-from controller.journal import encode
+from controller.journal import _entry, _raw_entry, decode, encode
 from controller.model import Gateway
 from controller.store import MAX_SEALED, FileStore, StoreError
 
@@ -127,6 +128,28 @@ async def test_sealed_segments_are_folded_into_the_files(tmp_path: Path) -> None
     assert json.loads((root / "g1.json").read_text())["revision"] == 4
     assert json.loads((root / "g1.json.bak").read_text())["revision"] == 1
     assert await ports(root) == ({"g1": 7, "g2": 5}, 8)
+
+
+def test_a_fold_reads_entries_as_written_without_parsing_them(tmp_path: Path) -> None:
+    """A fold takes each entry's gateway as the JSON text written (no parse); a line laid out
+    otherwise (keys in another order) is parsed whole; the record text is the same bytes as
+    the store writes for that gateway."""
+    shop = gateway(8080).model_dump(mode="json")
+    odd = json.dumps({"revision": 3, "gateway": shop, "name": "odd"}).encode()
+    data = (
+        encode("shop", 1, shop)
+        + encode("gone", 2, None)
+        + b"%08x %s\n" % (zlib.crc32(odd), odd)
+        + encode("shop", 4, shop)[:-9]  # torn
+    )
+    raw = decode(data, "segment", _raw_entry)
+    parsed = decode(data, "segment", _entry)
+    assert [(e.name, e.revision) for e in raw] == [(e.name, e.revision) for e in parsed]
+    assert [json.loads(e.gateway) for e in raw] == [e.gateway for e in parsed]
+    assert raw[1].gateway == "null" and raw[0].gateway == json.dumps(shop)
+    assert store_module._record_of(1, raw[0].gateway) == store_module._record_text(
+        Gateway.model_validate(shop), 1
+    )
 
 
 async def test_a_fold_interrupted_midway_is_folded_again_to_the_same_state(

@@ -487,7 +487,11 @@ class Engine:
                 plan = assumed[0]
             else:  # slots change: planned on what HAProxy reports
                 [observed] = await self.observe_gateways([name], [after])
-                if assumed is not None and _alone(after) and observed == assumed[1]:
+                if (
+                    assumed is not None
+                    and _alone(after)
+                    and observed == assumed[1].after(parked=True)
+                ):
                     plan = assumed[0]  # it reports what was assumed: the same plan
                 else:
                     plan = await offload(big, self._plan, name, after, observed)
@@ -577,15 +581,17 @@ class Engine:
 
     def _plan_assumed(
         self, name: str, gateway: Gateway | None
-    ) -> tuple[GatewayPlan, GatewayObserved] | None:
+    ) -> tuple[GatewayPlan, GatewayPlan] | None:
         """The plan of `gateway` against what the plan HAProxy runs left it reporting
-        (`GatewayPlan.after`), and that report; None when HAProxy is not known to run the
-        last plan (not applied yet, a reload coming)."""
+        (`GatewayPlan.after`), and the plan it runs; None when HAProxy is not known to run
+        the last plan (not applied yet, a reload coming). That report is made only when
+        `_reweigh` cannot plan from the last plan: a weight change's swap never waits for it
+        (a quarter of its plan's time)."""
         known = self.plans.get(name)
         if known is None or self._runs.get(name) is not known or self.reloads.pending:
             return None
-        assumed = known.after(parked=True)
-        return self._reweigh(name, gateway, known) or self._plan(name, gateway, assumed), assumed
+        plan = self._reweigh(name, gateway, known)
+        return plan or self._plan(name, gateway, known.after(parked=True)), known
 
     def _swaps_only(self, name: str, plan: GatewayPlan) -> bool:
         """Whether the plan only swaps maps (of the crt-list HAProxy runs)."""

@@ -459,8 +459,8 @@ class Engine:
             after = await offload(heavy, edited, edit, record)
             async with self._binds.hold(*_binds_moved(before, after)):
                 self.desired.check(name, after)
-                self._check_budget(name, after)
-                result = await self._write(name, record, after, dry_run, started)
+                big = self._check_budget(name, after).slots > BIG_SLOTS
+                result = await self._write(name, record, after, dry_run, started, big)
         if not result.dry_run:
             self.metrics.write_applied(time.perf_counter() - started, result.method)
             if result.method == "reload":  # its lock, which kept its crt-list, is released
@@ -474,12 +474,12 @@ class Engine:
         after: Gateway | None,
         dry_run: bool,
         started: float,
+        big: bool,
     ) -> ApplyResult:
-        """Plan and apply one gateway's edit; `steps` say how, a reload's reasons in words
-        (a dry run's duration is the time it took to check and plan). A runtime change is
-        described once HAProxy has it: the words cost as much as the plan, and the traffic
-        need not wait for them."""
-        big = self._is_big(after)
+        """Plan and apply one gateway's edit (`big`: its plan leaves the event loop); `steps`
+        say how, a reload's reasons in words (a dry run's duration is the time it took to check
+        and plan). A runtime change is described once HAProxy has it: the words cost as much
+        as the plan, and the traffic need not wait for them."""
         before = record.gateway if record else None
         async with self.gate.shared():
             assumed = await offload(big, self._plan_assumed, name, after)
@@ -1066,17 +1066,16 @@ class Engine:
             self._usage[name] = new
         self._total = self._total - old + new
 
-    def _check_budget(self, name: str, gateway: Gateway | None) -> None:
-        """The whole state's size after the edit, from per-gateway counts: O(1)."""
+    def _check_budget(self, name: str, gateway: Gateway | None) -> Usage:
+        """The whole state's size after the edit, from per-gateway counts: O(1). Returns
+        the gateway's own."""
         new = gateway_usage(gateway) if gateway else Usage()
         self.budget.check(self._total - self._usage.get(name, Usage()) + new)
+        return new
 
     @property
     def total_routes(self) -> int:
         return self._total.routes
-
-    def _is_big(self, gateway: Gateway | None) -> bool:
-        return gateway is not None and gateway_usage(gateway).slots > BIG_SLOTS
 
 
 def _alone(gateway: Gateway | None) -> bool:

@@ -527,13 +527,15 @@ class Engine:
     ) -> int:
         """Store and apply the runtime steps at once; answer once both are done.
 
-        The store's write (and its fsync) runs beside the socket steps, so traffic follows
-        without waiting for the disk; the caller still hears back only once the change is
-        durable. If HAProxy refuses, the record is put back; if the store fails, HAProxy is
-        brought back to the stored gateway: either way nothing stays half-applied."""
-        storing = asyncio.ensure_future(self._store(name, record, after))
+        The store's write (and its fsync) starts once HAProxy answered the swap and runs
+        beside the map file, so traffic follows without waiting for the disk, nor for the
+        store's CPU; the caller still hears back only once the change is durable. If HAProxy
+        refuses, the record is put back; if the store fails, HAProxy is brought back to the
+        stored gateway: either way nothing stays half-applied."""
+        answered = asyncio.Event()
+        storing = asyncio.ensure_future(self._store_once(answered, name, record, after))
         try:
-            await self.applier.apply_runtime([plan])  # a map file only after its swap
+            await self.applier.apply_runtime([plan], answered.set)  # a map file after its swap
         except (WeighbridgeError, OSError) as exc:
             self._runs.pop(name, None)
             try:
@@ -683,6 +685,12 @@ class Engine:
         self._count(name, after)
         self.metrics.set_desired(name, after)
         return revision
+
+    async def _store_once(
+        self, answered: asyncio.Event, name: str, record: Record | None, after: Gateway | None
+    ) -> int:
+        await answered.wait()
+        return await self._store(name, record, after)
 
     async def _put_back(self, name: str, record: Record | None, revision: int) -> int | None:
         """Undo a stored change HAProxy did not take: store the previous record, and bring

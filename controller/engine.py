@@ -689,6 +689,7 @@ class Engine:
     async def _store_once(
         self, answered: asyncio.Event, name: str, record: Record | None, after: Gateway | None
     ) -> int:
+        """The store's write once HAProxy answered the swap (`_commit_runtime`)."""
         await answered.wait()
         return await self._store(name, record, after)
 

@@ -197,6 +197,7 @@ def _parse_bind(value: Any) -> Address:
 
 
 Instance = Annotated[Address, BeforeValidator(parse_address), PlainSerializer(str, return_type=str)]
+Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, return_type=str)]
 
 
 def _distinct_instances(instances: tuple[Address, ...]) -> tuple[Address, ...]:
@@ -207,7 +208,6 @@ def _distinct_instances(instances: tuple[Address, ...]) -> tuple[Address, ...]:
                 raise ValueError(f"instance {address} is listed twice")
             seen.add(address)
     return instances
-Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, return_type=str)]
 
 
 def is_instance_name(value: object) -> bool:

@@ -16,6 +16,7 @@ applied the gateway's record is put back, so a failed write never stays half-app
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -61,7 +62,7 @@ from controller.hostplan import (
     scope_of,
 )
 from controller.hosts import GroupView, group_of_ref, pool_change
-from controller.locks import Gate, KeyedLocks
+from controller.locks import Foreground, Gate, KeyedLocks
 from controller.metrics import Metrics
 from controller.model import Address, Config, Gateway
 from controller.observe import Observer, Scope
@@ -142,7 +143,11 @@ class Engine:
         self.budget = budget or Budget()
         self.state = EngineState()
         self.map_dir = str(process.paths.map_dir)
-        self.observer = Observer(runtime, self.map_dir, settings.cert_dir)
+        self.foreground = Foreground()
+        """Writes and status reads in flight, that the reconcile and the watch give way to."""
+        self.observer = Observer(
+            runtime, self.map_dir, settings.cert_dir, give_way=self.foreground.give_way
+        )
         self.stats_page = (
             StatsPage(settings.status_socket, STATUS_URI, timeout=runtime.timeout)
             if settings.status_socket
@@ -481,7 +486,7 @@ class Engine:
         and plan). A runtime change is described once HAProxy has it: the words cost as much
         as the plan, and the traffic need not wait for them."""
         before = record.gateway if record else None
-        async with self.gate.shared():
+        async with self.gate.shared(), self._serving(after):
             assumed = await offload(big, self._plan_assumed, name, after)
             if assumed is not None and self._swaps_only(name, assumed[0]):
                 plan = assumed[0]
@@ -572,6 +577,11 @@ class Engine:
                 await self._put_back(name, record, revision)
             raise
         return revision, reload
+
+    def _serving(self, after: Gateway | None) -> contextlib.AbstractAsyncContextManager[None]:
+        """A write counts as a request background work gives way to, unless it is big (it
+        would hold the reconcile and the watch off for its whole length)."""
+        return contextlib.nullcontext() if self._is_big(after) else self.foreground.serving()
 
     def _plan_known(self, name: str, gateway: Gateway | None) -> GatewayPlan | None:
         """Plan against what HAProxy runs as far as this controller applied it, without
@@ -802,7 +812,7 @@ class Engine:
                 for plan in plans[start : start + PUBLISH_CHUNK]:
                     if self.plans.get(plan.name) is plan:
                         self.runs(plan)
-                await asyncio.sleep(0)  # let requests in between chunks
+                await self.foreground.give_way()  # requests go first, between chunks
 
         self._publishing = asyncio.create_task(publish())
 
@@ -894,14 +904,14 @@ class Engine:
             if not self.steady.holds(self, name, observed.get(name)):
                 plans.append(known.get(name) or self._plan_read(name, observed[name]))
             if len(names) > 1:  # a write waits for one gateway's plan, not a whole slice's
-                await asyncio.sleep(0)
+                await self.foreground.give_way()
         runtime = [p for p in plans if not p.needs_reload]
         await self.applier.apply_runtime(runtime)
         for plan in runtime:
             self.runs(plan)
             self.steady.found(self, plan, observed.get(plan.name))
             if len(runtime) > 1:  # what each applies is exported: ~0.5 ms a gateway
-                await asyncio.sleep(0)
+                await self.foreground.give_way()
         if self.servers_read is not None:
             changed = {p.name for p in plans if not p.is_empty}
             for name, found in observed.items():

@@ -1,4 +1,5 @@
-"""The engine's locks: one per key (a gateway, a bind), and the gate a reload closes.
+"""The engine's locks: one per key (a gateway, a bind), the gate a reload closes, and the
+right of way requests have over background work.
 
 No global lock on the write path (issue 11): writes to one gateway run one at a time, writes
 to different gateways side by side; a reload stops runtime writes only while it writes the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Hashable, Iterable
 from typing import Generic, TypeVar
 
@@ -121,3 +123,52 @@ class Gate:
     @property
     def closed(self) -> bool:
         return self._writer
+
+
+GIVE_WAY = 0.05
+"""Seconds background work waits at most for requests in flight: a stream of writes slows
+the reconcile and the health watch, never stops them."""
+
+_serving: contextvars.ContextVar[bool] = contextvars.ContextVar("serving", default=False)
+
+
+class Foreground:
+    """Requests in flight (a runtime write, a status read) that background work gives way to
+    between its steps. Each step of a reconcile slice or a health watch visit is short, but a
+    write awaits HAProxy and the disk several times, and each await let the next step in:
+    at 1,000 gateways PATCH p99 was 14 ms with them and 8 ms without (`docs/benchmarks.md`).
+
+    A request is counted only once it holds what it needs (its gateway's lock, the gate),
+    so background work never waits for a request that waits for it; work done on a
+    request's behalf (its own tasks) does not give way to itself."""
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        self._busy += 1
+        self._idle.clear()
+        token = _serving.set(True)
+        try:
+            yield
+        finally:
+            _serving.reset(token)
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy > 0
+
+    async def give_way(self, most: float = GIVE_WAY) -> None:
+        """Between two steps of background work: wait until no request is in flight (at most
+        `most` seconds), or just let the loop turn once."""
+        if not self._busy or _serving.get():
+            await asyncio.sleep(0)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), most)

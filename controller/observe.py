@@ -8,7 +8,7 @@ adopting read everything at once (`show servers state` and every map of ours).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from sys import intern
 
@@ -54,9 +54,21 @@ class Scope:
     """Its crt-list file (a TLS gateway): its lines and the certificates HAProxy holds."""
 
 
+async def _turn() -> None:
+    await asyncio.sleep(0)
+
+
 class Observer:
-    def __init__(self, runtime: RuntimeClient, map_dir: str, cert_dir: str = "") -> None:
+    def __init__(
+        self,
+        runtime: RuntimeClient,
+        map_dir: str,
+        cert_dir: str = "",
+        give_way: Callable[[], Awaitable[None]] = _turn,
+    ) -> None:
         self.runtime = runtime
+        self.give_way = give_way
+        """Awaited between two gateways' parses (`Foreground.give_way`)."""
         self.map_dir = map_dir
         self.cert_dir = cert_dir
 
@@ -145,7 +157,7 @@ class Observer:
         observed: list[GatewayObserved] = []
         for scope in scopes:
             if observed:  # a slice of 50 gateways took 15-30 ms to parse in one go
-                await asyncio.sleep(0)
+                await self.give_way()
             states = {
                 backend: reply
                 for backend in scope.backends

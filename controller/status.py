@@ -66,7 +66,7 @@ async def _stats(engine: Engine, name: str, backends: Iterable[str], *, page: bo
         except TransientError:  # no listener yet (a HAProxy an older version started)
             log.debug("stats page unreadable, reading %s by show stat", name, exc_info=True)
         else:
-            rows = [r for r in parse_stat(text, COLUMNS) if _owner(r.get("pxname", "")) == name]
+            rows = parse_stat(text, COLUMNS, keep=lambda proxy: _owner(proxy) == name)
     read = {r.get("pxname") for r in rows}
     if rest := [b for b in backends if b not in read]:
         kinds = commands.STAT_BACKEND | commands.STAT_SERVER
@@ -102,7 +102,8 @@ async def _read(engine: Engine, name: str, gateway: Gateway) -> tuple[AppliedGat
 
 async def gateway_status(engine: Engine, name: str, record: Record) -> dict[str, Any]:
     gateway = record.gateway
-    applied, rows = await _read(engine, name, gateway)
+    async with engine.foreground.serving():  # the reconcile and the watch wait for its reads
+        applied, rows = await _read(engine, name, gateway)
     applied = replace(applied, health=servers_by_backend(rows.values()))
     points = applied.backend_weights
     desired = gateway.effective_weights()

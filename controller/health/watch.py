@@ -337,7 +337,7 @@ class HealthWatch:
             for backend, reply in zip(names_, replies, strict=True):
                 if not is_error_reply(reply):
                     found[backend] = servers_from_state(reply)
-            await asyncio.sleep(0)  # a write waits for one gateway's parse, not a chunk's
+            await engine.foreground.give_way()  # requests first; then one gateway's parse
         detail = [
             backend
             for (name, _, _), names_ in zip(ready, backends, strict=True)
@@ -356,7 +356,7 @@ class HealthWatch:
             limits = name in self._limits
             await self._apply(name, gateway, plan, servers, limits)
             self._limits.discard(name)
-            await asyncio.sleep(0)  # a write waits for one gateway's plan, not a chunk's
+            await engine.foreground.give_way()  # requests first; then one gateway's plan
 
     def handed(self, name: str, replies: Mapping[str, str]) -> None:
         """The engine's visit of `name` read its servers (`show servers state` per backend):

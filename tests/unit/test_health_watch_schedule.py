@@ -13,6 +13,7 @@ import pytest
 
 from controller.health import watch
 from controller.health.watch import HealthWatch
+from controller.locks import Foreground
 from controller.model import Config, Gateway
 from controller.plan import NOTHING_RUNS, GatewayPlan, plan_gateway
 from controller.render import RenderSettings
@@ -78,6 +79,7 @@ class Engine:
         self.plans: dict[str, GatewayPlan] = {}
         self.down: dict[str, frozenset[str]] = {}
         self.runtime = Runtime()
+        self.foreground = Foreground()
         log = root / "haproxy.log"
         paths: Any = type("Paths", (), {"root": root, "log": log, "attached": False})
         self.process: Any = type("Process", (), {"paths": paths})

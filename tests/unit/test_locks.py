@@ -1,12 +1,14 @@
-"""The engine's locks: per key, and the gate that a reload closes; and the reconcile pace."""
+"""The engine's locks: per key, the gate that a reload closes, the right of way requests have
+over background work; and the reconcile pace."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
-from controller.locks import Gate, KeyedLocks
+from controller.locks import Foreground, Gate, KeyedLocks
 from controller.reconcile import default_period, schedule
 
 
@@ -86,3 +88,50 @@ def test_every_gateway_is_visited_within_the_period() -> None:
         tick, count = schedule(period, gateways)
         assert tick <= period
         assert (gateways / count) * tick <= period + 1e-9  # ticks for one round
+
+
+async def test_background_work_waits_for_requests_in_flight() -> None:
+    foreground = Foreground()
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def request() -> None:
+        async with foreground.serving():
+            order.append("request in")
+            await release.wait()
+            order.append("request out")
+
+    async def background() -> None:
+        await foreground.give_way(most=30)
+        order.append("background step")
+
+    async with asyncio.timeout(5):
+        await foreground.give_way()  # nobody in flight: one turn of the loop
+        serving = asyncio.create_task(request())
+        await asyncio.sleep(0)
+        assert foreground.busy
+        step = asyncio.create_task(background())
+        for _ in range(20):  # the step stays parked while the request is in flight
+            await asyncio.sleep(0)
+        assert order == ["request in"]
+        release.set()
+        await asyncio.gather(serving, step)
+    assert order == ["request in", "request out", "background step"]
+    assert not foreground.busy
+
+
+async def test_giving_way_is_bounded_and_a_request_never_waits_for_itself() -> None:
+    foreground = Foreground()
+    async with asyncio.timeout(5), foreground.serving():
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await foreground.give_way(most=30)  # its own work: no wait
+        await asyncio.create_task(foreground.give_way(most=30))  # nor in a task it starts
+        assert loop.time() - began < 1
+
+        async def elsewhere() -> None:  # another task's background step
+            await foreground.give_way(most=0.05)
+
+        fresh = contextvars.Context()  # a task not started by the request
+        await asyncio.create_task(elsewhere(), context=fresh)  # waits `most` at most
+        assert foreground.busy

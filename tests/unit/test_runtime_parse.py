@@ -116,6 +116,24 @@ def test_stat_csv() -> None:
     assert parse_stat("") == [] and parse_stat("[3]: No such proxy.") == []
 
 
+def test_stat_columns_are_the_same_split_short_or_parsed_as_csv() -> None:
+    """A line without quotes is split only up to the last column read; a quoted field (a
+    check's text may hold commas) goes through the CSV parser: both give the same values."""
+    quoted = STAT_26.replace("127.0.0.1:1,", '"127.0.0.1:1",').replace(
+        "be,s1,0,0,0,0,,0,", 'be,s1,0,0,0,0,,"0",'
+    )
+    for text in (STAT_26, quoted):
+        rows = parse_stat(text, {"pxname", "stot", "status", "addr"})
+        assert rows[0] == {"pxname": "be", "stot": "0", "status": "MAINT", "addr": "127.0.0.1:1"}
+        short = parse_stat(text, {"svname", "status"})
+        assert [r["svname"] for r in short] == ["s1", "BACKEND"]
+        assert short[0] == {"svname": "s1", "status": "MAINT"}
+    asked: list[str] = []
+    kept = parse_stat(STAT_26 + STAT_26.splitlines()[1].replace("be,", "other,", 1), None,
+                      keep=lambda proxy: asked.append(proxy) or proxy == "be")  # fmt: skip
+    assert [r["pxname"] for r in kept] == ["be", "be"] and asked == ["be", "other"]
+
+
 def test_info_and_backends() -> None:
     info = parse_info("Name: HAProxy\nVersion: 2.6.12-1+deb12u4\nPid: 5751\nStopping: 0\n")
     assert info["Pid"] == "5751" and info["Stopping"] == "0"

@@ -486,7 +486,7 @@ class Engine:
         and plan). A runtime change is described once HAProxy has it: the words cost as much
         as the plan, and the traffic need not wait for them."""
         before = record.gateway if record else None
-        async with self.gate.shared(), self._serving(after):
+        async with self.gate.shared(), self._serving(big):
             assumed = await offload(big, self._plan_assumed, name, after)
             if assumed is not None and self._swaps_only(name, assumed[0]):
                 plan = assumed[0]
@@ -578,10 +578,10 @@ class Engine:
             raise
         return revision, reload
 
-    def _serving(self, after: Gateway | None) -> contextlib.AbstractAsyncContextManager[None]:
+    def _serving(self, big: bool) -> contextlib.AbstractAsyncContextManager[None]:
         """A write counts as a request background work gives way to, unless it is big (it
         would hold the reconcile and the watch off for its whole length)."""
-        return contextlib.nullcontext() if self._is_big(after) else self.foreground.serving()
+        return contextlib.nullcontext() if big else self.foreground.serving()
 
     def _plan_known(self, name: str, gateway: Gateway | None) -> GatewayPlan | None:
         """Plan against what HAProxy runs as far as this controller applied it, without

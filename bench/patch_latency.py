@@ -9,7 +9,9 @@ For each change (a new split every time: canary = i % 100 + 0.5 %) it records
    on HAProxy's admin socket, shows the new ranges. By default a poller runs *concurrently*
    with the PATCH (`--visible concurrent`), so a change can be seen before the response
    arrives; `--visible after` polls only once the response is in (no CPU taken from the
-   controller while it works, but visible ≥ round trip by construction).
+   controller while it works, but visible ≥ round trip by construction);
+4. the controller's CPU time per change (all its threads): what the code costs, which moves
+   far less than the latencies when others share the CPUs.
 
 Run: `.venv/bin/python -m bench.patch_latency [--changes 1000]`; prints a Markdown report.
 """
@@ -33,6 +35,7 @@ from bench.common import (
     Controller,
     code_version,
     controller,
+    cpu_seconds,
     demo_backends,
     free_port,
     free_ports,
@@ -175,6 +178,8 @@ class Results:
     sent_at: list[float] = field(default_factory=list)
     polls: int = 0
     wall_seconds: float = 0.0
+    controller_cpu: float = 0.0
+    """CPU seconds (user + system, every thread) the controller used for the measured changes."""
 
 
 async def _patch(
@@ -210,10 +215,12 @@ async def measure(stack: Controller, changes: int, warmup: int, visible_mode: st
         try:
             started = time.perf_counter()
             opened_before = 0
+            cpu_before = 0.0
             for i in range(-warmup, changes):
                 if i == 0:
                     started = time.perf_counter()
                     opened_before = opened[0]
+                    cpu_before = cpu_seconds(stack.pid)
                 stable, canary = split_for(i)
                 body = {"stable": percent(stable), "canary": percent(canary)}
                 wanted = expected_ranges(order, stable, canary)
@@ -239,6 +246,7 @@ async def measure(stack: Controller, changes: int, warmup: int, visible_mode: st
                 results.methods[str(payload["method"])] += 1
                 results.visible_before_response += seen < done
             results.wall_seconds = time.perf_counter() - started
+            results.controller_cpu = cpu_seconds(stack.pid) - cpu_before
             async with session.get(f"{stack.api}/api/v1/gateways/{GATEWAY}") as response:
                 final = (await response.json())["routes"]
             want = {"stable": body["stable"], "canary": body["canary"]}
@@ -294,6 +302,8 @@ def report(results: Results, args: argparse.Namespace) -> str:
         " directory, on every change)",
         f"- controller reconcile period: {args.sync_interval or 'default (5 s)'}",
         f"- wall time: {results.wall_seconds:.1f} s ({n / results.wall_seconds:.0f} changes/s)",
+        f"- controller CPU per change: {results.controller_cpu / n * 1000:.3f} ms (user + system,"
+        " every thread; steadier than the latencies on a shared machine)",
         f"- goal p99 ≤ 10 ms: round trip p99 {rtt99:.2f} ms "
         f"({'met' if rtt99 <= 10 else 'missed'}), visible p99 {vis99:.2f} ms "
         f"({'met' if vis99 <= 10 else 'missed'})",

@@ -92,7 +92,9 @@ class Applier:
         self.swapper = MapSwapper(runtime)
         self.crt_lists: CrtListApplier | None = None
 
-    async def apply_runtime(self, plans: Sequence[GatewayPlan]) -> None:
+    async def apply_runtime(
+        self, plans: Sequence[GatewayPlan], answered: Callable[[], None] = lambda: None
+    ) -> None:
         """New instances, the atomic map swaps (built and checked by the plans) and the swapped
         maps' files, the emptied slots; several gateways' steps share each round trip.
 
@@ -102,18 +104,25 @@ class Applier:
         swap and its file. If the file cannot be written, this raises with HAProxy ahead of
         the file; the engine then brings the gateway back to its stored state (a swap back,
         the file untouched). A crash in between is repaired at start: `Engine.converge_all`
-        writes every gateway's map files from the stored state before anything else."""
-        count = runtime_count(plans)
-        if not count:
-            return
-        try:
-            await self._runtime(plans)
-        except Exception:
-            self.metrics.runtime_commands(count, "failed")
-            raise
-        self.metrics.runtime_commands(count, "ok")
+        writes every gateway's map files from the stored state before anything else.
 
-    async def _runtime(self, plans: Sequence[GatewayPlan]) -> None:
+        `answered` is called once HAProxy answered the swaps, and (again, or first when there
+        are none) once this returns or fails: work started then does not take a CPU from
+        HAProxy while it applies them (it must bear a second call)."""
+        try:
+            count = runtime_count(plans)
+            if not count:
+                return
+            try:
+                await self._runtime(plans, answered)
+            except Exception:
+                self.metrics.runtime_commands(count, "failed")
+                raise
+            self.metrics.runtime_commands(count, "ok")
+        finally:
+            answered()
+
+    async def _runtime(self, plans: Sequence[GatewayPlan], answered: Callable[[], None]) -> None:
         lists = [plan.crt_list for plan in plans if plan.crt_list is not None]
         if lists:  # first: a certificate HAProxy refuses leaves the rest untouched
             if self.crt_lists is None:
@@ -125,6 +134,7 @@ class Applier:
             await self.runtime.execute_many(fill)
         if swaps:
             await self.swapper.swap(swaps)
+            answered()
             await self.write_maps({s.ref: s.entries for s in swaps})
         edits = [command for plan in plans for command in plan.map_edits]
         if edits:  # entries of the bind groups' maps: after the slots they name are filled

@@ -464,8 +464,8 @@ class Engine:
             after = await offload(heavy, edited, edit, record)
             async with self._binds.hold(*_binds_moved(before, after)):
                 self.desired.check(name, after)
-                self._check_budget(name, after)
-                result = await self._write(name, record, after, dry_run, started)
+                big = self._check_budget(name, after).slots > BIG_SLOTS
+                result = await self._write(name, record, after, dry_run, started, big)
         if not result.dry_run:
             self.metrics.write_applied(time.perf_counter() - started, result.method)
             if result.method == "reload":  # its lock, which kept its crt-list, is released
@@ -479,20 +479,24 @@ class Engine:
         after: Gateway | None,
         dry_run: bool,
         started: float,
+        big: bool,
     ) -> ApplyResult:
-        """Plan and apply one gateway's edit; `steps` say how, a reload's reasons in words
-        (a dry run's duration is the time it took to check and plan). A runtime change is
-        described once HAProxy has it: the words cost as much as the plan, and the traffic
-        need not wait for them."""
-        big = self._is_big(after)
+        """Plan and apply one gateway's edit (`big`: its plan leaves the event loop); `steps`
+        say how, a reload's reasons in words (a dry run's duration is the time it took to check
+        and plan). A runtime change is described once HAProxy has it: the words cost as much
+        as the plan, and the traffic need not wait for them."""
         before = record.gateway if record else None
-        async with self.gate.shared(), self._serving(after):
+        async with self.gate.shared(), self._serving(big):
             assumed = await offload(big, self._plan_assumed, name, after)
             if assumed is not None and self._swaps_only(name, assumed[0]):
                 plan = assumed[0]
             else:  # slots change: planned on what HAProxy reports
                 [observed] = await self.observe_gateways([name], [after])
-                if assumed is not None and _alone(after) and observed == assumed[1]:
+                if (
+                    assumed is not None
+                    and _alone(after)
+                    and observed == assumed[1].after(parked=True)
+                ):
                     plan = assumed[0]  # it reports what was assumed: the same plan
                 else:
                     plan = await offload(big, self._plan, name, after, observed)
@@ -528,13 +532,15 @@ class Engine:
     ) -> int:
         """Store and apply the runtime steps at once; answer once both are done.
 
-        The store's write (and its fsync) runs beside the socket steps, so traffic follows
-        without waiting for the disk; the caller still hears back only once the change is
-        durable. If HAProxy refuses, the record is put back; if the store fails, HAProxy is
-        brought back to the stored gateway: either way nothing stays half-applied."""
-        storing = asyncio.ensure_future(self._store(name, record, after))
+        The store's write (and its fsync) starts once HAProxy answered the swap and runs
+        beside the map file, so traffic follows without waiting for the disk, nor for the
+        store's CPU; the caller still hears back only once the change is durable. If HAProxy
+        refuses, the record is put back; if the store fails, HAProxy is brought back to the
+        stored gateway: either way nothing stays half-applied."""
+        answered = asyncio.Event()
+        storing = asyncio.ensure_future(self._store_once(answered, name, record, after))
         try:
-            await self.applier.apply_runtime([plan])  # a map file only after its swap
+            await self.applier.apply_runtime([plan], answered.set)  # a map file after its swap
         except (WeighbridgeError, OSError) as exc:
             self._runs.pop(name, None)
             try:
@@ -572,10 +578,10 @@ class Engine:
             raise
         return revision, reload
 
-    def _serving(self, after: Gateway | None) -> contextlib.AbstractAsyncContextManager[None]:
+    def _serving(self, big: bool) -> contextlib.AbstractAsyncContextManager[None]:
         """A write counts as a request background work gives way to, unless it is big (it
         would hold the reconcile and the watch off for its whole length)."""
-        return contextlib.nullcontext() if self._is_big(after) else self.foreground.serving()
+        return contextlib.nullcontext() if big else self.foreground.serving()
 
     def _plan_known(self, name: str, gateway: Gateway | None) -> GatewayPlan | None:
         """Plan against what HAProxy runs as far as this controller applied it, without
@@ -587,15 +593,17 @@ class Engine:
 
     def _plan_assumed(
         self, name: str, gateway: Gateway | None
-    ) -> tuple[GatewayPlan, GatewayObserved] | None:
+    ) -> tuple[GatewayPlan, GatewayPlan] | None:
         """The plan of `gateway` against what the plan HAProxy runs left it reporting
-        (`GatewayPlan.after`), and that report; None when HAProxy is not known to run the
-        last plan (not applied yet, a reload coming)."""
+        (`GatewayPlan.after`), and the plan it runs; None when HAProxy is not known to run
+        the last plan (not applied yet, a reload coming). That report is made only when
+        `_reweigh` cannot plan from the last plan: a weight change's swap never waits for it
+        (a quarter of its plan's time)."""
         known = self.plans.get(name)
         if known is None or self._runs.get(name) is not known or self.reloads.pending:
             return None
-        assumed = known.after(parked=True)
-        return self._reweigh(name, gateway, known) or self._plan(name, gateway, assumed), assumed
+        plan = self._reweigh(name, gateway, known)
+        return plan or self._plan(name, gateway, known.after(parked=True)), known
 
     def _swaps_only(self, name: str, plan: GatewayPlan) -> bool:
         """Whether the plan only swaps maps (of the crt-list HAProxy runs)."""
@@ -687,6 +695,13 @@ class Engine:
         self._count(name, after)
         self.metrics.set_desired(name, after)
         return revision
+
+    async def _store_once(
+        self, answered: asyncio.Event, name: str, record: Record | None, after: Gateway | None
+    ) -> int:
+        """The store's write once HAProxy answered the swap (`_commit_runtime`)."""
+        await answered.wait()
+        return await self._store(name, record, after)
 
     async def _put_back(self, name: str, record: Record | None, revision: int) -> int | None:
         """Undo a stored change HAProxy did not take: store the previous record, and bring
@@ -1070,17 +1085,16 @@ class Engine:
             self._usage[name] = new
         self._total = self._total - old + new
 
-    def _check_budget(self, name: str, gateway: Gateway | None) -> None:
-        """The whole state's size after the edit, from per-gateway counts: O(1)."""
+    def _check_budget(self, name: str, gateway: Gateway | None) -> Usage:
+        """The whole state's size after the edit, from per-gateway counts: O(1). Returns
+        the gateway's own."""
         new = gateway_usage(gateway) if gateway else Usage()
         self.budget.check(self._total - self._usage.get(name, Usage()) + new)
+        return new
 
     @property
     def total_routes(self) -> int:
         return self._total.routes
-
-    def _is_big(self, gateway: Gateway | None) -> bool:
-        return gateway is not None and gateway_usage(gateway).slots > BIG_SLOTS
 
 
 def _alone(gateway: Gateway | None) -> bool:

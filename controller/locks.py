@@ -26,26 +26,37 @@ class KeyedLocks(Generic[K]):
 
     @contextlib.asynccontextmanager
     async def hold(self, *keys: K) -> AsyncIterator[None]:
-        """Hold every key's lock (taken in a fixed order: two holders never deadlock)."""
-        ordered = sorted(set(keys), key=repr)
-        async with contextlib.AsyncExitStack() as stack:
-            for key in ordered:
-                await stack.enter_async_context(self._one(key))
-            yield
+        """Hold every key's lock (taken in a fixed order: two holders never deadlock).
 
-    @contextlib.asynccontextmanager
-    async def _one(self, key: K) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
+        One context manager whatever the number of keys (a write holds its gateway and its
+        binds, most often none: an exit stack and a manager per key took 10 µs more of the
+        half millisecond before a weight change's swap)."""
+        ordered = sorted(set(keys), key=repr) if len(keys) > 1 else keys
+        taken: list[K] = []
         try:
-            async with lock:
-                yield
+            for key in ordered:
+                lock, users = self._locks.get(key, (None, 0))
+                if lock is None:
+                    lock = asyncio.Lock()
+                self._locks[key] = (lock, users + 1)
+                try:
+                    await lock.acquire()
+                except BaseException:
+                    self._leave(key)
+                    raise
+                taken.append(key)
+            yield
         finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            for key in reversed(taken):
+                self._locks[key][0].release()
+                self._leave(key)
+
+    def _leave(self, key: K) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)
 
     def held(self, key: K) -> bool:
         entry = self._locks.get(key)

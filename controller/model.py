@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -199,6 +200,16 @@ Instance = Annotated[Address, BeforeValidator(parse_address), PlainSerializer(st
 Bind = Annotated[Address, BeforeValidator(_parse_bind), PlainSerializer(str, return_type=str)]
 
 
+def _distinct_instances(instances: tuple[Address, ...]) -> tuple[Address, ...]:
+    if len(set(instances)) != len(instances):
+        seen: set[Address] = set()
+        for address in instances:
+            if address in seen:
+                raise ValueError(f"instance {address} is listed twice")
+            seen.add(address)
+    return instances
+
+
 def is_instance_name(value: object) -> bool:
     """A `name:port` instance rather than an IP literal (whose errors `parse_address` words)."""
     if not isinstance(value, str) or _CANONICAL_IPV4_PORT.fullmatch(value):
@@ -282,7 +293,9 @@ class Route(RoutePolicy):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     weight: Percent | None = None
-    instances: tuple[Instance, ...] = Field(default=(), max_length=4096)
+    instances: Annotated[tuple[Instance, ...], AfterValidator(_distinct_instances)] = Field(
+        default=(), max_length=4096
+    )
     condition: Condition | None = None
     condition_strength: Percent | None = None
     """Share of the requests matching `condition` sent here; default 100 % with a condition."""
@@ -345,13 +358,12 @@ class Route(RoutePolicy):
         return BASIS_POINTS if self.condition_strength is None else self.condition_strength
 
     @model_validator(mode="after")
-    def _unique_instances(self) -> Route:
-        if len(set(self.instances)) != len(self.instances):
-            seen: set[Address] = set()
-            for address in self.instances:
-                if address in seen:
-                    raise ValueError(f"instance {address} is listed twice")
-                seen.add(address)
+    def _field_pairs(self) -> Route:
+        """Rules between fields, and names listed twice (at most 256, said of the route as
+        they are written in `instances`). Instances listed twice are their field's rule:
+        pydantic runs a model's own validators again on every instance of it given to a model
+        (each route of a gateway whose weights change), not its fields' (O(instances): 0.44
+        ms of a weight change at 1,000 instances a route)."""
         if self.condition_strength is not None and self.condition is None:
             raise ValueError("condition_strength needs a condition")
         if self.protocol == "h2" and self.tls is None:

@@ -46,8 +46,9 @@ def parse_json(raw: bytes) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         message = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 JSON"
         raise InvalidInput(f"body is not valid JSON: {message}", problem) from None
-    else:
-        depth_error = _depth_exceeded(value, MAX_DEPTH)
+    else:  # nesting needs an opening bracket a level: a body with few is never too deep
+        openers = raw.count(b"{") + raw.count(b"[")
+        depth_error = openers > MAX_DEPTH and _depth_exceeded(value, MAX_DEPTH)
     if depth_error:
         raise InvalidInput(
             f"body is nested deeper than {MAX_DEPTH} levels",
@@ -56,16 +57,24 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
-async def read_json_body(request: web.Request) -> Any:
-    too_large = TooLarge(
+def _too_large() -> TooLarge:
+    return TooLarge(
         f"body larger than {MAX_BODY} bytes", [{"field": "(body)", "message": "too large"}]
     )
+
+
+async def read_json_body(request: web.Request) -> Any:
+    """The body, within MAX_BODY bytes and `body_timeout` seconds (no timer when it is all
+    in already, as a small body usually is with its headers)."""
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise too_large
+        raise _too_large()
     seconds = request.app[LIMITS].body_timeout
     try:
-        async with asyncio.timeout(seconds):
+        if request.content.is_eof():
             raw = await request.read()
+        else:
+            async with asyncio.timeout(seconds):
+                raw = await request.read()
     except TimeoutError:
         raise ApiError(
             408,
@@ -73,7 +82,7 @@ async def read_json_body(request: web.Request) -> Any:
             [{"field": "(body)", "message": "too slow"}],
         ) from None
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large() from None
     return parse_json(raw)
 
 

@@ -30,6 +30,8 @@ from controller.runtime.parse import is_error_reply, strip_payload_prompts, work
 _READ_SIZE = 65536
 _SESSION_SETUP = b"prompt\nset severity-output number\n"
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+_SHOW_INFO = show_info().text
+"""Ends every round trip when `check_worker` (built and checked once)."""
 
 
 class Stream(Protocol):
@@ -294,7 +296,7 @@ class RuntimeClient:
         stream = await self._connected(session)
         lines = [cmd.wire for cmd in cmds]
         if self.check_worker:
-            lines.append(show_info().text)
+            lines.append(_SHOW_INFO)
         session.batch_sent = True
         stream.write(("\n".join(lines) + "\n").encode("ascii"))
         # Read before draining: a big batch with big replies would otherwise

@@ -256,6 +256,27 @@ async def test_a_weight_change_does_not_make_the_gateway_s_layout_again(
     assert result.method == "runtime" and set(layouts) == {"shop"}
 
 
+async def test_the_store_s_write_starts_once_haproxy_answered_the_swap(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's work (JSON, journal, fdatasync) does not take a CPU from HAProxy while it
+    applies the swap: it starts once HAProxy has the new split. The answer still waits for
+    it; a failure on either side still brings both back (the test below, and
+    `test_an_unwritable_maps_dir_is_not_reported_applied_and_leaves_no_stale_file`)."""
+    put = engine.store.put
+    seen_at_put: list[str] = []
+
+    async def noting(name: str, gateway: Gateway, expected: int) -> int:
+        seen_at_put.append(live_map(engine, "shop"))  # HAProxy's own map, as the put starts
+        return await put(name, gateway, expected)
+
+    monkeypatch.setattr(engine.store, "put", noting)
+    result = await engine.change(weights("shop", "30", "70"))
+    assert result.method == "runtime" and len(seen_at_put) == 1
+    assert "0:2999 wb.shop.b" in seen_at_put[0]  # already 30/70 when the store began
+    assert engine.desired.records["shop"].revision == result.revision
+
+
 async def test_a_store_that_fails_after_the_swap_leaves_haproxy_as_stored(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

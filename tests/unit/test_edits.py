@@ -4,6 +4,7 @@ name the field (no HTTP inside the engine)."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from controller.desired import Record
 from controller.edits import (
@@ -58,6 +59,25 @@ def test_invalid_results_name_the_field() -> None:
     with pytest.raises(InvalidInput) as strength:
         edited(EditRoute("shop", "canary", {"condition_strength": "20%"}), RECORD)
     assert strength.value.problems[0]["field"] == "routes.canary"
+
+
+def test_an_instance_listed_twice_is_refused_by_every_edit_that_sets_instances() -> None:
+    """Distinct instances are the field's rule, not the route's: a weight change, which gives
+    pydantic the routes as they are, does not check them again (and need not)."""
+    twice = ("127.0.0.1:9101", "127.0.0.1:9101")
+    for edit in (
+        SetInstances("shop", "canary", twice),
+        EditRoute("shop", "canary", {"instances": list(twice)}),
+    ):
+        with pytest.raises(InvalidInput) as refused:
+            edited(edit, RECORD)
+        message = "instance 127.0.0.1:9101 is listed twice"
+        assert refused.value.problems == [{"field": "routes.canary.instances", "message": message}]
+    with pytest.raises(ValidationError, match=r"routes\.canary\.instances\n.*listed twice"):
+        Gateway.model_validate({**SHOP.as_json(), "routes": {"canary": {"instances": list(twice)}}})
+    reweighed = edited(SetWeights("shop", {"stable": 5000, "canary": 5000}), RECORD)
+    assert reweighed is not None
+    assert reweighed.routes["canary"].instances == SHOP.routes["canary"].instances
 
 
 def test_edit_route_keeps_the_other_routes_and_the_text_of_percentages() -> None:

@@ -14,8 +14,10 @@ most); then, in order:
 4. new gateways: `--add` gateways PUT one by one through the API (keep-alive), each followed
    by one request to its host: the PUT's round trip, and PUT sent → new host answered 200.
    The master's reload counter must not move.
-5. a weight change of one pooled gateway (PATCH weights, alternating 100/0 and 50/50 over two
-   routes of a gateway added for it): the write's round trip.
+5. a weight change of one pooled gateway (PATCH weights, alternating 100/0 and 0/100 over two
+   routes of a gateway added for it): the write's round trip, and from sending it until
+   HAProxy's hosts map holds the new entry (`get map`, asked back to back on the admin socket
+   by a process of its own, `bench.peers.Prober`): traffic switched.
 6. `haproxy -c` on the final configuration: its time and peak RSS.
 
 Run: `.venv/bin/python -m bench.hosts [--gateways 10000] [--add 100] [--port-base 61000]
@@ -31,9 +33,11 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bench.common import (
@@ -49,7 +53,9 @@ from bench.common import (
     status_mib,
 )
 from bench.patch_latency import profiler
+from bench.peers import SWITCH_TIMEOUT, prober
 from controller.backends import BackendSpec
+from controller.hosts import HOSTS_SUFFIX
 from tests.support import backend_process
 from tests.support.hosts import host_of, hosted_gateway, seeded_stack
 
@@ -65,6 +71,48 @@ def request(port: int, host: str) -> tuple[int, str | None]:
         conn.close()
 
 
+def _map_jobs(conn: Connection) -> None:
+    """The map prober's process: for each job (admin socket, `get map` command, its reply
+    before the change, perf_counter() at the start), ask on one prompt-mode session until the
+    reply differs; answer the perf_counter() of that reply."""
+    sessions: dict[str, socket.socket] = {}
+    try:
+        while (job := conn.recv()) is not None:
+            if job == "abort":
+                conn.send("aborted")
+                continue
+            path, command, before, started = job
+            if path not in sessions:
+                sessions[path] = session = socket.socket(socket.AF_UNIX)
+                session.settimeout(5)
+                session.connect(path)
+                session.sendall(b"prompt\n")
+                _until_prompt(session)
+            session = sessions[path]
+            reply: float | str | None = None
+            while reply is None:
+                session.sendall(command.encode() + b"\n")
+                now, text = time.perf_counter(), _until_prompt(session)
+                if text.strip() != before.strip():
+                    reply = now
+                elif now - started > SWITCH_TIMEOUT:
+                    reply = f"the hosts map did not change in {SWITCH_TIMEOUT} s"
+            conn.send(reply)
+    finally:
+        for session in sessions.values():
+            session.close()
+
+
+def _until_prompt(session: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"> "):
+        chunk = session.recv(65536)
+        if not chunk:
+            raise ConnectionError("the admin socket closed the session")
+        data += chunk
+    return data[:-2].decode(errors="replace")
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -76,13 +124,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unknown", type=int, default=50)
     parser.add_argument("--add", type=int, default=100)
     parser.add_argument("--weight-changes", type=int, default=100)
-    parser.add_argument("--port-base", type=int, default=61000,
-                        help="the bind's port: the first free one from here (61000)")
-    parser.add_argument("--profile", metavar="FILE", default=None,
-                        help="py-spy's raw stacks of the controller, written when it stops")
-    parser.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
-                        help="one more argument of `controller run` (repeat), e.g. "
-                        "--controller-arg=--no-health-watch")
+    parser.add_argument(
+        "--port-base",
+        type=int,
+        default=61000,
+        help="the bind's port: the first free one from here (61000)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        default=None,
+        help="py-spy's raw stacks of the controller, written when it stops",
+    )
+    parser.add_argument(
+        "--controller-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument of `controller run` (repeat), e.g. "
+        "--controller-arg=--no-health-watch",
+    )
     args = parser.parse_args(argv)
     load_before, code = load_now(), code_version()
     rng = random.Random(15)
@@ -190,14 +251,36 @@ def main(argv: list[str] | None = None) -> None:
                 },
             }
             api.ok("PUT", "/api/v1/gateways/split", split)
+            [hosts_map] = (stack.state_dir / "maps").glob(f"*{HOSTS_SUFFIX}")
+            ask = f"get map {hosts_map} split.hosts.test"
             patches: list[float] = []
             spent: list[float] = []
-            for k in range(args.weight_changes):
-                weights = {"main": "50%", "canary": "50%"} if k % 2 else {"main": "100%"}
-                body, seconds = api.ok("PATCH", "/api/v1/gateways/split/weights", weights)
-                patches.append(seconds)
-                spent.append(float(body["duration_ms"]) / 1000)
-            for what, times in (("", patches), (": the controller's own (`duration_ms`)", spent)):
+            switched: list[float] = []
+            with prober(_map_jobs) as probe:
+                probe.start(str(stack.admin_socket), ask, "", time.perf_counter())
+                probe.result()  # the prober's process has started and is connected
+                for k in range(args.weight_changes):
+                    to_main = k % 2 == 1  # the first change moves traffic off `main`
+                    weights = {
+                        "main": "100%" if to_main else "0%",
+                        "canary": "0%" if to_main else "100%",
+                    }
+                    before = stack.admin(ask)
+                    began = time.perf_counter()
+                    probe.start(str(stack.admin_socket), ask, before, began)
+                    try:
+                        body, seconds = api.ok("PATCH", "/api/v1/gateways/split/weights", weights)
+                    except BaseException:
+                        probe.abort()
+                        raise
+                    switched.append(probe.result() - began)
+                    patches.append(seconds)
+                    spent.append(float(body["duration_ms"]) / 1000)
+            for what, times in (
+                ("", patches),
+                (": the controller's own (`duration_ms`)", spent),
+                (": sent → switched in HAProxy's hosts map (`get map`)", switched),
+            ):
                 rows.append(
                     (
                         f"{args.weight_changes} weight changes of one pooled gateway{what}, "

@@ -135,18 +135,24 @@ class Prober:
     a prober thread, 2.6-4.1 ms beside a prober process, 2.5-3.5 ms alone), for every proxy.
     Both processes read the same clock (`perf_counter` is CLOCK_MONOTONIC on Linux)."""
 
-    def __init__(self) -> None:
+    def __init__(self, jobs: Callable[[Connection], None] | None = None) -> None:
+        """`jobs`: the process's loop (a module-level function, for `spawn`); by default it
+        probes routes over HTTP (`_probe_jobs`)."""
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_probe_jobs, args=(child,), daemon=True)
+        target = jobs or _probe_jobs
+        self._process = context.Process(target=target, args=(child,), daemon=True)
         self._process.start()
         child.close()
 
-    def start(self, port: int, host: str, want: str, started: float) -> None:
-        self._conn.send((port, host, want, started))
+    def start(self, *job: object) -> None:
+        """A job for the process; by default (port, host, route wanted, perf_counter() at the
+        start)."""
+        self._conn.send(job)
 
     def result(self) -> float:
-        """perf_counter() of the first of CONFIRM answers in a row from the new route."""
+        """perf_counter() of the moment the job saw the change (by default the first of
+        CONFIRM answers in a row from the new route)."""
         found = self._conn.recv()
         if isinstance(found, str):
             raise TimeoutError(found)
@@ -192,8 +198,8 @@ def _probe_jobs(conn: Connection) -> None:
 
 
 @contextlib.contextmanager
-def prober() -> Iterator[Prober]:
-    probe = Prober()
+def prober(jobs: Callable[[Connection], None] | None = None) -> Iterator[Prober]:
+    probe = Prober(jobs)
     try:
         yield probe
     finally:

@@ -177,11 +177,26 @@ async def test_gateways_join_and_leave_a_shared_bind_live_under_traffic(
     assert stack.reloads() == reloads
 
 
+def joined_live(shared: Shared, instances: BackendProcess, added: dict[str, str]) -> None:
+    """What the tests above leave (these gateways added live, each serving the instance named,
+    and n10 removed live), made here when a test runs without them (alone, or after a
+    failure): each step is a runtime write."""
+    for name, instance in added.items():
+        if shared.stack.request("GET", f"/api/v1/gateways/{name}").status == 404:
+            spec = hosted_gateway(name, shared.port, shared.address(instances, instance))
+            answer = shared.stack.request("PUT", f"/api/v1/gateways/{name}", spec)
+            assert (answer.status, answer.body["method"]) == (201, "runtime"), answer.body
+    if shared.stack.request("GET", "/api/v1/gateways/n10").status == 200:
+        answer = shared.stack.request("DELETE", "/api/v1/gateways/n10")
+        assert (answer.status, answer.body["method"]) == (200, "runtime"), answer.body
+
+
 def test_a_restarted_controller_adopts_the_shared_bind_without_a_reload(
     shared: Shared, instances: BackendProcess
 ) -> None:
     """Gateways added live are found in HAProxy's maps (the file does not list them), and
     the pool's free backends are known again: the next gateway still joins live."""
+    joined_live(shared, instances, {"n1": "n1"})
     stack = shared.stack
     reloads = stack.reloads()
     stack.stop_controller()
@@ -199,6 +214,7 @@ def test_a_restarted_controller_adopts_the_shared_bind_without_a_reload(
 def test_a_reload_keeps_the_gateways_added_live(shared: Shared, instances: BackendProcess) -> None:
     """A gateway with a condition has rules of its own: adding it reloads, and the reload
     writes the shared maps whole, with the entries added live since the last one."""
+    joined_live(shared, instances, {"n1": "n1", "n99": "n99", "late": "n10"})
     stack = shared.stack
     reloads = stack.reloads()
     spec = {

@@ -54,9 +54,10 @@ T = TypeVar("T")
 REVISION_FILE = "revision"
 """The global revision, written when the journal is folded: the highest record may be gone (a
 delete), the revision must never go back (an ETag must not come back with other contents)."""
-_KEPT_EVENTS = 1024
+_KEPT_EVENTS = 256
 """Events `watch` can replay; the file store has one process, so it needs few. Each holds its
-gateway: at 4,096, a run of writes at 1,000 gateways × 10 × 10 kept ~14 MiB more alive."""
+gateway: at 4,096, a run of writes at 1,000 gateways × 10 × 10 kept ~14 MiB more alive (a
+watcher further behind takes a snapshot again, as with etcd's compaction)."""
 BACKUP = ".bak"
 """Suffix of a record file's previous version (read if the record is found corrupt)."""
 FOLD_QUIET = 0.5

@@ -17,6 +17,10 @@ Memory freed is not always given back to the system: glibc keeps freed blocks fo
 process. After a reload at 1,000 gateways (a 10 MB `show servers state` read, the whole
 configuration rendered) the controller stayed ~110 MB above its steady size; `trim` hands
 such blocks back (`malloc_trim`, in a thread: ~5 ms the first time, microseconds after).
+glibc also gives each thread that allocates while another does a malloc arena of its own
+(up to 8 per CPU), and the journal's, the map files' and the fold's threads each kept one
+filled with what they once held: `limit_arenas` caps them at two (1,000 gateways, every row
+of `bench.scale`: 297 → 222 MiB, no write slower; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -35,6 +39,22 @@ FREEZE_EVERY = 10.0
 """Seconds between freezes: what survives this long is most likely long-lived state."""
 COLLECT_EVERY = 3600.0
 """Seconds between full collections of the frozen objects (their garbage cycles)."""
+
+
+ARENAS = 2
+"""glibc malloc arenas at most: the main thread's and one the worker threads share."""
+_M_ARENA_MAX = -8
+"""mallopt's parameter number for the arena cap (glibc's malloc.h)."""
+
+
+def limit_arenas(count: int = ARENAS) -> bool:
+    """Cap glibc's malloc arenas (call before any thread starts); False where there is no
+    such call (not glibc) or it refused."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(_M_ARENA_MAX, count))
 
 
 @functools.cache

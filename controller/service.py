@@ -368,6 +368,7 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run(settings: RunSettings) -> None:
     """`weighbridge run`: serve until SIGINT or SIGTERM."""
+    heap.limit_arenas()  # before the first thread
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(serve(settings))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import weakref
 from collections.abc import Iterator
 
@@ -77,3 +79,34 @@ def test_trim_gives_freed_memory_back_to_the_system() -> None:
     assert heap.trim()
     assert resident_mib() < before - 16
     assert keepers
+
+
+ARENAS_USED = """
+import ctypes, sys, threading
+from controller import heap
+if sys.argv[1] == "capped":
+    assert heap.limit_arenas()
+together = threading.Barrier(6)
+def allocate():
+    kept = [bytearray(4096) for _ in range(100)]
+    together.wait()  # every thread holds its blocks at once
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+def test_worker_threads_share_a_capped_number_of_malloc_arenas() -> None:
+    """Six threads allocating at once get arenas of their own (glibc), unless capped."""
+
+    def arenas(mode: str) -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", ARENAS_USED, mode], capture_output=True, text=True, check=True
+        )
+        return sum(line.startswith("Arena ") for line in done.stderr.splitlines())
+
+    assert arenas("capped") <= heap.ARENAS
+    assert arenas("free") > heap.ARENAS

@@ -64,12 +64,24 @@ def encode(name: str, revision: int, gateway: dict[str, Any] | None) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
-def _entry(line: bytes) -> Entry | None:
-    """The entry of one line (without its newline), None if it is torn or damaged."""
+def _checked(line: bytes) -> bytes | None:
+    """The JSON of one line (without its newline), None if its checksum fails (torn or
+    damaged)."""
     checksum, _, body = line.partition(b" ")
     try:
-        if len(checksum) != 8 or int(checksum, 16) != zlib.crc32(body):
-            return None
+        return body if len(checksum) == 8 and int(checksum, 16) == zlib.crc32(body) else None
+    except ValueError:
+        return None
+
+
+def _entry(line: bytes) -> Entry | None:
+    """The entry of one line (without its newline), None if it is torn or damaged."""
+    body = _checked(line)
+    return None if body is None else _parsed(body)
+
+
+def _parsed(body: bytes) -> Entry | None:
+    try:
         data = json.loads(body)
         gateway = data["gateway"]
         if not isinstance(gateway, dict | None):
@@ -98,18 +110,15 @@ _RAW_HEAD = re.compile(rb'\{"name": "([a-z0-9_-]{1,63})", "revision": ([0-9]+), 
 def _raw_entry(line: bytes) -> RawEntry | None:
     """The raw entry of one line, None if it is torn or damaged; a line not laid out as
     `encode` writes it is parsed whole."""
-    checksum, _, body = line.partition(b" ")
-    try:
-        if len(checksum) != 8 or int(checksum, 16) != zlib.crc32(body):
-            return None
-    except ValueError:
+    body = _checked(line)
+    if body is None:
         return None
     head = _RAW_HEAD.match(body)
     if head is not None and body.endswith(b"}"):
         gateway = body[head.end() : -1]
         if gateway == b"null" or gateway.startswith(b"{"):
             return RawEntry(head[1].decode(), int(head[2]), gateway.decode())
-    if (entry := _entry(line)) is None:
+    if (entry := _parsed(body)) is None:
         return None
     return RawEntry(entry.name, entry.revision, json.dumps(entry.gateway))
 

@@ -7,7 +7,6 @@ adopting read everything at once (`show servers state` and every map of ours).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from sys import intern
@@ -54,17 +53,14 @@ class Scope:
     """Its crt-list file (a TLS gateway): its lines and the certificates HAProxy holds."""
 
 
-async def _turn() -> None:
-    await asyncio.sleep(0)
-
-
 class Observer:
     def __init__(
         self,
         runtime: RuntimeClient,
         map_dir: str,
         cert_dir: str = "",
-        give_way: Callable[[], Awaitable[None]] = _turn,
+        *,
+        give_way: Callable[[], Awaitable[None]],
     ) -> None:
         self.runtime = runtime
         self.give_way = give_way

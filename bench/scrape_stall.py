@@ -34,16 +34,10 @@ from bench.common import (
     short_tmp,
     wait_until,
 )
-from bench.scale import Estate
+from bench.scale import Estate, random_split
 
 _BUDGET = 120.0
 """Seconds the writer runs at most (it stops once the scrapes are done)."""
-
-
-def _weights(routes: int) -> str:
-    split = random.randrange(0, 101)
-    rest = {f"r{k}": "0%" for k in range(2, routes)}
-    return json.dumps({"r0": f"{split}%", "r1": f"{100 - split}%", **rest})
 
 
 def main() -> None:
@@ -72,11 +66,13 @@ def main() -> None:
         def writer() -> None:
             conn = http.client.HTTPConnection("127.0.0.1", stack.api_port, timeout=60)
             headers = {"content-type": "application/json"}
+            rng = random.Random(15)
             ends = time.perf_counter() + _BUDGET
             while not done.is_set() and time.perf_counter() < ends:
-                name = random.choice(estate.names)
+                name = rng.choice(estate.names)
+                body = json.dumps(random_split(rng, estate.routes))
                 began = time.perf_counter()
-                conn.request("PATCH", f"/api/v1/gateways/{name}/weights", _weights(10), headers)
+                conn.request("PATCH", f"/api/v1/gateways/{name}/weights", body, headers)
                 conn.getresponse().read()
                 patches.append((began, time.perf_counter() - began))
             conn.close()

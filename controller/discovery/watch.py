@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from controller.discovery.dns import Discovery, Resolution
 from controller.discovery.names import Target, parse_target
-from controller.model import parse_address
+from controller.model import Gateway, parse_address
 
 if TYPE_CHECKING:
     from controller.engine import Engine
@@ -30,27 +31,44 @@ class NameWatch:
     def __init__(self, engine: Engine, discovery: Discovery) -> None:
         self.engine = engine
         self.discovery = discovery
-        self._watched: set[str] = set()
+        self._listed: dict[str, tuple[Gateway, frozenset[str]]] = {}
+        """Gateway → the version last looked at and the names its routes list."""
+        self._listers: Counter[str] = Counter()
+        """Name → how many gateways list it: watched while any does."""
         self._revision = -1
 
     def sync_names(self) -> None:
-        """Watch the names the desired state lists now, and only those."""
+        """Watch the names the desired state lists now, and only those. Only the gateways
+        written since the last look are read again: going through 10,000 routes at every
+        look held the event loop ~4 ms a second while writes came in (1,000 gateways)."""
         desired = self.engine.desired
         if desired.revision == self._revision:
             return
         self._revision = desired.revision
-        wanted = {
-            name
-            for gateway in desired.gateways.values()
-            for route in gateway.routes.values()
-            for name in route.names
-        }
-        for name in wanted - self._watched:
-            self.discovery.add(parse_target(name))
-        for name in self._watched - wanted:
-            self.discovery.remove(parse_target(name))
-            self.engine.resolved.pop(name, None)
-        self._watched = wanted
+        records = desired.records
+        for name in self._listed.keys() - records.keys():
+            self._list(name, None)
+        for name, record in records.items():
+            seen = self._listed.get(name)
+            if seen is None or seen[0] is not record.gateway:
+                self._list(name, record.gateway)
+
+    def _list(self, gateway_name: str, gateway: Gateway | None) -> None:
+        _, before = self._listed.pop(gateway_name, (None, frozenset[str]()))
+        names = frozenset[str]()
+        if gateway is not None:
+            names = frozenset(n for route in gateway.routes.values() for n in route.names)
+            self._listed[gateway_name] = (gateway, names)
+        for name in names - before:
+            self._listers[name] += 1
+            if self._listers[name] == 1:
+                self.discovery.add(parse_target(name))
+        for name in before - names:
+            self._listers[name] -= 1
+            if not self._listers[name]:
+                del self._listers[name]
+                self.discovery.remove(parse_target(name))
+                self.engine.resolved.pop(name, None)
 
     async def run(self) -> None:
         resolving = asyncio.create_task(self.discovery.run(self._changed))

@@ -230,7 +230,8 @@ class HealthWatch:
         restarted = self._restarted()
         if restarted and self._loaded is not None:
             self._handed.clear()  # what the former worker said
-        if now - self._noticed >= NOTICE_EVERY or restarted or not backends.issubset(self._owner):
+        unknown = any(b not in self._owner for b in backends)  # not `issubset`: it copies
+        if now - self._noticed >= NOTICE_EVERY or restarted or unknown:
             self._noticed = now
             self._notice_plans()
         for backend in backends:  # its servers changed since they were read
@@ -274,11 +275,22 @@ class HealthWatch:
     def _notice_plans(self) -> None:
         """Gateways to visit because they changed: new, another plan with other backends,
         other instances or health settings (not a weight change: nothing to read), a reload
-        that dropped live `maxconn` values; gateways gone are forgotten."""
+        that dropped live `maxconn` values; gateways gone are forgotten. Only the gateways
+        whose plan changed are looked at (`Engine.take_replanned`), all after a reload."""
         engine = self.engine
         reloaded = self._restarted()
         self._loaded = (engine.applier.loaded, engine.state.haproxy_restarts)
-        for name, plan in engine.plans.items():
+        replanned = engine.take_replanned()
+        if replanned is None or reloaded:
+            replanned = engine.plans.keys() | self._seen.keys()
+        for name in replanned:
+            plan = engine.plans.get(name)
+            if plan is None:  # gone
+                if name in self._seen:
+                    self._index(name, self._seen.pop(name)[0], None)
+                    self._draining.pop(name, None)
+                    engine.down.pop(name, None)
+                continue
             gateway = engine.desired.get(name)
             seen = self._seen.get(name)
             if seen is not None and seen[0] is plan and seen[1] is gateway:
@@ -293,10 +305,6 @@ class HealthWatch:
                 if _limits_connections(gateway) or (seen and _limits_connections(seen[1])):
                     self._limits.add(name)
             self._seen[name] = (plan, gateway, key)
-        for name in [n for n in self._seen if n not in engine.plans]:
-            self._index(name, self._seen.pop(name)[0], None)
-            self._draining.pop(name, None)
-            engine.down.pop(name, None)
 
     def _restarted(self) -> bool:
         """HAProxy reloaded or restarted since the last notice (a new `Loaded` each time)."""

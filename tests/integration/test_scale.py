@@ -184,12 +184,14 @@ async def test_a_runtime_write_costs_its_own_gateway_only(
     recorder = Recorder(engine, monkeypatch)
     rendered = count_renders(monkeypatch)
     before = store_mtimes(engine)
+    engine.take_replanned()
     result = await engine.change(edit)
     assert result.method == "runtime", result
     assert recorder.commands, "a write reads and writes HAProxy"
     assert recorder.gateways_touched() == {TARGET}, recorder.commands
     assert changed(before, store_mtimes(engine)) == journal(engine)
     assert rendered == []  # a live change renders nothing
+    assert engine.take_replanned() == {TARGET}  # what the health watch looks at again
 
 
 async def test_an_instances_write_plans_once_unless_haproxy_drifted(

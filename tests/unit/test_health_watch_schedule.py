@@ -77,6 +77,7 @@ class Engine:
     def __init__(self, root: Path, count: int) -> None:
         self.desired = Desired({f"g{i}": gateway(i) for i in range(count)})
         self.plans: dict[str, GatewayPlan] = {}
+        self.replanned: set[str] | None = None
         self.down: dict[str, frozenset[str]] = {}
         self.runtime = Runtime()
         self.foreground = Foreground()
@@ -93,6 +94,12 @@ class Engine:
         """A plan HAProxy runs (as after its start: no reload pending)."""
         plan = plan_gateway(name, self.desired.gateways[name], NOTHING_RUNS, "/m", SETTINGS)
         self.plans[name] = replace(plan, reload_reasons=())
+        if self.replanned is not None:
+            self.replanned.add(name)
+
+    def take_replanned(self) -> set[str] | None:
+        taken, self.replanned = self.replanned, set()
+        return taken
 
     async def routes_down(self, name: str, down: frozenset[str]) -> bool:
         return False

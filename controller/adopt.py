@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from controller.compile import MapEntries, Resolved, parse_pool_backend
@@ -96,6 +96,8 @@ class Structure:
     """Gateway → pool index → slots (`file_pools`)."""
     routes: Mapping[str, MapEntries]
     """Gateway → its routes map as HAProxy holds it (route → pool backend)."""
+    map_versions: Mapping[str, int] = field(default_factory=dict)
+    """Map file → the last version HAProxy handed out (`MapSwapper.learn`)."""
 
 
 def adoptable(

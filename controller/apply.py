@@ -152,8 +152,13 @@ class Applier:
         await asyncio.to_thread(self.process.write_maps, files, durable=False)
 
     def forget_map_versions(self) -> None:
-        """A new worker (a reload, a restart) counts map versions from scratch."""
+        """A new worker is coming (a reload, a start): its map versions are not known yet."""
         self.swapper.forget()
+
+    def worker_started(self) -> None:
+        """A worker started from the files this controller wrote runs: every map is at its
+        first version (`MapSwapper.started`)."""
+        self.swapper.started()
 
     async def reload(
         self,
@@ -176,6 +181,7 @@ class Applier:
             await self.process.guarded_reload(text, maps, dump)
             self.loaded = Loaded(revision, f"reload with revision {revision}")
             await self._verify_reload(verify)
+            self.worker_started()
         except HAProxyError as exc:
             record.update(result="failed", error=str(exc))
             raise

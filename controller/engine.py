@@ -257,7 +257,7 @@ class Engine:
         pools = await offload(len(text) > BIG_TEXT, file_pools, text)
         del text
         routes = await self.observer.routes_maps(list(running.sections) if running else [])
-        return Structure(running, pools, routes)
+        return Structure(running, pools, routes, await self.observer.map_versions())
 
     async def _adopt(self, found: Structure | Observed) -> ApplyResult:
         """Ready once HAProxy runs the stored structure, each gateway verified right after
@@ -281,6 +281,7 @@ class Engine:
             log.info("adopting: %s; reading and planning every gateway before ready", adopted)
             return await self.converge_all()
         self.unverified.adopt(adopted)
+        self.applier.swapper.learn(found.map_versions)
         self.reloads.candidates.loaded = dict(adopted)
         self._verifying = asyncio.create_task(verify_adopted(self))
         log.info(
@@ -317,6 +318,7 @@ class Engine:
         plans = await self._write_candidate(check=False)
         self.applier.forget_map_versions()
         await self.process.start()
+        self.applier.worker_started()
         loaded = [replace(plan, reload_reasons=()) for plan in plans]
         for plan in loaded:
             self._planned(plan)

@@ -27,6 +27,7 @@ from controller.runtime.parse import (
     parse_get_map,
     parse_map,
     parse_map_list,
+    parse_map_versions,
     parse_slot_rows,
     parse_ssl_cert_list,
 )
@@ -100,6 +101,13 @@ class Observer:
             for name, reply in zip(names, replies, strict=True)
             if not is_error_reply(reply)
         }
+
+    async def map_versions(self) -> dict[str, int]:
+        """Each map's last version handed out, from `show map`'s list (`MapSwapper.learn`)."""
+        [listing] = await self.runtime.execute_many(
+            [commands.show_map()], timeout=BULK_READ_TIMEOUT
+        )
+        return parse_map_versions(listing)
 
     async def _crt_lists(
         self,

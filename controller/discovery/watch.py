@@ -27,6 +27,9 @@ SYNC_NAMES = 1.0
 """Seconds between two looks at which names the desired state lists."""
 
 
+_NO_NAMES: frozenset[str] = frozenset()
+
+
 class NameWatch:
     def __init__(self, engine: Engine, discovery: Discovery) -> None:
         self.engine = engine
@@ -54,11 +57,14 @@ class NameWatch:
                 self._list(name, record.gateway)
 
     def _list(self, gateway_name: str, gateway: Gateway | None) -> None:
-        _, before = self._listed.pop(gateway_name, (None, frozenset[str]()))
-        names = frozenset[str]()
+        _, before = self._listed.pop(gateway_name, (None, _NO_NAMES))
+        names = _NO_NAMES
         if gateway is not None:
-            names = frozenset(n for route in gateway.routes.values() for n in route.names)
+            if gateway.has_names:
+                names = frozenset(n for route in gateway.routes.values() for n in route.names)
             self._listed[gateway_name] = (gateway, names)
+        if names is before:  # none before, none now: most gateways, most writes
+            return
         for name in names - before:
             self._listers[name] += 1
             if self._listers[name] == 1:

@@ -26,6 +26,7 @@ from controller.runtime.parse import (
     parse_info,
     parse_map,
     parse_map_list,
+    parse_map_versions,
     parse_prepared_version,
     parse_servers_state,
     parse_stat,
@@ -329,6 +330,39 @@ async def test_map_swaps_take_one_round_trip_once_the_version_is_known(haproxy: 
         await client.execute(c.prepare_map(ref))  # someone else's prepare
         assert await swap_to("be_b") == 3
         assert await swap_to("be_app") == 1
+
+
+async def test_a_started_worker_and_a_listed_version_swap_in_one_round_trip(
+    haproxy: HAProxy,
+) -> None:
+    """A worker started from its files has every map at version 0 (`started`); after
+    someone's prepares, `show map` lists the version reached (`learn`): either way the next
+    swap is one round trip. Guessing 0 on a worker that is not fresh costs the slow way."""
+    ref = "maps/pick.map"
+    async with RuntimeClient(haproxy.admin) as client:
+
+        async def swap(swapper: MapSwapper, backend: str) -> int:
+            before = swapper.round_trips
+            await swapper.swap([c.MapSwap(ref, (("x", backend),))])
+            served = "b" if backend == "be_b" else "HTTP/1.1 503 Service Unavailable"
+            assert await http_get(haproxy.fe_port, pick="x") == served
+            return swapper.round_trips - before
+
+        fresh = MapSwapper(client)
+        fresh.started()
+        assert await swap(fresh, "be_b") == 1
+        for _ in range(3):
+            await client.execute(c.prepare_map(ref))  # another's versions: 2, 3, 4
+
+        listed = MapSwapper(client)
+        listed.learn(parse_map_versions(await client.execute(c.show_map())))
+        assert listed.versions == {ref: 4}
+        assert await swap(listed, "be_app") == 1
+
+        stale = MapSwapper(client)
+        stale.started()  # but it is not a fresh worker
+        assert await swap(stale, "be_b") == 3
+        assert await swap(stale, "be_app") == 1
 
 
 async def test_reads_and_writes_go_through_their_own_sessions(haproxy: HAProxy) -> None:

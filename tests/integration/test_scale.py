@@ -185,6 +185,7 @@ async def test_a_runtime_write_costs_its_own_gateway_only(
     rendered = count_renders(monkeypatch)
     before = store_mtimes(engine)
     engine.take_replanned()
+    trips = engine.applier.swapper.round_trips
     result = await engine.change(edit)
     assert result.method == "runtime", result
     assert recorder.commands, "a write reads and writes HAProxy"
@@ -192,6 +193,8 @@ async def test_a_runtime_write_costs_its_own_gateway_only(
     assert changed(before, store_mtimes(engine)) == journal(engine)
     assert rendered == []  # a live change renders nothing
     assert engine.take_replanned() == {TARGET}  # what the health watch looks at again
+    if isinstance(edit, SetWeights):  # the first swap of a worker started: versions from 0
+        assert engine.applier.swapper.round_trips - trips == 1
 
 
 async def test_an_instances_write_plans_once_unless_haproxy_drifted(
@@ -326,6 +329,12 @@ async def test_a_restart_adopts_haproxy_without_a_reload(engine: Engine) -> None
         assert len(again.desired.records) == GATEWAYS + 1
         await asyncio.wait_for(again.unverified.wait(), 60)
         assert _reloads(again) == reloads
+        # the map versions HAProxy handed out were read: a first swap is one round trip
+        swapper = again.applier.swapper
+        for name in ("g117", "g3"):  # one the earlier tests wrote, one they did not
+            before = swapper.round_trips
+            await again.change(SetWeights(name, {"stable": 4000, "canary": 6000}))
+            assert swapper.round_trips - before == 1
     finally:
         await _stop(again)
 

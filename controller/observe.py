@@ -7,7 +7,9 @@ adopting read everything at once (`show servers state` and every map of ours).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from sys import intern
 
@@ -52,6 +54,8 @@ class Scope:
     so a gateway reads its own hosts, not the bind's thousands."""
     crt_list: str | None = None
     """Its crt-list file (a TLS gateway): its lines and the certificates HAProxy holds."""
+    name: str | None = None
+    """The gateway: what its last reading parsed to is kept (`Observer.gateways`)."""
 
 
 class Observer:
@@ -68,6 +72,12 @@ class Observer:
         """Awaited between two gateways' parses (`Foreground.give_way`)."""
         self.map_dir = map_dir
         self.cert_dir = cert_dir
+        self._parsed: dict[str, tuple[bytes, Parsed]] = {}
+        """Gateway → the digest of its last reading (`reading_digest`) and what it parsed to."""
+
+    def forget(self, name: str) -> None:
+        """A gateway HAProxy no longer runs: its last reading is not kept."""
+        self._parsed.pop(name, None)
 
     async def everything(self, running: Running | None) -> Observed:
         """Every backend and map of ours, in two round trips; parsed off the event loop when
@@ -169,7 +179,7 @@ class Observer:
             }
             state_text = "".join(r + "\n" for r in states.values())
             found = {ref: reply for ref in scope.maps if not is_error_reply(reply := next(replies))}
-            backends, maps = _parse(state_text, found)
+            backends, maps = self._parse_once(scope.name, state_text, found)
             for ref, key in scope.keys:
                 reply = next(replies)
                 if is_error_reply(reply):
@@ -190,6 +200,20 @@ class Observer:
                 )
         return observed
 
+    def _parse_once(
+        self, name: str | None, state_text: str, maps: dict[str, str]
+    ) -> tuple[Mapping[str, Sequence[SlotState]], dict[str, MapEntries]]:
+        """`_parse`, unless the gateway's last reading said the same (`reading_digest`):
+        then what it parsed to. A reconcile visit of a steady gateway read 130 rows and
+        parsed them again, ~0.8 ms a gateway, 20 gateways a second at 1,000 gateways."""
+        if name is None or (digest := reading_digest(state_text, maps)) is None:
+            return _parse(state_text, maps)
+        last = self._parsed.get(name)
+        if last is None or last[0] != digest:
+            last = self._parsed[name] = (digest, _parse(state_text, maps))
+        backends, parsed_maps = last[1]
+        return backends, dict(parsed_maps)  # the caller adds a bind group's keys to its copy
+
 
 def _crt_list_lines(reply: str) -> tuple[CrtListLine, ...]:
     """`show ssl crt-list -n FILE`; an error (no such list) is no line."""
@@ -198,8 +222,30 @@ def _crt_list_lines(reply: str) -> tuple[CrtListLine, ...]:
     return tuple(parse_crt_list(reply))
 
 
+Parsed = tuple[Mapping[str, Sequence[SlotState]], Mapping[str, MapEntries]]
+
+_STATE_HEADER = (
+    "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "
+    "srv_iweight srv_time_since_last_change "
+)
+_SINCE_CHANGE = re.compile(r"^((?:\S+ ){9})\d+ ", re.MULTILINE)
+"""The 10th field of a `show servers state` row: seconds since its last change."""
+
+
+def reading_digest(state_text: str, maps: Mapping[str, str]) -> bytes | None:
+    """A digest of what `_parse` reads of these replies: the rows without their seconds
+    since the last change (they grow every second), the maps as listed. None when a reply
+    has another header (another version's columns: the 10th might be one `_parse` reads)."""
+    if state_text.count("\n#") != state_text.count("\n" + _STATE_HEADER):
+        return None
+    digest = hashlib.blake2b(_SINCE_CHANGE.sub(r"\1", state_text).encode(), digest_size=16)
+    for ref, reply in maps.items():
+        digest.update(f"\0{ref}\0{reply}".encode())
+    return digest.digest()
+
+
 def _parse(
-    state_text: str, maps: dict[str, str]
+    state_text: str, maps: Mapping[str, str]
 ) -> tuple[dict[str, list[SlotState]], dict[str, MapEntries]]:
     backends: dict[str, list[SlotState]] = {}
     addresses: dict[tuple[str, int], Address] = {}  # parked slots share one

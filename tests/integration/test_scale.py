@@ -162,13 +162,13 @@ def journal(engine: Engine) -> set[str]:
 def count_parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The lengths of the `show servers state` texts parsed for a gateway's observation."""
     parsed: list[int] = []
-    original = observe_module._parse
+    original = observe_module._parse_slots
 
-    def counting(state_text: str, maps: Any) -> Any:
+    def counting(state_text: str) -> Any:
         parsed.append(len(state_text))
-        return original(state_text, maps)
+        return original(state_text)
 
-    monkeypatch.setattr(observe_module, "_parse", counting)
+    monkeypatch.setattr(observe_module, "_parse_slots", counting)
     return parsed
 
 
@@ -518,9 +518,10 @@ async def test_a_visit_that_finds_what_the_plan_left_plans_nothing_and_drift_is_
             5,
             "HAProxy to count a second since the slots' last change",
         )
-        result = await again.visit([TARGET])
-        assert result is not None and result.method == "none"
-        assert planned == [] and again.steady.skipped == skipped + 1
+        for visits in (1, 2):  # the second finds the slots as the first found them
+            result = await again.visit([TARGET])
+            assert result is not None and result.method == "none"
+            assert planned == [] and again.steady.skipped == skipped + visits
         assert recorder.gateways_touched() == {TARGET}  # HAProxy was read all the same
         assert parsed == []
 

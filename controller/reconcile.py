@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,10 +23,10 @@ MIN_PERIOD = 5.0
 SECONDS_PER_ROUTE = 0.006
 """Default period per route: 10,000 routes are all visited within a minute."""
 MIN_TICK = 0.25
-"""Seconds between slices at most this often: small slices keep each tick short (a write
-waits for at most one slice's visit: a few gateways, each read and compared with its plan,
-planned only if HAProxy differs, `controller.steady`); more often costs wake-ups and round
-trips (at 0.05 s, one gateway a tick at 1,000 gateways: 17 round trips a second, idle)."""
+"""Seconds between slices at most this often: small slices keep each tick short (a few
+gateways, each read and compared with its plan in a round trip of its own, planned only if
+HAProxy differs, `controller.steady`; a write waits for one of them at most); more often
+costs wake-ups (at 0.05 s, one gateway a tick at 1,000 gateways)."""
 
 
 def default_period(routes: int) -> float:
@@ -68,15 +69,27 @@ async def reconcile_forever(engine: Engine, period: float | None = None) -> None
         every = period or default_period(engine.total_routes)
         tick, count = schedule(every, len(engine.desired.records))
         try:
-            visited = await engine.visit(queue.take(engine, count))
+            visited = await _visit_slice(engine, queue.take(engine, count))
         except Exception as exc:  # keep the loop alive; report and retry
             engine.state.ready = False
             engine.state.last_error = str(exc)
             pause = min(tick, max(0.1, pause / 2 if pause >= tick else pause * 2))
             log.error("reconcile failed (next try in %.1f s): %s", pause, exc)
         else:
-            if visited is None:  # every gateway of the slice is being written: no news
+            if not visited:  # every gateway of the slice is being written: no news
                 continue
             engine.state.ready = True
             engine.state.last_error = None
             pause = tick
+
+
+async def _visit_slice(engine: Engine, names: Sequence[str]) -> bool:
+    """Visit a slice one gateway at a time, requests going first in between: a write waits
+    for one gateway's read and check, not a slice's (5 gateways in one batch held the event
+    loop ~2 ms at 1,000 gateways). False when writes held every one of them."""
+    visited = False
+    for index, name in enumerate(names):
+        if index:
+            await engine.foreground.give_way()
+        visited = await engine.visit([name]) is not None or visited
+    return visited

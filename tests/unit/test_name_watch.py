@@ -11,6 +11,7 @@ from controller.desired import Desired
 from controller.discovery.dns import Discovery
 from controller.discovery.names import parse_target
 from controller.discovery.watch import NameWatch
+from controller.locks import Foreground
 from controller.model import Address, Gateway
 
 
@@ -23,6 +24,7 @@ class Engine:
     def __init__(self) -> None:
         self.desired = Desired()
         self.resolved: dict[str, tuple[Address, ...]] = {}
+        self.foreground = Foreground()
 
     def write(self, name: str, gateway: Gateway | None) -> None:
         revision = self.desired.revision + 1
@@ -42,39 +44,41 @@ def watched(watch: NameWatch, *names: str) -> bool:
     return all(watch.discovery.get(parse_target(n)) is not None for n in names)
 
 
-def test_a_name_is_watched_while_any_gateway_lists_it(watch: NameWatch) -> None:
+async def test_a_name_is_watched_while_any_gateway_lists_it(watch: NameWatch) -> None:
     engine: Any = watch.engine
     engine.write("a", gateway(8001, "api.internal:80", "db.internal:80"))
     engine.write("b", gateway(8002, "api.internal:80"))
-    watch.sync_names()
+    await watch.sync_names()
     assert watched(watch, "api.internal:80", "db.internal:80")
 
     engine.resolved["db.internal:80"] = ()
     engine.write("a", gateway(8001, "api.internal:80"))
-    watch.sync_names()
+    await watch.sync_names()
     assert watched(watch, "api.internal:80") and not watched(watch, "db.internal:80")
     assert "db.internal:80" not in engine.resolved  # its addresses are forgotten with it
 
     engine.write("a", None)
-    watch.sync_names()
+    await watch.sync_names()
     assert watched(watch, "api.internal:80")  # b still lists it
     engine.write("b", gateway(8002))
-    watch.sync_names()
+    await watch.sync_names()
     assert not watched(watch, "api.internal:80")
 
 
-def test_a_write_is_looked_at_alone(watch: NameWatch, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_write_is_looked_at_alone(
+    watch: NameWatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine: Any = watch.engine
     for index in range(50):
         engine.write(f"g{index}", gateway(8000 + index))
-    watch.sync_names()
+    await watch.sync_names()
     listed: list[str] = []
     original = watch._list
     monkeypatch.setattr(
         watch, "_list", lambda name, gw: (listed.append(name), original(name, gw))[1]
     )
     engine.write("g7", gateway(8007, "api.internal:80"))
-    watch.sync_names()
-    watch.sync_names()  # nothing written since: nothing looked at
+    await watch.sync_names()
+    await watch.sync_names()  # nothing written since: nothing looked at
     assert listed == ["g7"]
     assert watched(watch, "api.internal:80")

@@ -392,6 +392,18 @@ def verified_after(stack: Controller, budget: float) -> float:
     return time.monotonic() - started
 
 
+def budget_flags(estate: Estate) -> list[str]:
+    """The estate itself may fill the default budget (1,000 × 10 × 10 is exactly 10,000
+    routes): room for the rows that add routes and gateways, asked for by name."""
+    routes = len(estate.names) * estate.routes
+    instances = routes * estate.instances
+    return [
+        "--max-routes", str(max(10_000, 2 * routes)),
+        "--max-instances", str(max(100_000, 2 * instances)),
+        "--max-slots", str(max(250_000, 4 * instances)),
+    ]  # fmt: skip
+
+
 def measure_size(size: Size, args: argparse.Namespace) -> None:
     """Fill `size.rows` as each row is measured (a failure keeps the rows before it)."""
     count, size.load_before = size.gateways, load_now()
@@ -399,12 +411,7 @@ def measure_size(size: Size, args: argparse.Namespace) -> None:
     ports = free_ports(count + args.reloads, args.port_base)
     estate = Estate(count, args.routes, args.instances, ports, checks=args.checks == "on")
     extra = ["--sync-interval", str(args.sync_interval)] if args.sync_interval else []
-    # the estate itself may fill the default budget (1,000 × 10 × 10 is exactly 10,000
-    # routes): room for the rows that add routes and gateways, asked for by name
-    routes, instances = count * args.routes, count * args.routes * args.instances
-    extra += ["--max-routes", str(max(10_000, 2 * routes))]
-    extra += ["--max-instances", str(max(100_000, 2 * instances))]
-    extra += ["--max-slots", str(max(250_000, 4 * instances))]
+    extra += budget_flags(estate)
     with short_tmp(root=args.tmp_root) as tmp:
         try:
             log(f"[{count}] start: {count} gateways × {args.routes} routes × {args.instances}")

@@ -43,7 +43,7 @@ from bench.common import (
     percentile,
     short_tmp,
 )
-from bench.scale import Bench, Estate
+from bench.scale import Bench, Estate, budget_flags
 
 
 @dataclass
@@ -80,16 +80,10 @@ def running(args: argparse.Namespace) -> Iterator[list[Side]]:
             ports = free_ports(count, base)
             base = ports[-1] + 1
             estate = Estate(count, args.routes, args.instances, ports, checks=args.checks == "on")
-            routes, instances = count * args.routes, count * args.routes * args.instances
-            extra = [
-                "--max-routes", str(max(10_000, 2 * routes)),
-                "--max-instances", str(max(100_000, 2 * instances)),
-                "--max-slots", str(max(250_000, 4 * instances)),
-            ]  # fmt: skip
             tmp = stack.enter_context(short_tmp(root=args.tmp_root))
             log(f"[{count}] start: {count} gateways × {args.routes} routes × {args.instances}")
             running = stack.enter_context(
-                controller(tmp, estate.config(), extra_args=extra,
+                controller(tmp, estate.config(), extra_args=budget_flags(estate),
                            startup_timeout=args.startup_timeout)
             )  # fmt: skip
             bench = Bench(running, estate, argparse.Namespace(budget=600.0, seed=args.seed))

@@ -33,6 +33,7 @@ from controller.runtime.parse import (
 )
 from controller.swaps import MapSwapper
 from tests.support.haproxy import HAProxyProcess, running_haproxy
+from tests.support.ports import free_ports
 
 pytestmark = [
     pytest.mark.haproxy,
@@ -78,15 +79,9 @@ class HAProxy(HAProxyProcess):
     a_port: int = 0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def haproxy() -> Iterator[HAProxy]:
-    fe, a, b = _free_port(), _free_port(), _free_port()
+    fe, a, b = free_ports(3)  # outside the ephemeral range: a kernel-chosen port got reused
     text = CONFIG.format(dir="{dir}", fe=fe, a=a, b=b)
     with running_haproxy(text, {"maps/pick.map": "b be_b\n"}, prefix="wb-rt-") as started:
         yield HAProxy(**vars(started), fe_port=fe, a_port=a)

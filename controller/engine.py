@@ -802,7 +802,6 @@ class Engine:
         self._track(self.plans.get(plan.name), plan if plan.section is not None else None)
         if plan.section is None:
             self.plans.pop(plan.name, None)
-            self.observer.forget(plan.name)
         else:
             self.plans[plan.name] = plan
 
@@ -871,7 +870,7 @@ class Engine:
             return Scope(running, (), (), keys, crt_list)
         layout = section.layout
         own = () if layout.pooled else layout.map_refs
-        return Scope(running, [b.name for b in layout.backends], own, keys, crt_list, name)
+        return Scope(running, [b.name for b in layout.backends], own, keys, crt_list)
 
     async def applied(self, name: str) -> AppliedGateway:
         """The read model of one gateway, read from HAProxy now."""

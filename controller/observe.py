@@ -7,9 +7,7 @@ adopting read everything at once (`show servers state` and every map of ours).
 
 from __future__ import annotations
 
-import hashlib
-import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from sys import intern
 
@@ -54,8 +52,6 @@ class Scope:
     so a gateway reads its own hosts, not the bind's thousands."""
     crt_list: str | None = None
     """Its crt-list file (a TLS gateway): its lines and the certificates HAProxy holds."""
-    name: str | None = None
-    """The gateway: what its last reading parsed to is kept (`Observer.gateways`)."""
 
 
 class Observer:
@@ -72,12 +68,6 @@ class Observer:
         """Awaited between two gateways' parses (`Foreground.give_way`)."""
         self.map_dir = map_dir
         self.cert_dir = cert_dir
-        self._slots: dict[str, tuple[bytes, Mapping[str, Sequence[SlotState]]]] = {}
-        """Gateway → the digest of its last slots' reading and what it parsed to."""
-
-    def forget(self, name: str) -> None:
-        """A gateway HAProxy no longer runs: its last reading is not kept."""
-        self._slots.pop(name, None)
 
     async def everything(self, running: Running | None) -> Observed:
         """Every backend and map of ours, in two round trips; parsed off the event loop when
@@ -179,8 +169,7 @@ class Observer:
             }
             state_text = "".join(r + "\n" for r in states.values())
             found = {ref: reply for ref in scope.maps if not is_error_reply(reply := next(replies))}
-            backends = self._slots_once(scope.name, state_text)
-            maps = _parse_maps(found)
+            backends, maps = _parse(state_text, found)
             for ref, key in scope.keys:
                 reply = next(replies)
                 if is_error_reply(reply):
@@ -201,19 +190,6 @@ class Observer:
                 )
         return observed
 
-    def _slots_once(self, name: str | None, state_text: str) -> Mapping[str, Sequence[SlotState]]:
-        """`_parse_slots`, unless the gateway's last reading of its slots said the same
-        (`slots_digest`): then the very object it parsed to, which tells `Steady` they are as
-        its plan left them if they were then. A reconcile visit of a steady gateway parsed
-        130 rows again and compared them with its plan, ~1 ms a gateway, 20 gateways a
-        second at 1,000 gateways."""
-        if name is None or (digest := slots_digest(state_text)) is None:
-            return _parse_slots(state_text)
-        last = self._slots.get(name)
-        if last is None or last[0] != digest:
-            last = self._slots[name] = (digest, _parse_slots(state_text))
-        return last[1]
-
 
 def _crt_list_lines(reply: str) -> tuple[CrtListLine, ...]:
     """`show ssl crt-list -n FILE`; an error (no such list) is no line."""
@@ -222,31 +198,9 @@ def _crt_list_lines(reply: str) -> tuple[CrtListLine, ...]:
     return tuple(parse_crt_list(reply))
 
 
-_STATE_HEADER = (
-    "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight "
-    "srv_iweight srv_time_since_last_change "
-)
-_SINCE_CHANGE = re.compile(r"^((?:\S+ ){9})\d+ ", re.MULTILINE)
-"""The 10th field of a `show servers state` row: seconds since its last change."""
-
-
-def slots_digest(state_text: str) -> bytes | None:
-    """A digest of what `_parse_slots` reads of `show servers state` replies: the rows
-    without their seconds since the last change (they grow every second). None when a reply
-    has another header (another version's columns: the 10th might be one the parse reads)."""
-    if state_text.count("\n#") != state_text.count("\n" + _STATE_HEADER):
-        return None
-    rows = _SINCE_CHANGE.sub(r"\1", state_text)
-    return hashlib.blake2b(rows.encode(), digest_size=16).digest()
-
-
 def _parse(
-    state_text: str, maps: Mapping[str, str]
+    state_text: str, maps: dict[str, str]
 ) -> tuple[dict[str, list[SlotState]], dict[str, MapEntries]]:
-    return _parse_slots(state_text), _parse_maps(maps)
-
-
-def _parse_slots(state_text: str) -> dict[str, list[SlotState]]:
     backends: dict[str, list[SlotState]] = {}
     addresses: dict[tuple[str, int], Address] = {}  # parked slots share one
     for row in parse_slot_rows(state_text):
@@ -259,8 +213,5 @@ def _parse_slots(state_text: str) -> dict[str, list[SlotState]]:
             # one string per slot name (`s1`…), not one per slot: plans keep them
             slot = SlotState(intern(row.server), address, row.serving, row.user_weight, draining)
             backends.setdefault(row.backend, []).append(slot)
-    return backends
-
-
-def _parse_maps(maps: Mapping[str, str]) -> dict[str, MapEntries]:
-    return {ref: tuple((e.key, e.value) for e in parse_map(reply)) for ref, reply in maps.items()}
+    parsed = {ref: tuple((e.key, e.value) for e in parse_map(reply)) for ref, reply in maps.items()}
+    return backends, parsed

@@ -239,19 +239,12 @@ class GatewayPlan:
     def slots(self) -> int:
         return self.section.layout.slots if self.section else 0
 
-    def after(
-        self, *, parked: bool = False, slots: Mapping[str, Sequence[SlotState]] | None = None
-    ) -> GatewayObserved:
+    def after(self, *, parked: bool = False) -> GatewayObserved:
         """What HAProxy reports once this plan is applied: its maps, its filled slots, and with
         `parked` the empty ones too, as `show servers state` lists them (what a write plans
-        against when it need not look, `Engine`). `slots`: known to be what it left (not
-        made again)."""
+        against when it need not look, `Engine`)."""
         if self.section is None:
             return NOTHING_RUNS
-        # a pooled gateway has no section in HAProxy's file: its bind group has
-        running = None if self.section.layout.pooled else self.section.fingerprint
-        if slots is not None:
-            return GatewayObserved(running, slots, self.maps)
         backends = {}
         for backend in self.section.layout.backends:
             weight = backend.server_weight
@@ -263,6 +256,8 @@ class GatewayPlan:
                 else SlotState(s, PARKED, False, weight)
                 for s in names
             ]
+        # a pooled gateway has no section in HAProxy's file: its bind group has
+        running = None if self.section.layout.pooled else self.section.fingerprint
         return GatewayObserved(running, backends, self.maps)
 
 

@@ -19,7 +19,7 @@ waited for).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from controller.compile import MapEntries
     from controller.engine import Engine
     from controller.model import Gateway
-    from controller.plan import GatewayObserved, GatewayPlan, SlotState
+    from controller.plan import GatewayObserved, GatewayPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +41,6 @@ class Inputs:
     plan: GatewayPlan
     gateway: Gateway
     down: frozenset[str]
-    slots: Mapping[str, Sequence[SlotState]] | None = None
-    """The reading of its slots last found as the plan left them: the observer hands the
-    very same object back while HAProxy reports the same (`Observer.gateways`)."""
 
 
 class Steady:
@@ -59,13 +56,12 @@ class Steady:
         if made is None or observed is None:
             return False
         plan = engine.plans.get(name)
-        slots_known = made.slots is observed.backends
         held = (
             plan is made.plan
             and engine.runs_now(name) is plan
             and engine.desired.get(name) is made.gateway
             and engine.down.get(name, frozenset()) == made.down
-            and as_left(observed, plan, slots_known=slots_known)
+            and as_left(observed, plan)
             and (
                 plan.section is None
                 or not plan.section.layout.pooled
@@ -76,8 +72,6 @@ class Steady:
         )
         if held:
             self.skipped += 1
-            if not slots_known:
-                self._made[name] = replace(made, slots=observed.backends)
         else:
             del self._made[name]
         return held
@@ -98,12 +92,11 @@ class Steady:
         self._made[plan.name] = Inputs(plan, gateway, down)
 
 
-def as_left(observed: GatewayObserved, plan: GatewayPlan, *, slots_known: bool = False) -> bool:
-    """Whether HAProxy reports what `plan` left (`slots_known`: its slots are, only the rest
-    is compared). A bind group's map is read key by key (`observe.Scope.keys`): one the
-    gateway has no key in (its wildcards, without wildcard hosts) is not in the report, which
-    plans as the empty one the plan lists."""
-    expected = plan.after(parked=True, slots=observed.backends if slots_known else None)
+def as_left(observed: GatewayObserved, plan: GatewayPlan) -> bool:
+    """Whether HAProxy reports what `plan` left. A bind group's map is read key by key
+    (`observe.Scope.keys`): one the gateway has no key in (its wildcards, without wildcard
+    hosts) is not in the report, which plans as the empty one the plan lists."""
+    expected = plan.after(parked=True)
     if observed == expected:
         return True
     return replace(observed, maps=_listed(observed.maps)) == replace(

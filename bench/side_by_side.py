@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -58,17 +56,6 @@ class Side:
     cpu: float = 0.0
 
 
-def started(sides: list[Side]) -> None:
-    """Wait until every controller has verified its gateways (none left unverified)."""
-    for side in sides:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(side.stack.api + "/api/v1/controller", timeout=5) as r:
-                if not json.loads(r.read()).get("unverified_gateways", 0):
-                    break
-            time.sleep(0.2)  # polling the controller's own report, with a deadline
-
-
 @contextlib.contextmanager
 def running(args: argparse.Namespace) -> Iterator[list[Side]]:
     """Every size's controller, started; all resumed and stopped at the end."""
@@ -82,12 +69,12 @@ def running(args: argparse.Namespace) -> Iterator[list[Side]]:
             estate = Estate(count, args.routes, args.instances, ports, checks=args.checks == "on")
             tmp = stack.enter_context(short_tmp(root=args.tmp_root))
             log(f"[{count}] start: {count} gateways × {args.routes} routes × {args.instances}")
-            running = stack.enter_context(
+            ctl = stack.enter_context(
                 controller(tmp, estate.config(), extra_args=budget_flags(estate),
                            startup_timeout=args.startup_timeout)
             )  # fmt: skip
-            bench = Bench(running, estate, argparse.Namespace(budget=600.0, seed=args.seed))
-            sides.append(Side(count, estate, running, bench))
+            bench = Bench(ctl, estate, argparse.Namespace(budget=600.0, seed=args.seed))
+            sides.append(Side(count, estate, ctl, bench))
         stack.callback(resume_all, sides)  # a stopped controller would not hear its SIGTERM
         yield sides
 
@@ -184,7 +171,6 @@ def main(argv: list[str] | None = None) -> None:
     load_before, code_before = load_now(), code_version()
     command = " ".join(["python -m bench.side_by_side", *(argv or sys.argv[1:])])
     with running(args) as sides:
-        started(sides)
         log(f"all ready: waiting {args.settle:g} s (steady state)")
         time.sleep(args.settle)  # the first reconcile round ends: a pace, not a sync
         measure(sides, args)

@@ -15,6 +15,10 @@ depends on its bind group as HAProxy runs it: it holds while the group keeps its
 as the plan laid them out (`reweigh.group_keeps`; at 10,000 hosts on one bind, planning every
 visited gateway again held the event loop 5-10 ms per reconcile slice, which a write then
 waited for).
+
+Once a visit found the gateway as its plan left it, the fingerprint of what it read is kept
+(`observe.Reading`): a later visit that reads the same fingerprint holds without parsing
+what it read (most of a visit's cost at 1,000 gateways; docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,16 +35,19 @@ if TYPE_CHECKING:
     from controller.compile import MapEntries
     from controller.engine import Engine
     from controller.model import Gateway
+    from controller.observe import Reading
     from controller.plan import GatewayObserved, GatewayPlan
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Inputs:
-    """What a plan was made from besides HAProxy's report."""
+    """What a plan was made from besides HAProxy's report, and the fingerprint of a report
+    found as the plan left it (None: none found yet)."""
 
     plan: GatewayPlan
     gateway: Gateway
     down: frozenset[str]
+    left: int | None = None
 
 
 class Steady:
@@ -48,12 +55,14 @@ class Steady:
         self._made: dict[str, Inputs] = {}
         self.skipped = 0
         """Visits that needed no plan (tests count them)."""
+        self.unparsed = 0
+        """Visits that knew what they read by its fingerprint, without parsing it."""
 
-    def holds(self, engine: Engine, name: str, observed: GatewayObserved | None) -> bool:
+    def holds(self, engine: Engine, name: str, reading: Reading | None) -> bool:
         """Whether HAProxy reports for `name` what the plan it runs left, and that plan was
         made from the gateway's current desired version and routes down."""
         made = self._made.get(name)
-        if made is None or observed is None:
+        if made is None or reading is None:
             return False
         plan = engine.plans.get(name)
         held = (
@@ -61,7 +70,7 @@ class Steady:
             and engine.runs_now(name) is plan
             and engine.desired.get(name) is made.gateway
             and engine.down.get(name, frozenset()) == made.down
-            and as_left(observed, plan)
+            and self._as_left(made, reading, plan)
             and (
                 plan.section is None
                 or not plan.section.layout.pooled
@@ -76,12 +85,21 @@ class Steady:
             del self._made[name]
         return held
 
-    def found(self, engine: Engine, plan: GatewayPlan, observed: GatewayObserved | None) -> None:
-        """A visit planned `plan` from what it read (`observed`; None: without reading) and
-        HAProxy runs it now."""
+    def _as_left(self, made: Inputs, reading: Reading, plan: GatewayPlan) -> bool:
+        if made.left is not None and reading.fingerprint == made.left:
+            self.unparsed += 1
+            return True
+        if not as_left(reading.observed(), plan):
+            return False
+        made.left = reading.fingerprint
+        return True
+
+    def found(self, engine: Engine, plan: GatewayPlan, *, read: bool) -> None:
+        """A visit planned `plan` from what it read of HAProxy (`read`; False: without
+        reading) and HAProxy runs it now."""
         gateway = engine.desired.get(plan.name)
         if (
-            observed is None
+            not read
             or plan.needs_reload
             or gateway is None
             or gateway.has_names

@@ -24,7 +24,8 @@ from controller.edits import EditRoute, PutGateway, SetInstances, SetWeights
 from controller.engine import Engine
 from controller.metrics import Metrics
 from controller.model import Config, Gateway
-from controller.plan import map_gateway
+from controller.observe import Reading
+from controller.plan import GatewayObserved, map_gateway
 from controller.process import HAProxyProcess
 from controller.render import RenderSettings
 from controller.runtime.client import RuntimeClient
@@ -482,7 +483,9 @@ async def test_a_visit_that_finds_what_the_plan_left_plans_nothing_and_drift_is_
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The reconcile reads HAProxy at every visit, but plans again only when HAProxy reports
-    something other than what the plan it runs left: then it repairs it and counts it."""
+    something other than what the plan it runs left: then it repairs it and counts it. Once
+    a visit found it so, a visit that reads the same replies (but for the seconds since each
+    slot's last change) does not even parse them."""
     paths = engine.process.paths
     await engine.runtime.close()
     again = engine_on(paths)
@@ -498,6 +501,13 @@ async def test_a_visit_that_finds_what_the_plan_left_plans_nothing_and_drift_is_
         assert planned == [] and again.steady.skipped == skipped + 1
         assert recorder.gateways_touched() == {TARGET}  # HAProxy was read all the same
 
+        parsed = gateways_parsed(monkeypatch)
+        unparsed = again.steady.unparsed
+        result = await again.visit([TARGET])
+        assert result is not None and result.method == "none"
+        assert planned == [] and again.steady.skipped == skipped + 2
+        assert parsed == [] and again.steady.unparsed == unparsed + 1
+
         plan = again.plans[TARGET]
         backend = plan.bindings["canary"]
         slot = sorted(plan.assignment[backend])[0]
@@ -506,11 +516,27 @@ async def test_a_visit_that_finds_what_the_plan_left_plans_nothing_and_drift_is_
         drift = again.state.drift_repairs["server-weight"]
         result = await again.visit([TARGET])
         assert result is not None and result.method == "runtime"
-        assert planned == [TARGET]
+        assert planned == [TARGET] and parsed == [TARGET]
         assert _weight(paths, backend, slot) == weight
         assert again.state.drift_repairs["server-weight"] == drift + 1
     finally:
         await _stop(again)
+
+
+def gateways_parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each gateway whose replies are parsed from now on (`Reading.observed`)."""
+    parsed: list[str] = []
+    original = Reading._parse
+
+    def recording(reading: Reading) -> GatewayObserved:
+        pools = [parse_pool_backend(b) for b in reading.scope.backends]
+        parsed.extend(
+            {map_gateway(ref) for ref in reading.scope.maps} | {p[0] for p in pools if p}
+        )
+        return original(reading)
+
+    monkeypatch.setattr(Reading, "_parse", recording)
+    return parsed
 
 
 def _weight(paths: StatePaths, backend: str, slot: str) -> int:

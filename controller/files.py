@@ -12,8 +12,10 @@ import ctypes
 import functools
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+
+from controller.pacing import unpaced
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -107,17 +109,26 @@ def write_many(directory: Path, texts: Mapping[str, str], *, mode: int = 0o644) 
 
 
 def replace_many(
-    directory: Path, texts: Mapping[str, str], *, mode: int = 0o644, backup: str | None = None
+    directory: Path,
+    texts: Mapping[str, str],
+    *,
+    mode: int = 0o644,
+    backup: str | None = None,
+    pace: Callable[[], None] = unpaced,
 ) -> None:
     """`write_atomic` for many files of one directory at once: every temp file made durable
     together, then each renamed over its file (the file it replaces kept as `<name><backup>`
     by a hard link), then one fsync of the directory. Two fsyncs a file competed for the disk
-    with every write's own sync when the store folded hundreds of records at once."""
+    with every write's own sync when the store folded hundreds of records at once. `pace` is
+    called before each file is written and before each is renamed (`controller.pacing`)."""
     temps = {name: f".{name}.{secrets.token_hex(6)}" for name in texts}
     with _directory(directory) as dir_fd:
         try:
-            _write_durable(dir_fd, {temps[name]: text for name, text in texts.items()}, mode)
+            _write_durable(
+                dir_fd, {temps[name]: text for name, text in texts.items()}, mode, pace
+            )
             for name, temp in temps.items():
+                pace()
                 if backup is not None:
                     _link_previous(name, name + backup, dir_fd)
                 os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -129,12 +140,15 @@ def replace_many(
         os.fsync(dir_fd)
 
 
-def _write_durable(dir_fd: int, texts: Mapping[str, str], mode: int) -> None:
+def _write_durable(
+    dir_fd: int, texts: Mapping[str, str], mode: int, pace: Callable[[], None] = unpaced
+) -> None:
     """New files (none may exist) made durable together: one `syncfs`, else an fsync each. A
     thousand fsyncs took 2 s here, one syncfs a tenth of that."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     written = []
     for name, text in texts.items():
+        pace()
         fd = os.open(name, flags, mode, dir_fd=dir_fd)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             written.append(name)

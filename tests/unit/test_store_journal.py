@@ -17,7 +17,8 @@ import pytest
 from controller import store as store_module
 from controller.journal import _entry, _raw_entry, decode, encode
 from controller.model import Gateway
-from controller.store import MAX_SEALED, FileStore, StoreError
+from controller.pacing import Pacer
+from controller.store import FOLD_DUTY, MAX_SEALED, FileStore, StoreError
 
 
 def gateway(port: int) -> Gateway:
@@ -272,6 +273,42 @@ async def test_segments_fold_once_writes_pause_or_too_many_wait(
     assert json.loads((root / "g1.json.bak").read_text())["revision"] == 1
     assert await ports(root) == ({**{f"g{i}": i for i in range(1, MAX_SEALED)}, "last": 99,
                                   "g1": 7}, MAX_SEALED + 1)  # fmt: skip
+
+
+async def test_a_fold_in_the_background_is_paced_and_a_settle_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold nobody waits for works `FOLD_DUTY` of the time (`controller.pacing`): its pace
+    is called between the segments it reads, the records it makes, the files it writes and
+    renames.
+    A settle (a stop, a test) folds unpaced."""
+    paces: list[Pacer] = []
+    calls: list[int] = []
+
+    class Recording(Pacer):
+        def __init__(self, duty: float) -> None:
+            super().__init__(duty)
+            paces.append(self)
+            calls.append(0)
+
+        def __call__(self) -> None:
+            calls[paces.index(self)] += 1
+            super().__call__()
+
+    monkeypatch.setattr(store_module, "Pacer", Recording)
+    monkeypatch.setattr(store_module, "FOLD_QUIET", 3600.0)
+    root = tmp_path / "gateways"
+    store = FileStore(root, bound=1)  # every write seals its segment
+    for i in range(MAX_SEALED):
+        await store.put(f"g{i}", gateway(i + 1), 0)
+    await wait_for(lambda: not segments(root))  # MAX_SEALED waited: folded in the background
+    assert [p.duty for p in paces] == [FOLD_DUTY]
+    assert calls == [4 * MAX_SEALED]  # per segment read, record made, file written, renamed
+    assert len(list(root.glob("*.json"))) == MAX_SEALED
+    await store.put("g0", gateway(50), 1)
+    await store.settle()
+    assert not segments(root) and len(paces) == 1
+    assert json.loads((root / "g0.json").read_text())["revision"] == MAX_SEALED + 1
 
 
 async def wait_for(condition: Callable[[], bool], deadline: float = 10.0) -> None:

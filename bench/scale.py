@@ -67,6 +67,7 @@ from bench.common import (
     wait_until,
 )
 from bench.scale_report import Row, Size, comparison, size_table
+from controller.health.model import parse_duration
 from controller.render import STATUS_URI
 from controller.runtime.parse import parse_servers_state
 from controller.runtime.stats_page import StatsPage, scope_for
@@ -89,13 +90,18 @@ class Estate:
     """The gateways as the bench last wrote them (names, binds, instances)."""
 
     def __init__(
-        self, count: int, routes: int, instances: int, ports: list[int], checks: bool = True
+        self, count: int, routes: int, instances: int, ports: list[int],
+        checks: bool | str = True,
     ) -> None:
         self.routes, self.instances, self.ports = routes, instances, ports
         # `health_check: none` per route when off: the estate as issue 11 was filed (before
         # every slot carried a check), so the controller's cost is measured without HAProxy
-        # spending a core checking 100,000 addresses nobody listens on
-        self.policy: dict[str, Any] = {} if checks else {"health_check": "none"}
+        # spending a core checking 100,000 addresses nobody listens on; a text is the checks'
+        # interval ("10s"), True the default route policy
+        self.policy: dict[str, Any] = (
+            {"health_check": {"interval": checks}} if isinstance(checks, str)
+            else {} if checks else {"health_check": "none"}
+        )
         self.names = [f"g{i:04d}" for i in range(count)]
         self.index = {name: i for i, name in enumerate(self.names)}
         self.members: dict[tuple[str, str], list[str]] = {}
@@ -409,7 +415,8 @@ def measure_size(size: Size, args: argparse.Namespace) -> None:
     count, size.load_before = size.gateways, load_now()
     wall = time.perf_counter()
     ports = free_ports(count + args.reloads, args.port_base)
-    estate = Estate(count, args.routes, args.instances, ports, checks=args.checks == "on")
+    checks = {"on": True, "off": False}.get(args.checks, args.checks)
+    estate = Estate(count, args.routes, args.instances, ports, checks=checks)
     extra = ["--sync-interval", str(args.sync_interval)] if args.sync_interval else []
     extra += budget_flags(estate)
     with short_tmp(root=args.tmp_root) as tmp:
@@ -503,6 +510,16 @@ def profiler(args: argparse.Namespace, label: str) -> list[str]:
     return [spy, "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(out), "--"]
 
 
+def checks_flag(text: str) -> str:
+    """`--checks`: on, off or an interval as a route takes it ("10s", "500ms")."""
+    if text not in ("on", "off"):
+        try:
+            parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.scale", description=__doc__,
@@ -528,8 +545,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sync-interval", type=float, help="controller's (default: its own)")
     parser.add_argument("--startup-timeout", type=float, default=900.0, help="seconds (900)")
     parser.add_argument("--port-base", type=int, default=21000, help="first bind port (21000)")
-    parser.add_argument("--checks", choices=("on", "off"), default="on",
-                        help="health checks on every instance (on: the default route policy)")
+    parser.add_argument("--checks", default="on", type=checks_flag,
+                        help="health checks on every instance: on (the default route "
+                             "policy), off, or their interval (e.g. 10s)")
     parser.add_argument("--tmp-root", default="/tmp")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--profile", metavar="DIR", help="py-spy raw stacks of the controller")

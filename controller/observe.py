@@ -236,9 +236,8 @@ class Observer:
             found = {ref: reply for ref in scope.maps if not is_error_reply(reply := next(replies))}
             keys = [next(replies) for _ in scope.keys]
             crt_list = next(replies) if scope.crt_list else None
-            readings.append(
-                Reading(scope, states, found, keys, crt_list, certificates if crt_list else None)
-            )
+            held = certificates if scope.crt_list else None  # read with its crt-list only
+            readings.append(Reading(scope, states, found, keys, crt_list, held))
         return readings
 
 

@@ -84,3 +84,13 @@ def test_the_maps_and_what_is_running_change_it() -> None:
     assert reading.observed() != swapped.observed()
     elsewhere = Reading(Scope("other", [BACKEND], [MAP]), reading.states, reading.maps, [])
     assert reading.fingerprint != elsewhere.fingerprint
+
+
+def test_a_crt_list_read_empty_is_an_empty_list_not_one_left_unread() -> None:
+    scope = Scope("fp", [], [], crt_list="/certs/shop.crt-list")
+    read = Reading(scope, {}, {}, [], "", frozenset({"/certs/shop.pem"}))
+    assert read.observed().crt_list == ()
+    assert read.observed().certificates == frozenset({"/certs/shop.pem"})
+    unread = Reading(Scope("fp", [], []), {}, {}, [])
+    assert unread.observed().crt_list is None
+    assert read.fingerprint != unread.fingerprint

@@ -33,7 +33,7 @@ from bench.common import (
     short_tmp,
     stop_pidfile,
 )
-from bench.scale import Estate
+from bench.scale import Estate, budget_flags
 
 VERIFIED = re.compile(r"verified (\d+) adopted gateways in ([0-9.]+) s \((\d+) drift repairs\)")
 HERE = Path(__file__).resolve().parents[1]
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     estate = Estate(args.gateways, args.routes, args.instances,
                     free_ports(args.gateways, args.port_base), checks=args.checks == "on")
-    extra = ["--max-routes", str(max(10_000, 2 * args.gateways * args.routes)),
-             "--max-instances", str(max(100_000, 2 * args.gateways * args.routes * args.instances)),
-             "--max-slots", str(max(250_000, 4 * args.gateways * args.routes * args.instances))]
+    extra = budget_flags(estate)
     sources = [("this", HERE)] + ([("other", args.other.resolve())] if args.other else [])
     for _, source in sources:
         compileall.compile_dir(source / "controller", quiet=1)

@@ -140,6 +140,8 @@ class FileStore:
         self._fold_timer: asyncio.TimerHandle | None = None
         self._last_write = 0.0
         """When the last write was appended (the loop's clock): folds wait for a pause."""
+        self._settling = 0
+        """Settles waiting: the folds started meanwhile are not paced."""
         self._revisions: dict[str, int] | None = None
         self._revision = 0
         self._keys: KeyedLocks[str] = KeyedLocks()
@@ -233,11 +235,11 @@ class FileStore:
 
     # ---- folding the journal into the record files ---------------------------------------
 
-    def _fold_sealed(self, *, paced: bool = True) -> None:
+    def _fold_sealed(self) -> None:
         """Fold sealed journal segments into the files, in the background, one fold at a time
         (the writer only: a store opened to read never changes the directory), once writes
-        pause for `FOLD_QUIET` or `MAX_SEALED` segments wait; at `FOLD_DUTY` unless not
-        `paced`."""
+        pause for `FOLD_QUIET` or `MAX_SEALED` segments wait; at `FOLD_DUTY` unless a
+        `settle` waits for it."""
         if not self.journal.sealed or self._folding is not None:
             return
         loop = asyncio.get_running_loop()
@@ -249,7 +251,8 @@ class FileStore:
         if self._fold_timer is not None:
             self._fold_timer.cancel()
             self._fold_timer = None
-        self._folding = asyncio.create_task(self._fold(Pacer(FOLD_DUTY) if paced else unpaced))
+        pace = unpaced if self._settling else Pacer(FOLD_DUTY)
+        self._folding = asyncio.create_task(self._fold(pace))
         self._folding.add_done_callback(self._folded)
 
     def _fold_later(self) -> None:
@@ -275,9 +278,13 @@ class FileStore:
     async def settle(self) -> None:
         """Fold what is sealed now, without waiting for writes to pause (tests, a stop)."""
         self._last_write = -FOLD_QUIET
-        self._fold_sealed(paced=False)
-        while self._folding is not None:
-            await asyncio.gather(asyncio.shield(self._folding), return_exceptions=True)
+        self._settling += 1
+        try:
+            self._fold_sealed()
+            while self._folding is not None:  # and the folds that follow it, unpaced
+                await asyncio.gather(asyncio.shield(self._folding), return_exceptions=True)
+        finally:
+            self._settling -= 1
 
     def _fold_segments(self, segments: list[Path], pace: Callable[[], None] = unpaced) -> None:
         """Each gateway's latest entry in `segments` becomes its record file (removed if it was

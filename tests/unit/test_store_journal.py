@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -309,6 +310,43 @@ async def test_a_fold_in_the_background_is_paced_and_a_settle_is_not(
     await store.settle()
     assert not segments(root) and len(paces) == 1
     assert json.loads((root / "g0.json").read_text())["revision"] == MAX_SEALED + 1
+
+
+async def test_a_settle_during_a_paced_fold_folds_what_follows_it_unpaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settle waits for the fold in flight (paced, as it began), and the fold of what was
+    sealed meanwhile, which it waits for too, is not paced."""
+    paces: list[Pacer] = []
+    entered, release = threading.Event(), threading.Event()
+
+    class Held(Pacer):
+        def __init__(self, duty: float) -> None:
+            super().__init__(duty)
+            paces.append(self)
+
+        def __call__(self) -> None:
+            entered.set()
+            assert release.wait(10), "the test never let the fold go on"
+            super().__call__()
+
+    monkeypatch.setattr(store_module, "Pacer", Held)
+    monkeypatch.setattr(store_module, "FOLD_QUIET", 3600.0)
+    root = tmp_path / "gateways"
+    store = FileStore(root, bound=1)  # every write seals its segment
+    try:
+        for i in range(MAX_SEALED):
+            await store.put(f"g{i}", gateway(i + 1), 0)
+        await wait_for(entered.is_set)  # the background fold took its segments, and waits
+        await store.put("late", gateway(70), 0)  # sealed while that fold runs
+        settling = asyncio.create_task(store.settle())
+        await wait_for(lambda: store._settling == 1)  # the settle is waiting now
+        release.set()
+        await asyncio.wait_for(settling, 10)
+    finally:
+        release.set()
+    assert not segments(root) and len(paces) == 1
+    assert json.loads((root / "late.json").read_text())["revision"] == MAX_SEALED + 1
 
 
 async def wait_for(condition: Callable[[], bool], deadline: float = 10.0) -> None:

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
+import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from bench.common import (
@@ -52,8 +54,13 @@ class Side:
     estate: Estate
     stack: Controller
     bench: Bench
-    samples: list[float] = field(default_factory=list)
+    batches: list[list[float]] = field(default_factory=list)
+    """The milliseconds of each batch, in the order of the rounds."""
     cpu: float = 0.0
+
+    @property
+    def samples(self) -> list[float]:
+        return [ms for batch in self.batches for ms in batch]
 
 
 @contextlib.contextmanager
@@ -96,15 +103,44 @@ def measure(sides: list[Side], args: argparse.Namespace) -> None:
             time.sleep(args.resume_settle)  # its overdue timers run first: a pace, not a sync
             wanted = min(args.batch, args.changes - len(side.samples))
             cpu = cpu_seconds(side.stack.pid)
+            batch = []
             for _ in range(wanted):
                 seconds, _method = side.bench.patch_weights()
-                side.samples.append(seconds * 1000)
+                batch.append(seconds * 1000)
+            side.batches.append(batch)
             side.cpu += cpu_seconds(side.stack.pid) - cpu
         log(
             f"  round {index + 1}/{rounds}: "
             + ", ".join(f"{s.gateways}: p50 {percentile(s.samples, 50):.2f} ms" for s in sides)
         )
     resume_all(sides)
+
+
+def ratio_interval(
+    small: Sequence[Sequence[float]],
+    large: Sequence[Sequence[float]],
+    pct: float,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A 95 % interval of percentile(large) / percentile(small), by a bootstrap over rounds.
+
+    Batches measured close in time share the machine's load, so a round (one batch of each
+    size, adjacent in time) is resampled whole, not single requests: the interval then
+    carries the drift between rounds as well as the sampling noise of a high percentile
+    (the p99 of 1,200 samples is the 12th-largest one)."""
+    rounds = min(len(small), len(large))
+    if rounds == 0:
+        return math.nan, math.nan
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        picks = [rng.randrange(rounds) for _ in range(rounds)]
+        ratios.append(
+            percentile([ms for i in picks for ms in large[i]], pct)
+            / percentile([ms for i in picks for ms in small[i]], pct)
+        )
+    return percentile(ratios, 2.5), percentile(ratios, 97.5)
 
 
 def table(sides: list[Side]) -> str:
@@ -123,6 +159,9 @@ def table(sides: list[Side]) -> str:
           for p in (50, 90, 99)),
         "", "",
     ])  # fmt: skip
+    intervals = [ratio_interval(small.batches, large.batches, p) for p in (50, 90, 99)]
+    rows.append(["ratio, 95 % interval (bootstrap over rounds)", "",
+                 *(f"{low:.2f}–{high:.2f}" for low, high in intervals), "", ""])  # fmt: skip
     headers = ["PATCH weights, sequential", "n", "p50 ms", "p90 ms", "p99 ms", "max ms",
                "controller CPU/op ms"]  # fmt: skip
     return markdown_table(headers, rows)

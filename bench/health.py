@@ -48,7 +48,7 @@ from bench.common import (
     stop_pidfile,
 )
 from bench.rollback_latency import CANARY, STABLE, Backends, backends
-from bench.scale import Estate
+from bench.scale import Estate, budget_for
 from controller.runtime.parse import parse_map, parse_server_health, parse_servers_state
 
 CHECK = {"path": "/health", "interval": "300ms", "timeout": "200ms", "fall": 2, "rise": 2}
@@ -225,9 +225,7 @@ def idle_cpu(pid: int, seconds: float, settle: float) -> float:
 
 def measure(count: int, pool: Backends, args: argparse.Namespace) -> dict[str, list[float]]:
     ports = free_ports(count, args.port_base)
-    extra = ["--max-routes", str(max(10_000, 2 * count * args.routes))]
-    extra += ["--max-instances", str(max(100_000, 2 * count * args.routes * args.instances))]
-    extra += ["--max-slots", str(max(250_000, 4 * count * args.routes * args.instances))]
+    extra = budget_for(count * args.routes, count * args.routes * args.instances)
     rows: dict[str, list[float]] = {}
     with short_tmp(root=args.tmp_root) as tmp:
         try:

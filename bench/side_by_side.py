@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import random
@@ -40,6 +41,7 @@ from bench.common import (
     log,
     machine_lines,
     markdown_table,
+    master_proc,
     percentile,
     short_tmp,
 )
@@ -57,6 +59,8 @@ class Side:
     batches: list[list[float]] = field(default_factory=list)
     """The milliseconds of each batch, in the order of the rounds."""
     cpu: float = 0.0
+    haproxy_cpu: float = 0.0
+    """Seconds of CPU of HAProxy's workers while this size's batches ran."""
 
     @property
     def samples(self) -> list[float]:
@@ -102,13 +106,15 @@ def measure(sides: list[Side], args: argparse.Namespace) -> None:
                 os.kill(other.stack.pid, signal.SIGCONT if other is side else signal.SIGSTOP)
             time.sleep(args.resume_settle)  # its overdue timers run first: a pace, not a sync
             wanted = min(args.batch, args.changes - len(side.samples))
-            cpu = cpu_seconds(side.stack.pid)
+            workers = [w.pid for w in master_proc(side.stack).workers]
+            cpu, haproxy = cpu_seconds(side.stack.pid), sum(map(cpu_seconds, workers))
             batch = []
             for _ in range(wanted):
                 seconds, _method = side.bench.patch_weights()
                 batch.append(seconds * 1000)
             side.batches.append(batch)
             side.cpu += cpu_seconds(side.stack.pid) - cpu
+            side.haproxy_cpu += sum(map(cpu_seconds, workers)) - haproxy
         log(
             f"  round {index + 1}/{rounds}: "
             + ", ".join(f"{s.gateways}: p50 {percentile(s.samples, 50):.2f} ms" for s in sides)
@@ -149,6 +155,7 @@ def table(sides: list[Side]) -> str:
             f"{side.gateways:,} gateways", len(side.samples),
             *(f"{percentile(side.samples, p):.2f}" for p in (50, 90, 99)),
             f"{max(side.samples):.2f}", f"{side.cpu * 1000 / max(1, len(side.samples)):.2f}",
+            f"{side.haproxy_cpu * 1000 / max(1, len(side.samples)):.2f}",
         ]
         for side in sides
     ]  # fmt: skip
@@ -157,13 +164,13 @@ def table(sides: list[Side]) -> str:
         f"ratio {large.gateways:,} / {small.gateways:,}", "",
         *(f"{percentile(large.samples, p) / percentile(small.samples, p):.2f}"
           for p in (50, 90, 99)),
-        "", "",
+        "", "", "",
     ])  # fmt: skip
     intervals = [ratio_interval(small.batches, large.batches, p) for p in (50, 90, 99)]
     rows.append(["ratio, 95 % interval (bootstrap over rounds)", "",
-                 *(f"{low:.2f}–{high:.2f}" for low, high in intervals), "", ""])  # fmt: skip
+                 *(f"{low:.2f}–{high:.2f}" for low, high in intervals), "", "", ""])  # fmt: skip
     headers = ["PATCH weights, sequential", "n", "p50 ms", "p90 ms", "p99 ms", "max ms",
-               "controller CPU/op ms"]  # fmt: skip
+               "controller CPU/op ms", "HAProxy CPU/op ms"]  # fmt: skip
     return markdown_table(headers, rows)
 
 
@@ -200,6 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds (300)")
     parser.add_argument("--tmp-root", default="/tmp")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--batches-out",
+        metavar="FILE",
+        help="also write each size's batches (ms, in round order) as JSON",
+    )
     args = parser.parse_args(argv)
     sizes = [int(n) for n in args.sizes.split(",")]
     if len(sizes) < 2 or not all(1 <= n <= 5000 for n in sizes) or sizes != sorted(sizes):
@@ -213,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
         log(f"all ready: waiting {args.settle:g} s (steady state)")
         time.sleep(args.settle)  # the first reconcile round ends: a pace, not a sync
         measure(sides, args)
+    if args.batches_out:
+        with open(args.batches_out, "w") as out:
+            json.dump({side.gateways: side.batches for side in sides}, out)
     print("\n".join([
         f"## PATCH weights side by side: {args.sizes} gateways", "", f"`{command}`", "",
         table(sides), "", f"- load after: {load_now()}", "", "Machine:", "",

@@ -4,6 +4,12 @@ Each gateway is bounded by the model; the budget bounds their sum, so one write 
 small ones) cannot make HAProxy's configuration, its memory or a reload grow without limit.
 Defaults are the scale goal (10,000 routes, 100,000 instances on one node) with room for
 the slots they provision.
+
+Health checks are bounded too, in checks a second: each checked instance costs HAProxy one
+connection per interval, and 100,000 instances at the default 2 s (50,000 a second) took half
+of one of this machine's two cores from the data path (docs/health.md, "Limits"). An estate
+that size is told, by the write that would cross the bound, to lengthen its intervals or to
+raise the bound by name.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ DEFAULT_INSTANCES = 100_000
 DEFAULT_SLOTS = 250_000
 """The shapes the route and instance bounds allow provision at most ~215,000 slots (powers of
 two per route plus spare backends); HAProxy holds each in ~6 KB (issue 11: 1.1 GB for 192,000)."""
+DEFAULT_CHECKS = 25_000
+"""Checks a second: 1,000 gateways × 10 routes × 10 instances checked every 5 s (20,200 a
+second) kept every latency goal of issue 11 on two cores; every 2 s (50,500) did not
+(docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
@@ -26,12 +36,15 @@ class Usage:
     routes: int = 0
     instances: int = 0
     slots: int = 0
+    checks: float = 0.0
+    """Active health checks a second, of every instance of every checked route."""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.routes + other.routes,
             self.instances + other.instances,
             self.slots + other.slots,
+            self.checks + other.checks,
         )
 
     def __sub__(self, other: Usage) -> Usage:
@@ -39,6 +52,7 @@ class Usage:
             self.routes - other.routes,
             self.instances - other.instances,
             self.slots - other.slots,
+            self.checks - other.checks,
         )
 
 
@@ -54,6 +68,11 @@ def gateway_usage(gateway: Gateway) -> Usage:
         instances=sum(len(route.instances) for route in routes),
         slots=sum(slot_capacity(len(route.instances)) for route in routes)
         + SPARE_BACKENDS * MIN_SLOTS,
+        checks=sum(
+            len(route.instances) * 1000 / route.health_check.interval
+            for route in routes
+            if route.health_check is not None
+        ),
     )
 
 
@@ -67,27 +86,33 @@ def config_usage(config: Config) -> Usage:
 
 @dataclass(frozen=True)
 class Budget:
-    """Upper bounds on the whole desired state (`run --max-routes/--max-instances/--max-slots`)."""
+    """Upper bounds on the whole desired state (`run --max-routes/--max-instances/--max-slots/
+    --max-checks`)."""
 
     routes: int = DEFAULT_ROUTES
     instances: int = DEFAULT_INSTANCES
     slots: int = DEFAULT_SLOTS
+    checks: int = DEFAULT_CHECKS
 
-    def check(self, usage: Usage) -> None:
-        """Refuse (TooLarge, naming each field over its bound) before anything is planned."""
+    def check(self, usage: Usage, change: Usage | None = None) -> None:
+        """Refuse (TooLarge, naming each field over its bound) before anything is planned.
+
+        With `change` (what the write adds), only a field the write grows is refused: a
+        state already over a bound (a bound lowered, or new since it was stored) still takes
+        every change that does not make it worse, a weight shift or a rollback above all."""
+        grown = usage if change is None else change  # without one: all of it is new
         problems = [
-            {
-                "field": name,
-                "message": f"the change makes {used:,} {name} in all, over the budget of "
-                f"{bound:,} (--max-{name})",
-            }
-            for name, used, bound in (
-                ("routes", usage.routes, self.routes),
-                ("instances", usage.instances, self.instances),
-                ("slots", usage.slots, self.slots),
+            {"field": name, "message": f"the change makes {used:,.0f} {what} in all, over the "
+             f"budget of {bound:,} (--max-{name}){hint}"}
+            for name, what, used, more, bound, hint in (
+                ("routes", "routes", usage.routes, grown.routes, self.routes, ""),
+                ("instances", "instances", usage.instances, grown.instances, self.instances, ""),
+                ("slots", "slots", usage.slots, grown.slots, self.slots, ""),
+                ("checks", "health checks a second", usage.checks, grown.checks, self.checks,
+                 ": a longer health_check.interval checks less often"),
             )
-            if used > bound
-        ]
+            if used > bound and more > 0
+        ]  # fmt: skip
         if problems:
             raise TooLarge(problems[0]["message"], problems)
 

@@ -1112,13 +1112,23 @@ class Engine:
     def _check_budget(self, name: str, gateway: Gateway | None) -> Usage:
         """The whole state's size after the edit, from per-gateway counts: O(1). Returns
         the gateway's own."""
+        old = self._usage.get(name, Usage())
         new = gateway_usage(gateway) if gateway else Usage()
-        self.budget.check(self._total - self._usage.get(name, Usage()) + new)
+        self.budget.check(self._total - old + new, new - old)
         return new
 
     @property
     def total_routes(self) -> int:
         return self._total.routes
+
+    def budget_report(self) -> dict[str, dict[str, float]]:
+        """Each bound next to what the desired state takes of it (slots: what the plans
+        provision, which is what HAProxy holds)."""
+        used = replace(self._total, slots=self._plan_slots)
+        return {
+            name: {"used": round(getattr(used, name), 1), "max": getattr(self.budget, name)}
+            for name in ("routes", "instances", "slots", "checks")
+        }
 
 
 def _alone(gateway: Gateway | None) -> bool:

@@ -31,8 +31,6 @@ class Pacer:
             raise ValueError(f"duty must be in (0, 1], not {duty}")
         self.duty = duty
         self.burst = burst
-        self.rested = 0.0
-        """Seconds spent resting so far."""
         self._clock = clock
         self._sleep = sleep
         self._since = clock()
@@ -43,7 +41,6 @@ class Pacer:
         if busy >= self.burst and self.duty < 1:
             rest = busy * (1 - self.duty) / self.duty
             self._sleep(rest)  # a rate limit in a worker thread, not a wait for anything
-            self.rested += rest
             self._since = self._clock()
 
 

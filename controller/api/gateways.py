@@ -213,6 +213,7 @@ async def get_controller(request: web.Request) -> web.Response:
             "haproxy_restarts": state.haproxy_restarts,
             # adopted on their structure, still to be read and compared (`controller.adopt`)
             "unverified_gateways": len(engine.unverified),
+            "budget": engine.budget_report(),  # checks: active health checks a second
             "api_connections": {
                 "open": guard.open_connections,
                 **dataclasses.asdict(guard.counts),

@@ -350,7 +350,7 @@ def openapi_document(certificates: bool = False, fleet: bool = False) -> Schema:
         },
         "/api/v1/controller": {
             "get": _op(
-                "readiness, reloads, drift repairs",
+                "readiness, reloads, drift repairs, what the desired state takes of the budget",
                 {"200": _json({"type": "object"})},
                 ("401", "421"),
             )

@@ -117,7 +117,7 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         allow_unsafe_acls=args.allow_unsafe_acls,
         allow_cert_paths=tuple(args.allow_cert_path),
         allow_outbound=tuple(getattr(args, "allow_outbound", None) or ()),
-        budget=Budget(args.max_routes, args.max_instances, args.max_slots),
+        budget=Budget(args.max_routes, args.max_instances, args.max_slots, args.max_checks),
         check=CheckLimits(
             timeout=args.check_timeout, memory_mb=args.check_memory, env=tuple(args.haproxy_env)
         ),
@@ -281,17 +281,18 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
         help="also HAProxy's stats page (/stats) on the --stats address (it shows everything)",
     )
     budget = Budget()
-    for name, default in (
-        ("routes", budget.routes),
-        ("instances", budget.instances),
-        ("slots", budget.slots),
+    for name, default, what in (
+        ("routes", budget.routes, "routes"),
+        ("instances", budget.instances, "instances"),
+        ("slots", budget.slots, "server slots"),
+        ("checks", budget.checks, "active health checks a second"),
     ):
         p.add_argument(
             f"--max-{name}",
             type=int,
             default=default,
             metavar="N",
-            help=f"budget: {name} in all gateways together",
+            help=f"budget: {what} in all gateways together ({default:,})",
         )
     limits = CheckLimits()
     p.add_argument(

@@ -89,6 +89,33 @@ def test_the_budget_refuses_a_change_over_it_with_413_naming_the_field(
         assert stack.request("PUT", "/api/v1/gateways/big", fits).status == 201
 
 
+def test_the_check_budget_refuses_more_checks_and_takes_every_change_that_adds_none(
+    backends: BackendProcess, short_tmp: Path
+) -> None:
+    """`--max-checks 1`: the seeded shop (12 instances checked every 2 s, 6 a second) is over
+    it from the start. A weight shift and a change that checks less still go through; a
+    change that checks more is refused by name, and nothing moves."""
+    with running_stack(short_tmp, shop_config(backends), extra=["--max-checks", "1"]) as stack:
+        shift = stack.request(
+            "PATCH", "/api/v1/gateways/shop/weights", {"stable": "50%", "canary": "50%"}
+        )
+        assert shift.status == 200, shift.body
+        reloads, before = stack.reloads(), revision(stack)
+        canary = "/api/v1/gateways/shop/routes/canary"
+        refused = stack.request("PATCH", canary, {"health_check": {"interval": "1s"}})
+        assert refused.status == 413, refused.body
+        assert [p["field"] for p in refused.body["problems"]] == ["checks"]
+        assert "--max-checks" in refused.body["error"]
+        assert (stack.reloads(), revision(stack)) == (reloads, before)
+        budget = stack.request("GET", "/api/v1/controller").body["budget"]
+        assert budget["checks"] == {"used": 6.0, "max": 1}
+        taken = stack.request("PATCH", canary, {"health_check": {"interval": "4s"}})
+        assert taken.status == 200, taken.body
+        budget = stack.request("GET", "/api/v1/controller").body["budget"]
+        assert budget["checks"] == {"used": 4.0, "max": 1}  # stable 4 / 2 s, canary 8 / 4 s
+        assert budget["instances"] == {"used": 12, "max": 100_000}
+
+
 def test_a_client_that_goes_away_before_its_change_is_stored_changes_nothing(
     backends: BackendProcess, short_tmp: Path
 ) -> None:

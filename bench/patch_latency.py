@@ -362,6 +362,7 @@ def run(args: argparse.Namespace) -> Results:
             config = {"gateways": {}}  # the store wins at start
         extra = [] if args.sync_interval is None else ["--sync-interval", str(args.sync_interval)]
         extra += ["--max-routes", str(max(10_000, 4 * len(gateways)))]
+        extra += ["--max-checks", str(max(10_000, 4 * len(gateways)))]  # 1 a second each
         with controller(tmp, config, extra_args=extra, wrapper=profiler(args.profile),
                         startup_timeout=600.0) as stack:
             log(f"controller ready on {stack.api}; {args.warmup} warm-up + {args.changes} changes")

@@ -414,7 +414,7 @@ def budget_for(routes: int, instances: int) -> list[str]:
         "--max-routes", str(max(10_000, 2 * routes)),
         "--max-instances", str(max(100_000, 2 * instances)),
         "--max-slots", str(max(250_000, 4 * instances)),
-        "--max-checks", str(max(25_000, 20 * instances)),
+        "--max-checks", str(max(10_000, 20 * instances)),
     ]  # fmt: skip
 
 

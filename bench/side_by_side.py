@@ -13,7 +13,9 @@ size is measured the other's controller is stopped (SIGSTOP; its HAProxy serves 
 it takes no CPU from the one measured. A resumed controller runs its overdue timers first:
 each batch starts `--resume-settle` s after its controller resumed.
 
-Run: `.venv/bin/python -m bench.side_by_side [--sizes 10,1000] [--changes 600]`.
+Run: `.venv/bin/python -m bench.side_by_side [--sizes 10,1000] [--changes 600]`. With
+`--sizes 1000,1000 --sources OLD,NEW` (two unpacked `git archive`s) it is an A/B of two
+versions at one size, measured the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.common import (
     Controller,
@@ -53,6 +56,8 @@ class Side:
     """One size: its estate, its running controller, what its batches measured."""
 
     gateways: int
+    label: str
+    """The size, and the checkout it runs when `--sources` gives one."""
     estate: Estate
     stack: Controller
     bench: Bench
@@ -71,10 +76,11 @@ class Side:
 def running(args: argparse.Namespace) -> Iterator[list[Side]]:
     """Every size's controller, started; all resumed and stopped at the end."""
     sizes = [int(n) for n in args.sizes.split(",")]
+    sources: list[str | None] = args.sources.split(",") if args.sources else [None] * len(sizes)
     base = args.port_base
     with contextlib.ExitStack() as stack:
         sides: list[Side] = []
-        for count in sizes:
+        for count, source in zip(sizes, sources, strict=True):
             ports = free_ports(count, base)
             base = ports[-1] + 1
             estate = Estate(count, args.routes, args.instances, ports, checks=args.checks == "on")
@@ -82,10 +88,12 @@ def running(args: argparse.Namespace) -> Iterator[list[Side]]:
             log(f"[{count}] start: {count} gateways × {args.routes} routes × {args.instances}")
             ctl = stack.enter_context(
                 controller(tmp, estate.config(), extra_args=budget_flags(estate),
-                           startup_timeout=args.startup_timeout)
+                           startup_timeout=args.startup_timeout,
+                           source=Path(source) if source else None)
             )  # fmt: skip
             bench = Bench(ctl, estate, argparse.Namespace(budget=600.0, seed=args.seed))
-            sides.append(Side(count, estate, ctl, bench))
+            label = f"{count:,} gateways" + (f" ({source})" if source else "")
+            sides.append(Side(count, label, estate, ctl, bench))
         stack.callback(resume_all, sides)  # a stopped controller would not hear its SIGTERM
         yield sides
 
@@ -117,7 +125,7 @@ def measure(sides: list[Side], args: argparse.Namespace) -> None:
             side.haproxy_cpu += sum(map(cpu_seconds, workers)) - haproxy
         log(
             f"  round {index + 1}/{rounds}: "
-            + ", ".join(f"{s.gateways}: p50 {percentile(s.samples, 50):.2f} ms" for s in sides)
+            + ", ".join(f"{s.label}: p50 {percentile(s.samples, 50):.2f} ms" for s in sides)
         )
     resume_all(sides)
 
@@ -152,7 +160,7 @@ def ratio_interval(
 def table(sides: list[Side]) -> str:
     rows = [
         [
-            f"{side.gateways:,} gateways", len(side.samples),
+            side.label, len(side.samples),
             *(f"{percentile(side.samples, p):.2f}" for p in (50, 90, 99)),
             f"{max(side.samples):.2f}", f"{side.cpu * 1000 / max(1, len(side.samples)):.2f}",
             f"{side.haproxy_cpu * 1000 / max(1, len(side.samples)):.2f}",
@@ -161,7 +169,7 @@ def table(sides: list[Side]) -> str:
     ]  # fmt: skip
     small, large = sides[0], sides[-1]
     rows.append([
-        f"ratio {large.gateways:,} / {small.gateways:,}", "",
+        f"ratio {large.label} / {small.label}", "",
         *(f"{percentile(large.samples, p) / percentile(small.samples, p):.2f}"
           for p in (50, 90, 99)),
         "", "", "",
@@ -208,6 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tmp-root", default="/tmp")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
+        "--sources",
+        metavar="DIR,DIR",
+        help="a checkout per size to run (e.g. the same size twice: an A/B of two versions, "
+        "each an unpacked `git archive`); default: this one",
+    )
+    parser.add_argument(
         "--batches-out",
         metavar="FILE",
         help="also write each size's batches (ms, in round order) as JSON",
@@ -216,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [int(n) for n in args.sizes.split(",")]
     if len(sizes) < 2 or not all(1 <= n <= 5000 for n in sizes) or sizes != sorted(sizes):
         parser.error("--sizes: two or more gateway counts of 1..5000, small first")
+    if args.sources and len(args.sources.split(",")) != len(sizes):
+        parser.error("--sources: one directory per size")
     if not 1 <= args.batch <= args.changes <= 10_000:
         parser.error("bounds: 1 <= batch <= changes <= 10,000")
     exit_on_sigterm()
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         measure(sides, args)
     if args.batches_out:
         with open(args.batches_out, "w") as out:
-            json.dump({side.gateways: side.batches for side in sides}, out)
+            json.dump({side.label: side.batches for side in sides}, out)
     print("\n".join([
         f"## PATCH weights side by side: {args.sizes} gateways", "", f"`{command}`", "",
         table(sides), "", f"- load after: {load_now()}", "", "Machine:", "",

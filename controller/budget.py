@@ -86,9 +86,26 @@ def config_usage(config: Config) -> Usage:
 
 
 @dataclass(frozen=True)
+class Bound:
+    """One bound of the budget: its `Usage`/`Budget` field (and `--max-<name>`), what it
+    counts (messages, help), and what to do when a change is refused by it."""
+
+    name: str
+    what: str
+    hint: str = ""
+
+
+BOUNDS = (
+    Bound("routes", "routes"),
+    Bound("instances", "instances"),
+    Bound("slots", "slots"),
+    Bound("checks", "health checks a second", ": a longer health_check.interval checks less often"),
+)
+
+
+@dataclass(frozen=True)
 class Budget:
-    """Upper bounds on the whole desired state (`run --max-routes/--max-instances/--max-slots/
-    --max-checks`)."""
+    """Upper bounds on the whole desired state (`run --max-<bound>`, `BOUNDS`)."""
 
     routes: int = DEFAULT_ROUTES
     instances: int = DEFAULT_INSTANCES
@@ -103,17 +120,15 @@ class Budget:
         every change that does not make it worse, a weight shift or a rollback above all."""
         grown = usage if change is None else change  # without one: all of it is new
         problems = [
-            {"field": name, "message": f"the change makes {used:,.0f} {what} in all, over the "
-             f"budget of {bound:,} (--max-{name}){hint}"}
-            for name, what, used, more, bound, hint in (
-                ("routes", "routes", usage.routes, grown.routes, self.routes, ""),
-                ("instances", "instances", usage.instances, grown.instances, self.instances, ""),
-                ("slots", "slots", usage.slots, grown.slots, self.slots, ""),
-                ("checks", "health checks a second", usage.checks, grown.checks, self.checks,
-                 ": a longer health_check.interval checks less often"),
-            )
-            if used > bound and more > 0
-        ]  # fmt: skip
+            {
+                "field": b.name,
+                "message": f"the change makes {used:,.0f} {b.what} in all, over the budget of "
+                f"{bound:,} (--max-{b.name}){b.hint}",
+            }
+            for b in BOUNDS
+            if (used := getattr(usage, b.name)) > (bound := getattr(self, b.name))
+            and getattr(grown, b.name) > 0
+        ]
         if problems:
             raise TooLarge(problems[0]["message"], problems)
 

@@ -37,7 +37,7 @@ from controller.adopt import (
 )
 from controller.applied import AppliedGateway, AppliedRoute, applied_gateway, applied_routes
 from controller.apply import Applier, ApplyResult, Loaded, Method
-from controller.budget import Budget, Usage, gateway_usage
+from controller.budget import BOUNDS, Budget, Usage, gateway_usage
 from controller.compile import (
     MapEntries,
     applied_weights,
@@ -1126,8 +1126,8 @@ class Engine:
         provision, which is what HAProxy holds)."""
         used = replace(self._total, slots=self._plan_slots)
         return {
-            name: {"used": round(getattr(used, name), 1), "max": getattr(self.budget, name)}
-            for name in ("routes", "instances", "slots", "checks")
+            b.name: {"used": round(getattr(used, b.name), 1), "max": getattr(self.budget, b.name)}
+            for b in BOUNDS
         }
 
 

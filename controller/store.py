@@ -286,7 +286,7 @@ class FileStore:
         finally:
             self._settling -= 1
 
-    def _fold_segments(self, segments: list[Path], pace: Callable[[], None] = unpaced) -> None:
+    def _fold_segments(self, segments: list[Path], pace: Callable[[], None]) -> None:
         """Each gateway's latest entry in `segments` becomes its record file (removed if it was
         deleted), the revision file keeps the highest revision, then the segments go; `pace`
         called between steps. Crash midway: the segments are still there and are folded (or

@@ -73,7 +73,7 @@ def _traffic_rate(text: str) -> float:
 def run_settings(args: argparse.Namespace) -> RunSettings:
     from controller.api.connections import ApiLimits
     from controller.api.tokens import load_tokens
-    from controller.budget import Budget
+    from controller.budget import BOUNDS, Budget
     from controller.candidate import CheckLimits
     from controller.engine import Timing
     from controller.service import ApiSettings, Attach, RunSettings
@@ -117,7 +117,7 @@ def run_settings(args: argparse.Namespace) -> RunSettings:
         allow_unsafe_acls=args.allow_unsafe_acls,
         allow_cert_paths=tuple(args.allow_cert_path),
         allow_outbound=tuple(getattr(args, "allow_outbound", None) or ()),
-        budget=Budget(args.max_routes, args.max_instances, args.max_slots, args.max_checks),
+        budget=Budget(**{b.name: getattr(args, f"max_{b.name}") for b in BOUNDS}),
         check=CheckLimits(
             timeout=args.check_timeout, memory_mb=args.check_memory, env=tuple(args.haproxy_env)
         ),
@@ -176,7 +176,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
     """What every controller start takes: its state, its API, HAProxy, timing and bounds."""
-    from controller.budget import Budget
+    from controller.budget import BOUNDS, Budget
     from controller.candidate import CheckLimits
     from controller.engine import Timing
 
@@ -281,18 +281,13 @@ def controller_options(p: argparse.ArgumentParser, state_dir: str) -> None:
         help="also HAProxy's stats page (/stats) on the --stats address (it shows everything)",
     )
     budget = Budget()
-    for name, default, what in (
-        ("routes", budget.routes, "routes"),
-        ("instances", budget.instances, "instances"),
-        ("slots", budget.slots, "server slots"),
-        ("checks", budget.checks, "active health checks a second"),
-    ):
+    for bound in BOUNDS:
         p.add_argument(
-            f"--max-{name}",
+            f"--max-{bound.name}",
             type=int,
-            default=default,
+            default=getattr(budget, bound.name),
             metavar="N",
-            help=f"budget: {what} in all gateways together ({default:,})",
+            help=f"budget: {bound.what} in all gateways together",
         )
     limits = CheckLimits()
     p.add_argument(
